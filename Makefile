@@ -1,0 +1,44 @@
+# make run   - set up a virtualenv and start the service (SQLite + embedded WhatsApp simulator)
+# make test  - set up and run the whole suite (lint, types, stale-stub check, tests)
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test setup proto check-proto lint typecheck unit bench clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e clients/python -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	mkdir -p var
+	$(VENV)/bin/wacall serve $(ARGS)
+
+proto: $(STAMP)
+	$(PY) scripts/gen_protos.py
+
+check-proto: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check server tests bench scripts clients/python/wacall_client/_client.py
+	$(VENV)/bin/ruff format --check server tests bench scripts clients/python/wacall_client/_client.py
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: check-proto lint typecheck unit
+
+bench: $(STAMP)
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

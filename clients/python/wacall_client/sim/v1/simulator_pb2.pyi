@@ -1,0 +1,156 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class PermissionRequestResponse(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PERMISSION_REQUEST_RESPONSE_UNSPECIFIED: _ClassVar[PermissionRequestResponse]
+    ACCEPT_TEMPORARY: _ClassVar[PermissionRequestResponse]
+    ACCEPT_PERMANENT: _ClassVar[PermissionRequestResponse]
+    REJECT: _ClassVar[PermissionRequestResponse]
+    IGNORE: _ClassVar[PermissionRequestResponse]
+
+class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MESSAGE_TYPE_UNSPECIFIED: _ClassVar[MessageType]
+    MESSAGE_TYPE_INTERACTIVE: _ClassVar[MessageType]
+    MESSAGE_TYPE_TEMPLATE: _ClassVar[MessageType]
+PERMISSION_REQUEST_RESPONSE_UNSPECIFIED: PermissionRequestResponse
+ACCEPT_TEMPORARY: PermissionRequestResponse
+ACCEPT_PERMANENT: PermissionRequestResponse
+REJECT: PermissionRequestResponse
+IGNORE: PermissionRequestResponse
+MESSAGE_TYPE_UNSPECIFIED: MessageType
+MESSAGE_TYPE_INTERACTIVE: MessageType
+MESSAGE_TYPE_TEMPLATE: MessageType
+
+class SetUserBehaviorRequest(_message.Message):
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client")
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
+    OUTDATED_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    user_number: str
+    on_permission_request: PermissionRequestResponse
+    reply_delay: _duration_pb2.Duration
+    outdated_client: bool
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ...) -> None: ...
+
+class GetUserBehaviorRequest(_message.Message):
+    __slots__ = ("user_number",)
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    user_number: str
+    def __init__(self, user_number: _Optional[str] = ...) -> None: ...
+
+class UserBehavior(_message.Message):
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client")
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
+    OUTDATED_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    user_number: str
+    on_permission_request: PermissionRequestResponse
+    reply_delay: _duration_pb2.Duration
+    outdated_client: bool
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ...) -> None: ...
+
+class SendUserMessageRequest(_message.Message):
+    __slots__ = ("business_number", "user_number", "text")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    text: str
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class SendUserMessageResponse(_message.Message):
+    __slots__ = ("message_id",)
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+
+class RevokePermissionRequest(_message.Message):
+    __slots__ = ("business_number", "user_number")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ...) -> None: ...
+
+class GrantPermissionRequest(_message.Message):
+    __slots__ = ("business_number", "user_number", "permanent")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PERMANENT_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    permanent: bool
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., permanent: _Optional[bool] = ...) -> None: ...
+
+class SimPermission(_message.Message):
+    __slots__ = ("business_number", "user_number", "status", "expires_at")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    status: str
+    expires_at: _timestamp_pb2.Timestamp
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., status: _Optional[str] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListMessagesRequest(_message.Message):
+    __slots__ = ("user_number", "business_number")
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    user_number: str
+    business_number: str
+    def __init__(self, user_number: _Optional[str] = ..., business_number: _Optional[str] = ...) -> None: ...
+
+class SentMessage(_message.Message):
+    __slots__ = ("message_id", "business_number", "user_number", "type", "sent_at", "body_text", "template_name", "template_language", "template_body_parameters", "user_response")
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_FIELD_NUMBER: _ClassVar[int]
+    BODY_TEXT_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_NAME_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_BODY_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    USER_RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    message_id: str
+    business_number: str
+    user_number: str
+    type: MessageType
+    sent_at: _timestamp_pb2.Timestamp
+    body_text: str
+    template_name: str
+    template_language: str
+    template_body_parameters: _containers.RepeatedScalarFieldContainer[str]
+    user_response: str
+    def __init__(self, message_id: _Optional[str] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., type: _Optional[_Union[MessageType, str]] = ..., sent_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., body_text: _Optional[str] = ..., template_name: _Optional[str] = ..., template_language: _Optional[str] = ..., template_body_parameters: _Optional[_Iterable[str]] = ..., user_response: _Optional[str] = ...) -> None: ...
+
+class ListMessagesResponse(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[SentMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[SentMessage, _Mapping]]] = ...) -> None: ...
+
+class GetPlatformPermissionRequest(_message.Message):
+    __slots__ = ("business_number", "user_number")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ...) -> None: ...

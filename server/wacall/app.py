@@ -1,0 +1,180 @@
+"""Assembles the service: store, clock, policy, platform (simulated or Meta), gRPC server and HTTP server."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
+from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
+from wacall_client.v1 import calling_pb2, calling_pb2_grpc
+
+from wacall.api import CallingServicer, Context
+from wacall.clock import Clock, ManualClock, SystemClock
+from wacall.clock_service import ClockServicer
+from wacall.config import Settings
+from wacall.graph import GraphClient
+from wacall.permissions import PermissionService
+from wacall.senders import ConfiguredSenders, ProvisioningSenders, SenderDirectory
+from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
+from wacall.simulator.service import SimulatorServicer
+from wacall.store import Store, open_store
+from wacall.webhooks import WEBHOOK_PATH, webhook_routes
+
+log = logging.getLogger(__name__)
+
+UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.",)
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Requires `authorization: Bearer <token>` metadata on every call except health checks."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}"
+
+        async def deny(request: Any, context: Context) -> None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
+            )
+
+        self._deny_unary: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(deny)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method or ""
+        if method.startswith(UNAUTHENTICATED_PREFIXES):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", ""))
+        if hmac.compare_digest(given.encode(), self._expected.encode()):
+            return await continuation(handler_call_details)
+        handler = await continuation(handler_call_details)
+        if handler is not None and handler.response_streaming:
+            return self._deny_stream
+        return self._deny_unary
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+@dataclass
+class Addresses:
+    grpc: str
+    http: str
+    graph: str | None
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.policy = settings.load_policy()
+        self.clock: Clock = ManualClock() if settings.clock == "manual" else SystemClock()
+        self.store: Store | None = None
+        self.platform: SimulatedPlatform | None = None
+        self.graph: GraphClient | None = None
+        self.permissions: PermissionService | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http_runner: web.AppRunner | None = None
+        self._sim_runner: web.AppRunner | None = None
+        self._health = health.aio.HealthServicer()
+
+    async def start(self) -> Addresses:
+        settings = self.settings
+        self.store = open_store(settings.db)
+        graph_address: str | None = None
+        senders: SenderDirectory
+        if settings.upstream == "sim":
+            self.platform = SimulatedPlatform(
+                self.clock, self.policy, state_path=Path(settings.sim_state) if settings.sim_state else None
+            )
+            sim_app = web.Application()
+            sim_app.add_routes(self.platform.routes())
+            self._sim_runner = web.AppRunner(sim_app, access_log=None)
+            await self._sim_runner.setup()
+            site = web.TCPSite(self._sim_runner, "127.0.0.1", 0)
+            await site.start()
+            port = self._sim_runner.addresses[0][1]
+            graph_address = f"http://127.0.0.1:{port}"
+            self.graph = GraphClient(f"{graph_address}/{GRAPH_VERSION}")
+            platform = self.platform
+            senders = ProvisioningSenders(
+                settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
+            )
+        else:
+            self.graph = GraphClient(settings.graph_base_url)
+            senders = ConfiguredSenders(settings.senders)
+        self.permissions = PermissionService(self.store, self.clock, self.policy, senders, self.graph)
+
+        http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
+        http_app.add_routes(
+            webhook_routes(self.permissions, lambda: settings.webhook_verify_token or None, settings.max_webhook_bytes)
+        )
+        self._http_runner = web.AppRunner(http_app, access_log=None)
+        await self._http_runner.setup()
+        http_host, http_port = _split(settings.http_address)
+        await web.TCPSite(self._http_runner, http_host, http_port).start()
+        bound_http = self._http_runner.addresses[0]
+        http_address = f"{http_host}:{bound_http[1]}"
+        if self.platform is not None:
+            self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
+
+        interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
+        server = grpc.aio.server(interceptors=interceptors)
+        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(self.permissions), server)
+        names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
+        if self.platform is not None:
+            simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(SimulatorServicer(self.platform), server)
+            names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
+        if isinstance(self.clock, ManualClock):
+            settle = self.platform.settle if self.platform is not None else _nothing
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle), server)
+            names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        grpc_host, grpc_port = _split(settings.grpc_address)
+        bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        await server.start()
+        self._grpc = server
+        for name in ["", *names]:
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return Addresses(grpc=f"{grpc_host}:{bound}", http=http_address, graph=graph_address)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        if self._http_runner is not None:
+            await self._http_runner.cleanup()
+        if self.platform is not None:
+            await self.platform.close()
+        if self._sim_runner is not None:
+            await self._sim_runner.cleanup()
+        if self.graph is not None:
+            await self.graph.close()
+        if self.store is not None:
+            await self.store.close()
+
+    async def wait(self) -> None:
+        assert self._grpc is not None
+        await self._grpc.wait_for_termination()
+
+
+async def _nothing() -> None:
+    await asyncio.sleep(0)

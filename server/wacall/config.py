@@ -1,0 +1,132 @@
+"""Settings: defaults, then a TOML file (--config), then WACALL_* environment variables, then command-line flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wacall.graph import SenderAccount, TemplateRef
+from wacall.numbers import InvalidNumber, parse_number
+from wacall.policy import Policy, PolicyError, load_policy
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    grpc_address: str = "127.0.0.1:50051"
+    http_address: str = "127.0.0.1:8080"
+    db: str = "sqlite:///var/wacall.db"
+    upstream: str = "sim"  # sim | meta
+    clock: str = "system"  # system | manual
+    policy: str = "seed"
+    policy_overrides: Mapping[str, Any] = field(default_factory=dict)
+    # Bearer token required on every gRPC call except health; empty = no auth (development).
+    auth_token: str = ""
+    webhook_verify_token: str = ""
+    graph_base_url: str = "https://graph.facebook.com/v23.0"
+    max_webhook_bytes: int = 1024 * 1024
+    senders: tuple[SenderAccount, ...] = ()
+    # Where the simulator keeps its state between runs ("" = in memory only).
+    sim_state: str = "var/simulator.json"
+    log_level: str = "INFO"
+
+    def load_policy(self) -> Policy:
+        try:
+            return load_policy(self.policy, self.policy_overrides)
+        except PolicyError as exc:
+            raise ConfigError(str(exc)) from None
+
+
+# Settings that can come from the environment and the command line (name → type).
+SCALARS: Mapping[str, type] = {
+    "grpc_address": str,
+    "http_address": str,
+    "db": str,
+    "upstream": str,
+    "clock": str,
+    "policy": str,
+    "auth_token": str,
+    "webhook_verify_token": str,
+    "graph_base_url": str,
+    "max_webhook_bytes": int,
+    "sim_state": str,
+    "log_level": str,
+}
+
+
+def _sender(item: Mapping[str, Any], index: int) -> SenderAccount:
+    where = f"senders[{index}]"
+    required = ("business_number", "phone_number_id", "waba_id", "access_token", "app_secret")
+    missing = [k for k in required if not item.get(k)]
+    if missing:
+        raise ConfigError(f"{where} is missing {', '.join(missing)}")
+    try:
+        number = parse_number(str(item["business_number"]), f"{where}.business_number")
+    except InvalidNumber as exc:
+        raise ConfigError(str(exc)) from None
+    template = item.get("default_template")
+    default = None
+    if template is not None:
+        if not isinstance(template, Mapping) or not template.get("name") or not template.get("language"):
+            raise ConfigError(f"{where}.default_template needs name and language")
+        default = TemplateRef(
+            str(template["name"]), str(template["language"]), tuple(str(p) for p in template.get("body_parameters", ()))
+        )
+    return SenderAccount(
+        number.e164,
+        str(item["phone_number_id"]),
+        str(item["waba_id"]),
+        str(item["access_token"]),
+        str(item["app_secret"]),
+        default,
+    )
+
+
+def load_settings(
+    config_file: str | None, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get("WACALL_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"configuration file {path} not found") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path}: {exc}") from None
+        unknown = set(data) - set(SCALARS) - {"senders", "policy_overrides"}
+        if unknown:
+            raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
+        values.update({k: v for k, v in data.items() if k in SCALARS})
+        values["policy_overrides"] = data.get("policy_overrides", {})
+        values["senders"] = tuple(_sender(s, i) for i, s in enumerate(data.get("senders", [])))
+    for name, kind in SCALARS.items():
+        env = environ.get(f"WACALL_{name.upper()}")
+        if env is not None:
+            try:
+                values[name] = kind(env)
+            except ValueError:
+                raise ConfigError(f"WACALL_{name.upper()} must be a {kind.__name__}") from None
+    values.update({k: v for k, v in flags.items() if v is not None and k in SCALARS})
+    settings = Settings(**values)
+    if settings.upstream not in ("sim", "meta"):
+        raise ConfigError(f"upstream must be 'sim' or 'meta', got {settings.upstream!r}")
+    if settings.clock not in ("system", "manual"):
+        raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
+    if settings.upstream == "meta" and not settings.senders:
+        raise ConfigError("--upstream meta needs at least one [[senders]] entry in the configuration file")
+    settings.load_policy()
+    return settings
+
+
+def replace(settings: Settings, **changes: Any) -> Settings:
+    return dataclasses.replace(settings, **changes)

@@ -1,0 +1,534 @@
+"""The permission loop: read a pair, send a request, take in webhooks. Composes engine, store and platform client.
+
+Every decision is taken inside one store transaction (read ledger → engine → append events → save), and committed
+before anybody is answered. Network calls to the platform happen between transactions, never inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from wacall import engine
+from wacall.clock import Clock
+from wacall.engine import (
+    ActionDecision,
+    Channel,
+    Evaluation,
+    Ledger,
+    LedgerEvent,
+    PermissionState,
+    Reason,
+    Source,
+)
+from wacall.errors import platform_error
+from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount, SentMessage, TemplateRef
+from wacall.numbers import PhoneNumber, parse_number
+from wacall.policy import Policy
+from wacall.senders import SenderDirectory
+from wacall.store import EventRecord, IdempotentResult, Pair, Store, Tx
+from wacall.webhook_payloads import InboundMessage, MessageStatus, PermissionReply, WebhookItem
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_TEXT = 1024
+MAX_IDEMPOTENCY_KEY = 128
+MAX_TEMPLATE_PARAMETERS = 50
+
+
+class InvalidField(ValueError):
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+        self.why = why
+
+
+class RuleRefusal(Exception):
+    """The rules forbid the action now. Carries the engine's decision (reason, limits, next_allowed_at)."""
+
+    def __init__(self, decision: ActionDecision, evaluation: Evaluation, pair: Pair) -> None:
+        super().__init__(decision.reason.value)
+        self.decision = decision
+        self.evaluation = evaluation
+        self.pair = pair
+
+
+class PlatformRefusal(Exception):
+    """The platform refused what we sent, or could not be reached."""
+
+    def __init__(self, error: GraphError | GraphUnavailable, pair: Pair, evaluation: Evaluation) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.pair = pair
+        self.evaluation = evaluation
+
+
+class IdempotencyConflict(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PermissionView:
+    pair: Pair
+    evaluation: Evaluation
+    updated_at: datetime | None
+    policy: Policy
+
+
+@dataclass(frozen=True, slots=True)
+class RequestResult:
+    message_id: str
+    channel: Channel
+    view: PermissionView
+    replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    applied: int
+    duplicates: int
+    ignored: int
+
+
+@dataclass
+class ChangeNotifier:
+    """Wakes every waiting watcher once per commit. Take `ticket()` before reading so no commit slips between."""
+
+    _event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def ticket(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+# Ledger event → (audit kind, source) for the event log.
+def _describe(event: LedgerEvent) -> tuple[str, Source, dict[str, str]]:
+    match event:
+        case engine.RequestSent():
+            return "permission_request_sent", Source.BUSINESS, {}
+        case engine.RequestWithdrawn():
+            return "permission_request_failed", Source.BUSINESS, {}
+        case engine.PermissionGranted(permanent=permanent, source=source):
+            return "permission_granted", source, {"is_permanent": str(permanent).lower()}
+        case engine.PermissionRejected(source=source):
+            return "permission_rejected", source, {}
+        case engine.PermissionRevoked(source=source):
+            return "permission_revoked", source, {}
+        case engine.UserMessage():
+            return "user_message_received", Source.USER_ACTION, {}
+        case engine.CallConnected(business_initiated=business_initiated):
+            return "call_connected", Source.USER_ACTION, {"business_initiated": str(business_initiated).lower()}
+        case engine.CallUnanswered():
+            return "call_unanswered", Source.USER_ACTION, {}
+        case engine.UserPrompted():
+            return "user_prompted", Source.WACALL_RULE, {}
+    raise AssertionError(f"unhandled ledger event {event!r}")  # pragma: no cover
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat() if value else ""
+
+
+class PermissionService:
+    def __init__(
+        self, store: Store, clock: Clock, policy: Policy, senders: SenderDirectory, graph: GraphClient
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.policy = policy
+        self.senders = senders
+        self.graph = graph
+        self.changes = ChangeNotifier()
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+
+    def parse_pair(self, business_number: str, user_number: str) -> tuple[PhoneNumber, PhoneNumber]:
+        return parse_number(business_number, "business_number"), parse_number(user_number, "user_number")
+
+    def _template_available(self, business: PhoneNumber, given: TemplateRef | None) -> bool:
+        if given is not None:
+            return True
+        if business.region in self.policy.denied_business_regions:
+            return False
+        return self.senders.account_for(business).default_template is not None
+
+    def _evaluate(
+        self, ledger: Ledger, business: PhoneNumber, now: datetime, template: TemplateRef | None = None
+    ) -> Evaluation:
+        return engine.evaluate(
+            ledger,
+            now,
+            self.policy,
+            business_region=business.region,
+            template_available=self._template_available(business, template),
+        )
+
+    def _record(
+        self,
+        tx: Tx,
+        pair: Pair,
+        ledger: Ledger,
+        event: LedgerEvent,
+        now: datetime,
+        extra: Mapping[str, str] | None = None,
+    ) -> Ledger:
+        """Apply one event (and what the rules derive from it) and append it all to the log."""
+        applied = engine.apply(ledger, event, self.policy)
+        ledger = applied.ledger
+        for item in (event, *applied.derived):
+            kind, source, attributes = _describe(item)
+            if item is event and extra:
+                attributes.update(extra)
+            if item is event and applied.stale:
+                attributes["stale"] = "true"
+            at = item.sent_at if isinstance(item, engine.RequestWithdrawn) else item.at
+            if isinstance(item, engine.PermissionGranted) and ledger.expires_at and not item.permanent:
+                attributes["expires_at"] = _iso(ledger.expires_at)
+            tx.append(EventRecord(pair, kind, source.value, at, now, engine.effective_state(ledger, now), attributes))
+        tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
+        return ledger
+
+    def _view(self, pair: Pair, business: PhoneNumber, ledger: Ledger, now: datetime) -> PermissionView:
+        return PermissionView(pair, self._evaluate(ledger, business, now), ledger.state_changed_at, self.policy)
+
+    # --- reads --------------------------------------------------------------------------------------------------
+
+    async def get(self, business_number: str, user_number: str) -> PermissionView:
+        business, user = self.parse_pair(business_number, user_number)
+        pair = Pair(business.e164, user.e164)
+        ledger = await self.store.transaction(lambda tx: tx.ledger(pair))
+        return self._view(pair, business, ledger, self.clock.now())
+
+    # --- permission requests ------------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        business_number: str,
+        user_number: str,
+        *,
+        body_text: str = "",
+        template: TemplateRef | None = None,
+        idempotency_key: str = "",
+    ) -> RequestResult:
+        business, user = self.parse_pair(business_number, user_number)
+        if len(body_text) > MAX_BODY_TEXT:
+            raise InvalidField("body_text", f"at most {MAX_BODY_TEXT} characters (got {len(body_text)})")
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidField("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters")
+        if template is not None:
+            if not template.name.strip():
+                raise InvalidField("template.name", "required when a template is given")
+            if not template.language.strip():
+                raise InvalidField("template.language", "required when a template is given, e.g. 'en'")
+            if len(template.body_parameters) > MAX_TEMPLATE_PARAMETERS:
+                raise InvalidField("template.body_parameters", f"at most {MAX_TEMPLATE_PARAMETERS} values")
+        pair = Pair(business.e164, user.e164)
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                [
+                    pair.business,
+                    pair.user,
+                    body_text,
+                    template and [template.name, template.language, list(template.body_parameters)],
+                ]
+            ).encode()
+        ).hexdigest()
+
+        account: SenderAccount | None = None
+        if business.region not in self.policy.denied_business_regions:
+            account = self.senders.account_for(business)
+
+        def reserve(tx: Tx) -> tuple[datetime, Channel, PermissionState] | RequestResult:
+            now = self.clock.now()
+            if idempotency_key:
+                earlier = tx.idempotent_result(pair.business, idempotency_key)
+                if earlier is not None:
+                    if earlier.fingerprint != fingerprint:
+                        raise IdempotencyConflict(
+                            "this idempotency_key was used for a different request; use a new key"
+                        )
+                    if earlier.outcome.get("status") == "sent":
+                        return RequestResult(
+                            earlier.outcome["message_id"],
+                            Channel(earlier.outcome["channel"]),
+                            self._view(pair, business, tx.ledger(pair), now),
+                            replayed=True,
+                        )
+                    if earlier.outcome.get("status") == "pending":
+                        raise IdempotencyConflict(
+                            "a request with this idempotency_key is still in flight or its outcome is unknown"
+                        )
+            ledger = tx.ledger(pair)
+            evaluation = self._evaluate(ledger, business, now, template)
+            decision = evaluation.request
+            if not decision.allowed:
+                raise RuleRefusal(decision, evaluation, pair)
+            assert decision.channel is not None
+            # Consume the limits now, before the send: concurrent callers see the reservation (fail closed).
+            tx.save_ledger(pair, engine.apply(ledger, engine.RequestSent(now), self.policy).ledger, now)
+            if idempotency_key:
+                tx.save_idempotent_result(
+                    IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "pending"}), now
+                )
+            return now, decision.channel, ledger.state
+
+        reserved = await self.store.transaction(reserve)
+        if isinstance(reserved, RequestResult):
+            return reserved
+        sent_at, channel, state_before = reserved
+        assert account is not None
+        try:
+            if channel is Channel.INTERACTIVE:
+                sent = await self.graph.send_permission_request_interactive(account, user.digits, body_text)
+            else:
+                chosen = template or account.default_template
+                assert chosen is not None
+                sent = await self.graph.send_permission_request_template(account, user.digits, chosen)
+        except (GraphError, GraphUnavailable) as error:
+            view = await self._settle_failed_request(
+                pair, business, sent_at, state_before, channel, error, idempotency_key, fingerprint
+            )
+            raise PlatformRefusal(error, pair, view.evaluation) from error
+        view = await self._settle_sent_request(pair, business, sent_at, channel, sent, idempotency_key, fingerprint)
+        return RequestResult(sent.message_id, channel, view, replayed=False)
+
+    async def _settle_sent_request(
+        self,
+        pair: Pair,
+        business: PhoneNumber,
+        sent_at: datetime,
+        channel: Channel,
+        sent: SentMessage,
+        idempotency_key: str,
+        fingerprint: str,
+    ) -> PermissionView:
+        def settle(tx: Tx) -> PermissionView:
+            now = self.clock.now()
+            # The reservation already applied the request to the ledger; this records that it went out.
+            ledger = tx.ledger(pair)
+            tx.append(
+                EventRecord(
+                    pair,
+                    "permission_request_sent",
+                    Source.BUSINESS.value,
+                    sent_at,
+                    now,
+                    engine.effective_state(ledger, now),
+                    {"message_id": sent.message_id, "channel": channel.value},
+                )
+            )
+            tx.claim(f"request:{sent.message_id}", now)
+            if idempotency_key:
+                tx.save_idempotent_result(
+                    IdempotentResult(
+                        pair.business,
+                        idempotency_key,
+                        fingerprint,
+                        {"status": "sent", "message_id": sent.message_id, "channel": channel.value},
+                    ),
+                    now,
+                )
+            return self._view(pair, business, ledger, now)
+
+        view = await self.store.transaction(settle)
+        self.changes.notify()
+        return view
+
+    async def _settle_failed_request(
+        self,
+        pair: Pair,
+        business: PhoneNumber,
+        sent_at: datetime,
+        state_before: PermissionState,
+        channel: Channel,
+        error: GraphError | GraphUnavailable,
+        idempotency_key: str,
+        fingerprint: str,
+    ) -> PermissionView:
+        definitely_not_sent = isinstance(error, GraphError) or not error.maybe_sent
+
+        def settle(tx: Tx) -> PermissionView:
+            now = self.clock.now()
+            ledger = tx.ledger(pair)
+            attributes = {"channel": channel.value, "error": str(error)}
+            if isinstance(error, GraphError):
+                attributes["platform_error"] = str(error.code)
+            if definitely_not_sent:
+                ledger = self._record(tx, pair, ledger, engine.RequestWithdrawn(sent_at, state_before), now, attributes)
+            else:
+                # It may have reached the user: keep it counted (fail closed) and say so.
+                attributes["may_have_been_sent"] = "true"
+                tx.append(
+                    EventRecord(
+                        pair,
+                        "permission_request_failed",
+                        Source.BUSINESS.value,
+                        sent_at,
+                        now,
+                        engine.effective_state(ledger, now),
+                        attributes,
+                    )
+                )
+            if isinstance(error, GraphError) and platform_error(error.code).reason is Reason.ALREADY_PERMANENT:
+                # The platform knows of a permanent grant we missed (HOOK-6): reconcile.
+                ledger = self._record(
+                    tx,
+                    pair,
+                    ledger,
+                    engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC),
+                    now,
+                    {"reconciled_from": "138017"},
+                )
+            if idempotency_key:
+                status = "failed" if definitely_not_sent else "pending"
+                tx.save_idempotent_result(
+                    IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": status}), now
+                )
+            return self._view(pair, business, ledger, now)
+
+        view = await self.store.transaction(settle)
+        self.changes.notify()
+        return view
+
+    # --- webhooks -----------------------------------------------------------------------------------------------
+
+    def _pair_of(self, phone_number_id: str, user_wa_id: str) -> tuple[Pair, PhoneNumber] | None:
+        account = self.senders.by_phone_number_id(phone_number_id)
+        if account is None:
+            log.warning("webhook for unknown phone_number_id %s ignored", phone_number_id)
+            return None
+        try:
+            user = parse_number(user_wa_id, "from")
+        except ValueError:
+            log.warning("webhook with unusable user id %r ignored", user_wa_id)
+            return None
+        return Pair(account.business_number, user.e164), parse_number(account.business_number)
+
+    @staticmethod
+    def _ledger_event(item: WebhookItem) -> tuple[LedgerEvent, dict[str, str]] | None:
+        match item:
+            case PermissionReply(accepted=True, automatic=automatic, permanent=permanent, expires_at=expires_at):
+                source = Source.PLATFORM_AUTOMATIC if automatic else Source.USER_ACTION
+                via = (
+                    "callback"
+                    if item.context_id and item.context_id.startswith("wacid.")
+                    else ("request" if item.context_id else "profile")
+                )
+                return engine.PermissionGranted(item.timestamp, permanent, None if permanent else expires_at, source), {
+                    "message_id": item.message_id,
+                    "via": via,
+                    "context_id": item.context_id or "",
+                }
+            case PermissionReply(accepted=False, automatic=True):
+                return engine.PermissionRevoked(item.timestamp, Source.PLATFORM_AUTOMATIC), {
+                    "message_id": item.message_id,
+                    "via": "automatic_revocation",
+                }
+            case PermissionReply(accepted=False):
+                if item.context_id is None:
+                    # A reject with no request behind it is a revoke from the business profile.
+                    return engine.PermissionRevoked(item.timestamp, Source.USER_ACTION), {
+                        "message_id": item.message_id,
+                        "via": "profile",
+                    }
+                return engine.PermissionRejected(item.timestamp, Source.USER_ACTION), {
+                    "message_id": item.message_id,
+                    "context_id": item.context_id,
+                }
+            case InboundMessage():
+                return engine.UserMessage(item.timestamp), {"message_id": item.message_id, "type": item.type}
+        return None
+
+    async def ingest(self, body: bytes, items: list[WebhookItem]) -> IngestResult:
+        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200."""
+        resolved = []
+        for item in items:
+            if isinstance(item, PermissionReply | InboundMessage):
+                target = self._pair_of(item.phone_number_id, item.user_wa_id)
+            elif isinstance(item, MessageStatus):
+                target = self._pair_of(item.phone_number_id, item.recipient_wa_id)
+            else:
+                target = None
+            resolved.append((item, target))
+
+        def apply_all(tx: Tx) -> IngestResult:
+            now = self.clock.now()
+            tx.keep_webhook(body, now)
+            applied = duplicates = ignored = 0
+            for item, target in resolved:
+                if target is None:
+                    ignored += 1
+                    continue
+                pair, _ = target
+                if isinstance(item, MessageStatus):
+                    if item.status != "failed" or not tx.claim(f"status:{item.message_id}:failed", now):
+                        ignored += 1
+                        continue
+                    # Undeliverable permission request (131026: client too old): audit it. It stays counted.
+                    if not tx.seen(f"request:{item.message_id}"):
+                        ignored += 1  # not one of our permission requests
+                        continue
+                    codes = ",".join(str(c) for c in item.error_codes)
+                    tx.append(
+                        EventRecord(
+                            pair,
+                            "permission_request_failed",
+                            Source.PLATFORM_AUTOMATIC.value,
+                            item.timestamp,
+                            now,
+                            engine.effective_state(tx.ledger(pair), now),
+                            {
+                                "message_id": item.message_id,
+                                "platform_error": codes,
+                                "meaning": platform_error(item.error_codes[0]).meaning
+                                if item.error_codes
+                                else "undeliverable",
+                            },
+                        )
+                    )
+                    applied += 1
+                    continue
+                if not tx.claim(f"message:{item.message_id}", now):  # type: ignore[union-attr]
+                    duplicates += 1
+                    continue
+                converted = self._ledger_event(item)
+                if converted is None:
+                    ignored += 1
+                    continue
+                event, attributes = converted
+                self._record(tx, pair, tx.ledger(pair), event, now, attributes)
+                applied += 1
+            return IngestResult(applied, duplicates, ignored)
+
+        result = await self.store.transaction(apply_all)
+        if result.applied:
+            self.changes.notify()
+        return result
+
+    # --- events -------------------------------------------------------------------------------------------------
+
+    async def watch(
+        self, after: int, business: str | None, user: str | None, poll: timedelta = timedelta(seconds=1)
+    ) -> AsyncIterator[EventRecord]:
+        """Every event after `after`, then new ones as they are committed. Never repeats, never skips."""
+        cursor = after
+        while True:
+            ticket = self.changes.ticket()
+            batch = await self.store.events_after(cursor, business=business, user=user)
+            for record in batch:
+                cursor = record.cursor
+                yield record
+            if not batch:
+                # The poll also picks up writers in other processes sharing the database.
+                try:
+                    await asyncio.wait_for(ticket.wait(), poll.total_seconds())
+                except TimeoutError:
+                    pass

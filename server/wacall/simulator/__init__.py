@@ -1,0 +1,1 @@
+"""The embedded WhatsApp simulator (`serve --upstream sim`)."""

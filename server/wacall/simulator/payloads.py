@@ -1,0 +1,115 @@
+"""Meta-shaped webhook bodies and Graph error bodies, as the simulator sends them. Pure builders."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from wacall.graph import SenderAccount
+
+
+def _unix(value: datetime) -> str:
+    return str(int(value.timestamp()))
+
+
+def envelope(account: SenderAccount, field: str, value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": account.waba_id,
+                "changes": [
+                    {
+                        "field": field,
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": account.business_number[1:],
+                                "phone_number_id": account.phone_number_id,
+                            },
+                            **value,
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def _contact(user_digits: str) -> list[dict[str, Any]]:
+    return [{"profile": {"name": f"Sim user {user_digits[-4:]}"}, "wa_id": user_digits}]
+
+
+def permission_reply(
+    account: SenderAccount,
+    user_digits: str,
+    message_id: str,
+    at: datetime,
+    *,
+    accept: bool,
+    permanent: bool = False,
+    expires_at: datetime | None = None,
+    automatic: bool = False,
+    context_id: str | None = None,
+) -> dict[str, Any]:
+    reply: dict[str, Any] = {
+        "response": "accept" if accept else "reject",
+        "response_source": "automatic" if automatic else "user_action",
+    }
+    if accept:
+        reply["is_permanent"] = permanent
+    if accept and not permanent and expires_at is not None:
+        reply["expiration_timestamp"] = _unix(expires_at)
+    message: dict[str, Any] = {
+        "from": user_digits,
+        "id": message_id,
+        "timestamp": _unix(at),
+        "type": "interactive",
+        "interactive": {"type": "call_permission_reply", "call_permission_reply": reply},
+    }
+    if context_id:
+        message["context"] = {"from": account.business_number[1:], "id": context_id}
+    return envelope(account, "messages", {"contacts": _contact(user_digits), "messages": [message]})
+
+
+def text_message(account: SenderAccount, user_digits: str, message_id: str, at: datetime, text: str) -> dict[str, Any]:
+    return envelope(
+        account,
+        "messages",
+        {
+            "contacts": _contact(user_digits),
+            "messages": [
+                {"from": user_digits, "id": message_id, "timestamp": _unix(at), "type": "text", "text": {"body": text}}
+            ],
+        },
+    )
+
+
+def message_status(
+    account: SenderAccount,
+    user_digits: str,
+    message_id: str,
+    at: datetime,
+    status: str,
+    error_code: int | None = None,
+    error_title: str = "",
+) -> dict[str, Any]:
+    item: dict[str, Any] = {"id": message_id, "status": status, "timestamp": _unix(at), "recipient_id": user_digits}
+    if error_code is not None:
+        item["errors"] = [{"code": error_code, "title": error_title, "message": error_title}]
+    return envelope(account, "messages", {"statuses": [item]})
+
+
+def graph_error(
+    code: int,
+    message: str,
+    *,
+    details: str = "",
+    error_type: str = "OAuthException",
+    error_data: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"messaging_product": "whatsapp", "details": details or message}
+    data.update(error_data or {})
+    return {
+        "error": {"message": message, "type": error_type, "code": code, "error_data": data, "fbtrace_id": "SimTrace"}
+    }

@@ -1,0 +1,590 @@
+"""The embedded WhatsApp platform: Meta-shaped Graph endpoints on loopback, simulated users, signed webhooks.
+
+It enforces the rules as the platform would, with the same engine and policy as the service but a ledger of its
+own (the platform's view), so a client that ignores the rules gets the platform's real error codes (138009,
+138017, 138013, 131047, 132001). Users answer permission requests as scripted by SetUserBehavior; their answers
+reach the service as HTTP webhooks signed with the app secret, retried until acknowledged.
+
+State (provisioned senders, users, the platform ledger, sent messages) is kept in a JSON file when a path is
+given, so a restarted service finds the platform as it left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import json
+import logging
+import secrets
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from wacall import engine
+from wacall.clock import Clock
+from wacall.engine import Ledger, PermissionState, Source
+from wacall.graph import SenderAccount, TemplateRef
+from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
+from wacall.policy import Policy
+from wacall.simulator import payloads
+from wacall.store import from_micros, ledger_from_json, ledger_to_json, to_micros
+from wacall.webhooks import SIGNATURE_HEADER, sign
+
+log = logging.getLogger(__name__)
+
+GRAPH_VERSION = "v23.0"
+DEFAULT_TEMPLATE = TemplateRef("call_permission_request", "en")
+PHONE_NUMBER_ID_PREFIX = "1"
+
+
+class OnPermissionRequest(enum.Enum):
+    ACCEPT_TEMPORARY = "accept_temporary"
+    ACCEPT_PERMANENT = "accept_permanent"
+    REJECT = "reject"
+    IGNORE = "ignore"
+
+
+@dataclass
+class SimUser:
+    number: str
+    on_permission_request: OnPermissionRequest = OnPermissionRequest.IGNORE
+    reply_delay: timedelta = timedelta(0)
+    outdated_client: bool = False
+
+
+@dataclass
+class SimMessage:
+    message_id: str
+    business: str
+    user: str
+    type: str  # interactive | template
+    sent_at: datetime
+    body_text: str = ""
+    template: TemplateRef | None = None
+    user_response: str = "pending"
+
+
+@dataclass
+class PlatformState:
+    users: dict[str, SimUser] = field(default_factory=dict)
+    ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
+    messages: list[SimMessage] = field(default_factory=list)
+    templates: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # waba → {(name, language)}
+
+
+class SimulatorError(ValueError):
+    def __init__(self, field: str, why: str) -> None:
+        super().__init__(f"{field}: {why}")
+        self.field = field
+        self.why = why
+
+
+class GraphFailure(Exception):
+    def __init__(self, http_status: int, code: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.http_status = http_status
+        self.body = payloads.graph_error(code, message, **extra)
+
+
+def phone_number_id_for(number: PhoneNumber) -> str:
+    return PHONE_NUMBER_ID_PREFIX + number.digits
+
+
+def number_for_phone_number_id(phone_number_id: str) -> PhoneNumber | None:
+    if not phone_number_id.startswith(PHONE_NUMBER_ID_PREFIX) or not phone_number_id[1:].isdigit():
+        return None
+    try:
+        return parse_number(phone_number_id[len(PHONE_NUMBER_ID_PREFIX) :])
+    except InvalidNumber:
+        return None
+
+
+class SimulatedPlatform:
+    def __init__(
+        self, clock: Clock, policy: Policy, *, app_secret: str | None = None, state_path: Path | None = None
+    ) -> None:
+        self.clock = clock
+        self.policy = policy
+        self.app_secret = app_secret or secrets.token_hex(16)
+        self.access_token = "sim-token-" + secrets.token_hex(8)
+        self.state_path = state_path
+        self.state = PlatformState()
+        self.webhook_url: str | None = None
+        self._http = httpx.AsyncClient(timeout=10.0)
+        self._pending: set[asyncio.Task[None]] = set()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._accounts: dict[str, SenderAccount] = {}
+        self._load()
+
+    # --- senders ------------------------------------------------------------------------------------------------
+
+    def provision(self, business: PhoneNumber) -> SenderAccount:
+        """The account of a business number, created on first use with an approved default template."""
+        account = self._accounts.get(business.e164)
+        if account is None:
+            account = SenderAccount(
+                business_number=business.e164,
+                phone_number_id=phone_number_id_for(business),
+                waba_id="2" + business.digits,
+                access_token=self.access_token,
+                app_secret=self.app_secret,
+                default_template=DEFAULT_TEMPLATE,
+            )
+            self._accounts[business.e164] = account
+            templates = self.state.templates.setdefault(account.waba_id, set())
+            templates.add((DEFAULT_TEMPLATE.name, DEFAULT_TEMPLATE.language))
+        return account
+
+    def _account_by_id(self, phone_number_id: str) -> SenderAccount:
+        number = number_for_phone_number_id(phone_number_id)
+        if number is None:
+            raise GraphFailure(400, 100, f"Unsupported post request. Object with ID '{phone_number_id}' does not exist")
+        return self.provision(number)
+
+    # --- users --------------------------------------------------------------------------------------------------
+
+    def user(self, number: str) -> SimUser:
+        return self.state.users.setdefault(number, SimUser(number))
+
+    def set_behavior(
+        self,
+        number: str,
+        on_permission_request: OnPermissionRequest | None,
+        reply_delay: timedelta,
+        outdated_client: bool,
+    ) -> SimUser:
+        user = self.user(number)
+        if on_permission_request is not None:
+            user.on_permission_request = on_permission_request
+        user.reply_delay = reply_delay
+        user.outdated_client = outdated_client
+        self._save()
+        return user
+
+    def ledger(self, business: str, user: str) -> Ledger:
+        return self.state.ledgers.get((business, user), Ledger())
+
+    def _apply(self, business: str, user: str, event: engine.LedgerEvent) -> None:
+        applied = engine.apply(self.ledger(business, user), event, self.policy)
+        self.state.ledgers[(business, user)] = engine.prune(applied.ledger, self.clock.now(), self.policy)
+        self._save()
+
+    def messages_for(self, user: str, business: str | None) -> list[SimMessage]:
+        return [m for m in self.state.messages if m.user == user and (business is None or m.business == business)]
+
+    # --- the user's side: these deliver a signed webhook and return once the service acknowledged it -----------
+
+    async def user_sends_message(self, business: PhoneNumber, user: PhoneNumber, text: str) -> str:
+        account = self.provision(business)
+        now = self.clock.now()
+        message_id = _wamid()
+        self._apply(business.e164, user.e164, engine.UserMessage(now))
+        await self._deliver(payloads.text_message(account, user.digits, message_id, now, text))
+        return message_id
+
+    async def user_grants(self, business: PhoneNumber, user: PhoneNumber, permanent: bool) -> Ledger:
+        account = self.provision(business)
+        now = self.clock.now()
+        expires = None if permanent else now + self.policy.temporary_grant_lifetime
+        self._apply(business.e164, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
+        await self._deliver(
+            payloads.permission_reply(
+                account, user.digits, _wamid(), now, accept=True, permanent=permanent, expires_at=expires
+            )
+        )
+        return self.ledger(business.e164, user.e164)
+
+    async def user_revokes(self, business: PhoneNumber, user: PhoneNumber) -> Ledger:
+        account = self.provision(business)
+        now = self.clock.now()
+        self._apply(business.e164, user.e164, engine.PermissionRevoked(now, Source.USER_ACTION))
+        # UNCERTAIN whether Meta notifies a profile revoke; the simulator sends a reject with no context.
+        await self._deliver(payloads.permission_reply(account, user.digits, _wamid(), now, accept=False))
+        return self.ledger(business.e164, user.e164)
+
+    # --- Graph endpoints ----------------------------------------------------------------------------------------
+
+    def _authorize(self, request: web.Request) -> None:
+        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+            raise GraphFailure(401, 190, "Invalid OAuth access token - Cannot parse access token")
+
+    def send_message(self, phone_number_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        account = self._account_by_id(phone_number_id)
+        if body.get("messaging_product") != "whatsapp":
+            raise GraphFailure(400, 100, "(#100) The parameter messaging_product is required.")
+        try:
+            user = parse_number(str(body.get("to", "")), "to")
+        except InvalidNumber as exc:
+            raise GraphFailure(400, 100, f"(#100) Invalid parameter: {exc.why}") from None
+        kind = body.get("type")
+        now = self.clock.now()
+        business = parse_number(account.business_number)
+        ledger = self.ledger(account.business_number, user.e164)
+        if kind == "interactive":
+            interactive = body.get("interactive") or {}
+            if (
+                interactive.get("type") != "call_permission_request"
+                or (interactive.get("action") or {}).get("name") != "call_permission_request"
+            ):
+                raise GraphFailure(
+                    400, 100, "(#100) The simulator accepts only call_permission_request interactive messages"
+                )
+            message = SimMessage(
+                _wamid(),
+                account.business_number,
+                user.e164,
+                "interactive",
+                now,
+                body_text=str((interactive.get("body") or {}).get("text", "")),
+            )
+            window_open = engine.service_window_expires_at(ledger, now, self.policy) is not None
+            if not window_open:
+                raise GraphFailure(
+                    400,
+                    131047,
+                    "Re-engagement message",
+                    details=(
+                        "Message failed to send because more than 24 hours have passed since the customer last "
+                        "replied to this number."
+                    ),
+                )
+        elif kind == "template":
+            template = body.get("template") or {}
+            name = str(template.get("name", ""))
+            language = str((template.get("language") or {}).get("code", ""))
+            if (name, language) not in self.state.templates.get(account.waba_id, set()):
+                raise GraphFailure(
+                    404,
+                    132001,
+                    "(#132001) Template name does not exist in the translation",
+                    details=f"template name ({name}) does not exist in {language}",
+                )
+            parameters = tuple(
+                str(p.get("text", ""))
+                for c in template.get("components") or []
+                if c.get("type") == "body"
+                for p in c.get("parameters") or []
+            )
+            message = SimMessage(
+                _wamid(),
+                account.business_number,
+                user.e164,
+                "template",
+                now,
+                template=TemplateRef(name, language, parameters),
+            )
+        else:
+            raise GraphFailure(400, 100, f"(#100) Param type must be one of interactive, template; got {kind!r}")
+        decision = engine.evaluate(
+            ledger, now, self.policy, business_region=business.region, template_available=True
+        ).request
+        if decision.reason is engine.Reason.COUNTRY_UNSUPPORTED:
+            raise GraphFailure(400, 138013, "Business-initiated calling is not available for this business number")
+        if decision.reason is engine.Reason.ALREADY_PERMANENT:
+            raise GraphFailure(
+                400, 138017, "Call permission request not allowed: the user has granted a permanent permission"
+            )
+        if decision.reason is engine.Reason.REQUEST_LIMIT_REACHED:
+            raise GraphFailure(
+                400,
+                138009,
+                "Call permission request limit reached",
+                error_data={
+                    "next_allowed_at": int(decision.next_allowed_at.timestamp()) if decision.next_allowed_at else None
+                },
+            )
+        self._apply(account.business_number, user.e164, engine.RequestSent(now))
+        self.state.messages.append(message)
+        self._save()
+        self._schedule_reaction(account, user, message)
+        return {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": str(body.get("to")), "wa_id": user.digits}],
+            "messages": [{"id": message.message_id}],
+        }
+
+    def call_permissions(self, phone_number_id: str, user_wa_id: str) -> dict[str, Any]:
+        account = self._account_by_id(phone_number_id)
+        try:
+            user = parse_number(user_wa_id, "user_wa_id")
+        except InvalidNumber as exc:
+            raise GraphFailure(400, 100, f"(#100) Invalid parameter user_wa_id: {exc.why}") from None
+        now = self.clock.now()
+        business = parse_number(account.business_number)
+        evaluation = engine.evaluate(
+            self.ledger(account.business_number, user.e164),
+            now,
+            self.policy,
+            business_region=business.region,
+            template_available=True,
+        )
+        status = {PermissionState.TEMPORARY: "temporary", PermissionState.PERMANENT: "permanent"}.get(
+            evaluation.state, "no_permission"
+        )
+        permission: dict[str, Any] = {"status": status}
+        if status == "temporary" and evaluation.expires_at:
+            permission["expiration_time"] = int(evaluation.expires_at.timestamp())
+
+        def limits(decision: engine.ActionDecision) -> list[dict[str, Any]]:
+            out = []
+            for usage in decision.limits:
+                item: dict[str, Any] = {
+                    "time_period": _iso_period(usage.window),
+                    "max_allowed": usage.max_allowed,
+                    "current_usage": usage.used,
+                }
+                if usage.used >= usage.max_allowed and usage.resets_at:
+                    item["limit_expiration_time"] = int(usage.resets_at.timestamp())
+                out.append(item)
+            return out
+
+        return {
+            "messaging_product": "whatsapp",
+            "permission": permission,
+            "actions": [
+                {
+                    "action_name": "send_call_permission_request",
+                    "can_perform_action": evaluation.request.allowed,
+                    "limits": limits(evaluation.request),
+                },
+                {
+                    "action_name": "start_call",
+                    "can_perform_action": evaluation.call.allowed,
+                    "limits": limits(evaluation.call),
+                },
+            ],
+        }
+
+    def add_template(self, waba_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        name, language = str(body.get("name", "")), str(body.get("language", ""))
+        components = body.get("components") or []
+        if not name or not language:
+            raise GraphFailure(400, 100, "(#100) name and language are required")
+        if body.get("category") not in ("UTILITY", "MARKETING"):
+            raise GraphFailure(400, 100, "(#100) category must be UTILITY or MARKETING")
+        types = {str(c.get("type", "")).lower() for c in components if isinstance(c, Mapping)}
+        if "body" not in types or "call_permission_request" not in types:
+            raise GraphFailure(
+                400,
+                100,
+                "(#100) a call permission request template needs a BODY and a call_permission_request component",
+            )
+        self.state.templates.setdefault(waba_id, set()).add((name, language))
+        self._save()
+        return {"id": str(uuid.uuid4().int)[:15], "status": "APPROVED", "category": body["category"]}
+
+    def routes(self) -> list[web.RouteDef]:
+        def handler(fn: Any) -> Any:
+            async def wrapped(request: web.Request) -> web.StreamResponse:
+                try:
+                    self._authorize(request)
+                    return web.json_response(await fn(request))
+                except GraphFailure as failure:
+                    return web.json_response(failure.body, status=failure.http_status)
+
+            return wrapped
+
+        async def messages(request: web.Request) -> dict[str, Any]:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise GraphFailure(400, 100, "(#100) the body is not JSON") from None
+            return self.send_message(request.match_info["id"], body)
+
+        async def permissions(request: web.Request) -> dict[str, Any]:
+            return self.call_permissions(request.match_info["id"], request.query.get("user_wa_id", ""))
+
+        async def templates(request: web.Request) -> dict[str, Any]:
+            return self.add_template(request.match_info["id"], await request.json())
+
+        return [
+            web.post("/{version}/{id}/messages", handler(messages)),
+            web.get("/{version}/{id}/call_permissions", handler(permissions)),
+            web.post("/{version}/{id}/message_templates", handler(templates)),
+        ]
+
+    # --- reactions and delivery ---------------------------------------------------------------------------------
+
+    def _schedule_reaction(self, account: SenderAccount, user: PhoneNumber, message: SimMessage) -> None:
+        behavior = self.user(user.e164)
+        task = asyncio.create_task(
+            self._react(
+                account, user, message, behavior.on_permission_request, behavior.reply_delay, behavior.outdated_client
+            )
+        )
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _react(
+        self,
+        account: SenderAccount,
+        user: PhoneNumber,
+        message: SimMessage,
+        response: OnPermissionRequest,
+        delay: timedelta,
+        outdated: bool,
+    ) -> None:
+        if outdated:
+            message.user_response = "undeliverable"
+            await self._deliver(
+                payloads.message_status(
+                    account,
+                    user.digits,
+                    message.message_id,
+                    self.clock.now(),
+                    "failed",
+                    131026,
+                    "Message undeliverable",
+                )
+            )
+            return
+        if response is OnPermissionRequest.IGNORE:
+            message.user_response = "ignored"
+            self._save()
+            return
+        await self.clock.sleep(delay)
+        now = self.clock.now()
+        business = message.business
+        if response is OnPermissionRequest.REJECT:
+            self._apply(business, user.e164, engine.PermissionRejected(now, Source.USER_ACTION))
+            body = payloads.permission_reply(
+                account, user.digits, _wamid(), now, accept=False, context_id=message.message_id
+            )
+        else:
+            permanent = response is OnPermissionRequest.ACCEPT_PERMANENT
+            expires = None if permanent else now + self.policy.temporary_grant_lifetime
+            self._apply(business, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
+            body = payloads.permission_reply(
+                account,
+                user.digits,
+                _wamid(),
+                now,
+                accept=True,
+                permanent=permanent,
+                expires_at=expires,
+                context_id=message.message_id,
+            )
+        message.user_response = response.value
+        self._save()
+        await self._deliver(body)
+
+    async def _deliver(self, body: dict[str, Any], attempts: int = 6) -> None:
+        """POST a signed webhook until the service acknowledges it (at least once, like the platform)."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            if not self.webhook_url:
+                log.warning("simulator has no webhook URL; dropping a delivery")
+                return
+            raw = json.dumps(body, separators=(",", ":")).encode()
+            headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.app_secret.encode(), raw)}
+            for attempt in range(attempts):
+                try:
+                    response = await self._http.post(self.webhook_url, content=raw, headers=headers)
+                    if response.status_code < 300:
+                        return
+                    log.warning("webhook delivery got HTTP %s: %s", response.status_code, response.text[:200])
+                    if 400 <= response.status_code < 500:
+                        return  # the platform does not retry a refused delivery forever; neither do we
+                except httpx.HTTPError as exc:
+                    log.warning("webhook delivery failed (%s), retrying", exc)
+                await asyncio.sleep(0.05 * 2**attempt)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def settle(self) -> None:
+        """Wait for every delivery that is due (not those sleeping on the clock) to finish."""
+        for _ in range(3):
+            await asyncio.sleep(0)
+            while self._in_flight:
+                await asyncio.gather(*list(self._in_flight), return_exceptions=True)
+
+    async def close(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._http.aclose()
+
+    # --- persistence --------------------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        if self.state_path is None:
+            return
+        data = {
+            "app_secret": self.app_secret,
+            "access_token": self.access_token,
+            "users": [
+                {
+                    "number": u.number,
+                    "on_permission_request": u.on_permission_request.value,
+                    "reply_delay_us": u.reply_delay // timedelta(microseconds=1),
+                    "outdated_client": u.outdated_client,
+                }
+                for u in self.state.users.values()
+            ],
+            "ledgers": [[b, u, ledger_to_json(ledger)] for (b, u), ledger in self.state.ledgers.items()],
+            "messages": [
+                {
+                    **dataclasses.asdict(m),
+                    "sent_at": to_micros(m.sent_at),
+                    "template": dataclasses.asdict(m.template) if m.template else None,
+                }
+                for m in self.state.messages[-5000:]
+            ],
+            "templates": {waba: sorted(pairs) for waba, pairs in self.state.templates.items()},
+        }
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.state_path)
+
+    def _load(self) -> None:
+        if self.state_path is None:
+            return
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.state_path.exists():
+            return
+        data = json.loads(self.state_path.read_text())
+        self.app_secret = data["app_secret"]
+        self.access_token = data["access_token"]
+        for u in data["users"]:
+            self.state.users[u["number"]] = SimUser(
+                u["number"],
+                OnPermissionRequest(u["on_permission_request"]),
+                timedelta(microseconds=u["reply_delay_us"]),
+                u["outdated_client"],
+            )
+        self.state.ledgers = {(b, u): ledger_from_json(text) for b, u, text in data["ledgers"]}
+        for m in data["messages"]:
+            template = m.pop("template")
+            m["sent_at"] = from_micros(m["sent_at"])
+            self.state.messages.append(
+                SimMessage(
+                    **m,
+                    template=TemplateRef(template["name"], template["language"], tuple(template["body_parameters"]))
+                    if template
+                    else None,
+                )
+            )
+        self.state.templates = {waba: {tuple(p) for p in pairs} for waba, pairs in data["templates"].items()}
+
+
+def _wamid() -> str:
+    return "wamid.SIM" + uuid.uuid4().hex.upper()
+
+
+def _iso_period(window: timedelta) -> str:
+    seconds = int(window.total_seconds())
+    if seconds % 86400 == 0 and seconds > 86400:
+        return f"P{seconds // 86400}D"
+    if seconds % 3600 == 0:
+        return f"PT{seconds // 3600}H"
+    return f"PT{seconds}S"

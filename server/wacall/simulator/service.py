@@ -1,0 +1,148 @@
+"""gRPC control of the simulator: wacall.sim.v1.SimulatorService."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import NoReturn
+
+import grpc
+from google.rpc import error_details_pb2
+from wacall_client.sim.v1 import simulator_pb2 as pb
+from wacall_client.sim.v1 import simulator_pb2_grpc
+
+from wacall.api import Context, abort, abort_bad_request, timestamp
+from wacall.engine import PermissionState, effective_state
+from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
+from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
+
+BEHAVIOR = {b: getattr(pb, b.name) for b in OnPermissionRequest}
+BEHAVIOR_BY_PB = {v: k for k, v in BEHAVIOR.items()}
+MAX_TEXT = 4096
+
+
+def behavior_message(user: SimUser) -> pb.UserBehavior:
+    delay = pb.UserBehavior().reply_delay
+    delay.FromTimedelta(user.reply_delay)
+    return pb.UserBehavior(
+        user_number=user.number,
+        on_permission_request=BEHAVIOR[user.on_permission_request],
+        reply_delay=delay,
+        outdated_client=user.outdated_client,
+    )
+
+
+def sent_message(message: SimMessage) -> pb.SentMessage:
+    return pb.SentMessage(
+        message_id=message.message_id,
+        business_number=message.business,
+        user_number=message.user,
+        type=pb.MESSAGE_TYPE_INTERACTIVE if message.type == "interactive" else pb.MESSAGE_TYPE_TEMPLATE,
+        sent_at=timestamp(message.sent_at),
+        body_text=message.body_text,
+        template_name=message.template.name if message.template else "",
+        template_language=message.template.language if message.template else "",
+        template_body_parameters=list(message.template.body_parameters) if message.template else [],
+        user_response=message.user_response,
+    )
+
+
+class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
+    def __init__(self, platform: SimulatedPlatform) -> None:
+        self.platform = platform
+
+    async def _number(self, context: Context, value: str, field: str) -> PhoneNumber:
+        try:
+            return parse_number(value, field)
+        except InvalidNumber as error:
+            await abort_bad_request(context, error.field, error.why)
+
+    async def _business(self, context: Context, value: str) -> PhoneNumber:
+        business = await self._number(context, value, "business_number")
+        if business.region in self.platform.policy.denied_business_regions:
+            await self._unsupported(context, business)
+        return business
+
+    async def _unsupported(self, context: Context, business: PhoneNumber) -> NoReturn:
+        message = (
+            f"business-initiated calling is not available for {business.region} numbers; "
+            "simulate with a business number from another country"
+        )
+        await abort(
+            context,
+            grpc.StatusCode.FAILED_PRECONDITION,
+            message,
+            error_details_pb2.PreconditionFailure(
+                violations=[
+                    error_details_pb2.PreconditionFailure.Violation(
+                        type="COUNTRY_UNSUPPORTED", subject=business.e164, description=message
+                    )
+                ]
+            ),
+        )
+
+    async def SetUserBehavior(self, request: pb.SetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
+        user = await self._number(context, request.user_number, "user_number")
+        if request.on_permission_request not in BEHAVIOR_BY_PB and request.on_permission_request != 0:
+            await abort_bad_request(context, "on_permission_request", "unknown value")
+        delay = request.reply_delay.ToTimedelta()
+        if delay < timedelta(0):
+            await abort_bad_request(context, "reply_delay", "must not be negative")
+        behavior = self.platform.set_behavior(
+            user.e164, BEHAVIOR_BY_PB.get(request.on_permission_request), delay, request.outdated_client
+        )
+        return behavior_message(behavior)
+
+    async def GetUserBehavior(self, request: pb.GetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
+        user = await self._number(context, request.user_number, "user_number")
+        return behavior_message(self.platform.user(user.e164))
+
+    async def SendUserMessage(self, request: pb.SendUserMessageRequest, context: Context) -> pb.SendUserMessageResponse:
+        business = await self._number(context, request.business_number, "business_number")
+        user = await self._number(context, request.user_number, "user_number")
+        if len(request.text) > MAX_TEXT:
+            await abort_bad_request(context, "text", f"at most {MAX_TEXT} characters")
+        message_id = await self.platform.user_sends_message(business, user, request.text or "Hello")
+        return pb.SendUserMessageResponse(message_id=message_id)
+
+    async def _permission(self, business: PhoneNumber, user: PhoneNumber) -> pb.SimPermission:
+        ledger = self.platform.ledger(business.e164, user.e164)
+        state = effective_state(ledger, self.platform.clock.now())
+        status = {PermissionState.TEMPORARY: "temporary", PermissionState.PERMANENT: "permanent"}.get(
+            state, "no_permission"
+        )
+        return pb.SimPermission(
+            business_number=business.e164,
+            user_number=user.e164,
+            status=status,
+            expires_at=timestamp(ledger.expires_at if status == "temporary" else None),
+        )
+
+    async def RevokePermission(self, request: pb.RevokePermissionRequest, context: Context) -> pb.SimPermission:
+        business = await self._business(context, request.business_number)
+        user = await self._number(context, request.user_number, "user_number")
+        await self.platform.user_revokes(business, user)
+        return await self._permission(business, user)
+
+    async def GrantPermission(self, request: pb.GrantPermissionRequest, context: Context) -> pb.SimPermission:
+        business = await self._business(context, request.business_number)
+        user = await self._number(context, request.user_number, "user_number")
+        await self.platform.user_grants(business, user, request.permanent)
+        return await self._permission(business, user)
+
+    async def ListMessages(self, request: pb.ListMessagesRequest, context: Context) -> pb.ListMessagesResponse:
+        user = await self._number(context, request.user_number, "user_number")
+        business = (
+            await self._number(context, request.business_number, "business_number") if request.business_number else None
+        )
+        return pb.ListMessagesResponse(
+            messages=[
+                sent_message(m) for m in self.platform.messages_for(user.e164, business.e164 if business else None)
+            ]
+        )
+
+    async def GetPlatformPermission(
+        self, request: pb.GetPlatformPermissionRequest, context: Context
+    ) -> pb.SimPermission:
+        business = await self._number(context, request.business_number, "business_number")
+        user = await self._number(context, request.user_number, "user_number")
+        return await self._permission(business, user)

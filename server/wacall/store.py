@@ -1,0 +1,355 @@
+"""The durable ledger: per-pair derived state plus an append-only event log, behind one small interface.
+
+A `Store` runs a function inside one serialisable transaction (`await store.transaction(fn)`); the function gets a
+`Tx` to read and write. Everything a decision needs (read the pair, decide with the engine, append events, save
+the pair, remember the idempotency key or webhook id) happens inside one call, so limits hold under any number of
+concurrent callers, and the commit happens before anybody is answered.
+
+SQLite runs every transaction on one dedicated thread with `BEGIN IMMEDIATE` (WAL mode); a PostgreSQL store can
+keep the same `Tx` shape with `SELECT ... FOR UPDATE` on the pair row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlparse
+
+from wacall.engine import Ledger, PermissionState
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    business: str  # +E164
+    user: str  # +E164
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One line of the audit log. `cursor` is assigned by the store."""
+
+    pair: Pair
+    kind: str
+    source: str
+    occurred_at: datetime
+    recorded_at: datetime
+    state_after: PermissionState
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    cursor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentResult:
+    business: str
+    key: str
+    fingerprint: str  # what was asked, so a reused key with different content is refused
+    outcome: Mapping[str, str]
+
+
+class Tx(Protocol):
+    def ledger(self, pair: Pair) -> Ledger: ...
+
+    def save_ledger(self, pair: Pair, ledger: Ledger, now: datetime) -> None: ...
+
+    def append(self, event: EventRecord) -> int: ...
+
+    def claim(self, key: str, now: datetime) -> bool:
+        """Remember `key` (a webhook message id, say); False if it was already claimed."""
+        ...
+
+    def seen(self, key: str) -> bool:
+        """Whether `key` was claimed."""
+        ...
+
+    def idempotent_result(self, business: str, key: str) -> IdempotentResult | None: ...
+
+    def save_idempotent_result(self, result: IdempotentResult, now: datetime) -> None: ...
+
+    def keep_webhook(self, body: bytes, now: datetime) -> None:
+        """Keep a verified webhook body as received, for audit and replay."""
+        ...
+
+
+class Store(Protocol):
+    async def transaction(self, fn: Callable[[Tx], T]) -> T: ...
+
+    async def events_after(
+        self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
+    ) -> list[EventRecord]: ...
+
+    async def last_cursor(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+# --- serialisation ------------------------------------------------------------------------------------------------
+
+
+def to_micros(value: datetime) -> int:
+    return calendar.timegm(value.utctimetuple()) * 1_000_000 + value.microsecond
+
+
+def from_micros(value: int) -> datetime:
+    seconds, micros = divmod(value, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
+
+
+def _opt(value: datetime | None) -> int | None:
+    return None if value is None else to_micros(value)
+
+
+def _opt_dt(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
+
+
+def ledger_to_json(ledger: Ledger) -> str:
+    return json.dumps(
+        {
+            "state": ledger.state.value,
+            "expires_at": _opt(ledger.expires_at),
+            "state_changed_at": _opt(ledger.state_changed_at),
+            "request_times": [to_micros(t) for t in ledger.request_times],
+            "connected_call_times": [to_micros(t) for t in ledger.connected_call_times],
+            "consecutive_unanswered": ledger.consecutive_unanswered,
+            "last_connected_at": _opt(ledger.last_connected_at),
+            "last_user_message_at": _opt(ledger.last_user_message_at),
+        },
+        separators=(",", ":"),
+    )
+
+
+def ledger_from_json(text: str) -> Ledger:
+    data: dict[str, Any] = json.loads(text)
+    return Ledger(
+        state=PermissionState(data["state"]),
+        expires_at=_opt_dt(data["expires_at"]),
+        state_changed_at=_opt_dt(data["state_changed_at"]),
+        request_times=tuple(from_micros(t) for t in data["request_times"]),
+        connected_call_times=tuple(from_micros(t) for t in data["connected_call_times"]),
+        consecutive_unanswered=data["consecutive_unanswered"],
+        last_connected_at=_opt_dt(data["last_connected_at"]),
+        last_user_message_at=_opt_dt(data["last_user_message_at"]),
+    )
+
+
+# --- SQLite -------------------------------------------------------------------------------------------------------
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS pairs (
+    business TEXT NOT NULL,
+    user TEXT NOT NULL,
+    ledger TEXT NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (business, user)
+);
+CREATE TABLE IF NOT EXISTS events (
+    cursor INTEGER PRIMARY KEY AUTOINCREMENT,
+    business TEXT NOT NULL,
+    user TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    occurred_at INTEGER NOT NULL,
+    recorded_at INTEGER NOT NULL,
+    state_after TEXT NOT NULL,
+    attributes TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_pair ON events (business, user, cursor);
+CREATE TABLE IF NOT EXISTS claimed_keys (
+    key TEXT PRIMARY KEY,
+    claimed_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS idempotency (
+    business TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (business, key)
+);
+CREATE TABLE IF NOT EXISTS webhooks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at INTEGER NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+
+
+class _SqliteTx:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def ledger(self, pair: Pair) -> Ledger:
+        row = self._db.execute(
+            "SELECT ledger FROM pairs WHERE business = ? AND user = ?", (pair.business, pair.user)
+        ).fetchone()
+        return ledger_from_json(row[0]) if row else Ledger()
+
+    def save_ledger(self, pair: Pair, ledger: Ledger, now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO pairs (business, user, ledger, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (business, user) DO UPDATE SET ledger = excluded.ledger, updated_at = excluded.updated_at",
+            (pair.business, pair.user, ledger_to_json(ledger), to_micros(now)),
+        )
+
+    def append(self, event: EventRecord) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO events (business, user, kind, source, occurred_at, recorded_at, state_after, attributes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.pair.business,
+                event.pair.user,
+                event.kind,
+                event.source,
+                to_micros(event.occurred_at),
+                to_micros(event.recorded_at),
+                event.state_after.value,
+                json.dumps(dict(event.attributes), sort_keys=True),
+            ),
+        ).lastrowid
+        assert cursor is not None
+        return cursor
+
+    def claim(self, key: str, now: datetime) -> bool:
+        inserted = self._db.execute(
+            "INSERT INTO claimed_keys (key, claimed_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, to_micros(now)),
+        ).rowcount
+        return inserted == 1
+
+    def seen(self, key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM claimed_keys WHERE key = ?", (key,)).fetchone() is not None
+
+    def idempotent_result(self, business: str, key: str) -> IdempotentResult | None:
+        row = self._db.execute(
+            "SELECT fingerprint, outcome FROM idempotency WHERE business = ? AND key = ?", (business, key)
+        ).fetchone()
+        return IdempotentResult(business, key, row[0], json.loads(row[1])) if row else None
+
+    def save_idempotent_result(self, result: IdempotentResult, now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO idempotency (business, key, fingerprint, outcome, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (business, key) DO UPDATE SET outcome = excluded.outcome",
+            (result.business, result.key, result.fingerprint, json.dumps(dict(result.outcome)), to_micros(now)),
+        )
+
+    def keep_webhook(self, body: bytes, now: datetime) -> None:
+        self._db.execute("INSERT INTO webhooks (received_at, body) VALUES (?, ?)", (to_micros(now), body))
+
+
+def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
+    cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes = row
+    return EventRecord(
+        pair=Pair(business, user),
+        kind=kind,
+        source=source,
+        occurred_at=from_micros(occurred_at),
+        recorded_at=from_micros(recorded_at),
+        state_after=PermissionState(state_after),
+        attributes=json.loads(attributes),
+        cursor=cursor,
+    )
+
+
+class SqliteStore:
+    """SQLite in WAL mode; all access on one thread, so each transaction is serialised and atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wacall-sqlite")
+        self._thread_db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self._executor.submit(self._open).result()
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit survives power loss before we acknowledge it.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        self._thread_db = db
+
+    def _run(self, fn: Callable[[Tx], T]) -> T:
+        db = self._thread_db
+        if db is None:
+            raise StoreError("the store is closed")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(_SqliteTx(db))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+        return result
+
+    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._run, fn)
+
+    def _events_after(self, cursor: int, business: str | None, user: str | None, limit: int) -> list[EventRecord]:
+        assert self._thread_db is not None
+        clauses, params = ["cursor > ?"], [cursor]
+        if business:
+            clauses.append("business = ?")
+            params.append(business)  # type: ignore[arg-type]
+        if user:
+            clauses.append("user = ?")
+            params.append(user)  # type: ignore[arg-type]
+        rows = self._thread_db.execute(
+            "SELECT cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes "
+            f"FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
+            (*params, limit),
+        ).fetchall()
+        return [_row_to_event(row) for row in rows]
+
+    async def events_after(
+        self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
+    ) -> list[EventRecord]:
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._events_after, cursor, business, user, limit
+        )
+
+    async def last_cursor(self) -> int:
+        def read() -> int:
+            assert self._thread_db is not None
+            row = self._thread_db.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()
+            return int(row[0])
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
+
+    async def close(self) -> None:
+        def shut() -> None:
+            if self._thread_db is not None:
+                self._thread_db.close()
+                self._thread_db = None
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, shut)
+        self._executor.shutdown(wait=True)
+
+
+def open_store(url: str) -> Store:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = parsed.path[1:] if parsed.path.startswith("/") else parsed.path
+        if not path:
+            raise StoreError(f"no database file in {url!r}; use sqlite:///var/wacall.db")
+        return SqliteStore(Path(path))
+    if parsed.scheme in ("postgres", "postgresql"):
+        raise StoreError("PostgreSQL is not supported yet; use sqlite:///var/wacall.db")
+    raise StoreError(f"unsupported database URL {url!r}; use sqlite:///var/wacall.db")
