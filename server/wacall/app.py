@@ -113,6 +113,8 @@ class Service:
             graph_address = f"http://127.0.0.1:{port}"
             self.graph = GraphClient(f"{graph_address}/{GRAPH_VERSION}")
             platform = self.platform
+            for account in settings.senders:
+                platform.register(account)
             senders = ProvisioningSenders(
                 settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
             )

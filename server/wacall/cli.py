@@ -296,6 +296,11 @@ async def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     service = Service(settings)
+    # Handlers first: a supervisor may signal as soon as it reads the banner.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     addresses = await service.start()
     graph = f" (simulated Graph API at {addresses.graph})" if addresses.graph else ""
     print(
@@ -303,10 +308,6 @@ async def serve(args: argparse.Namespace) -> int:
         f"clock={settings.clock} policy={service.policy.label} db={settings.db}",
         flush=True,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await service.stop()
     print("wacall stopped", flush=True)

@@ -142,7 +142,17 @@ class SimulatedPlatform:
             templates.add((DEFAULT_TEMPLATE.name, DEFAULT_TEMPLATE.language))
         return account
 
+    def register(self, account: SenderAccount) -> None:
+        """Accept a sender from configuration as it is (its token, its default template or none)."""
+        self._accounts[account.business_number] = account
+        if account.default_template is not None:
+            template = account.default_template
+            self.state.templates.setdefault(account.waba_id, set()).add((template.name, template.language))
+
     def _account_by_id(self, phone_number_id: str) -> SenderAccount:
+        for account in self._accounts.values():
+            if account.phone_number_id == phone_number_id:
+                return account
         number = number_for_phone_number_id(phone_number_id)
         if number is None:
             raise GraphFailure(400, 100, f"Unsupported post request. Object with ID '{phone_number_id}' does not exist")
@@ -212,7 +222,8 @@ class SimulatedPlatform:
     # --- Graph endpoints ----------------------------------------------------------------------------------------
 
     def _authorize(self, request: web.Request) -> None:
-        if request.headers.get("Authorization") != f"Bearer {self.access_token}":
+        tokens = {self.access_token} | {a.access_token for a in self._accounts.values()}
+        if request.headers.get("Authorization", "").removeprefix("Bearer ") not in tokens:
             raise GraphFailure(401, 190, "Invalid OAuth access token - Cannot parse access token")
 
     def send_message(self, phone_number_id: str, body: Mapping[str, Any]) -> dict[str, Any]:

