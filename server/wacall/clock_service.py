@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
@@ -18,6 +19,8 @@ class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
     def __init__(self, clock: ManualClock, settle: Callable[[], Awaitable[None]]) -> None:
         self.clock = clock
         self.settle = settle
+        # One advance at a time: interleaved advances would wake sleepers out of time order.
+        self._lock = asyncio.Lock()
 
     async def Now(self, request: pb.NowRequest, context: Context) -> pb.NowResponse:
         return pb.NowResponse(now=timestamp(self.clock.now()))
@@ -28,7 +31,8 @@ class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
             await abort_bad_request(context, "duration", "the clock only moves forward")
         if delta > MAX_ADVANCE:
             await abort_bad_request(context, "duration", "at most 3650 days at a time")
-        now = await self.clock.advance(delta)
-        # Whatever became due (simulated users answering, say) has been delivered when Advance returns.
-        await self.settle()
+        async with self._lock:
+            now = await self.clock.advance(delta)
+            # Whatever became due (simulated users answering, say) has been delivered when Advance returns.
+            await self.settle()
         return pb.NowResponse(now=timestamp(now))
