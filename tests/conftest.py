@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -20,6 +21,8 @@ from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.app import Addresses, Service
 from wacall.config import Settings
+
+T = TypeVar("T")
 
 # Valid numbers (libphonenumber rejects the fictional 07700 900xxx range).
 BUSINESS = "+447911123456"  # GB: business-initiated calling available
@@ -79,9 +82,7 @@ class Running:
         return await wait_until(lambda: self.permission(business, user), lambda p: p.state == state, timeout)
 
 
-async def wait_until(
-    fetch: Callable[[], Awaitable[pb.Permission]], done: Callable[[pb.Permission], bool], timeout: float = 5.0
-) -> pb.Permission:
+async def wait_until(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool], timeout: float = 5.0) -> T:
     """Poll (real time) until `done(fetch())`: webhooks travel over real HTTP."""
     deadline = time.monotonic() + timeout
     while True:

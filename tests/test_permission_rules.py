@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import BUSINESS, DAY, HOUR, OTHER_USER, US_BUSINESS, USER, Running
+from conftest import BUSINESS, DAY, HOUR, OTHER_USER, US_BUSINESS, USER, Running, wait_until
 from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
@@ -317,3 +317,29 @@ async def test_get_policy_reports_each_preset(make_service, preset, calls, promp
     assert (policy.prompt_after_unanswered, policy.revoke_after_unanswered) == (prompt, revoke)
     assert tuple(x.max_allowed for x in policy.permission_request_limits) == requests
     assert sorted(policy.denied_business_regions) == ["CA", "EG", "NG", "TR", "US", "VN"]
+
+
+async def test_user_answering_later_is_delivered_when_the_clock_reaches_it(wacall: Running) -> None:
+    await wacall.behave(USER, sim_pb.ACCEPT_TEMPORARY, delay_seconds=2 * HOUR)
+    await wacall.request()
+    await wacall.advance(HOUR)
+    assert (await wacall.permission()).state == pb.PERMISSION_STATE_REQUESTED
+    answered_at = await wacall.advance(HOUR)
+    # Advance returns once whatever fell due has been delivered and committed.
+    permission = await wacall.permission()
+    assert permission.state == pb.PERMISSION_STATE_TEMPORARY
+    assert permission.expires_at.ToSeconds() == answered_at.timestamp() + 7 * DAY
+
+
+async def test_outdated_client_request_failure_is_audited_and_still_counts(wacall: Running) -> None:
+    await wacall.sim.SetUserBehavior(sim_pb.SetUserBehaviorRequest(user_number=USER, outdated_client=True))
+    sent = await wacall.request()
+
+    async def events() -> pb.ListEventsResponse:
+        return await wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER))
+
+    failure = (await wait_until(events, lambda r: len(r.events) == 2)).events[1]
+    assert failure.kind == pb.EVENT_KIND_PERMISSION_REQUEST_FAILED
+    assert failure.attributes["platform_error"] == "131026" and failure.attributes["message_id"] == sent.message_id
+    # Fail closed: the platform may have counted it, so wacall does too.
+    assert [x.used for x in request_action(await wacall.permission()).limits] == [1, 1]
