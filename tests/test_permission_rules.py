@@ -343,3 +343,22 @@ async def test_outdated_client_request_failure_is_audited_and_still_counts(wacal
     assert failure.attributes["platform_error"] == "131026" and failure.attributes["message_id"] == sent.message_id
     # Fail closed: the platform may have counted it, so wacall does too.
     assert [x.used for x in request_action(await wacall.permission()).limits] == [1, 1]
+
+
+async def test_reply_from_a_wa_id_that_differs_from_the_number_lands_on_the_right_pair(wacall: Running) -> None:
+    # Brazilian mobiles: WhatsApp may know +55 11 98765-4321 as 551187654321 (no mobile 9) (HOOK-8).
+    await wacall.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(
+            user_number=OTHER_USER, on_permission_request=sim_pb.ACCEPT_TEMPORARY, wa_id="551187654321"
+        )
+    )
+    await wacall.request(BUSINESS, OTHER_USER)
+    granted = await wacall.wait_for_state(pb.PERMISSION_STATE_TEMPORARY, user=OTHER_USER)
+    assert granted.user_number == OTHER_USER
+    # Later messages from that wa_id open the window of the same pair.
+    await wacall.sim.SendUserMessage(
+        sim_pb.SendUserMessageRequest(business_number=BUSINESS, user_number=OTHER_USER, text="hi")
+    )
+    assert (await wacall.permission(BUSINESS, OTHER_USER)).HasField("service_window_expires_at")
+    events = await wacall.calling.ListEvents(pb.ListEventsRequest())
+    assert {e.user_number for e in events.events} == {OTHER_USER} and len(events.events) == 3

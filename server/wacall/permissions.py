@@ -32,7 +32,7 @@ from wacall.numbers import PhoneNumber, parse_number
 from wacall.policy import Policy
 from wacall.senders import SenderDirectory
 from wacall.store import EventRecord, IdempotentResult, Pair, Store, Tx
-from wacall.webhook_payloads import InboundMessage, MessageStatus, PermissionReply, WebhookItem
+from wacall.webhook_payloads import Ignored, InboundMessage, MessageStatus, PermissionReply, WebhookItem
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,9 @@ class PermissionService:
                     {"message_id": sent.message_id, "channel": channel.value},
                 )
             )
-            tx.claim(f"request:{sent.message_id}", now)
+            tx.remember_message(sent.message_id, pair, now)
+            if sent.wa_id and sent.wa_id != pair.user[1:]:
+                tx.remember_alias(sent.wa_id, pair.user)
             if idempotency_key:
                 tx.save_idempotent_result(
                     IdempotentResult(
@@ -400,17 +402,28 @@ class PermissionService:
 
     # --- webhooks -----------------------------------------------------------------------------------------------
 
-    def _pair_of(self, phone_number_id: str, user_wa_id: str) -> tuple[Pair, PhoneNumber] | None:
+    def _business_of(self, phone_number_id: str) -> str | None:
         account = self.senders.by_phone_number_id(phone_number_id)
         if account is None:
             log.warning("webhook for unknown phone_number_id %s ignored", phone_number_id)
             return None
-        try:
-            user = parse_number(user_wa_id, "from")
-        except ValueError:
-            log.warning("webhook with unusable user id %r ignored", user_wa_id)
-            return None
-        return Pair(account.business_number, user.e164), parse_number(account.business_number)
+        return account.business_number
+
+    @staticmethod
+    def _user_pair(tx: Tx, business: str, wa_id: str, context_id: str | None) -> Pair | None:
+        """The pair a webhook item is about: by the request it answers first, then by the user's identity."""
+        if context_id:
+            replied_to = tx.message_pair(context_id)
+            if replied_to is not None and replied_to.business == business:
+                return replied_to
+        user = tx.alias(wa_id)
+        if user is None:
+            try:
+                user = parse_number(wa_id, "from").e164
+            except ValueError:
+                log.warning("webhook with unusable user id %r ignored", wa_id)
+                return None
+        return Pair(business, user)
 
     @staticmethod
     def _ledger_event(item: WebhookItem) -> tuple[LedgerEvent, dict[str, str]] | None:
@@ -449,54 +462,50 @@ class PermissionService:
 
     async def ingest(self, body: bytes, items: list[WebhookItem]) -> IngestResult:
         """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200."""
-        resolved = []
-        for item in items:
-            if isinstance(item, PermissionReply | InboundMessage):
-                target = self._pair_of(item.phone_number_id, item.user_wa_id)
-            elif isinstance(item, MessageStatus):
-                target = self._pair_of(item.phone_number_id, item.recipient_wa_id)
-            else:
-                target = None
-            resolved.append((item, target))
+        # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
+        resolved = [
+            (item, self._business_of(item.phone_number_id) if not isinstance(item, Ignored) else None) for item in items
+        ]
 
         def apply_all(tx: Tx) -> IngestResult:
             now = self.clock.now()
             tx.keep_webhook(body, now)
             applied = duplicates = ignored = 0
-            for item, target in resolved:
-                if target is None:
+            for item, business in resolved:
+                if business is None or isinstance(item, Ignored):
                     ignored += 1
                     continue
-                pair, _ = target
                 if isinstance(item, MessageStatus):
-                    if item.status != "failed" or not tx.claim(f"status:{item.message_id}:failed", now):
+                    # Only a failed permission request of ours matters (131026: client too old). It stays counted.
+                    sent_to = tx.message_pair(item.message_id)
+                    if (
+                        item.status != "failed"
+                        or sent_to is None
+                        or not tx.claim(f"status:{item.message_id}:failed", now)
+                    ):
                         ignored += 1
                         continue
-                    # Undeliverable permission request (131026: client too old): audit it. It stays counted.
-                    if not tx.seen(f"request:{item.message_id}"):
-                        ignored += 1  # not one of our permission requests
-                        continue
                     codes = ",".join(str(c) for c in item.error_codes)
+                    meaning = platform_error(item.error_codes[0]).meaning if item.error_codes else "undeliverable"
                     tx.append(
                         EventRecord(
-                            pair,
+                            sent_to,
                             "permission_request_failed",
                             Source.PLATFORM_AUTOMATIC.value,
                             item.timestamp,
                             now,
-                            engine.effective_state(tx.ledger(pair), now),
-                            {
-                                "message_id": item.message_id,
-                                "platform_error": codes,
-                                "meaning": platform_error(item.error_codes[0]).meaning
-                                if item.error_codes
-                                else "undeliverable",
-                            },
+                            engine.effective_state(tx.ledger(sent_to), now),
+                            {"message_id": item.message_id, "platform_error": codes, "meaning": meaning},
                         )
                     )
                     applied += 1
                     continue
-                if not tx.claim(f"message:{item.message_id}", now):  # type: ignore[union-attr]
+                context_id = item.context_id if isinstance(item, PermissionReply) else None
+                pair = self._user_pair(tx, business, item.user_wa_id, context_id)
+                if pair is None:
+                    ignored += 1
+                    continue
+                if not tx.claim(f"message:{item.message_id}", now):
                     duplicates += 1
                     continue
                 converted = self._ledger_event(item)

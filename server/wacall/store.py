@@ -68,9 +68,17 @@ class Tx(Protocol):
         """Remember `key` (a webhook message id, say); False if it was already claimed."""
         ...
 
-    def seen(self, key: str) -> bool:
-        """Whether `key` was claimed."""
+    def remember_message(self, message_id: str, pair: Pair, now: datetime) -> None:
+        """Remember which pair one of our messages (a permission request) went to."""
         ...
+
+    def message_pair(self, message_id: str) -> Pair | None: ...
+
+    def remember_alias(self, wa_id: str, user: str) -> None:
+        """The platform's wa_id for a user differs from the number we hold (HOOK-8): map it to our user."""
+        ...
+
+    def alias(self, wa_id: str) -> str | None: ...
 
     def idempotent_result(self, business: str, key: str) -> IdempotentResult | None: ...
 
@@ -181,6 +189,16 @@ CREATE TABLE IF NOT EXISTS idempotency (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (business, key)
 );
+CREATE TABLE IF NOT EXISTS messages (
+    message_id TEXT PRIMARY KEY,
+    business TEXT NOT NULL,
+    user TEXT NOT NULL,
+    sent_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    wa_id TEXT PRIMARY KEY,
+    user TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhooks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at INTEGER NOT NULL,
@@ -231,8 +249,26 @@ class _SqliteTx:
         ).rowcount
         return inserted == 1
 
-    def seen(self, key: str) -> bool:
-        return self._db.execute("SELECT 1 FROM claimed_keys WHERE key = ?", (key,)).fetchone() is not None
+    def remember_message(self, message_id: str, pair: Pair, now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO messages (message_id, business, user, sent_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (message_id) DO NOTHING",
+            (message_id, pair.business, pair.user, to_micros(now)),
+        )
+
+    def message_pair(self, message_id: str) -> Pair | None:
+        row = self._db.execute("SELECT business, user FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+        return Pair(row[0], row[1]) if row else None
+
+    def remember_alias(self, wa_id: str, user: str) -> None:
+        self._db.execute(
+            "INSERT INTO aliases (wa_id, user) VALUES (?, ?) ON CONFLICT (wa_id) DO UPDATE SET user = excluded.user",
+            (wa_id, user),
+        )
+
+    def alias(self, wa_id: str) -> str | None:
+        row = self._db.execute("SELECT user FROM aliases WHERE wa_id = ?", (wa_id,)).fetchone()
+        return str(row[0]) if row else None
 
     def idempotent_result(self, business: str, key: str) -> IdempotentResult | None:
         row = self._db.execute(

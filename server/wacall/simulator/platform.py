@@ -57,6 +57,7 @@ class SimUser:
     on_permission_request: OnPermissionRequest = OnPermissionRequest.IGNORE
     reply_delay: timedelta = timedelta(0)
     outdated_client: bool = False
+    wa_id: str = ""  # the platform's id for the user when it differs from the number's digits
 
 
 @dataclass
@@ -169,14 +170,26 @@ class SimulatedPlatform:
         on_permission_request: OnPermissionRequest | None,
         reply_delay: timedelta,
         outdated_client: bool,
+        wa_id: str = "",
     ) -> SimUser:
         user = self.user(number)
         if on_permission_request is not None:
             user.on_permission_request = on_permission_request
         user.reply_delay = reply_delay
         user.outdated_client = outdated_client
+        user.wa_id = wa_id
         self._save()
         return user
+
+    def wa_id(self, user: PhoneNumber) -> str:
+        known = self.state.users.get(user.e164)
+        return known.wa_id if known is not None and known.wa_id else user.digits
+
+    def _number_of_wa_id(self, wa_id: str) -> PhoneNumber:
+        for user in self.state.users.values():
+            if user.wa_id and user.wa_id == wa_id:
+                return parse_number(user.number)
+        return parse_number(wa_id, "user_wa_id")
 
     def ledger(self, business: str, user: str) -> Ledger:
         return self.state.ledgers.get((business, user), Ledger())
@@ -196,7 +209,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         message_id = _wamid()
         self._apply(business.e164, user.e164, engine.UserMessage(now))
-        await self._deliver(payloads.text_message(account, user.digits, message_id, now, text))
+        await self._deliver(payloads.text_message(account, self.wa_id(user), message_id, now, text))
         return message_id
 
     async def user_grants(self, business: PhoneNumber, user: PhoneNumber, permanent: bool) -> Ledger:
@@ -206,7 +219,7 @@ class SimulatedPlatform:
         self._apply(business.e164, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
         await self._deliver(
             payloads.permission_reply(
-                account, user.digits, _wamid(), now, accept=True, permanent=permanent, expires_at=expires
+                account, self.wa_id(user), _wamid(), now, accept=True, permanent=permanent, expires_at=expires
             )
         )
         return self.ledger(business.e164, user.e164)
@@ -216,7 +229,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         self._apply(business.e164, user.e164, engine.PermissionRevoked(now, Source.USER_ACTION))
         # UNCERTAIN whether Meta notifies a profile revoke; the simulator sends a reject with no context.
-        await self._deliver(payloads.permission_reply(account, user.digits, _wamid(), now, accept=False))
+        await self._deliver(payloads.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False))
         return self.ledger(business.e164, user.e164)
 
     # --- Graph endpoints ----------------------------------------------------------------------------------------
@@ -317,14 +330,14 @@ class SimulatedPlatform:
         self._schedule_reaction(account, user, message)
         return {
             "messaging_product": "whatsapp",
-            "contacts": [{"input": str(body.get("to")), "wa_id": user.digits}],
+            "contacts": [{"input": str(body.get("to")), "wa_id": self.wa_id(user)}],
             "messages": [{"id": message.message_id}],
         }
 
     def call_permissions(self, phone_number_id: str, user_wa_id: str) -> dict[str, Any]:
         account = self._account_by_id(phone_number_id)
         try:
-            user = parse_number(user_wa_id, "user_wa_id")
+            user = self._number_of_wa_id(user_wa_id)
         except InvalidNumber as exc:
             raise GraphFailure(400, 100, f"(#100) Invalid parameter user_wa_id: {exc.why}") from None
         now = self.clock.now()
@@ -447,7 +460,7 @@ class SimulatedPlatform:
             await self._deliver(
                 payloads.message_status(
                     account,
-                    user.digits,
+                    self.wa_id(user),
                     message.message_id,
                     self.clock.now(),
                     "failed",
@@ -466,7 +479,7 @@ class SimulatedPlatform:
         if response is OnPermissionRequest.REJECT:
             self._apply(business, user.e164, engine.PermissionRejected(now, Source.USER_ACTION))
             body = payloads.permission_reply(
-                account, user.digits, _wamid(), now, accept=False, context_id=message.message_id
+                account, self.wa_id(user), _wamid(), now, accept=False, context_id=message.message_id
             )
         else:
             permanent = response is OnPermissionRequest.ACCEPT_PERMANENT
@@ -474,7 +487,7 @@ class SimulatedPlatform:
             self._apply(business, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
             body = payloads.permission_reply(
                 account,
-                user.digits,
+                self.wa_id(user),
                 _wamid(),
                 now,
                 accept=True,
@@ -539,6 +552,7 @@ class SimulatedPlatform:
                     "on_permission_request": u.on_permission_request.value,
                     "reply_delay_us": u.reply_delay // timedelta(microseconds=1),
                     "outdated_client": u.outdated_client,
+                    "wa_id": u.wa_id,
                 }
                 for u in self.state.users.values()
             ],
@@ -572,6 +586,7 @@ class SimulatedPlatform:
                 OnPermissionRequest(u["on_permission_request"]),
                 timedelta(microseconds=u["reply_delay_us"]),
                 u["outdated_client"],
+                u.get("wa_id", ""),
             )
         self.state.ledgers = {(b, u): ledger_from_json(text) for b, u, text in data["ledgers"]}
         for m in data["messages"]:

@@ -28,6 +28,7 @@ def behavior_message(user: SimUser) -> pb.UserBehavior:
         on_permission_request=BEHAVIOR[user.on_permission_request],
         reply_delay=delay,
         outdated_client=user.outdated_client,
+        wa_id=user.wa_id,
     )
 
 
@@ -84,11 +85,13 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         user = await self._number(context, request.user_number, "user_number")
         if request.on_permission_request not in BEHAVIOR_BY_PB and request.on_permission_request != 0:
             await abort_bad_request(context, "on_permission_request", "unknown value")
+        if request.wa_id and not request.wa_id.isdigit():
+            await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
         delay = request.reply_delay.ToTimedelta()
         if delay < timedelta(0):
             await abort_bad_request(context, "reply_delay", "must not be negative")
         behavior = self.platform.set_behavior(
-            user.e164, BEHAVIOR_BY_PB.get(request.on_permission_request), delay, request.outdated_client
+            user.e164, BEHAVIOR_BY_PB.get(request.on_permission_request), delay, request.outdated_client, request.wa_id
         )
         return behavior_message(behavior)
 

@@ -34,16 +34,18 @@ MESSAGE_TYPE_INTERACTIVE: MessageType
 MESSAGE_TYPE_TEMPLATE: MessageType
 
 class SetUserBehaviorRequest(_message.Message):
-    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client")
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id")
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
     OUTDATED_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    WA_ID_FIELD_NUMBER: _ClassVar[int]
     user_number: str
     on_permission_request: PermissionRequestResponse
     reply_delay: _duration_pb2.Duration
     outdated_client: bool
-    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ...) -> None: ...
+    wa_id: str
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ...) -> None: ...
 
 class GetUserBehaviorRequest(_message.Message):
     __slots__ = ("user_number",)
@@ -52,16 +54,18 @@ class GetUserBehaviorRequest(_message.Message):
     def __init__(self, user_number: _Optional[str] = ...) -> None: ...
 
 class UserBehavior(_message.Message):
-    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client")
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id")
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
     OUTDATED_CLIENT_FIELD_NUMBER: _ClassVar[int]
+    WA_ID_FIELD_NUMBER: _ClassVar[int]
     user_number: str
     on_permission_request: PermissionRequestResponse
     reply_delay: _duration_pb2.Duration
     outdated_client: bool
-    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ...) -> None: ...
+    wa_id: str
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ...) -> None: ...
 
 class SendUserMessageRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "text")
