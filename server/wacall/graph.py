@@ -157,31 +157,34 @@ class GraphClient:
                 if response.status_code >= 500 and idempotent and not last_try:
                     pass  # retry a read
                 else:
-                    return self._decode(response)
+                    return self._decode(response, idempotent=idempotent)
             await asyncio.sleep(self._backoff * (2**attempt))
         raise GraphUnavailable("the platform kept failing", maybe_sent=not idempotent)  # pragma: no cover
 
     @staticmethod
-    def _decode(response: httpx.Response) -> dict[str, Any]:
+    def _decode(response: httpx.Response, *, idempotent: bool) -> dict[str, Any]:
+        # A send answered by anything but a well-formed error object may still have gone out: fail closed.
+        unreadable = GraphUnavailable(
+            f"the platform answered HTTP {response.status_code} with an unreadable body", maybe_sent=not idempotent
+        )
         try:
             body = response.json()
         except ValueError:
-            raise GraphUnavailable(
-                f"the platform answered HTTP {response.status_code} with a non-JSON body",
-                maybe_sent=response.status_code < 500,
-            ) from None
-        if response.status_code >= 400 or "error" in body:
-            error = body.get("error") or {}
+            raise unreadable from None
+        if not isinstance(body, dict):
+            raise unreadable
+        error = body.get("error")
+        if isinstance(error, Mapping):
             data = error.get("error_data") or {}
             raise GraphError(
                 response.status_code,
-                int(error.get("code", 0)),
+                int(error.get("code", 0) or 0),
                 str(error.get("message", "")),
                 str(data.get("details", "")) if isinstance(data, Mapping) else str(data),
                 data if isinstance(data, Mapping) else None,
             )
-        if not isinstance(body, dict):
-            raise GraphUnavailable("the platform answered an unexpected body", maybe_sent=True)
+        if response.status_code >= 400:
+            raise unreadable
         return body
 
     async def _send_message(self, account: SenderAccount, payload: Mapping[str, Any]) -> SentMessage:
@@ -243,3 +246,29 @@ class GraphClient:
             idempotent=True,
         )
         return parse_call_permissions(body)
+
+    async def _calls(self, account: SenderAccount, payload: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", f"{account.phone_number_id}/calls", account, json=payload, idempotent=False)
+
+    async def connect_call(self, account: SenderAccount, to_digits: str, offer_sdp: str, opaque: str = "") -> str:
+        """Start a business-initiated call; returns the platform's call id (wacid)."""
+        payload: dict[str, Any] = {
+            "messaging_product": "whatsapp",
+            "to": to_digits,
+            "action": "connect",
+            "session": {"sdp_type": "offer", "sdp": offer_sdp},
+        }
+        if opaque:
+            payload["biz_opaque_callback_data"] = opaque
+        body = await self._calls(account, payload)
+        try:
+            return str(body["calls"][0]["id"])
+        except (KeyError, IndexError, TypeError):
+            raise GraphUnavailable("the platform's calls response has no call id", maybe_sent=True) from None
+
+    async def call_action(self, account: SenderAccount, call_id: str, action: str, answer_sdp: str = "") -> None:
+        """terminate, reject, or (user-initiated calls) pre_accept / accept with our SDP answer."""
+        payload: dict[str, Any] = {"messaging_product": "whatsapp", "call_id": call_id, "action": action}
+        if answer_sdp:
+            payload["session"] = {"sdp_type": "answer", "sdp": answer_sdp}
+        await self._calls(account, payload)

@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,7 +32,7 @@ from wacall.numbers import PhoneNumber, parse_number
 from wacall.policy import Policy
 from wacall.senders import SenderDirectory
 from wacall.store import EventRecord, IdempotentResult, Pair, Store, Tx
-from wacall.webhook_payloads import Ignored, InboundMessage, MessageStatus, PermissionReply, WebhookItem
+from wacall.webhook_payloads import CallEventItem, Ignored, InboundMessage, MessageStatus, PermissionReply, WebhookItem
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +61,10 @@ class RuleRefusal(Exception):
 class PlatformRefusal(Exception):
     """The platform refused what we sent, or could not be reached."""
 
-    def __init__(self, error: GraphError | GraphUnavailable, pair: Pair, evaluation: Evaluation) -> None:
+    def __init__(self, error: GraphError | GraphUnavailable, pair: Pair) -> None:
         super().__init__(str(error))
         self.error = error
         self.pair = pair
-        self.evaluation = evaluation
 
 
 class IdempotencyConflict(Exception):
@@ -137,6 +136,10 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
 
+AfterCommit = Callable[[], Awaitable[None]]
+CallItemHandler = Callable[[Tx, str, CallEventItem, datetime], AfterCommit | None]
+
+
 class PermissionService:
     def __init__(
         self, store: Store, clock: Clock, policy: Policy, senders: SenderDirectory, graph: GraphClient
@@ -147,6 +150,10 @@ class PermissionService:
         self.senders = senders
         self.graph = graph
         self.changes = ChangeNotifier()
+        # Set by the call service: applies a `calls` webhook item inside the ingest transaction and returns the
+        # media work to run once it is committed.
+        self.call_item_handler: CallItemHandler | None = None
+        self._after_commit: set[asyncio.Task[None]] = set()
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -171,7 +178,7 @@ class PermissionService:
             template_available=self._template_available(business, template),
         )
 
-    def _record(
+    def record(
         self,
         tx: Tx,
         pair: Pair,
@@ -296,7 +303,7 @@ class PermissionService:
             view = await self._settle_failed_request(
                 pair, business, sent_at, state_before, channel, error, idempotency_key, fingerprint
             )
-            raise PlatformRefusal(error, pair, view.evaluation) from error
+            raise PlatformRefusal(error, pair) from error
         view = await self._settle_sent_request(pair, business, sent_at, channel, sent, idempotency_key, fingerprint)
         return RequestResult(sent.message_id, channel, view, replayed=False)
 
@@ -364,7 +371,7 @@ class PermissionService:
             if isinstance(error, GraphError):
                 attributes["platform_error"] = str(error.code)
             if definitely_not_sent:
-                ledger = self._record(tx, pair, ledger, engine.RequestWithdrawn(sent_at, state_before), now, attributes)
+                ledger = self.record(tx, pair, ledger, engine.RequestWithdrawn(sent_at, state_before), now, attributes)
             else:
                 # It may have reached the user: keep it counted (fail closed) and say so.
                 attributes["may_have_been_sent"] = "true"
@@ -381,7 +388,7 @@ class PermissionService:
                 )
             if isinstance(error, GraphError) and platform_error(error.code).reason is Reason.ALREADY_PERMANENT:
                 # The platform knows of a permanent grant we missed (HOOK-6): reconcile.
-                ledger = self._record(
+                ledger = self.record(
                     tx,
                     pair,
                     ledger,
@@ -410,7 +417,7 @@ class PermissionService:
         return account.business_number
 
     @staticmethod
-    def _user_pair(tx: Tx, business: str, wa_id: str, context_id: str | None) -> Pair | None:
+    def user_pair(tx: Tx, business: str, wa_id: str, context_id: str | None) -> Pair | None:
         """The pair a webhook item is about: by the request it answers first, then by the user's identity."""
         if context_id:
             replied_to = tx.message_pair(context_id)
@@ -467,13 +474,25 @@ class PermissionService:
             (item, self._business_of(item.phone_number_id) if not isinstance(item, Ignored) else None) for item in items
         ]
 
+        after_commit: list[AfterCommit] = []
+
         def apply_all(tx: Tx) -> IngestResult:
+            after_commit.clear()  # the transaction may be retried from scratch
             now = self.clock.now()
             tx.keep_webhook(body, now)
             applied = duplicates = ignored = 0
             for item, business in resolved:
                 if business is None or isinstance(item, Ignored):
                     ignored += 1
+                    continue
+                if isinstance(item, CallEventItem):
+                    if self.call_item_handler is None:
+                        ignored += 1
+                        continue
+                    action = self.call_item_handler(tx, business, item, now)
+                    if action is not None:
+                        after_commit.append(action)
+                    applied += 1
                     continue
                 if isinstance(item, MessageStatus):
                     # Only a failed permission request of ours matters (131026: client too old). It stays counted.
@@ -501,7 +520,7 @@ class PermissionService:
                     applied += 1
                     continue
                 context_id = item.context_id if isinstance(item, PermissionReply) else None
-                pair = self._user_pair(tx, business, item.user_wa_id, context_id)
+                pair = self.user_pair(tx, business, item.user_wa_id, context_id)
                 if pair is None:
                     ignored += 1
                     continue
@@ -513,13 +532,19 @@ class PermissionService:
                     ignored += 1
                     continue
                 event, attributes = converted
-                self._record(tx, pair, tx.ledger(pair), event, now, attributes)
+                self.record(tx, pair, tx.ledger(pair), event, now, attributes)
                 applied += 1
             return IngestResult(applied, duplicates, ignored)
 
         result = await self.store.transaction(apply_all)
         if result.applied:
             self.changes.notify()
+        # Media work (apply an SDP answer, answer a user's call) runs after the commit, not in the webhook's
+        # response path: no platform calls inside the handler (HOOK-1).
+        for action in after_commit:
+            task = asyncio.ensure_future(action())
+            self._after_commit.add(task)
+            task.add_done_callback(self._after_commit.discard)
         return result
 
     # --- events -------------------------------------------------------------------------------------------------

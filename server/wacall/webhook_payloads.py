@@ -53,12 +53,33 @@ class MessageStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class CallEventItem:
+    """A `calls` webhook item: connect (with SDP), terminate, or a call status (RINGING/ACCEPTED/REJECTED)."""
+
+    phone_number_id: str
+    call_id: str  # wacid
+    kind: str  # connect | terminate | ringing | accepted | rejected | unknown
+    timestamp: datetime
+    user_wa_id: str
+    direction: str  # BUSINESS_INITIATED | USER_INITIATED | ""
+    sdp: str = ""
+    sdp_type: str = ""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    duration_seconds: int | None = None
+    status: str = ""  # terminate: completed | failed
+    error_codes: tuple[int, ...] = ()
+    error_message: str = ""
+    biz_opaque_callback_data: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Ignored:
     field: str
     why: str
 
 
-WebhookItem = PermissionReply | InboundMessage | MessageStatus | Ignored
+WebhookItem = PermissionReply | InboundMessage | MessageStatus | CallEventItem | Ignored
 
 
 def parse_timestamp(value: Any, what: str) -> datetime:
@@ -94,15 +115,11 @@ def decode(body: bytes) -> Mapping[str, Any]:
     return data
 
 
-def _user_of(message: Mapping[str, Any], contacts: list[Any]) -> str:
+def _user_of(message: Mapping[str, Any], contacts: list[Any]) -> str | None:
     user = message.get("from")
     if not user and contacts:
         user = _dict(contacts[0], "contacts[0]").get("wa_id")
-    if not user:
-        raise MalformedWebhook(
-            "a message has neither 'from' nor a contact wa_id (username-only users are not supported yet)"
-        )
-    return str(user)
+    return str(user) if user else None
 
 
 def _message(phone_number_id: str, message: Mapping[str, Any], contacts: list[Any]) -> WebhookItem:
@@ -111,6 +128,9 @@ def _message(phone_number_id: str, message: Mapping[str, Any], contacts: list[An
         raise MalformedWebhook("a message has no id")
     timestamp = parse_timestamp(message.get("timestamp"), "messages[].timestamp")
     user = _user_of(message, contacts)
+    if user is None:
+        # A username-only user (BSUID, no phone number): not supported yet, but the rest of the delivery is.
+        return Ignored("messages", f"message {message_id} has no phone number (username-only user)")
     interactive = message.get("interactive")
     if (
         message.get("type") == "interactive"
@@ -137,9 +157,65 @@ def _message(phone_number_id: str, message: Mapping[str, Any], contacts: list[An
     return InboundMessage(phone_number_id, user, str(message_id), timestamp, str(message.get("type", "unknown")))
 
 
+def _opaque(item: Mapping[str, Any]) -> str:
+    # Meta's field table spells it biz_opaque_callback_date (HOOK-7); the payloads use ..._data.
+    return str(item.get("biz_opaque_callback_data", item.get("biz_opaque_callback_date", "")) or "")
+
+
+def _optional_time(value: Any, what: str) -> datetime | None:
+    return None if value in (None, "") else parse_timestamp(value, what)
+
+
+def _call(phone_number_id: str, call: Mapping[str, Any], errors: list[Any], contacts: list[Any]) -> WebhookItem:
+    call_id = call.get("id")
+    if not call_id:
+        raise MalformedWebhook("a call has no id")
+    event = str(call.get("event", "")).lower()
+    direction = str(call.get("direction", "")).upper()
+    # The user is the far end: `to` of a business-initiated call, `from` of a user-initiated one.
+    user = call.get("from") if direction == "USER_INITIATED" else call.get("to")
+    if not user and contacts:
+        user = _dict(contacts[0], "contacts[0]").get("wa_id")
+    raw_session = call.get("session")
+    session: Mapping[str, Any] = raw_session if isinstance(raw_session, Mapping) else {}
+    codes = tuple(int(e.get("code", 0)) for e in errors if isinstance(e, Mapping))
+    message = "; ".join(str(e.get("message", "")) for e in errors if isinstance(e, Mapping))
+    duration = call.get("duration")
+    return CallEventItem(
+        phone_number_id=phone_number_id,
+        call_id=str(call_id),
+        kind=event if event in ("connect", "terminate") else "unknown",
+        timestamp=parse_timestamp(call.get("timestamp"), "calls[].timestamp"),
+        user_wa_id=str(user or ""),
+        direction=direction,
+        sdp=str(session.get("sdp", "")),
+        sdp_type=str(session.get("sdp_type", "")).lower(),
+        start_time=_optional_time(call.get("start_time"), "calls[].start_time"),
+        end_time=_optional_time(call.get("end_time"), "calls[].end_time"),
+        duration_seconds=int(duration) if duration not in (None, "") else None,
+        status=str(call.get("status", "")).lower(),
+        error_codes=codes,
+        error_message=message,
+        biz_opaque_callback_data=_opaque(call),
+    )
+
+
+def _call_status(phone_number_id: str, status: Mapping[str, Any]) -> WebhookItem:
+    value = str(status.get("status", "")).lower()
+    return CallEventItem(
+        phone_number_id=phone_number_id,
+        call_id=str(status.get("id", "")),
+        kind=value if value in ("ringing", "accepted", "rejected") else "unknown",
+        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp"),
+        user_wa_id=str(status.get("recipient_id", "")),
+        direction="",
+        biz_opaque_callback_data=_opaque(status),
+    )
+
+
 def _status(phone_number_id: str, status: Mapping[str, Any]) -> WebhookItem:
     if str(status.get("type", "")).lower() == "call":
-        return Ignored("messages", "call status (handled with calls)")
+        return _call_status(phone_number_id, status)
     errors = tuple(
         int(e.get("code", 0)) for e in _list(status.get("errors"), "statuses[].errors") if isinstance(e, Mapping)
     )
@@ -165,7 +241,7 @@ def _items(data: Mapping[str, Any]) -> Iterator[WebhookItem]:
             change = _dict(change, "changes[]")
             field = str(change.get("field", ""))
             value = _dict(change.get("value"), "changes[].value")
-            if field != "messages":
+            if field not in ("messages", "calls"):
                 yield Ignored(field, "not handled yet")
                 continue
             metadata = _dict(value.get("metadata"), "value.metadata")
@@ -173,6 +249,9 @@ def _items(data: Mapping[str, Any]) -> Iterator[WebhookItem]:
             if not phone_number_id:
                 raise MalformedWebhook("value.metadata.phone_number_id is missing")
             contacts = _list(value.get("contacts"), "value.contacts")
+            errors = _list(value.get("errors"), "value.errors")
+            for call in _list(value.get("calls"), "value.calls"):
+                yield _call(str(phone_number_id), _dict(call, "calls[]"), errors, contacts)
             for message in _list(value.get("messages"), "value.messages"):
                 yield _message(str(phone_number_id), _dict(message, "messages[]"), contacts)
             for status in _list(value.get("statuses"), "value.statuses"):

@@ -1,0 +1,386 @@
+"""wacall.webhook_payloads.parse: pure parsing of webhook bodies (whatsapp-calling.md §6, pitfalls.md HOOK-7)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from wacall.graph import SenderAccount
+from wacall.simulator import payloads
+from wacall.webhook_payloads import (
+    Ignored,
+    InboundMessage,
+    MalformedWebhook,
+    MessageStatus,
+    PermissionReply,
+    parse,
+)
+
+ACCOUNT = SenderAccount(
+    business_number="+447911123456",
+    phone_number_id="106540352242922",
+    waba_id="102290129340398",
+    access_token="token",
+    app_secret="secret",
+)
+USER = "34612345678"
+T = 1767168000  # 2025-12-31T08:00:00Z
+AT = datetime.fromtimestamp(T, UTC)
+EXPIRES = T + 7 * 86400
+
+
+def encode(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+def reply_body(**reply: Any) -> dict[str, Any]:
+    """Meta's §6.5 sample shape, with the call_permission_reply object given."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": ACCOUNT.waba_id,
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": "447911123456",
+                                "phone_number_id": ACCOUNT.phone_number_id,
+                            },
+                            "contacts": [
+                                {"profile": {"name": "John"}, "wa_id": USER, "user_id": "ES.13491208655302741918"}
+                            ],
+                            "messages": [
+                                {
+                                    "from": USER,
+                                    "from_user_id": "ES.13491208655302741918",
+                                    "id": "wamid.HBgLMzQ2MTIzNDU2NzgVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+                                    "timestamp": str(T),
+                                    "type": "interactive",
+                                    "context": {"from": "447911123456", "id": "wamid.REQUEST"},
+                                    "interactive": {"type": "call_permission_reply", "call_permission_reply": reply},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def message_of(body: dict[str, Any]) -> dict[str, Any]:
+    message: dict[str, Any] = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    return message
+
+
+def only(body: Any) -> Any:
+    items = parse(encode(body))
+    assert len(items) == 1, items
+    return items[0]
+
+
+# --- call_permission_reply ----------------------------------------------------------------------------------------
+
+
+def test_temporary_accept_as_in_metas_sample() -> None:
+    body = reply_body(
+        response="accept", is_permanent=False, expiration_timestamp=str(EXPIRES), response_source="user_action"
+    )
+    assert only(body) == PermissionReply(
+        phone_number_id=ACCOUNT.phone_number_id,
+        user_wa_id=USER,
+        message_id=message_of(body)["id"],
+        timestamp=AT,
+        accepted=True,
+        permanent=False,
+        expires_at=datetime.fromtimestamp(EXPIRES, UTC),
+        automatic=False,
+        context_id="wamid.REQUEST",
+    )
+
+
+@pytest.mark.parametrize("timestamp", [str(T), T])
+def test_message_timestamp_as_string_or_integer(timestamp: str | int) -> None:
+    body = reply_body(response="accept", is_permanent=True, response_source="user_action")
+    message_of(body)["timestamp"] = timestamp
+    reply = only(body)
+    assert reply.timestamp == AT
+    assert reply.timestamp.tzinfo is not None
+
+
+@pytest.mark.parametrize("expiration", [str(EXPIRES), EXPIRES])
+def test_expiration_timestamp_as_string_or_integer(expiration: str | int) -> None:
+    reply = only(reply_body(response="accept", is_permanent=False, expiration_timestamp=expiration))
+    assert reply.expires_at == datetime.fromtimestamp(EXPIRES, UTC)
+
+
+@pytest.mark.parametrize("expiration", [None, ""])
+def test_expiration_timestamp_absent_or_empty(expiration: str | None) -> None:
+    fields: dict[str, Any] = {"response": "accept", "is_permanent": False}
+    if expiration is not None:
+        fields["expiration_timestamp"] = expiration
+    reply = only(reply_body(**fields))
+    assert reply.accepted
+    assert not reply.permanent
+    assert reply.expires_at is None  # the engine derives approval + 7 d
+
+
+def test_permanent_accept_has_no_expiry() -> None:
+    reply = only(reply_body(response="accept", is_permanent=True, response_source="user_action"))
+    assert reply.accepted and reply.permanent
+    assert reply.expires_at is None
+
+
+def test_decline_has_no_is_permanent_and_no_expiry() -> None:
+    reply = only(reply_body(response="reject", response_source="user_action"))
+    assert not reply.accepted
+    assert not reply.permanent
+    assert reply.expires_at is None
+    assert not reply.automatic
+    assert reply.context_id == "wamid.REQUEST"
+
+
+def test_callback_grant_keeps_the_wacid_context() -> None:
+    body = reply_body(
+        response="accept", is_permanent=False, expiration_timestamp=str(EXPIRES), response_source="automatic"
+    )
+    message_of(body)["context"] = {"from": "447911123456", "id": "wacid.HBgLMzQ2MTIzNDU2NzgVAgASGCA"}
+    reply = only(body)
+    assert reply.automatic
+    assert reply.accepted
+    assert reply.context_id == "wacid.HBgLMzQ2MTIzNDU2NzgVAgASGCA"
+
+
+@pytest.mark.parametrize("context", [None, {}, {"from": "447911123456"}, "not-an-object"])
+def test_missing_or_empty_context_is_none(context: Any) -> None:
+    body = reply_body(response="reject", response_source="automatic")
+    if context is None:
+        del message_of(body)["context"]
+    else:
+        message_of(body)["context"] = context
+    reply = only(body)
+    assert reply.context_id is None
+    assert reply.automatic
+    assert not reply.accepted
+
+
+def test_response_source_defaults_to_user_action() -> None:
+    reply = only(reply_body(response="accept", is_permanent=True))
+    assert not reply.automatic
+
+
+@pytest.mark.parametrize(
+    ("response", "source", "accepted", "automatic"),
+    [
+        ("ACCEPT", "AUTOMATIC", True, True),
+        ("Accept", "Automatic", True, True),
+        ("REJECT", "USER_ACTION", False, False),
+        ("Reject", "User_Action", False, False),
+    ],
+)
+def test_enum_case_drift(response: str, source: str, accepted: bool, automatic: bool) -> None:
+    reply = only(reply_body(response=response, is_permanent=False, response_source=source))
+    assert reply.accepted is accepted
+    assert reply.automatic is automatic
+
+
+def test_status_case_drift() -> None:
+    body = payloads.message_status(ACCOUNT, USER, "wamid.X", AT, "FAILED", 131026, "Message undeliverable")
+    status = only(body)
+    assert isinstance(status, MessageStatus)
+    assert status.status == "failed"
+
+
+def test_user_from_contacts_when_from_is_absent() -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    del message_of(body)["from"]
+    assert only(body).user_wa_id == USER
+
+
+def test_a_username_only_user_is_ignored_without_dropping_the_rest_of_the_delivery() -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    del message_of(body)["from"]
+    del body["entry"][0]["changes"][0]["value"]["contacts"]
+    (item,) = parse(encode(body))
+    assert isinstance(item, Ignored) and "username-only" in item.why
+
+
+@pytest.mark.parametrize("response", ["maybe", "", None])
+def test_unknown_response_is_malformed(response: str | None) -> None:
+    with pytest.raises(MalformedWebhook):
+        parse(encode(reply_body(response=response)))
+
+
+def test_reply_without_a_reply_object_is_malformed() -> None:
+    body = reply_body()
+    message_of(body)["interactive"] = {"type": "call_permission_reply"}
+    with pytest.raises(MalformedWebhook):
+        parse(encode(body))
+
+
+# --- other messages and statuses ----------------------------------------------------------------------------------
+
+
+def test_text_message_is_an_inbound_message() -> None:
+    body = payloads.text_message(ACCOUNT, USER, "wamid.TEXT", AT, "hello")
+    assert only(body) == InboundMessage(ACCOUNT.phone_number_id, USER, "wamid.TEXT", AT, "text")
+
+
+def test_other_interactive_replies_are_inbound_messages() -> None:
+    body = payloads.text_message(ACCOUNT, USER, "wamid.BUTTON", AT, "")
+    message_of(body).update(type="interactive", interactive={"type": "button_reply", "button_reply": {"id": "1"}})
+    item = only(body)
+    assert isinstance(item, InboundMessage)
+    assert item.type == "interactive"
+
+
+def test_failed_status_with_error_codes() -> None:
+    body = payloads.message_status(ACCOUNT, USER, "wamid.CPR", AT, "failed", 131026, "Message undeliverable")
+    assert only(body) == MessageStatus(ACCOUNT.phone_number_id, "wamid.CPR", USER, "failed", AT, (131026,))
+
+
+# --- envelope: several items, other fields ------------------------------------------------------------------------
+
+
+def test_every_entry_change_message_and_status_is_returned_in_order() -> None:
+    text = payloads.text_message(ACCOUNT, USER, "wamid.A", AT, "hello")
+    value = text["entry"][0]["changes"][0]["value"]
+    value["messages"].append(message_of(reply_body(response="accept", is_permanent=True)) | {"id": "wamid.B"})
+    value["statuses"] = [{"id": "wamid.C", "status": "delivered", "timestamp": T, "recipient_id": USER}]
+    second_change = copy.deepcopy(text["entry"][0]["changes"][0])
+    second_value = second_change["value"]
+    second_value["messages"] = [dict(second_value["messages"][0], id="wamid.D")]
+    del second_value["statuses"]
+    other = SenderAccount("+34911234567", "555666777", "888", "t", "s")
+    second_entry = payloads.permission_reply(other, "447911654321", "wamid.E", AT, accept=False)["entry"][0]
+    body = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": ACCOUNT.waba_id, "changes": [text["entry"][0]["changes"][0], second_change]}, second_entry],
+    }
+
+    items = parse(encode(body))
+
+    assert [type(i).__name__ for i in items] == [
+        "InboundMessage",
+        "PermissionReply",
+        "MessageStatus",
+        "InboundMessage",
+        "PermissionReply",
+    ]
+    assert [getattr(i, "message_id", None) for i in items] == ["wamid.A", "wamid.B", "wamid.C", "wamid.D", "wamid.E"]
+    assert items[-1].phone_number_id == "555666777"
+    assert items[-1].user_wa_id == "447911654321"
+
+
+@pytest.mark.parametrize("field", ["account_update", "account_settings_update", "message_template_status", "security"])
+def test_fields_other_than_messages_are_ignored(field: str) -> None:
+    text = payloads.text_message(ACCOUNT, USER, "wamid.A", AT, "hello")
+    # Shapes that would not parse as `messages` (no metadata): they must not be read as such.
+    other_change = {"field": field, "value": {"event": "whatever", "messages": [{"nonsense": True}]}}
+    text["entry"][0]["changes"].insert(0, other_change)
+    ignored, message = parse(encode(text))
+    assert isinstance(ignored, Ignored)
+    assert ignored.field == field
+    assert message == InboundMessage(ACCOUNT.phone_number_id, USER, "wamid.A", AT, "text")
+
+
+def test_empty_deliveries_parse_to_nothing() -> None:
+    assert parse(encode({"object": "whatsapp_business_account"})) == []
+    assert parse(encode({"object": "whatsapp_business_account", "entry": []})) == []
+    assert parse(encode({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": []}]})) == []
+
+
+# --- malformed ----------------------------------------------------------------------------------------------------
+
+
+def test_missing_phone_number_id_is_malformed() -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    del body["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"]
+    with pytest.raises(MalformedWebhook, match="phone_number_id"):
+        parse(encode(body))
+
+
+def test_missing_metadata_is_malformed() -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    del body["entry"][0]["changes"][0]["value"]["metadata"]
+    with pytest.raises(MalformedWebhook):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", "", None, "17671680OO", {"seconds": T}, [T]])
+def test_bad_message_timestamp_is_malformed(timestamp: Any) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    if timestamp is None:
+        del message_of(body)["timestamp"]
+    else:
+        message_of(body)["timestamp"] = timestamp
+    with pytest.raises(MalformedWebhook, match="timestamp"):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize("expiration", ["next week", {"at": EXPIRES}])
+def test_bad_expiration_timestamp_is_malformed(expiration: Any) -> None:
+    with pytest.raises(MalformedWebhook, match="expiration_timestamp"):
+        parse(encode(reply_body(response="accept", is_permanent=False, expiration_timestamp=expiration)))
+
+
+def test_bad_status_timestamp_is_malformed() -> None:
+    body = payloads.message_status(ACCOUNT, USER, "wamid.CPR", AT, "failed", 131026)
+    body["entry"][0]["changes"][0]["value"]["statuses"][0]["timestamp"] = "soon"
+    with pytest.raises(MalformedWebhook, match="timestamp"):
+        parse(encode(body))
+
+
+def test_message_without_id_is_malformed() -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    del message_of(body)["id"]
+    with pytest.raises(MalformedWebhook):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize(
+    "raw", [b"", b"not json", b'{"object": "whatsapp_business_account", "entry": [', b"\xff\xfe\x00", b"[]", b"null"]
+)
+def test_non_json_or_non_object_body_is_malformed(raw: bytes) -> None:
+    with pytest.raises(MalformedWebhook):
+        parse(raw)
+
+
+@pytest.mark.parametrize("obj", ["page", "instagram", "", None, 1])
+def test_wrong_object_is_malformed(obj: Any) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    body["object"] = obj
+    with pytest.raises(MalformedWebhook, match="object"):
+        parse(encode(body))
+
+
+def test_missing_object_is_malformed() -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    del body["object"]
+    with pytest.raises(MalformedWebhook, match="object"):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: b.update(entry={"not": "a list"}),
+        lambda b: b["entry"].append("not an object"),
+        lambda b: b["entry"][0].update(changes="nope"),
+        lambda b: b["entry"][0]["changes"][0].update(value=None),
+        lambda b: b["entry"][0]["changes"][0]["value"].update(messages={"id": "x"}),
+        lambda b: b["entry"][0]["changes"][0]["value"]["messages"].append(7),
+    ],
+)
+def test_wrong_container_types_are_malformed(mutate: Any) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    mutate(body)
+    with pytest.raises(MalformedWebhook):
+        parse(encode(body))
