@@ -26,8 +26,8 @@ check-proto: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server tests bench scripts clients/python/wacall_client/_client.py
-	$(VENV)/bin/ruff format --check server tests bench scripts clients/python/wacall_client/_client.py
+	$(VENV)/bin/ruff check server adapters tests bench scripts clients/python/wacall_client/_client.py
+	$(VENV)/bin/ruff format --check server adapters tests bench scripts clients/python/wacall_client/_client.py
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

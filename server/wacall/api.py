@@ -7,7 +7,11 @@ BadRequest for bad fields. Every message says what to do.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import asyncio
+import base64
+import json
+import os
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, NoReturn
 
@@ -18,9 +22,12 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall import engine
+from wacall.call_service import CallNotFound, CallService, CallView
+from wacall.calls import CallOutcome, CallState, Direction
 from wacall.engine import ActionDecision, Evaluation
 from wacall.errors import REASONS, platform_error
 from wacall.graph import GraphError, TemplateRef
+from wacall.media.tracks import Framer, PcmResampler
 from wacall.numbers import InvalidNumber, parse_number
 from wacall.permissions import (
     IdempotencyConflict,
@@ -32,7 +39,11 @@ from wacall.permissions import (
 )
 from wacall.policy import Policy, WindowLimit
 from wacall.senders import UnknownSender
-from wacall.store import EventRecord, Pair
+from wacall.store import EventRecord, Pair, from_micros, to_micros
+from wacall_adapters.announcement import AnnouncementAdapter
+from wacall_adapters.base import MediaAdapter
+from wacall_adapters.media_stream import MediaStreamAdapter
+from wacall_adapters.webrtc import WebRtcBridgeAdapter, WebRtcPassthroughAdapter
 
 STATE = {s: getattr(pb, f"PERMISSION_STATE_{s.name}") for s in engine.PermissionState}
 REASON = {r: getattr(pb, f"REASON_{r.name}") for r in engine.Reason}
@@ -51,6 +62,7 @@ EVENT_KIND = {
         "call_connected",
         "call_unanswered",
         "user_prompted",
+        "call_updated",
     )
 }
 MAX_PAGE = 1000
@@ -119,7 +131,77 @@ def view_message(view: PermissionView) -> pb.Permission:
     return permission_message(view.pair, view.evaluation, view.updated_at, view.policy)
 
 
+CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}
+CALL_OUTCOME = {o: getattr(pb, f"CALL_OUTCOME_{o.name}") for o in CallOutcome}
+CALL_DIRECTION = {d: getattr(pb, f"CALL_DIRECTION_{d.name}") for d in Direction}
+
+
+def call_message(view: CallView) -> pb.Call:
+    facts = view.facts
+    error = view.platform_error
+    return pb.Call(
+        call_id=view.call_id,
+        platform_call_id=view.platform_call_id or "",
+        business_number=view.pair.business,
+        user_number=view.pair.user,
+        direction=CALL_DIRECTION[view.direction],
+        state=CALL_STATE[facts.state],
+        outcome=CALL_OUTCOME[facts.outcome] if facts.outcome else pb.CALL_OUTCOME_UNSPECIFIED,
+        created_at=timestamp(facts.created_at),
+        answered_at=timestamp(facts.answered_at),
+        ended_at=timestamp(facts.ended_at),
+        duration_seconds=facts.duration_seconds or 0,
+        route=view.route,
+        platform_error=pb.PlatformError(
+            code=error["code"], message=error.get("message", ""), details=error.get("details", "")
+        )
+        if error
+        else None,
+        biz_opaque_callback_data=view.opaque,
+        webrtc_answer_sdp=view.answer_sdp,
+        media=pb.MediaStats(
+            frames_sent=view.media.frames_sent,
+            frames_received=view.media.frames_received,
+            audible_frames_received=view.media.audible_frames_received,
+            mean_level_received=view.media.mean_level_received,
+        ),
+        end_reason=view.end_reason,
+    )
+
+
+def snapshot_message(snapshot: Mapping[str, Any]) -> pb.Call:
+    """A Call from the JSON snapshot kept in the event log."""
+
+    def t(value: int | None) -> timestamp_pb2.Timestamp | None:
+        return None if value is None else timestamp(from_micros(value))
+
+    error = snapshot.get("platform_error")
+    return pb.Call(
+        call_id=snapshot["call_id"],
+        platform_call_id=snapshot["platform_call_id"],
+        business_number=snapshot["business"],
+        user_number=snapshot["user"],
+        direction=CALL_DIRECTION[Direction(snapshot["direction"])],
+        state=CALL_STATE[CallState(snapshot["state"])],
+        outcome=CALL_OUTCOME[CallOutcome(snapshot["outcome"])] if snapshot["outcome"] else pb.CALL_OUTCOME_UNSPECIFIED,
+        created_at=t(snapshot["created_at"]),
+        answered_at=t(snapshot["answered_at"]),
+        ended_at=t(snapshot["ended_at"]),
+        duration_seconds=snapshot["duration_seconds"],
+        route=snapshot["route"],
+        platform_error=pb.PlatformError(
+            code=error["code"], message=error.get("message", ""), details=error.get("details", "")
+        )
+        if error
+        else None,
+        biz_opaque_callback_data=snapshot["opaque"],
+        end_reason=snapshot["end_reason"],
+    )
+
+
 def event_message(record: EventRecord) -> pb.Event:
+    attributes = dict(record.attributes)
+    snapshot = attributes.pop("call", None)
     return pb.Event(
         cursor=str(record.cursor),
         kind=EVENT_KIND.get(record.kind, pb.EVENT_KIND_UNSPECIFIED),
@@ -129,7 +211,8 @@ def event_message(record: EventRecord) -> pb.Event:
         recorded_at=timestamp(record.recorded_at),
         source=SOURCE.get(record.source, pb.EVENT_SOURCE_UNSPECIFIED),
         permission_state=STATE[record.state_after],
-        attributes=dict(record.attributes),
+        attributes=attributes,
+        call=snapshot_message(json.loads(snapshot)) if snapshot else None,
     )
 
 
@@ -278,9 +361,73 @@ def parse_cursor(value: str, field: str) -> int | None:
     return int(value) if value.isdigit() else None
 
 
+SAMPLE_RATES = (8000, 16000, 24000, 48000)
+MAX_CALL_PAGE = 500
+
+
+async def build_route(route: pb.Route, context: Context) -> tuple[Callable[[], MediaAdapter], str, str]:
+    """The adapter factory for a route, its name, and what distinguishes it for idempotency. Validates first."""
+    kind = route.WhichOneof("kind") or "announcement"
+    if kind == "announcement":
+        a = route.announcement
+        if a.audio_file and not os.path.isfile(a.audio_file):
+            await abort_bad_request(
+                context, "route.announcement.audio_file", f"no such file on the server: {a.audio_file}"
+            )
+        if a.tone_hz and not 20 <= a.tone_hz <= 20000:
+            await abort_bad_request(context, "route.announcement.tone_hz", "between 20 and 20000 Hz")
+        tone = a.tone_duration.ToTimedelta() if a.HasField("tone_duration") else timedelta(seconds=5)
+        limit = a.max_duration.ToTimedelta() if a.HasField("max_duration") else timedelta(minutes=5)
+        if tone <= timedelta(0) or limit <= timedelta(0):
+            await abort_bad_request(context, "route.announcement", "durations must be positive")
+        if a.record_to and not os.path.isdir(os.path.dirname(os.path.abspath(a.record_to))):
+            await abort_bad_request(context, "route.announcement.record_to", "its directory does not exist")
+        return (
+            lambda: AnnouncementAdapter(
+                audio_file=a.audio_file,
+                tone_hz=a.tone_hz or 440.0,
+                tone_seconds=tone.total_seconds(),
+                record_to=a.record_to,
+                max_duration=limit,
+            ),
+            "announcement",
+            a.SerializeToString().hex(),
+        )
+    if kind == "webrtc":
+        w = route.webrtc
+        if "m=audio" not in w.offer_sdp:
+            await abort_bad_request(context, "route.webrtc.offer_sdp", "an SDP offer with an audio m-line is required")
+        if w.passthrough:
+            return lambda: WebRtcPassthroughAdapter(offer_sdp=w.offer_sdp), "webrtc_passthrough", w.offer_sdp
+        return (
+            lambda: WebRtcBridgeAdapter(offer_sdp=w.offer_sdp, ice_servers=list(w.ice_servers)),
+            "webrtc",
+            w.offer_sdp,
+        )
+    m = route.media_stream
+    stream_limit = m.max_duration.ToTimedelta() if m.HasField("max_duration") else None
+    if stream_limit is not None and stream_limit <= timedelta(0):
+        await abort_bad_request(context, "route.media_stream.max_duration", "must be positive")
+    return lambda: MediaStreamAdapter(max_duration=stream_limit), "media_stream", m.SerializeToString().hex()
+
+
+def _page_token(view: CallView) -> str:
+    raw = f"{to_micros(view.facts.created_at)}:{view.call_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+def _parse_page_token(token: str) -> tuple[int, str] | None:
+    try:
+        micros, call_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
+        return int(micros), call_id
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
-    def __init__(self, permissions: PermissionService) -> None:
+    def __init__(self, permissions: PermissionService, calls: CallService) -> None:
         self.permissions = permissions
+        self.calls = calls
 
     async def _guard(self, context: Context, error: Exception) -> NoReturn:
         match error:
@@ -302,6 +449,10 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                             )
                         ]
                     ),
+                )
+            case CallNotFound():
+                await abort(
+                    context, grpc.StatusCode.NOT_FOUND, f"no call {error}: use Call.call_id from StartCall or ListCalls"
                 )
             case IdempotencyConflict():
                 await abort(
@@ -383,6 +534,132 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
 
     async def GetPolicy(self, request: pb.GetPolicyRequest, context: Context) -> pb.Policy:
         return policy_message(self.permissions.policy)
+
+    # --- calls ----------------------------------------------------------------------------------------------------
+
+    async def StartCall(self, request: pb.StartCallRequest, context: Context) -> pb.Call:
+        factory, name, distinct = await build_route(request.route, context)
+        try:
+            view = await self.calls.start(
+                request.business_number,
+                request.user_number,
+                factory,
+                name,
+                opaque=request.biz_opaque_callback_data,
+                idempotency_key=request.idempotency_key,
+                fingerprint_extra=distinct,
+            )
+        except Exception as error:
+            await self._guard(context, error)
+        return call_message(view)
+
+    async def _call_id(self, context: Context, call_id: str) -> str:
+        if not call_id.strip():
+            await abort_bad_request(context, "call_id", "required: the Call.call_id from StartCall or ListCalls")
+        return call_id.strip()
+
+    async def GetCall(self, request: pb.GetCallRequest, context: Context) -> pb.Call:
+        call_id = await self._call_id(context, request.call_id)
+        try:
+            return call_message(await self.calls.get(call_id))
+        except CallNotFound as error:
+            await self._guard(context, error)
+
+    async def EndCall(self, request: pb.EndCallRequest, context: Context) -> pb.Call:
+        call_id = await self._call_id(context, request.call_id)
+        try:
+            return call_message(await self.calls.end(call_id))
+        except CallNotFound as error:
+            await self._guard(context, error)
+
+    async def ListCalls(self, request: pb.ListCallsRequest, context: Context) -> pb.ListCallsResponse:
+        try:
+            business = (
+                parse_number(request.business_number, "business_number").e164 if request.business_number else None
+            )
+            user = parse_number(request.user_number, "user_number").e164 if request.user_number else None
+        except InvalidNumber as error:
+            await abort_bad_request(context, error.field, error.why)
+        if not 0 <= request.page_size <= MAX_CALL_PAGE:
+            await abort_bad_request(context, "page_size", f"between 1 and {MAX_CALL_PAGE} (0 means 50)")
+        before = None
+        if request.page_token:
+            before = _parse_page_token(request.page_token)
+            if before is None:
+                await abort_bad_request(context, "page_token", "not a token this service issued")
+        size = request.page_size or 50
+        views = await self.calls.list(business, user, before, size)
+        return pb.ListCallsResponse(
+            calls=[call_message(v) for v in views],
+            next_page_token=_page_token(views[-1]) if len(views) == size else "",
+        )
+
+    async def CallMedia(
+        self, request_iterator: AsyncIterator[pb.CallMediaRequest], context: Context
+    ) -> AsyncIterator[pb.CallMediaResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("kind") != "call_id" or not first.call_id:
+            await abort_bad_request(context, "call_id", "the first message must name the call")
+        rate = first.sample_rate or 48000
+        if rate not in SAMPLE_RATES:
+            await abort_bad_request(context, "sample_rate", f"one of {', '.join(map(str, SAMPLE_RATES))}")
+        try:
+            view = await self.calls.get(first.call_id)
+        except CallNotFound as error:
+            await self._guard(context, error)
+        session = self.calls.session(first.call_id)
+        if session is None or not isinstance(session.adapter, MediaStreamAdapter):
+            reason = (
+                "the call has ended" if view.state is CallState.ENDED else "the call is not on a media_stream route"
+            )
+            await abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"cannot attach to {first.call_id}: {reason}",
+                error_details_pb2.PreconditionFailure(
+                    violations=[
+                        error_details_pb2.PreconditionFailure.Violation(
+                            type="NOT_A_MEDIA_STREAM_CALL", subject=first.call_id, description=reason
+                        )
+                    ]
+                ),
+            )
+        adapter = session.adapter
+        outbound: asyncio.Queue[pb.CallMediaResponse | None] = asyncio.Queue(maxsize=50)
+        to_client = PcmResampler(48000, rate)
+
+        def offer(item: pb.CallMediaResponse | None) -> None:
+            if outbound.full():  # a slow reader loses the oldest audio, not the call
+                outbound.get_nowait()
+            outbound.put_nowait(item)
+
+        unsubscribe = adapter.subscribe(lambda frame: offer(pb.CallMediaResponse(audio=to_client.convert(frame))))
+
+        async def read_client() -> None:
+            from_client = PcmResampler(rate, 48000)
+            framer = Framer()
+            async for message in request_iterator:
+                kind = message.WhichOneof("kind")
+                if kind == "audio":
+                    for frame in framer.push(from_client.convert(message.audio)):
+                        adapter.send(frame)
+                elif kind == "hangup":
+                    await self.calls.end(first.call_id, reason="ended by the media stream client")
+
+        async def follow_call() -> None:
+            async for update in self.calls.updates(first.call_id):
+                offer(pb.CallMediaResponse(call=call_message(update)))
+            offer(None)
+
+        tasks = [asyncio.create_task(read_client()), asyncio.create_task(follow_call())]
+        try:
+            while (item := await outbound.get()) is not None:
+                yield item
+        finally:
+            unsubscribe()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def attributes_text(attributes: Mapping[str, str]) -> str:

@@ -19,6 +19,7 @@ from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
 from wacall.api import CallingServicer, Context
+from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.clock_service import ClockServicer
 from wacall.config import Settings
@@ -29,6 +30,7 @@ from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_f
 from wacall.simulator.service import SimulatorServicer
 from wacall.store import Store, open_store
 from wacall.webhooks import WEBHOOK_PATH, webhook_routes
+from wacall_adapters.announcement import AnnouncementAdapter
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ class Service:
         self.platform: SimulatedPlatform | None = None
         self.graph: GraphClient | None = None
         self.permissions: PermissionService | None = None
+        self.calls: CallService | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
         self._sim_runner: web.AppRunner | None = None
@@ -138,7 +141,9 @@ class Service:
 
         interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
         server = grpc.aio.server(interceptors=interceptors)
-        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(self.permissions), server)
+        self.calls = CallService(self.permissions, self.graph, inbound_route=AnnouncementAdapter)
+        await self.calls.start_background()
+        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(self.permissions, self.calls), server)
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         if self.platform is not None:
             simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(SimulatorServicer(self.platform), server)
@@ -162,6 +167,8 @@ class Service:
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self.calls is not None:
+            await self.calls.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if self.platform is not None:

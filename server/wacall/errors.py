@@ -65,6 +65,27 @@ PLATFORM_ERRORS: Mapping[int, PlatformErrorInfo] = {
     138017: PlatformErrorInfo(
         "the user already granted a permanent permission", Reason.ALREADY_PERMANENT, grpc.StatusCode.FAILED_PRECONDITION
     ),
+    138001: PlatformErrorInfo(
+        "the user cannot be called: not on WhatsApp, terms not accepted, or an unsupported client",
+        None,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
+    138002: PlatformErrorInfo(
+        "concurrent-call limit of the business number reached", None, grpc.StatusCode.RESOURCE_EXHAUSTED
+    ),
+    138003: PlatformErrorInfo(
+        "a call with this user is already in progress", Reason.CALL_IN_PROGRESS, grpc.StatusCode.ALREADY_EXISTS
+    ),
+    138004: PlatformErrorInfo("connection error on the platform", None, grpc.StatusCode.UNAVAILABLE),
+    138005: PlatformErrorInfo(
+        "call-initiation rate limit of the business number reached", None, grpc.StatusCode.RESOURCE_EXHAUSTED
+    ),
+    138007: PlatformErrorInfo(
+        "connect timeout: the SDP answer was not applied in time", None, grpc.StatusCode.UNAVAILABLE
+    ),
+    138014: PlatformErrorInfo(
+        "calling temporarily disabled for low quality", None, grpc.StatusCode.FAILED_PRECONDITION
+    ),
     613: PlatformErrorInfo("permission lookup rate limit", None, grpc.StatusCode.UNAVAILABLE),
     190: PlatformErrorInfo("access token invalid or expired", None, grpc.StatusCode.FAILED_PRECONDITION),
 }

@@ -57,6 +57,20 @@ class IdempotentResult:
     outcome: Mapping[str, str]
 
 
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """A call row: identity, route and the call's facts as JSON (the call service owns their meaning)."""
+
+    call_id: str
+    pair: Pair
+    direction: str
+    created_at: datetime
+    state: str
+    data: Mapping[str, Any]
+    platform_call_id: str | None = None
+    active: bool = True
+
+
 class Tx(Protocol):
     def ledger(self, pair: Pair) -> Ledger: ...
 
@@ -88,6 +102,26 @@ class Tx(Protocol):
         """Keep a verified webhook body as received, for audit and replay."""
         ...
 
+    def save_call(self, call: StoredCall) -> None: ...
+
+    def call(self, call_id: str) -> StoredCall | None: ...
+
+    def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None: ...
+
+    def open_calls(self) -> list[StoredCall]:
+        """Every call that has not ended."""
+        ...
+
+    def active_call(self, pair: Pair) -> StoredCall | None:
+        """The pair's call that has not ended, if any (at most one: the platform allows one)."""
+        ...
+
+    def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
+        """Keep an event for a call id we do not know yet (its webhook beat our own record of it)."""
+        ...
+
+    def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]: ...
+
 
 class Store(Protocol):
     async def transaction(self, fn: Callable[[Tx], T]) -> T: ...
@@ -97,6 +131,10 @@ class Store(Protocol):
     ) -> list[EventRecord]: ...
 
     async def last_cursor(self) -> int: ...
+
+    async def list_calls(
+        self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+    ) -> list[StoredCall]: ...
 
     async def close(self) -> None: ...
 
@@ -199,6 +237,26 @@ CREATE TABLE IF NOT EXISTS aliases (
     wa_id TEXT PRIMARY KEY,
     user TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    platform_call_id TEXT UNIQUE,
+    business TEXT NOT NULL,
+    user TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    active INTEGER NOT NULL,
+    data TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_by_pair ON calls (business, user, created_at);
+-- The platform allows one call at a time between a business number and a user (138003): so do we.
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_call_per_pair ON calls (business, user) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS parked_call_events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    platform_call_id TEXT NOT NULL,
+    parked_at INTEGER NOT NULL,
+    event TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhooks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at INTEGER NOT NULL,
@@ -286,6 +344,74 @@ class _SqliteTx:
     def keep_webhook(self, body: bytes, now: datetime) -> None:
         self._db.execute("INSERT INTO webhooks (received_at, body) VALUES (?, ?)", (to_micros(now), body))
 
+    def save_call(self, call: StoredCall) -> None:
+        self._db.execute(
+            "INSERT INTO calls (call_id, platform_call_id, business, user, direction, created_at, state, active, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET"
+            " platform_call_id = excluded.platform_call_id, state = excluded.state, active = excluded.active,"
+            " data = excluded.data",
+            (
+                call.call_id,
+                call.platform_call_id,
+                call.pair.business,
+                call.pair.user,
+                call.direction,
+                to_micros(call.created_at),
+                call.state,
+                int(call.active),
+                json.dumps(dict(call.data), sort_keys=True),
+            ),
+        )
+
+    def _calls(self, where: str, params: tuple[Any, ...]) -> list[StoredCall]:
+        rows = self._db.execute(
+            "SELECT call_id, platform_call_id, business, user, direction, created_at, state, active, data FROM calls "
+            f"WHERE {where}",
+            params,
+        ).fetchall()
+        return [_row_to_call(row) for row in rows]
+
+    def call(self, call_id: str) -> StoredCall | None:
+        found = self._calls("call_id = ?", (call_id,))
+        return found[0] if found else None
+
+    def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None:
+        found = self._calls("platform_call_id = ?", (platform_call_id,))
+        return found[0] if found else None
+
+    def open_calls(self) -> list[StoredCall]:
+        return self._calls("active = 1", ())
+
+    def active_call(self, pair: Pair) -> StoredCall | None:
+        found = self._calls("business = ? AND user = ? AND active = 1", (pair.business, pair.user))
+        return found[0] if found else None
+
+    def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (?, ?, ?)",
+            (platform_call_id, to_micros(now), json.dumps(dict(event))),
+        )
+
+    def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]:
+        rows = self._db.execute(
+            "DELETE FROM parked_call_events WHERE platform_call_id = ? RETURNING id, event", (platform_call_id,)
+        ).fetchall()
+        return [json.loads(event) for _, event in sorted(rows)]
+
+
+def _row_to_call(row: tuple[Any, ...]) -> StoredCall:
+    call_id, platform_call_id, business, user, direction, created_at, state, active, data = row
+    return StoredCall(
+        call_id=call_id,
+        pair=Pair(business, user),
+        direction=direction,
+        created_at=from_micros(created_at),
+        state=state,
+        data=json.loads(data),
+        platform_call_id=platform_call_id,
+        active=bool(active),
+    )
+
 
 def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
     cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes = row
@@ -359,6 +485,33 @@ class SqliteStore:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._events_after, cursor, business, user, limit
         )
+
+    async def list_calls(
+        self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+    ) -> list[StoredCall]:
+        """Newest first; `before` is the (created_at micros, call_id) of the last call of the previous page."""
+
+        def read() -> list[StoredCall]:
+            clauses: list[str] = ["1 = 1"]
+            params: list[Any] = []
+            if business:
+                clauses.append("business = ?")
+                params.append(business)
+            if user:
+                clauses.append("user = ?")
+                params.append(user)
+            if before:
+                clauses.append("(created_at, call_id) < (?, ?)")
+                params.extend([before[0], before[1]])
+            assert self._thread_db is not None
+            rows = self._thread_db.execute(
+                "SELECT call_id, platform_call_id, business, user, direction, created_at, state, active, data "
+                f"FROM calls WHERE {' AND '.join(clauses)} ORDER BY created_at DESC, call_id DESC LIMIT ?",
+                (*params, limit),
+            ).fetchall()
+            return [_row_to_call(row) for row in rows]
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, read)
 
     async def last_cursor(self) -> int:
         def read() -> int:

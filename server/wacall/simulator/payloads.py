@@ -113,3 +113,51 @@ def graph_error(
     return {
         "error": {"message": message, "type": error_type, "code": code, "error_data": data, "fbtrace_id": "SimTrace"}
     }
+
+
+def call_event(
+    account: SenderAccount,
+    user_digits: str,
+    call: Any,
+    event: str,
+    at: datetime,
+    *,
+    sdp: str = "",
+    sdp_type: str = "",
+    status: str = "",
+) -> dict[str, Any]:
+    """A `calls` webhook: connect (with SDP) or terminate (with start_time/duration only if picked up)."""
+    business_digits = account.business_number[1:]
+    user_initiated = call.direction == "USER_INITIATED"
+    item: dict[str, Any] = {
+        "id": call.platform_call_id,
+        "to": business_digits if user_initiated else user_digits,
+        "from": user_digits if user_initiated else business_digits,
+        "event": event,
+        "direction": call.direction,
+        "timestamp": _unix(at),
+    }
+    if sdp:
+        item["session"] = {"sdp_type": sdp_type, "sdp": sdp}
+    if event == "terminate":
+        item["status"] = status
+        if call.answered_at is not None:
+            item["start_time"] = _unix(call.answered_at)
+            item["end_time"] = _unix(at)
+            item["duration"] = int((at - call.answered_at).total_seconds())
+    if call.opaque:
+        item["biz_opaque_callback_data"] = call.opaque
+    return envelope(account, "calls", {"contacts": _contact(user_digits), "calls": [item]})
+
+
+def call_status(account: SenderAccount, user_digits: str, call: Any, status: str, at: datetime) -> dict[str, Any]:
+    item: dict[str, Any] = {
+        "id": call.platform_call_id,
+        "type": "call",
+        "status": status,
+        "timestamp": _unix(at),
+        "recipient_id": user_digits,
+    }
+    if call.opaque:
+        item["biz_opaque_callback_data"] = call.opaque
+    return envelope(account, "calls", {"statuses": [item]})

@@ -31,9 +31,12 @@ from wacall import engine
 from wacall.clock import Clock
 from wacall.engine import Ledger, PermissionState, Source
 from wacall.graph import SenderAccount, TemplateRef
+from wacall.media.leg import AudioLeg
+from wacall.media.sdp import platform_problems
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.policy import Policy
 from wacall.simulator import payloads
+from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall, new_wacid, voice
 from wacall.store import from_micros, ledger_from_json, ledger_to_json, to_micros
 from wacall.webhooks import SIGNATURE_HEADER, sign
 
@@ -58,6 +61,10 @@ class SimUser:
     reply_delay: timedelta = timedelta(0)
     outdated_client: bool = False
     wa_id: str = ""  # the platform's id for the user when it differs from the number's digits
+    on_call: OnCall = OnCall.ANSWER
+    ring_duration: timedelta = DEFAULT_RING
+    talk_duration: timedelta = timedelta(0)  # 0: until the business hangs up
+    tone_hz: float = 880.0
 
 
 @dataclass
@@ -122,6 +129,7 @@ class SimulatedPlatform:
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accounts: dict[str, SenderAccount] = {}
+        self.calls: dict[str, PhoneCall] = {}
         self._load()
 
     # --- senders ------------------------------------------------------------------------------------------------
@@ -164,22 +172,11 @@ class SimulatedPlatform:
     def user(self, number: str) -> SimUser:
         return self.state.users.setdefault(number, SimUser(number))
 
-    def set_behavior(
-        self,
-        number: str,
-        on_permission_request: OnPermissionRequest | None,
-        reply_delay: timedelta,
-        outdated_client: bool,
-        wa_id: str = "",
-    ) -> SimUser:
-        user = self.user(number)
-        if on_permission_request is not None:
-            user.on_permission_request = on_permission_request
-        user.reply_delay = reply_delay
-        user.outdated_client = outdated_client
-        user.wa_id = wa_id
+    def set_behavior(self, behavior: SimUser) -> SimUser:
+        """Replace a user's behaviour as a whole."""
+        self.state.users[behavior.number] = behavior
         self._save()
-        return user
+        return behavior
 
     def wa_id(self, user: PhoneNumber) -> str:
         known = self.state.users.get(user.e164)
@@ -425,6 +422,13 @@ class SimulatedPlatform:
         async def permissions(request: web.Request) -> dict[str, Any]:
             return self.call_permissions(request.match_info["id"], request.query.get("user_wa_id", ""))
 
+        async def call_actions(request: web.Request) -> dict[str, Any]:
+            try:
+                body = await request.json()
+            except ValueError:
+                raise GraphFailure(400, 100, "(#100) the body is not JSON") from None
+            return await self.call_action(request.match_info["id"], body)
+
         async def templates(request: web.Request) -> dict[str, Any]:
             return self.add_template(request.match_info["id"], await request.json())
 
@@ -432,7 +436,204 @@ class SimulatedPlatform:
             web.post("/{version}/{id}/messages", handler(messages)),
             web.get("/{version}/{id}/call_permissions", handler(permissions)),
             web.post("/{version}/{id}/message_templates", handler(templates)),
+            web.post("/{version}/{id}/calls", handler(call_actions)),
         ]
+
+    # --- calls ----------------------------------------------------------------------------------------------------
+
+    def active_call(self, business: str, user: str) -> PhoneCall | None:
+        return next(
+            (c for c in self.calls.values() if c.business == business and c.user == user and c.state != "ended"),
+            None,
+        )
+
+    def _spawn(self, coroutine: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+        return task
+
+    async def call_action(self, phone_number_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        account = self._account_by_id(phone_number_id)
+        action = body.get("action")
+        if body.get("messaging_product") != "whatsapp":
+            raise GraphFailure(400, 100, "(#100) The parameter messaging_product is required.")
+        if action == "connect":
+            return await self._connect(account, body)
+        call = self.calls.get(str(body.get("call_id", "")))
+        if call is None or call.business != account.business_number:
+            raise GraphFailure(400, 100, f"(#100) Invalid parameter: unknown call_id {body.get('call_id')!r}")
+        if call.state == "ended":
+            raise GraphFailure(400, 100, "(#100) Invalid parameter: the call has already ended")
+        session = body.get("session") if isinstance(body.get("session"), Mapping) else None
+        if action in ("pre_accept", "accept"):
+            if call.direction != "USER_INITIATED":
+                raise GraphFailure(400, 100, f"(#100) {action} applies only to user-initiated calls")
+            if session is None or session.get("sdp_type") != "answer":
+                raise GraphFailure(400, 100, '(#100) session with sdp_type "answer" is required')
+            problems = platform_problems(str(session.get("sdp", "")))
+            if problems:
+                raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
+            assert call.leg is not None
+            if call.leg.pc.remoteDescription is None:
+                await call.leg.apply_answer(str(session["sdp"]))
+            if action == "accept":
+                call.answered.set()
+            return {"messaging_product": "whatsapp", "success": True}
+        if action in ("terminate", "reject"):
+            self._spawn(self._end(account, call, by_business=True))
+            return {"messaging_product": "whatsapp", "success": True}
+        raise GraphFailure(400, 100, f"(#100) Invalid action {action!r}")
+
+    async def _connect(self, account: SenderAccount, body: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            user = self._number_of_wa_id(str(body.get("to", "")))
+        except InvalidNumber as exc:
+            raise GraphFailure(400, 100, f"(#100) Invalid parameter to: {exc.why}") from None
+        session = body.get("session") if isinstance(body.get("session"), Mapping) else None
+        if session is None or session.get("sdp_type") != "offer" or not session.get("sdp"):
+            raise GraphFailure(400, 100, '(#100) session with sdp_type "offer" and an sdp is required')
+        offer = str(session["sdp"])
+        problems = platform_problems(offer)
+        if problems:
+            raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
+        now = self.clock.now()
+        business = parse_number(account.business_number)
+        active = self.active_call(account.business_number, user.e164)
+        evaluation = engine.evaluate(
+            self.ledger(account.business_number, user.e164),
+            now,
+            self.policy,
+            business_region=business.region,
+            template_available=True,
+            call_in_progress=active is not None,
+        )
+        reason = evaluation.call.reason
+        if reason is engine.Reason.COUNTRY_UNSUPPORTED:
+            raise GraphFailure(400, 138013, "Business-initiated calling is not available for this business number")
+        if reason is engine.Reason.CALL_IN_PROGRESS:
+            raise GraphFailure(400, 138003, "Duplicate call: there is already a call with this user")
+        if reason is engine.Reason.CALL_LIMIT_REACHED:
+            next_at = evaluation.call.next_allowed_at
+            raise GraphFailure(
+                400,
+                138012,
+                "Business-initiated call limit reached for this user",
+                error_data={"next_allowed_at": int(next_at.timestamp()) if next_at else None},
+            )
+        if not evaluation.call.allowed:
+            raise GraphFailure(401, 138006, "No approved call permission from the recipient")
+        call = PhoneCall(
+            new_wacid(),
+            account.business_number,
+            user.e164,
+            "BUSINESS_INITIATED",
+            now,
+            opaque=str(body.get("biz_opaque_callback_data", "")),
+        )
+        self.calls[call.platform_call_id] = call
+        call.task = asyncio.create_task(self._ring(account, user, call, offer))
+        return {"messaging_product": "whatsapp", "calls": [{"id": call.platform_call_id}]}
+
+    async def _ring(self, account: SenderAccount, user: PhoneNumber, call: PhoneCall, offer: str) -> None:
+        behavior = self.user(user.e164)
+        call.leg = AudioLeg(name=f"sim phone {call.platform_call_id}")
+        answer = await call.leg.accept_offer(offer)
+        await self._deliver(
+            payloads.call_event(
+                account, self.wa_id(user), call, "connect", self.clock.now(), sdp=answer, sdp_type="answer"
+            )
+        )
+        await self._deliver(payloads.call_status(account, self.wa_id(user), call, "RINGING", self.clock.now()))
+        await self.clock.sleep(behavior.ring_duration)
+        now = self.clock.now()
+        if behavior.on_call is OnCall.ANSWER:
+            call.state, call.answered_at = "connected", now
+            call.leg.set_source(voice(behavior.tone_hz))
+            self._apply(call.business, call.user, engine.CallConnected(now, True))
+            await self._deliver(payloads.call_status(account, self.wa_id(user), call, "ACCEPTED", now))
+            if behavior.talk_duration > timedelta(0):
+                await self.clock.sleep(behavior.talk_duration)
+                await self._end(account, call, by_business=False)
+            return
+        if behavior.on_call is OnCall.DECLINE:
+            await self._deliver(payloads.call_status(account, self.wa_id(user), call, "REJECTED", now))
+        await self._end(account, call, by_business=False)
+
+    async def _end(self, account: SenderAccount, call: PhoneCall, *, by_business: bool) -> None:
+        if call.state == "ended":
+            return
+        if call.task is not None and call.task is not asyncio.current_task():
+            call.task.cancel()
+        now = self.clock.now()
+        answered = call.answered_at is not None
+        call.state, call.ended_at = "ended", now
+        await call.close()
+        user = parse_number(call.user)
+        if call.direction == "BUSINESS_INITIATED" and not answered and not by_business:
+            # Unanswered or declined: the streak grows, and the platform revokes at its threshold.
+            before = engine.effective_state(self.ledger(call.business, call.user), now)
+            self._apply(call.business, call.user, engine.CallUnanswered(now))
+            after = engine.effective_state(self.ledger(call.business, call.user), now)
+            if after is PermissionState.REVOKED and before is not PermissionState.REVOKED:
+                await self._deliver(
+                    payloads.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
+                )
+        elif answered and call.answered_at is not None and call.direction == "USER_INITIATED":
+            self._apply(call.business, call.user, engine.CallConnected(call.answered_at, False))
+        await self._deliver(
+            payloads.call_event(
+                account, self.wa_id(user), call, "terminate", now, status="COMPLETED" if answered else "FAILED"
+            )
+        )
+
+    async def place_user_call(self, business: PhoneNumber, user: PhoneNumber) -> PhoneCall:
+        """The user calls the business: a user-initiated call, which also yields a callback permission."""
+        account = self.provision(business)
+        now = self.clock.now()
+        behavior = self.user(user.e164)
+        call = PhoneCall(new_wacid(), business.e164, user.e164, "USER_INITIATED", now)
+        self.calls[call.platform_call_id] = call
+        call.leg = AudioLeg(name=f"sim phone {call.platform_call_id}", source=voice(behavior.tone_hz))
+        offer = await call.leg.create_offer()
+        # Callback permission (enabled on simulated numbers): the user's call grants a temporary permission.
+        expires = now + self.policy.temporary_grant_lifetime
+        self._apply(business.e164, user.e164, engine.UserMessage(now))
+        self._apply(business.e164, user.e164, engine.PermissionGranted(now, False, expires, Source.PLATFORM_AUTOMATIC))
+        await self._deliver(
+            payloads.call_event(account, self.wa_id(user), call, "connect", now, sdp=offer, sdp_type="offer")
+        )
+        await self._deliver(
+            payloads.permission_reply(
+                account,
+                self.wa_id(user),
+                _wamid(),
+                now,
+                accept=True,
+                expires_at=expires,
+                automatic=True,
+                context_id=call.platform_call_id,
+            )
+        )
+        call.task = asyncio.create_task(self._wait_for_business(account, call, behavior))
+        return call
+
+    async def _wait_for_business(self, account: SenderAccount, call: PhoneCall, behavior: SimUser) -> None:
+        answered = asyncio.ensure_future(call.answered.wait())
+        timeout = asyncio.ensure_future(self.clock.sleep(timedelta(seconds=60)))
+        done, pending = await asyncio.wait({answered, timeout}, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if answered not in done:
+            await self._end(account, call, by_business=False)
+            return
+        call.state, call.answered_at = "connected", self.clock.now()
+        if behavior.talk_duration > timedelta(0):
+            await self.clock.sleep(behavior.talk_duration)
+            await self._end(account, call, by_business=False)
+
+    async def user_hangs_up(self, call: PhoneCall) -> None:
+        await self._end(self.provision(parse_number(call.business)), call, by_business=False)
 
     # --- reactions and delivery ---------------------------------------------------------------------------------
 
@@ -533,9 +734,14 @@ class SimulatedPlatform:
                 await asyncio.gather(*list(self._in_flight), return_exceptions=True)
 
     async def close(self) -> None:
+        for call in self.calls.values():
+            if call.task is not None:
+                call.task.cancel()
         for task in list(self._pending):
             task.cancel()
-        await asyncio.gather(*self._pending, return_exceptions=True)
+        await asyncio.gather(*self._pending, *(c.task for c in self.calls.values() if c.task), return_exceptions=True)
+        for call in self.calls.values():
+            await call.close()
         await self._http.aclose()
 
     # --- persistence --------------------------------------------------------------------------------------------
@@ -553,6 +759,10 @@ class SimulatedPlatform:
                     "reply_delay_us": u.reply_delay // timedelta(microseconds=1),
                     "outdated_client": u.outdated_client,
                     "wa_id": u.wa_id,
+                    "on_call": u.on_call.value,
+                    "ring_us": u.ring_duration // timedelta(microseconds=1),
+                    "talk_us": u.talk_duration // timedelta(microseconds=1),
+                    "tone_hz": u.tone_hz,
                 }
                 for u in self.state.users.values()
             ],
@@ -587,6 +797,10 @@ class SimulatedPlatform:
                 timedelta(microseconds=u["reply_delay_us"]),
                 u["outdated_client"],
                 u.get("wa_id", ""),
+                OnCall(u.get("on_call", "answer")),
+                timedelta(microseconds=u.get("ring_us", DEFAULT_RING // timedelta(microseconds=1))),
+                timedelta(microseconds=u.get("talk_us", 0)),
+                u.get("tone_hz", 880.0),
             )
         self.state.ledgers = {(b, u): ledger_from_json(text) for b, u, text in data["ledgers"]}
         for m in data["messages"]:

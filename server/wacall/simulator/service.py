@@ -13,20 +13,26 @@ from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall.api import Context, abort, abort_bad_request, timestamp
 from wacall.engine import PermissionState, effective_state
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
+from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall
 from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
 
 BEHAVIOR = {b: getattr(pb, b.name) for b in OnPermissionRequest}
 BEHAVIOR_BY_PB = {v: k for k, v in BEHAVIOR.items()}
+ON_CALL = {OnCall.ANSWER: pb.ANSWER, OnCall.NO_ANSWER: pb.NO_ANSWER, OnCall.DECLINE: pb.DECLINE}
+ON_CALL_BY_PB = {v: k for k, v in ON_CALL.items()}
 MAX_TEXT = 4096
+MAX_DELAY = timedelta(days=30)
 
 
 def behavior_message(user: SimUser) -> pb.UserBehavior:
-    delay = pb.UserBehavior().reply_delay
-    delay.FromTimedelta(user.reply_delay)
     return pb.UserBehavior(
         user_number=user.number,
         on_permission_request=BEHAVIOR[user.on_permission_request],
-        reply_delay=delay,
+        reply_delay=user.reply_delay,
+        on_call=ON_CALL[user.on_call],
+        ring_duration=user.ring_duration,
+        talk_duration=user.talk_duration,
+        tone_hz=user.tone_hz,
         outdated_client=user.outdated_client,
         wa_id=user.wa_id,
     )
@@ -82,18 +88,34 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         )
 
     async def SetUserBehavior(self, request: pb.SetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
+        """Replaces the user's behaviour; unset fields take their defaults."""
         user = await self._number(context, request.user_number, "user_number")
         if request.on_permission_request not in BEHAVIOR_BY_PB and request.on_permission_request != 0:
             await abort_bad_request(context, "on_permission_request", "unknown value")
+        if request.on_call not in ON_CALL_BY_PB and request.on_call != 0:
+            await abort_bad_request(context, "on_call", "unknown value")
         if request.wa_id and not request.wa_id.isdigit():
             await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
-        delay = request.reply_delay.ToTimedelta()
-        if delay < timedelta(0):
-            await abort_bad_request(context, "reply_delay", "must not be negative")
-        behavior = self.platform.set_behavior(
-            user.e164, BEHAVIOR_BY_PB.get(request.on_permission_request), delay, request.outdated_client, request.wa_id
+        durations = {}
+        for name in ("reply_delay", "ring_duration", "talk_duration"):
+            value = getattr(request, name).ToTimedelta()
+            if value < timedelta(0) or value > MAX_DELAY:
+                await abort_bad_request(context, name, "between 0 and 30 days")
+            durations[name] = value
+        if not -1 <= request.tone_hz <= 20000 and request.tone_hz != 0:
+            await abort_bad_request(context, "tone_hz", "0 (default 880 Hz), a frequency up to 20000, or -1 (silence)")
+        behavior = SimUser(
+            number=user.e164,
+            on_permission_request=BEHAVIOR_BY_PB.get(request.on_permission_request, OnPermissionRequest.IGNORE),
+            reply_delay=durations["reply_delay"],
+            outdated_client=request.outdated_client,
+            wa_id=request.wa_id,
+            on_call=ON_CALL_BY_PB.get(request.on_call, OnCall.ANSWER),
+            ring_duration=durations["ring_duration"] if request.HasField("ring_duration") else DEFAULT_RING,
+            talk_duration=durations["talk_duration"],
+            tone_hz=request.tone_hz or 880.0,
         )
-        return behavior_message(behavior)
+        return behavior_message(self.platform.set_behavior(behavior))
 
     async def GetUserBehavior(self, request: pb.GetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
         user = await self._number(context, request.user_number, "user_number")
@@ -149,3 +171,46 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         business = await self._number(context, request.business_number, "business_number")
         user = await self._number(context, request.user_number, "user_number")
         return await self._permission(business, user)
+
+    async def _phone_call(self, context: Context, platform_call_id: str) -> PhoneCall:
+        call = self.platform.calls.get(platform_call_id)
+        if call is None:
+            await abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"no simulated call {platform_call_id!r}: use wacall.v1.Call.platform_call_id",
+            )
+        return call
+
+    async def GetPhoneCall(self, request: pb.GetPhoneCallRequest, context: Context) -> pb.PhoneCall:
+        return phone_call_message(await self._phone_call(context, request.platform_call_id))
+
+    async def PlaceUserCall(self, request: pb.PlaceUserCallRequest, context: Context) -> pb.PhoneCall:
+        business = await self._number(context, request.business_number, "business_number")
+        user = await self._number(context, request.user_number, "user_number")
+        if self.platform.active_call(business.e164, user.e164) is not None:
+            await abort(context, grpc.StatusCode.ALREADY_EXISTS, "this user already has a call with the business")
+        return phone_call_message(await self.platform.place_user_call(business, user))
+
+    async def HangUp(self, request: pb.HangUpRequest, context: Context) -> pb.PhoneCall:
+        call = await self._phone_call(context, request.platform_call_id)
+        await self.platform.user_hangs_up(call)
+        return phone_call_message(call)
+
+
+def phone_call_message(call: PhoneCall) -> pb.PhoneCall:
+    call.refresh_stats()
+    return pb.PhoneCall(
+        platform_call_id=call.platform_call_id,
+        business_number=call.business,
+        user_number=call.user,
+        direction=call.direction,
+        state=call.state,
+        frames_received=call.frames_received,
+        audible_frames_received=call.audible_frames_received,
+        mean_level_received=call.mean_level_received,
+        frames_sent=call.frames_sent,
+        started_at=timestamp(call.started_at),
+        answered_at=timestamp(call.answered_at),
+        ended_at=timestamp(call.ended_at),
+    )

@@ -69,6 +69,30 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CALL_CONNECTED: _ClassVar[EventKind]
     EVENT_KIND_CALL_UNANSWERED: _ClassVar[EventKind]
     EVENT_KIND_USER_PROMPTED: _ClassVar[EventKind]
+    EVENT_KIND_CALL_UPDATED: _ClassVar[EventKind]
+
+class CallState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALL_STATE_UNSPECIFIED: _ClassVar[CallState]
+    CALL_STATE_DIALING: _ClassVar[CallState]
+    CALL_STATE_RINGING: _ClassVar[CallState]
+    CALL_STATE_CONNECTED: _ClassVar[CallState]
+    CALL_STATE_ENDED: _ClassVar[CallState]
+
+class CallOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALL_OUTCOME_UNSPECIFIED: _ClassVar[CallOutcome]
+    CALL_OUTCOME_ANSWERED: _ClassVar[CallOutcome]
+    CALL_OUTCOME_UNANSWERED: _ClassVar[CallOutcome]
+    CALL_OUTCOME_REJECTED: _ClassVar[CallOutcome]
+    CALL_OUTCOME_FAILED: _ClassVar[CallOutcome]
+    CALL_OUTCOME_CANCELLED: _ClassVar[CallOutcome]
+
+class CallDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CALL_DIRECTION_UNSPECIFIED: _ClassVar[CallDirection]
+    CALL_DIRECTION_BUSINESS_INITIATED: _ClassVar[CallDirection]
+    CALL_DIRECTION_USER_INITIATED: _ClassVar[CallDirection]
 PERMISSION_STATE_UNSPECIFIED: PermissionState
 PERMISSION_STATE_NONE: PermissionState
 PERMISSION_STATE_REQUESTED: PermissionState
@@ -110,6 +134,21 @@ EVENT_KIND_USER_MESSAGE_RECEIVED: EventKind
 EVENT_KIND_CALL_CONNECTED: EventKind
 EVENT_KIND_CALL_UNANSWERED: EventKind
 EVENT_KIND_USER_PROMPTED: EventKind
+EVENT_KIND_CALL_UPDATED: EventKind
+CALL_STATE_UNSPECIFIED: CallState
+CALL_STATE_DIALING: CallState
+CALL_STATE_RINGING: CallState
+CALL_STATE_CONNECTED: CallState
+CALL_STATE_ENDED: CallState
+CALL_OUTCOME_UNSPECIFIED: CallOutcome
+CALL_OUTCOME_ANSWERED: CallOutcome
+CALL_OUTCOME_UNANSWERED: CallOutcome
+CALL_OUTCOME_REJECTED: CallOutcome
+CALL_OUTCOME_FAILED: CallOutcome
+CALL_OUTCOME_CANCELLED: CallOutcome
+CALL_DIRECTION_UNSPECIFIED: CallDirection
+CALL_DIRECTION_BUSINESS_INITIATED: CallDirection
+CALL_DIRECTION_USER_INITIATED: CallDirection
 
 class GetPermissionRequest(_message.Message):
     __slots__ = ("business_number", "user_number")
@@ -222,7 +261,7 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., after_cursor: _Optional[str] = ..., only_new: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "kind", "business_number", "user_number", "occurred_at", "recorded_at", "source", "permission_state", "attributes")
+    __slots__ = ("cursor", "kind", "business_number", "user_number", "occurred_at", "recorded_at", "source", "permission_state", "attributes", "call")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +278,7 @@ class Event(_message.Message):
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PERMISSION_STATE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     kind: EventKind
     business_number: str
@@ -248,7 +288,8 @@ class Event(_message.Message):
     source: EventSource
     permission_state: PermissionState
     attributes: _containers.ScalarMap[str, str]
-    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, str]] = ..., permission_state: _Optional[_Union[PermissionState, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    call: Call
+    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, str]] = ..., permission_state: _Optional[_Union[PermissionState, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "page_size", "after_cursor")
@@ -297,3 +338,169 @@ class Policy(_message.Message):
     service_window: _duration_pb2.Duration
     denied_business_regions: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[str] = ..., permission_request_limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., connected_call_limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., temporary_grant_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_after_unanswered: _Optional[int] = ..., revoke_after_unanswered: _Optional[int] = ..., service_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., denied_business_regions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AnnouncementRoute(_message.Message):
+    __slots__ = ("audio_file", "tone_hz", "tone_duration", "record_to", "max_duration")
+    AUDIO_FILE_FIELD_NUMBER: _ClassVar[int]
+    TONE_HZ_FIELD_NUMBER: _ClassVar[int]
+    TONE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    RECORD_TO_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    audio_file: str
+    tone_hz: float
+    tone_duration: _duration_pb2.Duration
+    record_to: str
+    max_duration: _duration_pb2.Duration
+    def __init__(self, audio_file: _Optional[str] = ..., tone_hz: _Optional[float] = ..., tone_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., record_to: _Optional[str] = ..., max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WebRtcRoute(_message.Message):
+    __slots__ = ("offer_sdp", "passthrough", "ice_servers")
+    OFFER_SDP_FIELD_NUMBER: _ClassVar[int]
+    PASSTHROUGH_FIELD_NUMBER: _ClassVar[int]
+    ICE_SERVERS_FIELD_NUMBER: _ClassVar[int]
+    offer_sdp: str
+    passthrough: bool
+    ice_servers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, offer_sdp: _Optional[str] = ..., passthrough: _Optional[bool] = ..., ice_servers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MediaStreamRoute(_message.Message):
+    __slots__ = ("max_duration",)
+    MAX_DURATION_FIELD_NUMBER: _ClassVar[int]
+    max_duration: _duration_pb2.Duration
+    def __init__(self, max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class Route(_message.Message):
+    __slots__ = ("announcement", "webrtc", "media_stream")
+    ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
+    WEBRTC_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_STREAM_FIELD_NUMBER: _ClassVar[int]
+    announcement: AnnouncementRoute
+    webrtc: WebRtcRoute
+    media_stream: MediaStreamRoute
+    def __init__(self, announcement: _Optional[_Union[AnnouncementRoute, _Mapping]] = ..., webrtc: _Optional[_Union[WebRtcRoute, _Mapping]] = ..., media_stream: _Optional[_Union[MediaStreamRoute, _Mapping]] = ...) -> None: ...
+
+class PlatformError(_message.Message):
+    __slots__ = ("code", "message", "details")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    details: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., details: _Optional[str] = ...) -> None: ...
+
+class MediaStats(_message.Message):
+    __slots__ = ("frames_sent", "frames_received", "audible_frames_received", "mean_level_received")
+    FRAMES_SENT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    AUDIBLE_FRAMES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LEVEL_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    frames_sent: int
+    frames_received: int
+    audible_frames_received: int
+    mean_level_received: float
+    def __init__(self, frames_sent: _Optional[int] = ..., frames_received: _Optional[int] = ..., audible_frames_received: _Optional[int] = ..., mean_level_received: _Optional[float] = ...) -> None: ...
+
+class Call(_message.Message):
+    __slots__ = ("call_id", "platform_call_id", "business_number", "user_number", "direction", "state", "outcome", "created_at", "answered_at", "ended_at", "duration_seconds", "route", "platform_error", "biz_opaque_callback_data", "webrtc_answer_sdp", "media", "end_reason")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BIZ_OPAQUE_CALLBACK_DATA_FIELD_NUMBER: _ClassVar[int]
+    WEBRTC_ANSWER_SDP_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_FIELD_NUMBER: _ClassVar[int]
+    END_REASON_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    platform_call_id: str
+    business_number: str
+    user_number: str
+    direction: CallDirection
+    state: CallState
+    outcome: CallOutcome
+    created_at: _timestamp_pb2.Timestamp
+    answered_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    duration_seconds: int
+    route: str
+    platform_error: PlatformError
+    biz_opaque_callback_data: str
+    webrtc_answer_sdp: str
+    media: MediaStats
+    end_reason: str
+    def __init__(self, call_id: _Optional[str] = ..., platform_call_id: _Optional[str] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., direction: _Optional[_Union[CallDirection, str]] = ..., state: _Optional[_Union[CallState, str]] = ..., outcome: _Optional[_Union[CallOutcome, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., route: _Optional[str] = ..., platform_error: _Optional[_Union[PlatformError, _Mapping]] = ..., biz_opaque_callback_data: _Optional[str] = ..., webrtc_answer_sdp: _Optional[str] = ..., media: _Optional[_Union[MediaStats, _Mapping]] = ..., end_reason: _Optional[str] = ...) -> None: ...
+
+class StartCallRequest(_message.Message):
+    __slots__ = ("business_number", "user_number", "route", "biz_opaque_callback_data", "idempotency_key")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    BIZ_OPAQUE_CALLBACK_DATA_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    route: Route
+    biz_opaque_callback_data: str
+    idempotency_key: str
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., route: _Optional[_Union[Route, _Mapping]] = ..., biz_opaque_callback_data: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+
+class GetCallRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class EndCallRequest(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class ListCallsRequest(_message.Message):
+    __slots__ = ("business_number", "user_number", "page_size", "page_token")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    page_size: int
+    page_token: str
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListCallsResponse(_message.Message):
+    __slots__ = ("calls", "next_page_token")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
+    next_page_token: str
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class CallMediaRequest(_message.Message):
+    __slots__ = ("call_id", "audio", "hangup", "sample_rate")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    HANGUP_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    audio: bytes
+    hangup: bool
+    sample_rate: int
+    def __init__(self, call_id: _Optional[str] = ..., audio: _Optional[bytes] = ..., hangup: _Optional[bool] = ..., sample_rate: _Optional[int] = ...) -> None: ...
+
+class CallMediaResponse(_message.Message):
+    __slots__ = ("audio", "call")
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    audio: bytes
+    call: Call
+    def __init__(self, audio: _Optional[bytes] = ..., call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...

@@ -59,6 +59,31 @@ class CallingServiceStub:
                 request_serializer=wacall_dot_v1_dot_calling__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=wacall_dot_v1_dot_calling__pb2.Policy.FromString,
                 _registered_method=True)
+        self.StartCall = channel.unary_unary(
+                '/wacall.v1.CallingService/StartCall',
+                request_serializer=wacall_dot_v1_dot_calling__pb2.StartCallRequest.SerializeToString,
+                response_deserializer=wacall_dot_v1_dot_calling__pb2.Call.FromString,
+                _registered_method=True)
+        self.GetCall = channel.unary_unary(
+                '/wacall.v1.CallingService/GetCall',
+                request_serializer=wacall_dot_v1_dot_calling__pb2.GetCallRequest.SerializeToString,
+                response_deserializer=wacall_dot_v1_dot_calling__pb2.Call.FromString,
+                _registered_method=True)
+        self.EndCall = channel.unary_unary(
+                '/wacall.v1.CallingService/EndCall',
+                request_serializer=wacall_dot_v1_dot_calling__pb2.EndCallRequest.SerializeToString,
+                response_deserializer=wacall_dot_v1_dot_calling__pb2.Call.FromString,
+                _registered_method=True)
+        self.ListCalls = channel.unary_unary(
+                '/wacall.v1.CallingService/ListCalls',
+                request_serializer=wacall_dot_v1_dot_calling__pb2.ListCallsRequest.SerializeToString,
+                response_deserializer=wacall_dot_v1_dot_calling__pb2.ListCallsResponse.FromString,
+                _registered_method=True)
+        self.CallMedia = channel.stream_stream(
+                '/wacall.v1.CallingService/CallMedia',
+                request_serializer=wacall_dot_v1_dot_calling__pb2.CallMediaRequest.SerializeToString,
+                response_deserializer=wacall_dot_v1_dot_calling__pb2.CallMediaResponse.FromString,
+                _registered_method=True)
 
 
 class CallingServiceServicer:
@@ -102,6 +127,42 @@ class CallingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartCall(self, request, context):
+        """Places a business-initiated call. Checks the permission and limits atomically, produces the SDP offer, asks
+        the platform to connect and returns at once with the call DIALING. The route decides where the audio goes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCall(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndCall(self, request, context):
+        """Ends the call (a terminate to the platform). Before the user answered, the outcome is CANCELLED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCalls(self, request, context):
+        """Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CallMedia(self, request_iterator, context):
+        """The audio of a call on a media_stream route: 20 ms PCM16 mono frames both ways, plus call updates. The first
+        request names the call; the stream ends when the call ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CallingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +190,31 @@ def add_CallingServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=wacall_dot_v1_dot_calling__pb2.GetPolicyRequest.FromString,
                     response_serializer=wacall_dot_v1_dot_calling__pb2.Policy.SerializeToString,
+            ),
+            'StartCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartCall,
+                    request_deserializer=wacall_dot_v1_dot_calling__pb2.StartCallRequest.FromString,
+                    response_serializer=wacall_dot_v1_dot_calling__pb2.Call.SerializeToString,
+            ),
+            'GetCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCall,
+                    request_deserializer=wacall_dot_v1_dot_calling__pb2.GetCallRequest.FromString,
+                    response_serializer=wacall_dot_v1_dot_calling__pb2.Call.SerializeToString,
+            ),
+            'EndCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndCall,
+                    request_deserializer=wacall_dot_v1_dot_calling__pb2.EndCallRequest.FromString,
+                    response_serializer=wacall_dot_v1_dot_calling__pb2.Call.SerializeToString,
+            ),
+            'ListCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCalls,
+                    request_deserializer=wacall_dot_v1_dot_calling__pb2.ListCallsRequest.FromString,
+                    response_serializer=wacall_dot_v1_dot_calling__pb2.ListCallsResponse.SerializeToString,
+            ),
+            'CallMedia': grpc.stream_stream_rpc_method_handler(
+                    servicer.CallMedia,
+                    request_deserializer=wacall_dot_v1_dot_calling__pb2.CallMediaRequest.FromString,
+                    response_serializer=wacall_dot_v1_dot_calling__pb2.CallMediaResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +352,141 @@ class CallingService:
             '/wacall.v1.CallingService/GetPolicy',
             wacall_dot_v1_dot_calling__pb2.GetPolicyRequest.SerializeToString,
             wacall_dot_v1_dot_calling__pb2.Policy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.v1.CallingService/StartCall',
+            wacall_dot_v1_dot_calling__pb2.StartCallRequest.SerializeToString,
+            wacall_dot_v1_dot_calling__pb2.Call.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.v1.CallingService/GetCall',
+            wacall_dot_v1_dot_calling__pb2.GetCallRequest.SerializeToString,
+            wacall_dot_v1_dot_calling__pb2.Call.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.v1.CallingService/EndCall',
+            wacall_dot_v1_dot_calling__pb2.EndCallRequest.SerializeToString,
+            wacall_dot_v1_dot_calling__pb2.Call.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.v1.CallingService/ListCalls',
+            wacall_dot_v1_dot_calling__pb2.ListCallsRequest.SerializeToString,
+            wacall_dot_v1_dot_calling__pb2.ListCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CallMedia(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/wacall.v1.CallingService/CallMedia',
+            wacall_dot_v1_dot_calling__pb2.CallMediaRequest.SerializeToString,
+            wacall_dot_v1_dot_calling__pb2.CallMediaResponse.FromString,
             options,
             channel_credentials,
             insecure,

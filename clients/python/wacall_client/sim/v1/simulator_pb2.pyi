@@ -19,6 +19,13 @@ class PermissionRequestResponse(int, metaclass=_enum_type_wrapper.EnumTypeWrappe
     REJECT: _ClassVar[PermissionRequestResponse]
     IGNORE: _ClassVar[PermissionRequestResponse]
 
+class OnCall(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ON_CALL_UNSPECIFIED: _ClassVar[OnCall]
+    ANSWER: _ClassVar[OnCall]
+    NO_ANSWER: _ClassVar[OnCall]
+    DECLINE: _ClassVar[OnCall]
+
 class MessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     MESSAGE_TYPE_UNSPECIFIED: _ClassVar[MessageType]
@@ -29,23 +36,35 @@ ACCEPT_TEMPORARY: PermissionRequestResponse
 ACCEPT_PERMANENT: PermissionRequestResponse
 REJECT: PermissionRequestResponse
 IGNORE: PermissionRequestResponse
+ON_CALL_UNSPECIFIED: OnCall
+ANSWER: OnCall
+NO_ANSWER: OnCall
+DECLINE: OnCall
 MESSAGE_TYPE_UNSPECIFIED: MessageType
 MESSAGE_TYPE_INTERACTIVE: MessageType
 MESSAGE_TYPE_TEMPLATE: MessageType
 
 class SetUserBehaviorRequest(_message.Message):
-    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id")
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id", "on_call", "ring_duration", "talk_duration", "tone_hz")
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
     OUTDATED_CLIENT_FIELD_NUMBER: _ClassVar[int]
     WA_ID_FIELD_NUMBER: _ClassVar[int]
+    ON_CALL_FIELD_NUMBER: _ClassVar[int]
+    RING_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TALK_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TONE_HZ_FIELD_NUMBER: _ClassVar[int]
     user_number: str
     on_permission_request: PermissionRequestResponse
     reply_delay: _duration_pb2.Duration
     outdated_client: bool
     wa_id: str
-    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ...) -> None: ...
+    on_call: OnCall
+    ring_duration: _duration_pb2.Duration
+    talk_duration: _duration_pb2.Duration
+    tone_hz: float
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ..., on_call: _Optional[_Union[OnCall, str]] = ..., ring_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., talk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tone_hz: _Optional[float] = ...) -> None: ...
 
 class GetUserBehaviorRequest(_message.Message):
     __slots__ = ("user_number",)
@@ -54,18 +73,26 @@ class GetUserBehaviorRequest(_message.Message):
     def __init__(self, user_number: _Optional[str] = ...) -> None: ...
 
 class UserBehavior(_message.Message):
-    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id")
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id", "on_call", "ring_duration", "talk_duration", "tone_hz")
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
     OUTDATED_CLIENT_FIELD_NUMBER: _ClassVar[int]
     WA_ID_FIELD_NUMBER: _ClassVar[int]
+    ON_CALL_FIELD_NUMBER: _ClassVar[int]
+    RING_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TALK_DURATION_FIELD_NUMBER: _ClassVar[int]
+    TONE_HZ_FIELD_NUMBER: _ClassVar[int]
     user_number: str
     on_permission_request: PermissionRequestResponse
     reply_delay: _duration_pb2.Duration
     outdated_client: bool
     wa_id: str
-    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ...) -> None: ...
+    on_call: OnCall
+    ring_duration: _duration_pb2.Duration
+    talk_duration: _duration_pb2.Duration
+    tone_hz: float
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ..., on_call: _Optional[_Union[OnCall, str]] = ..., ring_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., talk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tone_hz: _Optional[float] = ...) -> None: ...
 
 class SendUserMessageRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "text")
@@ -158,3 +185,51 @@ class GetPlatformPermissionRequest(_message.Message):
     business_number: str
     user_number: str
     def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ...) -> None: ...
+
+class GetPhoneCallRequest(_message.Message):
+    __slots__ = ("platform_call_id",)
+    PLATFORM_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    platform_call_id: str
+    def __init__(self, platform_call_id: _Optional[str] = ...) -> None: ...
+
+class PlaceUserCallRequest(_message.Message):
+    __slots__ = ("business_number", "user_number")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    user_number: str
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ...) -> None: ...
+
+class HangUpRequest(_message.Message):
+    __slots__ = ("platform_call_id",)
+    PLATFORM_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    platform_call_id: str
+    def __init__(self, platform_call_id: _Optional[str] = ...) -> None: ...
+
+class PhoneCall(_message.Message):
+    __slots__ = ("platform_call_id", "business_number", "user_number", "direction", "state", "frames_received", "audible_frames_received", "mean_level_received", "frames_sent", "started_at", "answered_at", "ended_at")
+    PLATFORM_CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    AUDIBLE_FRAMES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    MEAN_LEVEL_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_SENT_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_AT_FIELD_NUMBER: _ClassVar[int]
+    ENDED_AT_FIELD_NUMBER: _ClassVar[int]
+    platform_call_id: str
+    business_number: str
+    user_number: str
+    direction: str
+    state: str
+    frames_received: int
+    audible_frames_received: int
+    mean_level_received: float
+    frames_sent: int
+    started_at: _timestamp_pb2.Timestamp
+    answered_at: _timestamp_pb2.Timestamp
+    ended_at: _timestamp_pb2.Timestamp
+    def __init__(self, platform_call_id: _Optional[str] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., direction: _Optional[str] = ..., state: _Optional[str] = ..., frames_received: _Optional[int] = ..., audible_frames_received: _Optional[int] = ..., mean_level_received: _Optional[float] = ..., frames_sent: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -64,6 +64,21 @@ class SimulatorServiceStub:
                 request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.ListMessagesResponse.FromString,
                 _registered_method=True)
+        self.GetPhoneCall = channel.unary_unary(
+                '/wacall.sim.v1.SimulatorService/GetPhoneCall',
+                request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPhoneCallRequest.SerializeToString,
+                response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
+                _registered_method=True)
+        self.PlaceUserCall = channel.unary_unary(
+                '/wacall.sim.v1.SimulatorService/PlaceUserCall',
+                request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PlaceUserCallRequest.SerializeToString,
+                response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
+                _registered_method=True)
+        self.HangUp = channel.unary_unary(
+                '/wacall.sim.v1.SimulatorService/HangUp',
+                request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.HangUpRequest.SerializeToString,
+                response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
+                _registered_method=True)
         self.GetPlatformPermission = channel.unary_unary(
                 '/wacall.sim.v1.SimulatorService/GetPlatformPermission',
                 request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformPermissionRequest.SerializeToString,
@@ -115,6 +130,27 @@ class SimulatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPhoneCall(self, request, context):
+        """The user's phone's view of a call: what it heard and said.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PlaceUserCall(self, request, context):
+        """The user calls the business (a user-initiated call).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def HangUp(self, request, context):
+        """The user hangs up a call in progress.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPlatformPermission(self, request, context):
         """The platform's own view of a pair's permission (what GET call_permissions would say).
         """
@@ -154,6 +190,21 @@ def add_SimulatorServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.ListMessagesRequest.FromString,
                     response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'GetPhoneCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPhoneCall,
+                    request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPhoneCallRequest.FromString,
+                    response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.SerializeToString,
+            ),
+            'PlaceUserCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.PlaceUserCall,
+                    request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PlaceUserCallRequest.FromString,
+                    response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.SerializeToString,
+            ),
+            'HangUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.HangUp,
+                    request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.HangUpRequest.FromString,
+                    response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.SerializeToString,
             ),
             'GetPlatformPermission': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPlatformPermission,
@@ -323,6 +374,87 @@ class SimulatorService:
             '/wacall.sim.v1.SimulatorService/ListMessages',
             wacall_dot_sim_dot_v1_dot_simulator__pb2.ListMessagesRequest.SerializeToString,
             wacall_dot_sim_dot_v1_dot_simulator__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPhoneCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.sim.v1.SimulatorService/GetPhoneCall',
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPhoneCallRequest.SerializeToString,
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PlaceUserCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.sim.v1.SimulatorService/PlaceUserCall',
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.PlaceUserCallRequest.SerializeToString,
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def HangUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.sim.v1.SimulatorService/HangUp',
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.HangUpRequest.SerializeToString,
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
             options,
             channel_credentials,
             insecure,

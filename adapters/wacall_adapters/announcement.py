@@ -1,0 +1,88 @@
+"""`announcement`: play a file or a tone to the user, optionally record the user, hang up at the end.
+
+Playback starts when the user picks up (so the start is not lost to ringing); silence flows before that. The call
+ends a moment after the audio finishes, or at `max_duration` connected, whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from datetime import timedelta
+from pathlib import Path
+
+from wacall.media.tracks import FRAME_SECONDS, SAMPLE_RATE, AudioSource, BufferSource, ToneSource, decode_file
+from wacall_adapters.base import CallLeg, MediaAdapter
+
+TAIL_SECONDS = 0.5
+
+
+class AnnouncementAdapter(MediaAdapter):
+    route = "announcement"
+
+    def __init__(
+        self,
+        *,
+        audio_file: str = "",
+        tone_hz: float = 440.0,
+        tone_seconds: float = 5.0,
+        record_to: str = "",
+        max_duration: timedelta = timedelta(minutes=5),
+    ) -> None:
+        self.audio_file = audio_file
+        self.tone_hz = tone_hz
+        self.tone_seconds = tone_seconds
+        self.record_to = record_to
+        self.max_duration = max_duration
+        self._leg: CallLeg | None = None
+        self._source: AudioSource | None = None
+        self._recording: wave.Wave_write | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _load(self) -> AudioSource:
+        if self.audio_file:
+            return BufferSource(decode_file(self.audio_file))
+        return ToneSource(self.tone_hz, seconds=self.tone_seconds)
+
+    async def attach(self, leg: CallLeg) -> None:
+        self._leg = leg
+        # Decode before the call connects: a bad file fails the call setup, not the user's ear.
+        self._source = await asyncio.get_running_loop().run_in_executor(None, self._load)
+
+    def _record(self, frame: bytes) -> None:
+        if self._recording is not None:
+            self._recording.writeframes(frame)
+
+    async def connected(self) -> None:
+        if self._leg is None or self._source is None or self._task is not None:
+            return
+        if self.record_to:
+            Path(self.record_to).parent.mkdir(parents=True, exist_ok=True)
+            recording = wave.open(self.record_to, "wb")  # noqa: SIM115 - closed in close()
+            recording.setnchannels(1)
+            recording.setsampwidth(2)
+            recording.setframerate(SAMPLE_RATE)
+            self._recording = recording
+            self._leg.listen(self._record)
+        self._leg.play(self._source)
+        self._task = asyncio.create_task(self._hang_up_when_done(self._leg, self._source))
+
+    async def _hang_up_when_done(self, leg: CallLeg, source: AudioSource) -> None:
+        waited = 0.0
+        while not source.finished and waited < self.max_duration.total_seconds():
+            await asyncio.sleep(FRAME_SECONDS * 5)
+            waited += FRAME_SECONDS * 5
+        await asyncio.sleep(TAIL_SECONDS)
+        await leg.hangup("announcement finished" if source.finished else "announcement reached max_duration")
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None and task is not asyncio.current_task() and not task.done():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._recording is not None:
+            self._recording.close()
+            self._recording = None

@@ -1,0 +1,57 @@
+"""The one interface between a call and whatever the business side of its audio is.
+
+The service owns the WhatsApp leg (ICE, DTLS, Opus, pacing, cleanup). An adapter sees only a `CallLeg`: it can
+choose what the user hears (`play`), hear what the user says (`listen`), and end the call (`hangup`). It never
+touches the peer connection. A route that wants no media through the service (WebRTC passthrough) supplies the
+offer itself instead and receives the platform's answer.
+
+Lifecycle, called by the service: `attach` (before the offer goes out) → `connected` (the user picked up, or
+audio from the user arrived first) → `close` (the call ended, however it ended; must release everything).
+Audio is PCM16 mono 48 kHz in 20 ms frames (see wacall.media.tracks).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from wacall.media.tracks import AudioSource, FrameHandler
+
+
+class CallLeg(Protocol):
+    call_id: str
+
+    def play(self, source: AudioSource) -> None:
+        """Swap what the user hears (no renegotiation). Silence is sent when the source has nothing."""
+        ...
+
+    def listen(self, handler: FrameHandler) -> None:
+        """Receive every 20 ms frame the user sends from now on."""
+        ...
+
+    async def hangup(self, reason: str) -> None:
+        """End the call from the business side."""
+        ...
+
+
+class MediaAdapter:
+    """Base class with the no-op defaults; routes override what they need."""
+
+    route = "none"
+    # Set by routes that hand their own SDP offer to the platform (no media through the service).
+    passthrough_offer: str | None = None
+
+    async def attach(self, leg: CallLeg) -> None:
+        """The WhatsApp leg exists; audio starts flowing as soon as ICE and DTLS complete."""
+
+    async def connected(self) -> None:
+        """The user picked up."""
+
+    async def platform_answer(self, sdp: str) -> None:
+        """Passthrough routes: the platform's SDP answer to `passthrough_offer`."""
+
+    async def close(self) -> None:
+        """The call ended. Release every task, track, file and peer connection the adapter holds."""
+
+    def answer_sdp(self) -> str:
+        """An SDP answer for the business-side peer, when the route has one (WebRTC)."""
+        return ""

@@ -1,0 +1,71 @@
+"""`media_stream`: a program speaks with the user over the CallMedia gRPC stream (20 ms PCM16 frames both ways).
+
+The service side only buffers: frames from the program go into a bounded queue the WhatsApp leg plays from
+(silence when the program is quiet, oldest frames dropped when it runs ahead, so audio never falls behind real
+time); frames from the user go to every attached listener's bounded queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+
+from wacall.media.tracks import QueueSource
+from wacall_adapters.base import CallLeg, MediaAdapter
+
+Listener = Callable[[bytes], None]
+
+
+class MediaStreamAdapter(MediaAdapter):
+    route = "media_stream"
+
+    def __init__(self, *, max_duration: timedelta | None = None) -> None:
+        self.max_duration = max_duration
+        self.outgoing = QueueSource(max_frames=25)
+        self._listeners: list[Listener] = []
+        self._leg: CallLeg | None = None
+        self._timer: asyncio.Task[None] | None = None
+        self.is_connected = asyncio.Event()
+        self.ended = asyncio.Event()
+
+    async def attach(self, leg: CallLeg) -> None:
+        self._leg = leg
+        leg.play(self.outgoing)
+        leg.listen(self._fan_out)
+
+    def _fan_out(self, frame: bytes) -> None:
+        for listener in list(self._listeners):
+            listener(frame)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def send(self, frame: bytes) -> None:
+        self.outgoing.push(frame)
+
+    async def hangup(self, reason: str) -> None:
+        if self._leg is not None:
+            await self._leg.hangup(reason)
+
+    async def connected(self) -> None:
+        self.is_connected.set()
+        if self.max_duration is not None and self._timer is None and self._leg is not None:
+            self._timer = asyncio.create_task(self._limit(self._leg, self.max_duration))
+
+    @staticmethod
+    async def _limit(leg: CallLeg, limit: timedelta) -> None:
+        await asyncio.sleep(limit.total_seconds())
+        await leg.hangup("media_stream reached max_duration")
+
+    async def close(self) -> None:
+        self.ended.set()
+        self._listeners.clear()
+        timer, self._timer = self._timer, None
+        if timer is not None and timer is not asyncio.current_task() and not timer.done():
+            timer.cancel()
+            try:
+                await timer
+            except asyncio.CancelledError:
+                pass

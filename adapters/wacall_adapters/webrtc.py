@@ -1,0 +1,68 @@
+"""`webrtc`: bridge the WhatsApp leg to another WebRTC peer (a browser softphone, any WebRTC stack).
+
+Bridge mode (default): the service answers the agent's offer with a second aiortc leg and relays audio both ways.
+It works with any peer (browsers behind NAT with the TURN servers given, any codec set), and the service can
+measure the audio; the price is an Opus decode and encode per direction per call (MEDIA-2).
+
+Passthrough mode: the agent's own offer goes to the platform (trimmed to the sha-256 fingerprint) and only
+signalling passes through the service; the platform's answer is handed back. No media CPU in the service, but the
+agent must meet the platform's media rules itself (Opus, sha-256 DTLS fingerprint, one audio m-line, ICE-full and
+controlling, reachable from the platform's ICE-lite candidates).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aiortc import RTCIceServer
+
+from wacall.media.leg import AudioLeg
+from wacall.media.sdp import only_sha256_fingerprint
+from wacall.media.tracks import QueueSource
+from wacall_adapters.base import CallLeg, MediaAdapter
+
+
+class WebRtcBridgeAdapter(MediaAdapter):
+    route = "webrtc"
+
+    def __init__(self, *, offer_sdp: str, ice_servers: Sequence[str] = ()) -> None:
+        self.offer_sdp = offer_sdp
+        self.ice_servers = [RTCIceServer(urls=url) for url in ice_servers]
+        self.to_user = QueueSource(max_frames=10)
+        self.to_agent = QueueSource(max_frames=10)
+        self.agent: AudioLeg | None = None
+        self._answer = ""
+
+    async def attach(self, leg: CallLeg) -> None:
+        # The agent's codecs are its own business: do not force Opus on this leg.
+        self.agent = AudioLeg(
+            name="agent",
+            source=self.to_agent,
+            handlers=[self.to_user.push],
+            ice_servers=self.ice_servers,
+            opus_only=False,
+        )
+        self._answer = await self.agent.accept_offer(self.offer_sdp)
+        leg.play(self.to_user)
+        leg.listen(self.to_agent.push)
+
+    def answer_sdp(self) -> str:
+        return self._answer
+
+    async def close(self) -> None:
+        if self.agent is not None:
+            await self.agent.close()
+
+
+class WebRtcPassthroughAdapter(MediaAdapter):
+    route = "webrtc_passthrough"
+
+    def __init__(self, *, offer_sdp: str) -> None:
+        self.passthrough_offer = only_sha256_fingerprint(offer_sdp)
+        self._answer = ""
+
+    async def platform_answer(self, sdp: str) -> None:
+        self._answer = sdp
+
+    def answer_sdp(self) -> str:
+        return self._answer

@@ -1,0 +1,726 @@
+"""Call control: place, follow and end calls; feed every outcome to the rules ledger; run each call's media.
+
+Decisions and facts are committed before anything is acknowledged (the same store transactions as permissions).
+Media work (aiortc, adapters) happens after the commit, on this process's event loop, and every path that ends a
+call releases its session: `_finish` is the one place that closes a leg and an adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from wacall import calls, engine
+from wacall.calls import CallFacts, CallOutcome, CallState, Direction
+from wacall.clock import Clock
+from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount
+from wacall.media.leg import AudioLeg
+from wacall.media.sdp import platform_problems
+from wacall.media.tracks import AudioSource, FrameHandler
+from wacall.permissions import (
+    IdempotencyConflict,
+    InvalidField,
+    PermissionService,
+    PlatformRefusal,
+    RuleRefusal,
+)
+from wacall.store import EventRecord, IdempotentResult, Pair, StoredCall, Tx, from_micros, to_micros
+from wacall.webhook_payloads import CallEventItem
+from wacall_adapters.base import MediaAdapter
+
+log = logging.getLogger(__name__)
+
+MAX_OPAQUE = 512
+MAX_IDEMPOTENCY_KEY = 128
+AdapterFactory = Callable[[], MediaAdapter]
+
+
+class CallNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class MediaCounters:
+    frames_sent: int = 0
+    frames_received: int = 0
+    audible_frames_received: int = 0
+    mean_level_received: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CallView:
+    """A call as the API shows it."""
+
+    call_id: str
+    pair: Pair
+    direction: Direction
+    facts: CallFacts
+    route: str
+    platform_call_id: str | None
+    opaque: str
+    platform_error: Mapping[str, Any] | None
+    answer_sdp: str
+    end_reason: str
+    media: MediaCounters
+
+    @property
+    def state(self) -> CallState:
+        return self.facts.state
+
+    @property
+    def outcome(self) -> CallOutcome | None:
+        return self.facts.outcome
+
+
+# --- facts ⇄ JSON ------------------------------------------------------------------------------------------------
+
+
+def _facts_to_json(facts: CallFacts) -> dict[str, Any]:
+    def t(value: datetime | None) -> int | None:
+        return None if value is None else to_micros(value)
+
+    return {
+        "direction": facts.direction.value,
+        "created_at": to_micros(facts.created_at),
+        "state": facts.state.value,
+        "answered_at": t(facts.answered_at),
+        "ended_at": t(facts.ended_at),
+        "duration_seconds": facts.duration_seconds,
+        "rejected": facts.rejected,
+        "ended_by_business_before_answer": facts.ended_by_business_before_answer,
+        "setup_failed": facts.setup_failed,
+        "error_codes": list(facts.error_codes),
+        "error_detail": facts.error_detail,
+        "connected_applied": facts.connected_applied,
+        "unanswered_applied": facts.unanswered_applied,
+    }
+
+
+def _facts_from_json(data: Mapping[str, Any]) -> CallFacts:
+    def t(value: int | None) -> datetime | None:
+        return None if value is None else from_micros(value)
+
+    return CallFacts(
+        direction=Direction(data["direction"]),
+        created_at=from_micros(data["created_at"]),
+        state=CallState(data["state"]),
+        answered_at=t(data["answered_at"]),
+        ended_at=t(data["ended_at"]),
+        duration_seconds=data["duration_seconds"],
+        rejected=data["rejected"],
+        ended_by_business_before_answer=data["ended_by_business_before_answer"],
+        setup_failed=data["setup_failed"],
+        error_codes=tuple(data["error_codes"]),
+        error_detail=data["error_detail"],
+        connected_applied=data["connected_applied"],
+        unanswered_applied=data["unanswered_applied"],
+    )
+
+
+def _event_from_item(item: CallEventItem) -> calls.CallEvent | None:
+    match item.kind:
+        case "connect":
+            return calls.Connect(item.timestamp)
+        case "ringing":
+            return calls.Ringing(item.timestamp)
+        case "accepted":
+            return calls.Accepted(item.timestamp)
+        case "rejected":
+            return calls.Rejected(item.timestamp)
+        case "terminate":
+            return calls.Terminated(
+                item.timestamp, item.start_time, item.end_time, item.duration_seconds, item.error_codes
+            )
+    return None
+
+
+def _item_to_json(item: CallEventItem) -> dict[str, Any]:
+    def t(value: datetime | None) -> int | None:
+        return None if value is None else to_micros(value)
+
+    return {
+        "phone_number_id": item.phone_number_id, "call_id": item.call_id, "kind": item.kind,
+        "timestamp": to_micros(item.timestamp), "user_wa_id": item.user_wa_id, "direction": item.direction,
+        "sdp": item.sdp, "sdp_type": item.sdp_type, "start_time": t(item.start_time), "end_time": t(item.end_time),
+        "duration_seconds": item.duration_seconds, "status": item.status, "error_codes": list(item.error_codes),
+        "error_message": item.error_message, "biz_opaque_callback_data": item.biz_opaque_callback_data,
+    }  # fmt: skip
+
+
+def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
+    def t(value: int | None) -> datetime | None:
+        return None if value is None else from_micros(value)
+
+    return CallEventItem(
+        **{
+            **data,
+            "timestamp": from_micros(data["timestamp"]),
+            "start_time": t(data["start_time"]),
+            "end_time": t(data["end_time"]),
+            "error_codes": tuple(data["error_codes"]),
+        }
+    )
+
+
+# --- sessions: the live media of one call ------------------------------------------------------------------------
+
+
+@dataclass
+class CallSession:
+    call_id: str
+    pair: Pair
+    account: SenderAccount
+    adapter: MediaAdapter
+    leg: AudioLeg | None = None
+    connected: bool = False
+    closed: bool = False
+    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    started: float = field(default_factory=time.monotonic)
+    last_frames: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+    def counters(self) -> MediaCounters:
+        if self.leg is None:
+            return MediaCounters()
+        consumer = self.leg.consumer
+        return MediaCounters(
+            frames_sent=self.leg.outgoing.frames_sent,
+            frames_received=consumer.frames if consumer else 0,
+            audible_frames_received=consumer.audible_frames if consumer else 0,
+            mean_level_received=consumer.mean_level if consumer else 0.0,
+        )
+
+
+class _Leg:
+    """What an adapter sees of a call (wacall_adapters.base.CallLeg)."""
+
+    def __init__(self, service: CallService, session: CallSession) -> None:
+        self.call_id = session.call_id
+        self._service = service
+        self._session = session
+
+    def play(self, source: AudioSource) -> None:
+        if self._session.leg is not None:
+            self._session.leg.set_source(source)
+
+    def listen(self, handler: FrameHandler) -> None:
+        if self._session.leg is not None:
+            self._session.leg.handlers.append(handler)
+            if self._session.leg.consumer is not None:
+                self._session.leg.consumer.handlers.append(handler)
+
+    async def hangup(self, reason: str) -> None:
+        self._service.spawn(self._service.end(self.call_id, reason=reason))
+
+
+class CallService:
+    def __init__(
+        self,
+        permissions: PermissionService,
+        graph: GraphClient,
+        *,
+        inbound_route: AdapterFactory,
+        media_timeout: timedelta = timedelta(seconds=20),
+    ) -> None:
+        self.permissions = permissions
+        self.store = permissions.store
+        self.clock: Clock = permissions.clock
+        self.graph = graph
+        self.inbound_route = inbound_route
+        self.media_timeout = media_timeout
+        self.sessions: dict[str, CallSession] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._watchdog: asyncio.Task[None] | None = None
+        permissions.call_item_handler = self._apply_item
+
+    # --- helpers ------------------------------------------------------------------------------------------------
+
+    def spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
+        return task
+
+    def _view(self, stored: StoredCall) -> CallView:
+        data = stored.data
+        session = self.sessions.get(stored.call_id)
+        media = session.counters() if session is not None else MediaCounters(**data.get("media", {}))
+        answer = data.get("answer_sdp", "")
+        if session is not None and not answer:
+            answer = session.adapter.answer_sdp()
+        return CallView(
+            call_id=stored.call_id,
+            pair=stored.pair,
+            direction=Direction(stored.direction),
+            facts=_facts_from_json(data["facts"]),
+            route=data.get("route", ""),
+            platform_call_id=stored.platform_call_id,
+            opaque=data.get("opaque", ""),
+            platform_error=data.get("platform_error"),
+            answer_sdp=answer,
+            end_reason=data.get("end_reason", ""),
+            media=media,
+        )
+
+    def _save(self, tx: Tx, stored: StoredCall, facts: CallFacts, now: datetime, **data: Any) -> StoredCall:
+        """Save the call with new facts, tell the ledger what it must learn, and log the update."""
+        facts, effects = calls.ledger_effects(facts)
+        ledger = tx.ledger(stored.pair)
+        for effect in effects:
+            ledger = self.permissions.record(tx, stored.pair, ledger, effect, now, {"call_id": stored.call_id})
+        merged = {**stored.data, **data, "facts": _facts_to_json(facts)}
+        if facts.state is CallState.ENDED and "media" not in data:
+            session = self.sessions.get(stored.call_id)
+            if session is not None:
+                merged["media"] = _counters_dict(session.counters())
+        updated = StoredCall(
+            call_id=stored.call_id,
+            pair=stored.pair,
+            direction=stored.direction,
+            created_at=stored.created_at,
+            state=facts.state.value,
+            data=merged,
+            platform_call_id=data.get("platform_call_id", stored.platform_call_id),
+            active=facts.state is not CallState.ENDED,
+        )
+        tx.save_call(updated)
+        view = self._view(updated)
+        tx.append(
+            EventRecord(
+                stored.pair,
+                "call_updated",
+                engine.Source.BUSINESS.value
+                if facts.direction is Direction.BUSINESS_INITIATED
+                else engine.Source.USER_ACTION.value,
+                now,
+                now,
+                engine.effective_state(ledger, now),
+                {"call_id": stored.call_id, "call": json.dumps(call_snapshot(view))},
+            )
+        )
+        return updated
+
+    # --- placing a call -----------------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        business_number: str,
+        user_number: str,
+        route: AdapterFactory,
+        route_name: str,
+        *,
+        opaque: str = "",
+        idempotency_key: str = "",
+        fingerprint_extra: str = "",
+    ) -> CallView:
+        business, user = self.permissions.parse_pair(business_number, user_number)
+        if len(opaque) > MAX_OPAQUE:
+            raise InvalidField("biz_opaque_callback_data", f"at most {MAX_OPAQUE} characters")
+        if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidField("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters")
+        pair = Pair(business.e164, user.e164)
+        account = None
+        if business.region not in self.permissions.policy.denied_business_regions:
+            account = self.permissions.senders.account_for(business)
+        key = f"call:{idempotency_key}" if idempotency_key else ""
+        fingerprint = hashlib.sha256(
+            json.dumps([pair.business, pair.user, route_name, opaque, fingerprint_extra]).encode()
+        ).hexdigest()
+        call_id = "call_" + uuid.uuid4().hex
+
+        def reserve(tx: Tx) -> StoredCall:
+            now = self.clock.now()
+            if key:
+                earlier = tx.idempotent_result(pair.business, key)
+                if earlier is not None:
+                    if earlier.fingerprint != fingerprint:
+                        raise IdempotencyConflict("this idempotency_key was used for a different call; use a new key")
+                    found = tx.call(earlier.outcome["call_id"])
+                    assert found is not None
+                    return found
+            ledger = tx.ledger(pair)
+            active = tx.active_call(pair)
+            evaluation = engine.evaluate(
+                ledger,
+                now,
+                self.permissions.policy,
+                business_region=business.region,
+                template_available=True,
+                call_in_progress=active is not None,
+            )
+            if not evaluation.call.allowed:
+                raise RuleRefusal(evaluation.call, evaluation, pair)
+            facts = CallFacts(Direction.BUSINESS_INITIATED, now)
+            stored = StoredCall(call_id, pair, Direction.BUSINESS_INITIATED.value, now, facts.state.value, {})
+            stored = self._save(tx, stored, facts, now, route=route_name, opaque=opaque)
+            if key:
+                tx.save_idempotent_result(IdempotentResult(pair.business, key, fingerprint, {"call_id": call_id}), now)
+            return stored
+
+        stored = await self.store.transaction(reserve)
+        self.permissions.changes.notify()
+        if stored.call_id != call_id:  # an idempotent replay
+            return self._view(stored)
+        assert account is not None
+        adapter = route()
+        session = CallSession(call_id, pair, account, adapter)
+        self.sessions[call_id] = session
+        try:
+            offer = adapter.passthrough_offer
+            if offer is None:
+                session.leg = AudioLeg(name=f"whatsapp {call_id}")
+                await adapter.attach(_Leg(self, session))
+                offer = await session.leg.create_offer()
+            else:
+                problems = platform_problems(offer)
+                if problems:
+                    raise InvalidField("route.webrtc.offer_sdp", "; ".join(problems))
+            platform_call_id = await self.graph.connect_call(account, user.digits, offer, opaque)
+        except (GraphError, GraphUnavailable) as error:
+            await self._fail_setup(call_id, error)
+            raise PlatformRefusal(error, pair) from error
+        except Exception as error:
+            await self._fail_setup(call_id, error)
+            raise
+        return await self._bind(call_id, platform_call_id)
+
+    async def _fail_setup(self, call_id: str, error: Exception) -> CallView:
+        code = error.code if isinstance(error, GraphError) else None
+        platform_error = (
+            {"code": error.code, "message": error.message, "details": error.details}
+            if isinstance(error, GraphError)
+            else None
+        )
+
+        def fail(tx: Tx) -> StoredCall:
+            now = self.clock.now()
+            stored = tx.call(call_id)
+            assert stored is not None
+            facts = calls.apply(_facts_from_json(stored.data["facts"]), calls.SetupFailed(now, code, str(error)))
+            stored = self._save(
+                tx, stored, facts, now, platform_error=platform_error, end_reason=f"setup failed: {error}"
+            )
+            if code == 138006:
+                # The platform says there is no permission (HOOK-6): believe it.
+                self.permissions.record(
+                    tx,
+                    stored.pair,
+                    tx.ledger(stored.pair),
+                    engine.PermissionRevoked(now, engine.Source.PLATFORM_AUTOMATIC),
+                    now,
+                    {"reconciled_from": "138006", "call_id": call_id},
+                )
+            return stored
+
+        stored = await self.store.transaction(fail)
+        self.permissions.changes.notify()
+        await self._close_session(call_id)
+        return self._view(stored)
+
+    async def _bind(self, call_id: str, platform_call_id: str) -> CallView:
+        """Record the platform's call id and apply whatever webhooks already arrived for it."""
+
+        def bind(tx: Tx) -> tuple[StoredCall, list[CallEventItem]]:
+            now = self.clock.now()
+            stored = tx.call(call_id)
+            assert stored is not None
+            stored = self._save(
+                tx, stored, _facts_from_json(stored.data["facts"]), now, platform_call_id=platform_call_id
+            )
+            parked = [_item_from_json(e) for e in tx.take_parked_call_events(platform_call_id)]
+            for item in parked:
+                stored = self._apply_to_call(tx, stored, item, now)
+            return stored, parked
+
+        stored, parked = await self.store.transaction(bind)
+        self.permissions.changes.notify()
+        for item in parked:
+            await self._media_after(stored.call_id, item)
+        return self._view(stored)
+
+    # --- webhooks (inside the ingest transaction) ---------------------------------------------------------------
+
+    def _apply_item(
+        self, tx: Tx, business: str, item: CallEventItem, now: datetime
+    ) -> Callable[[], Awaitable[None]] | None:
+        if not tx.claim(f"call:{item.call_id}:{item.kind}", now):
+            return None  # a duplicate (HOOK-1)
+        stored = tx.call_by_platform_id(item.call_id)
+        if stored is None:
+            if item.kind == "connect" and item.direction == "USER_INITIATED":
+                pair = self.permissions.user_pair(tx, business, item.user_wa_id, None)
+                if pair is None:
+                    return None
+                call_id = "call_" + uuid.uuid4().hex
+                facts = CallFacts(Direction.USER_INITIATED, item.timestamp)
+                stored = StoredCall(
+                    call_id,
+                    pair,
+                    Direction.USER_INITIATED.value,
+                    item.timestamp,
+                    facts.state.value,
+                    {},
+                    platform_call_id=item.call_id,
+                )
+                stored = self._save(
+                    tx,
+                    stored,
+                    facts,
+                    now,
+                    route="inbound",
+                    platform_call_id=item.call_id,
+                    opaque=item.biz_opaque_callback_data,
+                )
+                return lambda: self._answer_user_call(stored.call_id, business, item.sdp)
+            # Our own record of this call may not be bound yet (the webhook beat the connect response): keep it.
+            tx.park_call_event(item.call_id, _item_to_json(item), now)
+            return None
+        self._apply_to_call(tx, stored, item, now)
+        return lambda: self._media_after(stored.call_id, item)
+
+    def _apply_to_call(self, tx: Tx, stored: StoredCall, item: CallEventItem, now: datetime) -> StoredCall:
+        event = _event_from_item(item)
+        if event is None:
+            return stored
+        facts = calls.apply(_facts_from_json(stored.data["facts"]), event)
+        extra: dict[str, Any] = {}
+        if item.kind == "terminate" and not stored.data.get("end_reason"):
+            extra["end_reason"] = "ended by the platform" + (f": {item.error_message}" if item.error_message else "")
+            if item.error_codes:
+                extra["platform_error"] = {"code": item.error_codes[0], "message": item.error_message, "details": ""}
+        return self._save(tx, stored, facts, now, **extra)
+
+    async def _media_after(self, call_id: str, item: CallEventItem) -> None:
+        session = self.sessions.get(call_id)
+        if session is None:
+            return
+        if item.kind == "connect" and item.sdp and item.sdp_type == "answer":
+            if session.leg is not None:
+                # Apply at once: the platform fails calls whose answer is applied late (138007).
+                await session.leg.apply_answer(item.sdp)
+            else:
+                await session.adapter.platform_answer(item.sdp)
+        elif item.kind == "accepted":
+            await self._connected(session)
+        elif item.kind == "terminate":
+            await self._close_session(call_id)
+
+    async def _connected(self, session: CallSession) -> None:
+        if not session.connected and not session.closed:
+            session.connected = True
+            await session.adapter.connected()
+
+    async def _answer_user_call(self, call_id: str, business: str, offer_sdp: str) -> None:
+        stored = await self.store.transaction(lambda tx: tx.call(call_id))
+        assert stored is not None and stored.platform_call_id
+        account = self.permissions.senders.account_for(self.permissions.parse_pair(business, stored.pair.user)[0])
+        session = CallSession(call_id, stored.pair, account, self.inbound_route())
+        self.sessions[call_id] = session
+        try:
+            session.leg = AudioLeg(name=f"whatsapp {call_id}")
+            await session.adapter.attach(_Leg(self, session))
+            answer = await session.leg.accept_offer(offer_sdp)
+            await self.graph.call_action(account, stored.platform_call_id, "pre_accept", answer)
+            await self.graph.call_action(account, stored.platform_call_id, "accept", answer)
+        except (GraphError, GraphUnavailable) as error:
+            log.warning("could not answer user call %s: %s", call_id, error)
+            await self._fail_setup(call_id, error)
+            return
+        await self._connected(session)
+
+    # --- ending -------------------------------------------------------------------------------------------------
+
+    async def end(self, call_id: str, *, reason: str = "ended by the business") -> CallView:
+        def mark(tx: Tx) -> tuple[StoredCall, bool]:
+            now = self.clock.now()
+            stored = tx.call(call_id)
+            if stored is None:
+                raise CallNotFound(call_id)
+            facts = _facts_from_json(stored.data["facts"])
+            if facts.state is CallState.ENDED:
+                return stored, False
+            stored = self._save(tx, stored, calls.apply(facts, calls.EndedByBusiness(now)), now, end_reason=reason)
+            return stored, True
+
+        stored, changed = await self.store.transaction(mark)
+        if changed:
+            self.permissions.changes.notify()
+            session = self.sessions.get(call_id)
+            if stored.platform_call_id and session is not None:
+                try:
+                    # Always tell the platform: billing depends on it (§7.2).
+                    await self.graph.call_action(session.account, stored.platform_call_id, "terminate")
+                except (GraphError, GraphUnavailable) as error:
+                    log.info("terminate for %s: %s", call_id, error)
+            await self._close_session(call_id)
+        return self._view(stored)
+
+    async def _close_session(self, call_id: str) -> None:
+        session = self.sessions.get(call_id)
+        if session is None or session.closed:
+            return
+        session.closed = True
+        counters = session.counters()
+        try:
+            await session.adapter.close()
+        finally:
+            if session.leg is not None:
+                await session.leg.close()
+            self.sessions.pop(call_id, None)
+
+        def keep_media(tx: Tx) -> None:
+            stored = tx.call(call_id)
+            if stored is not None:
+                tx.save_call(
+                    StoredCall(
+                        stored.call_id,
+                        stored.pair,
+                        stored.direction,
+                        stored.created_at,
+                        stored.state,
+                        {
+                            **stored.data,
+                            "media": _counters_dict(counters),
+                            "answer_sdp": stored.data.get("answer_sdp") or session.adapter.answer_sdp(),
+                        },
+                        stored.platform_call_id,
+                        stored.active,
+                    )
+                )
+
+        await self.store.transaction(keep_media)
+
+    # --- reads ----------------------------------------------------------------------------------------------------
+
+    async def get(self, call_id: str) -> CallView:
+        stored = await self.store.transaction(lambda tx: tx.call(call_id))
+        if stored is None:
+            raise CallNotFound(call_id)
+        return self._view(stored)
+
+    async def list(
+        self, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+    ) -> list[CallView]:
+        return [
+            self._view(s) for s in await self.store.list_calls(business=business, user=user, before=before, limit=limit)
+        ]
+
+    def session(self, call_id: str) -> CallSession | None:
+        return self.sessions.get(call_id)
+
+    async def updates(self, call_id: str) -> AsyncIterator[CallView]:
+        """The call each time it changes, until it ends."""
+        last: tuple[Any, ...] | None = None
+        while True:
+            ticket = self.permissions.changes.ticket()
+            view = await self.get(call_id)
+            key = (view.state, view.outcome, view.facts.answered_at)
+            if key != last:
+                last = key
+                yield view
+            if view.state is CallState.ENDED:
+                return
+            try:
+                await asyncio.wait_for(ticket.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    # --- lifecycle ------------------------------------------------------------------------------------------------
+
+    async def start_background(self) -> None:
+        """End calls a previous process left open (their media died with it), then watch media liveness."""
+
+        for stored in await self.store.transaction(lambda tx: tx.open_calls()):
+            if stored.call_id not in self.sessions:
+                await self._end_orphan(stored)
+        self._watchdog = asyncio.create_task(self._watch_media())
+
+    async def _end_orphan(self, stored: StoredCall) -> None:
+        def mark(tx: Tx) -> None:
+            now = self.clock.now()
+            facts = calls.apply(_facts_from_json(stored.data["facts"]), calls.EndedByBusiness(now))
+            self._save(tx, stored, facts, now, end_reason="the service restarted during the call")
+
+        await self.store.transaction(mark)
+        if stored.platform_call_id:
+            try:
+                business = self.permissions.parse_pair(stored.pair.business, stored.pair.user)[0]
+                account = self.permissions.senders.account_for(business)
+                await self.graph.call_action(account, stored.platform_call_id, "terminate")
+            except Exception as error:
+                log.info("terminate of orphan call %s: %s", stored.call_id, error)
+
+    async def _watch_media(self) -> None:
+        """MEDIA-1: aiortc has no 'disconnected' state. No audio from the user for `media_timeout` → end the call."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.leg is None or session.closed:
+                    continue
+                frames = session.leg.consumer.frames if session.leg.consumer else 0
+                if frames != session.last_frames:
+                    session.last_frames, session.last_progress = frames, now
+                elif now - session.last_progress > self.media_timeout.total_seconds():
+                    session.last_progress = now
+                    log.warning("call %s: no media from the user for %s", session.call_id, self.media_timeout)
+                    self.spawn(
+                        self.end(
+                            session.call_id,
+                            reason=f"no media from the user for {int(self.media_timeout.total_seconds())} s",
+                        )
+                    )
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        for call_id in list(self.sessions):
+            await self.end(call_id, reason="the service is shutting down")
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, self._watchdog or _done(), return_exceptions=True)
+
+
+async def _done() -> None:
+    return None
+
+
+def _counters_dict(counters: MediaCounters) -> dict[str, Any]:
+    return {
+        "frames_sent": counters.frames_sent,
+        "frames_received": counters.frames_received,
+        "audible_frames_received": counters.audible_frames_received,
+        "mean_level_received": counters.mean_level_received,
+    }
+
+
+def call_snapshot(view: CallView) -> dict[str, Any]:
+    """The call as JSON for the event log (WatchEvents rebuilds the Call message from it)."""
+    facts = view.facts
+
+    def t(value: datetime | None) -> int | None:
+        return None if value is None else to_micros(value)
+
+    return {
+        "call_id": view.call_id, "platform_call_id": view.platform_call_id or "",
+        "business": view.pair.business, "user": view.pair.user, "direction": view.direction.value,
+        "state": facts.state.value, "outcome": facts.outcome.value if facts.outcome else "",
+        "created_at": t(facts.created_at), "answered_at": t(facts.answered_at), "ended_at": t(facts.ended_at),
+        "duration_seconds": facts.duration_seconds or 0, "route": view.route, "opaque": view.opaque,
+        "platform_error": dict(view.platform_error) if view.platform_error else None,
+        "end_reason": view.end_reason,
+    }  # fmt: skip
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background call task failed", exc_info=task.exception())
