@@ -76,6 +76,48 @@ class Running:
             metadata=self.metadata,
         )
 
+    async def grant(self, user: str = USER, permanent: bool = False, business: str = BUSINESS) -> None:
+        await self.sim.GrantPermission(
+            sim_pb.GrantPermissionRequest(business_number=business, user_number=user, permanent=permanent),
+            metadata=self.metadata,
+        )
+
+    async def phone(
+        self,
+        user: str = USER,
+        on_call: int = sim_pb.ANSWER,
+        ring: float = 0,
+        talk: float = 0,
+        tone_hz: float = 0,
+        on_request: int = sim_pb.IGNORE,
+    ) -> None:
+        """How the simulated user's phone behaves (ring and talk in clock seconds; 0 talk = until hung up)."""
+        await self.sim.SetUserBehavior(
+            sim_pb.SetUserBehaviorRequest(
+                user_number=user,
+                on_call=on_call,
+                ring_duration=duration(ring),
+                talk_duration=duration(talk),
+                tone_hz=tone_hz,
+                on_permission_request=on_request,
+            ),
+            metadata=self.metadata,
+        )
+
+    async def start_call(
+        self, user: str = USER, business: str = BUSINESS, route: pb.Route | None = None, **fields: object
+    ) -> pb.Call:
+        return await self.calling.StartCall(
+            pb.StartCallRequest(business_number=business, user_number=user, route=route, **fields),  # type: ignore[arg-type]
+            metadata=self.metadata,
+        )
+
+    async def get_call(self, call_id: str) -> pb.Call:
+        return await self.calling.GetCall(pb.GetCallRequest(call_id=call_id), metadata=self.metadata)
+
+    async def wait_call(self, call_id: str, state: int, timeout: float = 10.0) -> pb.Call:
+        return await wait_until(lambda: self.get_call(call_id), lambda c: c.state == state, timeout)
+
     async def wait_for_state(
         self, state: int, business: str = BUSINESS, user: str = USER, timeout: float = 5.0
     ) -> pb.Permission:

@@ -101,6 +101,7 @@ def _facts_to_json(facts: CallFacts) -> dict[str, Any]:
         "error_detail": facts.error_detail,
         "connected_applied": facts.connected_applied,
         "unanswered_applied": facts.unanswered_applied,
+        "window_applied": facts.window_applied,
     }
 
 
@@ -122,6 +123,7 @@ def _facts_from_json(data: Mapping[str, Any]) -> CallFacts:
         error_detail=data["error_detail"],
         connected_applied=data["connected_applied"],
         unanswered_applied=data["unanswered_applied"],
+        window_applied=data.get("window_applied", False),
     )
 
 
@@ -535,6 +537,16 @@ class CallService:
             log.warning("could not answer user call %s: %s", call_id, error)
             await self._fail_setup(call_id, error)
             return
+
+        def accepted(tx: Tx) -> None:
+            # For a user's call, the business accepting it is the pickup.
+            now = self.clock.now()
+            current = tx.call(call_id)
+            assert current is not None
+            self._save(tx, current, calls.apply(_facts_from_json(current.data["facts"]), calls.Accepted(now)), now)
+
+        await self.store.transaction(accepted)
+        self.permissions.changes.notify()
         await self._connected(session)
 
     # --- ending -------------------------------------------------------------------------------------------------

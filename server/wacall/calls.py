@@ -10,7 +10,8 @@ ANSWERED (picked up: ACCEPTED seen or terminate with start_time/duration) → RE
 business before pickup) → FAILED (setup/connection errors) → UNANSWERED.
 
 What the rules ledger learns (`ledger_effects`): a connected call at the moment of answer; an unanswered or
-rejected call when it ends. FAILED and CANCELLED calls teach it nothing.
+rejected call when it ends; an open service window when the user calls or picks up. FAILED and CANCELLED calls
+teach it nothing else.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class CallFacts:
     # What the rules ledger has been told, so each fact is applied once.
     connected_applied: bool = False
     unanswered_applied: bool = False
+    window_applied: bool = False
 
     @property
     def outcome(self) -> CallOutcome | None:
@@ -208,6 +210,11 @@ def apply(facts: CallFacts, event: CallEvent) -> CallFacts:
 def ledger_effects(facts: CallFacts) -> tuple[CallFacts, tuple[engine.LedgerEvent, ...]]:
     """What the rules ledger must learn from the call's facts that it has not learned yet."""
     effects: list[engine.LedgerEvent] = []
+    # The user calling the business, or picking up a business call, opens the service window (§3).
+    opened_at = facts.created_at if facts.direction is Direction.USER_INITIATED else facts.answered_at
+    if opened_at is not None and not facts.window_applied:
+        effects.append(engine.UserMessage(opened_at))
+        facts = dataclasses.replace(facts, window_applied=True)
     if facts.answered_at is not None and not facts.connected_applied:
         effects.append(engine.CallConnected(facts.answered_at, facts.direction is Direction.BUSINESS_INITIATED))
         facts = dataclasses.replace(facts, connected_applied=True)

@@ -570,15 +570,13 @@ class SimulatedPlatform:
         call.state, call.ended_at = "ended", now
         await call.close()
         user = parse_number(call.user)
+        revoked_now = False
         if call.direction == "BUSINESS_INITIATED" and not answered and not by_business:
             # Unanswered or declined: the streak grows, and the platform revokes at its threshold.
             before = engine.effective_state(self.ledger(call.business, call.user), now)
             self._apply(call.business, call.user, engine.CallUnanswered(now))
             after = engine.effective_state(self.ledger(call.business, call.user), now)
-            if after is PermissionState.REVOKED and before is not PermissionState.REVOKED:
-                await self._deliver(
-                    payloads.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
-                )
+            revoked_now = after is PermissionState.REVOKED and before is not PermissionState.REVOKED
         elif answered and call.answered_at is not None and call.direction == "USER_INITIATED":
             self._apply(call.business, call.user, engine.CallConnected(call.answered_at, False))
         await self._deliver(
@@ -586,6 +584,11 @@ class SimulatedPlatform:
                 account, self.wa_id(user), call, "terminate", now, status="COMPLETED" if answered else "FAILED"
             )
         )
+        if revoked_now:
+            # The platform's own automatic revocation, after the call that crossed the threshold.
+            await self._deliver(
+                payloads.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
+            )
 
     async def place_user_call(self, business: PhoneNumber, user: PhoneNumber) -> PhoneCall:
         """The user calls the business: a user-initiated call, which also yields a callback permission."""
