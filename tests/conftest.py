@@ -136,6 +136,15 @@ async def wait_until(fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool
         await asyncio.sleep(0.02)
 
 
+async def eventually(condition: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Wait (real time) until `condition()` holds: media runs in real time."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s")
+        await asyncio.sleep(0.02)
+
+
 def settings_for(tmp_path: Path, **changes: object) -> Settings:
     values: dict[str, object] = {
         "grpc_address": "127.0.0.1:0",

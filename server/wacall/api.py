@@ -428,6 +428,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
     def __init__(self, permissions: PermissionService, calls: CallService) -> None:
         self.permissions = permissions
         self.calls = calls
+        self._stream_readers: set[asyncio.Task[None]] = set()
 
     async def _guard(self, context: Context, error: Exception) -> NoReturn:
         match error:
@@ -633,7 +634,13 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                 outbound.get_nowait()
             outbound.put_nowait(item)
 
-        unsubscribe = adapter.subscribe(lambda frame: offer(pb.CallMediaResponse(audio=to_client.convert(frame))))
+        client_framer = Framer(rate // 50 * 2)
+
+        def to_client_frames(frame: bytes) -> None:
+            for chunk in client_framer.push(to_client.convert(frame)):
+                offer(pb.CallMediaResponse(audio=chunk))
+
+        unsubscribe = adapter.subscribe(to_client_frames)
 
         async def read_client() -> None:
             from_client = PcmResampler(rate, 48000)
@@ -651,15 +658,20 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                 offer(pb.CallMediaResponse(call=call_message(update)))
             offer(None)
 
-        tasks = [asyncio.create_task(read_client()), asyncio.create_task(follow_call())]
+        reader = asyncio.create_task(read_client())
+        follower = asyncio.create_task(follow_call())
         try:
             while (item := await outbound.get()) is not None:
                 yield item
         finally:
             unsubscribe()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            follower.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            # A task blocked reading grpc.aio's request stream cannot be awaited after cancel: it finishes when the
+            # RPC does. Keep a reference until then.
+            reader.cancel()
+            self._stream_readers.add(reader)
+            reader.add_done_callback(self._stream_readers.discard)
 
 
 def attributes_text(attributes: Mapping[str, str]) -> str:

@@ -1,0 +1,116 @@
+"""Real audio through each route: a gRPC media stream client, an aiortc agent (bridge and passthrough)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import struct
+
+from conftest import Running, eventually, wait_until
+from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.v1 import calling_pb2 as pb
+
+from wacall.media.leg import AudioLeg
+from wacall.media.tracks import ToneSource, level
+
+
+def tone_frame(rate: int, frequency: float, index: int) -> bytes:
+    samples = rate // 50
+    return struct.pack(
+        f"<{samples}h",
+        *(int(8000 * math.sin(2 * math.pi * frequency * (index * samples + i) / rate)) for i in range(samples)),
+    )
+
+
+async def phone_of(wacall: Running, call: pb.Call) -> sim_pb.PhoneCall:
+    return await wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id))
+
+
+async def test_media_stream_client_talks_and_listens_at_16_khz(wacall: Running) -> None:
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    call = await wacall.start_call(route=pb.Route(media_stream=pb.MediaStreamRoute()))
+    rate = 16000
+    received: list[bytes] = []
+    updates: list[pb.Call] = []
+    outgoing: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
+    await outgoing.put(pb.CallMediaRequest(call_id=call.call_id, sample_rate=rate))
+
+    async def requests():  # type: ignore[no-untyped-def]
+        while (item := await outgoing.get()) is not None:
+            yield item
+
+    async def talk() -> None:
+        for index in range(150):  # 3 s of a 300 Hz tone, paced in real time
+            await outgoing.put(pb.CallMediaRequest(audio=tone_frame(rate, 300, index)))
+            await asyncio.sleep(0.02)
+
+    async def listen() -> None:
+        async for message in wacall.calling.CallMedia(requests()):
+            if message.WhichOneof("kind") == "audio":
+                received.append(message.audio)
+            else:
+                updates.append(message.call)
+
+    listener = asyncio.create_task(listen())
+    talker = asyncio.create_task(talk())
+    phone = await wait_until(lambda: phone_of(wacall, call), lambda p: p.audible_frames_received > 40, 10)
+    assert phone.mean_level_received > 0.05
+    await eventually(lambda: sum(level(f) > 0.05 for f in received) > 40, what="audio at the client")
+    assert all(len(frame) == rate // 50 * 2 for frame in received)  # 20 ms at the requested rate
+    await outgoing.put(pb.CallMediaRequest(hangup=True))
+    await asyncio.wait_for(listener, 10)  # the stream ends with the call
+    talker.cancel()
+    await outgoing.put(None)
+    assert updates[-1].state == pb.CALL_STATE_ENDED and updates[-1].outcome == pb.CALL_OUTCOME_ANSWERED
+    assert updates[-1].end_reason == "ended by the media stream client"
+
+
+async def test_call_media_refuses_calls_on_other_routes(wacall: Running) -> None:
+    await wacall.grant(permanent=True)
+    await wacall.phone(ring=60)
+    call = await wacall.start_call()  # default route: announcement
+    stream = wacall.calling.CallMedia(iter([pb.CallMediaRequest(call_id=call.call_id)]))
+    try:
+        async for _ in stream:
+            raise AssertionError("no audio expected")
+    except Exception as error:
+        assert "FAILED_PRECONDITION" in str(error) and "media_stream" in str(error)
+
+
+async def test_webrtc_bridge_relays_audio_between_an_aiortc_agent_and_the_user(wacall: Running) -> None:
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    agent = AudioLeg(name="agent", source=ToneSource(300, amplitude=0.3))
+    try:
+        offer = await agent.create_offer()
+        call = await wacall.start_call(route=pb.Route(webrtc=pb.WebRtcRoute(offer_sdp=offer)))
+        assert call.route == "webrtc" and "a=fingerprint:sha-256" in call.webrtc_answer_sdp
+        await agent.apply_answer(call.webrtc_answer_sdp)
+        phone = await wait_until(lambda: phone_of(wacall, call), lambda p: p.audible_frames_received > 40, 10)
+        assert phone.mean_level_received > 0.05
+        await eventually(lambda: agent.consumer is not None and agent.consumer.audible_frames > 40, what="agent audio")
+        ended = await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
+        assert ended.outcome == pb.CALL_OUTCOME_ANSWERED
+        assert ended.media.audible_frames_received > 40  # the service relayed what it heard
+    finally:
+        await agent.close()
+
+
+async def test_webrtc_passthrough_hands_the_agent_offer_to_the_platform_and_relays_no_media(wacall: Running) -> None:
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    agent = AudioLeg(name="agent", source=ToneSource(300, amplitude=0.3))
+    try:
+        offer = await agent.create_offer()
+        call = await wacall.start_call(route=pb.Route(webrtc=pb.WebRtcRoute(offer_sdp=offer, passthrough=True)))
+        assert call.route == "webrtc_passthrough"
+        answered = await wait_until(lambda: wacall.get_call(call.call_id), lambda c: bool(c.webrtc_answer_sdp))
+        await agent.apply_answer(answered.webrtc_answer_sdp)
+        phone = await wait_until(lambda: phone_of(wacall, call), lambda p: p.audible_frames_received > 40, 10)
+        assert phone.mean_level_received > 0.05
+        await eventually(lambda: agent.consumer is not None and agent.consumer.audible_frames > 40, what="agent audio")
+        ended = await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
+        assert ended.media.frames_received == 0 and ended.media.frames_sent == 0  # no media through the service
+    finally:
+        await agent.close()
