@@ -167,17 +167,18 @@ def apply(facts: CallFacts, event: CallEvent) -> CallFacts:
     facts = dataclasses.replace(facts, state=_later(facts.state, EVENT_REACHES[type(event)]))
     match event:
         case Accepted(at=at):
-            if facts.answered_at is None:
-                facts = dataclasses.replace(facts, answered_at=at, ended_by_business_before_answer=False)
+            # The earliest evidence of pickup wins, whatever order the webhooks came in.
+            answered = at if facts.answered_at is None else min(facts.answered_at, at)
+            facts = dataclasses.replace(facts, answered_at=answered, ended_by_business_before_answer=False)
         case Rejected():
             facts = dataclasses.replace(facts, rejected=True)
         case Terminated():
-            answered = event.start_time
-            if answered is None and event.duration_seconds and facts.answered_at is None:
-                answered = (event.end_time or event.at) - timedelta(seconds=event.duration_seconds)
+            picked_up = [t for t in (facts.answered_at, event.start_time) if t is not None]
+            if event.start_time is None and event.duration_seconds:
+                picked_up.append((event.end_time or event.at) - timedelta(seconds=event.duration_seconds))
             facts = dataclasses.replace(
                 facts,
-                answered_at=facts.answered_at or answered,
+                answered_at=min(picked_up) if picked_up else None,
                 ended_at=facts.ended_at or event.end_time or event.at,
                 duration_seconds=event.duration_seconds
                 if event.duration_seconds is not None
@@ -208,7 +209,11 @@ def apply(facts: CallFacts, event: CallEvent) -> CallFacts:
 
 
 def ledger_effects(facts: CallFacts) -> tuple[CallFacts, tuple[engine.LedgerEvent, ...]]:
-    """What the rules ledger must learn from the call's facts that it has not learned yet."""
+    """What the rules ledger must learn from the call's facts that it has not learned yet.
+
+    Each fact is told once: a connected call counts from the answer time known when it is first told (which
+    instant Meta itself uses is UNCERTAIN, §2.2).
+    """
     effects: list[engine.LedgerEvent] = []
     # The user calling the business, or picking up a business call, opens the service window (§3).
     opened_at = facts.created_at if facts.direction is Direction.USER_INITIATED else facts.answered_at

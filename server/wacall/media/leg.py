@@ -101,7 +101,18 @@ class AudioLeg:
         if self.closed:
             return
         self.closed = True
+        # aiortc starts a transceiver's RTP/RTCP tasks when DTLS completes; closing in the middle of that
+        # handshake lets them start after close() stopped everything, and they then run forever. Let a handshake
+        # in progress finish (briefly) first, and stop the transceivers again afterwards.
+        for _ in range(100):
+            if self.pc.connectionState != "connecting":
+                break
+            await asyncio.sleep(0.02)
         if self.consumer is not None:
             await self.consumer.stop()
         self.outgoing.stop()
         await self.pc.close()
+        await asyncio.sleep(0)
+        for transceiver in self.pc.getTransceivers():
+            await transceiver.sender.stop()
+            await transceiver.receiver.stop()

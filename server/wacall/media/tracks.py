@@ -51,7 +51,7 @@ class ToneSource:
     def __init__(self, frequency: float = 440.0, amplitude: float = 0.3, seconds: float | None = None) -> None:
         self.frequency = frequency
         self.amplitude = amplitude
-        self._limit = None if seconds is None else int(seconds / FRAME_SECONDS)
+        self._limit = None if seconds is None else round(seconds / FRAME_SECONDS)
         self._sent = 0
         self._phase = 0
 

@@ -125,7 +125,8 @@ class SimulatedPlatform:
         self.state_path = state_path
         self.state = PlatformState()
         self.webhook_url: str | None = None
-        self._http = httpx.AsyncClient(timeout=10.0)
+        # One idle connection kept: deliveries may overlap, but the simulator holds no pool of idle sockets.
+        self._http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=1))
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accounts: dict[str, SenderAccount] = {}
