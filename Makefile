@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup proto check-proto lint typecheck unit bench clean
+.PHONY: run test setup system-deps proto check-proto lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,17 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test: check-proto lint typecheck unit
+# The browser test drives a real headless Chromium (Debian packages; installed here when running as root).
+system-deps:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "the test suite needs Chromium: sudo apt-get install chromium chromium-driver"; exit 1; \
+	  fi; \
+	fi
+
+test: system-deps check-proto lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/run.py
