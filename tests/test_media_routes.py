@@ -6,11 +6,13 @@ import asyncio
 import math
 import struct
 
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import Running, eventually, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.media.leg import AudioLeg
+from wacall.media.sdp import only_sha256_fingerprint
 from wacall.media.tracks import ToneSource, level
 
 
@@ -114,3 +116,23 @@ async def test_webrtc_passthrough_hands_the_agent_offer_to_the_platform_and_rela
         assert ended.media.frames_received == 0 and ended.media.frames_sent == 0  # no media through the service
     finally:
         await agent.close()
+
+
+async def test_simulated_client_drops_a_call_that_gets_no_audio(make_service) -> None:  # type: ignore[no-untyped-def]
+    # MEDIA-1: an agent that never sends audio (passthrough, recvonly) gets the call dropped by the user's client.
+    running: Running = await make_service(sim_no_media_at_start_seconds=1.0)
+    await running.grant(permanent=True)
+    await running.phone()
+    silent = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        silent.addTransceiver("audio", direction="recvonly")
+        await silent.setLocalDescription(await silent.createOffer())
+        offer = only_sha256_fingerprint(silent.localDescription.sdp)
+        call = await running.start_call(route=pb.Route(webrtc=pb.WebRtcRoute(offer_sdp=offer, passthrough=True)))
+        answered = await wait_until(lambda: running.get_call(call.call_id), lambda c: bool(c.webrtc_answer_sdp))
+        await silent.setRemoteDescription(RTCSessionDescription(answered.webrtc_answer_sdp, "answer"))
+        ended = await running.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+        assert ended.platform_error.code == 138023  # accepted, but no media
+        assert ended.outcome == pb.CALL_OUTCOME_ANSWERED  # the user had picked up: it still counts as connected
+    finally:
+        await silent.close()

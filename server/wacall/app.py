@@ -7,6 +7,7 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,11 @@ class Service:
         senders: SenderDirectory
         if settings.upstream == "sim":
             self.platform = SimulatedPlatform(
-                self.clock, self.policy, state_path=Path(settings.sim_state) if settings.sim_state else None
+                self.clock,
+                self.policy,
+                state_path=Path(settings.sim_state) if settings.sim_state else None,
+                no_media_at_start=timedelta(seconds=settings.sim_no_media_at_start_seconds),
+                no_media_mid_call=timedelta(seconds=settings.sim_no_media_mid_call_seconds),
             )
             sim_app = web.Application()
             sim_app.add_routes(self.platform.routes())
@@ -141,7 +146,12 @@ class Service:
 
         interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
         server = grpc.aio.server(interceptors=interceptors)
-        self.calls = CallService(self.permissions, self.graph, inbound_route=AnnouncementAdapter)
+        self.calls = CallService(
+            self.permissions,
+            self.graph,
+            inbound_route=AnnouncementAdapter,
+            media_timeout=timedelta(seconds=settings.media_timeout_seconds),
+        )
         await self.calls.start_background()
         calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(self.permissions, self.calls), server)
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]

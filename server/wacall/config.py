@@ -36,6 +36,11 @@ class Settings:
     senders: tuple[SenderAccount, ...] = ()
     # Where the simulator keeps its state between runs ("" = in memory only).
     sim_state: str = "var/simulator.json"
+    # The simulated client drops a call with no audio from the business for this long at start / mid-call.
+    sim_no_media_at_start_seconds: float = 20.0
+    sim_no_media_mid_call_seconds: float = 30.0
+    # End a call when the user has sent no audio for this long (MEDIA-1).
+    media_timeout_seconds: float = 20.0
     log_level: str = "INFO"
 
     def load_policy(self) -> Policy:
@@ -58,6 +63,9 @@ SCALARS: Mapping[str, type] = {
     "graph_base_url": str,
     "max_webhook_bytes": int,
     "sim_state": str,
+    "sim_no_media_at_start_seconds": float,
+    "sim_no_media_mid_call_seconds": float,
+    "media_timeout_seconds": float,
     "log_level": str,
 }
 

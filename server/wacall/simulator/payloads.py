@@ -125,6 +125,7 @@ def call_event(
     sdp: str = "",
     sdp_type: str = "",
     status: str = "",
+    error: tuple[int, str] | None = None,
 ) -> dict[str, Any]:
     """A `calls` webhook: connect (with SDP) or terminate (with start_time/duration only if picked up)."""
     business_digits = account.business_number[1:]
@@ -147,7 +148,10 @@ def call_event(
             item["duration"] = int((at - call.answered_at).total_seconds())
     if call.opaque:
         item["biz_opaque_callback_data"] = call.opaque
-    return envelope(account, "calls", {"contacts": _contact(user_digits), "calls": [item]})
+    value: dict[str, Any] = {"contacts": _contact(user_digits), "calls": [item]}
+    if error is not None:
+        value["errors"] = [{"code": error[0], "message": error[1], "error_data": {"details": error[1]}}]
+    return envelope(account, "calls", value)
 
 
 def call_status(account: SenderAccount, user_digits: str, call: Any, status: str, at: datetime) -> dict[str, Any]:

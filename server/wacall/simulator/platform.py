@@ -116,10 +116,20 @@ def number_for_phone_number_id(phone_number_id: str) -> PhoneNumber | None:
 
 class SimulatedPlatform:
     def __init__(
-        self, clock: Clock, policy: Policy, *, app_secret: str | None = None, state_path: Path | None = None
+        self,
+        clock: Clock,
+        policy: Policy,
+        *,
+        app_secret: str | None = None,
+        state_path: Path | None = None,
+        no_media_at_start: timedelta = timedelta(seconds=20),
+        no_media_mid_call: timedelta = timedelta(seconds=30),
     ) -> None:
         self.clock = clock
         self.policy = policy
+        # MEDIA-1: the user's client drops a call that gets no audio for 20 s at start or 30 s mid-call.
+        self.no_media_at_start = no_media_at_start
+        self.no_media_mid_call = no_media_mid_call
         self.app_secret = app_secret or secrets.token_hex(16)
         self.access_token = "sim-token-" + secrets.token_hex(8)
         self.state_path = state_path
@@ -540,6 +550,7 @@ class SimulatedPlatform:
         behavior = self.user(user.e164)
         call.leg = AudioLeg(name=f"sim phone {call.platform_call_id}")
         answer = await call.leg.accept_offer(offer)
+        self._spawn(self._drop_without_media(account, call))
         await self._deliver(
             payloads.call_event(
                 account, self.wa_id(user), call, "connect", self.clock.now(), sdp=answer, sdp_type="answer"
@@ -561,7 +572,27 @@ class SimulatedPlatform:
             await self._deliver(payloads.call_status(account, self.wa_id(user), call, "REJECTED", now))
         await self._end(account, call, by_business=False)
 
-    async def _end(self, account: SenderAccount, call: PhoneCall, *, by_business: bool) -> None:
+    async def _drop_without_media(self, account: SenderAccount, call: PhoneCall) -> None:
+        """The user's client hangs up when the business sends no audio (real time, like the media itself)."""
+        loop = asyncio.get_running_loop()
+        started = last_progress = loop.time()
+        frames = 0
+        while call.state != "ended":
+            await asyncio.sleep(0.25)
+            consumer = call.leg.consumer if call.leg is not None else None
+            received = consumer.frames if consumer is not None else 0
+            now = loop.time()
+            if received != frames:
+                frames, last_progress = received, now
+            elif frames == 0 and now - started > self.no_media_at_start.total_seconds():
+                code, why = (138023, "Accepted but no media") if call.answered_at else (138021, "Media receive timeout")
+                await self._end(account, call, by_business=False, error=(code, why))
+            elif frames and now - last_progress > self.no_media_mid_call.total_seconds():
+                await self._end(account, call, by_business=False, error=(138021, "Media receive timeout"))
+
+    async def _end(
+        self, account: SenderAccount, call: PhoneCall, *, by_business: bool, error: tuple[int, str] | None = None
+    ) -> None:
         if call.state == "ended":
             return
         if call.task is not None and call.task is not asyncio.current_task():
@@ -582,7 +613,13 @@ class SimulatedPlatform:
             self._apply(call.business, call.user, engine.CallConnected(call.answered_at, False))
         await self._deliver(
             payloads.call_event(
-                account, self.wa_id(user), call, "terminate", now, status="COMPLETED" if answered else "FAILED"
+                account,
+                self.wa_id(user),
+                call,
+                "terminate",
+                now,
+                status="FAILED" if error or not answered else "COMPLETED",
+                error=error,
             )
         )
         if revoked_now:
@@ -600,6 +637,7 @@ class SimulatedPlatform:
         self.calls[call.platform_call_id] = call
         call.leg = AudioLeg(name=f"sim phone {call.platform_call_id}", source=voice(behavior.tone_hz))
         offer = await call.leg.create_offer()
+        self._spawn(self._drop_without_media(account, call))
         # Callback permission (enabled on simulated numbers): the user's call grants a temporary permission.
         expires = now + self.policy.temporary_grant_lifetime
         self._apply(business.e164, user.e164, engine.UserMessage(now))
