@@ -11,6 +11,8 @@ import threading
 from conftest import Running
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.app import WORKER_PREFIX
+
 CALLS = 200
 WARM_UP = 20
 
@@ -23,13 +25,21 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def threads_outside_the_worker_pool() -> int:
+    return sum(not t.name.startswith(WORKER_PREFIX) for t in threading.enumerate())
+
+
+def worker_threads() -> int:
+    return sum(t.name.startswith(WORKER_PREFIX) for t in threading.enumerate())
+
+
 async def settle() -> tuple[int, int, int]:
     """Counts once the loop and the decoder threads have had a moment to wind down."""
     for _ in range(50):
         await asyncio.sleep(0.02)
     gc.collect()
     await asyncio.sleep(0.2)
-    return open_fds(), len(asyncio.all_tasks()), threading.active_count()
+    return open_fds(), len(asyncio.all_tasks()), threads_outside_the_worker_pool()
 
 
 async def one_call(wacall: Running, route: pb.Route) -> pb.Call:
@@ -56,4 +66,6 @@ async def test_two_hundred_short_calls_leak_no_fds_tasks_or_threads(make_service
             await wacall.advance(86400)
     after = await settle()
     assert not wacall.service.calls.sessions  # type: ignore[union-attr]
+    # The worker pool grows on demand up to its fixed size; everything else is back where it was.
+    assert worker_threads() <= wacall.service.settings.worker_threads
     assert after == before, f"(fds, tasks, threads) {before} -> {after}; new tasks: {task_kinds() - tasks_before}"

@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -36,6 +37,7 @@ from wacall_adapters.announcement import AnnouncementAdapter
 log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.",)
+WORKER_PREFIX = "wacall-worker"
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -97,9 +99,14 @@ class Service:
         self._http_runner: web.AppRunner | None = None
         self._sim_runner: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
+        self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> Addresses:
         settings = self.settings
+        # aiortc encodes audio in the loop's default executor (MEDIA-3): a named pool of known size, so thread
+        # counts stay bounded and readable.
+        self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=WORKER_PREFIX)
+        asyncio.get_running_loop().set_default_executor(self._executor)
         self.store = open_store(settings.db)
         graph_address: str | None = None
         senders: SenderDirectory
@@ -189,6 +196,8 @@ class Service:
             await self.graph.close()
         if self.store is not None:
             await self.store.close()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
 
     async def wait(self) -> None:
         assert self._grpc is not None

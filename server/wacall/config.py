@@ -41,6 +41,8 @@ class Settings:
     sim_no_media_mid_call_seconds: float = 30.0
     # End a call when the user has sent no audio for this long (MEDIA-1).
     media_timeout_seconds: float = 20.0
+    # Threads for audio encoding and file decoding (the event loop's default executor).
+    worker_threads: int = 8
     log_level: str = "INFO"
 
     def load_policy(self) -> Policy:
@@ -66,6 +68,7 @@ SCALARS: Mapping[str, type] = {
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
+    "worker_threads": int,
     "log_level": str,
 }
 
