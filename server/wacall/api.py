@@ -500,9 +500,11 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             replayed=result.replayed,
         )
 
-    async def _filters(
-        self, request: pb.WatchEventsRequest | pb.ListEventsRequest, context: Context
-    ) -> tuple[str | None, str | None, int]:
+    @staticmethod
+    async def _pair_filter(
+        request: pb.WatchEventsRequest | pb.ListEventsRequest | pb.ListCallsRequest, context: Context
+    ) -> tuple[str | None, str | None]:
+        """The optional business/user filters of a listing, canonical, or INVALID_ARGUMENT."""
         try:
             business = (
                 parse_number(request.business_number, "business_number").e164 if request.business_number else None
@@ -510,6 +512,12 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             user = parse_number(request.user_number, "user_number").e164 if request.user_number else None
         except InvalidNumber as error:
             await abort_bad_request(context, error.field, error.why)
+        return business, user
+
+    async def _filters(
+        self, request: pb.WatchEventsRequest | pb.ListEventsRequest, context: Context
+    ) -> tuple[str | None, str | None, int]:
+        business, user = await self._pair_filter(request, context)
         cursor = parse_cursor(request.after_cursor, "after_cursor")
         if cursor is None:
             await abort_bad_request(context, "after_cursor", "not a cursor this service issued (use Event.cursor)")
@@ -574,13 +582,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             await self._guard(context, error)
 
     async def ListCalls(self, request: pb.ListCallsRequest, context: Context) -> pb.ListCallsResponse:
-        try:
-            business = (
-                parse_number(request.business_number, "business_number").e164 if request.business_number else None
-            )
-            user = parse_number(request.user_number, "user_number").e164 if request.user_number else None
-        except InvalidNumber as error:
-            await abort_bad_request(context, error.field, error.why)
+        business, user = await self._pair_filter(request, context)
         if not 0 <= request.page_size <= MAX_CALL_PAGE:
             await abort_bad_request(context, "page_size", f"between 1 and {MAX_CALL_PAGE} (0 means 50)")
         before = None
