@@ -1,0 +1,34 @@
+# syntax=docker/dockerfile:1
+# wacall: the service with its embedded simulator. Build: docker build -t wacall .
+# Run (simulator, SQLite in a volume):
+#   docker run -p 50051:50051 -p 8080:8080 -v wacall:/var/lib/wacall wacall
+# WebRTC media needs reachable UDP ports (MEDIA-5): use --network=host, or narrow the ephemeral range and publish it:
+#   --sysctl net.ipv4.ip_local_port_range="40000 40100" -p 40000-40100:40000-40100/udp
+
+FROM python:3.11-slim-bookworm AS build
+WORKDIR /src
+RUN pip install --no-cache-dir --upgrade pip
+COPY pyproject.toml README.md LICENSE ./
+COPY clients/python clients/python
+COPY server server
+COPY adapters adapters
+# Wheels for our two distributions and every dependency, so the final stage installs offline.
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python . \
+    && pip wheel --no-cache-dir --wheel-dir /wheels --find-links /wheels wacall
+
+FROM python:3.11-slim-bookworm
+RUN useradd --system --uid 10001 --home-dir /var/lib/wacall --create-home wacall
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels wacall && rm -rf /wheels
+USER wacall
+WORKDIR /var/lib/wacall
+ENV WACALL_GRPC_ADDRESS=0.0.0.0:50051 \
+    WACALL_HTTP_ADDRESS=0.0.0.0:8080 \
+    WACALL_DB=sqlite:////var/lib/wacall/wacall.db \
+    WACALL_SIM_STATE=/var/lib/wacall/simulator.json \
+    PYTHONUNBUFFERED=1
+VOLUME ["/var/lib/wacall"]
+EXPOSE 50051 8080
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
+    CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:50051'); sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2).status == h.HealthCheckResponse.SERVING else 1)"]
+ENTRYPOINT ["wacall", "serve"]

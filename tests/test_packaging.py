@@ -1,0 +1,111 @@
+"""What ships: the two wheels hold every module and nothing generic, and the Dockerfile's recipe runs.
+
+No Docker engine runs here, so the image is checked by its parts: its COPY sources exist, its ENV names are real
+settings, its ports agree, and the service starts from the built wheels alone (no editable install, no source tree)
+with exactly the image's environment, and answers its health check.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from wacall.config import SCALARS
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("wheels")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
+         str(ROOT / "clients" / "python"), str(ROOT)],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    found = {p.name.split("-")[0]: p for p in out.glob("*.whl")}
+    assert set(found) == {"wacall", "wacall_client"}, found
+    return found
+
+
+def top_level(wheel: Path) -> set[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        return {name.split("/")[0] for name in archive.namelist() if ".dist-info" not in name.split("/")[0]}
+
+
+def test_wheels_install_only_our_own_top_level_names(wheels: dict[str, Path]) -> None:
+    assert top_level(wheels["wacall"]) == {"wacall", "wacall_adapters"}
+    assert top_level(wheels["wacall_client"]) == {"wacall_client"}
+
+
+def test_wheels_carry_every_module_the_stubs_and_the_command(wheels: dict[str, Path]) -> None:
+    with zipfile.ZipFile(wheels["wacall"]) as archive:
+        names = set(archive.namelist())
+        entry_points = next(archive.read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    sources = {str(p.relative_to(ROOT / "server")) for p in (ROOT / "server").rglob("*.py")}
+    sources |= {str(p.relative_to(ROOT / "adapters")) for p in (ROOT / "adapters").rglob("*.py")}
+    assert sources <= names, sorted(sources - names)
+    assert re.search(r"^wacall = wacall\.cli:main$", entry_points, re.MULTILINE)
+    with zipfile.ZipFile(wheels["wacall_client"]) as archive:
+        client = set(archive.namelist())
+    for stub in ("v1/calling_pb2.py", "v1/calling_pb2.pyi", "v1/calling_pb2_grpc.py", "sim/v1/simulator_pb2.py",
+                 "testing/v1/clock_pb2.py", "py.typed"):  # fmt: skip
+        assert f"wacall_client/{stub}" in client
+
+
+def test_dockerfile_copies_what_exists_and_configures_real_settings() -> None:
+    for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE, re.MULTILINE):
+        *sources, _destination = line.split()
+        for source in sources:
+            assert (ROOT / source).exists(), f"Dockerfile copies missing {source}"
+    env = dict(re.findall(r"(WACALL_[A-Z_]+)=(\S+)", DOCKERFILE))
+    assert {name.removeprefix("WACALL_").lower() for name in env} <= set(SCALARS)
+    exposed = set(re.findall(r"^EXPOSE (.+)$", DOCKERFILE, re.MULTILINE)[0].split())
+    assert {env["WACALL_GRPC_ADDRESS"].rsplit(":", 1)[1], env["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1]} == exposed
+    assert 'ENTRYPOINT ["wacall", "serve"]' in DOCKERFILE
+    assert re.search(r"^USER wacall$", DOCKERFILE, re.MULTILINE)
+
+
+async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
+    wheels: dict[str, Path], tmp_path: Path
+) -> None:
+    env_lines = dict(re.findall(r"(WACALL_[A-Z_]+)=(\S+)", DOCKERFILE))
+    data = tmp_path / "var-lib-wacall"
+    data.mkdir()
+    environment = {
+        **{k: v.replace("/var/lib/wacall", str(data)) for k, v in env_lines.items()},
+        # Loopback and free ports instead of the image's 0.0.0.0:50051 / :8080.
+        "WACALL_GRPC_ADDRESS": "127.0.0.1:0",
+        "WACALL_HTTP_ADDRESS": "127.0.0.1:0",
+        # Our wheels first; the dependencies from this environment; no site hooks (no editable install).
+        "PYTHONPATH": os.pathsep.join([str(wheels["wacall"]), str(wheels["wacall_client"]),
+                                       *[p for p in sys.path if p.endswith("site-packages")]]),
+        "PATH": os.environ["PATH"],
+    }  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-S", "-c", "import sys; from wacall.cli import main; sys.exit(main(['serve']))"],
+        cwd=tmp_path, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        match = re.search(r"grpc=(\S+)", banner)
+        assert match, process.stderr.read() if process.stderr else banner
+        async with grpc.aio.insecure_channel(match.group(1)) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert (data / "wacall.db").exists()
+        assert str(data) in banner
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
