@@ -30,6 +30,7 @@ from wacall.calls import (
     SetupFailed,
     Terminated,
 )
+from wacall.policy import SEED
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 BIC = Direction.BUSINESS_INITIATED
@@ -330,7 +331,10 @@ def test_connected_call_is_told_as_soon_as_the_user_picks_up() -> None:
 
 def test_picking_up_a_business_call_opens_the_service_window() -> None:
     _, effects = effects_of(fold([Connect(at(0)), Accepted(at(5))]))
-    assert of_type(effects, engine.UserMessage) == [engine.UserMessage(at(5))]
+    ledger = engine.Ledger()
+    for effect in effects:
+        ledger = engine.apply(ledger, effect, SEED).ledger
+    assert engine.service_window_expires_at(ledger, at(5), SEED) == at(5) + SEED.service_window
 
 
 def test_answered_user_call_tells_the_ledger_a_connected_call_not_business_initiated() -> None:

@@ -10,8 +10,8 @@ ANSWERED (picked up: ACCEPTED seen or terminate with start_time/duration) → RE
 business before pickup) → FAILED (setup/connection errors) → UNANSWERED.
 
 What the rules ledger learns (`ledger_effects`): a connected call at the moment of answer; an unanswered or
-rejected call when it ends; an open service window when the user calls or picks up. FAILED and CANCELLED calls
-teach it nothing else.
+rejected call when it ends; an open service window when the user calls. FAILED and CANCELLED calls teach it
+nothing else.
 """
 
 from __future__ import annotations
@@ -215,10 +215,10 @@ def ledger_effects(facts: CallFacts) -> tuple[CallFacts, tuple[engine.LedgerEven
     instant Meta itself uses is UNCERTAIN, §2.2).
     """
     effects: list[engine.LedgerEvent] = []
-    # The user calling the business, or picking up a business call, opens the service window (§3).
-    opened_at = facts.created_at if facts.direction is Direction.USER_INITIATED else facts.answered_at
-    if opened_at is not None and not facts.window_applied:
-        effects.append(engine.UserMessage(opened_at))
+    # The user calling the business opens the service window (§3), answered or not. (Picking up a business call
+    # opens it too: the engine does that for every connected call.)
+    if facts.direction is Direction.USER_INITIATED and not facts.window_applied:
+        effects.append(engine.UserMessage(facts.created_at))
         facts = dataclasses.replace(facts, window_applied=True)
     if facts.answered_at is not None and not facts.connected_applied:
         effects.append(engine.CallConnected(facts.answered_at, facts.direction is Direction.BUSINESS_INITIATED))

@@ -18,6 +18,7 @@ Readings of the platform rules that the code depends on (whatsapp-calling.md §2
 * Unanswered and rejected calls both extend the streak. At `revoke_after_unanswered` the permission is revoked here
   (fail closed); the platform's own automatic-revoke reply converges on the same state.
 * A new grant starts a new permission, so it also clears the streak.
+* A connected call, like an inbound message, opens the customer-service window (§3).
 * Permission changes are ordered by their own timestamps: a reply older than the last change is recorded for audit
   but does not change the state (webhooks arrive late and out of order).
 """
@@ -275,7 +276,8 @@ def apply(ledger: Ledger, event: LedgerEvent, policy: Policy) -> Applied:
         case RequestSent():
             # Our own sends do not move the ordering watermark: only the user's and the platform's changes do.
             if new_state is not None and new_state is not ledger.state:
-                ledger = dataclasses.replace(ledger, state=new_state, expires_at=None)
+                # expires_at stays: a withdrawn request must fall back to the grant exactly as it was.
+                ledger = dataclasses.replace(ledger, state=new_state)
             ledger = dataclasses.replace(ledger, request_times=tuple(sorted((*ledger.request_times, at))))
         case RequestWithdrawn(sent_at=sent_at, state_before=state_before):
             times = list(ledger.request_times)
@@ -297,6 +299,8 @@ def apply(ledger: Ledger, event: LedgerEvent, policy: Policy) -> Applied:
                 request_times=tuple(t for t in ledger.request_times if t > at),
                 consecutive_unanswered=0,
                 last_connected_at=max(filter(None, (ledger.last_connected_at, at))),
+                # The user calling the business or accepting its call opens the service window (§3).
+                last_user_message_at=max(filter(None, (ledger.last_user_message_at, at))),
             )
         case CallUnanswered():
             streak = ledger.consecutive_unanswered + 1
@@ -425,11 +429,15 @@ def evaluate(
             Action.SEND_PERMISSION_REQUEST, False, Reason.ALREADY_PERMANENT, None, request_limits, channel
         )
     elif request_blocked:
+        # Waiting helps only if a channel still exists then: a template, or a window still open.
+        still_sendable = template_available or (
+            window_closes is not None and request_free_at is not None and request_free_at < window_closes
+        )
         request = ActionDecision(
             Action.SEND_PERMISSION_REQUEST,
             False,
             Reason.REQUEST_LIMIT_REACHED,
-            request_free_at if channel_ok else None,
+            request_free_at if still_sendable else None,
             request_limits,
             channel,
         )
