@@ -154,6 +154,8 @@ async def test_no_second_concurrent_call_to_one_user(wacall: Running) -> None:
     await wacall.phone(ring=60)
     await wacall.phone(OTHER_USER, ring=60)
     first = await wacall.start_call(route=STREAM)
+    busy = call_action(await wacall.permission())
+    assert not busy.allowed and busy.reason == pb.REASON_CALL_IN_PROGRESS
     error = await refused(wacall.start_call(route=STREAM))
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
     assert [v.type for v in error_details(error).precondition_violations] == ["CALL_IN_PROGRESS"]

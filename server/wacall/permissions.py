@@ -168,7 +168,12 @@ class PermissionService:
         return self.senders.account_for(business).default_template is not None
 
     def _evaluate(
-        self, ledger: Ledger, business: PhoneNumber, now: datetime, template: TemplateRef | None = None
+        self,
+        ledger: Ledger,
+        business: PhoneNumber,
+        now: datetime,
+        template: TemplateRef | None = None,
+        call_in_progress: bool = False,
     ) -> Evaluation:
         return engine.evaluate(
             ledger,
@@ -176,6 +181,7 @@ class PermissionService:
             self.policy,
             business_region=business.region,
             template_available=self._template_available(business, template),
+            call_in_progress=call_in_progress,
         )
 
     def record(
@@ -211,8 +217,11 @@ class PermissionService:
     async def get(self, business_number: str, user_number: str) -> PermissionView:
         business, user = self.parse_pair(business_number, user_number)
         pair = Pair(business.e164, user.e164)
-        ledger = await self.store.transaction(lambda tx: tx.ledger(pair))
-        return self._view(pair, business, ledger, self.clock.now())
+        ledger, active = await self.store.transaction(lambda tx: (tx.ledger(pair), tx.active_call(pair) is not None))
+        now = self.clock.now()
+        return PermissionView(
+            pair, self._evaluate(ledger, business, now, call_in_progress=active), ledger.state_changed_at, self.policy
+        )
 
     # --- permission requests ------------------------------------------------------------------------------------
 
