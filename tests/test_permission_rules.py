@@ -11,6 +11,7 @@ from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall import engine
 from wacall.graph import SenderAccount
 
 
@@ -362,3 +363,37 @@ async def test_reply_from_a_wa_id_that_differs_from_the_number_lands_on_the_righ
     assert (await wacall.permission(BUSINESS, OTHER_USER)).HasField("service_window_expires_at")
     events = await wacall.calling.ListEvents(pb.ListEventsRequest())
     assert {e.user_number for e in events.events} == {OTHER_USER} and len(events.events) == 3
+
+
+async def test_reconcile_adopts_a_grant_the_platform_knows_and_we_missed(wacall: Running) -> None:
+    platform = wacall.service.platform
+    assert platform is not None
+    # The user granted permanently, but the webhook never reached us.
+    now = await wacall.now()
+    platform._apply(BUSINESS, USER, engine.PermissionGranted(now, True, None, engine.Source.USER_ACTION))
+    assert (await wacall.permission()).state == pb.PERMISSION_STATE_NONE
+    reconciled = await wacall.calling.GetPermission(
+        pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER, reconcile=True)
+    )
+    assert reconciled.state == pb.PERMISSION_STATE_PERMANENT
+    events = (await wacall.calling.ListEvents(pb.ListEventsRequest())).events
+    assert events[-1].kind == pb.EVENT_KIND_PERMISSION_GRANTED
+    assert events[-1].source == pb.EVENT_SOURCE_PLATFORM_AUTOMATIC
+    assert events[-1].attributes["reconciled_from"] == "call_permissions"
+
+
+async def test_reconcile_applies_a_revocation_the_platform_never_announced(wacall: Running) -> None:
+    await wacall.sim.GrantPermission(sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER))
+    platform = wacall.service.platform
+    assert platform is not None
+    platform.state.ledgers.clear()  # revoked on the platform, silently (HOOK-6)
+    reconciled = await wacall.calling.GetPermission(
+        pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER, reconcile=True)
+    )
+    assert reconciled.state == pb.PERMISSION_STATE_REVOKED
+    # Nothing changes when both sides agree.
+    again = await wacall.calling.GetPermission(
+        pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER, reconcile=True)
+    )
+    assert again.state == pb.PERMISSION_STATE_REVOKED
+    assert len((await wacall.calling.ListEvents(pb.ListEventsRequest())).events) == 2

@@ -470,7 +470,10 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
 
     async def GetPermission(self, request: pb.GetPermissionRequest, context: Context) -> pb.Permission:
         try:
-            view = await self.permissions.get(request.business_number, request.user_number)
+            if request.reconcile:
+                view = await self.permissions.reconcile(request.business_number, request.user_number)
+            else:
+                view = await self.permissions.get(request.business_number, request.user_number)
         except Exception as error:
             await self._guard(context, error)
         return view_message(view)

@@ -223,6 +223,50 @@ class PermissionService:
             pair, self._evaluate(ledger, business, now, call_in_progress=active), ledger.state_changed_at, self.policy
         )
 
+    async def reconcile(self, business_number: str, user_number: str) -> PermissionView:
+        """Align the ledger's permission with the platform's own view (GET call_permissions).
+
+        Only the permission itself is corrected (the platform is the authority on grants); usage counters are
+        compared and a disagreement is logged, since the platform may count writers we never see (RULE-2).
+        """
+        business, user = self.parse_pair(business_number, user_number)
+        pair = Pair(business.e164, user.e164)
+        if business.region in self.policy.denied_business_regions:
+            return await self.get(business_number, user_number)
+        account = self.senders.account_for(business)
+        try:
+            platform = await self.graph.call_permissions(account, user.digits)
+        except (GraphError, GraphUnavailable) as error:
+            raise PlatformRefusal(error, pair) from error
+
+        def align(tx: Tx) -> Ledger:
+            now = self.clock.now()
+            ledger = tx.ledger(pair)
+            ours = engine.effective_state(ledger, now)
+            attributes = {"reconciled_from": "call_permissions"}
+            if platform.status == "permanent" and ours is not PermissionState.PERMANENT:
+                event: LedgerEvent = engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC)
+            elif platform.status == "temporary" and (
+                ours is not PermissionState.TEMPORARY or ledger.expires_at != platform.expires_at
+            ):
+                event = engine.PermissionGranted(now, False, platform.expires_at, Source.PLATFORM_AUTOMATIC)
+            elif platform.status == "no_permission" and engine.has_permission(ours):
+                event = engine.PermissionRevoked(now, Source.PLATFORM_AUTOMATIC)
+            else:
+                return ledger
+            return self.record(tx, pair, ledger, event, now, attributes)
+
+        ledger = await self.store.transaction(align)
+        self.changes.notify()
+        view = self._view(pair, business, ledger, self.clock.now())
+        for action, ours in (("send_call_permission_request", view.evaluation.request),
+                             ("start_call", view.evaluation.call)):  # fmt: skip
+            allowed, _ = platform.actions.get(action, (ours.allowed, ()))
+            if allowed != ours.allowed:
+                log.warning("platform and ledger disagree on %s for %s/%s: platform %s, ledger %s", action,
+                            pair.business, pair.user, allowed, ours.allowed)  # fmt: skip
+        return view
+
     # --- permission requests ------------------------------------------------------------------------------------
 
     async def request(

@@ -151,12 +151,14 @@ CALL_DIRECTION_BUSINESS_INITIATED: CallDirection
 CALL_DIRECTION_USER_INITIATED: CallDirection
 
 class GetPermissionRequest(_message.Message):
-    __slots__ = ("business_number", "user_number")
+    __slots__ = ("business_number", "user_number", "reconcile")
     BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    RECONCILE_FIELD_NUMBER: _ClassVar[int]
     business_number: str
     user_number: str
-    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ...) -> None: ...
+    reconcile: bool
+    def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., reconcile: _Optional[bool] = ...) -> None: ...
 
 class Limit(_message.Message):
     __slots__ = ("window", "max_allowed", "used", "resets_at")
