@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps proto check-proto lint typecheck unit bench clean
+.PHONY: run test setup system-deps proto check-proto lint typecheck unit bench bench-calls clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ test: system-deps check-proto lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+bench-calls: $(STAMP)
+	$(PY) bench/calls.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
