@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import phonenumbers
@@ -26,8 +27,12 @@ class PhoneNumber:
         return self.e164[1:]
 
 
+@functools.lru_cache(maxsize=65536)
 def parse_number(value: str, field: str = "number") -> PhoneNumber:
-    """Parse an international number given as "+15551234567", "15551234567" or with spaces and dashes."""
+    """Parse an international number given as "+15551234567", "15551234567" or with spaces and dashes.
+
+    Cached: libphonenumber's parse and validation cost ~50 µs, and the same numbers come back on every call.
+    """
     text = value.strip() if isinstance(value, str) else ""
     if not text:
         raise InvalidNumber(field, value, "a phone number in E.164 form is required, e.g. +447700900123")
