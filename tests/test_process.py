@@ -197,3 +197,25 @@ def test_settings_from_environment_and_bad_configuration_is_reported(serve, tmp_
         [str(BIN / "wacall"), "serve", "--config", str(config)], capture_output=True, text=True, timeout=30
     )
     assert missing.returncode == 2 and "[[senders]]" in missing.stderr
+
+
+def test_cli_places_and_follows_a_call(serve) -> None:  # type: ignore[no-untyped-def]
+    process = serve("--clock", "system")
+    cli = [str(BIN / "wacall")]
+    env = {**os.environ, "WACALL_ADDRESS": process.grpc}
+    run = lambda *args: subprocess.run([*cli, *args], capture_output=True, text=True, env=env, timeout=30)  # noqa: E731
+    assert run("sim", "grant", BUSINESS, USER, "--permanent").returncode == 0
+    phone = run("sim", "phone", USER, "answer", "--ring", "0s")
+    assert phone.returncode == 0 and "ANSWER" in phone.stdout
+    started = run("call", "start", BUSINESS, USER, "--tone-duration", "1s")
+    assert started.returncode == 0 and "DIALING" in started.stdout
+    call_id = started.stdout.split()[0]
+    deadline = time.monotonic() + 15
+    while "ENDED" not in (shown := run("call", "get", call_id)).stdout:
+        assert time.monotonic() < deadline, shown.stdout
+        time.sleep(0.2)
+    assert "ENDED ANSWERED route=announcement" in shown.stdout and "audible" in shown.stdout
+    assert "announcement finished" in shown.stdout
+    listed = run("call", "list", "--user", USER)
+    assert listed.stdout.count(call_id) == 1
+    assert process.stop() == 0

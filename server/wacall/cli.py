@@ -65,11 +65,36 @@ def format_permission(p: pb.Permission) -> str:
     return "\n".join(lines)
 
 
+def format_call(c: pb.Call) -> str:
+    state = _enum(pb.CallState, c.state, "CALL_STATE_")
+    outcome = f" {_enum(pb.CallOutcome, c.outcome, 'CALL_OUTCOME_')}" if c.outcome else ""
+    direction = "->" if c.direction == pb.CALL_DIRECTION_BUSINESS_INITIATED else "<-"
+    media = c.media
+    return (
+        f"{c.call_id} {c.business_number} {direction} {c.user_number} {state}{outcome} route={c.route} "
+        f"created {_when(c.created_at)}"
+        + (f", answered {_when(c.answered_at)}" if c.HasField("answered_at") else "")
+        + (f", ended {_when(c.ended_at)} ({c.duration_seconds} s)" if c.HasField("ended_at") else "")
+        + (
+            f"\n  audio: {media.frames_sent} frames sent, {media.audible_frames_received} audible of "
+            f"{media.frames_received} received"
+            if media.frames_sent or media.frames_received
+            else ""
+        )
+        + (f"\n  platform error {c.platform_error.code}: {c.platform_error.message}" if c.platform_error.code else "")
+        + (f"\n  {c.end_reason}" if c.end_reason else "")
+    )
+
+
 def format_event(e: pb.Event) -> str:
     kind = _enum(pb.EventKind, e.kind, "EVENT_KIND_").lower()
     source = _enum(pb.EventSource, e.source, "EVENT_SOURCE_").lower()
     state = _enum(pb.PermissionState, e.permission_state, "PERMISSION_STATE_")
     extras = " ".join(f"{k}={v}" for k, v in sorted(e.attributes.items()))
+    if e.HasField("call"):
+        call_state = _enum(pb.CallState, e.call.state, "CALL_STATE_")
+        outcome = f" {_enum(pb.CallOutcome, e.call.outcome, 'CALL_OUTCOME_')}" if e.call.outcome else ""
+        extras = f"call {e.call.call_id} {call_state}{outcome}"
     return (
         f"#{e.cursor} {_when(e.occurred_at)} {e.business_number} {e.user_number} {kind} by {source} "
         f"-> {state} {extras}".rstrip()
@@ -145,6 +170,8 @@ async def run_client(args: argparse.Namespace) -> int:
                         print(format_event(event), flush=True)
                 case "sim", str(sub):
                     await _sim(simulator_pb2_grpc.SimulatorServiceStub(channel), sub, args, md)
+                case "call", str(sub):
+                    await _call(calling, sub, args, md)
                 case "clock", sub:
                     clock = clock_pb2_grpc.ClockServiceStub(channel)
                     if sub == "advance":
@@ -204,12 +231,53 @@ async def _sim(
                 sim_pb.RevokePermissionRequest(business_number=args.business, user_number=args.user), metadata=md
             )
         print(f"platform permission: {permission.status}")
+    elif sub == "phone":
+        reply = await sim.SetUserBehavior(
+            sim_pb.SetUserBehaviorRequest(
+                user_number=args.user, on_call=args.on_call.upper(), ring_duration=_duration(args.ring),
+                talk_duration=_duration(args.talk), tone_hz=args.tone_hz,
+                on_permission_request=args.on_request.upper(),
+            ),
+            metadata=md,
+        )  # fmt: skip
+        print(f"{reply.user_number}: {sim_pb.OnCall.Name(reply.on_call)} after {reply.ring_duration.ToTimedelta()}")
+    elif sub == "call-business":
+        phone_call = await sim.PlaceUserCall(
+            sim_pb.PlaceUserCallRequest(business_number=args.business, user_number=args.user), metadata=md
+        )
+        print(f"{args.user} is calling {args.business}: {phone_call.platform_call_id}")
     elif sub == "messages":
         reply = await sim.ListMessages(sim_pb.ListMessagesRequest(user_number=args.user), metadata=md)
         for m in reply.messages:
             kind = sim_pb.MessageType.Name(m.type).removeprefix("MESSAGE_TYPE_").lower()
             what = m.body_text if kind == "interactive" else f"{m.template_name}/{m.template_language}"
             print(f"{_when(m.sent_at)} {m.business_number} -> {m.user_number} {kind} {what!r} user: {m.user_response}")
+
+
+async def _call(
+    calling: calling_pb2_grpc.CallingServiceStub, sub: str, args: argparse.Namespace, md: list[tuple[str, str]]
+) -> None:
+    if sub == "start":
+        if args.media_stream:
+            route = pb.Route(media_stream=pb.MediaStreamRoute())
+        else:
+            route = pb.Route(announcement=pb.AnnouncementRoute(
+                audio_file=args.audio_file or "", tone_hz=args.tone_hz, tone_duration=_duration(args.tone_duration),
+                record_to=args.record_to or ""))  # fmt: skip
+        call = await calling.StartCall(
+            pb.StartCallRequest(business_number=args.business, user_number=args.user, route=route,
+                                idempotency_key=args.idempotency_key or ""), metadata=md)  # fmt: skip
+        print(format_call(call))
+    elif sub == "get":
+        print(format_call(await calling.GetCall(pb.GetCallRequest(call_id=args.call_id), metadata=md)))
+    elif sub == "end":
+        print(format_call(await calling.EndCall(pb.EndCallRequest(call_id=args.call_id), metadata=md)))
+    elif sub == "list":
+        reply = await calling.ListCalls(
+            pb.ListCallsRequest(business_number=args.business or "", user_number=args.user or ""), metadata=md
+        )
+        for call in reply.calls:
+            print(format_call(call))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -276,6 +344,36 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--permanent", action="store_true")
     messages = client(sim_sub.add_parser("messages", help="what the business sent to a user"))
     messages.add_argument("user")
+
+    phone = client(sim_sub.add_parser("phone", help="how a simulated user's phone behaves when called"))
+    phone.add_argument("user")
+    phone.add_argument("on_call", choices=["answer", "no_answer", "decline"])
+    phone.add_argument("--ring", default="3s", help="ring time before acting, e.g. 3s")
+    phone.add_argument("--talk", default="0s", help="talk time before hanging up (0: until the business does)")
+    phone.add_argument("--tone-hz", type=float, default=880.0, help="what the user says (a tone)")
+    phone.add_argument("--on-request", default="ignore",
+                       choices=["accept_temporary", "accept_permanent", "reject", "ignore"])  # fmt: skip
+    call_me = client(sim_sub.add_parser("call-business", help="the user calls the business"))
+    call_me.add_argument("business")
+    call_me.add_argument("user")
+
+    call = commands.add_parser("call", help="place and follow calls")
+    call_sub = call.add_subparsers(dest="subcommand", required=True)
+    start = client(call_sub.add_parser("start", help="call a user (announcement by default)"))
+    start.add_argument("business")
+    start.add_argument("user")
+    start.add_argument("--audio-file", help="a WAV/OGG/MP3 file on the server to play")
+    start.add_argument("--tone-hz", type=float, default=440.0)
+    start.add_argument("--tone-duration", default="5s")
+    start.add_argument("--record-to", help="record the user to this WAV file on the server")
+    start.add_argument("--media-stream", action="store_true", help="route to a CallMedia stream instead")
+    start.add_argument("--idempotency-key")
+    for verb in ("get", "end"):
+        p = client(call_sub.add_parser(verb, help=f"{verb} a call"))
+        p.add_argument("call_id")
+    listing = client(call_sub.add_parser("list", help="calls, newest first"))
+    listing.add_argument("--business")
+    listing.add_argument("--user")
 
     clock = commands.add_parser("clock", help="the manual clock (serve --clock manual)")
     clock_sub = clock.add_subparsers(dest="subcommand", required=True)
