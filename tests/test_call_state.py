@@ -30,6 +30,7 @@ from wacall.calls import (
     SetupFailed,
     Terminated,
 )
+from wacall.errors import CALL_SETUP_FAILURES
 from wacall.policy import SEED
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -453,7 +454,7 @@ def webhook_sets(draw: st.DrawFn) -> list[CallEvent]:
         case "unanswered":
             events.append(Terminated(at(end), error_codes=draw(st.sampled_from([(), (138021,), (138023,)]))))
         case "failed":
-            events.append(Terminated(at(end), error_codes=(draw(st.sampled_from(sorted(calls.SETUP_FAILURE_CODES))),)))
+            events.append(Terminated(at(end), error_codes=(draw(st.sampled_from(sorted(CALL_SETUP_FAILURES))),)))
     return events
 
 

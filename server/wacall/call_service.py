@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from wacall import calls, engine
+from wacall import calls, engine, errors
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
 from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount
@@ -397,7 +397,7 @@ class CallService:
 
     async def _fail_setup(self, call_id: str, error: Exception) -> CallView:
         code = error.code if isinstance(error, GraphError) else None
-        platform_error = (
+        error_detail = (
             {"code": error.code, "message": error.message, "details": error.details}
             if isinstance(error, GraphError)
             else None
@@ -409,9 +409,9 @@ class CallService:
             assert stored is not None
             facts = calls.apply(_facts_from_json(stored.data["facts"]), calls.SetupFailed(now, code, str(error)))
             stored = self._save(
-                tx, stored, facts, now, platform_error=platform_error, end_reason=f"setup failed: {error}"
+                tx, stored, facts, now, platform_error=error_detail, end_reason=f"setup failed: {error}"
             )
-            if code == 138006:
+            if code is not None and errors.platform_error(code).reason is engine.Reason.NO_PERMISSION:
                 # The platform says there is no permission (HOOK-6): believe it.
                 self.permissions.record(
                     tx,

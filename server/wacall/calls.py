@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from wacall import engine
+from wacall.errors import CALL_SETUP_FAILURES
 
 
 class CallState(enum.Enum):
@@ -51,9 +52,6 @@ STATE_RANK: Mapping[CallState, int] = {
     CallState.CONNECTED: 2,
     CallState.ENDED: 3,
 }
-
-# Platform error codes that mean the call never got set up (FAILED, not counted against the user).
-SETUP_FAILURE_CODES = frozenset({138004, 138007, 138019, 138020})
 
 
 # --- events -------------------------------------------------------------------------------------------------------
@@ -150,7 +148,7 @@ class CallFacts:
             return CallOutcome.REJECTED
         if self.ended_by_business_before_answer:
             return CallOutcome.CANCELLED
-        if self.setup_failed or SETUP_FAILURE_CODES.intersection(self.error_codes):
+        if self.setup_failed or CALL_SETUP_FAILURES.intersection(self.error_codes):
             return CallOutcome.FAILED
         return CallOutcome.UNANSWERED
 

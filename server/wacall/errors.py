@@ -18,6 +18,8 @@ class PlatformErrorInfo:
     meaning: str
     reason: Reason | None  # our rule reason, when the error is one of the rules
     status: grpc.StatusCode
+    # In a call's terminate: the call never got set up, so it is FAILED and counts for nothing (§6.6).
+    fails_call_setup: bool = False
 
 
 # Meta Graph error codes (whatsapp-calling.md §8) → what they mean for us.
@@ -76,13 +78,23 @@ PLATFORM_ERRORS: Mapping[int, PlatformErrorInfo] = {
     138003: PlatformErrorInfo(
         "a call with this user is already in progress", Reason.CALL_IN_PROGRESS, grpc.StatusCode.ALREADY_EXISTS
     ),
-    138004: PlatformErrorInfo("connection error on the platform", None, grpc.StatusCode.UNAVAILABLE),
+    138004: PlatformErrorInfo(
+        "connection error on the platform", None, grpc.StatusCode.UNAVAILABLE, fails_call_setup=True
+    ),
     138005: PlatformErrorInfo(
         "call-initiation rate limit of the business number reached", None, grpc.StatusCode.RESOURCE_EXHAUSTED
     ),
     138007: PlatformErrorInfo(
-        "connect timeout: the SDP answer was not applied in time", None, grpc.StatusCode.UNAVAILABLE
+        "connect timeout: the SDP answer was not applied in time",
+        None,
+        grpc.StatusCode.UNAVAILABLE,
+        fails_call_setup=True,
     ),
+    138019: PlatformErrorInfo("call setup failed", None, grpc.StatusCode.UNAVAILABLE, fails_call_setup=True),
+    138020: PlatformErrorInfo("relay connection failed", None, grpc.StatusCode.UNAVAILABLE, fails_call_setup=True),
+    138021: PlatformErrorInfo("media receive timeout", None, grpc.StatusCode.UNAVAILABLE),
+    138022: PlatformErrorInfo("media transmit timeout", None, grpc.StatusCode.UNAVAILABLE),
+    138023: PlatformErrorInfo("accepted but no media", None, grpc.StatusCode.UNAVAILABLE),
     138014: PlatformErrorInfo(
         "calling temporarily disabled for low quality", None, grpc.StatusCode.FAILED_PRECONDITION
     ),
@@ -95,6 +107,9 @@ UNKNOWN_PLATFORM_ERROR = PlatformErrorInfo("unexpected platform error", None, gr
 
 def platform_error(code: int) -> PlatformErrorInfo:
     return PLATFORM_ERRORS.get(code, UNKNOWN_PLATFORM_ERROR)
+
+
+CALL_SETUP_FAILURES = frozenset(code for code, info in PLATFORM_ERRORS.items() if info.fails_call_setup)
 
 
 @dataclass(frozen=True, slots=True)
