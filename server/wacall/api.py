@@ -39,7 +39,7 @@ from wacall.permissions import (
 )
 from wacall.policy import Policy, WindowLimit
 from wacall.senders import UnknownSender
-from wacall.store import EventRecord, Pair, from_micros, to_micros
+from wacall.store import EventRecord, Pair, optional_datetime, to_micros
 from wacall_adapters.announcement import AnnouncementAdapter
 from wacall_adapters.base import MediaAdapter
 from wacall_adapters.media_stream import MediaStreamAdapter
@@ -173,7 +173,7 @@ def snapshot_message(snapshot: Mapping[str, Any]) -> pb.Call:
     """A Call from the JSON snapshot kept in the event log."""
 
     def t(value: int | None) -> timestamp_pb2.Timestamp | None:
-        return None if value is None else timestamp(from_micros(value))
+        return timestamp(optional_datetime(value))
 
     error = snapshot.get("platform_error")
     return pb.Call(

@@ -8,6 +8,7 @@ call releases its session: `_finish` is the one place that closes a leg and an a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,7 +33,17 @@ from wacall.permissions import (
     PlatformRefusal,
     RuleRefusal,
 )
-from wacall.store import EventRecord, IdempotentResult, Pair, StoredCall, Tx, from_micros, to_micros
+from wacall.store import (
+    EventRecord,
+    IdempotentResult,
+    Pair,
+    StoredCall,
+    Tx,
+    from_micros,
+    optional_datetime,
+    optional_micros,
+    to_micros,
+)
 from wacall.webhook_payloads import CallEventItem
 from wacall_adapters.base import MediaAdapter
 
@@ -84,15 +95,13 @@ class CallView:
 
 
 def _facts_to_json(facts: CallFacts) -> dict[str, Any]:
-    def t(value: datetime | None) -> int | None:
-        return None if value is None else to_micros(value)
 
     return {
         "direction": facts.direction.value,
         "created_at": to_micros(facts.created_at),
         "state": facts.state.value,
-        "answered_at": t(facts.answered_at),
-        "ended_at": t(facts.ended_at),
+        "answered_at": optional_micros(facts.answered_at),
+        "ended_at": optional_micros(facts.ended_at),
         "duration_seconds": facts.duration_seconds,
         "rejected": facts.rejected,
         "ended_by_business_before_answer": facts.ended_by_business_before_answer,
@@ -106,15 +115,13 @@ def _facts_to_json(facts: CallFacts) -> dict[str, Any]:
 
 
 def _facts_from_json(data: Mapping[str, Any]) -> CallFacts:
-    def t(value: int | None) -> datetime | None:
-        return None if value is None else from_micros(value)
 
     return CallFacts(
         direction=Direction(data["direction"]),
         created_at=from_micros(data["created_at"]),
         state=CallState(data["state"]),
-        answered_at=t(data["answered_at"]),
-        ended_at=t(data["ended_at"]),
+        answered_at=optional_datetime(data["answered_at"]),
+        ended_at=optional_datetime(data["ended_at"]),
         duration_seconds=data["duration_seconds"],
         rejected=data["rejected"],
         ended_by_business_before_answer=data["ended_by_business_before_answer"],
@@ -145,28 +152,21 @@ def _event_from_item(item: CallEventItem) -> calls.CallEvent | None:
 
 
 def _item_to_json(item: CallEventItem) -> dict[str, Any]:
-    def t(value: datetime | None) -> int | None:
-        return None if value is None else to_micros(value)
-
-    return {
-        "phone_number_id": item.phone_number_id, "call_id": item.call_id, "kind": item.kind,
-        "timestamp": to_micros(item.timestamp), "user_wa_id": item.user_wa_id, "direction": item.direction,
-        "sdp": item.sdp, "sdp_type": item.sdp_type, "start_time": t(item.start_time), "end_time": t(item.end_time),
-        "duration_seconds": item.duration_seconds, "status": item.status, "error_codes": list(item.error_codes),
-        "error_message": item.error_message, "biz_opaque_callback_data": item.biz_opaque_callback_data,
-    }  # fmt: skip
+    data = dataclasses.asdict(item)
+    for name in ("timestamp", "start_time", "end_time"):
+        data[name] = optional_micros(data[name])
+    data["error_codes"] = list(item.error_codes)
+    return data
 
 
 def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
-    def t(value: int | None) -> datetime | None:
-        return None if value is None else from_micros(value)
 
     return CallEventItem(
         **{
             **data,
             "timestamp": from_micros(data["timestamp"]),
-            "start_time": t(data["start_time"]),
-            "end_time": t(data["end_time"]),
+            "start_time": optional_datetime(data["start_time"]),
+            "end_time": optional_datetime(data["end_time"]),
             "error_codes": tuple(data["error_codes"]),
         }
     )
@@ -184,8 +184,6 @@ class CallSession:
     leg: AudioLeg | None = None
     connected: bool = False
     closed: bool = False
-    tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    started: float = field(default_factory=time.monotonic)
     last_frames: int = 0
     last_progress: float = field(default_factory=time.monotonic)
 
@@ -707,30 +705,29 @@ async def _done() -> None:
 
 
 def _counters_dict(counters: MediaCounters) -> dict[str, Any]:
-    return {
-        "frames_sent": counters.frames_sent,
-        "frames_received": counters.frames_received,
-        "audible_frames_received": counters.audible_frames_received,
-        "mean_level_received": counters.mean_level_received,
-    }
+    return dataclasses.asdict(counters)
 
 
 def call_snapshot(view: CallView) -> dict[str, Any]:
     """The call as JSON for the event log (WatchEvents rebuilds the Call message from it)."""
     facts = view.facts
-
-    def t(value: datetime | None) -> int | None:
-        return None if value is None else to_micros(value)
-
     return {
-        "call_id": view.call_id, "platform_call_id": view.platform_call_id or "",
-        "business": view.pair.business, "user": view.pair.user, "direction": view.direction.value,
-        "state": facts.state.value, "outcome": facts.outcome.value if facts.outcome else "",
-        "created_at": t(facts.created_at), "answered_at": t(facts.answered_at), "ended_at": t(facts.ended_at),
-        "duration_seconds": facts.duration_seconds or 0, "route": view.route, "opaque": view.opaque,
+        "call_id": view.call_id,
+        "platform_call_id": view.platform_call_id or "",
+        "business": view.pair.business,
+        "user": view.pair.user,
+        "direction": view.direction.value,
+        "state": facts.state.value,
+        "outcome": facts.outcome.value if facts.outcome else "",
+        "created_at": to_micros(facts.created_at),
+        "answered_at": optional_micros(facts.answered_at),
+        "ended_at": optional_micros(facts.ended_at),
+        "duration_seconds": facts.duration_seconds or 0,
+        "route": view.route,
+        "opaque": view.opaque,
         "platform_error": dict(view.platform_error) if view.platform_error else None,
         "end_reason": view.end_reason,
-    }  # fmt: skip
+    }
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

@@ -155,11 +155,11 @@ def from_micros(value: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC).replace(microsecond=micros)
 
 
-def _opt(value: datetime | None) -> int | None:
+def optional_micros(value: datetime | None) -> int | None:
     return None if value is None else to_micros(value)
 
 
-def _opt_dt(value: int | None) -> datetime | None:
+def optional_datetime(value: int | None) -> datetime | None:
     return None if value is None else from_micros(value)
 
 
@@ -167,13 +167,13 @@ def ledger_to_json(ledger: Ledger) -> str:
     return json.dumps(
         {
             "state": ledger.state.value,
-            "expires_at": _opt(ledger.expires_at),
-            "state_changed_at": _opt(ledger.state_changed_at),
+            "expires_at": optional_micros(ledger.expires_at),
+            "state_changed_at": optional_micros(ledger.state_changed_at),
             "request_times": [to_micros(t) for t in ledger.request_times],
             "connected_call_times": [to_micros(t) for t in ledger.connected_call_times],
             "consecutive_unanswered": ledger.consecutive_unanswered,
-            "last_connected_at": _opt(ledger.last_connected_at),
-            "last_user_message_at": _opt(ledger.last_user_message_at),
+            "last_connected_at": optional_micros(ledger.last_connected_at),
+            "last_user_message_at": optional_micros(ledger.last_user_message_at),
         },
         separators=(",", ":"),
     )
@@ -183,13 +183,13 @@ def ledger_from_json(text: str) -> Ledger:
     data: dict[str, Any] = json.loads(text)
     return Ledger(
         state=PermissionState(data["state"]),
-        expires_at=_opt_dt(data["expires_at"]),
-        state_changed_at=_opt_dt(data["state_changed_at"]),
+        expires_at=optional_datetime(data["expires_at"]),
+        state_changed_at=optional_datetime(data["state_changed_at"]),
         request_times=tuple(from_micros(t) for t in data["request_times"]),
         connected_call_times=tuple(from_micros(t) for t in data["connected_call_times"]),
         consecutive_unanswered=data["consecutive_unanswered"],
-        last_connected_at=_opt_dt(data["last_connected_at"]),
-        last_user_message_at=_opt_dt(data["last_user_message_at"]),
+        last_connected_at=optional_datetime(data["last_connected_at"]),
+        last_user_message_at=optional_datetime(data["last_user_message_at"]),
     )
 
 
