@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import math
 import struct
+import wave
+from pathlib import Path
 
+import av
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from conftest import Running, eventually, wait_until
+from conftest import USER, Running, duration, eventually, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
@@ -136,3 +139,55 @@ async def test_simulated_client_drops_a_call_that_gets_no_audio(make_service) ->
         assert ended.outcome == pb.CALL_OUTCOME_ANSWERED  # the user had picked up: it still counts as connected
     finally:
         await silent.close()
+
+
+def write_wav(path: Path, frequency: float, seconds: float, rate: int = 16000) -> None:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        count = int(rate * seconds)
+        out.writeframes(
+            struct.pack(f"<{count}h", *(int(9000 * math.sin(2 * math.pi * frequency * i / rate)) for i in range(count)))
+        )
+
+
+def write_ogg(path: Path, frequency: float, seconds: float) -> None:
+    container = av.open(str(path), "w", format="ogg")
+    stream = container.add_stream("libopus", rate=48000)
+    stream.layout = "mono"  # type: ignore[union-attr]
+    total = int(48000 * seconds)
+    for start in range(0, total, 960):
+        pcm = struct.pack("<960h", *(int(9000 * math.sin(2 * math.pi * frequency * (start + i) / 48000))
+                                     for i in range(960)))  # fmt: skip
+        frame = av.AudioFrame(format="s16", layout="mono", samples=960)
+        frame.planes[0].update(pcm)
+        frame.sample_rate, frame.pts = 48000, start
+        for packet in stream.encode(frame):  # type: ignore[union-attr]
+            container.mux(packet)
+    for packet in stream.encode(None):  # type: ignore[union-attr]
+        container.mux(packet)
+    container.close()
+
+
+async def test_announcement_plays_a_wav_file_and_records_the_user_saying_an_ogg_file(
+    wacall: Running, tmp_path: Path
+) -> None:
+    announcement, user_voice, recording = tmp_path / "reminder.wav", tmp_path / "user.ogg", tmp_path / "user.wav"
+    write_wav(announcement, 500, 1.5)
+    write_ogg(user_voice, 660, 3.0)
+    await wacall.grant(permanent=True)
+    await wacall.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(user_number=USER, say_file=str(user_voice), ring_duration=duration(0))
+    )
+    route = pb.Route(announcement=pb.AnnouncementRoute(audio_file=str(announcement), record_to=str(recording)))
+    call = await wacall.start_call(route=route)
+    ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    assert ended.outcome == pb.CALL_OUTCOME_ANSWERED and ended.end_reason == "announcement finished"
+    phone = await phone_of(wacall, call)
+    assert phone.audible_frames_received >= 50  # most of the 1.5 s file (75 frames) reached the user
+    with wave.open(str(recording), "rb") as recorded:
+        assert (recorded.getframerate(), recorded.getnchannels(), recorded.getsampwidth()) == (48000, 1, 2)
+        pcm = recorded.readframes(recorded.getnframes())
+    frames = [pcm[i : i + 1920] for i in range(0, len(pcm) - 1919, 1920)]
+    assert len(frames) >= 50 and sum(level(f) > 0.05 for f in frames) >= 40  # the user's voice, recorded

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from wacall.media.leg import AudioLeg
-from wacall.media.tracks import Silence, ToneSource
+from wacall.media.tracks import AudioSource, BufferSource, Silence, ToneSource, decode_file
 
 
 class OnCall(enum.Enum):
@@ -64,7 +64,10 @@ def new_wacid() -> str:
     return "wacid.SIM" + uuid.uuid4().hex.upper()
 
 
-def voice(tone_hz: float) -> ToneSource | Silence:
+def voice(tone_hz: float, say_file: str = "") -> AudioSource:
+    """What the simulated user says: a file, a tone, or silence."""
+    if say_file:
+        return BufferSource(decode_file(say_file))
     return Silence() if tone_hz < 0 else ToneSource(tone_hz or 880.0, amplitude=0.25)
 
 

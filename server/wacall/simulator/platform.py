@@ -65,6 +65,7 @@ class SimUser:
     ring_duration: timedelta = DEFAULT_RING
     talk_duration: timedelta = timedelta(0)  # 0: until the business hangs up
     tone_hz: float = 880.0
+    say_file: str = ""
 
 
 @dataclass
@@ -561,7 +562,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         if behavior.on_call is OnCall.ANSWER:
             call.state, call.answered_at = "connected", now
-            call.leg.set_source(voice(behavior.tone_hz))
+            call.leg.set_source(voice(behavior.tone_hz, behavior.say_file))
             self._apply(call.business, call.user, engine.CallConnected(now, True))
             await self._deliver(payloads.call_status(account, self.wa_id(user), call, "ACCEPTED", now))
             if behavior.talk_duration > timedelta(0):
@@ -635,7 +636,9 @@ class SimulatedPlatform:
         behavior = self.user(user.e164)
         call = PhoneCall(new_wacid(), business.e164, user.e164, "USER_INITIATED", now)
         self.calls[call.platform_call_id] = call
-        call.leg = AudioLeg(name=f"sim phone {call.platform_call_id}", source=voice(behavior.tone_hz))
+        call.leg = AudioLeg(
+            name=f"sim phone {call.platform_call_id}", source=voice(behavior.tone_hz, behavior.say_file)
+        )
         offer = await call.leg.create_offer()
         self._spawn(self._drop_without_media(account, call))
         # Callback permission (enabled on simulated numbers): the user's call grants a temporary permission.
@@ -805,6 +808,7 @@ class SimulatedPlatform:
                     "ring_us": u.ring_duration // timedelta(microseconds=1),
                     "talk_us": u.talk_duration // timedelta(microseconds=1),
                     "tone_hz": u.tone_hz,
+                    "say_file": u.say_file,
                 }
                 for u in self.state.users.values()
             ],
@@ -843,6 +847,7 @@ class SimulatedPlatform:
                 timedelta(microseconds=u.get("ring_us", DEFAULT_RING // timedelta(microseconds=1))),
                 timedelta(microseconds=u.get("talk_us", 0)),
                 u.get("tone_hz", 880.0),
+                u.get("say_file", ""),
             )
         self.state.ledgers = {(b, u): ledger_from_json(text) for b, u, text in data["ledgers"]}
         for m in data["messages"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import NoReturn
 
@@ -33,6 +34,7 @@ def behavior_message(user: SimUser) -> pb.UserBehavior:
         ring_duration=user.ring_duration,
         talk_duration=user.talk_duration,
         tone_hz=user.tone_hz,
+        say_file=user.say_file,
         outdated_client=user.outdated_client,
         wa_id=user.wa_id,
     )
@@ -96,6 +98,8 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             await abort_bad_request(context, "on_call", "unknown value")
         if request.wa_id and not request.wa_id.isdigit():
             await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
+        if request.say_file and not os.path.isfile(request.say_file):
+            await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
         durations = {}
         for name in ("reply_delay", "ring_duration", "talk_duration"):
             value = getattr(request, name).ToTimedelta()
@@ -114,6 +118,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             ring_duration=durations["ring_duration"] if request.HasField("ring_duration") else DEFAULT_RING,
             talk_duration=durations["talk_duration"],
             tone_hz=request.tone_hz or 880.0,
+            say_file=request.say_file,
         )
         return behavior_message(self.platform.set_behavior(behavior))
 

@@ -26,51 +26,51 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwacall/sim/v1/simulator.proto\x12\rwacall.sim.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x02\n\x16SetUserBehaviorRequest\x12\x13\n\x0buser_number\x18\x01 \x01(\t\x12G\n\x15on_permission_request\x18\x02 \x01(\x0e\x32(.wacall.sim.v1.PermissionRequestResponse\x12.\n\x0breply_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0foutdated_client\x18\x04 \x01(\x08\x12\r\n\x05wa_id\x18\x05 \x01(\t\x12&\n\x07on_call\x18\x06 \x01(\x0e\x32\x15.wacall.sim.v1.OnCall\x12\x30\n\rring_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rtalk_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07tone_hz\x18\t \x01(\x01\"-\n\x16GetUserBehaviorRequest\x12\x13\n\x0buser_number\x18\x01 \x01(\t\"\xe1\x02\n\x0cUserBehavior\x12\x13\n\x0buser_number\x18\x01 \x01(\t\x12G\n\x15on_permission_request\x18\x02 \x01(\x0e\x32(.wacall.sim.v1.PermissionRequestResponse\x12.\n\x0breply_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0foutdated_client\x18\x04 \x01(\x08\x12\r\n\x05wa_id\x18\x05 \x01(\t\x12&\n\x07on_call\x18\x06 \x01(\x0e\x32\x15.wacall.sim.v1.OnCall\x12\x30\n\rring_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rtalk_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07tone_hz\x18\t \x01(\x01\"T\n\x16SendUserMessageRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"-\n\x17SendUserMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"G\n\x17RevokePermissionRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\"Y\n\x16GrantPermissionRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\x12\x11\n\tpermanent\x18\x03 \x01(\x08\"}\n\rSimPermission\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13ListMessagesRequest\x12\x13\n\x0buser_number\x18\x01 \x01(\t\x12\x17\n\x0f\x62usiness_number\x18\x02 \x01(\t\"\xa4\x02\n\x0bSentMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62usiness_number\x18\x02 \x01(\t\x12\x13\n\x0buser_number\x18\x03 \x01(\t\x12(\n\x04type\x18\x04 \x01(\x0e\x32\x1a.wacall.sim.v1.MessageType\x12+\n\x07sent_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tbody_text\x18\x06 \x01(\t\x12\x15\n\rtemplate_name\x18\x07 \x01(\t\x12\x19\n\x11template_language\x18\x08 \x01(\t\x12 \n\x18template_body_parameters\x18\t \x03(\t\x12\x15\n\ruser_response\x18\n \x01(\t\"D\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.wacall.sim.v1.SentMessage\"L\n\x1cGetPlatformPermissionRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\"/\n\x13GetPhoneCallRequest\x12\x18\n\x10platform_call_id\x18\x01 \x01(\t\"D\n\x14PlaceUserCallRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\")\n\rHangUpRequest\x12\x18\n\x10platform_call_id\x18\x01 \x01(\t\"\xf0\x02\n\tPhoneCall\x12\x18\n\x10platform_call_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62usiness_number\x18\x02 \x01(\t\x12\x13\n\x0buser_number\x18\x03 \x01(\t\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x17\n\x0f\x66rames_received\x18\x06 \x01(\x03\x12\x1f\n\x17\x61udible_frames_received\x18\x07 \x01(\x03\x12\x1b\n\x13mean_level_received\x18\x08 \x01(\x01\x12\x13\n\x0b\x66rames_sent\x18\t \x01(\x03\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8c\x01\n\x19PermissionRequestResponse\x12+\n\'PERMISSION_REQUEST_RESPONSE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43\x43\x45PT_TEMPORARY\x10\x01\x12\x14\n\x10\x41\x43\x43\x45PT_PERMANENT\x10\x02\x12\n\n\x06REJECT\x10\x03\x12\n\n\x06IGNORE\x10\x04*I\n\x06OnCall\x12\x17\n\x13ON_CALL_UNSPECIFIED\x10\x00\x12\n\n\x06\x41NSWER\x10\x01\x12\r\n\tNO_ANSWER\x10\x02\x12\x0b\n\x07\x44\x45\x43LINE\x10\x03*d\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_TYPE_INTERACTIVE\x10\x01\x12\x19\n\x15MESSAGE_TYPE_TEMPLATE\x10\x02\x32\xf1\x06\n\x10SimulatorService\x12U\n\x0fSetUserBehavior\x12%.wacall.sim.v1.SetUserBehaviorRequest\x1a\x1b.wacall.sim.v1.UserBehavior\x12U\n\x0fGetUserBehavior\x12%.wacall.sim.v1.GetUserBehaviorRequest\x1a\x1b.wacall.sim.v1.UserBehavior\x12`\n\x0fSendUserMessage\x12%.wacall.sim.v1.SendUserMessageRequest\x1a&.wacall.sim.v1.SendUserMessageResponse\x12X\n\x10RevokePermission\x12&.wacall.sim.v1.RevokePermissionRequest\x1a\x1c.wacall.sim.v1.SimPermission\x12V\n\x0fGrantPermission\x12%.wacall.sim.v1.GrantPermissionRequest\x1a\x1c.wacall.sim.v1.SimPermission\x12W\n\x0cListMessages\x12\".wacall.sim.v1.ListMessagesRequest\x1a#.wacall.sim.v1.ListMessagesResponse\x12L\n\x0cGetPhoneCall\x12\".wacall.sim.v1.GetPhoneCallRequest\x1a\x18.wacall.sim.v1.PhoneCall\x12N\n\rPlaceUserCall\x12#.wacall.sim.v1.PlaceUserCallRequest\x1a\x18.wacall.sim.v1.PhoneCall\x12@\n\x06HangUp\x12\x1c.wacall.sim.v1.HangUpRequest\x1a\x18.wacall.sim.v1.PhoneCall\x12\x62\n\x15GetPlatformPermission\x12+.wacall.sim.v1.GetPlatformPermissionRequest\x1a\x1c.wacall.sim.v1.SimPermissionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dwacall/sim/v1/simulator.proto\x12\rwacall.sim.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x02\n\x16SetUserBehaviorRequest\x12\x13\n\x0buser_number\x18\x01 \x01(\t\x12G\n\x15on_permission_request\x18\x02 \x01(\x0e\x32(.wacall.sim.v1.PermissionRequestResponse\x12.\n\x0breply_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0foutdated_client\x18\x04 \x01(\x08\x12\r\n\x05wa_id\x18\x05 \x01(\t\x12&\n\x07on_call\x18\x06 \x01(\x0e\x32\x15.wacall.sim.v1.OnCall\x12\x30\n\rring_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rtalk_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07tone_hz\x18\t \x01(\x01\x12\x10\n\x08say_file\x18\n \x01(\t\"-\n\x16GetUserBehaviorRequest\x12\x13\n\x0buser_number\x18\x01 \x01(\t\"\xf3\x02\n\x0cUserBehavior\x12\x13\n\x0buser_number\x18\x01 \x01(\t\x12G\n\x15on_permission_request\x18\x02 \x01(\x0e\x32(.wacall.sim.v1.PermissionRequestResponse\x12.\n\x0breply_delay\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0foutdated_client\x18\x04 \x01(\x08\x12\r\n\x05wa_id\x18\x05 \x01(\t\x12&\n\x07on_call\x18\x06 \x01(\x0e\x32\x15.wacall.sim.v1.OnCall\x12\x30\n\rring_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rtalk_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07tone_hz\x18\t \x01(\x01\x12\x10\n\x08say_file\x18\n \x01(\t\"T\n\x16SendUserMessageRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"-\n\x17SendUserMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"G\n\x17RevokePermissionRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\"Y\n\x16GrantPermissionRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\x12\x11\n\tpermanent\x18\x03 \x01(\x08\"}\n\rSimPermission\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12.\n\nexpires_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"C\n\x13ListMessagesRequest\x12\x13\n\x0buser_number\x18\x01 \x01(\t\x12\x17\n\x0f\x62usiness_number\x18\x02 \x01(\t\"\xa4\x02\n\x0bSentMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62usiness_number\x18\x02 \x01(\t\x12\x13\n\x0buser_number\x18\x03 \x01(\t\x12(\n\x04type\x18\x04 \x01(\x0e\x32\x1a.wacall.sim.v1.MessageType\x12+\n\x07sent_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tbody_text\x18\x06 \x01(\t\x12\x15\n\rtemplate_name\x18\x07 \x01(\t\x12\x19\n\x11template_language\x18\x08 \x01(\t\x12 \n\x18template_body_parameters\x18\t \x03(\t\x12\x15\n\ruser_response\x18\n \x01(\t\"D\n\x14ListMessagesResponse\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.wacall.sim.v1.SentMessage\"L\n\x1cGetPlatformPermissionRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\"/\n\x13GetPhoneCallRequest\x12\x18\n\x10platform_call_id\x18\x01 \x01(\t\"D\n\x14PlaceUserCallRequest\x12\x17\n\x0f\x62usiness_number\x18\x01 \x01(\t\x12\x13\n\x0buser_number\x18\x02 \x01(\t\")\n\rHangUpRequest\x12\x18\n\x10platform_call_id\x18\x01 \x01(\t\"\xf0\x02\n\tPhoneCall\x12\x18\n\x10platform_call_id\x18\x01 \x01(\t\x12\x17\n\x0f\x62usiness_number\x18\x02 \x01(\t\x12\x13\n\x0buser_number\x18\x03 \x01(\t\x12\x11\n\tdirection\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x17\n\x0f\x66rames_received\x18\x06 \x01(\x03\x12\x1f\n\x17\x61udible_frames_received\x18\x07 \x01(\x03\x12\x1b\n\x13mean_level_received\x18\x08 \x01(\x01\x12\x13\n\x0b\x66rames_sent\x18\t \x01(\x03\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x61nswered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8c\x01\n\x19PermissionRequestResponse\x12+\n\'PERMISSION_REQUEST_RESPONSE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x41\x43\x43\x45PT_TEMPORARY\x10\x01\x12\x14\n\x10\x41\x43\x43\x45PT_PERMANENT\x10\x02\x12\n\n\x06REJECT\x10\x03\x12\n\n\x06IGNORE\x10\x04*I\n\x06OnCall\x12\x17\n\x13ON_CALL_UNSPECIFIED\x10\x00\x12\n\n\x06\x41NSWER\x10\x01\x12\r\n\tNO_ANSWER\x10\x02\x12\x0b\n\x07\x44\x45\x43LINE\x10\x03*d\n\x0bMessageType\x12\x1c\n\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18MESSAGE_TYPE_INTERACTIVE\x10\x01\x12\x19\n\x15MESSAGE_TYPE_TEMPLATE\x10\x02\x32\xf1\x06\n\x10SimulatorService\x12U\n\x0fSetUserBehavior\x12%.wacall.sim.v1.SetUserBehaviorRequest\x1a\x1b.wacall.sim.v1.UserBehavior\x12U\n\x0fGetUserBehavior\x12%.wacall.sim.v1.GetUserBehaviorRequest\x1a\x1b.wacall.sim.v1.UserBehavior\x12`\n\x0fSendUserMessage\x12%.wacall.sim.v1.SendUserMessageRequest\x1a&.wacall.sim.v1.SendUserMessageResponse\x12X\n\x10RevokePermission\x12&.wacall.sim.v1.RevokePermissionRequest\x1a\x1c.wacall.sim.v1.SimPermission\x12V\n\x0fGrantPermission\x12%.wacall.sim.v1.GrantPermissionRequest\x1a\x1c.wacall.sim.v1.SimPermission\x12W\n\x0cListMessages\x12\".wacall.sim.v1.ListMessagesRequest\x1a#.wacall.sim.v1.ListMessagesResponse\x12L\n\x0cGetPhoneCall\x12\".wacall.sim.v1.GetPhoneCallRequest\x1a\x18.wacall.sim.v1.PhoneCall\x12N\n\rPlaceUserCall\x12#.wacall.sim.v1.PlaceUserCallRequest\x1a\x18.wacall.sim.v1.PhoneCall\x12@\n\x06HangUp\x12\x1c.wacall.sim.v1.HangUpRequest\x1a\x18.wacall.sim.v1.PhoneCall\x12\x62\n\x15GetPlatformPermission\x12+.wacall.sim.v1.GetPlatformPermissionRequest\x1a\x1c.wacall.sim.v1.SimPermissionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'wacall.sim.v1.simulator_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_PERMISSIONREQUESTRESPONSE']._serialized_start=2352
-  _globals['_PERMISSIONREQUESTRESPONSE']._serialized_end=2492
-  _globals['_ONCALL']._serialized_start=2494
-  _globals['_ONCALL']._serialized_end=2567
-  _globals['_MESSAGETYPE']._serialized_start=2569
-  _globals['_MESSAGETYPE']._serialized_end=2669
+  _globals['_PERMISSIONREQUESTRESPONSE']._serialized_start=2388
+  _globals['_PERMISSIONREQUESTRESPONSE']._serialized_end=2528
+  _globals['_ONCALL']._serialized_start=2530
+  _globals['_ONCALL']._serialized_end=2603
+  _globals['_MESSAGETYPE']._serialized_start=2605
+  _globals['_MESSAGETYPE']._serialized_end=2705
   _globals['_SETUSERBEHAVIORREQUEST']._serialized_start=114
-  _globals['_SETUSERBEHAVIORREQUEST']._serialized_end=477
-  _globals['_GETUSERBEHAVIORREQUEST']._serialized_start=479
-  _globals['_GETUSERBEHAVIORREQUEST']._serialized_end=524
-  _globals['_USERBEHAVIOR']._serialized_start=527
-  _globals['_USERBEHAVIOR']._serialized_end=880
-  _globals['_SENDUSERMESSAGEREQUEST']._serialized_start=882
-  _globals['_SENDUSERMESSAGEREQUEST']._serialized_end=966
-  _globals['_SENDUSERMESSAGERESPONSE']._serialized_start=968
-  _globals['_SENDUSERMESSAGERESPONSE']._serialized_end=1013
-  _globals['_REVOKEPERMISSIONREQUEST']._serialized_start=1015
-  _globals['_REVOKEPERMISSIONREQUEST']._serialized_end=1086
-  _globals['_GRANTPERMISSIONREQUEST']._serialized_start=1088
-  _globals['_GRANTPERMISSIONREQUEST']._serialized_end=1177
-  _globals['_SIMPERMISSION']._serialized_start=1179
-  _globals['_SIMPERMISSION']._serialized_end=1304
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=1306
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1373
-  _globals['_SENTMESSAGE']._serialized_start=1376
-  _globals['_SENTMESSAGE']._serialized_end=1668
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1670
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1738
-  _globals['_GETPLATFORMPERMISSIONREQUEST']._serialized_start=1740
-  _globals['_GETPLATFORMPERMISSIONREQUEST']._serialized_end=1816
-  _globals['_GETPHONECALLREQUEST']._serialized_start=1818
-  _globals['_GETPHONECALLREQUEST']._serialized_end=1865
-  _globals['_PLACEUSERCALLREQUEST']._serialized_start=1867
-  _globals['_PLACEUSERCALLREQUEST']._serialized_end=1935
-  _globals['_HANGUPREQUEST']._serialized_start=1937
-  _globals['_HANGUPREQUEST']._serialized_end=1978
-  _globals['_PHONECALL']._serialized_start=1981
-  _globals['_PHONECALL']._serialized_end=2349
-  _globals['_SIMULATORSERVICE']._serialized_start=2672
-  _globals['_SIMULATORSERVICE']._serialized_end=3553
+  _globals['_SETUSERBEHAVIORREQUEST']._serialized_end=495
+  _globals['_GETUSERBEHAVIORREQUEST']._serialized_start=497
+  _globals['_GETUSERBEHAVIORREQUEST']._serialized_end=542
+  _globals['_USERBEHAVIOR']._serialized_start=545
+  _globals['_USERBEHAVIOR']._serialized_end=916
+  _globals['_SENDUSERMESSAGEREQUEST']._serialized_start=918
+  _globals['_SENDUSERMESSAGEREQUEST']._serialized_end=1002
+  _globals['_SENDUSERMESSAGERESPONSE']._serialized_start=1004
+  _globals['_SENDUSERMESSAGERESPONSE']._serialized_end=1049
+  _globals['_REVOKEPERMISSIONREQUEST']._serialized_start=1051
+  _globals['_REVOKEPERMISSIONREQUEST']._serialized_end=1122
+  _globals['_GRANTPERMISSIONREQUEST']._serialized_start=1124
+  _globals['_GRANTPERMISSIONREQUEST']._serialized_end=1213
+  _globals['_SIMPERMISSION']._serialized_start=1215
+  _globals['_SIMPERMISSION']._serialized_end=1340
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1342
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1409
+  _globals['_SENTMESSAGE']._serialized_start=1412
+  _globals['_SENTMESSAGE']._serialized_end=1704
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1706
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1774
+  _globals['_GETPLATFORMPERMISSIONREQUEST']._serialized_start=1776
+  _globals['_GETPLATFORMPERMISSIONREQUEST']._serialized_end=1852
+  _globals['_GETPHONECALLREQUEST']._serialized_start=1854
+  _globals['_GETPHONECALLREQUEST']._serialized_end=1901
+  _globals['_PLACEUSERCALLREQUEST']._serialized_start=1903
+  _globals['_PLACEUSERCALLREQUEST']._serialized_end=1971
+  _globals['_HANGUPREQUEST']._serialized_start=1973
+  _globals['_HANGUPREQUEST']._serialized_end=2014
+  _globals['_PHONECALL']._serialized_start=2017
+  _globals['_PHONECALL']._serialized_end=2385
+  _globals['_SIMULATORSERVICE']._serialized_start=2708
+  _globals['_SIMULATORSERVICE']._serialized_end=3589
 # @@protoc_insertion_point(module_scope)

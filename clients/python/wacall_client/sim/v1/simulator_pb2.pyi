@@ -45,7 +45,7 @@ MESSAGE_TYPE_INTERACTIVE: MessageType
 MESSAGE_TYPE_TEMPLATE: MessageType
 
 class SetUserBehaviorRequest(_message.Message):
-    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id", "on_call", "ring_duration", "talk_duration", "tone_hz")
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id", "on_call", "ring_duration", "talk_duration", "tone_hz", "say_file")
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class SetUserBehaviorRequest(_message.Message):
     RING_DURATION_FIELD_NUMBER: _ClassVar[int]
     TALK_DURATION_FIELD_NUMBER: _ClassVar[int]
     TONE_HZ_FIELD_NUMBER: _ClassVar[int]
+    SAY_FILE_FIELD_NUMBER: _ClassVar[int]
     user_number: str
     on_permission_request: PermissionRequestResponse
     reply_delay: _duration_pb2.Duration
@@ -64,7 +65,8 @@ class SetUserBehaviorRequest(_message.Message):
     ring_duration: _duration_pb2.Duration
     talk_duration: _duration_pb2.Duration
     tone_hz: float
-    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ..., on_call: _Optional[_Union[OnCall, str]] = ..., ring_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., talk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tone_hz: _Optional[float] = ...) -> None: ...
+    say_file: str
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ..., on_call: _Optional[_Union[OnCall, str]] = ..., ring_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., talk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tone_hz: _Optional[float] = ..., say_file: _Optional[str] = ...) -> None: ...
 
 class GetUserBehaviorRequest(_message.Message):
     __slots__ = ("user_number",)
@@ -73,7 +75,7 @@ class GetUserBehaviorRequest(_message.Message):
     def __init__(self, user_number: _Optional[str] = ...) -> None: ...
 
 class UserBehavior(_message.Message):
-    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id", "on_call", "ring_duration", "talk_duration", "tone_hz")
+    __slots__ = ("user_number", "on_permission_request", "reply_delay", "outdated_client", "wa_id", "on_call", "ring_duration", "talk_duration", "tone_hz", "say_file")
     USER_NUMBER_FIELD_NUMBER: _ClassVar[int]
     ON_PERMISSION_REQUEST_FIELD_NUMBER: _ClassVar[int]
     REPLY_DELAY_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +85,7 @@ class UserBehavior(_message.Message):
     RING_DURATION_FIELD_NUMBER: _ClassVar[int]
     TALK_DURATION_FIELD_NUMBER: _ClassVar[int]
     TONE_HZ_FIELD_NUMBER: _ClassVar[int]
+    SAY_FILE_FIELD_NUMBER: _ClassVar[int]
     user_number: str
     on_permission_request: PermissionRequestResponse
     reply_delay: _duration_pb2.Duration
@@ -92,7 +95,8 @@ class UserBehavior(_message.Message):
     ring_duration: _duration_pb2.Duration
     talk_duration: _duration_pb2.Duration
     tone_hz: float
-    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ..., on_call: _Optional[_Union[OnCall, str]] = ..., ring_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., talk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tone_hz: _Optional[float] = ...) -> None: ...
+    say_file: str
+    def __init__(self, user_number: _Optional[str] = ..., on_permission_request: _Optional[_Union[PermissionRequestResponse, str]] = ..., reply_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., outdated_client: _Optional[bool] = ..., wa_id: _Optional[str] = ..., on_call: _Optional[_Union[OnCall, str]] = ..., ring_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., talk_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., tone_hz: _Optional[float] = ..., say_file: _Optional[str] = ...) -> None: ...
 
 class SendUserMessageRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "text")
