@@ -6,10 +6,15 @@ import asyncio
 
 import grpc
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection
 from conftest import BUSINESS, DAY, OTHER_USER, USER, Running, duration, wait_until
 from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
+
+from wacall.graph import GraphClient, GraphError
+from wacall.numbers import parse_number
+from wacall.simulator.platform import GRAPH_VERSION
 
 STREAM = pb.Route(media_stream=pb.MediaStreamRoute())
 
@@ -360,3 +365,41 @@ async def test_list_calls_pages_newest_first(wacall: Running) -> None:
     page2 = await wacall.calling.ListCalls(pb.ListCallsRequest(page_size=2, page_token=page1.next_page_token))
     assert [c.call_id for c in [*page1.calls, *page2.calls]] == made[::-1]
     assert page2.next_page_token == ""
+
+
+async def test_the_whatsapp_leg_is_ice_controlling(wacall: Running) -> None:
+    # ICE-1: the platform is ICE-lite and always controlled; our leg must nominate.
+    await wacall.grant(permanent=True)
+    await wacall.phone()
+    call = await wacall.start_call(route=STREAM)
+    await wacall.wait_call(call.call_id, pb.CALL_STATE_CONNECTED)
+    calls = wacall.service.calls
+    assert calls is not None
+    leg = calls.sessions[call.call_id].leg
+    assert leg is not None and leg.ice_controlling
+    await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
+
+
+async def test_the_simulated_platform_refuses_offers_the_real_one_refuses(wacall: Running) -> None:
+    # SDP-1: aiortc's raw offer carries sha-384/512 fingerprints too; the platform answers error 100.
+    await wacall.grant(permanent=True)
+    platform = wacall.service.platform
+    assert platform is not None and wacall.addresses.graph is not None
+    account = platform.provision(parse_number(BUSINESS))
+    raw = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    graph = GraphClient(f"{wacall.addresses.graph}/{GRAPH_VERSION}", backoff=0)
+    try:
+        raw.addTransceiver("audio", direction="sendrecv")
+        await raw.setLocalDescription(await raw.createOffer())
+        with pytest.raises(GraphError) as refused_offer:
+            await graph.connect_call(account, USER[1:], raw.localDescription.sdp)
+        assert refused_offer.value.code == 100 and "Fingerprint algo is not SHA256" in refused_offer.value.details
+        no_fingerprint = "\r\n".join(
+            line for line in raw.localDescription.sdp.split("\r\n") if not line.startswith("a=fingerprint")
+        )
+        with pytest.raises(GraphError) as missing:
+            await graph.connect_call(account, USER[1:], no_fingerprint)
+        assert "No fingerprint found in SDP" in missing.value.details
+    finally:
+        await graph.close()
+        await raw.close()
