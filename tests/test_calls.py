@@ -403,3 +403,46 @@ async def test_the_simulated_platform_refuses_offers_the_real_one_refuses(wacall
     finally:
         await graph.close()
         await raw.close()
+
+
+async def test_a_paused_business_number_can_neither_call_nor_ask_until_the_pause_ends(wacall: Running) -> None:
+    # §2.5: a quality pause (account_update ACCOUNT_RESTRICTION) stops calls and permission requests.
+    await wacall.grant(OTHER_USER, permanent=True)
+    await wacall.phone(OTHER_USER)
+    reply = await wacall.sim.RestrictBusiness(
+        sim_pb.RestrictBusinessRequest(business_number=BUSINESS, duration=duration(7 * DAY))
+    )
+    until = reply.restricted_until.ToSeconds()
+    paused = await wacall.permission(BUSINESS, OTHER_USER)
+    for action in (call_action(paused), request_action(paused)):
+        assert action.reason == pb.REASON_BUSINESS_RESTRICTED
+    assert call_action(paused).next_allowed_at.ToSeconds() == until
+    assert not request_action(paused).HasField("next_allowed_at")  # permanent: nothing to ask for even then
+    error = await refused(wacall.start_call(OTHER_USER, route=STREAM))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+    details = error_details(error)
+    assert [v.type for v in details.precondition_violations] == ["BUSINESS_RESTRICTED"]
+    assert (
+        details.retry_after is not None
+        and details.retry_after.total_seconds() == until - (await wacall.now()).timestamp()
+    )
+    asked = await refused(wacall.request(BUSINESS, USER))
+    assert [v.type for v in error_details(asked).precondition_violations] == ["BUSINESS_RESTRICTED"]
+    events = (await wacall.calling.ListEvents(pb.ListEventsRequest(business_number=BUSINESS))).events
+    assert events[-1].kind == pb.EVENT_KIND_BUSINESS_RESTRICTION_CHANGED and events[-1].user_number == ""
+    # Lifting the pause (or reaching its end) restores both.
+    await wacall.sim.RestrictBusiness(sim_pb.RestrictBusinessRequest(business_number=BUSINESS))
+    assert call_action(await wacall.permission(BUSINESS, OTHER_USER)).allowed
+    assert (await answered_call(wacall, OTHER_USER)).outcome == pb.CALL_OUTCOME_ANSWERED
+
+
+async def test_a_pause_ends_by_itself_at_its_expiration(wacall: Running) -> None:
+    await wacall.grant(permanent=True)
+    reply = await wacall.sim.RestrictBusiness(
+        sim_pb.RestrictBusinessRequest(business_number=BUSINESS, duration=duration(DAY))
+    )
+    await wacall.advance(DAY - 1)
+    assert call_action(await wacall.permission()).reason == pb.REASON_BUSINESS_RESTRICTED
+    now = await wacall.advance(1)
+    assert now.timestamp() == reply.restricted_until.ToSeconds()
+    assert call_action(await wacall.permission()).allowed

@@ -12,6 +12,7 @@ import pytest
 from wacall.graph import SenderAccount
 from wacall.simulator import payloads
 from wacall.webhook_payloads import (
+    BusinessRestriction,
     Ignored,
     InboundMessage,
     MalformedWebhook,
@@ -384,3 +385,39 @@ def test_wrong_container_types_are_malformed(mutate: Any) -> None:
     mutate(body)
     with pytest.raises(MalformedWebhook):
         parse(encode(body))
+
+
+def account_update(value: dict[str, Any], time: object = 1767168000) -> bytes:
+    return json.dumps(
+        {"object": "whatsapp_business_account",
+         "entry": [{"id": "WABA", "time": time, "changes": [{"field": "account_update", "value": value}]}]}
+    ).encode()  # fmt: skip
+
+
+def test_account_restriction_of_business_initiated_calling_is_a_pause_until_its_expiration() -> None:
+    (item,) = parse(account_update({
+        "phone_number": "447911123456", "event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [
+            {"restriction_type": "RESTRICTED_USER_INITIATED_CALLING", "expiration": 1767200000},
+            {"restriction_type": "RESTRICTED_BUSINESS_INITIATED_CALLING", "expiration": "1767772800"},
+        ],
+    }))  # fmt: skip
+    assert isinstance(item, BusinessRestriction)
+    assert item.restricted and item.display_number == "447911123456"
+    assert item.until == datetime.fromtimestamp(1767772800, UTC)
+    assert item.timestamp == datetime.fromtimestamp(1767168000, UTC)
+
+
+def test_account_restriction_without_a_business_initiated_entry_lifts_the_pause() -> None:
+    (item,) = parse(account_update({
+        "phone_number": "447911123456", "event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": "RESTRICTED_USER_INITIATED_CALLING_CALL_BUTTON_HIDDEN"}],
+    }))  # fmt: skip
+    assert isinstance(item, BusinessRestriction) and not item.restricted and item.until is None
+
+
+def test_other_account_updates_are_ignored_and_a_restriction_needs_a_number() -> None:
+    (item,) = parse(account_update({"event": "ACCOUNT_VIOLATION", "phone_number": "447911123456"}))
+    assert isinstance(item, Ignored)
+    with pytest.raises(MalformedWebhook):
+        parse(account_update({"event": "ACCOUNT_RESTRICTION", "restriction_info": []}))

@@ -63,6 +63,7 @@ EVENT_KIND = {
         "call_unanswered",
         "user_prompted",
         "call_updated",
+        "business_restriction_changed",
     )
 }
 MAX_PAGE = 1000
@@ -285,10 +286,17 @@ async def abort_refusal(context: Context, refusal: RuleRefusal, now: datetime) -
             )
         )
         await abort(context, info.status, message, *details)
+    # A time-bound precondition (a paused business number) still says when to retry.
+    retry = (
+        [error_details_pb2.RetryInfo(retry_delay=duration(decision.next_allowed_at - now))]
+        if decision.next_allowed_at is not None
+        else []
+    )
     await abort(
         context,
         info.status,
         message,
+        *retry,
         error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(

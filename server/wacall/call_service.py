@@ -356,6 +356,7 @@ class CallService:
                 business_region=business.region,
                 template_available=True,
                 call_in_progress=active is not None,
+                restriction=tx.restriction(pair.business),
             )
             if not evaluation.call.allowed:
                 raise RuleRefusal(evaluation.call, evaluation, pair)

@@ -66,6 +66,7 @@ class Reason(enum.Enum):
     CALL_LIMIT_REACHED = "call_limit_reached"
     PERMISSION_REJECTED = "permission_rejected"
     CALL_IN_PROGRESS = "call_in_progress"
+    BUSINESS_RESTRICTED = "business_restricted"
 
 
 class Source(enum.Enum):
@@ -402,6 +403,16 @@ def service_window_expires_at(ledger: Ledger, now: datetime, policy: Policy) -> 
     return closes if now < closes else None
 
 
+@dataclass(frozen=True, slots=True)
+class Restriction:
+    """The platform paused business-initiated calling for the business number (§2.5): no calls, no requests."""
+
+    until: datetime | None  # None: until further notice
+
+    def active(self, now: datetime) -> bool:
+        return self.until is None or now < self.until
+
+
 def evaluate(
     ledger: Ledger,
     now: datetime,
@@ -410,8 +421,48 @@ def evaluate(
     business_region: str,
     template_available: bool,
     call_in_progress: bool = False,
+    restriction: Restriction | None = None,
 ) -> Evaluation:
     """Everything the API reports about a pair at `now`."""
+    evaluation = _evaluate_unrestricted(
+        ledger, now, policy, business_region=business_region, template_available=template_available,
+        call_in_progress=call_in_progress,
+    )  # fmt: skip
+    if restriction is None or not restriction.active(now) or business_region in policy.denied_business_regions:
+        return evaluation
+    # Restricted: each action waits for the pause to end, and then for whatever else would still block it then.
+    later = None
+    if restriction.until is not None:
+        later = _evaluate_unrestricted(
+            ledger, restriction.until, policy, business_region=business_region,
+            template_available=template_available, call_in_progress=call_in_progress,
+        )  # fmt: skip
+
+    def paused(now_decision: ActionDecision, later_decision: ActionDecision | None) -> ActionDecision:
+        if later_decision is None:
+            next_at = None
+        else:
+            next_at = restriction.until if later_decision.allowed else later_decision.next_allowed_at
+        return dataclasses.replace(
+            now_decision, allowed=False, reason=Reason.BUSINESS_RESTRICTED, next_allowed_at=next_at
+        )
+
+    return dataclasses.replace(
+        evaluation,
+        request=paused(evaluation.request, later.request if later else None),
+        call=paused(evaluation.call, later.call if later else None),
+    )
+
+
+def _evaluate_unrestricted(
+    ledger: Ledger,
+    now: datetime,
+    policy: Policy,
+    *,
+    business_region: str,
+    template_available: bool,
+    call_in_progress: bool,
+) -> Evaluation:
     state = effective_state(ledger, now)
     country_ok = business_region not in policy.denied_business_regions
     window_closes = service_window_expires_at(ledger, now, policy)

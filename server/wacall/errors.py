@@ -96,7 +96,9 @@ PLATFORM_ERRORS: Mapping[int, PlatformErrorInfo] = {
     138022: PlatformErrorInfo("media transmit timeout", None, grpc.StatusCode.UNAVAILABLE),
     138023: PlatformErrorInfo("accepted but no media", None, grpc.StatusCode.UNAVAILABLE),
     138014: PlatformErrorInfo(
-        "calling temporarily disabled for low quality", None, grpc.StatusCode.FAILED_PRECONDITION
+        "business-initiated calling is paused for this number (low quality)",
+        Reason.BUSINESS_RESTRICTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
     ),
     613: PlatformErrorInfo("permission lookup rate limit", None, grpc.StatusCode.UNAVAILABLE),
     190: PlatformErrorInfo("access token invalid or expired", None, grpc.StatusCode.FAILED_PRECONDITION),
@@ -166,6 +168,12 @@ REASONS: Mapping[Reason, ReasonInfo] = {
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         "CONNECTED_CALL_LIMIT",
         "the connected-call limit for this user is used up; retry after next_allowed_at",
+    ),
+    Reason.BUSINESS_RESTRICTED: ReasonInfo(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "BUSINESS_RESTRICTED",
+        "the platform paused business-initiated calling and permission requests for this business number; "
+        "wait for next_allowed_at, or improve call quality if the pause has no end",
     ),
     Reason.CALL_IN_PROGRESS: ReasonInfo(
         grpc.StatusCode.ALREADY_EXISTS, "CALL_IN_PROGRESS", "a call with this user is already in progress"

@@ -30,9 +30,17 @@ from wacall.errors import platform_error
 from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount, SentMessage, TemplateRef
 from wacall.numbers import PhoneNumber, parse_number
 from wacall.policy import Policy
-from wacall.senders import SenderDirectory
+from wacall.senders import SenderDirectory, UnknownSender
 from wacall.store import EventRecord, IdempotentResult, Pair, Store, Tx
-from wacall.webhook_payloads import CallEventItem, Ignored, InboundMessage, MessageStatus, PermissionReply, WebhookItem
+from wacall.webhook_payloads import (
+    BusinessRestriction,
+    CallEventItem,
+    Ignored,
+    InboundMessage,
+    MessageStatus,
+    PermissionReply,
+    WebhookItem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +182,7 @@ class PermissionService:
         now: datetime,
         template: TemplateRef | None = None,
         call_in_progress: bool = False,
+        restriction: engine.Restriction | None = None,
     ) -> Evaluation:
         return engine.evaluate(
             ledger,
@@ -182,6 +191,7 @@ class PermissionService:
             business_region=business.region,
             template_available=self._template_available(business, template),
             call_in_progress=call_in_progress,
+            restriction=restriction,
         )
 
     def record(
@@ -209,19 +219,28 @@ class PermissionService:
         tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
         return ledger
 
-    def _view(self, pair: Pair, business: PhoneNumber, ledger: Ledger, now: datetime) -> PermissionView:
-        return PermissionView(pair, self._evaluate(ledger, business, now), ledger.state_changed_at, self.policy)
+    def _view(
+        self, pair: Pair, business: PhoneNumber, ledger: Ledger, now: datetime, tx: Tx | None = None
+    ) -> PermissionView:
+        restriction = tx.restriction(pair.business) if tx is not None else None
+        evaluation = self._evaluate(ledger, business, now, restriction=restriction)
+        return PermissionView(pair, evaluation, ledger.state_changed_at, self.policy)
 
     # --- reads --------------------------------------------------------------------------------------------------
 
     async def get(self, business_number: str, user_number: str) -> PermissionView:
         business, user = self.parse_pair(business_number, user_number)
         pair = Pair(business.e164, user.e164)
-        ledger, active = await self.store.transaction(lambda tx: (tx.ledger(pair), tx.active_call(pair) is not None))
-        now = self.clock.now()
-        return PermissionView(
-            pair, self._evaluate(ledger, business, now, call_in_progress=active), ledger.state_changed_at, self.policy
-        )
+
+        def read(tx: Tx) -> PermissionView:
+            ledger = tx.ledger(pair)
+            evaluation = self._evaluate(
+                ledger, business, self.clock.now(), call_in_progress=tx.active_call(pair) is not None,
+                restriction=tx.restriction(pair.business),
+            )  # fmt: skip
+            return PermissionView(pair, evaluation, ledger.state_changed_at, self.policy)
+
+        return await self.store.transaction(read)
 
     async def reconcile(self, business_number: str, user_number: str) -> PermissionView:
         """Align the ledger's permission with the platform's own view (GET call_permissions).
@@ -256,9 +275,9 @@ class PermissionService:
                 return ledger
             return self.record(tx, pair, ledger, event, now, attributes)
 
-        ledger = await self.store.transaction(align)
+        await self.store.transaction(align)
         self.changes.notify()
-        view = self._view(pair, business, ledger, self.clock.now())
+        view = await self.get(business_number, user_number)
         for action, ours in (("send_call_permission_request", view.evaluation.request),
                              ("start_call", view.evaluation.call)):  # fmt: skip
             allowed, _ = platform.actions.get(action, (ours.allowed, ()))
@@ -319,7 +338,7 @@ class PermissionService:
                         return RequestResult(
                             earlier.outcome["message_id"],
                             Channel(earlier.outcome["channel"]),
-                            self._view(pair, business, tx.ledger(pair), now),
+                            self._view(pair, business, tx.ledger(pair), now, tx),
                             replayed=True,
                         )
                     if earlier.outcome.get("status") == "pending":
@@ -327,7 +346,7 @@ class PermissionService:
                             "a request with this idempotency_key is still in flight or its outcome is unknown"
                         )
             ledger = tx.ledger(pair)
-            evaluation = self._evaluate(ledger, business, now, template)
+            evaluation = self._evaluate(ledger, business, now, template, restriction=tx.restriction(pair.business))
             decision = evaluation.request
             if not decision.allowed:
                 raise RuleRefusal(decision, evaluation, pair)
@@ -398,7 +417,7 @@ class PermissionService:
                     ),
                     now,
                 )
-            return self._view(pair, business, ledger, now)
+            return self._view(pair, business, ledger, now, tx)
 
         view = await self.store.transaction(settle)
         self.changes.notify()
@@ -454,13 +473,25 @@ class PermissionService:
                 tx.save_idempotent_result(
                     IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": status}), now
                 )
-            return self._view(pair, business, ledger, now)
+            return self._view(pair, business, ledger, now, tx)
 
         view = await self.store.transaction(settle)
         self.changes.notify()
         return view
 
     # --- webhooks -----------------------------------------------------------------------------------------------
+
+    def _business_for(self, item: WebhookItem) -> str | None:
+        if isinstance(item, Ignored):
+            return None
+        if isinstance(item, BusinessRestriction) and not item.phone_number_id:
+            try:
+                number = parse_number(item.display_number, "phone_number")
+                return self.senders.account_for(number).business_number
+            except (ValueError, UnknownSender):
+                log.warning("account_update for unknown number %s ignored", item.display_number)
+                return None
+        return self._business_of(item.phone_number_id)
 
     def _business_of(self, phone_number_id: str) -> str | None:
         account = self.senders.by_phone_number_id(phone_number_id)
@@ -523,9 +554,7 @@ class PermissionService:
     async def ingest(self, body: bytes, items: list[WebhookItem]) -> IngestResult:
         """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200."""
         # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
-        resolved = [
-            (item, self._business_of(item.phone_number_id) if not isinstance(item, Ignored) else None) for item in items
-        ]
+        resolved = [(item, self._business_for(item)) for item in items]
 
         after_commit: list[AfterCommit] = []
 
@@ -537,6 +566,22 @@ class PermissionService:
             for item, business in resolved:
                 if business is None or isinstance(item, Ignored):
                     ignored += 1
+                    continue
+                if isinstance(item, BusinessRestriction):
+                    restriction = engine.Restriction(item.until) if item.restricted else None
+                    tx.save_restriction(business, restriction, now)
+                    tx.append(
+                        EventRecord(
+                            Pair(business, ""),
+                            "business_restriction_changed",
+                            Source.PLATFORM_AUTOMATIC.value,
+                            item.timestamp or now,
+                            now,
+                            PermissionState.NONE,
+                            {"restricted": str(item.restricted).lower(), "until": _iso(item.until)},
+                        )
+                    )
+                    applied += 1
                     continue
                 if isinstance(item, CallEventItem):
                     if self.call_item_handler is None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
-from wacall.engine import Ledger, PermissionState
+from wacall.engine import Ledger, PermissionState, Restriction
 
 T = TypeVar("T")
 
@@ -103,6 +103,12 @@ class Tx(Protocol):
         ...
 
     def save_call(self, call: StoredCall) -> None: ...
+
+    def restriction(self, business: str) -> Restriction | None:
+        """The business number's calling pause, if one is recorded (it may have ended already)."""
+        ...
+
+    def save_restriction(self, business: str, restriction: Restriction | None, now: datetime) -> None: ...
 
     def call(self, call_id: str) -> StoredCall | None: ...
 
@@ -257,6 +263,11 @@ CREATE TABLE IF NOT EXISTS parked_call_events (
     parked_at INTEGER NOT NULL,
     event TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS restrictions (
+    business TEXT PRIMARY KEY,
+    until INTEGER,
+    updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS webhooks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at INTEGER NOT NULL,
@@ -343,6 +354,20 @@ class _SqliteTx:
 
     def keep_webhook(self, body: bytes, now: datetime) -> None:
         self._db.execute("INSERT INTO webhooks (received_at, body) VALUES (?, ?)", (to_micros(now), body))
+
+    def restriction(self, business: str) -> Restriction | None:
+        row = self._db.execute("SELECT until FROM restrictions WHERE business = ?", (business,)).fetchone()
+        return Restriction(optional_datetime(row[0])) if row else None
+
+    def save_restriction(self, business: str, restriction: Restriction | None, now: datetime) -> None:
+        if restriction is None:
+            self._db.execute("DELETE FROM restrictions WHERE business = ?", (business,))
+            return
+        self._db.execute(
+            "INSERT INTO restrictions (business, until, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (business) DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at",
+            (business, optional_micros(restriction.until), to_micros(now)),
+        )
 
     def save_call(self, call: StoredCall) -> None:
         self._db.execute(

@@ -74,12 +74,31 @@ class CallEventItem:
 
 
 @dataclass(frozen=True, slots=True)
+class BusinessRestriction:
+    """An `account_update` ACCOUNT_RESTRICTION: business-initiated calling paused (or no longer) for a number.
+
+    UNCERTAIN: Meta's samples name the number as `phone_number` (display form); `metadata.phone_number_id` is
+    accepted too. A restriction event without a business-initiated-calling entry lifts the pause.
+    """
+
+    phone_number_id: str
+    display_number: str
+    timestamp: datetime | None  # entry time, when given
+    restricted: bool
+    until: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
 class Ignored:
     field: str
     why: str
 
 
-WebhookItem = PermissionReply | InboundMessage | MessageStatus | CallEventItem | Ignored
+WebhookItem = PermissionReply | InboundMessage | MessageStatus | CallEventItem | BusinessRestriction | Ignored
+
+BIC_RESTRICTIONS = frozenset(
+    {"RESTRICTED_BUSINESS_INITIATED_CALLING", "RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING"}
+)
 
 
 def parse_timestamp(value: Any, what: str) -> datetime:
@@ -229,6 +248,31 @@ def _status(phone_number_id: str, status: Mapping[str, Any]) -> WebhookItem:
     )
 
 
+def _account_update(value: Mapping[str, Any], entry: Any) -> WebhookItem:
+    if str(value.get("event", "")).upper() != "ACCOUNT_RESTRICTION":
+        return Ignored("account_update", f"event {value.get('event')!r} not handled")
+    metadata = value.get("metadata") if isinstance(value.get("metadata"), Mapping) else {}
+    phone_number_id = str(metadata.get("phone_number_id", "")) if isinstance(metadata, Mapping) else ""
+    display = str(value.get("phone_number", "") or "")
+    if not phone_number_id and not display:
+        raise MalformedWebhook("account_update names no phone number (phone_number or metadata.phone_number_id)")
+    restrictions = [
+        r for r in _list(value.get("restriction_info"), "restriction_info")
+        if isinstance(r, Mapping) and str(r.get("restriction_type", "")).upper() in BIC_RESTRICTIONS
+    ]  # fmt: skip
+    expirations = [r.get("expiration") for r in restrictions]
+    timestamp = entry.get("time") if isinstance(entry, Mapping) else None
+    return BusinessRestriction(
+        phone_number_id=phone_number_id,
+        display_number=display,
+        timestamp=parse_timestamp(timestamp, "entry[].time") if timestamp not in (None, "") else None,
+        restricted=bool(restrictions),
+        until=None
+        if not expirations or any(e in (None, "") for e in expirations)
+        else max(parse_timestamp(e, "restriction_info[].expiration") for e in expirations),
+    )
+
+
 def parse(body: bytes) -> list[WebhookItem]:
     """Every item in every entry and change of one delivery."""
     data = decode(body)
@@ -241,6 +285,9 @@ def _items(data: Mapping[str, Any]) -> Iterator[WebhookItem]:
             change = _dict(change, "changes[]")
             field = str(change.get("field", ""))
             value = _dict(change.get("value"), "changes[].value")
+            if field == "account_update":
+                yield _account_update(_dict(change.get("value"), "changes[].value"), entry)
+                continue
             if field not in ("messages", "calls"):
                 yield Ignored(field, "not handled yet")
                 continue

@@ -165,3 +165,22 @@ def call_status(account: SenderAccount, user_digits: str, call: Any, status: str
     if call.opaque:
         item["biz_opaque_callback_data"] = call.opaque
     return envelope(account, "calls", {"statuses": [item]})
+
+
+def account_restriction(account: SenderAccount, at: datetime, until: datetime | None) -> dict[str, Any]:
+    """An account_update ACCOUNT_RESTRICTION for the number; no business-initiated entry means lifted."""
+    info = [] if until is None else [
+        {"restriction_type": "RESTRICTED_BUSINESS_INITIATED_CALLING", "expiration": int(until.timestamp())}
+    ]  # fmt: skip
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [{
+            "id": account.waba_id,
+            "time": int(at.timestamp()),
+            "changes": [{
+                "field": "account_update",
+                "value": {"phone_number": account.business_number[1:], "event": "ACCOUNT_RESTRICTION",
+                          "restriction_info": info},
+            }],
+        }],
+    }  # fmt: skip

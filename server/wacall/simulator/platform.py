@@ -86,6 +86,7 @@ class PlatformState:
     ledgers: dict[tuple[str, str], Ledger] = field(default_factory=dict)
     messages: list[SimMessage] = field(default_factory=list)
     templates: dict[str, set[tuple[str, str]]] = field(default_factory=dict)  # waba → {(name, language)}
+    restrictions: dict[str, datetime] = field(default_factory=dict)  # business → paused until
 
 
 class SimulatorError(ValueError):
@@ -199,6 +200,23 @@ class SimulatedPlatform:
             if user.wa_id and user.wa_id == wa_id:
                 return parse_number(user.number)
         return parse_number(wa_id, "user_wa_id")
+
+    def restriction(self, business: str) -> engine.Restriction | None:
+        until = self.state.restrictions.get(business)
+        return engine.Restriction(until) if until is not None else None
+
+    async def restrict_business(self, business: PhoneNumber, duration: timedelta) -> datetime | None:
+        """Pause business-initiated calling for the number (0: lift), and tell the service (account_update)."""
+        account = self.provision(business)
+        now = self.clock.now()
+        until = now + duration if duration > timedelta(0) else None
+        if until is None:
+            self.state.restrictions.pop(business.e164, None)
+        else:
+            self.state.restrictions[business.e164] = until
+        self._save()
+        await self._deliver(payloads.account_restriction(account, now, until))
+        return until
 
     def ledger(self, business: str, user: str) -> Ledger:
         return self.state.ledgers.get((business, user), Ledger())
@@ -316,8 +334,15 @@ class SimulatedPlatform:
         else:
             raise GraphFailure(400, 100, f"(#100) Param type must be one of interactive, template; got {kind!r}")
         decision = engine.evaluate(
-            ledger, now, self.policy, business_region=business.region, template_available=True
+            ledger,
+            now,
+            self.policy,
+            business_region=business.region,
+            template_available=True,
+            restriction=self.restriction(account.business_number),
         ).request
+        if decision.reason is engine.Reason.BUSINESS_RESTRICTED:
+            raise GraphFailure(400, 138014, "Business-initiated calling is temporarily disabled for this number")
         if decision.reason is engine.Reason.COUNTRY_UNSUPPORTED:
             raise GraphFailure(400, 138013, "Business-initiated calling is not available for this business number")
         if decision.reason is engine.Reason.ALREADY_PERMANENT:
@@ -519,8 +544,11 @@ class SimulatedPlatform:
             business_region=business.region,
             template_available=True,
             call_in_progress=active is not None,
+            restriction=self.restriction(account.business_number),
         )
         reason = evaluation.call.reason
+        if reason is engine.Reason.BUSINESS_RESTRICTED:
+            raise GraphFailure(400, 138014, "Business-initiated calling is temporarily disabled for this number")
         if reason is engine.Reason.COUNTRY_UNSUPPORTED:
             raise GraphFailure(400, 138013, "Business-initiated calling is not available for this business number")
         if reason is engine.Reason.CALL_IN_PROGRESS:
@@ -822,6 +850,7 @@ class SimulatedPlatform:
                 for m in self.state.messages[-5000:]
             ],
             "templates": {waba: sorted(pairs) for waba, pairs in self.state.templates.items()},
+            "restrictions": {b: to_micros(until) for b, until in self.state.restrictions.items()},
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -862,6 +891,7 @@ class SimulatedPlatform:
                 )
             )
         self.state.templates = {waba: {tuple(p) for p in pairs} for waba, pairs in data["templates"].items()}
+        self.state.restrictions = {b: from_micros(t) for b, t in data.get("restrictions", {}).items()}
 
 
 def _wamid() -> str:

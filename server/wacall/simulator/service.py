@@ -202,6 +202,16 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         await self.platform.user_hangs_up(call)
         return phone_call_message(call)
 
+    async def RestrictBusiness(
+        self, request: pb.RestrictBusinessRequest, context: Context
+    ) -> pb.RestrictBusinessResponse:
+        business = await self._number(context, request.business_number, "business_number")
+        duration = request.duration.ToTimedelta()
+        if duration < timedelta(0) or duration > MAX_DELAY:
+            await abort_bad_request(context, "duration", "between 0 (lift the pause) and 30 days")
+        until = await self.platform.restrict_business(business, duration)
+        return pb.RestrictBusinessResponse(restricted_until=timestamp(until))
+
 
 def phone_call_message(call: PhoneCall) -> pb.PhoneCall:
     call.refresh_stats()

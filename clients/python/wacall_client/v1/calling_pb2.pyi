@@ -48,6 +48,7 @@ class Reason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_CALL_LIMIT_REACHED: _ClassVar[Reason]
     REASON_PERMISSION_REJECTED: _ClassVar[Reason]
     REASON_CALL_IN_PROGRESS: _ClassVar[Reason]
+    REASON_BUSINESS_RESTRICTED: _ClassVar[Reason]
 
 class EventSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -70,6 +71,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_CALL_UNANSWERED: _ClassVar[EventKind]
     EVENT_KIND_USER_PROMPTED: _ClassVar[EventKind]
     EVENT_KIND_CALL_UPDATED: _ClassVar[EventKind]
+    EVENT_KIND_BUSINESS_RESTRICTION_CHANGED: _ClassVar[EventKind]
 
 class CallState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -119,6 +121,7 @@ REASON_PERMISSION_REVOKED: Reason
 REASON_CALL_LIMIT_REACHED: Reason
 REASON_PERMISSION_REJECTED: Reason
 REASON_CALL_IN_PROGRESS: Reason
+REASON_BUSINESS_RESTRICTED: Reason
 EVENT_SOURCE_UNSPECIFIED: EventSource
 EVENT_SOURCE_BUSINESS: EventSource
 EVENT_SOURCE_USER_ACTION: EventSource
@@ -135,6 +138,7 @@ EVENT_KIND_CALL_CONNECTED: EventKind
 EVENT_KIND_CALL_UNANSWERED: EventKind
 EVENT_KIND_USER_PROMPTED: EventKind
 EVENT_KIND_CALL_UPDATED: EventKind
+EVENT_KIND_BUSINESS_RESTRICTION_CHANGED: EventKind
 CALL_STATE_UNSPECIFIED: CallState
 CALL_STATE_DIALING: CallState
 CALL_STATE_RINGING: CallState

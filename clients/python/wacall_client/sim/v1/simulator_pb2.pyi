@@ -237,3 +237,17 @@ class PhoneCall(_message.Message):
     answered_at: _timestamp_pb2.Timestamp
     ended_at: _timestamp_pb2.Timestamp
     def __init__(self, platform_call_id: _Optional[str] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., direction: _Optional[str] = ..., state: _Optional[str] = ..., frames_received: _Optional[int] = ..., audible_frames_received: _Optional[int] = ..., mean_level_received: _Optional[float] = ..., frames_sent: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class RestrictBusinessRequest(_message.Message):
+    __slots__ = ("business_number", "duration")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    duration: _duration_pb2.Duration
+    def __init__(self, business_number: _Optional[str] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class RestrictBusinessResponse(_message.Message):
+    __slots__ = ("restricted_until",)
+    RESTRICTED_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    restricted_until: _timestamp_pb2.Timestamp
+    def __init__(self, restricted_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -79,6 +79,11 @@ class SimulatorServiceStub:
                 request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.HangUpRequest.SerializeToString,
                 response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
                 _registered_method=True)
+        self.RestrictBusiness = channel.unary_unary(
+                '/wacall.sim.v1.SimulatorService/RestrictBusiness',
+                request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.RestrictBusinessRequest.SerializeToString,
+                response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.RestrictBusinessResponse.FromString,
+                _registered_method=True)
         self.GetPlatformPermission = channel.unary_unary(
                 '/wacall.sim.v1.SimulatorService/GetPlatformPermission',
                 request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformPermissionRequest.SerializeToString,
@@ -151,6 +156,14 @@ class SimulatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RestrictBusiness(self, request, context):
+        """The platform pauses business-initiated calling for a business number (quality enforcement), for a duration
+        (0: lift the pause). Delivered as an account_update webhook.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetPlatformPermission(self, request, context):
         """The platform's own view of a pair's permission (what GET call_permissions would say).
         """
@@ -205,6 +218,11 @@ def add_SimulatorServiceServicer_to_server(servicer, server):
                     servicer.HangUp,
                     request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.HangUpRequest.FromString,
                     response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.SerializeToString,
+            ),
+            'RestrictBusiness': grpc.unary_unary_rpc_method_handler(
+                    servicer.RestrictBusiness,
+                    request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.RestrictBusinessRequest.FromString,
+                    response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.RestrictBusinessResponse.SerializeToString,
             ),
             'GetPlatformPermission': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPlatformPermission,
@@ -455,6 +473,33 @@ class SimulatorService:
             '/wacall.sim.v1.SimulatorService/HangUp',
             wacall_dot_sim_dot_v1_dot_simulator__pb2.HangUpRequest.SerializeToString,
             wacall_dot_sim_dot_v1_dot_simulator__pb2.PhoneCall.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestrictBusiness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.sim.v1.SimulatorService/RestrictBusiness',
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.RestrictBusinessRequest.SerializeToString,
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.RestrictBusinessResponse.FromString,
             options,
             channel_credentials,
             insecure,
