@@ -882,3 +882,40 @@ def test_load_policy_refuses_unusable_names_and_overrides(
 
 def test_policy_error_is_a_value_error() -> None:
     assert issubclass(PolicyError, ValueError)
+
+
+# --- a paused business number (§2.5) -------------------------------------------------------------------------------
+
+
+def paused_evaluation(ledger: engine.Ledger, now: datetime, until: datetime | None) -> engine.Evaluation:
+    return engine.evaluate(
+        ledger, now, SEED, business_region="GB", template_available=True, restriction=engine.Restriction(until)
+    )
+
+
+def test_a_pause_refuses_both_actions_until_it_ends() -> None:
+    granted = engine.apply(engine.Ledger(), engine.PermissionGranted(T0, True, None, Source.USER_ACTION), SEED).ledger
+    result = paused_evaluation(granted, T0, T0 + 7 * DAY)
+    assert result.call.reason is Reason.BUSINESS_RESTRICTED and result.call.next_allowed_at == T0 + 7 * DAY
+    assert result.request.reason is Reason.BUSINESS_RESTRICTED and result.request.next_allowed_at is None
+    assert paused_evaluation(granted, T0 + 7 * DAY, T0 + 7 * DAY).call.allowed
+
+
+def test_a_pause_with_no_end_gives_no_next_allowed_at() -> None:
+    result = paused_evaluation(engine.Ledger(), T0, None)
+    assert not result.request.allowed and result.request.reason is Reason.BUSINESS_RESTRICTED
+    assert result.request.next_allowed_at is None
+
+
+def test_after_a_pause_the_action_still_waits_for_its_own_limits() -> None:
+    sent = engine.apply(engine.Ledger(), engine.RequestSent(T0), SEED).ledger
+    sent = engine.apply(sent, engine.RequestSent(T0 + 1 * DAY), SEED).ledger
+    # Paused for 2 days; the 7-day window frees only at T0 + 7 days.
+    result = paused_evaluation(sent, T0 + 1 * DAY, T0 + 3 * DAY)
+    assert result.request.reason is Reason.BUSINESS_RESTRICTED and result.request.next_allowed_at == T0 + 7 * DAY
+
+
+def test_a_temporary_grant_that_expires_during_the_pause_gives_no_next_allowed_at() -> None:
+    granted = engine.apply(engine.Ledger(), engine.PermissionGranted(T0, False, None, Source.USER_ACTION), SEED).ledger
+    result = paused_evaluation(granted, T0, T0 + 8 * DAY)
+    assert result.call.reason is Reason.BUSINESS_RESTRICTED and result.call.next_allowed_at is None
