@@ -9,6 +9,7 @@ import wave
 from pathlib import Path
 
 import av
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import USER, Running, duration, eventually, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
@@ -17,6 +18,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import only_sha256_fingerprint
 from wacall.media.tracks import ToneSource, level
+from wacall.simulator import payloads
 
 
 def tone_frame(rate: int, frequency: float, index: int) -> bytes:
@@ -191,3 +193,27 @@ async def test_announcement_plays_a_wav_file_and_records_the_user_saying_an_ogg_
         pcm = recorded.readframes(recorded.getnframes())
     frames = [pcm[i : i + 1920] for i in range(0, len(pcm) - 1919, 1920)]
     assert len(frames) >= 50 and sum(level(f) > 0.05 for f in frames) >= 40  # the user's voice, recorded
+
+
+async def test_announcement_starts_on_the_users_voice_when_accepted_never_comes(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # HOOK-3: ACCEPTED may arrive late or not at all; the user's first audible frame means they picked up.
+    real_status = payloads.call_status
+
+    def without_accepted(account, user_digits, call, status, at):  # type: ignore[no-untyped-def]
+        body = real_status(account, user_digits, call, status, at)
+        if status == "ACCEPTED":
+            body["entry"][0]["changes"][0]["value"]["statuses"] = []
+        return body
+
+    monkeypatch.setattr(payloads, "call_status", without_accepted)
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    route = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(1)))
+    call = await wacall.start_call(route=route)
+    ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    assert ended.end_reason == "announcement finished"
+    assert ended.outcome == pb.CALL_OUTCOME_ANSWERED  # from the terminate's start_time
+    phone = await phone_of(wacall, call)
+    assert phone.audible_frames_received >= 30

@@ -186,6 +186,7 @@ class CallSession:
     closed: bool = False
     last_frames: int = 0
     last_progress: float = field(default_factory=time.monotonic)
+    pickup_watch: asyncio.Task[Any] | None = None
 
     def counters(self) -> MediaCounters:
         if self.leg is None:
@@ -381,6 +382,7 @@ class CallService:
                 session.leg = AudioLeg(name=f"whatsapp {call_id}")
                 await adapter.attach(_Leg(self, session))
                 offer = await session.leg.create_offer()
+                session.pickup_watch = self.spawn(self._connect_on_first_voice(session))
             else:
                 problems = platform_problems(offer)
                 if problems:
@@ -515,6 +517,15 @@ class CallService:
         elif item.kind == "terminate":
             await self._close_session(call_id)
 
+    async def _connect_on_first_voice(self, session: CallSession) -> None:
+        """HOOK-3: ACCEPTED often arrives after the media. The user's first audible frame means they picked up."""
+        assert session.leg is not None
+        await session.leg.remote_track
+        consumer = session.leg.consumer
+        if consumer is not None:
+            await consumer.first_frame
+            await self._connected(session)
+
     async def _connected(self, session: CallSession) -> None:
         if not session.connected and not session.closed:
             session.connected = True
@@ -580,6 +591,8 @@ class CallService:
         if session is None or session.closed:
             return
         session.closed = True
+        if session.pickup_watch is not None:
+            session.pickup_watch.cancel()
         counters = session.counters()
         try:
             await session.adapter.close()
@@ -679,7 +692,8 @@ class CallService:
                 if session.leg is None or session.closed:
                     continue
                 frames = session.leg.consumer.frames if session.leg.consumer else 0
-                if frames != session.last_frames:
+                if frames != session.last_frames or not session.connected:
+                    # A ringing phone may send nothing; the clock starts once the user picked up.
                     session.last_frames, session.last_progress = frames, now
                 elif now - session.last_progress > self.media_timeout.total_seconds():
                     session.last_progress = now
