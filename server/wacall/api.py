@@ -1,366 +1,46 @@
-"""gRPC servicer for wacall.v1.CallingService: validate, call the permission service, map the result.
+"""gRPC servicer for wacall.v1.CallingService: validate, call the services, map the result.
 
-Errors carry google.rpc rich details: RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure for used-up limits,
-FAILED_PRECONDITION with PreconditionFailure for permission and configuration problems, INVALID_ARGUMENT with
-BadRequest for bad fields. Every message says what to do.
+Errors carry google.rpc rich details (api_errors.py): RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure for
+used-up limits, FAILED_PRECONDITION with PreconditionFailure for permission and configuration problems,
+INVALID_ARGUMENT with BadRequest for bad fields. Every message says what to do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import os
-from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import NoReturn
 
 import grpc
-from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import error_details_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall import engine
+from wacall.api_errors import Context, abort, abort_bad_request, abort_platform, abort_refusal
+from wacall.api_messages import CHANNEL, call_message, event_message, policy_message, view_message
 from wacall.call_service import CallNotFound, CallService, CallView
-from wacall.calls import CallOutcome, CallState, Direction
-from wacall.engine import ActionDecision, Evaluation
-from wacall.errors import REASONS, platform_error
-from wacall.graph import GraphError, TemplateRef
+from wacall.calls import CallState
+from wacall.graph import TemplateRef
 from wacall.media.tracks import Framer, PcmResampler
 from wacall.numbers import InvalidNumber, parse_number
 from wacall.permissions import (
     IdempotencyConflict,
     InvalidField,
     PermissionService,
-    PermissionView,
     PlatformRefusal,
     RuleRefusal,
 )
-from wacall.policy import Policy, WindowLimit
 from wacall.senders import UnknownSender
-from wacall.store import EventRecord, Pair, optional_datetime, to_micros
+from wacall.store import to_micros
 from wacall_adapters.announcement import AnnouncementAdapter
 from wacall_adapters.base import MediaAdapter
 from wacall_adapters.media_stream import MediaStreamAdapter
 from wacall_adapters.webrtc import WebRtcBridgeAdapter, WebRtcPassthroughAdapter
 
-STATE = {s: getattr(pb, f"PERMISSION_STATE_{s.name}") for s in engine.PermissionState}
-REASON = {r: getattr(pb, f"REASON_{r.name}") for r in engine.Reason}
-ACTION = {a: getattr(pb, f"ACTION_{a.name}") for a in engine.Action}
-CHANNEL = {c: getattr(pb, f"CHANNEL_{c.name}") for c in engine.Channel}
-SOURCE = {s.value: getattr(pb, f"EVENT_SOURCE_{s.name}") for s in engine.Source}
-EVENT_KIND = {
-    name: getattr(pb, f"EVENT_KIND_{name.upper()}")
-    for name in (
-        "permission_request_sent",
-        "permission_request_failed",
-        "permission_granted",
-        "permission_rejected",
-        "permission_revoked",
-        "user_message_received",
-        "call_connected",
-        "call_unanswered",
-        "user_prompted",
-        "call_updated",
-        "business_restriction_changed",
-    )
-}
 MAX_PAGE = 1000
-
-Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    if value is None:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
-
-
-def duration(value: timedelta) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromTimedelta(value)
-    return d
-
-
-def _action_detail(decision: ActionDecision) -> str:
-    if decision.allowed:
-        return "allowed now"
-    advice = REASONS[decision.reason].advice
-    if decision.next_allowed_at:
-        return f"{advice}; next allowed at {decision.next_allowed_at.isoformat()}"
-    return advice
-
-
-def action_status(decision: ActionDecision) -> pb.ActionStatus:
-    return pb.ActionStatus(
-        action=ACTION[decision.action],
-        allowed=decision.allowed,
-        reason=REASON[decision.reason],
-        next_allowed_at=timestamp(decision.next_allowed_at),
-        limits=[
-            pb.Limit(
-                window=duration(u.window), max_allowed=u.max_allowed, used=u.used, resets_at=timestamp(u.resets_at)
-            )
-            for u in decision.limits
-        ],
-        channel=CHANNEL[decision.channel] if decision.channel else pb.CHANNEL_UNSPECIFIED,
-        detail=_action_detail(decision),
-    )
-
-
-def permission_message(
-    pair: Pair, evaluation: Evaluation, updated_at: datetime | None, policy: Policy
-) -> pb.Permission:
-    return pb.Permission(
-        business_number=pair.business,
-        user_number=pair.user,
-        state=STATE[evaluation.state],
-        expires_at=timestamp(evaluation.expires_at),
-        consecutive_unanswered_calls=evaluation.consecutive_unanswered,
-        user_prompted=evaluation.user_prompted,
-        service_window_expires_at=timestamp(evaluation.service_window_expires_at),
-        actions=[action_status(d) for d in evaluation.actions],
-        updated_at=timestamp(updated_at),
-        policy=policy.label,
-    )
-
-
-def view_message(view: PermissionView) -> pb.Permission:
-    return permission_message(view.pair, view.evaluation, view.updated_at, view.policy)
-
-
-CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}
-CALL_OUTCOME = {o: getattr(pb, f"CALL_OUTCOME_{o.name}") for o in CallOutcome}
-CALL_DIRECTION = {d: getattr(pb, f"CALL_DIRECTION_{d.name}") for d in Direction}
-
-
-def call_message(view: CallView) -> pb.Call:
-    facts = view.facts
-    error = view.platform_error
-    return pb.Call(
-        call_id=view.call_id,
-        platform_call_id=view.platform_call_id or "",
-        business_number=view.pair.business,
-        user_number=view.pair.user,
-        direction=CALL_DIRECTION[view.direction],
-        state=CALL_STATE[facts.state],
-        outcome=CALL_OUTCOME[facts.outcome] if facts.outcome else pb.CALL_OUTCOME_UNSPECIFIED,
-        created_at=timestamp(facts.created_at),
-        answered_at=timestamp(facts.answered_at),
-        ended_at=timestamp(facts.ended_at),
-        duration_seconds=facts.duration_seconds or 0,
-        route=view.route,
-        platform_error=pb.PlatformError(
-            code=error["code"], message=error.get("message", ""), details=error.get("details", "")
-        )
-        if error
-        else None,
-        biz_opaque_callback_data=view.opaque,
-        webrtc_answer_sdp=view.answer_sdp,
-        media=pb.MediaStats(
-            frames_sent=view.media.frames_sent,
-            frames_received=view.media.frames_received,
-            audible_frames_received=view.media.audible_frames_received,
-            mean_level_received=view.media.mean_level_received,
-        ),
-        end_reason=view.end_reason,
-    )
-
-
-def snapshot_message(snapshot: Mapping[str, Any]) -> pb.Call:
-    """A Call from the JSON snapshot kept in the event log."""
-
-    def t(value: int | None) -> timestamp_pb2.Timestamp | None:
-        return timestamp(optional_datetime(value))
-
-    error = snapshot.get("platform_error")
-    return pb.Call(
-        call_id=snapshot["call_id"],
-        platform_call_id=snapshot["platform_call_id"],
-        business_number=snapshot["business"],
-        user_number=snapshot["user"],
-        direction=CALL_DIRECTION[Direction(snapshot["direction"])],
-        state=CALL_STATE[CallState(snapshot["state"])],
-        outcome=CALL_OUTCOME[CallOutcome(snapshot["outcome"])] if snapshot["outcome"] else pb.CALL_OUTCOME_UNSPECIFIED,
-        created_at=t(snapshot["created_at"]),
-        answered_at=t(snapshot["answered_at"]),
-        ended_at=t(snapshot["ended_at"]),
-        duration_seconds=snapshot["duration_seconds"],
-        route=snapshot["route"],
-        platform_error=pb.PlatformError(
-            code=error["code"], message=error.get("message", ""), details=error.get("details", "")
-        )
-        if error
-        else None,
-        biz_opaque_callback_data=snapshot["opaque"],
-        end_reason=snapshot["end_reason"],
-    )
-
-
-def event_message(record: EventRecord) -> pb.Event:
-    attributes = dict(record.attributes)
-    snapshot = attributes.pop("call", None)
-    return pb.Event(
-        cursor=str(record.cursor),
-        kind=EVENT_KIND.get(record.kind, pb.EVENT_KIND_UNSPECIFIED),
-        business_number=record.pair.business,
-        user_number=record.pair.user,
-        occurred_at=timestamp(record.occurred_at),
-        recorded_at=timestamp(record.recorded_at),
-        source=SOURCE.get(record.source, pb.EVENT_SOURCE_UNSPECIFIED),
-        permission_state=STATE[record.state_after],
-        attributes=attributes,
-        call=snapshot_message(json.loads(snapshot)) if snapshot else None,
-    )
-
-
-def limit_message(limit: WindowLimit) -> pb.Limit:
-    return pb.Limit(window=duration(limit.window), max_allowed=limit.max_allowed)
-
-
-def policy_message(policy: Policy) -> pb.Policy:
-    return pb.Policy(
-        name=policy.name,
-        version=policy.version,
-        source=policy.source,
-        permission_request_limits=[limit_message(x) for x in policy.request_limits],
-        connected_call_limits=[limit_message(x) for x in policy.connected_call_limits],
-        temporary_grant_lifetime=duration(policy.temporary_grant_lifetime),
-        prompt_after_unanswered=policy.prompt_after_unanswered,
-        revoke_after_unanswered=policy.revoke_after_unanswered,
-        service_window=duration(policy.service_window),
-        denied_business_regions=sorted(policy.denied_business_regions),
-    )
-
-
-# --- rich errors --------------------------------------------------------------------------------------------------
-
-
-async def abort(context: Context, code: grpc.StatusCode, message: str, *details: object) -> NoReturn:
-    packed = []
-    for detail in details:
-        holder = any_pb2.Any()
-        holder.Pack(detail)  # type: ignore[arg-type]
-        packed.append(holder)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
-    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-async def abort_bad_request(context: Context, field: str, why: str) -> NoReturn:
-    await abort(
-        context,
-        grpc.StatusCode.INVALID_ARGUMENT,
-        f"{field}: {why}",
-        error_details_pb2.BadRequest(
-            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=field, description=why)]
-        ),
-    )
-
-
-async def abort_refusal(context: Context, refusal: RuleRefusal, now: datetime) -> NoReturn:
-    decision = refusal.decision
-    info = REASONS[decision.reason]
-    subject = f"{refusal.pair.business}:{refusal.pair.user}"
-    message = (
-        f"{decision.action.value} refused for {refusal.pair.user} from {refusal.pair.business}: "
-        f"{_action_detail(decision)}"
-    )
-    if info.status is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        details: list[object] = []
-        if decision.next_allowed_at is not None:
-            details.append(error_details_pb2.RetryInfo(retry_delay=duration(decision.next_allowed_at - now)))
-        details.append(
-            error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(
-                        subject=subject,
-                        description=f"{u.used} of {u.max_allowed} per {_window_text(u.window)} used",
-                    )
-                    for u in decision.limits
-                    if u.used >= u.max_allowed
-                ]
-            )
-        )
-        await abort(context, info.status, message, *details)
-    # A time-bound precondition (a paused business number) still says when to retry.
-    retry = (
-        [error_details_pb2.RetryInfo(retry_delay=duration(decision.next_allowed_at - now))]
-        if decision.next_allowed_at is not None
-        else []
-    )
-    await abort(
-        context,
-        info.status,
-        message,
-        *retry,
-        error_details_pb2.PreconditionFailure(
-            violations=[
-                error_details_pb2.PreconditionFailure.Violation(
-                    type=info.violation_type, subject=subject, description=info.advice
-                )
-            ]
-        ),
-    )
-
-
-def _window_text(window: timedelta) -> str:
-    hours = int(window.total_seconds() // 3600)
-    return f"{hours // 24} days" if hours % 24 == 0 and hours > 24 else f"{hours} h"
-
-
-async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn:
-    error = refusal.error
-    subject = f"{refusal.pair.business}:{refusal.pair.user}"
-    if isinstance(error, GraphError):
-        info = platform_error(error.code)
-        message = f"the platform refused the request: error {error.code} ({info.meaning}): {error.message}"
-        if info.status is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            await abort(
-                context,
-                info.status,
-                message,
-                error_details_pb2.QuotaFailure(
-                    violations=[error_details_pb2.QuotaFailure.Violation(subject=subject, description=message)]
-                ),
-            )
-        if info.status is grpc.StatusCode.FAILED_PRECONDITION:
-            await abort(
-                context,
-                info.status,
-                message,
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type=f"PLATFORM_{error.code}", subject=subject, description=info.meaning
-                        )
-                    ]
-                ),
-            )
-        await abort(
-            context,
-            info.status,
-            message,
-            error_details_pb2.ErrorInfo(
-                reason=f"PLATFORM_{error.code}",
-                domain="graph.facebook.com",
-                metadata={"details": error.details, "http_status": str(error.http_status)},
-            ),
-        )
-    hint = (
-        "it may have been delivered; check ListEvents before retrying"
-        if error.maybe_sent
-        else "nothing was sent; retry later"
-    )
-    await abort(
-        context,
-        grpc.StatusCode.UNAVAILABLE,
-        f"the platform could not be reached: {error}; {hint}",
-        error_details_pb2.RetryInfo(retry_delay=duration(timedelta(seconds=5))),
-    )
 
 
 def parse_cursor(value: str, field: str) -> int | None:
@@ -685,7 +365,3 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             reader.cancel()
             self._stream_readers.add(reader)
             reader.add_done_callback(self._stream_readers.discard)
-
-
-def attributes_text(attributes: Mapping[str, str]) -> str:
-    return " ".join(f"{k}={v}" for k, v in sorted(attributes.items()))

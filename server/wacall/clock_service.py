@@ -9,7 +9,8 @@ from datetime import timedelta
 from wacall_client.testing.v1 import clock_pb2 as pb
 from wacall_client.testing.v1 import clock_pb2_grpc
 
-from wacall.api import Context, abort_bad_request, timestamp
+from wacall.api_errors import Context, abort_bad_request
+from wacall.api_messages import timestamp
 from wacall.clock import ManualClock
 
 MAX_ADVANCE = timedelta(days=3650)

@@ -11,7 +11,8 @@ from google.rpc import error_details_pb2
 from wacall_client.sim.v1 import simulator_pb2 as pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 
-from wacall.api import Context, abort, abort_bad_request, timestamp
+from wacall.api_errors import Context, abort, abort_bad_request
+from wacall.api_messages import timestamp
 from wacall.engine import PermissionState, effective_state
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall
