@@ -219,3 +219,41 @@ def test_cli_places_and_follows_a_call(serve) -> None:  # type: ignore[no-untype
     listed = run("call", "list", "--user", USER)
     assert listed.stdout.count(call_id) == 1
     assert process.stop() == 0
+
+
+async def test_meta_upstream_serves_configured_senders_only_and_fails_safe_when_meta_is_unreachable(
+    serve, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "wacall.toml"
+    config.write_text(
+        'upstream = "meta"\n'
+        'graph_base_url = "http://127.0.0.1:9/v23.0"\n'  # nothing listens on the discard port
+        "[[senders]]\n"
+        f'business_number = "{BUSINESS}"\n'
+        'phone_number_id = "1234567890"\n'
+        'waba_id = "9876543210"\n'
+        'access_token = "EAAG-test"\n'
+        'app_secret = "s3cret"\n'
+        'default_template = { name = "call_permission_request", language = "en" }\n'
+    )
+    process = serve("--config", str(config))
+    assert "upstream=meta" in process.banner
+    async with grpc.aio.insecure_channel(process.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        services = {s for s in grpcurl(process.grpc, "list").split()}
+        assert "wacall.sim.v1.SimulatorService" not in services  # no simulator against Meta
+        permission = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+        assert permission.actions[0].allowed and permission.actions[0].channel == pb.CHANNEL_TEMPLATE
+        with pytest.raises(grpc.aio.AioRpcError) as unknown:
+            await calling.RequestPermission(
+                pb.RequestPermissionRequest(business_number="+447911123457", user_number=USER)
+            )
+        assert unknown.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "[[senders]]" in (unknown.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as unreachable:
+            await calling.RequestPermission(pb.RequestPermissionRequest(business_number=BUSINESS, user_number=USER))
+        assert unreachable.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "nothing was sent" in (unreachable.value.details() or "")
+        after = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+        assert after.actions[0].allowed and [x.used for x in after.actions[0].limits] == [0, 0]
+    assert process.stop() == 0
