@@ -9,6 +9,7 @@ import wave
 from pathlib import Path
 
 import av
+import grpc
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from conftest import USER, Running, duration, eventually, wait_until
@@ -78,11 +79,11 @@ async def test_call_media_refuses_calls_on_other_routes(wacall: Running) -> None
     await wacall.phone(ring=60)
     call = await wacall.start_call()  # default route: announcement
     stream = wacall.calling.CallMedia(iter([pb.CallMediaRequest(call_id=call.call_id)]))
-    try:
+    with pytest.raises(grpc.aio.AioRpcError) as refused_stream:
         async for _ in stream:
             raise AssertionError("no audio expected")
-    except Exception as error:
-        assert "FAILED_PRECONDITION" in str(error) and "media_stream" in str(error)
+    assert refused_stream.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "media_stream" in (refused_stream.value.details() or "")
 
 
 async def test_webrtc_bridge_relays_audio_between_an_aiortc_agent_and_the_user(wacall: Running) -> None:
