@@ -145,6 +145,21 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0, what:
         await asyncio.sleep(0.02)
 
 
+def request_action(permission: pb.Permission) -> pb.ActionStatus:
+    return next(a for a in permission.actions if a.action == pb.ACTION_SEND_PERMISSION_REQUEST)
+
+
+def call_action(permission: pb.Permission) -> pb.ActionStatus:
+    return next(a for a in permission.actions if a.action == pb.ACTION_START_CALL)
+
+
+async def refused(call: Awaitable[object]) -> grpc.aio.AioRpcError:
+    """The gRPC error a call ends with (it must fail)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
 def settings_for(tmp_path: Path, **changes: object) -> Settings:
     values: dict[str, object] = {
         "grpc_address": "127.0.0.1:0",

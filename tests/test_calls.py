@@ -7,7 +7,18 @@ import asyncio
 import grpc
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
-from conftest import BUSINESS, DAY, OTHER_USER, USER, Running, duration, wait_until
+from conftest import (
+    BUSINESS,
+    DAY,
+    OTHER_USER,
+    USER,
+    Running,
+    call_action,
+    duration,
+    refused,
+    request_action,
+    wait_until,
+)
 from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
@@ -17,20 +28,6 @@ from wacall.numbers import parse_number
 from wacall.simulator.platform import GRAPH_VERSION
 
 STREAM = pb.Route(media_stream=pb.MediaStreamRoute())
-
-
-def call_action(permission: pb.Permission) -> pb.ActionStatus:
-    return next(a for a in permission.actions if a.action == pb.ACTION_START_CALL)
-
-
-def request_action(permission: pb.Permission) -> pb.ActionStatus:
-    return next(a for a in permission.actions if a.action == pb.ACTION_SEND_PERMISSION_REQUEST)
-
-
-async def refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 async def answered_call(wacall: Running, user: str = USER) -> pb.Call:

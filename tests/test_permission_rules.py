@@ -6,27 +6,25 @@ import asyncio
 
 import grpc
 import pytest
-from conftest import BUSINESS, DAY, HOUR, OTHER_USER, US_BUSINESS, USER, Running, wait_until
+from conftest import (
+    BUSINESS,
+    DAY,
+    HOUR,
+    OTHER_USER,
+    US_BUSINESS,
+    USER,
+    Running,
+    call_action,
+    refused,
+    request_action,
+    wait_until,
+)
 from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import engine
 from wacall.graph import SenderAccount
-
-
-def request_action(permission: pb.Permission) -> pb.ActionStatus:
-    return next(a for a in permission.actions if a.action == pb.ACTION_SEND_PERMISSION_REQUEST)
-
-
-def call_action(permission: pb.Permission) -> pb.ActionStatus:
-    return next(a for a in permission.actions if a.action == pb.ACTION_START_CALL)
-
-
-async def refused(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 async def test_new_pair_has_no_permission_and_may_be_asked_by_template(wacall: Running) -> None:
