@@ -257,3 +257,29 @@ async def test_meta_upstream_serves_configured_senders_only_and_fails_safe_when_
         after = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
         assert after.actions[0].allowed and [x.used for x in after.actions[0].limits] == [0, 0]
     assert process.stop() == 0
+
+
+async def test_calls_left_open_by_a_killed_process_are_ended_on_restart(serve) -> None:  # type: ignore[no-untyped-def]
+    first = serve("--clock", "system")
+    async with grpc.aio.insecure_channel(first.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
+        await sim.GrantPermission(
+            sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER, permanent=True)
+        )
+        ring = sim_pb.SetUserBehaviorRequest(user_number=USER, on_call=sim_pb.ANSWER)
+        ring.ring_duration.FromSeconds(600)
+        await sim.SetUserBehavior(ring)
+        call = await calling.StartCall(pb.StartCallRequest(business_number=BUSINESS, user_number=USER))
+    first.proc.kill()  # no graceful shutdown: the call stays open in the ledger
+    first.proc.wait(timeout=10)
+
+    second = serve("--clock", "system")
+    async with grpc.aio.insecure_channel(second.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        ended = await calling.GetCall(pb.GetCallRequest(call_id=call.call_id))
+        assert ended.state == pb.CALL_STATE_ENDED and ended.outcome == pb.CALL_OUTCOME_CANCELLED
+        assert ended.end_reason == "the service restarted during the call"
+        permission = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+        assert permission.actions[1].allowed  # not blocked by a phantom call in progress
+    assert second.stop() == 0
