@@ -283,3 +283,23 @@ async def test_calls_left_open_by_a_killed_process_are_ended_on_restart(serve) -
         permission = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
         assert permission.actions[1].allowed  # not blocked by a phantom call in progress
     assert second.stop() == 0
+
+
+async def test_a_graceful_stop_ends_calls_in_progress_first(serve) -> None:  # type: ignore[no-untyped-def]
+    first = serve("--clock", "system")
+    async with grpc.aio.insecure_channel(first.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
+        await sim.GrantPermission(
+            sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER, permanent=True)
+        )
+        ring = sim_pb.SetUserBehaviorRequest(user_number=USER, on_call=sim_pb.ANSWER)
+        ring.ring_duration.FromSeconds(600)
+        await sim.SetUserBehavior(ring)
+        call = await calling.StartCall(pb.StartCallRequest(business_number=BUSINESS, user_number=USER))
+    assert first.stop() == 0
+    second = serve("--clock", "system")
+    async with grpc.aio.insecure_channel(second.grpc) as channel:
+        ended = await calling_pb2_grpc.CallingServiceStub(channel).GetCall(pb.GetCallRequest(call_id=call.call_id))
+        assert ended.state == pb.CALL_STATE_ENDED and ended.end_reason == "the service is shutting down"
+    assert second.stop() == 0
