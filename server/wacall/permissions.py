@@ -352,7 +352,8 @@ class PermissionService:
                 raise RuleRefusal(decision, evaluation, pair)
             assert decision.channel is not None
             # Consume the limits now, before the send: concurrent callers see the reservation (fail closed).
-            tx.save_ledger(pair, engine.apply(ledger, engine.RequestSent(now), self.policy).ledger, now)
+            reserved = engine.apply(ledger, engine.RequestSent(now), self.policy).ledger
+            tx.save_ledger(pair, engine.prune(reserved, now, self.policy), now)
             if idempotency_key:
                 tx.save_idempotent_result(
                     IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "pending"}), now
@@ -372,7 +373,7 @@ class PermissionService:
                 assert chosen is not None
                 sent = await self.graph.send_permission_request_template(account, user.digits, chosen)
         except (GraphError, GraphUnavailable) as error:
-            view = await self._settle_failed_request(
+            await self._settle_failed_request(
                 pair, business, sent_at, state_before, channel, error, idempotency_key, fingerprint
             )
             raise PlatformRefusal(error, pair) from error
