@@ -66,10 +66,12 @@ async def test_media_stream_client_talks_and_listens_at_16_khz(wacall: Running) 
     assert phone.mean_level_received > 0.05
     await eventually(lambda: sum(level(f) > 0.05 for f in received) > 40, what="audio at the client")
     assert all(len(frame) == rate // 50 * 2 for frame in received)  # 20 ms at the requested rate
-    await outgoing.put(pb.CallMediaRequest(hangup=True))
-    await asyncio.wait_for(listener, 10)  # the stream ends with the call
+    # Stop talking, then hang up and close our side: the stream ends with the call.
     talker.cancel()
+    await asyncio.gather(talker, return_exceptions=True)
+    await outgoing.put(pb.CallMediaRequest(hangup=True))
     await outgoing.put(None)
+    await asyncio.wait_for(listener, 10)
     assert updates[-1].state == pb.CALL_STATE_ENDED and updates[-1].outcome == pb.CALL_OUTCOME_ANSWERED
     assert updates[-1].end_reason == "ended by the media stream client"
 
