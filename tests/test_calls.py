@@ -24,6 +24,7 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.graph import GraphClient, GraphError
+from wacall.media.tracks import level
 from wacall.numbers import parse_number
 from wacall.simulator.platform import GRAPH_VERSION
 
@@ -443,3 +444,24 @@ async def test_a_pause_ends_by_itself_at_its_expiration(wacall: Running) -> None
     now = await wacall.advance(1)
     assert now.timestamp() == reply.restricted_until.ToSeconds()
     assert call_action(await wacall.permission()).allowed
+
+
+async def test_user_calls_can_be_routed_to_a_media_stream_program(make_service) -> None:  # type: ignore[no-untyped-def]
+    running: Running = await make_service(inbound_route="media_stream")
+    await running.phone(tone_hz=880)
+    phone = await running.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+    # The program learns of the call from the event stream, then attaches to its audio.
+    call = None
+    async for event in running.calling.WatchEvents(pb.WatchEventsRequest()):
+        if event.kind == pb.EVENT_KIND_CALL_UPDATED and event.call.state == pb.CALL_STATE_CONNECTED:
+            call = event.call
+            break
+    assert call is not None and call.route == "media_stream" and call.platform_call_id == phone.platform_call_id
+    heard = 0
+    async for message in running.calling.CallMedia(iter([pb.CallMediaRequest(call_id=call.call_id)])):
+        if message.WhichOneof("kind") == "audio" and level(message.audio) > 0.05:
+            heard += 1
+            if heard == 25:
+                break
+    assert heard == 25
+    await running.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))

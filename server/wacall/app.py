@@ -34,6 +34,8 @@ from wacall.simulator.service import SimulatorServicer
 from wacall.store import Store, open_store
 from wacall.webhooks import WEBHOOK_PATH, webhook_routes
 from wacall_adapters.announcement import AnnouncementAdapter
+from wacall_adapters.base import MediaAdapter
+from wacall_adapters.media_stream import MediaStreamAdapter
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +159,8 @@ class Service:
         self.calls = CallService(
             self.permissions,
             self.graph,
-            inbound_route=AnnouncementAdapter,
+            inbound_route=self._inbound_route(),
+            inbound_route_name=settings.inbound_route,
             media_timeout=timedelta(seconds=settings.media_timeout_seconds),
         )
         await self.calls.start_background()
@@ -180,6 +183,13 @@ class Service:
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return Addresses(grpc=f"{grpc_host}:{bound}", http=http_address, graph=graph_address)
+
+    def _inbound_route(self) -> Callable[[], MediaAdapter]:
+        """What answers a user's call."""
+        settings = self.settings
+        if settings.inbound_route == "media_stream":
+            return MediaStreamAdapter
+        return lambda: AnnouncementAdapter(audio_file=settings.inbound_audio_file)
 
     async def stop(self, grace: float = 2.0) -> None:
         await self._health.enter_graceful_shutdown()

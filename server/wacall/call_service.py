@@ -229,6 +229,7 @@ class CallService:
         graph: GraphClient,
         *,
         inbound_route: AdapterFactory,
+        inbound_route_name: str = "announcement",
         media_timeout: timedelta = timedelta(seconds=20),
     ) -> None:
         self.permissions = permissions
@@ -236,6 +237,7 @@ class CallService:
         self.clock: Clock = permissions.clock
         self.graph = graph
         self.inbound_route = inbound_route
+        self.inbound_route_name = inbound_route_name
         self.media_timeout = media_timeout
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -479,7 +481,7 @@ class CallService:
                     stored,
                     facts,
                     now,
-                    route="inbound",
+                    route=self.inbound_route_name,
                     platform_call_id=item.call_id,
                     opaque=item.biz_opaque_callback_data,
                 )

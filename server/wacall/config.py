@@ -43,6 +43,10 @@ class Settings:
     media_timeout_seconds: float = 20.0
     # Threads for audio encoding and file decoding (the event loop's default executor).
     worker_threads: int = 8
+    # Where calls from users go: "announcement" (inbound_audio_file, or a tone) or "media_stream" (a program
+    # attaches with CallMedia after seeing the call in WatchEvents).
+    inbound_route: str = "announcement"
+    inbound_audio_file: str = ""
     log_level: str = "INFO"
 
     def load_policy(self) -> Policy:
@@ -69,6 +73,8 @@ SCALARS: Mapping[str, type] = {
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
     "worker_threads": int,
+    "inbound_route": str,
+    "inbound_audio_file": str,
     "log_level": str,
 }
 
@@ -131,6 +137,10 @@ def load_settings(
     settings = Settings(**values)
     if settings.upstream not in ("sim", "meta"):
         raise ConfigError(f"upstream must be 'sim' or 'meta', got {settings.upstream!r}")
+    if settings.inbound_route not in ("announcement", "media_stream"):
+        raise ConfigError(f"inbound_route must be 'announcement' or 'media_stream', got {settings.inbound_route!r}")
+    if settings.inbound_audio_file and not Path(settings.inbound_audio_file).is_file():
+        raise ConfigError(f"inbound_audio_file {settings.inbound_audio_file} does not exist")
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
     if settings.upstream == "meta" and not settings.senders:
