@@ -132,7 +132,8 @@ def load_settings(
             try:
                 values[name] = kind(env)
             except ValueError:
-                raise ConfigError(f"WACALL_{name.upper()} must be a {kind.__name__}") from None
+                expected = {int: "an integer", float: "a number"}.get(kind, "text")
+                raise ConfigError(f"WACALL_{name.upper()} must be {expected}, got {env!r}") from None
     values.update({k: v for k, v in flags.items() if v is not None and k in SCALARS})
     settings = Settings(**values)
     if settings.upstream not in ("sim", "meta"):

@@ -1,0 +1,87 @@
+"""Settings: defaults < TOML file < WACALL_* environment < flags, each validated with a clear message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wacall.config import ConfigError, load_settings
+
+SENDER = """
+[[senders]]
+business_number = "447911123456"
+phone_number_id = "123"
+waba_id = "456"
+access_token = "token"
+app_secret = "secret"
+default_template = { name = "call_permission_request", language = "en", body_parameters = ["x"] }
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "wacall.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_defaults_run_on_sqlite_and_the_simulator() -> None:
+    settings = load_settings(None, {}, environ={})
+    assert (settings.upstream, settings.clock, settings.policy) == ("sim", "system", "seed")
+    assert settings.db == "sqlite:///var/wacall.db" and settings.grpc_address == "127.0.0.1:50051"
+
+
+def test_file_then_environment_then_flags(tmp_path: Path) -> None:
+    path = write(tmp_path, 'policy = "sandbox"\nclock = "manual"\nmax_webhook_bytes = 4096\n')
+    settings = load_settings(path, {"clock": None}, environ={"WACALL_POLICY": "meta-current"})
+    assert (settings.policy, settings.clock, settings.max_webhook_bytes) == ("meta-current", "manual", 4096)
+    flagged = load_settings(path, {"policy": "seed"}, environ={"WACALL_POLICY": "meta-current"})
+    assert flagged.policy == "seed"
+
+
+def test_config_file_named_by_the_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, 'clock = "manual"\n')
+    assert load_settings(None, {}, environ={"WACALL_CONFIG": path}).clock == "manual"
+
+
+def test_senders_are_parsed_and_canonicalised(tmp_path: Path) -> None:
+    settings = load_settings(write(tmp_path, 'upstream = "meta"\n' + SENDER), {}, environ={})
+    (sender,) = settings.senders
+    assert sender.business_number == "+447911123456" and sender.phone_number_id == "123"
+    assert sender.default_template is not None and sender.default_template.body_parameters == ("x",)
+
+
+def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
+    text = "[policy_overrides]\nconnected_call_limits = [{ window_seconds = 86400, max_allowed = 10 }]\n"
+    policy = load_settings(write(tmp_path, text), {}, environ={}).load_policy()
+    assert policy.name == "seed+custom" and policy.connected_call_limits[0].max_allowed == 10
+
+
+@pytest.mark.parametrize(
+    ("text", "environ", "message"),
+    [
+        ('upstream = "meta"\n', {}, "[[senders]]"),
+        ('upstream = "cloud"\n', {}, "upstream must be 'sim' or 'meta'"),
+        ('clock = "fast"\n', {}, "clock must be 'system' or 'manual'"),
+        ('colour = "blue"\n', {}, "unknown settings"),
+        ('policy = "nope"\n', {}, "unknown policy 'nope'"),
+        ("[policy_overrides]\nprompt_after_unanswered = 0\n", {}, "positive integer"),
+        ('upstream = "meta"\n[[senders]]\nbusiness_number = "447911123456"\n', {}, "is missing"),
+        ('upstream = "meta"\n' + SENDER.replace("447911123456", "12"), {}, "business_number"),
+        ("", {"WACALL_MAX_WEBHOOK_BYTES": "lots"}, "WACALL_MAX_WEBHOOK_BYTES must be an integer"),
+        ('inbound_route = "queue"\n', {}, "inbound_route must be"),
+        ("this is not toml", {}, "wacall.toml"),
+    ],
+)
+def test_bad_configuration_is_refused_with_what_is_wrong(
+    tmp_path: Path, text: str, environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(write(tmp_path, text), {}, environ=environ)
+    assert message in str(refused.value)
+
+
+def test_missing_config_file_is_reported() -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings("/nowhere/wacall.toml", {}, environ={})
+    assert "not found" in str(refused.value)
