@@ -259,18 +259,21 @@ async def test_meta_upstream_serves_configured_senders_only_and_fails_safe_when_
     assert process.stop() == 0
 
 
+async def start_a_long_ringing_call(channel: grpc.aio.Channel) -> pb.Call:
+    """A permitted call to a phone that rings for ten minutes."""
+    sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
+    await sim.GrantPermission(sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER, permanent=True))
+    ring = sim_pb.SetUserBehaviorRequest(user_number=USER, on_call=sim_pb.ANSWER)
+    ring.ring_duration.FromSeconds(600)
+    await sim.SetUserBehavior(ring)
+    calling = calling_pb2_grpc.CallingServiceStub(channel)
+    return await calling.StartCall(pb.StartCallRequest(business_number=BUSINESS, user_number=USER))
+
+
 async def test_calls_left_open_by_a_killed_process_are_ended_on_restart(serve) -> None:  # type: ignore[no-untyped-def]
     first = serve("--clock", "system")
     async with grpc.aio.insecure_channel(first.grpc) as channel:
-        calling = calling_pb2_grpc.CallingServiceStub(channel)
-        sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
-        await sim.GrantPermission(
-            sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER, permanent=True)
-        )
-        ring = sim_pb.SetUserBehaviorRequest(user_number=USER, on_call=sim_pb.ANSWER)
-        ring.ring_duration.FromSeconds(600)
-        await sim.SetUserBehavior(ring)
-        call = await calling.StartCall(pb.StartCallRequest(business_number=BUSINESS, user_number=USER))
+        call = await start_a_long_ringing_call(channel)
     first.proc.kill()  # no graceful shutdown: the call stays open in the ledger
     first.proc.wait(timeout=10)
 
@@ -288,15 +291,7 @@ async def test_calls_left_open_by_a_killed_process_are_ended_on_restart(serve) -
 async def test_a_graceful_stop_ends_calls_in_progress_first(serve) -> None:  # type: ignore[no-untyped-def]
     first = serve("--clock", "system")
     async with grpc.aio.insecure_channel(first.grpc) as channel:
-        calling = calling_pb2_grpc.CallingServiceStub(channel)
-        sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
-        await sim.GrantPermission(
-            sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER, permanent=True)
-        )
-        ring = sim_pb.SetUserBehaviorRequest(user_number=USER, on_call=sim_pb.ANSWER)
-        ring.ring_duration.FromSeconds(600)
-        await sim.SetUserBehavior(ring)
-        call = await calling.StartCall(pb.StartCallRequest(business_number=BUSINESS, user_number=USER))
+        call = await start_a_long_ringing_call(channel)
     assert first.stop() == 0
     second = serve("--clock", "system")
     async with grpc.aio.insecure_channel(second.grpc) as channel:

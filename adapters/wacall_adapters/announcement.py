@@ -12,7 +12,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from wacall.media.tracks import FRAME_SECONDS, SAMPLE_RATE, AudioSource, BufferSource, ToneSource, decode_file
-from wacall_adapters.base import CallLeg, MediaAdapter
+from wacall_adapters.base import CallLeg, MediaAdapter, stop_task
 
 TAIL_SECONDS = 0.5
 
@@ -77,12 +77,7 @@ class AnnouncementAdapter(MediaAdapter):
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None and task is not asyncio.current_task() and not task.done():
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(task)
         if self._recording is not None:
             self._recording.close()
             self._recording = None

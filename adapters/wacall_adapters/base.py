@@ -12,7 +12,8 @@ Audio is PCM16 mono 48 kHz in 20 ms frames (see wacall.media.tracks).
 
 from __future__ import annotations
 
-from typing import Protocol
+import asyncio
+from typing import Any, Protocol
 
 from wacall.media.tracks import AudioSource, FrameHandler
 
@@ -55,3 +56,15 @@ class MediaAdapter:
     def answer_sdp(self) -> str:
         """An SDP answer for the business-side peer, when the route has one (WebRTC)."""
         return ""
+
+
+async def stop_task(task: asyncio.Task[Any] | None) -> None:
+    """Cancel an adapter's own task and wait for it; a no-op for the task that is closing the adapter itself
+    (an announcement hanging up when it finishes)."""
+    if task is None or task is asyncio.current_task() or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from wacall.media.tracks import QueueSource
-from wacall_adapters.base import CallLeg, MediaAdapter
+from wacall_adapters.base import CallLeg, MediaAdapter, stop_task
 
 Listener = Callable[[bytes], None]
 
@@ -63,9 +63,4 @@ class MediaStreamAdapter(MediaAdapter):
         self.ended.set()
         self._listeners.clear()
         timer, self._timer = self._timer, None
-        if timer is not None and timer is not asyncio.current_task() and not timer.done():
-            timer.cancel()
-            try:
-                await timer
-            except asyncio.CancelledError:
-                pass
+        await stop_task(timer)

@@ -19,7 +19,7 @@ from google.rpc import error_details_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request, abort_platform, abort_refusal
+from wacall.api_errors import Context, abort, abort_bad_request, abort_platform, abort_precondition, abort_refusal
 from wacall.api_messages import CHANNEL, call_message, event_message, policy_message, view_message
 from wacall.call_service import CallNotFound, CallService, CallView
 from wacall.calls import CallState
@@ -127,17 +127,8 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             case PlatformRefusal():
                 await abort_platform(context, error)
             case UnknownSender():
-                await abort(
-                    context,
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    str(error),
-                    error_details_pb2.PreconditionFailure(
-                        violations=[
-                            error_details_pb2.PreconditionFailure.Violation(
-                                type="SENDER_NOT_CONFIGURED", subject=error.business_number, description=str(error)
-                            )
-                        ]
-                    ),
+                await abort_precondition(
+                    context, "SENDER_NOT_CONFIGURED", error.business_number, str(error), str(error)
                 )
             case CallNotFound():
                 await abort(
@@ -306,17 +297,8 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             reason = (
                 "the call has ended" if view.state is CallState.ENDED else "the call is not on a media_stream route"
             )
-            await abort(
-                context,
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"cannot attach to {first.call_id}: {reason}",
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type="NOT_A_MEDIA_STREAM_CALL", subject=first.call_id, description=reason
-                        )
-                    ]
-                ),
+            await abort_precondition(
+                context, "NOT_A_MEDIA_STREAM_CALL", first.call_id, reason, f"cannot attach to {first.call_id}: {reason}"
             )
         adapter = session.adapter
         outbound: asyncio.Queue[pb.CallMediaResponse | None] = asyncio.Queue(maxsize=50)

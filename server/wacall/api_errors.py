@@ -39,6 +39,32 @@ async def abort_bad_request(context: Context, field: str, why: str) -> NoReturn:
     )
 
 
+async def abort_precondition(
+    context: Context,
+    violation_type: str,
+    subject: str,
+    description: str,
+    message: str,
+    *extra: object,
+    status: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION,
+) -> NoReturn:
+    """A refusal with one PreconditionFailure violation (and any extra details, e.g. RetryInfo); the status is
+    FAILED_PRECONDITION unless a more specific one applies (ALREADY_EXISTS for a call in progress)."""
+    await abort(
+        context,
+        status,
+        message,
+        *extra,
+        error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=violation_type, subject=subject, description=description
+                )
+            ]
+        ),
+    )
+
+
 async def abort_refusal(context: Context, refusal: RuleRefusal, now: datetime) -> NoReturn:
     decision = refusal.decision
     info = REASONS[decision.reason]
@@ -47,42 +73,24 @@ async def abort_refusal(context: Context, refusal: RuleRefusal, now: datetime) -
         f"{decision.action.value} refused for {refusal.pair.user} from {refusal.pair.business}: "
         f"{action_detail(decision)}"
     )
-    if info.status is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        details: list[object] = []
-        if decision.next_allowed_at is not None:
-            details.append(error_details_pb2.RetryInfo(retry_delay=duration(decision.next_allowed_at - now)))
-        details.append(
-            error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(
-                        subject=subject,
-                        description=f"{u.used} of {u.max_allowed} per {_window_text(u.window)} used",
-                    )
-                    for u in decision.limits
-                    if u.used >= u.max_allowed
-                ]
-            )
-        )
-        await abort(context, info.status, message, *details)
-    # A time-bound precondition (a paused business number) still says when to retry.
+    # Whenever waiting helps (a used-up limit, a paused business number), say how long.
     retry = (
         [error_details_pb2.RetryInfo(retry_delay=duration(decision.next_allowed_at - now))]
         if decision.next_allowed_at is not None
         else []
     )
-    await abort(
-        context,
-        info.status,
-        message,
-        *retry,
-        error_details_pb2.PreconditionFailure(
+    if info.status is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        quota = error_details_pb2.QuotaFailure(
             violations=[
-                error_details_pb2.PreconditionFailure.Violation(
-                    type=info.violation_type, subject=subject, description=info.advice
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=subject, description=f"{u.used} of {u.max_allowed} per {_window_text(u.window)} used"
                 )
+                for u in decision.limits
+                if u.used >= u.max_allowed
             ]
-        ),
-    )
+        )
+        await abort(context, info.status, message, *retry, quota)
+    await abort_precondition(context, info.violation_type, subject, info.advice, message, *retry, status=info.status)
 
 
 def _window_text(window: timedelta) -> str:
@@ -106,18 +114,7 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
                 ),
             )
         if info.status is grpc.StatusCode.FAILED_PRECONDITION:
-            await abort(
-                context,
-                info.status,
-                message,
-                error_details_pb2.PreconditionFailure(
-                    violations=[
-                        error_details_pb2.PreconditionFailure.Violation(
-                            type=f"PLATFORM_{error.code}", subject=subject, description=info.meaning
-                        )
-                    ]
-                ),
-            )
+            await abort_precondition(context, f"PLATFORM_{error.code}", subject, info.meaning, message)
         await abort(
             context,
             info.status,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
 from collections.abc import Mapping
@@ -148,7 +147,3 @@ def load_settings(
         raise ConfigError("--upstream meta needs at least one [[senders]] entry in the configuration file")
     settings.load_policy()
     return settings
-
-
-def replace(settings: Settings, **changes: Any) -> Settings:
-    return dataclasses.replace(settings, **changes)

@@ -228,18 +228,6 @@ class TrackConsumer:
             pass
 
 
-async def cancel_quietly(*tasks: asyncio.Task[object] | None) -> None:
-    for task in tasks:
-        if task is not None and not task.done():
-            task.cancel()
-    for task in tasks:
-        if task is not None:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
-
-
 class PcmResampler:
     """PCM16 mono from one sample rate to another, in any chunk sizes (identity when the rates match)."""
 

@@ -7,11 +7,10 @@ from datetime import timedelta
 from typing import NoReturn
 
 import grpc
-from google.rpc import error_details_pb2
 from wacall_client.sim.v1 import simulator_pb2 as pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request
+from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition
 from wacall.api_messages import timestamp
 from wacall.engine import PermissionState, effective_state
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
@@ -77,18 +76,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             f"business-initiated calling is not available for {business.region} numbers; "
             "simulate with a business number from another country"
         )
-        await abort(
-            context,
-            grpc.StatusCode.FAILED_PRECONDITION,
-            message,
-            error_details_pb2.PreconditionFailure(
-                violations=[
-                    error_details_pb2.PreconditionFailure.Violation(
-                        type="COUNTRY_UNSUPPORTED", subject=business.e164, description=message
-                    )
-                ]
-            ),
-        )
+        await abort_precondition(context, "COUNTRY_UNSUPPORTED", business.e164, message, message)
 
     async def SetUserBehavior(self, request: pb.SetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
         """Replaces the user's behaviour; unset fields take their defaults."""
