@@ -103,6 +103,7 @@ class Service:
         self._sim_runner: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
         self._executor: ThreadPoolExecutor | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> Addresses:
         settings = self.settings
@@ -139,7 +140,14 @@ class Service:
         else:
             self.graph = GraphClient(settings.graph_base_url)
             senders = ConfiguredSenders(settings.senders)
-        self.permissions = PermissionService(self.store, self.clock, self.policy, senders, self.graph)
+        self.permissions = PermissionService(
+            self.store,
+            self.clock,
+            self.policy,
+            senders,
+            self.graph,
+            reservation_grace=timedelta(seconds=settings.reservation_grace_seconds),
+        )
 
         http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
         http_app.add_routes(
@@ -180,6 +188,9 @@ class Service:
         bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
         await server.start()
         self._grpc = server
+        # Requests a killed process left unsettled are settled in the background: asking the platform must not hold
+        # up start-up (Meta may be slow or unreachable), and a retry of such a key settles it on the spot anyway.
+        self._recovery = asyncio.create_task(self.permissions.keep_recovering())
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return Addresses(grpc=f"{grpc_host}:{bound}", http=http_address, graph=graph_address)
@@ -195,6 +206,9 @@ class Service:
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         if self.calls is not None:
             await self.calls.close()
         if self._http_runner is not None:

@@ -40,6 +40,9 @@ class Settings:
     sim_no_media_mid_call_seconds: float = 30.0
     # End a call when the user has sent no audio for this long (MEDIA-1).
     media_timeout_seconds: float = 20.0
+    # A permission request still unsettled this long after its limits were reserved has no live sender (killed,
+    # timed out): recovery asks the platform and settles it. Longer than any send can take.
+    reservation_grace_seconds: float = 60.0
     # Threads for audio encoding and file decoding (the event loop's default executor).
     worker_threads: int = 8
     # Where calls from users go: "announcement" (inbound_audio_file, or a tone) or "media_stream" (a program
@@ -71,6 +74,7 @@ SCALARS: Mapping[str, type] = {
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
+    "reservation_grace_seconds": float,
     "worker_threads": int,
     "inbound_route": str,
     "inbound_audio_file": str,
