@@ -298,3 +298,30 @@ async def test_a_graceful_stop_ends_calls_in_progress_first(serve) -> None:  # t
         ended = await calling_pb2_grpc.CallingServiceStub(channel).GetCall(pb.GetCallRequest(call_id=call.call_id))
         assert ended.state == pb.CALL_STATE_ENDED and ended.end_reason == "the service is shutting down"
     assert second.stop() == 0
+
+
+def serve_expecting_failure(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [str(BIN / "wacall"), "serve", "--db", f"sqlite:///{tmp_path / 'second.db'}", "--sim-state", ""]
+    return subprocess.run([*args, *extra], capture_output=True, text=True, timeout=30)
+
+
+async def test_a_second_service_on_a_busy_port_fails_with_one_clear_line(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = serve("--clock", "system")
+    busy_grpc = serve_expecting_failure(tmp_path, "--grpc-address", first.grpc, "--http-address", "127.0.0.1:0")
+    assert busy_grpc.returncode == 1 and busy_grpc.stdout == ""
+    assert busy_grpc.stderr.splitlines() == [
+        f"wacall: cannot listen for gRPC on {first.grpc}: Address already in use "
+        "(another wacall running? choose another with --grpc-address)"
+    ]
+    busy_http = serve_expecting_failure(tmp_path, "--grpc-address", "127.0.0.1:0", "--http-address", first.http)
+    assert busy_http.returncode == 1 and "Traceback" not in busy_http.stderr
+    assert busy_http.stderr.splitlines() == [
+        f"wacall: cannot listen for webhooks (HTTP) on {first.http}: Address already in use "
+        "(another wacall running? choose another with --http-address)"
+    ]
+    # The first service kept every call: nothing shares its port.
+    async with grpc.aio.insecure_channel(first.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        for _ in range(20):
+            await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+    assert first.stop() == 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +83,30 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class AddressUnavailable(Exception):
+    """A listening address cannot be bound (another process holds it): the service does not start."""
+
+    def __init__(self, what: str, address: str, flag: str, why: str) -> None:
+        super().__init__(
+            f"cannot listen for {what} on {address}: {why} (another wacall running? choose another with {flag})"
+        )
+
+
+def _ensure_free(what: str, host: str, port: int, flag: str) -> None:
+    """Fail with one clear line before grpc's core logs its own: binds the address as a listener would (no port
+    sharing), then lets it go."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = os.strerror(error.errno) if error.errno else str(error)
+            raise AddressUnavailable(what, f"{host}:{port}", flag, why) from None
+
+
 @dataclass
 class Addresses:
     grpc: str
@@ -107,6 +133,8 @@ class Service:
 
     async def start(self) -> Addresses:
         settings = self.settings
+        grpc_host, grpc_port = _split(settings.grpc_address)
+        _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
         # aiortc encodes audio in the loop's default executor (MEDIA-3): a named pool of known size, so thread
         # counts stay bounded and readable.
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=WORKER_PREFIX)
@@ -156,14 +184,19 @@ class Service:
         self._http_runner = web.AppRunner(http_app, access_log=None)
         await self._http_runner.setup()
         http_host, http_port = _split(settings.http_address)
-        await web.TCPSite(self._http_runner, http_host, http_port).start()
+        try:
+            await web.TCPSite(self._http_runner, http_host, http_port).start()
+        except OSError as error:
+            why = os.strerror(error.errno) if error.errno else str(error)
+            raise AddressUnavailable("webhooks (HTTP)", f"{http_host}:{http_port}", "--http-address", why) from None
         bound_http = self._http_runner.addresses[0]
         http_address = f"{http_host}:{bound_http[1]}"
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
 
         interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
-        server = grpc.aio.server(interceptors=interceptors)
+        # No port sharing: a second service on the same port must fail, not take half of the calls.
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         self.calls = CallService(
             self.permissions,
             self.graph,
@@ -184,8 +217,12 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        grpc_host, grpc_port = _split(settings.grpc_address)
-        bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        try:
+            bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        except RuntimeError:
+            bound = 0
+        if bound == 0 or (grpc_port and bound != grpc_port):
+            raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
         await server.start()
         self._grpc = server
         # Requests a killed process left unsettled are settled in the background: asking the platform must not hold

@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from wacall.app import Service
+    from wacall.app import AddressUnavailable, Service
 
     try:
         settings = load_settings(args.config, {name: getattr(args, name) for name in SCALARS})
@@ -399,7 +399,12 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    addresses = await service.start()
+    try:
+        addresses = await service.start()
+    except AddressUnavailable as exc:
+        print(f"wacall: {exc}", file=sys.stderr)
+        await service.stop(grace=0)
+        return 1
     graph = f" (simulated Graph API at {addresses.graph})" if addresses.graph else ""
     print(
         f"wacall serving grpc={addresses.grpc} http={addresses.http} upstream={settings.upstream}{graph} "
