@@ -26,7 +26,7 @@ from wacall.api import CallingServicer
 from wacall.api_errors import Context
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.clock_service import ClockServicer
+from wacall.clock_service import ClockServicer, restore_position
 from wacall.config import Settings
 from wacall.graph import GraphClient
 from wacall.permissions import PermissionService
@@ -140,6 +140,8 @@ class Service:
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=WORKER_PREFIX)
         asyncio.get_running_loop().set_default_executor(self._executor)
         self.store = open_store(settings.db)
+        if isinstance(self.clock, ManualClock):
+            await restore_position(self.clock, self.store)
         graph_address: str | None = None
         senders: SenderDirectory
         if settings.upstream == "sim":
@@ -212,7 +214,7 @@ class Service:
             names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
         if isinstance(self.clock, ManualClock):
             settle = self.platform.settle if self.platform is not None else _nothing
-            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle), server)
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, self.store), server)
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]

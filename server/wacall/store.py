@@ -175,6 +175,10 @@ class Tx(Protocol):
 
     def setting(self, name: str) -> str | None: ...
 
+    def latest_recorded_at(self) -> datetime | None:
+        """When the newest event was recorded (None: no events yet)."""
+        ...
+
 
 class Store(Protocol):
     async def transaction(self, fn: Callable[[Tx], T]) -> T: ...
@@ -555,6 +559,10 @@ class _SqliteTx:
     def setting(self, name: str) -> str | None:
         row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
         return str(row[0]) if row else None
+
+    def latest_recorded_at(self) -> datetime | None:
+        row = self._db.execute("SELECT MAX(recorded_at) FROM events").fetchone()
+        return optional_datetime(row[0])
 
 
 RESERVATION_COLUMNS = (
