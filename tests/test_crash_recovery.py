@@ -14,12 +14,16 @@ import signal
 import sqlite3
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
-from conftest import BUSINESS
+import pytest
+from aiohttp import web
+from conftest import BUSINESS, USER, Running, refused, request_action, wait_until
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from test_process import ServeProcess
@@ -28,7 +32,7 @@ from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.graph import PlatformLimit, PlatformPermission, limit_window
+from wacall.graph import PlatformLimit, PlatformPermission, SenderAccount, TemplateRef, limit_window
 from wacall.permissions import platform_counted_none
 
 # Seconds after a burst starts at which the process is killed: before, during and near the end of the sends.
@@ -211,3 +215,152 @@ def test_limit_periods_read_as_the_platform_writes_them() -> None:
     assert limit_window("PT90S") == timedelta(seconds=90)
     assert limit_window("P1DT2H") == timedelta(days=1, hours=2)
     assert limit_window("P") is None and limit_window("24h") is None
+
+
+class UnsureMeta:
+    """Meta's Graph API where a send can hang (so the caller gives up and its outcome is unknown), and whose
+    GET call_permissions reports a chosen request count. Meta itself cannot be reached from here."""
+
+    def __init__(self) -> None:
+        self.hang = True
+        self.usage = 0
+        self.sent: list[str] = []
+        self.release = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.add_routes(
+            [web.post("/v23.0/{id}/messages", self.messages), web.get("/v23.0/{id}/call_permissions", self.usage_of)]
+        )
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        return f"http://127.0.0.1:{self.runner.addresses[0][1]}/v23.0"
+
+    async def messages(self, request: web.Request) -> web.Response:
+        if self.hang:
+            await self.release.wait()
+            return web.json_response({"error": {"code": 1, "message": "gone"}}, status=500)
+        message_id = f"wamid.META{len(self.sent)}"
+        self.sent.append(message_id)
+        body = await request.json()
+        return web.json_response({"contacts": [{"wa_id": body["to"]}], "messages": [{"id": message_id}]})
+
+    async def usage_of(self, request: web.Request) -> web.Response:
+        limit = {"time_period": "PT24H", "max_allowed": 1, "current_usage": self.usage}
+        return web.json_response(
+            {
+                "permission": {"status": "no_permission"},
+                "actions": [{"action_name": "send_call_permission_request", "can_perform_action": True,
+                             "limits": [limit]}],
+            }
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        self.release.set()
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def unsure_meta(make_service: Callable[..., Awaitable[Running]]) -> AsyncIterator[tuple[Running, UnsureMeta]]:
+    meta = UnsureMeta()
+    base_url = await meta.start()
+    sender = SenderAccount(BUSINESS, "1234567890", "9876543210", "EAAG-test", "s3cret", TemplateRef("cpr", "en"))
+    running = await make_service(upstream="meta", graph_base_url=base_url, senders=(sender,), sim_state="")
+    yield running, meta
+    await meta.close()
+
+
+async def give_up_on_a_hanging_send(wacall: Running, **fields: object) -> None:
+    """The caller stops waiting while the send hangs: wacall cannot know whether it reached the user."""
+    error = await refused(
+        wacall.calling.RequestPermission(
+            pb.RequestPermissionRequest(business_number=BUSINESS, user_number=USER, **fields),  # type: ignore[arg-type]
+            timeout=0.5,
+        )
+    )
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+DetailT = TypeVar("DetailT", error_details_pb2.RetryInfo, error_details_pb2.ErrorInfo)
+
+
+def error_detail(error: grpc.aio.AioRpcError, kind: type[DetailT]) -> DetailT:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):
+            found = kind()
+            detail.Unpack(found)
+            return found
+    raise AssertionError(f"no {kind.__name__} in {error}")
+
+
+def events_of(events: Sequence[pb.Event], **attributes: str) -> list[pb.Event]:
+    return [e for e in events if all(e.attributes.get(k) == v for k, v in attributes.items())]
+
+
+async def test_a_send_nobody_waited_for_is_released_once_the_platform_proves_it_never_arrived(
+    unsure_meta: tuple[Running, UnsureMeta],
+) -> None:
+    wacall, meta = unsure_meta
+    await give_up_on_a_hanging_send(wacall, idempotency_key="order-1")
+    # Within the grace period its sender may still be waiting: the key says so, and when to come back.
+    in_flight = await refused(wacall.request(idempotency_key="order-1"))
+    assert in_flight.code() == grpc.StatusCode.ABORTED
+    assert "retry with the same key" in (in_flight.details() or "")
+    assert 0 < error_detail(in_flight, error_details_pb2.RetryInfo).retry_delay.seconds <= 60
+    assert [u.used for u in request_action(await wacall.permission()).limits] == [1, 1]  # counted meanwhile
+    meta.hang = False
+    await wacall.advance(61)
+    # The platform counts no request: it never arrived. Released, and the key sends anew, once.
+    retried = await wacall.request(idempotency_key="order-1")
+    assert retried.message_id == meta.sent[0] and not retried.replayed
+    again = await wacall.request(idempotency_key="order-1")
+    assert again.message_id == retried.message_id and again.replayed
+    events = (await wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER))).events
+    assert len(events_of(events, outcome="not_sent", settled_by="recovery")) == 1
+    assert len(events_of(events, message_id=retried.message_id)) == 1
+    assert [u.used for u in request_action(await wacall.permission()).limits] == [1, 1]
+
+
+async def test_a_send_the_platform_may_have_counted_stays_counted_and_its_key_says_so(
+    unsure_meta: tuple[Running, UnsureMeta],
+) -> None:
+    wacall, meta = unsure_meta
+    await give_up_on_a_hanging_send(wacall, idempotency_key="order-2")
+    meta.usage = 1  # ours, or another writer's: the platform cannot say which
+    await wacall.advance(61)
+    first = await refused(wacall.request(idempotency_key="order-2"))
+    second = await refused(wacall.request(idempotency_key="order-2"))
+    for answer in (first, second):
+        assert answer.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_detail(answer, error_details_pb2.ErrorInfo)
+        assert info.reason == "REQUEST_OUTCOME_UNKNOWN" and info.metadata["counted"] == "true"
+        assert info.metadata["channel"] == "template"
+    assert first.details() == second.details()
+    assert [u.used for u in request_action(await wacall.permission()).limits] == [1, 1]
+    assert not meta.sent  # never sent twice
+    events = (await wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER))).events
+    [unknown] = events_of(events, may_have_been_sent="true", counted="true")
+    assert unknown.kind == pb.EVENT_KIND_PERMISSION_REQUEST_FAILED and unknown.attributes["outcome"] == "unknown"
+
+
+async def test_a_request_without_a_key_is_settled_by_the_recovery_pass(
+    unsure_meta: tuple[Running, UnsureMeta],
+) -> None:
+    wacall, meta = unsure_meta
+    await give_up_on_a_hanging_send(wacall)
+    await wacall.advance(30)  # not yet: its sender may still be waiting
+    events = (await wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER))).events
+    assert not events_of(events, settled_by="recovery")
+    await wacall.advance(31)
+    settled = await wait_until(
+        lambda: wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER)),
+        lambda reply: bool(events_of(reply.events, settled_by="recovery")),
+    )
+    assert events_of(settled.events, settled_by="recovery")[0].attributes["outcome"] == "not_sent"
+    assert [u.used for u in request_action(await wacall.permission()).limits] == [0, 0]
+    assert not meta.sent
