@@ -364,3 +364,34 @@ async def test_a_request_without_a_key_is_settled_by_the_recovery_pass(
     assert events_of(settled.events, settled_by="recovery")[0].attributes["outcome"] == "not_sent"
     assert [u.used for u in request_action(await wacall.permission()).limits] == [0, 0]
     assert not meta.sent
+
+
+async def test_two_services_on_one_database_settle_an_unsettled_request_once(
+    unsure_meta: tuple[Running, UnsureMeta], make_service: Callable[..., Awaitable[Running]]
+) -> None:
+    first, meta = unsure_meta
+    await give_up_on_a_hanging_send(first, idempotency_key="shared-1")
+    second = await make_service(
+        upstream="meta",
+        graph_base_url=first.service.settings.graph_base_url,
+        senders=first.service.settings.senders,
+        sim_state="",
+    )
+    services = [first.service.permissions, second.service.permissions]
+    assert all(p is not None for p in services)
+    # Young: neither claims it (its sender could be a live process whose send is still on its way).
+    assert await asyncio.gather(*(p.recover_reservations() for p in services if p)) == [0, 0]
+    # Old: both services' own recovery passes (woken by the clocks) and two more passes race for it.
+    await asyncio.gather(first.advance(61), second.advance(61))
+    settled = await asyncio.gather(*(p.recover_reservations() for p in services if p))
+    assert sum(settled) <= 1
+    listed = await wait_until(
+        lambda: first.calling.ListEvents(pb.ListEventsRequest(user_number=USER)),
+        lambda reply: bool(events_of(reply.events, settled_by="recovery")),
+    )
+    await asyncio.gather(*(p.recover_reservations() for p in services if p))
+    events = (await first.calling.ListEvents(pb.ListEventsRequest(user_number=USER))).events
+    assert len(events_of(events, settled_by="recovery")) == len(events_of(listed.events, settled_by="recovery")) == 1
+    meta.hang = False
+    retried = await second.request(idempotency_key="shared-1")
+    assert retried.message_id == meta.sent[0]
