@@ -71,6 +71,7 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ('upstream = "meta"\n' + SENDER.replace("447911123456", "12"), {}, "business_number"),
         ("", {"WACALL_MAX_WEBHOOK_BYTES": "lots"}, "WACALL_MAX_WEBHOOK_BYTES must be an integer"),
         ('inbound_route = "queue"\n', {}, "inbound_route must be"),
+        ("reservation_grace_seconds = 0\n", {}, "reservation_grace_seconds must be positive"),
         ('log_level = "loud"\n', {}, "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
         ("", {"WACALL_RESERVATION_GRACE_SECONDS": "soon"}, "WACALL_RESERVATION_GRACE_SECONDS must be a number"),
         ("this is not toml", {}, "wacall.toml"),

@@ -183,6 +183,8 @@ def load_settings(
         raise ConfigError(f"inbound_audio_file {settings.inbound_audio_file} does not exist")
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
+    if settings.reservation_grace_seconds <= 0:
+        raise ConfigError(f"reservation_grace_seconds must be positive, got {settings.reservation_grace_seconds}")
     if settings.log_level.upper() not in CHOICES["log_level"]:
         raise ConfigError(f"log_level must be one of {', '.join(CHOICES['log_level'])}, got {settings.log_level!r}")
     if settings.upstream == "meta" and not settings.senders:

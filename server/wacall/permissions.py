@@ -516,7 +516,10 @@ class PermissionService:
         def settle(tx: Tx) -> PermissionView:
             now = self.clock.now()
             ledger = tx.ledger(pair)
-            if tx.take_reservation(reservation.reservation_id) is None and sent_at not in ledger.request_times:
+            released = sent_at not in ledger.request_times and (
+                ledger.last_connected_at is None or ledger.last_connected_at < sent_at
+            )
+            if tx.take_reservation(reservation.reservation_id) is None and released:
                 # A recovery pass released it while the send was still on its way (a send slower than the grace
                 # period): it did go out, so it counts again.
                 ledger = engine.apply(ledger, engine.RequestSent(sent_at), self.policy).ledger

@@ -165,8 +165,8 @@ class Tx(Protocol):
         now: datetime,
         excluding: frozenset[str] = frozenset(),
     ) -> list[Reservation]:
-        """Claim every reservation made before `reserved_before` that nobody holds (or whose claim is older than
-        `claims_expire_before`), except `excluding`; returns what was claimed."""
+        """Claim every reservation made at or before `reserved_before` that nobody holds (or whose claim was made at
+        or before `claims_expire_before`), except `excluding`; returns what was claimed."""
         ...
 
     def save_setting(self, name: str, value: str) -> None:
@@ -534,8 +534,8 @@ class _SqliteTx:
         excluding: frozenset[str] = frozenset(),
     ) -> list[Reservation]:
         rows = self._db.execute(
-            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reserved_at < ? "
-            "AND (claimed_at IS NULL OR claimed_at < ?) ORDER BY reserved_at",
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reserved_at <= ? "
+            "AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY reserved_at",
             (to_micros(reserved_before), to_micros(claims_expire_before)),
         ).fetchall()
         claimed = []
