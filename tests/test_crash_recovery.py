@@ -121,9 +121,10 @@ async def check_after_restart(process: ServeProcess, db: Path, round_no: int, bu
         sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
         users = [keyed_user(round_no, i) for i in range(KEYED_USERS)]
         users += [keyless_user(round_no, i) for i in range(KEYLESS_USERS)]
+        sent_before_retries: dict[str, set[str]] = {}
         for user in users:
             messages = (await sim.ListMessages(sim_pb.ListMessagesRequest(user_number=user))).messages
-            sent_ids = {m.message_id for m in messages}
+            sent_ids = sent_before_retries[user] = {m.message_id for m in messages}
             permission = await calling.GetPermission(
                 pb.GetPermissionRequest(business_number=BUSINESS, user_number=user)
             )
@@ -155,7 +156,10 @@ async def check_after_restart(process: ServeProcess, db: Path, round_no: int, bu
                 assert first[1] == "REQUEST_OUTCOME_UNKNOWN"
             if user in burst.acknowledged:
                 assert first == ("sent", burst.acknowledged[user])
-            outcomes[f"retry {first[1] if first[0] != 'sent' else 'sent'}"] += 1
+            if first[0] != "sent":
+                outcomes[f"retry {first[1]}"] += 1
+            else:
+                outcomes["retry replayed" if first[1] in sent_before_retries[user] else "retry sent anew"] += 1
     return outcomes
 
 
