@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from wacall.config import ConfigError, load_settings
+from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, load_settings
+from wacall.policy import PRESETS
 
 SENDER = """
 [[senders]]
@@ -70,6 +71,9 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ('upstream = "meta"\n' + SENDER.replace("447911123456", "12"), {}, "business_number"),
         ("", {"WACALL_MAX_WEBHOOK_BYTES": "lots"}, "WACALL_MAX_WEBHOOK_BYTES must be an integer"),
         ('inbound_route = "queue"\n', {}, "inbound_route must be"),
+        ("reservation_grace_seconds = 0\n", {}, "reservation_grace_seconds must be positive"),
+        ('log_level = "loud"\n', {}, "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
+        ("", {"WACALL_RESERVATION_GRACE_SECONDS": "soon"}, "WACALL_RESERVATION_GRACE_SECONDS must be a number"),
         ("this is not toml", {}, "wacall.toml"),
     ],
 )
@@ -85,3 +89,12 @@ def test_missing_config_file_is_reported() -> None:
     with pytest.raises(ConfigError) as refused:
         load_settings("/nowhere/wacall.toml", {}, environ={})
     assert "not found" in str(refused.value)
+
+
+def test_every_setting_has_a_description_and_listed_choices_are_the_accepted_ones() -> None:
+    assert set(DESCRIPTIONS) == set(SCALARS)
+    assert set(CHOICES["policy"]) == set(PRESETS)
+    for name, choices in CHOICES.items():
+        for choice in choices:
+            if (name, choice) != ("upstream", "meta"):  # needs senders: covered above
+                assert getattr(load_settings(None, {name: choice}, environ={}), name) == choice

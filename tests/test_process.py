@@ -11,13 +11,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from conftest import BUSINESS, USER
+from google.protobuf import duration_pb2
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
+from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
@@ -298,3 +301,68 @@ async def test_a_graceful_stop_ends_calls_in_progress_first(serve) -> None:  # t
         ended = await calling_pb2_grpc.CallingServiceStub(channel).GetCall(pb.GetCallRequest(call_id=call.call_id))
         assert ended.state == pb.CALL_STATE_ENDED and ended.end_reason == "the service is shutting down"
     assert second.stop() == 0
+
+
+def serve_expecting_failure(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [str(BIN / "wacall"), "serve", "--db", f"sqlite:///{tmp_path / 'second.db'}", "--sim-state", ""]
+    return subprocess.run([*args, *extra], capture_output=True, text=True, timeout=30)
+
+
+async def test_a_second_service_on_a_busy_port_fails_with_one_clear_line(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    first = serve("--clock", "system")
+    busy_grpc = serve_expecting_failure(tmp_path, "--grpc-address", first.grpc, "--http-address", "127.0.0.1:0")
+    assert busy_grpc.returncode == 1 and busy_grpc.stdout == ""
+    assert busy_grpc.stderr.splitlines() == [
+        f"wacall: cannot listen for gRPC on {first.grpc}: Address already in use "
+        "(another wacall running? choose another with --grpc-address)"
+    ]
+    busy_http = serve_expecting_failure(tmp_path, "--grpc-address", "127.0.0.1:0", "--http-address", first.http)
+    assert busy_http.returncode == 1 and "Traceback" not in busy_http.stderr
+    assert busy_http.stderr.splitlines() == [
+        f"wacall: cannot listen for webhooks (HTTP) on {first.http}: Address already in use "
+        "(another wacall running? choose another with --http-address)"
+    ]
+    # The first service kept every call: nothing shares its port.
+    async with grpc.aio.insecure_channel(first.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        for _ in range(20):
+            await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER))
+    assert first.stop() == 0
+
+
+async def clock_now(process: ServeProcess) -> datetime:
+    async with grpc.aio.insecure_channel(process.grpc) as channel:
+        reply = await clock_pb2_grpc.ClockServiceStub(channel).Now(clock_pb2.NowRequest())
+    return reply.now.ToDatetime().replace(tzinfo=UTC)
+
+
+async def test_the_manual_clock_resumes_where_it_was_across_restarts_and_kills(serve) -> None:  # type: ignore[no-untyped-def]
+    first = serve("--clock", "manual")
+    async with grpc.aio.insecure_channel(first.grpc) as channel:
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        await calling.RequestPermission(pb.RequestPermissionRequest(business_number=BUSINESS, user_number=USER))
+        advanced = await clock_pb2_grpc.ClockServiceStub(channel).Advance(
+            clock_pb2.AdvanceRequest(duration=duration_pb2.Duration(seconds=8 * 86400))
+        )
+    eight_days_on = advanced.now.ToDatetime().replace(tzinfo=UTC)
+    assert first.stop() == 0
+
+    second = serve("--clock", "manual")
+    assert await clock_now(second) == eight_days_on
+    async with grpc.aio.insecure_channel(second.grpc) as channel:
+        # The walkthrough can be repeated: the earlier request has aged out of every window, as it would have.
+        calling = calling_pb2_grpc.CallingServiceStub(channel)
+        again = await calling.RequestPermission(pb.RequestPermissionRequest(business_number=BUSINESS, user_number=USER))
+        assert again.message_id
+        await clock_pb2_grpc.ClockServiceStub(channel).Advance(
+            clock_pb2.AdvanceRequest(duration=duration_pb2.Duration(seconds=3600))
+        )
+    second.proc.kill()  # no graceful stop: the acknowledged Advance was kept anyway
+    second.proc.wait(timeout=10)
+
+    third = serve("--clock", "manual")
+    assert await clock_now(third) == eight_days_on + timedelta(hours=1)
+    async with grpc.aio.insecure_channel(third.grpc) as channel:
+        events = (await calling_pb2_grpc.CallingServiceStub(channel).ListEvents(pb.ListEventsRequest())).events
+    assert max(e.recorded_at.ToDatetime().replace(tzinfo=UTC) for e in events) <= await clock_now(third)
+    assert third.stop() == 0

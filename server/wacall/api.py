@@ -20,7 +20,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.api_errors import Context, abort, abort_bad_request, abort_platform, abort_precondition, abort_refusal
-from wacall.api_messages import CHANNEL, call_message, event_message, policy_message, view_message
+from wacall.api_messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
 from wacall.call_service import CallNotFound, CallService, CallView
 from wacall.calls import CallState
 from wacall.graph import TemplateRef
@@ -31,6 +31,8 @@ from wacall.permissions import (
     InvalidField,
     PermissionService,
     PlatformRefusal,
+    RequestInFlight,
+    RequestOutcomeUnknown,
     RuleRefusal,
 )
 from wacall.senders import UnknownSender
@@ -134,10 +136,29 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                 await abort(
                     context, grpc.StatusCode.NOT_FOUND, f"no call {error}: use Call.call_id from StartCall or ListCalls"
                 )
+            case RequestInFlight(retry_at=retry_at):
+                now = self.permissions.clock.now()
+                await abort(
+                    context,
+                    grpc.StatusCode.ABORTED,
+                    str(error),
+                    error_details_pb2.RetryInfo(retry_delay=duration(max(retry_at - now, timedelta(seconds=1)))),
+                )
+            case RequestOutcomeUnknown(pair=pair, outcome=outcome):
+                await abort(
+                    context,
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    str(error),
+                    error_details_pb2.ErrorInfo(
+                        reason="REQUEST_OUTCOME_UNKNOWN",
+                        domain="wacall",
+                        metadata={"counted": "true", "pair": f"{pair.business}:{pair.user}", **outcome},
+                    ),
+                )
             case IdempotencyConflict():
                 await abort(
                     context,
-                    grpc.StatusCode.ABORTED if "in flight" in str(error) else grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.INVALID_ARGUMENT,
                     str(error),
                     error_details_pb2.BadRequest(
                         field_violations=[

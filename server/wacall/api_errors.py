@@ -126,7 +126,7 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
             ),
         )
     hint = (
-        "it may have been delivered; check ListEvents before retrying"
+        "it may have been delivered: it stays counted until settled; retry with the same idempotency_key to learn how"
         if error.maybe_sent
         else "nothing was sent; retry later"
     )

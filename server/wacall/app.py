@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from wacall.api import CallingServicer
 from wacall.api_errors import Context
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.clock_service import ClockServicer
+from wacall.clock_service import ClockServicer, restore_position
 from wacall.config import Settings
 from wacall.graph import GraphClient
 from wacall.permissions import PermissionService
@@ -81,6 +83,30 @@ def _split(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+class AddressUnavailable(Exception):
+    """A listening address cannot be bound (another process holds it): the service does not start."""
+
+    def __init__(self, what: str, address: str, flag: str, why: str) -> None:
+        super().__init__(
+            f"cannot listen for {what} on {address}: {why} (another wacall running? choose another with {flag})"
+        )
+
+
+def _ensure_free(what: str, host: str, port: int, flag: str) -> None:
+    """Fail with one clear line before grpc's core logs its own: binds the address as a listener would (no port
+    sharing), then lets it go."""
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            why = os.strerror(error.errno) if error.errno else str(error)
+            raise AddressUnavailable(what, f"{host}:{port}", flag, why) from None
+
+
 @dataclass
 class Addresses:
     grpc: str
@@ -103,14 +129,19 @@ class Service:
         self._sim_runner: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
         self._executor: ThreadPoolExecutor | None = None
+        self._recovery: asyncio.Task[None] | None = None
 
     async def start(self) -> Addresses:
         settings = self.settings
+        grpc_host, grpc_port = _split(settings.grpc_address)
+        _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
         # aiortc encodes audio in the loop's default executor (MEDIA-3): a named pool of known size, so thread
         # counts stay bounded and readable.
         self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=WORKER_PREFIX)
         asyncio.get_running_loop().set_default_executor(self._executor)
         self.store = open_store(settings.db)
+        if isinstance(self.clock, ManualClock):
+            await restore_position(self.clock, self.store)
         graph_address: str | None = None
         senders: SenderDirectory
         if settings.upstream == "sim":
@@ -139,7 +170,14 @@ class Service:
         else:
             self.graph = GraphClient(settings.graph_base_url)
             senders = ConfiguredSenders(settings.senders)
-        self.permissions = PermissionService(self.store, self.clock, self.policy, senders, self.graph)
+        self.permissions = PermissionService(
+            self.store,
+            self.clock,
+            self.policy,
+            senders,
+            self.graph,
+            reservation_grace=timedelta(seconds=settings.reservation_grace_seconds),
+        )
 
         http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
         http_app.add_routes(
@@ -148,14 +186,19 @@ class Service:
         self._http_runner = web.AppRunner(http_app, access_log=None)
         await self._http_runner.setup()
         http_host, http_port = _split(settings.http_address)
-        await web.TCPSite(self._http_runner, http_host, http_port).start()
+        try:
+            await web.TCPSite(self._http_runner, http_host, http_port).start()
+        except OSError as error:
+            why = os.strerror(error.errno) if error.errno else str(error)
+            raise AddressUnavailable("webhooks (HTTP)", f"{http_host}:{http_port}", "--http-address", why) from None
         bound_http = self._http_runner.addresses[0]
         http_address = f"{http_host}:{bound_http[1]}"
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
 
         interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
-        server = grpc.aio.server(interceptors=interceptors)
+        # No port sharing: a second service on the same port must fail, not take half of the calls.
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         self.calls = CallService(
             self.permissions,
             self.graph,
@@ -171,15 +214,22 @@ class Service:
             names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
         if isinstance(self.clock, ManualClock):
             settle = self.platform.settle if self.platform is not None else _nothing
-            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle), server)
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, self.store), server)
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
-        grpc_host, grpc_port = _split(settings.grpc_address)
-        bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        try:
+            bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+        except RuntimeError:
+            bound = 0
+        if bound == 0 or (grpc_port and bound != grpc_port):
+            raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
         await server.start()
         self._grpc = server
+        # Requests a killed process left unsettled are settled in the background: asking the platform must not hold
+        # up start-up (Meta may be slow or unreachable), and a retry of such a key settles it on the spot anyway.
+        self._recovery = asyncio.create_task(self.permissions.keep_recovering())
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         return Addresses(grpc=f"{grpc_host}:{bound}", http=http_address, graph=graph_address)
@@ -195,6 +245,9 @@ class Service:
         await self._health.enter_graceful_shutdown()
         if self._grpc is not None:
             await self._grpc.stop(grace)
+        if self._recovery is not None:
+            self._recovery.cancel()
+            await asyncio.gather(self._recovery, return_exceptions=True)
         if self.calls is not None:
             await self.calls.close()
         if self._http_runner is not None:

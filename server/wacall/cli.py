@@ -9,10 +9,10 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
@@ -21,9 +21,11 @@ from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.config import SCALARS, ConfigError, load_settings
+from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, Settings, load_settings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
+METAVARS = {"db": "URL", "sim_state": "FILE"}
+REQUEST_ANSWERS = ["accept_temporary", "accept_permanent", "reject", "ignore"]
 
 
 def _when(ts: timestamp_pb2.Timestamp, present: bool = True) -> str:
@@ -65,6 +67,19 @@ def format_permission(p: pb.Permission) -> str:
     return "\n".join(lines)
 
 
+def format_behavior(b: sim_pb.UserBehavior) -> str:
+    answer = sim_pb.PermissionRequestResponse.Name(b.on_permission_request)
+    delay = b.reply_delay.ToTimedelta()
+    talk = b.talk_duration.ToTimedelta()
+    voice = b.say_file or ("silence" if b.tone_hz < 0 else f"a {b.tone_hz:g} Hz tone")
+    return (
+        f"{b.user_number}: requests {answer}" + (f" after {human_duration(delay)}" if delay else "")
+        + (" (outdated client: requests fail with 131026)" if b.outdated_client else "")
+        + f"; calls: {sim_pb.OnCall.Name(b.on_call)} after {human_duration(b.ring_duration.ToTimedelta())} of ringing"
+        + (f", talks {human_duration(talk)}" if talk else "") + f", says {voice}"
+    )  # fmt: skip
+
+
 def format_call(c: pb.Call) -> str:
     state = _enum(pb.CallState, c.state, "CALL_STATE_")
     outcome = f" {_enum(pb.CallOutcome, c.outcome, 'CALL_OUTCOME_')}" if c.outcome else ""
@@ -101,21 +116,63 @@ def format_event(e: pb.Event) -> str:
     )
 
 
-def describe_error(error: grpc.aio.AioRpcError) -> str:
-    lines = [f"error: {error.code().name}: {error.details()}"]
-    status = rpc_status.from_call(error)
-    for detail in status.details if status else []:
-        for kind in (
-            error_details_pb2.RetryInfo,
-            error_details_pb2.QuotaFailure,
-            error_details_pb2.PreconditionFailure,
-            error_details_pb2.BadRequest,
-        ):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                lines.append(f"  {kind.__name__}: {str(message).strip()}".replace("\n", "; "))
+def human_duration(delta: timedelta) -> str:
+    """24 h, 23 h 59 min, 6 d 23 h, 45 s: hours up to two days, then days; the two largest units."""
+    seconds = max(round(delta.total_seconds()), 0)
+    days, rest = divmod(seconds, 86400) if seconds >= 2 * 86400 else (0, seconds)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n} {unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "min"), (secs, "s")) if n]
+    return " ".join(parts[:2]) or "0 s"
+
+
+def _instant(at: datetime) -> str:
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC" if at.second else "%Y-%m-%d %H:%M UTC")
+
+
+def describe_status(code: str, message: str, details: Sequence[any_pb2.Any], now: datetime) -> str:
+    """An error for people: the status and message, then each google.rpc detail as a readable line. `now` is the
+    service's time (its clock may be a manual one), so "retry ... at" is when the service will allow it."""
+    lines = [f"error: {code}: {message}"]
+    for detail in details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            delay = retry.retry_delay.ToTimedelta()
+            lines.append(f"  retry in {human_duration(delay)} (at {_instant(now + delay)})")
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            lines += [f"  limit reached: {v.description} ({v.subject})" for v in quota.violations]
+        elif detail.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
+            precondition = error_details_pb2.PreconditionFailure()
+            detail.Unpack(precondition)
+            lines += [f"  {v.type} ({v.subject}): {v.description}" for v in precondition.violations]
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            lines += [f"  bad {v.field}: {v.description}" for v in bad.field_violations]
+        elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            lines.append(f"  {info.reason} ({info.domain})")
+            lines += [f"    {key}: {value}" for key, value in sorted(info.metadata.items())]
     return "\n".join(lines)
+
+
+def describe_error(error: grpc.aio.AioRpcError, now: datetime) -> str:
+    status = rpc_status.from_call(error)
+    return describe_status(error.code().name, error.details() or "", list(status.details) if status else [], now)
+
+
+async def service_now(channel: grpc.aio.Channel, md: list[tuple[str, str]]) -> datetime:
+    """The service's time: its manual clock when it runs one, else this terminal's."""
+    try:
+        reply = await clock_pb2_grpc.ClockServiceStub(channel).Now(clock_pb2.NowRequest(), metadata=md, timeout=2)
+    except grpc.aio.AioRpcError:
+        return datetime.now(UTC)
+    now: datetime = reply.now.ToDatetime().replace(tzinfo=UTC)
+    return now
 
 
 def _metadata() -> list[tuple[str, str]]:
@@ -182,7 +239,7 @@ async def run_client(args: argparse.Namespace) -> int:
                         reply = await clock.Now(clock_pb2.NowRequest(), metadata=md)
                     print(_when(reply.now))
         except grpc.aio.AioRpcError as error:
-            print(describe_error(error), file=sys.stderr)
+            print(describe_error(error, await service_now(channel, md)), file=sys.stderr)
             return 1
     return 0
 
@@ -202,16 +259,14 @@ async def _sim(
     sim: simulator_pb2_grpc.SimulatorServiceStub, sub: str, args: argparse.Namespace, md: list[tuple[str, str]]
 ) -> None:
     if sub == "behavior":
-        reply = await sim.SetUserBehavior(
-            sim_pb.SetUserBehaviorRequest(
-                user_number=args.user,
-                on_permission_request=args.on_request.upper(),
-                reply_delay=_duration(args.delay),
-                outdated_client=args.outdated_client,
-            ),
-            metadata=md,
-        )
-        print(f"{reply.user_number}: {sim_pb.PermissionRequestResponse.Name(reply.on_permission_request)}")
+        # A merge: only what was given on the command line changes.
+        behavior = sim_pb.SetUserBehaviorRequest(user_number=args.user, on_permission_request=args.on_request.upper())
+        if args.delay is not None:
+            behavior.reply_delay.CopyFrom(_duration(args.delay))
+        if args.outdated_client is not None:
+            behavior.outdated_client = args.outdated_client
+        reply = await sim.SetUserBehavior(behavior, metadata=md)
+        print(format_behavior(reply))
     elif sub == "message":
         reply = await sim.SendUserMessage(
             sim_pb.SendUserMessageRequest(business_number=args.business, user_number=args.user, text=args.text),
@@ -232,15 +287,16 @@ async def _sim(
             )
         print(f"platform permission: {permission.status}")
     elif sub == "phone":
-        reply = await sim.SetUserBehavior(
-            sim_pb.SetUserBehaviorRequest(
-                user_number=args.user, on_call=args.on_call.upper(), ring_duration=_duration(args.ring),
-                talk_duration=_duration(args.talk), tone_hz=args.tone_hz,
-                on_permission_request=args.on_request.upper(),
-            ),
-            metadata=md,
-        )  # fmt: skip
-        print(f"{reply.user_number}: {sim_pb.OnCall.Name(reply.on_call)} after {reply.ring_duration.ToTimedelta()}")
+        phone = sim_pb.SetUserBehaviorRequest(user_number=args.user, on_call=args.on_call.upper())
+        for name, value in (("ring_duration", args.ring), ("talk_duration", args.talk)):
+            if value is not None:
+                getattr(phone, name).CopyFrom(_duration(value))
+        if args.tone_hz is not None:
+            phone.tone_hz = args.tone_hz
+        if args.on_request is not None:
+            phone.on_permission_request = args.on_request.upper()
+        reply = await sim.SetUserBehavior(phone, metadata=md)
+        print(format_behavior(reply))
     elif sub == "call-business":
         phone_call = await sim.PlaceUserCall(
             sim_pb.PlaceUserCallRequest(business_number=args.business, user_number=args.user), metadata=md
@@ -284,15 +340,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wacall", description="WhatsApp Business Calling permissions and calls.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="run the service")
-    serve.add_argument("--config", help="TOML configuration file (env WACALL_CONFIG)")
+    serve = commands.add_parser(
+        "serve",
+        help="run the service",
+        description="Run the service. Settings come from defaults, then --config, then WACALL_* variables, then "
+        "these flags.",
+    )
+    serve.add_argument("--config", metavar="FILE", help="TOML configuration file (env WACALL_CONFIG)")
+    defaults = Settings()
     for name in SCALARS:
+        choices = CHOICES.get(name)
+        default = getattr(defaults, name)
+        shown = repr(default) if default == "" else str(default)
         serve.add_argument(
             f"--{name.replace('_', '-')}",
             dest=name,
             default=None,
             type=SCALARS[name],
-            help=f"(env WACALL_{name.upper()})",
+            # Choices are listed, not enforced here: load_settings checks every source alike, with one message.
+            metavar="{" + ",".join(choices) + "}" if choices else METAVARS.get(name, name.split("_")[-1].upper()),
+            help=f"{DESCRIPTIONS[name]} (default: {shown}; env WACALL_{name.upper()})",
         )
 
     def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -329,9 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim_sub = sim.add_subparsers(dest="subcommand", required=True)
     behavior = client(sim_sub.add_parser("behavior", help="how a simulated user answers permission requests"))
     behavior.add_argument("user")
-    behavior.add_argument("on_request", choices=["accept_temporary", "accept_permanent", "reject", "ignore"])
-    behavior.add_argument("--delay", default="0s", help="reply delay, e.g. 30s or 2h")
-    behavior.add_argument("--outdated-client", action="store_true")
+    behavior.add_argument("on_request", choices=REQUEST_ANSWERS)
+    behavior.add_argument("--delay", help="reply delay, e.g. 30s or 2h (default: keep; at once for a new user)")
+    behavior.add_argument(
+        "--outdated-client",
+        action=argparse.BooleanOptionalAction,
+        help="the user's app is too old for call permission requests: they fail with 131026 (default: keep)",
+    )
     message = client(sim_sub.add_parser("message", help="the user writes to the business (opens the window)"))
     message.add_argument("business")
     message.add_argument("user")
@@ -348,11 +419,12 @@ def build_parser() -> argparse.ArgumentParser:
     phone = client(sim_sub.add_parser("phone", help="how a simulated user's phone behaves when called"))
     phone.add_argument("user")
     phone.add_argument("on_call", choices=["answer", "no_answer", "decline"])
-    phone.add_argument("--ring", default="3s", help="ring time before acting, e.g. 3s")
-    phone.add_argument("--talk", default="0s", help="talk time before hanging up (0: until the business does)")
-    phone.add_argument("--tone-hz", type=float, default=880.0, help="what the user says (a tone)")
-    phone.add_argument("--on-request", default="ignore",
-                       choices=["accept_temporary", "accept_permanent", "reject", "ignore"])  # fmt: skip
+    phone.add_argument("--ring", help="ring time before acting, e.g. 3s (default: keep; 3s for a new user)")
+    phone.add_argument("--talk", help="talk time before hanging up; 0s: until the business does (default: keep)")
+    phone.add_argument("--tone-hz", type=float, help="what the user says: a tone in Hz, -1 for silence (default: keep)")
+    phone.add_argument(
+        "--on-request", choices=REQUEST_ANSWERS, help="how they answer permission requests (default: keep)"
+    )
     call_me = client(sim_sub.add_parser("call-business", help="the user calls the business"))
     call_me.add_argument("business")
     call_me.add_argument("user")
@@ -384,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from wacall.app import Service
+    from wacall.app import AddressUnavailable, Service
 
     try:
         settings = load_settings(args.config, {name: getattr(args, name) for name in SCALARS})
@@ -399,7 +471,12 @@ async def serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    addresses = await service.start()
+    try:
+        addresses = await service.start()
+    except AddressUnavailable as exc:
+        print(f"wacall: {exc}", file=sys.stderr)
+        await service.stop(grace=0)
+        return 1
     graph = f" (simulated Graph API at {addresses.graph})" if addresses.graph else ""
     print(
         f"wacall serving grpc={addresses.grpc} http={addresses.http} upstream={settings.upstream}{graph} "

@@ -36,6 +36,12 @@ class ManualClock:
     def now(self) -> datetime:
         return self._now
 
+    def restore(self, position: datetime) -> None:
+        """Resume where a previous run left off (at start-up, before anything sleeps on this clock)."""
+        if self._sleepers:
+            raise RuntimeError("restore the manual clock before anything sleeps on it")
+        self._now = position
+
     async def sleep(self, delay: timedelta) -> None:
         if delay <= timedelta(0):
             await asyncio.sleep(0)

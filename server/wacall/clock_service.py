@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from wacall_client.testing.v1 import clock_pb2 as pb
 from wacall_client.testing.v1 import clock_pb2_grpc
@@ -12,14 +12,36 @@ from wacall_client.testing.v1 import clock_pb2_grpc
 from wacall.api_errors import Context, abort_bad_request
 from wacall.api_messages import timestamp
 from wacall.clock import ManualClock
+from wacall.store import Store, Tx, from_micros, to_micros
 
 MAX_ADVANCE = timedelta(days=3650)
+# The manual clock's position, kept in the store so that a restart resumes the same simulated time.
+POSITION_SETTING = "manual_clock_position"
+
+
+async def restore_position(clock: ManualClock, store: Store) -> None:
+    """Resume the clock where the last run left it: its saved position, or, if later (a run killed during an
+    Advance, a database older than saved positions), when the newest event was recorded. Never backwards."""
+
+    def read(tx: Tx) -> list[datetime]:
+        saved = tx.setting(POSITION_SETTING)
+        latest = tx.latest_recorded_at()
+        return [*([from_micros(int(saved))] if saved else []), *([latest] if latest else [])]
+
+    known = await store.transaction(read)
+    if known:
+        clock.restore(max(known))
+
+
+async def save_position(store: Store, position: datetime) -> None:
+    await store.transaction(lambda tx: tx.save_setting(POSITION_SETTING, str(to_micros(position))))
 
 
 class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
-    def __init__(self, clock: ManualClock, settle: Callable[[], Awaitable[None]]) -> None:
+    def __init__(self, clock: ManualClock, settle: Callable[[], Awaitable[None]], store: Store) -> None:
         self.clock = clock
         self.settle = settle
+        self.store = store
         # One advance at a time: interleaved advances would wake sleepers out of time order.
         self._lock = asyncio.Lock()
 
@@ -34,6 +56,8 @@ class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
             await abort_bad_request(context, "duration", "at most 3650 days at a time")
         async with self._lock:
             now = await self.clock.advance(delta)
+            # Kept before the answer: a restart after an acknowledged Advance resumes from here.
+            await save_position(self.store, now)
             # Whatever became due (simulated users answering, say) has been delivered when Advance returns.
             await self.settle()
         return pb.NowResponse(now=timestamp(now))

@@ -11,7 +11,7 @@ from typing import Any
 
 from wacall.graph import SenderAccount, TemplateRef
 from wacall.numbers import InvalidNumber, parse_number
-from wacall.policy import Policy, PolicyError, load_policy
+from wacall.policy import PRESETS, Policy, PolicyError, load_policy
 
 
 class ConfigError(ValueError):
@@ -40,6 +40,9 @@ class Settings:
     sim_no_media_mid_call_seconds: float = 30.0
     # End a call when the user has sent no audio for this long (MEDIA-1).
     media_timeout_seconds: float = 20.0
+    # A permission request still unsettled this long after its limits were reserved has no live sender (killed,
+    # timed out): recovery asks the platform and settles it. Longer than any send can take.
+    reservation_grace_seconds: float = 60.0
     # Threads for audio encoding and file decoding (the event loop's default executor).
     worker_threads: int = 8
     # Where calls from users go: "announcement" (inbound_audio_file, or a tone) or "media_stream" (a program
@@ -71,10 +74,47 @@ SCALARS: Mapping[str, type] = {
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
+    "reservation_grace_seconds": float,
     "worker_threads": int,
     "inbound_route": str,
     "inbound_audio_file": str,
     "log_level": str,
+}
+
+
+# The values a setting can take, where they are a fixed list (checked in load_settings, shown in --help).
+CHOICES: Mapping[str, tuple[str, ...]] = {
+    "upstream": ("sim", "meta"),
+    "clock": ("system", "manual"),
+    "policy": tuple(sorted(PRESETS)),
+    "inbound_route": ("announcement", "media_stream"),
+    "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+}
+
+# What each setting does, for `wacall serve --help`.
+DESCRIPTIONS: Mapping[str, str] = {
+    "grpc_address": "where the gRPC API listens (host:port; port 0 picks a free one)",
+    "http_address": "where the webhook endpoint listens (host:port)",
+    "db": "the ledger's database URL (sqlite:///relative.db or sqlite:////absolute.db)",
+    "upstream": "the WhatsApp platform: the embedded simulator, or Meta's Graph API (needs [[senders]] in --config)",
+    "clock": "real time, or a manual clock moved with wacall clock advance / ClockService (resumes across restarts)",
+    "policy": "the named rule set (limits, windows, country deny-list); override numbers in [policy_overrides]",
+    "auth_token": "bearer token required on every gRPC call but health (empty: no auth, for development)",
+    "webhook_verify_token": "the token Meta's webhook verification handshake (GET) must present",
+    "graph_base_url": "Meta's Graph API base URL, with version (--upstream meta)",
+    "max_webhook_bytes": "largest webhook body accepted (bigger ones get HTTP 413)",
+    "sim_state": "file where the simulator keeps its state between runs (empty: memory only)",
+    "sim_no_media_at_start_seconds": "the simulated phone drops a call with no audio from the business this long",
+    "sim_no_media_mid_call_seconds": "the simulated phone drops a call whose business audio stops this long mid-call",
+    "media_timeout_seconds": "end a call after this long without audio from the user",
+    "reservation_grace_seconds": (
+        "a permission request unsettled this long (its process was killed, its send timed out) is settled by "
+        "recovery; longer than any send can take"
+    ),
+    "worker_threads": "threads for audio encoding and file decoding",
+    "inbound_route": "what answers a user's call: an announcement, or a CallMedia stream program",
+    "inbound_audio_file": "the announcement played to users who call (empty: a tone)",
+    "log_level": "how much to log",
 }
 
 
@@ -143,6 +183,10 @@ def load_settings(
         raise ConfigError(f"inbound_audio_file {settings.inbound_audio_file} does not exist")
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
+    if settings.reservation_grace_seconds <= 0:
+        raise ConfigError(f"reservation_grace_seconds must be positive, got {settings.reservation_grace_seconds}")
+    if settings.log_level.upper() not in CHOICES["log_level"]:
+        raise ConfigError(f"log_level must be one of {', '.join(CHOICES['log_level'])}, got {settings.log_level!r}")
     if settings.upstream == "meta" and not settings.senders:
         raise ConfigError("--upstream meta needs at least one [[senders]] entry in the configuration file")
     settings.load_policy()

@@ -8,9 +8,10 @@ only when the request provably never reached the server (connection refused), so
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -76,6 +77,15 @@ class PlatformPermission:
     status: str  # no_permission | temporary | permanent
     expires_at: datetime | None
     actions: Mapping[str, tuple[bool, tuple[PlatformLimit, ...]]]
+
+
+def limit_window(time_period: str) -> timedelta | None:
+    """A limit's `time_period` (ISO-8601: PT24H, P7D, PT90S) as a duration; None for a form we do not know."""
+    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", time_period)
+    if match is None or not any(match.groups()):
+        return None
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def _unix(value: Any) -> datetime | None:

@@ -7,9 +7,11 @@ before anybody is answered. Network calls to the platform happen between transac
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,11 +29,20 @@ from wacall.engine import (
     Source,
 )
 from wacall.errors import platform_error
-from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount, SentMessage, TemplateRef
+from wacall.graph import (
+    GraphClient,
+    GraphError,
+    GraphUnavailable,
+    PlatformPermission,
+    SenderAccount,
+    SentMessage,
+    TemplateRef,
+    limit_window,
+)
 from wacall.numbers import PhoneNumber, parse_number
 from wacall.policy import Policy
 from wacall.senders import SenderDirectory, UnknownSender
-from wacall.store import EventRecord, IdempotentResult, Pair, Store, Tx
+from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
 from wacall.webhook_payloads import (
     BusinessRestriction,
     CallEventItem,
@@ -77,6 +88,53 @@ class PlatformRefusal(Exception):
 
 class IdempotencyConflict(Exception):
     pass
+
+
+class RequestInFlight(IdempotencyConflict):
+    """A request with this key is being sent, or settled, right now; retry with the same key after `retry_at`."""
+
+    def __init__(self, retry_at: datetime) -> None:
+        super().__init__(
+            "a request with this idempotency_key is still in flight; retry with the same key to learn its outcome"
+        )
+        self.retry_at = retry_at
+
+
+class RequestOutcomeUnknown(Exception):
+    """The key's request may have reached the user (its outcome was never learnt): it stays counted, and this key
+    never sends again."""
+
+    def __init__(self, pair: Pair, outcome: Mapping[str, str]) -> None:
+        super().__init__(
+            "the request with this idempotency_key may have been sent (its outcome could not be learnt); it is "
+            "counted against the limits and will not be sent again under this key"
+        )
+        self.pair = pair
+        self.outcome = dict(outcome)
+
+
+@dataclass(frozen=True, slots=True)
+class _Unsettled:
+    """A key's reservation whose sender is gone, claimed by the caller that found it."""
+
+    reservation: Reservation
+
+
+# Unsettled reservations are settled this many at a time (each asks the platform once).
+RECOVERY_BATCH = 16
+# Recovery passes run at least this far apart, whatever the grace period.
+MIN_RECOVERY_PERIOD = timedelta(seconds=1)
+
+
+def platform_counted_none(platform: PlatformPermission, reserved_at: datetime, now: datetime, skew: timedelta) -> bool:
+    """True when the platform's own count proves a request reserved at `reserved_at` never reached it: a request
+    limit's window that holds `reserved_at` on either clock (give or take `skew`) counts no request at all."""
+    _, limits = platform.actions.get("send_call_permission_request", (False, ()))
+    for limit in limits:
+        window = limit_window(limit.time_period)
+        if window is not None and now - window + skew < reserved_at and limit.current_usage == 0:
+            return True
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +208,13 @@ CallItemHandler = Callable[[Tx, str, CallEventItem, datetime], AfterCommit | Non
 
 class PermissionService:
     def __init__(
-        self, store: Store, clock: Clock, policy: Policy, senders: SenderDirectory, graph: GraphClient
+        self,
+        store: Store,
+        clock: Clock,
+        policy: Policy,
+        senders: SenderDirectory,
+        graph: GraphClient,
+        reservation_grace: timedelta = timedelta(seconds=60),
     ) -> None:
         self.store = store
         self.clock = clock
@@ -162,6 +226,11 @@ class PermissionService:
         # media work to run once it is committed.
         self.call_item_handler: CallItemHandler | None = None
         self._after_commit: set[asyncio.Task[None]] = set()
+        # Longer than any send can take: an older unsettled reservation has no live sender.
+        self.reservation_grace = reservation_grace
+        # This process, as a claimant of reservations to settle; and the reservations it is sending right now.
+        self.instance = uuid.uuid4().hex
+        self._in_flight: set[str] = set()
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -325,7 +394,9 @@ class PermissionService:
         if business.region not in self.policy.denied_business_regions:
             account = self.senders.account_for(business)
 
-        def reserve(tx: Tx) -> tuple[datetime, Channel, PermissionState] | RequestResult:
+        reservation_id = uuid.uuid4().hex
+
+        def reserve(tx: Tx) -> Reservation | RequestResult | _Unsettled:
             now = self.clock.now()
             if idempotency_key:
                 earlier = tx.idempotent_result(pair.business, idempotency_key)
@@ -334,17 +405,29 @@ class PermissionService:
                         raise IdempotencyConflict(
                             "this idempotency_key was used for a different request; use a new key"
                         )
-                    if earlier.outcome.get("status") == "sent":
+                    status = earlier.outcome.get("status")
+                    if status == "sent":
                         return RequestResult(
                             earlier.outcome["message_id"],
                             Channel(earlier.outcome["channel"]),
                             self._view(pair, business, tx.ledger(pair), now, tx),
                             replayed=True,
                         )
-                    if earlier.outcome.get("status") == "pending":
-                        raise IdempotencyConflict(
-                            "a request with this idempotency_key is still in flight or its outcome is unknown"
-                        )
+                    if status == "unknown":
+                        raise RequestOutcomeUnknown(pair, earlier.outcome)
+                    if status == "pending":
+                        unsettled = tx.reservation_for_key(pair.business, idempotency_key)
+                        if unsettled is None:
+                            # Left pending by a version that kept no reservation record; its may-have-been-sent
+                            # event was recorded then, and it stays counted.
+                            raise RequestOutcomeUnknown(pair, earlier.outcome)
+                        if not self._settleable(unsettled, now):
+                            raise RequestInFlight(self._settle_by(unsettled))
+                        # Its sender is gone: this caller settles it, then answers with the outcome.
+                        tx.take_reservation(unsettled.reservation_id)
+                        claimed = dataclasses.replace(unsettled, claimed_by=self.instance, claimed_at=now)
+                        tx.save_reservation(claimed)
+                        return _Unsettled(claimed)
             ledger = tx.ledger(pair)
             evaluation = self._evaluate(ledger, business, now, template, restriction=tx.restriction(pair.business))
             decision = evaluation.request
@@ -354,17 +437,50 @@ class PermissionService:
             # Consume the limits now, before the send: concurrent callers see the reservation (fail closed).
             reserved = engine.apply(ledger, engine.RequestSent(now), self.policy).ledger
             tx.save_ledger(pair, engine.prune(reserved, now, self.policy), now)
+            # The record recovery finds if this process dies before the send is settled.
+            reservation = Reservation(
+                reservation_id, pair, now, decision.channel.value, ledger.state, idempotency_key, fingerprint
+            )
+            tx.save_reservation(reservation)
             if idempotency_key:
                 tx.save_idempotent_result(
                     IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "pending"}), now
                 )
-            return now, decision.channel, ledger.state
+            # Before the commit, so no recovery pass of this process can claim it (they share the store's thread).
+            self._in_flight.add(reservation.reservation_id)
+            return reservation
 
-        reserved = await self.store.transaction(reserve)
+        for _ in range(2):
+            try:
+                reserved = await self.store.transaction(reserve)
+            except BaseException:
+                self._in_flight.discard(reservation_id)
+                raise
+            if isinstance(reserved, _Unsettled):
+                await self._settle_unsettled(reserved.reservation)
+                continue  # the key now holds a settled outcome
+            break
+        else:  # pragma: no cover - a settled key never reads as unsettled again
+            raise RequestInFlight(self.clock.now() + self.reservation_grace)
         if isinstance(reserved, RequestResult):
             return reserved
-        sent_at, channel, state_before = reserved
         assert account is not None
+        try:
+            return await self._send_reserved(reserved, business, user, account, body_text, template)
+        finally:
+            # Settled, or left for recovery (outcome unknown, or the caller went away mid-send).
+            self._in_flight.discard(reserved.reservation_id)
+
+    async def _send_reserved(
+        self,
+        reservation: Reservation,
+        business: PhoneNumber,
+        user: PhoneNumber,
+        account: SenderAccount,
+        body_text: str,
+        template: TemplateRef | None,
+    ) -> RequestResult:
+        channel = Channel(reservation.channel)
         try:
             if channel is Channel.INTERACTIVE:
                 sent = await self.graph.send_permission_request_interactive(account, user.digits, body_text)
@@ -373,27 +489,42 @@ class PermissionService:
                 assert chosen is not None
                 sent = await self.graph.send_permission_request_template(account, user.digits, chosen)
         except (GraphError, GraphUnavailable) as error:
-            await self._settle_failed_request(
-                pair, business, sent_at, state_before, channel, error, idempotency_key, fingerprint
-            )
-            raise PlatformRefusal(error, pair) from error
-        view = await self._settle_sent_request(pair, business, sent_at, channel, sent, idempotency_key, fingerprint)
+            await self._settle_failed_request(reservation, business, error)
+            raise PlatformRefusal(error, reservation.pair) from error
+        view = await self._settle_sent_request(reservation, business, sent)
         return RequestResult(sent.message_id, channel, view, replayed=False)
 
+    def _settleable(self, reservation: Reservation, now: datetime) -> bool:
+        """Old enough that no live sender can still be waiting on it (its send would have timed out), not being
+        sent by this process, and not held by a live recovery pass."""
+        if reservation.reservation_id in self._in_flight:
+            return False
+        horizon = now - self.reservation_grace
+        return reservation.reserved_at <= horizon and (
+            reservation.claimed_at is None or reservation.claimed_at <= horizon
+        )
+
+    def _settle_by(self, reservation: Reservation) -> datetime:
+        return max(filter(None, (reservation.reserved_at, reservation.claimed_at))) + self.reservation_grace
+
     async def _settle_sent_request(
-        self,
-        pair: Pair,
-        business: PhoneNumber,
-        sent_at: datetime,
-        channel: Channel,
-        sent: SentMessage,
-        idempotency_key: str,
-        fingerprint: str,
+        self, reservation: Reservation, business: PhoneNumber, sent: SentMessage
     ) -> PermissionView:
+        pair, sent_at, channel = reservation.pair, reservation.reserved_at, Channel(reservation.channel)
+        idempotency_key, fingerprint = reservation.idempotency_key, reservation.fingerprint
+
         def settle(tx: Tx) -> PermissionView:
             now = self.clock.now()
-            # The reservation already applied the request to the ledger; this records that it went out.
             ledger = tx.ledger(pair)
+            released = sent_at not in ledger.request_times and (
+                ledger.last_connected_at is None or ledger.last_connected_at < sent_at
+            )
+            if tx.take_reservation(reservation.reservation_id) is None and released:
+                # A recovery pass released it while the send was still on its way (a send slower than the grace
+                # period): it did go out, so it counts again.
+                ledger = engine.apply(ledger, engine.RequestSent(sent_at), self.policy).ledger
+                tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
+            # The reservation already applied the request to the ledger; this records that it went out.
             tx.append(
                 EventRecord(
                     pair,
@@ -425,40 +556,27 @@ class PermissionService:
         return view
 
     async def _settle_failed_request(
-        self,
-        pair: Pair,
-        business: PhoneNumber,
-        sent_at: datetime,
-        state_before: PermissionState,
-        channel: Channel,
-        error: GraphError | GraphUnavailable,
-        idempotency_key: str,
-        fingerprint: str,
-    ) -> PermissionView:
-        definitely_not_sent = isinstance(error, GraphError) or not error.maybe_sent
+        self, reservation: Reservation, business: PhoneNumber, error: GraphError | GraphUnavailable
+    ) -> PermissionView | None:
+        pair, sent_at, channel = reservation.pair, reservation.reserved_at, Channel(reservation.channel)
+        state_before, idempotency_key, fingerprint = (
+            reservation.state_before,
+            reservation.idempotency_key,
+            reservation.fingerprint,
+        )
+        if isinstance(error, GraphUnavailable) and error.maybe_sent:
+            # It may have reached the user (a timeout, an unreadable answer): the reservation stays, counted, and
+            # recovery settles it once the platform has had time to count it.
+            return None
 
         def settle(tx: Tx) -> PermissionView:
             now = self.clock.now()
+            tx.take_reservation(reservation.reservation_id)
             ledger = tx.ledger(pair)
             attributes = {"channel": channel.value, "error": str(error)}
             if isinstance(error, GraphError):
                 attributes["platform_error"] = str(error.code)
-            if definitely_not_sent:
-                ledger = self.record(tx, pair, ledger, engine.RequestWithdrawn(sent_at, state_before), now, attributes)
-            else:
-                # It may have reached the user: keep it counted (fail closed) and say so.
-                attributes["may_have_been_sent"] = "true"
-                tx.append(
-                    EventRecord(
-                        pair,
-                        "permission_request_failed",
-                        Source.BUSINESS.value,
-                        sent_at,
-                        now,
-                        engine.effective_state(ledger, now),
-                        attributes,
-                    )
-                )
+            ledger = self.record(tx, pair, ledger, engine.RequestWithdrawn(sent_at, state_before), now, attributes)
             if isinstance(error, GraphError) and platform_error(error.code).reason is Reason.ALREADY_PERMANENT:
                 # The platform knows of a permanent grant we missed (HOOK-6): reconcile.
                 ledger = self.record(
@@ -470,15 +588,110 @@ class PermissionService:
                     {"reconciled_from": "138017"},
                 )
             if idempotency_key:
-                status = "failed" if definitely_not_sent else "pending"
                 tx.save_idempotent_result(
-                    IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": status}), now
+                    IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "failed"}), now
                 )
             return self._view(pair, business, ledger, now, tx)
 
         view = await self.store.transaction(settle)
         self.changes.notify()
         return view
+
+    # --- recovery of unsettled requests ---------------------------------------------------------------------------
+
+    async def recover_reservations(self) -> int:
+        """Settle every reservation whose sender is gone (killed, timed out, cancelled); returns how many.
+
+        Safe with several processes on one database: each reservation is claimed in a transaction first, and only
+        reservations older than the grace period (longer than any send can take) are claimed."""
+
+        def claim(tx: Tx) -> list[Reservation]:
+            now = self.clock.now()
+            horizon = now - self.reservation_grace
+            return tx.claim_reservations(
+                reserved_before=horizon,
+                claims_expire_before=horizon,
+                claimant=self.instance,
+                now=now,
+                excluding=frozenset(self._in_flight),
+            )
+
+        claimed = await self.store.transaction(claim)
+        for start in range(0, len(claimed), RECOVERY_BATCH):
+            await asyncio.gather(*(self._settle_unsettled(r) for r in claimed[start : start + RECOVERY_BATCH]))
+        return len(claimed)
+
+    async def keep_recovering(self) -> None:
+        """Recover at start-up, then once per grace period (sends that timed out, callers that went away)."""
+        while True:
+            try:
+                settled = await self.recover_reservations()
+                if settled:
+                    log.info("settled %d permission request(s) left unsettled", settled)
+            except Exception:
+                log.exception("settling unsettled permission requests failed; trying again later")
+            await self.clock.sleep(max(self.reservation_grace, MIN_RECOVERY_PERIOD))
+
+    async def _settle_unsettled(self, reservation: Reservation) -> None:
+        """Ask the platform whether the request reached it, and record the answer (or, when it cannot tell, that
+        the request may have been sent: it stays counted, fail closed). Needs our claim on the reservation."""
+        proved_unsent, evidence = await self._platform_evidence(reservation)
+        pair = reservation.pair
+
+        def settle(tx: Tx) -> None:
+            now = self.clock.now()
+            if tx.take_reservation(reservation.reservation_id, self.instance) is None:
+                return  # settled meanwhile by its sender or by another claimant
+            ledger = tx.ledger(pair)
+            attributes = {"channel": reservation.channel, "settled_by": "recovery", **evidence}
+            if proved_unsent:
+                attributes["outcome"] = "not_sent"
+                self.record(
+                    tx, pair, ledger, engine.RequestWithdrawn(reservation.reserved_at, reservation.state_before),
+                    now, attributes,
+                )  # fmt: skip
+                outcome: dict[str, str] = {"status": "failed"}
+            else:
+                attributes.update(outcome="unknown", may_have_been_sent="true", counted="true")
+                tx.append(
+                    EventRecord(
+                        pair,
+                        "permission_request_failed",
+                        Source.BUSINESS.value,
+                        reservation.reserved_at,
+                        now,
+                        engine.effective_state(ledger, now),
+                        attributes,
+                    )
+                )
+                outcome = {
+                    "status": "unknown",
+                    "channel": reservation.channel,
+                    "reserved_at": _iso(reservation.reserved_at),
+                    "settled_at": _iso(now),
+                }
+            if reservation.idempotency_key:
+                tx.save_idempotent_result(
+                    IdempotentResult(pair.business, reservation.idempotency_key, reservation.fingerprint, outcome),
+                    now,
+                )
+
+        await self.store.transaction(settle)
+        self.changes.notify()
+
+    async def _platform_evidence(self, reservation: Reservation) -> tuple[bool, dict[str, str]]:
+        """(proved not sent, what the platform said). Only the platform's usage count can prove anything: the
+        Graph API has no lookup of a sent message, and a count above zero may be another writer's (RULE-2)."""
+        try:
+            business = parse_number(reservation.pair.business, "business_number")
+            user = parse_number(reservation.pair.user, "user_number")
+            account = self.senders.account_for(business)
+            platform = await self.graph.call_permissions(account, user.digits)
+        except (ValueError, UnknownSender, GraphError, GraphUnavailable) as error:
+            return False, {"platform_check": f"could not ask the platform: {error}"}
+        if platform_counted_none(platform, reservation.reserved_at, self.clock.now(), self.reservation_grace):
+            return True, {"platform_check": "the platform counts no request in a window that holds it"}
+        return False, {"platform_check": "the platform's count cannot rule it out"}
 
     # --- webhooks -----------------------------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import calendar
+import dataclasses
 import json
 import sqlite3
 import threading
@@ -55,6 +56,25 @@ class IdempotentResult:
     key: str
     fingerprint: str  # what was asked, so a reused key with different content is refused
     outcome: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A permission request whose limits are consumed but whose send is not settled yet.
+
+    Written in the transaction that consumes the limits and removed in the one that settles the send, so a process
+    killed in between leaves a record that recovery can find (with or without an idempotency key)."""
+
+    reservation_id: str
+    pair: Pair
+    reserved_at: datetime  # also the request's time in the ledger's request_times
+    channel: str
+    state_before: PermissionState  # what a withdrawn request falls back to
+    idempotency_key: str = ""
+    fingerprint: str = ""
+    # Who is settling it now (a recovery pass in some process), and since when.
+    claimed_by: str = ""
+    claimed_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +147,37 @@ class Tx(Protocol):
         ...
 
     def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]: ...
+
+    def save_reservation(self, reservation: Reservation) -> None: ...
+
+    def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None: ...
+
+    def take_reservation(self, reservation_id: str, claimant: str = "") -> Reservation | None:
+        """Remove and return the reservation; with `claimant`, only if that claimant holds it."""
+        ...
+
+    def claim_reservations(
+        self,
+        *,
+        reserved_before: datetime,
+        claims_expire_before: datetime,
+        claimant: str,
+        now: datetime,
+        excluding: frozenset[str] = frozenset(),
+    ) -> list[Reservation]:
+        """Claim every reservation made at or before `reserved_before` that nobody holds (or whose claim was made at
+        or before `claims_expire_before`), except `excluding`; returns what was claimed."""
+        ...
+
+    def save_setting(self, name: str, value: str) -> None:
+        """Keep one small named value (e.g. the manual clock's position) across restarts."""
+        ...
+
+    def setting(self, name: str) -> str | None: ...
+
+    def latest_recorded_at(self) -> datetime | None:
+        """When the newest event was recorded (None: no events yet)."""
+        ...
 
 
 class Store(Protocol):
@@ -267,6 +318,24 @@ CREATE TABLE IF NOT EXISTS restrictions (
     business TEXT PRIMARY KEY,
     until INTEGER,
     updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    reservation_id TEXT PRIMARY KEY,
+    business TEXT NOT NULL,
+    user TEXT NOT NULL,
+    reserved_at INTEGER NOT NULL,
+    channel TEXT NOT NULL,
+    state_before TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    claimed_by TEXT NOT NULL,
+    claimed_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS reservations_by_time ON reservations (reserved_at);
+CREATE INDEX IF NOT EXISTS reservations_by_key ON reservations (business, idempotency_key);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS webhooks (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -422,6 +491,99 @@ class _SqliteTx:
             "DELETE FROM parked_call_events WHERE platform_call_id = ? RETURNING id, event", (platform_call_id,)
         ).fetchall()
         return [json.loads(event) for _, event in sorted(rows)]
+
+    def save_reservation(self, reservation: Reservation) -> None:
+        self._db.execute(
+            f"INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                reservation.reservation_id,
+                reservation.pair.business,
+                reservation.pair.user,
+                to_micros(reservation.reserved_at),
+                reservation.channel,
+                reservation.state_before.value,
+                reservation.idempotency_key,
+                reservation.fingerprint,
+                reservation.claimed_by,
+                optional_micros(reservation.claimed_at),
+            ),
+        )
+
+    def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None:
+        row = self._db.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = ? AND idempotency_key = ?",
+            (business, idempotency_key),
+        ).fetchone()
+        return _row_to_reservation(row) if row else None
+
+    def take_reservation(self, reservation_id: str, claimant: str = "") -> Reservation | None:
+        held = " AND claimed_by = ?" if claimant else ""
+        row = self._db.execute(
+            f"DELETE FROM reservations WHERE reservation_id = ?{held} RETURNING {RESERVATION_COLUMNS}",
+            (reservation_id, claimant) if claimant else (reservation_id,),
+        ).fetchone()
+        return _row_to_reservation(row) if row else None
+
+    def claim_reservations(
+        self,
+        *,
+        reserved_before: datetime,
+        claims_expire_before: datetime,
+        claimant: str,
+        now: datetime,
+        excluding: frozenset[str] = frozenset(),
+    ) -> list[Reservation]:
+        rows = self._db.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reserved_at <= ? "
+            "AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY reserved_at",
+            (to_micros(reserved_before), to_micros(claims_expire_before)),
+        ).fetchall()
+        claimed = []
+        for row in rows:
+            reservation = _row_to_reservation(row)
+            if reservation.reservation_id in excluding:
+                continue
+            self._db.execute(
+                "UPDATE reservations SET claimed_by = ?, claimed_at = ? WHERE reservation_id = ?",
+                (claimant, to_micros(now), reservation.reservation_id),
+            )
+            claimed.append(dataclasses.replace(reservation, claimed_by=claimant, claimed_at=now))
+        return claimed
+
+    def save_setting(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def setting(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def latest_recorded_at(self) -> datetime | None:
+        row = self._db.execute("SELECT MAX(recorded_at) FROM events").fetchone()
+        return optional_datetime(row[0])
+
+
+RESERVATION_COLUMNS = (
+    "reservation_id, business, user, reserved_at, channel, state_before, idempotency_key, fingerprint, claimed_by, "
+    "claimed_at"
+)
+
+
+def _row_to_reservation(row: tuple[Any, ...]) -> Reservation:
+    reservation_id, business, user, reserved_at, channel, state_before, key, fingerprint, claimed_by, claimed_at = row
+    return Reservation(
+        reservation_id=reservation_id,
+        pair=Pair(business, user),
+        reserved_at=from_micros(reserved_at),
+        channel=channel,
+        state_before=PermissionState(state_before),
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        claimed_by=claimed_by,
+        claimed_at=optional_datetime(claimed_at),
+    )
 
 
 def _row_to_call(row: tuple[Any, ...]) -> StoredCall:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import timedelta
 from typing import NoReturn
@@ -14,7 +15,7 @@ from wacall.api_errors import Context, abort, abort_bad_request, abort_precondit
 from wacall.api_messages import timestamp
 from wacall.engine import PermissionState, effective_state
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
-from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall
+from wacall.simulator.phone import OnCall, PhoneCall
 from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
 
 BEHAVIOR = {b: getattr(pb, b.name) for b in OnPermissionRequest}
@@ -23,6 +24,7 @@ ON_CALL = {OnCall.ANSWER: pb.ANSWER, OnCall.NO_ANSWER: pb.NO_ANSWER, OnCall.DECL
 ON_CALL_BY_PB = {v: k for k, v in ON_CALL.items()}
 MAX_TEXT = 4096
 MAX_DELAY = timedelta(days=30)
+DEFAULT_TONE_HZ = SimUser.tone_hz
 
 
 def behavior_message(user: SimUser) -> pb.UserBehavior:
@@ -79,7 +81,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         await abort_precondition(context, "COUNTRY_UNSUPPORTED", business.e164, message, message)
 
     async def SetUserBehavior(self, request: pb.SetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
-        """Replaces the user's behaviour; unset fields take their defaults."""
+        """Merges the fields given into the user's behaviour; the fields left out keep their values."""
         user = await self._number(context, request.user_number, "user_number")
         if request.on_permission_request not in BEHAVIOR_BY_PB and request.on_permission_request != 0:
             await abort_bad_request(context, "on_permission_request", "unknown value")
@@ -89,27 +91,27 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
         if request.say_file and not os.path.isfile(request.say_file):
             await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
-        durations = {}
+        changes: dict[str, object] = {}
         for name in ("reply_delay", "ring_duration", "talk_duration"):
+            if not request.HasField(name):
+                continue
             value = getattr(request, name).ToTimedelta()
             if value < timedelta(0) or value > MAX_DELAY:
                 await abort_bad_request(context, name, "between 0 and 30 days")
-            durations[name] = value
+            changes[name] = value
         if not -1 <= request.tone_hz <= 20000 and request.tone_hz != 0:
             await abort_bad_request(context, "tone_hz", "0 (default 880 Hz), a frequency up to 20000, or -1 (silence)")
-        behavior = SimUser(
-            number=user.e164,
-            on_permission_request=BEHAVIOR_BY_PB.get(request.on_permission_request, OnPermissionRequest.IGNORE),
-            reply_delay=durations["reply_delay"],
-            outdated_client=request.outdated_client,
-            wa_id=request.wa_id,
-            on_call=ON_CALL_BY_PB.get(request.on_call, OnCall.ANSWER),
-            ring_duration=durations["ring_duration"] if request.HasField("ring_duration") else DEFAULT_RING,
-            talk_duration=durations["talk_duration"],
-            tone_hz=request.tone_hz or 880.0,
-            say_file=request.say_file,
-        )
-        return behavior_message(self.platform.set_behavior(behavior))
+        if request.on_permission_request:
+            changes["on_permission_request"] = BEHAVIOR_BY_PB[request.on_permission_request]
+        if request.on_call:
+            changes["on_call"] = ON_CALL_BY_PB[request.on_call]
+        if request.HasField("tone_hz"):
+            changes["tone_hz"] = request.tone_hz or DEFAULT_TONE_HZ
+        for name in ("outdated_client", "wa_id", "say_file"):
+            if request.HasField(name):
+                changes[name] = getattr(request, name)
+        current = self.platform.user(user.e164)
+        return behavior_message(self.platform.set_behavior(dataclasses.replace(current, **changes)))  # type: ignore[arg-type]
 
     async def GetUserBehavior(self, request: pb.GetUserBehaviorRequest, context: Context) -> pb.UserBehavior:
         user = await self._number(context, request.user_number, "user_number")

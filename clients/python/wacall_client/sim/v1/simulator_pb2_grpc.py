@@ -95,7 +95,8 @@ class SimulatorServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def SetUserBehavior(self, request, context):
-        """How a simulated user reacts from now on. Users not configured ignore permission requests.
+        """How a simulated user reacts from now on: changes the fields given, keeps the others (a merge).
+        Users not configured ignore permission requests.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
