@@ -96,7 +96,13 @@ def webhook_routes(
             async with asyncio.timeout(limits.body_timeout.total_seconds()):
                 raw = await _read_body(request, max_body_bytes)
         except TimeoutError:
-            return web.Response(status=408, text="request body not received in time", headers={"Connection": "close"})
+            timed_out = web.Response(status=408, text="request body not received in time")
+            await timed_out.prepare(request)
+            await timed_out.write_eof()
+            # Not drained: the client stalled. close() still flushes the answer first.
+            if request.transport is not None:
+                request.transport.close()
+            return timed_out
         if raw is None:
             return json_error(413, f"body larger than {max_body_bytes} bytes")
         if not signature_valid(request.headers.get(SIGNATURE_HEADER), raw, permissions.senders.app_secrets()):
