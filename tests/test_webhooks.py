@@ -16,10 +16,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 from conftest import BUSINESS, DAY, HOUR, OTHER_USER, USER, Running, call_action, duration, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.config import ConfigError, load_settings
 from wacall.graph import SenderAccount
 from wacall.numbers import parse_number
 from wacall.simulator import payloads
@@ -1072,3 +1074,12 @@ async def test_deliveries_on_one_kept_alive_connection_all_apply(make_service: A
             assert response.json()["applied"] == 1
             await asyncio.sleep(0.6)  # longer than the header timeout: idle time between requests is not counted
     assert len(await all_events(running)) == 3
+
+
+@pytest.mark.parametrize(
+    "name", ["http_header_timeout_seconds", "http_idle_timeout_seconds", "http_max_connections",
+             "webhook_max_clock_skew_seconds", "webhook_max_age_seconds"],
+)  # fmt: skip
+def test_webhook_limits_must_be_positive(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(None, {name: 0}, environ={})
