@@ -671,3 +671,10 @@ def test_wa_id_forms_map_to_e164(wa_id: str, e164: str) -> None:
 def test_wa_ids_that_are_no_number_are_refused(wa_id: str) -> None:
     with pytest.raises(InvalidNumber):
         number_of_wa_id(wa_id)
+
+
+def test_a_field_wacall_does_not_read_is_ignored_whatever_its_value() -> None:
+    text = payloads.text_message(ACCOUNT, USER, "wamid.A", AT, "hello")
+    text["entry"][0]["changes"].insert(0, {"field": "security", "value": "not an object"})
+    ignored, message = parse(encode(text))
+    assert isinstance(ignored, Ignored) and isinstance(message, InboundMessage)

@@ -462,18 +462,19 @@ def _items(data: Mapping[str, Any], window: TimeWindow | None) -> Iterator[Webho
         for raw_change in _list(entry.get("changes"), "entry[].changes"):
             change = _dict(raw_change, "changes[]")
             field = change.get("field")
+            if field not in ("messages", "calls", "account_update"):
+                yield Ignored(str(field)[:100], "not handled")
+                continue
             value = _dict(change.get("value"), "changes[].value")
             if field == "account_update":
                 yield _account_update(value, entry, window)
                 continue
-            if field not in ("messages", "calls"):
-                yield Ignored(str(field)[:100], "not handled")
-                continue
             metadata = _dict(value.get("metadata"), "value.metadata")
             phone_number_id = _required_text(metadata.get("phone_number_id"), "value.metadata.phone_number_id")
             contacts = _list(value.get("contacts"), "value.contacts")
-            errors = _list(value.get("errors"), "value.errors")
-            for call in _list(value.get("calls"), "value.calls"):
+            calls = _list(value.get("calls"), "value.calls")
+            errors = _list(value.get("errors"), "value.errors") if calls else []  # they describe the calls
+            for call in calls:
                 yield _call(phone_number_id, _dict(call, "calls[]"), errors, contacts, window)
             for message in _list(value.get("messages"), "value.messages"):
                 yield _message(phone_number_id, _dict(message, "messages[]"), contacts, window)
