@@ -318,6 +318,36 @@ def test_the_parser_refuses_garbage(case: tuple[str, bytes]) -> None:
     assert kind not in ("constant", "deep") or outcome == "refused"
 
 
+EVERY_FIELD_VALUES: list[Any] = [
+    None, "", "x", -1, 10**30, 1.5, True, "\ud800", [], {}, "1000000000000", [[[[]]]],
+]  # fmt: skip
+
+
+def every_field_mutation(account: SenderAccount, now: datetime) -> Iterator[tuple[str, bytes]]:
+    """Each field of each seed replaced in turn (values rotating over EVERY_FIELD_VALUES), and deleted."""
+    turn = 0
+    for kind, seed in sorted(SEEDS.items()):
+        for path in list(_paths(seed(account, now)))[1:]:
+            for action in ("replace", "delete"):
+                body = seed(account, now)
+                parent = _parent(body, path)
+                if action == "delete":
+                    del parent[path[-1]]
+                else:
+                    parent[path[-1]] = copy.deepcopy(EVERY_FIELD_VALUES[turn % len(EVERY_FIELD_VALUES)])
+                    turn += 1
+                yield kind, json.dumps(body).encode()
+
+
+def test_the_parser_reads_or_refuses_every_field_of_every_kind_replaced_by_every_hostile_value() -> None:
+    for kind, seed in sorted(SEEDS.items()):
+        for path in list(_paths(seed(ACCOUNT, NOW)))[1:]:
+            for value in EVERY_FIELD_VALUES:
+                body = seed(ACCOUNT, NOW)
+                _parent(body, path)[path[-1]] = copy.deepcopy(value)
+                FIGURES["parser", f"every_field_{kind}", _parse_outcome(json.dumps(body).encode())] += 1
+
+
 # --- the real endpoint of a running service -----------------------------------------------------------------------
 
 
@@ -425,6 +455,11 @@ def test_the_endpoint_answers_every_mutated_signed_body_with_2xx_or_4xx(
 def test_the_endpoint_refuses_signed_garbage(background: Background, case: tuple[str, bytes]) -> None:
     kind, raw = case
     _deliver_and_check(background, "endpoint", f"garbage_{kind}", raw)
+
+
+def test_the_endpoint_answers_every_field_of_every_kind_mutated_with_2xx_or_4xx(background: Background) -> None:
+    for kind, raw in every_field_mutation(background.account, background.now()):
+        _deliver_and_check(background, "endpoint", f"every_field_{kind}", raw)
 
 
 def test_every_seed_is_accepted_and_the_service_stays_healthy_after_the_fuzzing(background: Background) -> None:
