@@ -1083,3 +1083,27 @@ async def test_deliveries_on_one_kept_alive_connection_all_apply(make_service: A
 def test_webhook_limits_must_be_positive(name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_settings(None, {name: 0}, environ={})
+
+
+async def test_a_client_trickling_its_headers_is_disconnected(make_service: Any) -> None:
+    running: Running = await make_service(http_header_timeout_seconds=0.5, http_idle_timeout_seconds=60)
+    reader, writer = await open_socket(running)
+    request = b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
+
+    async def trickle() -> None:
+        for byte in request:  # one byte at a time, each well inside the timeout: the whole is not
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                return  # closed by the server
+            await asyncio.sleep(0.05)
+
+    sending = asyncio.ensure_future(trickle())
+    try:
+        assert await closed_by_server(reader) == b""
+    finally:
+        sending.cancel()
+        writer.close()
+    guard = running.service.http_guard
+    assert guard is not None and guard.timed_out == 1
