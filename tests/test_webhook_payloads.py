@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from wacall.graph import SenderAccount
+from wacall.numbers import InvalidNumber, number_of_wa_id
 from wacall.simulator import payloads
 from wacall.webhook_payloads import (
     BusinessRestriction,
@@ -18,6 +19,8 @@ from wacall.webhook_payloads import (
     MalformedWebhook,
     MessageStatus,
     PermissionReply,
+    TimeWindow,
+    UntrustedTimestamp,
     parse,
 )
 
@@ -416,8 +419,262 @@ def test_account_restriction_without_a_business_initiated_entry_lifts_the_pause(
     assert isinstance(item, BusinessRestriction) and not item.restricted and item.until is None
 
 
-def test_other_account_updates_are_ignored_and_a_restriction_needs_a_number() -> None:
-    (item,) = parse(account_update({"event": "ACCOUNT_VIOLATION", "phone_number": "447911123456"}))
-    assert isinstance(item, Ignored)
-    with pytest.raises(MalformedWebhook):
-        parse(account_update({"event": "ACCOUNT_RESTRICTION", "restriction_info": []}))
+def test_account_updates_that_are_not_about_a_numbers_calling_are_ignored_not_refused() -> None:
+    (violation,) = parse(account_update({"event": "ACCOUNT_VIOLATION", "phone_number": "447911123456"}))
+    assert isinstance(violation, Ignored)
+    # An account-level messaging restriction names no number: the delivery is acknowledged, not retried forever.
+    (account_level,) = parse(account_update({
+        "event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION", "expiration": 1767772800}],
+    }))  # fmt: skip
+    assert isinstance(account_level, Ignored)
+    (no_number,) = parse(account_update({"event": "ACCOUNT_RESTRICTION", "restriction_info": []}))
+    assert isinstance(no_number, Ignored)
+
+
+def test_a_messaging_restriction_of_the_number_does_not_touch_the_calling_pause() -> None:
+    (item,) = parse(account_update({
+        "phone_number": "447911123456", "event": "ACCOUNT_RESTRICTION",
+        "restriction_info": [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1767772800}],
+    }))  # fmt: skip
+    assert isinstance(item, Ignored) and "do not concern calling" in item.why
+
+
+def test_a_restriction_event_listing_nothing_lifts_the_pause() -> None:
+    (item,) = parse(account_update({"phone_number": "447911123456", "event": "ACCOUNT_RESTRICTION",
+                                    "restriction_info": []}))  # fmt: skip
+    assert isinstance(item, BusinessRestriction) and not item.restricted
+
+
+@pytest.mark.parametrize(
+    "info",
+    [["RESTRICTED_BUSINESS_INITIATED_CALLING"], [{"restriction_type": 7}], {"restriction_type": "x"}],
+)
+def test_a_restriction_with_wrong_types_is_malformed(info: Any) -> None:
+    with pytest.raises(MalformedWebhook, match="restriction"):
+        parse(
+            account_update({"phone_number": "447911123456", "event": "ACCOUNT_RESTRICTION", "restriction_info": info})
+        )
+
+
+# --- the shapes of the platform's calling docs --------------------------------------------------------------------
+
+
+def test_a_permission_reply_without_a_message_type_is_recognised_by_its_interactive_type() -> None:
+    body = reply_body(response="reject", response_source="automatic")
+    del message_of(body)["type"]
+    del message_of(body)["context"]
+    reply = only(body)
+    assert isinstance(reply, PermissionReply)
+    assert not reply.accepted and reply.automatic and reply.context_id is None
+
+
+def call_body(call: dict[str, Any]) -> dict[str, Any]:
+    return payloads.envelope(ACCOUNT, "calls", {"calls": [call]})
+
+
+def test_a_connect_without_direction_that_offers_sdp_is_a_user_calling() -> None:
+    (item,) = parse(encode(call_body({
+        "id": "wacid.USER", "from": USER, "to": "447911123456", "event": "connect", "timestamp": str(T),
+        "session": {"sdp_type": "offer", "sdp": "v=0\r\n"},
+    })))  # fmt: skip
+    assert item.is_user_calling and item.user_wa_id == USER and item.direction == ""
+
+
+def test_a_connect_without_direction_that_answers_is_not_a_user_calling() -> None:
+    (item,) = parse(encode(call_body({
+        "id": "wacid.BIZ", "from": "447911123456", "to": USER, "event": "connect", "timestamp": str(T),
+        "session": {"sdp_type": "answer", "sdp": "v=0\r\n"},
+    })))  # fmt: skip
+    assert not item.is_user_calling and item.user_wa_id == USER
+
+
+# --- hostile and unusual values: refused with a message naming the field, never coerced ---------------------------
+
+
+@pytest.mark.parametrize("value", ["false", "true", 0, 1, "", [], {}])
+def test_is_permanent_must_be_a_boolean_never_a_truthy_value(value: Any) -> None:
+    with pytest.raises(MalformedWebhook, match="is_permanent"):
+        parse(encode(reply_body(response="accept", is_permanent=value)))
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        1000000000000,
+        253402300799,
+        -1,
+        "-1",
+        10**30,
+        "1e9",
+        1767168000.0,
+        True,
+        "\u00b2",
+        "１７６７１６８０００",
+        " 1767168000",
+    ],
+)
+def test_timestamps_that_are_not_storable_unix_seconds_are_malformed(timestamp: Any) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    message_of(body)["timestamp"] = timestamp
+    with pytest.raises(MalformedWebhook, match="timestamp"):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize("constant", ["Infinity", "-Infinity", "NaN"])
+def test_json_constants_that_are_not_numbers_are_malformed(constant: str) -> None:
+    raw = encode(reply_body(response="accept", is_permanent=True)).replace(f'"{T}"'.encode(), constant.encode())
+    with pytest.raises(MalformedWebhook, match="not a JSON number"):
+        parse(raw)
+
+
+WINDOW = TimeWindow(AT, timedelta(minutes=5), timedelta(days=8), timedelta(days=366))
+
+
+def test_timestamps_inside_the_window_are_accepted() -> None:
+    for at in (T + 300, T - 8 * 86400, T):
+        body = reply_body(response="accept", is_permanent=True)
+        message_of(body)["timestamp"] = str(at)
+        assert parse(encode(body), WINDOW)[0].timestamp == datetime.fromtimestamp(at, UTC)
+
+
+@pytest.mark.parametrize("at", [T + 301, T + 365 * 86400, 99_999_999_999, T - 8 * 86400 - 1, 0])
+def test_timestamps_ahead_of_the_skew_or_older_than_retries_are_untrusted(at: int) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    message_of(body)["timestamp"] = str(at)
+    with pytest.raises(UntrustedTimestamp, match=r"messages\[\]\.timestamp"):
+        parse(encode(body), WINDOW)
+
+
+def test_an_expiration_too_far_ahead_is_untrusted() -> None:
+    body = reply_body(response="accept", is_permanent=False, expiration_timestamp=str(T + 367 * 86400))
+    with pytest.raises(UntrustedTimestamp, match="expiration_timestamp"):
+        parse(encode(body), WINDOW)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("duration", "10s"), ("duration", -1), ("duration", 1.5), ("duration", 2**31), ("duration", True)],
+)
+def test_non_numeric_call_numbers_are_malformed(field: str, value: Any) -> None:
+    body = call_body({"id": "wacid.X", "to": USER, "event": "terminate", "timestamp": T, field: value})
+    with pytest.raises(MalformedWebhook, match=field):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize("code", ["x", "138021", 1.5, None, -5, 10**20, [1]])
+def test_non_numeric_error_codes_are_malformed(code: Any) -> None:
+    call = payloads.envelope(ACCOUNT, "calls", {
+        "calls": [{"id": "wacid.X", "to": USER, "event": "terminate", "timestamp": T}],
+        "errors": [{"code": code, "message": "Connect timeout"}],
+    })  # fmt: skip
+    status = payloads.message_status(ACCOUNT, USER, "wamid.CPR", AT, "failed", 131026)
+    status["entry"][0]["changes"][0]["value"]["statuses"][0]["errors"][0]["code"] = code
+    for body in (call, status):
+        with pytest.raises(MalformedWebhook, match="code"):
+            parse(encode(body))
+
+
+def test_json_nested_a_thousand_deep_is_malformed() -> None:
+    raw = b'{"object": "whatsapp_business_account", "entry": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(MalformedWebhook, match="nested"):
+        parse(raw)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda b: message_of(b).update(id="wamid.\ud800"),
+        lambda b: message_of(b).update({"\udfff": 1}),
+        lambda b: b["entry"][0].update(id="\udbff"),
+    ],
+)
+def test_a_lone_surrogate_anywhere_is_malformed(mutate: Any) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    mutate(body)
+    raw = json.dumps(body).encode()  # ensure_ascii writes the surrogate as a \u escape, as a fuzzer would
+    with pytest.raises(MalformedWebhook, match="surrogate"):
+        parse(raw)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda b: message_of(b).update(id=12345), "messages\\[\\].id"),
+        (lambda b: message_of(b).update({"from": 34612345678}), "from"),
+        (lambda b: message_of(b).update(type=["interactive"]), "type"),
+        (lambda b: message_of(b)["context"].update(id={"id": "wamid.X"}), "context.id"),
+        (lambda b: reply_of(b).update(response_source=1), "response_source"),
+        (lambda b: reply_of(b).update(response=True), "response"),
+        (
+            lambda b: b["entry"][0]["changes"][0]["value"]["metadata"].update(phone_number_id=106540352242922),
+            "phone_number_id",
+        ),
+        (lambda b: b["entry"][0]["changes"][0]["value"].update(contacts=["34612345678"]), "contacts"),
+        (lambda b: b["entry"][0]["changes"][0]["value"].update(metadata=["106540352242922"]), "metadata"),
+    ],
+)
+def test_wrong_types_are_refused_not_coerced(mutate: Any, field: str) -> None:
+    body = reply_body(response="accept", is_permanent=True)
+    if field == "contacts":
+        del message_of(body)["from"]
+    mutate(body)
+    with pytest.raises(MalformedWebhook, match=field):
+        parse(encode(body))
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        ({"id": 7}, "calls\\[\\].id"),
+        ({"event": 1}, "event"),
+        ({"direction": ["USER_INITIATED"]}, "direction"),
+        ({"session": "v=0"}, "session"),
+        ({"session": {"sdp": 1, "sdp_type": "offer"}}, "sdp"),
+        ({"biz_opaque_callback_data": {"a": 1}}, "biz_opaque_callback_data"),
+        ({"start_time": "yesterday"}, "start_time"),
+        ({"to": 34612345678}, "to"),
+    ],
+)
+def test_wrong_types_in_calls_are_refused(call: dict[str, Any], field: str) -> None:
+    base = {"id": "wacid.X", "to": USER, "from": "447911123456", "event": "connect", "timestamp": T}
+    with pytest.raises(MalformedWebhook, match=field):
+        parse(encode(call_body(base | call)))
+
+
+def reply_of(body: dict[str, Any]) -> dict[str, Any]:
+    reply: dict[str, Any] = message_of(body)["interactive"]["call_permission_reply"]
+    return reply
+
+
+# --- the platform's wa_id forms (HOOK-8) --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wa_id", "e164"),
+    [
+        ("5215512345678", "+525512345678"),  # Mexico: the legacy mobile "1" is not part of E.164
+        ("525512345678", "+525512345678"),
+        ("5491123456789", "+5491123456789"),  # Argentina: the mobile "9" is part of E.164
+        ("541123456789", "+541123456789"),  # ...and without it, a Buenos Aires landline: left alone
+        ("551187654321", "+5511987654321"),  # Brazil: a mobile from before the ninth digit
+        ("5511987654321", "+5511987654321"),
+        ("553133334444", "+553133334444"),  # a Brazilian landline (starts 2-5): no ninth digit
+        ("34612345678", "+34612345678"),
+    ],
+)
+def test_wa_id_forms_map_to_e164(wa_id: str, e164: str) -> None:
+    assert number_of_wa_id(wa_id).e164 == e164
+
+
+@pytest.mark.parametrize("wa_id", ["5219912345", "52155123456789", "5511", "not-a-number", ""])
+def test_wa_ids_that_are_no_number_are_refused(wa_id: str) -> None:
+    with pytest.raises(InvalidNumber):
+        number_of_wa_id(wa_id)
+
+
+def test_a_field_wacall_does_not_read_is_ignored_whatever_its_value() -> None:
+    text = payloads.text_message(ACCOUNT, USER, "wamid.A", AT, "hello")
+    text["entry"][0]["changes"].insert(0, {"field": "security", "value": "not an object"})
+    ignored, message = parse(encode(text))
+    assert isinstance(ignored, Ignored) and isinstance(message, InboundMessage)

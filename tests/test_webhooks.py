@@ -8,6 +8,7 @@ service's manual clock (whole Unix seconds, as in webhooks).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -15,10 +16,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from conftest import BUSINESS, DAY, HOUR, OTHER_USER, USER, Running
+import pytest
+from conftest import BUSINESS, DAY, HOUR, OTHER_USER, USER, Running, call_action, duration, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.config import ConfigError, load_settings
 from wacall.graph import SenderAccount
 from wacall.numbers import parse_number
 from wacall.simulator import payloads
@@ -712,3 +715,395 @@ async def test_statuses_that_are_not_failures_of_our_requests_are_ignored(wacall
         assert result["applied"] == 0
         assert result["ignored"] == 1
     assert await events_of(wacall) == events_before
+
+
+# --- hostile and unusual values: 400, nothing applied, the body kept for audit -----------------------------------
+
+
+async def refused_bodies(running: Running) -> list[tuple[datetime, str, bytes]]:
+    store = running.service.store
+    assert store is not None
+    return await store.transaction(lambda tx: tx.refused_webhooks())
+
+
+async def assert_refused(running: Running, raw: bytes, reason: str) -> None:
+    """A signed delivery gets 400 naming the reason, changes nothing, and is kept as refused."""
+    events_before = await all_events(running)
+    permission_before = await running.permission()
+    response = await deliver(running, raw)
+    assert response.status_code == 400, response.text
+    assert reason in response.json()["error"]
+    assert await all_events(running) == events_before
+    assert await running.permission() == permission_before
+    kept = await refused_bodies(running)
+    assert kept[-1][2] == raw and reason in kept[-1][1]
+
+
+async def test_is_permanent_as_a_string_is_refused_and_grants_nothing(wacall: Running) -> None:
+    body = grant(wacall, await wacall.now(), permanent=True)
+    reply_of(body)["is_permanent"] = "false"
+    await assert_refused(wacall, encode(body), "is_permanent must be true or false")
+    await assert_nothing_stored(wacall)
+
+
+async def test_a_text_stamped_in_year_9999_is_refused_and_the_pair_stays_readable(wacall: Running) -> None:
+    body = payloads.text_message(account_of(wacall), digits(USER), wamid(), await wacall.now(), "hi")
+    first_message(body)["timestamp"] = "253402300799"
+    await assert_refused(wacall, encode(body), "not an instant the service can store")
+    assert (await wacall.permission()).state == pb.PERMISSION_STATE_NONE
+
+
+async def test_a_grant_stamped_in_year_5138_is_refused_and_later_revokes_are_not_stale(wacall: Running) -> None:
+    now = await wacall.now()
+    future = grant(wacall, now, permanent=True)
+    first_message(future)["timestamp"] = "99999999999"
+    await assert_refused(wacall, encode(future), "ahead of the service's clock")
+    await delivered(wacall, grant(wacall, now, permanent=True))
+    await delivered(wacall, reject(wacall, await wacall.advance(60)))
+    assert (await wacall.permission()).state == pb.PERMISSION_STATE_REVOKED
+    assert all("stale" not in e.attributes for e in await events_of(wacall))
+
+
+async def test_timestamps_inside_the_skew_and_the_retry_window_apply_and_outside_are_refused(wacall: Running) -> None:
+    now = await wacall.now()
+    text = payloads.text_message
+    account = account_of(wacall)
+    assert (await delivered(wacall, text(account, digits(USER), wamid(), now + timedelta(minutes=4), "a")))[
+        "applied"
+    ] == 1
+    assert (await delivered(wacall, text(account, digits(USER), wamid(), now - timedelta(days=7), "b")))["applied"] == 1
+    await assert_refused(wacall, encode(text(account, digits(USER), wamid(), now + timedelta(minutes=6), "c")), "ahead")
+    await assert_refused(wacall, encode(text(account, digits(USER), wamid(), now - timedelta(days=9), "d")), "older")
+
+
+async def test_the_skew_and_the_age_bound_are_configuration(make_service: Any) -> None:
+    running: Running = await make_service(webhook_max_clock_skew_seconds=10, webhook_max_age_seconds=3600)
+    now = await running.now()
+    account = account_of(running)
+    for at in (now + timedelta(seconds=11), now - timedelta(seconds=3601)):
+        body = encode(payloads.text_message(account, digits(USER), wamid(), at, "x"))
+        assert (await deliver(running, body)).status_code == 400
+    body = encode(payloads.text_message(account, digits(USER), wamid(), now + timedelta(seconds=10), "y"))
+    assert (await deliver(running, body)).status_code == 200
+
+
+def hostile_bodies(running: Running, now: datetime) -> list[tuple[str, bytes, str]]:
+    """(what, signed body, part of the reason) for values found by fuzzing that used to get HTTP 500."""
+    account = account_of(running)
+    text = encode(payloads.text_message(account, digits(USER), "wamid.HOSTILE", now, "hi"))
+    stamp = str(unix(now)).encode()
+    terminate = payloads.envelope(account, "calls", {
+        "calls": [{"id": "wacid.HOSTILE", "to": digits(USER), "from": digits(BUSINESS), "event": "terminate",
+                   "direction": "BUSINESS_INITIATED", "timestamp": str(unix(now)), "duration": 10}],
+        "errors": [{"code": 138021, "message": "no media"}],
+    })  # fmt: skip
+    bad_code = copy.deepcopy(terminate)
+    bad_code["entry"][0]["changes"][0]["value"]["errors"][0]["code"] = "x"
+    bad_duration = copy.deepcopy(terminate)
+    bad_duration["entry"][0]["changes"][0]["value"]["calls"][0]["duration"] = "10s"
+    return [
+        ("milliseconds", text.replace(b'"' + stamp + b'"', b"1000000000000"), "timestamp"),
+        ("negative", text.replace(b'"' + stamp + b'"', b"-1"), "timestamp"),
+        ("infinity", text.replace(b'"' + stamp + b'"', b"Infinity"), "Infinity"),
+        ("nan", text.replace(b'"' + stamp + b'"', b"NaN"), "NaN"),
+        ("huge", text.replace(b'"' + stamp + b'"', b"1" + b"0" * 400), "timestamp"),
+        ("error code", encode(bad_code), "code"),
+        ("duration", encode(bad_duration), "duration"),
+        ("deep", b'{"object":"whatsapp_business_account","entry":' + b"[" * 5000 + b"]" * 5000 + b"}", "nested"),
+        ("surrogate", text.replace(b"wamid.HOSTILE", b"wamid.\\ud800"), "surrogate"),
+        ("not an object", text.replace(b'"metadata":{', b'"metadata":["x"],"m":{'), "metadata"),
+        ("array body", b"[1, 2]", "object"),
+    ]
+
+
+async def test_hostile_values_are_400_and_change_nothing(wacall: Running) -> None:
+    now = await wacall.now()
+    await delivered(wacall, grant(wacall, now, permanent=True))
+    for what, raw, reason in hostile_bodies(wacall, now):
+        try:
+            await assert_refused(wacall, raw, reason)
+        except AssertionError as failure:
+            raise AssertionError(f"{what}: {failure}") from None
+    assert (await wacall.permission()).state == pb.PERMISSION_STATE_PERMANENT
+
+
+# --- the applied count --------------------------------------------------------------------------------------------
+
+
+async def test_applied_counts_only_applied_call_items_not_parked_ones_or_duplicates(wacall: Running) -> None:
+    now = await wacall.now()
+    # A terminate for a call wacall does not know (yet): parked until our record of it is bound.
+    body = payloads.envelope(account_of(wacall), "calls", {
+        "calls": [{"id": "wacid.UNKNOWN", "to": digits(USER), "from": digits(BUSINESS), "event": "terminate",
+                   "direction": "BUSINESS_INITIATED", "timestamp": str(unix(now)), "status": "COMPLETED"}],
+    })  # fmt: skip
+    assert await delivered(wacall, body) == {"applied": 0, "duplicates": 0, "ignored": 1}
+    assert await delivered(wacall, body) == {"applied": 0, "duplicates": 1, "ignored": 0}
+
+
+# --- the shapes of the platform's calling docs --------------------------------------------------------------------
+
+
+async def test_a_permission_reply_without_a_message_type_is_applied_as_a_reply(wacall: Running) -> None:
+    body = grant(wacall, await wacall.now(), permanent=True)
+    del first_message(body)["type"]  # as in every example of the platform's calling docs
+    assert (await delivered(wacall, body))["applied"] == 1
+    permission = await wacall.permission()
+    assert permission.state == pb.PERMISSION_STATE_PERMANENT
+    assert not permission.HasField("service_window_expires_at")  # a reply is not a message opening the window
+    assert [e.kind for e in await events_of(wacall)] == [pb.EVENT_KIND_PERMISSION_GRANTED]
+
+
+async def test_an_account_level_update_without_a_number_does_not_refuse_the_delivery(wacall: Running) -> None:
+    body = grant(wacall, await wacall.now(), permanent=True)
+    body["entry"].append({
+        "id": account_of(wacall).waba_id, "time": unix(await wacall.now()),
+        "changes": [{"field": "account_update", "value": {
+            "event": "ACCOUNT_RESTRICTION",
+            "restriction_info": [{"restriction_type": "RESTRICTED_ADD_PHONE_NUMBER_ACTION", "expiration": 1}],
+        }}],
+    })  # fmt: skip
+    assert await delivered(wacall, body) == {"applied": 1, "duplicates": 0, "ignored": 1}
+    assert (await wacall.permission()).state == pb.PERMISSION_STATE_PERMANENT
+
+
+async def test_a_messaging_restriction_does_not_lift_the_calling_pause(wacall: Running) -> None:
+    await wacall.grant(permanent=True)
+    await wacall.sim.RestrictBusiness(sim_pb.RestrictBusinessRequest(business_number=BUSINESS, duration=duration(DAY)))
+    messaging = payloads.account_restriction(account_of(wacall), await wacall.now(), None)
+    value = messaging["entry"][0]["changes"][0]["value"]
+    value["restriction_info"] = [{"restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING", "expiration": 1}]
+    assert await delivered(wacall, messaging) == {"applied": 0, "duplicates": 0, "ignored": 1}
+    assert call_action(await wacall.permission()).reason == pb.REASON_BUSINESS_RESTRICTED
+    # An event about calling still lifts it.
+    assert (await delivered(wacall, payloads.account_restriction(account_of(wacall), await wacall.now(), None)))[
+        "applied"
+    ] == 1
+    assert call_action(await wacall.permission()).allowed
+
+
+async def test_a_user_connect_without_direction_is_answered(wacall: Running, monkeypatch: Any) -> None:
+    # The shape of the platform's user-initiated-calls page: no `direction`, a session with an SDP offer.
+    built = payloads.call_event
+
+    def without_direction(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        body = built(*args, **kwargs)
+        for call in body["entry"][0]["changes"][0]["value"]["calls"]:
+            call.pop("direction", None)
+        return body
+
+    monkeypatch.setattr(payloads, "call_event", without_direction)
+    await wacall.phone(talk=0)
+    phone = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+    calls = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+        lambda r: len(r.calls) == 1 and r.calls[0].state == pb.CALL_STATE_CONNECTED,
+    )
+    assert calls.calls[0].direction == pb.CALL_DIRECTION_USER_INITIATED
+    assert calls.calls[0].platform_call_id == phone.platform_call_id
+
+
+async def test_a_user_calling_again_before_the_terminate_ends_the_open_call(wacall: Running, monkeypatch: Any) -> None:
+    platform = wacall.service.platform
+    assert platform is not None
+    held: list[dict[str, Any]] = []
+    send = platform._deliver
+
+    async def hold_terminates(body: dict[str, Any], attempts: int = 6) -> None:
+        calls = body["entry"][0]["changes"][0]["value"].get("calls", [])
+        if any(call.get("event") == "terminate" for call in calls):
+            held.append(body)  # the platform's terminate is late
+            return
+        await send(body, attempts)
+
+    monkeypatch.setattr(platform, "_deliver", hold_terminates)
+    await wacall.phone(talk=0)
+    first = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+    listed = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+        lambda r: len(r.calls) == 1 and r.calls[0].state == pb.CALL_STATE_CONNECTED,
+    )
+    earlier = listed.calls[0]
+    await wacall.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=first.platform_call_id))
+    await wait_until(lambda: asyncio.sleep(0, held), lambda h: len(h) == 1)
+    second = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+    listed = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+        lambda r: (
+            {(c.platform_call_id, c.state) for c in r.calls}
+            == {(first.platform_call_id, pb.CALL_STATE_ENDED), (second.platform_call_id, pb.CALL_STATE_CONNECTED)}
+        ),
+    )
+    (latest,) = [c for c in listed.calls if c.platform_call_id == second.platform_call_id]
+    (ended,) = [c for c in listed.calls if c.platform_call_id == first.platform_call_id]
+    assert ended.call_id == earlier.call_id
+    assert ended.state == pb.CALL_STATE_ENDED and ended.end_reason.startswith("superseded")
+    # The late terminate, when it comes, is absorbed by the ended call and leaves the new one alone.
+    assert (await delivered(wacall, held[0]))["applied"] == 1
+    assert (await wacall.get_call(latest.call_id)).state == pb.CALL_STATE_CONNECTED
+    assert (await wacall.get_call(earlier.call_id)).outcome == pb.CALL_OUTCOME_ANSWERED
+
+
+# --- the platform's wa_id forms (HOOK-8) --------------------------------------------------------------------------
+
+MEXICAN_USER = "+525512345678"  # Mexico City mobile; its wa_id keeps the legacy "1": 5215512345678
+WA_ID_FORMS = [
+    (MEXICAN_USER, "5215512345678"),
+    ("+5511987654321", "551187654321"),  # São Paulo mobile, wa_id from before the ninth digit
+    ("+5491123456789", "5491123456789"),  # Buenos Aires mobile: the wa_id is its E.164 form
+]
+
+
+async def test_grants_from_each_wa_id_form_land_on_the_e164_number(wacall: Running) -> None:
+    now = await wacall.now()
+    for number, wa_id in WA_ID_FORMS:
+        body = payloads.permission_reply(account_of(wacall), wa_id, wamid(), now, accept=True, permanent=True)
+        assert (await delivered(wacall, body))["applied"] == 1, number
+        permission = await wacall.permission(BUSINESS, number)
+        assert permission.state == pb.PERMISSION_STATE_PERMANENT, number
+        assert permission.user_number == number
+
+
+async def test_wacall_names_a_user_to_the_platform_by_the_wa_id_it_gave(wacall: Running) -> None:
+    body = payloads.text_message(account_of(wacall), "5215512345678", wamid(), await wacall.now(), "hola")
+    await delivered(wacall, body)
+    permissions = wacall.service.permissions
+    assert permissions is not None
+    assert await permissions.platform_wa_id(parse_number(MEXICAN_USER)) == "5215512345678"
+    assert await permissions.platform_wa_id(parse_number(USER)) == digits(USER)
+
+
+async def test_a_mexican_users_call_is_answered_and_they_can_be_asked_and_called(wacall: Running) -> None:
+    await wacall.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(
+            user_number=MEXICAN_USER, wa_id="5215512345678", on_permission_request=sim_pb.ACCEPT_PERMANENT
+        )
+    )
+    phone = await wacall.sim.PlaceUserCall(
+        sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=MEXICAN_USER)
+    )
+    calls = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=MEXICAN_USER)),
+        lambda r: len(r.calls) == 1 and r.calls[0].state == pb.CALL_STATE_CONNECTED,
+    )
+    assert calls.calls[0].platform_call_id == phone.platform_call_id
+    assert (await wacall.permission(BUSINESS, MEXICAN_USER)).state == pb.PERMISSION_STATE_TEMPORARY
+    await wacall.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=phone.platform_call_id))
+    await wacall.wait_call(calls.calls[0].call_id, pb.CALL_STATE_ENDED)
+    # Asked under its wa_id, the user answers "always": the grant lands on the E.164 number.
+    await wacall.request(BUSINESS, MEXICAN_USER)
+    await wacall.wait_for_state(pb.PERMISSION_STATE_PERMANENT, user=MEXICAN_USER)
+
+
+# --- the HTTP server: slow, idle and surplus connections are closed ----------------------------------------------
+
+CLOSE_BOUND = 10.0  # generous: the limits under test are fractions of a second
+
+
+async def open_socket(running: Running) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, _, port = running.addresses.http.rpartition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sent until it closed the connection (fails if it is still open after the bound)."""
+    return await asyncio.wait_for(reader.read(), CLOSE_BOUND)
+
+
+async def test_a_client_stalling_in_the_request_line_is_disconnected(make_service: Any) -> None:
+    running: Running = await make_service(http_header_timeout_seconds=0.3, http_idle_timeout_seconds=60)
+    reader, writer = await open_socket(running)
+    writer.write(b"POST /webhooks/whats")
+    await writer.drain()
+    assert await closed_by_server(reader) == b""
+    writer.close()
+    assert (await delivered(running, grant(running, await running.now())))["applied"] == 1
+
+
+async def test_a_client_stalling_in_the_body_is_answered_408_and_disconnected(make_service: Any) -> None:
+    running: Running = await make_service(http_body_timeout_seconds=0.3)
+    reader, writer = await open_socket(running)
+    writer.write(b'POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"object"')
+    await writer.drain()
+    answer = await closed_by_server(reader)
+    assert answer.startswith(b"HTTP/1.1 408")
+    writer.close()
+    assert await all_events(running) == []
+
+
+async def test_an_idle_keep_alive_connection_is_closed(make_service: Any) -> None:
+    running: Running = await make_service(http_idle_timeout_seconds=0.3, http_header_timeout_seconds=60)
+    # Never sends anything.
+    silent_reader, silent = await open_socket(running)
+    # Sends one complete request, then stays idle on the kept-alive connection.
+    reader, writer = await open_socket(running)
+    writer.write(b"GET /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    answer = await closed_by_server(reader)
+    assert answer.startswith(b"HTTP/1.1 403")  # answered, then closed once idle
+    assert await closed_by_server(silent_reader) == b""
+    writer.close()
+    silent.close()
+
+
+async def test_connections_beyond_the_cap_are_refused_and_normal_deliveries_still_work(make_service: Any) -> None:
+    running: Running = await make_service(http_max_connections=2)
+    held = [await open_socket(running) for _ in range(2)]
+    guard = running.service.http_guard
+    assert guard is not None
+    await wait_until(lambda: asyncio.sleep(0, len(guard.open)), lambda n: n == 2)
+    reader, writer = await open_socket(running)
+    shed = await closed_by_server(reader)
+    assert shed.startswith(b"HTTP/1.1 503") and guard.shed == 1
+    writer.close()
+    for _, held_writer in held:
+        held_writer.close()
+    await wait_until(lambda: asyncio.sleep(0, len(guard.open)), lambda n: n == 0)
+    assert (await delivered(running, grant(running, await running.now(), permanent=True)))["applied"] == 1
+    assert (await running.permission()).state == pb.PERMISSION_STATE_PERMANENT
+
+
+async def test_deliveries_on_one_kept_alive_connection_all_apply(make_service: Any) -> None:
+    running: Running = await make_service(http_header_timeout_seconds=0.5, http_idle_timeout_seconds=5)
+    async with httpx.AsyncClient(base_url=f"http://{running.addresses.http}", timeout=10.0) as client:
+        for _ in range(3):
+            raw = encode(payloads.text_message(account_of(running), digits(USER), wamid(), await running.now(), "x"))
+            response = await client.post(
+                WEBHOOK_PATH, content=raw, headers={SIGNATURE_HEADER: sign(app_secret(running), raw)}
+            )
+            assert response.json()["applied"] == 1
+            await asyncio.sleep(0.6)  # longer than the header timeout: idle time between requests is not counted
+    assert len(await all_events(running)) == 3
+
+
+@pytest.mark.parametrize(
+    "name", ["http_header_timeout_seconds", "http_idle_timeout_seconds", "http_max_connections",
+             "webhook_max_clock_skew_seconds", "webhook_max_age_seconds"],
+)  # fmt: skip
+def test_webhook_limits_must_be_positive(name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        load_settings(None, {name: 0}, environ={})
+
+
+async def test_a_client_trickling_its_headers_is_disconnected(make_service: Any) -> None:
+    running: Running = await make_service(http_header_timeout_seconds=0.5, http_idle_timeout_seconds=60)
+    reader, writer = await open_socket(running)
+    request = b"POST /webhooks/whatsapp HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 10_000
+
+    async def trickle() -> None:
+        for byte in request:  # one byte at a time, each well inside the timeout: the whole is not
+            try:
+                writer.write(bytes([byte]))
+                await writer.drain()
+            except ConnectionError:
+                return  # closed by the server
+            await asyncio.sleep(0.05)
+
+    sending = asyncio.ensure_future(trickle())
+    try:
+        assert await closed_by_server(reader) == b""
+    finally:
+        sending.cancel()
+        writer.close()
+    guard = running.service.http_guard
+    assert guard is not None and guard.timed_out == 1

@@ -34,7 +34,15 @@ from wacall.senders import ConfiguredSenders, ProvisioningSenders, SenderDirecto
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
 from wacall.store import Store, open_store
-from wacall.webhooks import WEBHOOK_PATH, webhook_routes
+from wacall.webhooks import (
+    WEBHOOK_PATH,
+    ConnectionLimits,
+    HttpGuard,
+    WebhookLimits,
+    guarded_runner,
+    start_http_server,
+    webhook_routes,
+)
 from wacall_adapters.announcement import AnnouncementAdapter
 from wacall_adapters.base import MediaAdapter
 from wacall_adapters.media_stream import MediaStreamAdapter
@@ -126,6 +134,8 @@ class Service:
         self.calls: CallService | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http_runner: web.AppRunner | None = None
+        self._http_server: asyncio.Server | None = None
+        self.http_guard: HttpGuard | None = None
         self._sim_runner: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()
         self._executor: ThreadPoolExecutor | None = None
@@ -181,17 +191,22 @@ class Service:
 
         http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
         http_app.add_routes(
-            webhook_routes(self.permissions, lambda: settings.webhook_verify_token or None, settings.max_webhook_bytes)
+            webhook_routes(
+                self.permissions,
+                lambda: settings.webhook_verify_token or None,
+                settings.max_webhook_bytes,
+                webhook_limits(settings),
+            )
         )
-        self._http_runner = web.AppRunner(http_app, access_log=None)
+        self._http_runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
         await self._http_runner.setup()
         http_host, http_port = _split(settings.http_address)
         try:
-            await web.TCPSite(self._http_runner, http_host, http_port).start()
+            self._http_server = await start_http_server(self._http_runner, self.http_guard, http_host, http_port)
         except OSError as error:
             why = os.strerror(error.errno) if error.errno else str(error)
             raise AddressUnavailable("webhooks (HTTP)", f"{http_host}:{http_port}", "--http-address", why) from None
-        bound_http = self._http_runner.addresses[0]
+        bound_http = self._http_server.sockets[0].getsockname()
         http_address = f"{http_host}:{bound_http[1]}"
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
@@ -250,6 +265,8 @@ class Service:
             await asyncio.gather(self._recovery, return_exceptions=True)
         if self.calls is not None:
             await self.calls.close()
+        if self._http_server is not None:
+            self._http_server.close()
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if self.platform is not None:
@@ -266,6 +283,24 @@ class Service:
     async def wait(self) -> None:
         assert self._grpc is not None
         await self._grpc.wait_for_termination()
+
+
+def webhook_limits(settings: Settings) -> WebhookLimits:
+    return WebhookLimits(
+        max_body_bytes=settings.max_webhook_bytes,
+        max_clock_skew=timedelta(seconds=settings.webhook_max_clock_skew_seconds),
+        max_age=timedelta(seconds=settings.webhook_max_age_seconds),
+        max_expiry_ahead=timedelta(seconds=settings.webhook_max_expiry_ahead_seconds),
+        body_timeout=timedelta(seconds=settings.http_body_timeout_seconds),
+    )
+
+
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout=timedelta(seconds=settings.http_header_timeout_seconds),
+        idle_timeout=timedelta(seconds=settings.http_idle_timeout_seconds),
+        max_connections=settings.http_max_connections,
+    )
 
 
 async def _nothing() -> None:

@@ -27,6 +27,7 @@ from wacall.media.leg import AudioLeg
 from wacall.media.sdp import platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
 from wacall.permissions import (
+    CallItemSkipped,
     IdempotencyConflict,
     InvalidField,
     PermissionService,
@@ -389,7 +390,9 @@ class CallService:
                 problems = platform_problems(offer)
                 if problems:
                     raise InvalidField("route.webrtc.offer_sdp", "; ".join(problems))
-            platform_call_id = await self.graph.connect_call(account, user.digits, offer, opaque)
+            platform_call_id = await self.graph.connect_call(
+                account, await self.permissions.platform_wa_id(user), offer, opaque
+            )
         except (GraphError, GraphUnavailable) as error:
             await self._fail_setup(call_id, error)
             raise PlatformRefusal(error, pair) from error
@@ -456,15 +459,16 @@ class CallService:
 
     def _apply_item(
         self, tx: Tx, business: str, item: CallEventItem, now: datetime
-    ) -> Callable[[], Awaitable[None]] | None:
+    ) -> Callable[[], Awaitable[None]] | CallItemSkipped | None:
         if not tx.claim(f"call:{item.call_id}:{item.kind}", now):
-            return None  # a duplicate (HOOK-1)
+            return CallItemSkipped.DUPLICATE  # HOOK-1
         stored = tx.call_by_platform_id(item.call_id)
         if stored is None:
-            if item.kind == "connect" and item.direction == "USER_INITIATED":
+            if item.is_user_calling:
                 pair = self.permissions.user_pair(tx, business, item.user_wa_id, None)
                 if pair is None:
-                    return None
+                    return CallItemSkipped.UNKNOWN_USER
+                superseded = self._end_superseded_call(tx, pair, item, now)
                 call_id = "call_" + uuid.uuid4().hex
                 facts = CallFacts(Direction.USER_INITIATED, item.timestamp)
                 stored = StoredCall(
@@ -485,12 +489,33 @@ class CallService:
                     platform_call_id=item.call_id,
                     opaque=item.biz_opaque_callback_data,
                 )
-                return lambda: self._answer_user_call(stored.call_id, business, item.sdp)
+                return lambda: self._answer_user_call_after(superseded, stored.call_id, business, item.sdp)
             # Our own record of this call may not be bound yet (the webhook beat the connect response): keep it.
             tx.park_call_event(item.call_id, _item_to_json(item), now)
-            return None
+            return CallItemSkipped.PARKED
         self._apply_to_call(tx, stored, item, now)
         return lambda: self._media_after(stored.call_id, item)
+
+    def _end_superseded_call(self, tx: Tx, pair: Pair, item: CallEventItem, now: datetime) -> str | None:
+        """The user calls while an earlier call of the pair is still open here (its terminate has not arrived).
+
+        The platform allows one call per pair, so the earlier call is over: it ends now, as the platform would
+        end it, and its own terminate, when it comes, still adds its facts. Returns the ended call's id.
+        """
+        earlier = tx.active_call(pair)
+        if earlier is None:
+            return None
+        facts = calls.apply(_facts_from_json(earlier.data["facts"]), calls.Terminated(item.timestamp))
+        reason = f"superseded: the user called again ({item.call_id}) before this call's terminate arrived"
+        self._save(tx, earlier, facts, now, end_reason=reason)
+        return earlier.call_id
+
+    async def _answer_user_call_after(
+        self, superseded: str | None, call_id: str, business: str, offer_sdp: str
+    ) -> None:
+        if superseded is not None:
+            await self._close_session(superseded)
+        await self._answer_user_call(call_id, business, offer_sdp)
 
     def _apply_to_call(self, tx: Tx, stored: StoredCall, item: CallEventItem, now: datetime) -> StoredCall:
         event = _event_from_item(item)

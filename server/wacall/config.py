@@ -50,6 +50,17 @@ class Settings:
     inbound_route: str = "announcement"
     inbound_audio_file: str = ""
     log_level: str = "INFO"
+    # Webhook timestamps: refused when further ahead of our clock than the skew, or older than the platform's
+    # retries (up to 7 days) plus a margin; expirations (permissions, pauses) no further ahead than the last bound.
+    webhook_max_clock_skew_seconds: float = 300.0
+    webhook_max_age_seconds: float = 8 * 24 * 3600.0
+    webhook_max_expiry_ahead_seconds: float = 366 * 24 * 3600.0
+    # The webhook HTTP server: time to receive a request's line and headers, then its body; how long an idle
+    # keep-alive connection stays open; how many connections it holds at once (more are refused with 503).
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    http_idle_timeout_seconds: float = 75.0
+    http_max_connections: int = 1000
 
     def load_policy(self) -> Policy:
         try:
@@ -79,6 +90,13 @@ SCALARS: Mapping[str, type] = {
     "inbound_route": str,
     "inbound_audio_file": str,
     "log_level": str,
+    "webhook_max_clock_skew_seconds": float,
+    "webhook_max_age_seconds": float,
+    "webhook_max_expiry_ahead_seconds": float,
+    "http_header_timeout_seconds": float,
+    "http_body_timeout_seconds": float,
+    "http_idle_timeout_seconds": float,
+    "http_max_connections": int,
 }
 
 
@@ -115,6 +133,13 @@ DESCRIPTIONS: Mapping[str, str] = {
     "inbound_route": "what answers a user's call: an announcement, or a CallMedia stream program",
     "inbound_audio_file": "the announcement played to users who call (empty: a tone)",
     "log_level": "how much to log",
+    "webhook_max_clock_skew_seconds": "webhook timestamps further ahead of our clock than this are refused (HTTP 400)",
+    "webhook_max_age_seconds": "webhook timestamps older than this are refused (the platform retries for 7 days)",
+    "webhook_max_expiry_ahead_seconds": "permission or pause expirations further ahead than this are refused",
+    "http_header_timeout_seconds": "a webhook connection must send its request line and headers within this",
+    "http_body_timeout_seconds": "a webhook request must send its body within this (else HTTP 408)",
+    "http_idle_timeout_seconds": "an idle keep-alive webhook connection is closed after this",
+    "http_max_connections": "webhook connections held at once; more are refused with HTTP 503",
 }
 
 
@@ -189,5 +214,10 @@ def load_settings(
         raise ConfigError(f"log_level must be one of {', '.join(CHOICES['log_level'])}, got {settings.log_level!r}")
     if settings.upstream == "meta" and not settings.senders:
         raise ConfigError("--upstream meta needs at least one [[senders]] entry in the configuration file")
+    for name in ("webhook_max_clock_skew_seconds", "webhook_max_age_seconds", "webhook_max_expiry_ahead_seconds",
+                 "http_header_timeout_seconds", "http_body_timeout_seconds", "http_idle_timeout_seconds",
+                 "http_max_connections"):  # fmt: skip
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     settings.load_policy()
     return settings

@@ -54,3 +54,39 @@ def parse_number(value: str, field: str = "number") -> PhoneNumber:
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     region = phonenumbers.region_code_for_number(parsed) or "001"
     return PhoneNumber(e164=e164, region=region)
+
+
+def _legacy_wa_id_forms(digits: str) -> list[str]:
+    """E.164 digit strings a wa_id in one of the platform's legacy forms may stand for (HOOK-8).
+
+    - Mexico: mobiles keep the old "1" after the country code in wa_ids (`521` + 10 digits); E.164 dropped it in
+      2019 (`52` + 10 digits), and libphonenumber rejects the old form.
+    - Brazil: mobiles gained a ninth digit (a leading 9 after the 2-digit area code); accounts created before that
+      keep wa_ids without it (`55` + area + 8 digits starting 6-9), which libphonenumber rejects.
+    - Argentina: wa_ids carry the mobile "9" after `54` (`549` + 10 digits), which is also the E.164 form of an
+      Argentine mobile, so it parses as it is; `54` + 10 digits is a landline, a different number: never rewritten.
+    """
+    forms: list[str] = []
+    if digits.startswith("521") and len(digits) == 13:
+        forms.append("52" + digits[3:])
+    if digits.startswith("55") and len(digits) == 12 and digits[4] in "6789":
+        forms.append(digits[:4] + "9" + digits[4:])
+    return forms
+
+
+@functools.lru_cache(maxsize=65536)
+def number_of_wa_id(wa_id: str, field: str = "wa_id") -> PhoneNumber:
+    """The user's E.164 number for a wa_id the platform sent, including its legacy Mexican and Brazilian forms.
+
+    The wa_id itself stays the platform's key for the user (an alias of the number, kept by the store).
+    """
+    try:
+        return parse_number(wa_id, field)
+    except InvalidNumber as invalid:
+        digits = wa_id.strip() if isinstance(wa_id, str) else ""
+        for form in _legacy_wa_id_forms(digits) if digits.isascii() and digits.isdigit() else []:
+            try:
+                return parse_number(form, field)
+            except InvalidNumber:
+                continue
+        raise invalid from None

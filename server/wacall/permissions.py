@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import hashlib
 import json
 import logging
@@ -39,7 +40,7 @@ from wacall.graph import (
     TemplateRef,
     limit_window,
 )
-from wacall.numbers import PhoneNumber, parse_number
+from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
 from wacall.senders import SenderDirectory, UnknownSender
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
@@ -202,8 +203,18 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
 
+class CallItemSkipped(enum.Enum):
+    """Why a `calls` item changed nothing (it is then not counted as applied)."""
+
+    DUPLICATE = "duplicate"
+    PARKED = "parked"  # for a call id not bound yet: applied when our record of the call is
+    UNKNOWN_USER = "unknown_user"
+
+
 AfterCommit = Callable[[], Awaitable[None]]
-CallItemHandler = Callable[[Tx, str, CallEventItem, datetime], AfterCommit | None]
+# Applies a `calls` item inside the ingest transaction: the media work to run after the commit (None: none), or
+# why nothing was applied.
+CallItemHandler = Callable[[Tx, str, CallEventItem, datetime], AfterCommit | CallItemSkipped | None]
 
 
 class PermissionService:
@@ -236,6 +247,11 @@ class PermissionService:
 
     def parse_pair(self, business_number: str, user_number: str) -> tuple[PhoneNumber, PhoneNumber]:
         return parse_number(business_number, "business_number"), parse_number(user_number, "user_number")
+
+    async def platform_wa_id(self, user: PhoneNumber) -> str:
+        """How to name the user to the platform: the wa_id it gave us for them (HOOK-8), else the number's digits."""
+        known = await self.store.transaction(lambda tx: tx.wa_id_of(user.e164))
+        return known or user.digits
 
     def _template_available(self, business: PhoneNumber, given: TemplateRef | None) -> bool:
         if given is not None:
@@ -483,11 +499,15 @@ class PermissionService:
         channel = Channel(reservation.channel)
         try:
             if channel is Channel.INTERACTIVE:
-                sent = await self.graph.send_permission_request_interactive(account, user.digits, body_text)
+                sent = await self.graph.send_permission_request_interactive(
+                    account, await self.platform_wa_id(user), body_text
+                )
             else:
                 chosen = template or account.default_template
                 assert chosen is not None
-                sent = await self.graph.send_permission_request_template(account, user.digits, chosen)
+                sent = await self.graph.send_permission_request_template(
+                    account, await self.platform_wa_id(user), chosen
+                )
         except (GraphError, GraphUnavailable) as error:
             await self._settle_failed_request(reservation, business, error)
             raise PlatformRefusal(error, reservation.pair) from error
@@ -724,10 +744,14 @@ class PermissionService:
         user = tx.alias(wa_id)
         if user is None:
             try:
-                user = parse_number(wa_id, "from").e164
+                number = number_of_wa_id(wa_id, "from")
             except ValueError:
                 log.warning("webhook with unusable user id %r ignored", wa_id)
                 return None
+            user = number.e164
+            if wa_id != number.digits:
+                # A legacy form (Mexico's 521, Brazil without the ninth digit): the platform's key for the user.
+                tx.remember_alias(wa_id, user)
         return Pair(business, user)
 
     @staticmethod
@@ -802,9 +826,14 @@ class PermissionService:
                         ignored += 1
                         continue
                     action = self.call_item_handler(tx, business, item, now)
-                    if action is not None:
-                        after_commit.append(action)
-                    applied += 1
+                    if action is CallItemSkipped.DUPLICATE:
+                        duplicates += 1
+                    elif isinstance(action, CallItemSkipped):
+                        ignored += 1
+                    else:
+                        if action is not None:
+                            after_commit.append(action)
+                        applied += 1
                     continue
                 if isinstance(item, MessageStatus):
                     # Only a failed permission request of ours matters (131026: client too old). It stays counted.

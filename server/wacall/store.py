@@ -179,6 +179,18 @@ class Tx(Protocol):
         """When the newest event was recorded (None: no events yet)."""
         ...
 
+    def keep_refused_webhook(self, body: bytes, now: datetime, reason: str) -> None:
+        """Keep a signed delivery that was refused (malformed, or timestamps that cannot be trusted), for audit."""
+        ...
+
+    def refused_webhooks(self) -> list[tuple[datetime, str, bytes]]:
+        """Every refused delivery kept: (received at, reason, body), oldest first."""
+        ...
+
+    def wa_id_of(self, user: str) -> str | None:
+        """The wa_id the platform last gave for one of our users, when it differs from the number (HOOK-8)."""
+        ...
+
 
 class Store(Protocol):
     async def transaction(self, fn: Callable[[Tx], T]) -> T: ...
@@ -563,6 +575,30 @@ class _SqliteTx:
     def latest_recorded_at(self) -> datetime | None:
         row = self._db.execute("SELECT MAX(recorded_at) FROM events").fetchone()
         return optional_datetime(row[0])
+
+    # Created on first use: refused deliveries are rare, and the table stays apart from the ledger's schema.
+    _REFUSED_WEBHOOKS = (
+        "CREATE TABLE IF NOT EXISTS refused_webhooks ("
+        "id INTEGER PRIMARY KEY AUTOINCREMENT, received_at INTEGER NOT NULL, reason TEXT NOT NULL, body BLOB NOT NULL)"
+    )
+
+    def keep_refused_webhook(self, body: bytes, now: datetime, reason: str) -> None:
+        self._db.execute(self._REFUSED_WEBHOOKS)
+        self._db.execute(
+            "INSERT INTO refused_webhooks (received_at, reason, body) VALUES (?, ?, ?)",
+            (to_micros(now), reason, body),
+        )
+
+    def refused_webhooks(self) -> list[tuple[datetime, str, bytes]]:
+        self._db.execute(self._REFUSED_WEBHOOKS)
+        rows = self._db.execute("SELECT received_at, reason, body FROM refused_webhooks ORDER BY id").fetchall()
+        return [(from_micros(at), str(reason), bytes(body)) for at, reason, body in rows]
+
+    def wa_id_of(self, user: str) -> str | None:
+        row = self._db.execute(
+            "SELECT wa_id FROM aliases WHERE user = ? ORDER BY rowid DESC LIMIT 1", (user,)
+        ).fetchone()
+        return str(row[0]) if row else None
 
 
 RESERVATION_COLUMNS = (

@@ -1,21 +1,44 @@
-"""Parse WhatsApp webhook bodies into typed items. Pure: bytes or dicts in, dataclasses out.
+"""Parse WhatsApp webhook bodies into typed items. Pure: bytes (and the instant of arrival) in, dataclasses out.
 
-Lenient where Meta's payloads drift (HOOK-7): timestamps as strings or integers, enum values in any case, unknown
-kinds kept as `Ignored` rather than failing the whole delivery. Strict where a wrong reading would corrupt the
-ledger: a permission reply without a user or a timestamp is malformed.
+Lenient only where the platform's payloads really drift (HOOK-7): timestamps as digit strings or integers,
+`expiration_timestamp` as either, enum values in any case, unknown kinds kept as `Ignored`, and whatever does not
+concern calling ignored rather than failing the whole delivery. Strict everywhere else: a value of the wrong type
+is refused with a message naming the field, never coerced (`"is_permanent": "false"` is not a permanent grant),
+and so is a timestamp the service cannot trust (further ahead than the allowed clock skew, older than the
+platform's retries, or outside what can be stored).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
 class MalformedWebhook(ValueError):
     """The body is not a WhatsApp webhook we can read (HTTP 400)."""
+
+
+class UntrustedTimestamp(MalformedWebhook):
+    """A timestamp too far in the future or the past to be applied (HTTP 400, and the body is audited)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TimeWindow:
+    """The instants a delivery arriving at `now` may carry.
+
+    `max_ahead`: the clock skew tolerated between the platform and us. `max_age`: the platform retries
+    deliveries for up to 7 days, so anything older is not a retry. `max_expiry_ahead`: how far ahead a permission
+    or restriction may expire.
+    """
+
+    now: datetime
+    max_ahead: timedelta
+    max_age: timedelta
+    max_expiry_ahead: timedelta
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,13 +95,24 @@ class CallEventItem:
     error_message: str = ""
     biz_opaque_callback_data: str = ""
 
+    @property
+    def is_user_calling(self) -> bool:
+        """A connect that offers a call: USER_INITIATED, or no direction (as on the platform's user-initiated
+        calls page) with an SDP offer, which the platform sends only for a user's call (a business call's
+        connect carries its answer)."""
+        return self.kind == "connect" and (
+            self.direction == "USER_INITIATED" or (not self.direction and self.sdp_type == "offer")
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class BusinessRestriction:
-    """An `account_update` ACCOUNT_RESTRICTION: business-initiated calling paused (or no longer) for a number.
+    """An `account_update` ACCOUNT_RESTRICTION about calling: business-initiated calling paused, or no longer.
 
-    UNCERTAIN: Meta's samples name the number as `phone_number` (display form); `metadata.phone_number_id` is
-    accepted too. A restriction event without a business-initiated-calling entry lifts the pause.
+    UNCERTAIN: the platform's samples name the number as `phone_number` (display form); `metadata.phone_number_id`
+    is accepted too. An event that lists calling restrictions but none of business-initiated calling, or lists
+    no restriction at all, lifts the pause; one that lists only other restrictions (messaging) is not about
+    calling and is ignored.
     """
 
     phone_number_id: str
@@ -99,20 +133,96 @@ WebhookItem = PermissionReply | InboundMessage | MessageStatus | CallEventItem |
 BIC_RESTRICTIONS = frozenset(
     {"RESTRICTED_BUSINESS_INITIATED_CALLING", "RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING"}
 )
+CALL_STATUSES = ("ringing", "accepted", "rejected")
+CALL_EVENTS = ("connect", "terminate")
+
+# Beyond any instant the service stores or adds margins to (datetime ends at year 9999).
+LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
+# Error codes and durations go into 32-bit fields of the API.
+MAX_INT32 = 2**31 - 1
 
 
-def parse_timestamp(value: Any, what: str) -> datetime:
-    try:
-        seconds = int(value)
-    except (TypeError, ValueError):
-        raise MalformedWebhook(f"{what} must be Unix seconds, got {value!r}") from None
-    return datetime.fromtimestamp(seconds, UTC)
+# --- values -------------------------------------------------------------------------------------------------------
+
+
+def _instant(value: Any, what: str) -> datetime:
+    """Unix seconds as an integer or a string of digits (HOOK-7); nothing else."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise MalformedWebhook(f"{what} must be Unix seconds (an integer or a string of digits), got {value!r}")
+    if isinstance(value, str):
+        if not (value.isascii() and value.isdigit()):
+            raise MalformedWebhook(f"{what} must be Unix seconds (digits only), got {value[:40]!r}")
+        value = int(value)
+    if value < 0 or value >= LATEST_INSTANT.timestamp():
+        raise MalformedWebhook(f"{what} {value} is not an instant the service can store (Unix seconds expected)")
+    return datetime.fromtimestamp(value, UTC)
+
+
+def parse_timestamp(value: Any, what: str, window: TimeWindow | None = None) -> datetime:
+    """An instant the platform says something happened at: refused when ahead of the skew or older than retries."""
+    at = _instant(value, what)
+    if window is not None:
+        if at > window.now + window.max_ahead:
+            raise UntrustedTimestamp(
+                f"{what} {at.isoformat()} is more than {window.max_ahead} ahead of the service's clock "
+                f"({window.now.isoformat()})"
+            )
+        if at < window.now - window.max_age:
+            raise UntrustedTimestamp(
+                f"{what} {at.isoformat()} is older than {window.max_age}: the platform retries no longer than that"
+            )
+    return at
+
+
+def _expiry(value: Any, what: str, window: TimeWindow | None) -> datetime:
+    at = _instant(value, what)
+    if window is not None and at > window.now + window.max_expiry_ahead:
+        raise UntrustedTimestamp(f"{what} {at.isoformat()} is more than {window.max_expiry_ahead} ahead")
+    return at
+
+
+def _optional_time(value: Any, what: str, window: TimeWindow | None) -> datetime | None:
+    return None if value is None or value == "" else parse_timestamp(value, what, window)
+
+
+def _text(value: Any, what: str, default: str = "") -> str:
+    """A string field; absent (or null) gives `default`. Any other type is refused, not converted."""
+    if value is None:
+        return default
+    if not isinstance(value, str):
+        raise MalformedWebhook(f"{what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _required_text(value: Any, what: str) -> str:
+    text = _text(value, what)
+    if not text:
+        raise MalformedWebhook(f"{what} is required")
+    return text
+
+
+def _flag(value: Any, what: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise MalformedWebhook(f"{what} must be true or false, got {value!r}")
+    return value
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_INT32:
+        raise MalformedWebhook(f"{what} must be a whole number from 0 to {MAX_INT32}, got {value!r}")
+    return value
 
 
 def _dict(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise MalformedWebhook(f"{what} must be an object")
     return value
+
+
+def _optional_dict(value: Any, what: str) -> Mapping[str, Any]:
+    return {} if value is None else _dict(value, what)
 
 
 def _list(value: Any, what: str) -> list[Any]:
@@ -123,183 +233,250 @@ def _list(value: Any, what: str) -> list[Any]:
     return value
 
 
+def _error_codes(errors: list[Any], what: str) -> tuple[int, ...]:
+    return tuple(_count(_dict(e, what).get("code", 0), f"{what}.code") for e in errors)
+
+
+# --- the body -----------------------------------------------------------------------------------------------------
+
+
+def _refuse_constant(name: str) -> Any:
+    raise MalformedWebhook(f"body is not JSON: {name} is not a JSON number")
+
+
+def _check_strings(data: Any) -> None:
+    """Every string must be storable text: JSON escapes can spell lone surrogates, which UTF-8 cannot encode."""
+    pending = [data]
+    while pending:
+        value = pending.pop()
+        strings: tuple[str, ...]
+        if isinstance(value, str):
+            strings = (value,)
+        elif isinstance(value, dict):
+            strings = tuple(value)
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            strings = ()
+            pending.extend(value)
+        else:
+            continue
+        for text in strings:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise MalformedWebhook(f"a string is not valid Unicode (lone surrogate): {text[:40]!r}") from None
+
+
 def decode(body: bytes) -> Mapping[str, Any]:
     try:
-        data = json.loads(body)
+        data = json.loads(body, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedWebhook(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise MalformedWebhook("body is nested too deeply") from None
     data = _dict(data, "the body")
+    _check_strings(data)
     if data.get("object") != "whatsapp_business_account":
         raise MalformedWebhook(f"object must be 'whatsapp_business_account', got {data.get('object')!r}")
     return data
 
 
+# --- messages -----------------------------------------------------------------------------------------------------
+
+
 def _user_of(message: Mapping[str, Any], contacts: list[Any]) -> str | None:
-    user = message.get("from")
+    user = _text(message.get("from"), "messages[].from")
     if not user and contacts:
-        user = _dict(contacts[0], "contacts[0]").get("wa_id")
-    return str(user) if user else None
+        user = _text(_dict(contacts[0], "contacts[0]").get("wa_id"), "contacts[0].wa_id")
+    return user or None
 
 
-def _message(phone_number_id: str, message: Mapping[str, Any], contacts: list[Any]) -> WebhookItem:
-    message_id = message.get("id")
-    if not message_id:
-        raise MalformedWebhook("a message has no id")
-    timestamp = parse_timestamp(message.get("timestamp"), "messages[].timestamp")
+def _permission_reply(
+    phone_number_id: str,
+    message: Mapping[str, Any],
+    user: str,
+    message_id: str,
+    timestamp: datetime,
+    interactive: Mapping[str, Any],
+    window: TimeWindow | None,
+) -> PermissionReply:
+    reply = _dict(interactive.get("call_permission_reply"), "call_permission_reply")
+    response = _text(reply.get("response"), "call_permission_reply.response").lower()
+    if response not in ("accept", "reject"):
+        raise MalformedWebhook(f"call_permission_reply.response must be accept or reject, got {response!r}")
+    source = _text(reply.get("response_source"), "call_permission_reply.response_source", "user_action")
+    expiration = reply.get("expiration_timestamp")
+    context = message.get("context")
+    # Some replies carry no context, or an empty one: no request behind it (profile grant, automatic revoke).
+    context_id = _text(context.get("id"), "context.id") if isinstance(context, Mapping) else ""
+    return PermissionReply(
+        phone_number_id=phone_number_id,
+        user_wa_id=user,
+        message_id=message_id,
+        timestamp=timestamp,
+        accepted=response == "accept",
+        permanent=_flag(reply.get("is_permanent"), "call_permission_reply.is_permanent"),
+        expires_at=None
+        if expiration is None or expiration == ""
+        else _expiry(expiration, "expiration_timestamp", window),
+        automatic=source.lower() == "automatic",
+        context_id=context_id or None,
+    )
+
+
+def _message(
+    phone_number_id: str, message: Mapping[str, Any], contacts: list[Any], window: TimeWindow | None
+) -> WebhookItem:
+    message_id = _required_text(message.get("id"), "messages[].id")
+    timestamp = parse_timestamp(message.get("timestamp"), "messages[].timestamp", window)
     user = _user_of(message, contacts)
     if user is None:
         # A username-only user (BSUID, no phone number): not supported yet, but the rest of the delivery is.
         return Ignored("messages", f"message {message_id} has no phone number (username-only user)")
+    kind = _text(message.get("type"), "messages[].type", "unknown")
     interactive = message.get("interactive")
-    if (
-        message.get("type") == "interactive"
-        and isinstance(interactive, Mapping)
-        and interactive.get("type") == "call_permission_reply"
-    ):
-        reply = _dict(interactive.get("call_permission_reply"), "call_permission_reply")
-        response = str(reply.get("response", "")).lower()
-        if response not in ("accept", "reject"):
-            raise MalformedWebhook(f"call_permission_reply.response must be accept or reject, got {response!r}")
-        expiration = reply.get("expiration_timestamp")
-        context = message.get("context")
-        return PermissionReply(
-            phone_number_id=phone_number_id,
-            user_wa_id=user,
-            message_id=str(message_id),
-            timestamp=timestamp,
-            accepted=response == "accept",
-            permanent=bool(reply.get("is_permanent", False)),
-            expires_at=parse_timestamp(expiration, "expiration_timestamp") if expiration not in (None, "") else None,
-            automatic=str(reply.get("response_source", "user_action")).lower() == "automatic",
-            context_id=str(context["id"]) if isinstance(context, Mapping) and context.get("id") else None,
-        )
-    return InboundMessage(phone_number_id, user, str(message_id), timestamp, str(message.get("type", "unknown")))
+    # Recognised by the interactive type alone: the calling docs' examples carry no `messages[].type`.
+    if isinstance(interactive, Mapping) and interactive.get("type") == "call_permission_reply":
+        return _permission_reply(phone_number_id, message, user, message_id, timestamp, interactive, window)
+    return InboundMessage(phone_number_id, user, message_id, timestamp, kind)
+
+
+# --- calls and statuses -------------------------------------------------------------------------------------------
 
 
 def _opaque(item: Mapping[str, Any]) -> str:
-    # Meta's field table spells it biz_opaque_callback_date (HOOK-7); the payloads use ..._data.
-    return str(item.get("biz_opaque_callback_data", item.get("biz_opaque_callback_date", "")) or "")
+    # The platform's field table spells it biz_opaque_callback_date (HOOK-7); the payloads use ..._data.
+    value = item.get("biz_opaque_callback_data", item.get("biz_opaque_callback_date"))
+    return _text(value, "biz_opaque_callback_data")
 
 
-def _optional_time(value: Any, what: str) -> datetime | None:
-    return None if value in (None, "") else parse_timestamp(value, what)
-
-
-def _call(phone_number_id: str, call: Mapping[str, Any], errors: list[Any], contacts: list[Any]) -> WebhookItem:
-    call_id = call.get("id")
-    if not call_id:
-        raise MalformedWebhook("a call has no id")
-    event = str(call.get("event", "")).lower()
-    direction = str(call.get("direction", "")).upper()
-    # The user is the far end: `to` of a business-initiated call, `from` of a user-initiated one.
-    user = call.get("from") if direction == "USER_INITIATED" else call.get("to")
-    if not user and contacts:
-        user = _dict(contacts[0], "contacts[0]").get("wa_id")
-    raw_session = call.get("session")
-    session: Mapping[str, Any] = raw_session if isinstance(raw_session, Mapping) else {}
-    codes = tuple(int(e.get("code", 0)) for e in errors if isinstance(e, Mapping))
-    message = "; ".join(str(e.get("message", "")) for e in errors if isinstance(e, Mapping))
+def _call(
+    phone_number_id: str, call: Mapping[str, Any], errors: list[Any], contacts: list[Any], window: TimeWindow | None
+) -> WebhookItem:
+    call_id = _required_text(call.get("id"), "calls[].id")
+    event = _text(call.get("event"), "calls[].event").lower()
+    direction = _text(call.get("direction"), "calls[].direction").upper()
+    session = _optional_dict(call.get("session"), "calls[].session")
     duration = call.get("duration")
-    return CallEventItem(
+    item = CallEventItem(
         phone_number_id=phone_number_id,
-        call_id=str(call_id),
-        kind=event if event in ("connect", "terminate") else "unknown",
-        timestamp=parse_timestamp(call.get("timestamp"), "calls[].timestamp"),
-        user_wa_id=str(user or ""),
+        call_id=call_id,
+        kind=event if event in CALL_EVENTS else "unknown",
+        timestamp=parse_timestamp(call.get("timestamp"), "calls[].timestamp", window),
+        user_wa_id="",
         direction=direction,
-        sdp=str(session.get("sdp", "")),
-        sdp_type=str(session.get("sdp_type", "")).lower(),
-        start_time=_optional_time(call.get("start_time"), "calls[].start_time"),
-        end_time=_optional_time(call.get("end_time"), "calls[].end_time"),
-        duration_seconds=int(duration) if duration not in (None, "") else None,
-        status=str(call.get("status", "")).lower(),
-        error_codes=codes,
-        error_message=message,
+        sdp=_text(session.get("sdp"), "calls[].session.sdp"),
+        sdp_type=_text(session.get("sdp_type"), "calls[].session.sdp_type").lower(),
+        start_time=_optional_time(call.get("start_time"), "calls[].start_time", window),
+        end_time=_optional_time(call.get("end_time"), "calls[].end_time", window),
+        duration_seconds=None if duration is None or duration == "" else _count(duration, "calls[].duration"),
+        status=_text(call.get("status"), "calls[].status").lower(),
+        error_codes=_error_codes(errors, "value.errors[]"),
+        error_message="; ".join(_text(_dict(e, "errors[]").get("message"), "errors[].message") for e in errors),
         biz_opaque_callback_data=_opaque(call),
     )
+    # The user is the far end: `from` of a user's call, `to` of a business call.
+    side = "from" if item.is_user_calling or direction == "USER_INITIATED" else "to"
+    user = _text(call.get(side), f"calls[].{side}")
+    if not user and contacts:
+        user = _text(_dict(contacts[0], "contacts[0]").get("wa_id"), "contacts[0].wa_id")
+    return dataclasses.replace(item, user_wa_id=user)
 
 
-def _call_status(phone_number_id: str, status: Mapping[str, Any]) -> WebhookItem:
-    value = str(status.get("status", "")).lower()
+def _call_status(phone_number_id: str, status: Mapping[str, Any], window: TimeWindow | None) -> WebhookItem:
+    value = _text(status.get("status"), "statuses[].status").lower()
     return CallEventItem(
         phone_number_id=phone_number_id,
-        call_id=str(status.get("id", "")),
-        kind=value if value in ("ringing", "accepted", "rejected") else "unknown",
-        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp"),
-        user_wa_id=str(status.get("recipient_id", "")),
+        call_id=_required_text(status.get("id"), "statuses[].id"),
+        kind=value if value in CALL_STATUSES else "unknown",
+        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp", window),
+        user_wa_id=_text(status.get("recipient_id"), "statuses[].recipient_id"),
         direction="",
         biz_opaque_callback_data=_opaque(status),
     )
 
 
-def _status(phone_number_id: str, status: Mapping[str, Any]) -> WebhookItem:
-    if str(status.get("type", "")).lower() == "call":
-        return _call_status(phone_number_id, status)
-    errors = tuple(
-        int(e.get("code", 0)) for e in _list(status.get("errors"), "statuses[].errors") if isinstance(e, Mapping)
-    )
+def _status(phone_number_id: str, status: Mapping[str, Any], window: TimeWindow | None) -> WebhookItem:
+    if _text(status.get("type"), "statuses[].type").lower() == "call":
+        return _call_status(phone_number_id, status, window)
     return MessageStatus(
         phone_number_id=phone_number_id,
-        message_id=str(status.get("id", "")),
-        recipient_wa_id=str(status.get("recipient_id", "")),
-        status=str(status.get("status", "")).lower(),
-        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp"),
-        error_codes=errors,
+        message_id=_text(status.get("id"), "statuses[].id"),
+        recipient_wa_id=_text(status.get("recipient_id"), "statuses[].recipient_id"),
+        status=_text(status.get("status"), "statuses[].status").lower(),
+        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp", window),
+        error_codes=_error_codes(_list(status.get("errors"), "statuses[].errors"), "statuses[].errors[]"),
     )
 
 
-def _account_update(value: Mapping[str, Any], entry: Any) -> WebhookItem:
-    if str(value.get("event", "")).upper() != "ACCOUNT_RESTRICTION":
-        return Ignored("account_update", f"event {value.get('event')!r} not handled")
-    metadata = value.get("metadata") if isinstance(value.get("metadata"), Mapping) else {}
-    phone_number_id = str(metadata.get("phone_number_id", "")) if isinstance(metadata, Mapping) else ""
-    display = str(value.get("phone_number", "") or "")
+# --- account updates ----------------------------------------------------------------------------------------------
+
+
+def _account_update(value: Mapping[str, Any], entry: Mapping[str, Any], window: TimeWindow | None) -> WebhookItem:
+    event = value.get("event")
+    if not isinstance(event, str) or event.upper() != "ACCOUNT_RESTRICTION":
+        return Ignored("account_update", f"event {event!r} not handled")
+    restrictions = [_dict(r, "restriction_info[]") for r in _list(value.get("restriction_info"), "restriction_info")]
+    types = [_text(r.get("restriction_type"), "restriction_info[].restriction_type").upper() for r in restrictions]
+    if types and not any("CALLING" in t for t in types):
+        # A messaging restriction (say): only an event about calling changes the calling pause.
+        return Ignored("account_update", f"restrictions {', '.join(types)} do not concern calling")
+    metadata = value.get("metadata")
+    phone_number_id = (
+        _text(metadata.get("phone_number_id"), "metadata.phone_number_id") if isinstance(metadata, Mapping) else ""
+    )
+    display = _text(value.get("phone_number"), "account_update.phone_number")
     if not phone_number_id and not display:
-        raise MalformedWebhook("account_update names no phone number (phone_number or metadata.phone_number_id)")
-    restrictions = [
-        r for r in _list(value.get("restriction_info"), "restriction_info")
-        if isinstance(r, Mapping) and str(r.get("restriction_type", "")).upper() in BIC_RESTRICTIONS
-    ]  # fmt: skip
-    expirations = [r.get("expiration") for r in restrictions]
-    timestamp = entry.get("time") if isinstance(entry, Mapping) else None
+        # Account-level: it names no number, so no calling pause of ours can follow from it.
+        return Ignored("account_update", "a restriction that names no phone number")
+    paused = [r for r, t in zip(restrictions, types, strict=True) if t in BIC_RESTRICTIONS]
+    expirations = [r.get("expiration") for r in paused]
+    timestamp = entry.get("time")
     return BusinessRestriction(
         phone_number_id=phone_number_id,
         display_number=display,
-        timestamp=parse_timestamp(timestamp, "entry[].time") if timestamp not in (None, "") else None,
-        restricted=bool(restrictions),
+        timestamp=_optional_time(timestamp, "entry[].time", window),
+        restricted=bool(paused),
         until=None
-        if not expirations or any(e in (None, "") for e in expirations)
-        else max(parse_timestamp(e, "restriction_info[].expiration") for e in expirations),
+        if not expirations or any(e is None or e == "" for e in expirations)
+        else max(_expiry(e, "restriction_info[].expiration", window) for e in expirations),
     )
 
 
-def parse(body: bytes) -> list[WebhookItem]:
-    """Every item in every entry and change of one delivery."""
+# --- the delivery -------------------------------------------------------------------------------------------------
+
+
+def parse(body: bytes, window: TimeWindow | None = None) -> list[WebhookItem]:
+    """Every item in every entry and change of one delivery.
+
+    With a `window`, every timestamp must fall inside it (the endpoint always passes one); without, only
+    instants the service cannot represent are refused.
+    """
     data = decode(body)
-    return list(_items(data))
+    return list(_items(data, window))
 
 
-def _items(data: Mapping[str, Any]) -> Iterator[WebhookItem]:
-    for entry in _list(data.get("entry"), "entry"):
-        for change in _list(_dict(entry, "entry[]").get("changes"), "entry[].changes"):
-            change = _dict(change, "changes[]")
-            field = str(change.get("field", ""))
+def _items(data: Mapping[str, Any], window: TimeWindow | None) -> Iterator[WebhookItem]:
+    for raw_entry in _list(data.get("entry"), "entry"):
+        entry = _dict(raw_entry, "entry[]")
+        for raw_change in _list(entry.get("changes"), "entry[].changes"):
+            change = _dict(raw_change, "changes[]")
+            field = change.get("field")
+            if field not in ("messages", "calls", "account_update"):
+                yield Ignored(str(field)[:100], "not handled")
+                continue
             value = _dict(change.get("value"), "changes[].value")
             if field == "account_update":
-                yield _account_update(_dict(change.get("value"), "changes[].value"), entry)
-                continue
-            if field not in ("messages", "calls"):
-                yield Ignored(field, "not handled yet")
+                yield _account_update(value, entry, window)
                 continue
             metadata = _dict(value.get("metadata"), "value.metadata")
-            phone_number_id = metadata.get("phone_number_id")
-            if not phone_number_id:
-                raise MalformedWebhook("value.metadata.phone_number_id is missing")
+            phone_number_id = _required_text(metadata.get("phone_number_id"), "value.metadata.phone_number_id")
             contacts = _list(value.get("contacts"), "value.contacts")
-            errors = _list(value.get("errors"), "value.errors")
-            for call in _list(value.get("calls"), "value.calls"):
-                yield _call(str(phone_number_id), _dict(call, "calls[]"), errors, contacts)
+            calls = _list(value.get("calls"), "value.calls")
+            errors = _list(value.get("errors"), "value.errors") if calls else []  # they describe the calls
+            for call in calls:
+                yield _call(phone_number_id, _dict(call, "calls[]"), errors, contacts, window)
             for message in _list(value.get("messages"), "value.messages"):
-                yield _message(str(phone_number_id), _dict(message, "messages[]"), contacts)
+                yield _message(phone_number_id, _dict(message, "messages[]"), contacts, window)
             for status in _list(value.get("statuses"), "value.statuses"):
-                yield _status(str(phone_number_id), _dict(status, "statuses[]"))
+                yield _status(phone_number_id, _dict(status, "statuses[]"), window)

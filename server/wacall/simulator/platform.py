@@ -271,7 +271,7 @@ class SimulatedPlatform:
         if body.get("messaging_product") != "whatsapp":
             raise GraphFailure(400, 100, "(#100) The parameter messaging_product is required.")
         try:
-            user = parse_number(str(body.get("to", "")), "to")
+            user = self._number_of_wa_id(str(body.get("to", "")))  # the platform takes its own wa_ids too
         except InvalidNumber as exc:
             raise GraphFailure(400, 100, f"(#100) Invalid parameter: {exc.why}") from None
         kind = body.get("type")
