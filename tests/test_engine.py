@@ -1,7 +1,8 @@
 """The rule engine, rule by rule (whatsapp-calling.md §1-§3, engine readings in wacall/engine.py).
 
 Table-driven over the presets where a rule has the same shape in each; the numbers come from the preset tables in
-§2.1. Event times are whole seconds in UTC, the resolution of webhook timestamps.
+§2.1. Event times are whole seconds in UTC, the resolution of webhook timestamps. A window limit frees
+`boundary_margin` (2 s in every preset, `MARGIN` here) after the platform's own instant.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ HOUR = timedelta(hours=1)
 WEEK = 7 * DAY
 CALLABLE_REGION = "GB"  # business-initiated calling available
 DENIED_REGIONS = ("US", "CA", "TR", "EG", "VN", "NG")
+MARGIN = 2 * SECOND  # every preset's boundary_margin
 
 ALL_PRESETS = pytest.mark.parametrize("policy", [SEED, META_CURRENT, SANDBOX], ids=lambda p: p.name)
 ONE_PER_DAY_PRESETS = pytest.mark.parametrize("policy", [SEED, META_CURRENT], ids=lambda p: p.name)
@@ -117,6 +119,7 @@ def test_presets_carry_the_documented_numbers(
     assert (policy.prompt_after_unanswered, policy.revoke_after_unanswered) == (prompt_at, revoke_at)
     assert policy.denied_business_regions == frozenset(DENIED_REGIONS)
     assert policy.longest_window == WEEK
+    assert (policy.boundary_margin, policy.window_margin, policy.request_lifetime) == (MARGIN, MINUTE, WEEK)
 
 
 # --- permission requests: 1 per 24 h, 2 per 7 days (25 / 100 on the sandbox) --------------------------------------
@@ -139,10 +142,14 @@ def test_second_request_within_24h_is_refused_until_first_ages_out(policy: Polic
     ledger = fold(policy, RequestSent(T0))
 
     refused = check(ledger, T0 + 5 * HOUR, policy).request
-    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (False, Reason.REQUEST_LIMIT_REACHED, T0 + DAY)
-    assert check(ledger, T0 + DAY - SECOND, policy).request.allowed is False
+    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
+        False,
+        Reason.REQUEST_LIMIT_REACHED,
+        T0 + DAY + MARGIN,
+    )
+    assert check(ledger, T0 + DAY + MARGIN - SECOND, policy).request.allowed is False
 
-    allowed = check(ledger, T0 + DAY, policy).request
+    allowed = check(ledger, T0 + DAY + MARGIN, policy).request
     assert (allowed.allowed, allowed.reason, allowed.next_allowed_at) == (True, Reason.ALLOWED, None)
     assert usage(allowed.limits, DAY).used == 0
     assert usage(allowed.limits, WEEK).used == 1
@@ -157,30 +164,30 @@ def test_requests_beyond_the_24h_limit_are_refused_until_the_oldest_counted_ages
 
     refused = check(ledger, now, policy).request
     assert (refused.allowed, refused.reason) == (False, Reason.REQUEST_LIMIT_REACHED)
-    # Usage exactly at the maximum: the oldest counted request + 24 h.
-    assert refused.next_allowed_at == T0 + DAY
-    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, T0 + DAY)
-    assert check(ledger, T0 + DAY - SECOND, policy).request.allowed is False
-    assert check(ledger, T0 + DAY, policy).request.allowed is True
+    # Usage exactly at the maximum: the oldest counted request + 24 h (+ the margin).
+    assert refused.next_allowed_at == T0 + DAY + MARGIN
+    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, T0 + DAY + MARGIN)
+    assert check(ledger, T0 + DAY + MARGIN - SECOND, policy).request.allowed is False
+    assert check(ledger, T0 + DAY + MARGIN, policy).request.allowed is True
 
 
 @ONE_PER_DAY_PRESETS
 def test_third_request_within_7_days_is_refused_until_the_first_ages_out(policy: Policy) -> None:
     ledger = fold(policy, RequestSent(T0), RequestSent(T0 + DAY))
 
-    refused = check(ledger, T0 + 2 * DAY, policy).request
+    refused = check(ledger, T0 + 2 * DAY + MARGIN, policy).request
     assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
         False,
         Reason.REQUEST_LIMIT_REACHED,
-        T0 + WEEK,
+        T0 + WEEK + MARGIN,
     )
     assert usage(refused.limits, DAY).used == 0
-    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, 2, 2, T0 + WEEK)
+    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, 2, 2, T0 + WEEK + MARGIN)
 
-    assert check(ledger, T0 + WEEK - SECOND, policy).request.allowed is False
-    allowed = check(ledger, T0 + WEEK, policy).request
+    assert check(ledger, T0 + WEEK + MARGIN - SECOND, policy).request.allowed is False
+    allowed = check(ledger, T0 + WEEK + MARGIN, policy).request
     assert allowed.allowed is True
-    assert usage(allowed.limits, WEEK) == LimitUsage(WEEK, 2, 1, T0 + DAY + WEEK)
+    assert usage(allowed.limits, WEEK) == LimitUsage(WEEK, 2, 1, T0 + DAY + WEEK + MARGIN)
 
 
 def _fill_week(per_day: int, per_week: int, last_batch_at: datetime) -> list[datetime]:
@@ -195,7 +202,7 @@ def test_requests_beyond_the_7_day_limit_are_refused_until_the_oldest_counted_ag
 ) -> None:
     times = _fill_week(per_day, per_week, last_batch_at=T0 + (per_week // per_day - 1) * DAY)
     ledger = fold(policy, *requests(times))
-    now = times[-1] + DAY  # the 24 h window is free again
+    now = times[-1] + DAY + MARGIN  # the 24 h window is free again
 
     refused = check(ledger, now, policy).request
     assert usage(refused.limits, DAY).used == 0
@@ -203,9 +210,9 @@ def test_requests_beyond_the_7_day_limit_are_refused_until_the_oldest_counted_ag
     assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
         False,
         Reason.REQUEST_LIMIT_REACHED,
-        T0 + WEEK,
+        T0 + WEEK + MARGIN,
     )
-    assert check(ledger, T0 + WEEK, policy).request.allowed is True
+    assert check(ledger, T0 + WEEK + MARGIN, policy).request.allowed is True
 
 
 @REQUEST_LIMITS
@@ -218,19 +225,19 @@ def test_next_request_is_allowed_at_the_latest_time_over_the_blocking_windows(
     now = last_batch + HOUR
 
     refused = check(ledger, now, policy).request
-    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, last_batch + DAY)
-    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, per_week, per_week, T0 + WEEK)
-    assert refused.next_allowed_at == last_batch + DAY
-    assert check(ledger, T0 + WEEK, policy).request.allowed is False  # the week freed up, the day has not
-    assert check(ledger, last_batch + DAY, policy).request.allowed is True
+    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, last_batch + DAY + MARGIN)
+    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, per_week, per_week, T0 + WEEK + MARGIN)
+    assert refused.next_allowed_at == last_batch + DAY + MARGIN
+    assert check(ledger, T0 + WEEK + MARGIN, policy).request.allowed is False  # the week freed up, the day has not
+    assert check(ledger, last_batch + DAY + MARGIN, policy).request.allowed is True
 
 
 @ALL_PRESETS
 def test_limit_usage_reports_used_and_when_the_oldest_counted_request_leaves_the_window(policy: Policy) -> None:
     ledger = fold(policy, RequestSent(T0), RequestSent(T0 + 2 * DAY))
     limits = check(ledger, T0 + 2 * DAY + HOUR, policy).request.limits
-    assert usage(limits, DAY) == LimitUsage(DAY, policy.request_limits[0].max_allowed, 1, T0 + 3 * DAY)
-    assert usage(limits, WEEK) == LimitUsage(WEEK, policy.request_limits[1].max_allowed, 2, T0 + WEEK)
+    assert usage(limits, DAY) == LimitUsage(DAY, policy.request_limits[0].max_allowed, 1, T0 + 3 * DAY + MARGIN)
+    assert usage(limits, WEEK) == LimitUsage(WEEK, policy.request_limits[1].max_allowed, 2, T0 + WEEK + MARGIN)
 
 
 def test_window_counts_an_event_until_exactly_one_window_later() -> None:
@@ -327,9 +334,9 @@ def test_request_limit_wait_is_offered_when_the_service_window_outlasts_it(polic
     assert (decision.reason, decision.channel, decision.next_allowed_at) == (
         Reason.REQUEST_LIMIT_REACHED,
         Channel.INTERACTIVE,
-        T0 + DAY,
+        T0 + DAY + MARGIN,
     )
-    assert check(ledger, T0 + DAY, policy, template=False).request.allowed is True
+    assert check(ledger, T0 + DAY + MARGIN, policy, template=False).request.allowed is True
 
 
 @ONE_PER_DAY_PRESETS
@@ -471,14 +478,18 @@ def test_connected_calls_beyond_the_cap_are_refused_until_the_oldest_is_24h_old(
     ledger = fold(policy, grant(T0 - HOUR, permanent=True), *business_calls(T0, cap))
 
     refused = check(ledger, T0 + cap * MINUTE, policy).call
-    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (False, Reason.CALL_LIMIT_REACHED, T0 + DAY)
-    assert refused.limits == (LimitUsage(DAY, cap, cap, T0 + DAY),)
-    assert check(ledger, T0 + DAY - SECOND, policy).call.allowed is False
+    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
+        False,
+        Reason.CALL_LIMIT_REACHED,
+        T0 + DAY + MARGIN,
+    )
+    assert refused.limits == (LimitUsage(DAY, cap, cap, T0 + DAY + MARGIN),)
+    assert check(ledger, T0 + DAY + MARGIN - SECOND, policy).call.allowed is False
 
-    # At exactly answer + 24 h the oldest call no longer counts.
-    allowed = check(ledger, T0 + DAY, policy).call
+    # At exactly answer + 24 h + the margin the oldest call no longer counts.
+    allowed = check(ledger, T0 + DAY + MARGIN, policy).call
     assert (allowed.allowed, allowed.reason, allowed.next_allowed_at) == (True, Reason.ALLOWED, None)
-    assert allowed.limits == (LimitUsage(DAY, cap, cap - 1, T0 + MINUTE + DAY),)
+    assert allowed.limits == (LimitUsage(DAY, cap, cap - 1, T0 + MINUTE + DAY + MARGIN),)
 
 
 @CALL_CAPS
@@ -498,8 +509,8 @@ def test_hitting_the_call_cap_does_not_revoke_the_permission(policy: Policy, cap
 @pytest.mark.parametrize(
     ("first_call_at", "next_allowed_at"),
     [
-        (WEEK - DAY - SECOND, WEEK - SECOND),  # the wait ends one second before expiry
-        (WEEK - DAY, None),  # the wait ends at expiry
+        (WEEK - DAY - MARGIN - SECOND, WEEK - SECOND),  # the wait ends one second before expiry
+        (WEEK - DAY - MARGIN, None),  # the wait ends at expiry
         (WEEK - DAY + HOUR, None),  # the wait ends after expiry
     ],
     ids=["ends-before-expiry", "ends-at-expiry", "ends-after-expiry"],
@@ -538,7 +549,7 @@ def test_connected_call_resets_request_counters_and_streak_but_not_the_call_wind
     assert [u.used for u in evaluation.request.limits] == [0, 0]
     assert evaluation.consecutive_unanswered == 0
     assert evaluation.call.limits[0].used == 1
-    assert evaluation.call.limits[0].resets_at == T0 + 3 * MINUTE + DAY
+    assert evaluation.call.limits[0].resets_at == T0 + 3 * MINUTE + DAY + MARGIN
 
 
 @ALL_PRESETS
@@ -550,7 +561,10 @@ def test_requests_sent_after_a_connected_call_count_again(policy: Policy) -> Non
         RequestSent(T0 + 2 * HOUR),
     )
     limits = check(ledger, T0 + 3 * HOUR, policy).request.limits
-    assert [(u.used, u.resets_at) for u in limits] == [(1, T0 + 2 * HOUR + DAY), (1, T0 + 2 * HOUR + WEEK)]
+    assert [(u.used, u.resets_at) for u in limits] == [
+        (1, T0 + 2 * HOUR + DAY + MARGIN),
+        (1, T0 + 2 * HOUR + WEEK + MARGIN),
+    ]
 
 
 @ALL_PRESETS
@@ -796,7 +810,7 @@ def test_withdrawn_request_after_a_grant_expired_leaves_the_grant_expired(policy
 @ALL_PRESETS
 def test_prune_drops_only_times_no_window_can_count(policy: Policy) -> None:
     now = T0 + 30 * DAY
-    horizon = now - WEEK
+    horizon = now - WEEK - MARGIN
     ledger = Ledger(
         request_times=(horizon - DAY, horizon, horizon + SECOND, now - HOUR),
         connected_call_times=(horizon, horizon + SECOND, now - DAY, now - HOUR),
@@ -845,7 +859,7 @@ def test_overridden_policy_drives_the_engine() -> None:
     policy = load_policy("sandbox", {"connected_call_limits": [{"window_seconds": 3600, "max_allowed": 1}]})
     ledger = fold(policy, grant(T0, permanent=True), CallConnected(T0, business_initiated=True))
     decision = check(ledger, T0 + MINUTE, policy).call
-    assert (decision.reason, decision.next_allowed_at) == (Reason.CALL_LIMIT_REACHED, T0 + HOUR)
+    assert (decision.reason, decision.next_allowed_at) == (Reason.CALL_LIMIT_REACHED, T0 + HOUR + MARGIN)
 
 
 @pytest.mark.parametrize(
@@ -912,7 +926,7 @@ def test_after_a_pause_the_action_still_waits_for_its_own_limits() -> None:
     sent = engine.apply(sent, engine.RequestSent(T0 + 1 * DAY), SEED).ledger
     # Paused for 2 days; the 7-day window frees only at T0 + 7 days.
     result = paused_evaluation(sent, T0 + 1 * DAY, T0 + 3 * DAY)
-    assert result.request.reason is Reason.BUSINESS_RESTRICTED and result.request.next_allowed_at == T0 + 7 * DAY
+    assert result.request.reason is Reason.BUSINESS_RESTRICTED and result.request.next_allowed_at == T0 + WEEK + MARGIN
 
 
 def test_a_temporary_grant_that_expires_during_the_pause_gives_no_next_allowed_at() -> None:
