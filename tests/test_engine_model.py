@@ -153,15 +153,22 @@ class ReferenceModel:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.events: list[Event] = []
+        self._replayed: tuple[tuple[Event, ...], Replay] | None = None
 
     # Permission: replay the permission events in order (§1, engine transition table). Only events the engine
     # applies are in the list (stale replies and grants to dead requests are left out by the state machine).
     def replay(self) -> Replay:
+        events = tuple(self.events)
+        if self._replayed is None or self._replayed[0] != events:
+            self._replayed = (events, self._replay(events))
+        return self._replayed[1]
+
+    def _replay(self, events: tuple[Event, ...]) -> Replay:
         p = Permission(S.NONE, None)
         mark: datetime | None = None
         streak_since = -1
         absorbed: set[int] = set()
-        for i, e in enumerate(self.events):
+        for i, e in enumerate(events):
             now_state = p.at(e.at)
             if e.kind == REQUEST:
                 if now_state in (S.TEMPORARY, S.PERMANENT):
