@@ -217,5 +217,7 @@ async def make_service(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[
         await stop_service(running)
 
 
+MINUTE = 60
 HOUR = 3600
 DAY = 24 * HOUR
+MARGIN = 2  # every preset's boundary_margin, in seconds: a window limit frees this long after the platform's instant

@@ -1,11 +1,13 @@
 """The rule engine, rule by rule (whatsapp-calling.md §1-§3, engine readings in wacall/engine.py).
 
 Table-driven over the presets where a rule has the same shape in each; the numbers come from the preset tables in
-§2.1. Event times are whole seconds in UTC, the resolution of webhook timestamps.
+§2.1. Event times are whole seconds in UTC, the resolution of webhook timestamps. A window limit frees
+`boundary_margin` (2 s in every preset, `MARGIN` here) after the platform's own instant.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -41,6 +43,7 @@ HOUR = timedelta(hours=1)
 WEEK = 7 * DAY
 CALLABLE_REGION = "GB"  # business-initiated calling available
 DENIED_REGIONS = ("US", "CA", "TR", "EG", "VN", "NG")
+MARGIN = 2 * SECOND  # every preset's boundary_margin
 
 ALL_PRESETS = pytest.mark.parametrize("policy", [SEED, META_CURRENT, SANDBOX], ids=lambda p: p.name)
 ONE_PER_DAY_PRESETS = pytest.mark.parametrize("policy", [SEED, META_CURRENT], ids=lambda p: p.name)
@@ -117,6 +120,7 @@ def test_presets_carry_the_documented_numbers(
     assert (policy.prompt_after_unanswered, policy.revoke_after_unanswered) == (prompt_at, revoke_at)
     assert policy.denied_business_regions == frozenset(DENIED_REGIONS)
     assert policy.longest_window == WEEK
+    assert (policy.boundary_margin, policy.window_margin, policy.request_lifetime) == (MARGIN, MINUTE, WEEK)
 
 
 # --- permission requests: 1 per 24 h, 2 per 7 days (25 / 100 on the sandbox) --------------------------------------
@@ -139,10 +143,14 @@ def test_second_request_within_24h_is_refused_until_first_ages_out(policy: Polic
     ledger = fold(policy, RequestSent(T0))
 
     refused = check(ledger, T0 + 5 * HOUR, policy).request
-    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (False, Reason.REQUEST_LIMIT_REACHED, T0 + DAY)
-    assert check(ledger, T0 + DAY - SECOND, policy).request.allowed is False
+    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
+        False,
+        Reason.REQUEST_LIMIT_REACHED,
+        T0 + DAY + MARGIN,
+    )
+    assert check(ledger, T0 + DAY + MARGIN - SECOND, policy).request.allowed is False
 
-    allowed = check(ledger, T0 + DAY, policy).request
+    allowed = check(ledger, T0 + DAY + MARGIN, policy).request
     assert (allowed.allowed, allowed.reason, allowed.next_allowed_at) == (True, Reason.ALLOWED, None)
     assert usage(allowed.limits, DAY).used == 0
     assert usage(allowed.limits, WEEK).used == 1
@@ -157,30 +165,30 @@ def test_requests_beyond_the_24h_limit_are_refused_until_the_oldest_counted_ages
 
     refused = check(ledger, now, policy).request
     assert (refused.allowed, refused.reason) == (False, Reason.REQUEST_LIMIT_REACHED)
-    # Usage exactly at the maximum: the oldest counted request + 24 h.
-    assert refused.next_allowed_at == T0 + DAY
-    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, T0 + DAY)
-    assert check(ledger, T0 + DAY - SECOND, policy).request.allowed is False
-    assert check(ledger, T0 + DAY, policy).request.allowed is True
+    # Usage exactly at the maximum: the oldest counted request + 24 h (+ the margin).
+    assert refused.next_allowed_at == T0 + DAY + MARGIN
+    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, T0 + DAY + MARGIN)
+    assert check(ledger, T0 + DAY + MARGIN - SECOND, policy).request.allowed is False
+    assert check(ledger, T0 + DAY + MARGIN, policy).request.allowed is True
 
 
 @ONE_PER_DAY_PRESETS
 def test_third_request_within_7_days_is_refused_until_the_first_ages_out(policy: Policy) -> None:
     ledger = fold(policy, RequestSent(T0), RequestSent(T0 + DAY))
 
-    refused = check(ledger, T0 + 2 * DAY, policy).request
+    refused = check(ledger, T0 + 2 * DAY + MARGIN, policy).request
     assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
         False,
         Reason.REQUEST_LIMIT_REACHED,
-        T0 + WEEK,
+        T0 + WEEK + MARGIN,
     )
     assert usage(refused.limits, DAY).used == 0
-    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, 2, 2, T0 + WEEK)
+    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, 2, 2, T0 + WEEK + MARGIN)
 
-    assert check(ledger, T0 + WEEK - SECOND, policy).request.allowed is False
-    allowed = check(ledger, T0 + WEEK, policy).request
+    assert check(ledger, T0 + WEEK + MARGIN - SECOND, policy).request.allowed is False
+    allowed = check(ledger, T0 + WEEK + MARGIN, policy).request
     assert allowed.allowed is True
-    assert usage(allowed.limits, WEEK) == LimitUsage(WEEK, 2, 1, T0 + DAY + WEEK)
+    assert usage(allowed.limits, WEEK) == LimitUsage(WEEK, 2, 1, T0 + DAY + WEEK + MARGIN)
 
 
 def _fill_week(per_day: int, per_week: int, last_batch_at: datetime) -> list[datetime]:
@@ -195,7 +203,7 @@ def test_requests_beyond_the_7_day_limit_are_refused_until_the_oldest_counted_ag
 ) -> None:
     times = _fill_week(per_day, per_week, last_batch_at=T0 + (per_week // per_day - 1) * DAY)
     ledger = fold(policy, *requests(times))
-    now = times[-1] + DAY  # the 24 h window is free again
+    now = times[-1] + DAY + MARGIN  # the 24 h window is free again
 
     refused = check(ledger, now, policy).request
     assert usage(refused.limits, DAY).used == 0
@@ -203,9 +211,9 @@ def test_requests_beyond_the_7_day_limit_are_refused_until_the_oldest_counted_ag
     assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
         False,
         Reason.REQUEST_LIMIT_REACHED,
-        T0 + WEEK,
+        T0 + WEEK + MARGIN,
     )
-    assert check(ledger, T0 + WEEK, policy).request.allowed is True
+    assert check(ledger, T0 + WEEK + MARGIN, policy).request.allowed is True
 
 
 @REQUEST_LIMITS
@@ -218,19 +226,19 @@ def test_next_request_is_allowed_at_the_latest_time_over_the_blocking_windows(
     now = last_batch + HOUR
 
     refused = check(ledger, now, policy).request
-    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, last_batch + DAY)
-    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, per_week, per_week, T0 + WEEK)
-    assert refused.next_allowed_at == last_batch + DAY
-    assert check(ledger, T0 + WEEK, policy).request.allowed is False  # the week freed up, the day has not
-    assert check(ledger, last_batch + DAY, policy).request.allowed is True
+    assert usage(refused.limits, DAY) == LimitUsage(DAY, per_day, per_day, last_batch + DAY + MARGIN)
+    assert usage(refused.limits, WEEK) == LimitUsage(WEEK, per_week, per_week, T0 + WEEK + MARGIN)
+    assert refused.next_allowed_at == last_batch + DAY + MARGIN
+    assert check(ledger, T0 + WEEK + MARGIN, policy).request.allowed is False  # the week freed up, the day has not
+    assert check(ledger, last_batch + DAY + MARGIN, policy).request.allowed is True
 
 
 @ALL_PRESETS
 def test_limit_usage_reports_used_and_when_the_oldest_counted_request_leaves_the_window(policy: Policy) -> None:
     ledger = fold(policy, RequestSent(T0), RequestSent(T0 + 2 * DAY))
     limits = check(ledger, T0 + 2 * DAY + HOUR, policy).request.limits
-    assert usage(limits, DAY) == LimitUsage(DAY, policy.request_limits[0].max_allowed, 1, T0 + 3 * DAY)
-    assert usage(limits, WEEK) == LimitUsage(WEEK, policy.request_limits[1].max_allowed, 2, T0 + WEEK)
+    assert usage(limits, DAY) == LimitUsage(DAY, policy.request_limits[0].max_allowed, 1, T0 + 3 * DAY + MARGIN)
+    assert usage(limits, WEEK) == LimitUsage(WEEK, policy.request_limits[1].max_allowed, 2, T0 + WEEK + MARGIN)
 
 
 def test_window_counts_an_event_until_exactly_one_window_later() -> None:
@@ -327,9 +335,9 @@ def test_request_limit_wait_is_offered_when_the_service_window_outlasts_it(polic
     assert (decision.reason, decision.channel, decision.next_allowed_at) == (
         Reason.REQUEST_LIMIT_REACHED,
         Channel.INTERACTIVE,
-        T0 + DAY,
+        T0 + DAY + MARGIN,
     )
-    assert check(ledger, T0 + DAY, policy, template=False).request.allowed is True
+    assert check(ledger, T0 + DAY + MARGIN, policy, template=False).request.allowed is True
 
 
 @ONE_PER_DAY_PRESETS
@@ -471,14 +479,18 @@ def test_connected_calls_beyond_the_cap_are_refused_until_the_oldest_is_24h_old(
     ledger = fold(policy, grant(T0 - HOUR, permanent=True), *business_calls(T0, cap))
 
     refused = check(ledger, T0 + cap * MINUTE, policy).call
-    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (False, Reason.CALL_LIMIT_REACHED, T0 + DAY)
-    assert refused.limits == (LimitUsage(DAY, cap, cap, T0 + DAY),)
-    assert check(ledger, T0 + DAY - SECOND, policy).call.allowed is False
+    assert (refused.allowed, refused.reason, refused.next_allowed_at) == (
+        False,
+        Reason.CALL_LIMIT_REACHED,
+        T0 + DAY + MARGIN,
+    )
+    assert refused.limits == (LimitUsage(DAY, cap, cap, T0 + DAY + MARGIN),)
+    assert check(ledger, T0 + DAY + MARGIN - SECOND, policy).call.allowed is False
 
-    # At exactly answer + 24 h the oldest call no longer counts.
-    allowed = check(ledger, T0 + DAY, policy).call
+    # At exactly answer + 24 h + the margin the oldest call no longer counts.
+    allowed = check(ledger, T0 + DAY + MARGIN, policy).call
     assert (allowed.allowed, allowed.reason, allowed.next_allowed_at) == (True, Reason.ALLOWED, None)
-    assert allowed.limits == (LimitUsage(DAY, cap, cap - 1, T0 + MINUTE + DAY),)
+    assert allowed.limits == (LimitUsage(DAY, cap, cap - 1, T0 + MINUTE + DAY + MARGIN),)
 
 
 @CALL_CAPS
@@ -498,8 +510,8 @@ def test_hitting_the_call_cap_does_not_revoke_the_permission(policy: Policy, cap
 @pytest.mark.parametrize(
     ("first_call_at", "next_allowed_at"),
     [
-        (WEEK - DAY - SECOND, WEEK - SECOND),  # the wait ends one second before expiry
-        (WEEK - DAY, None),  # the wait ends at expiry
+        (WEEK - DAY - MARGIN - SECOND, WEEK - SECOND),  # the wait ends one second before expiry
+        (WEEK - DAY - MARGIN, None),  # the wait ends at expiry
         (WEEK - DAY + HOUR, None),  # the wait ends after expiry
     ],
     ids=["ends-before-expiry", "ends-at-expiry", "ends-after-expiry"],
@@ -538,7 +550,7 @@ def test_connected_call_resets_request_counters_and_streak_but_not_the_call_wind
     assert [u.used for u in evaluation.request.limits] == [0, 0]
     assert evaluation.consecutive_unanswered == 0
     assert evaluation.call.limits[0].used == 1
-    assert evaluation.call.limits[0].resets_at == T0 + 3 * MINUTE + DAY
+    assert evaluation.call.limits[0].resets_at == T0 + 3 * MINUTE + DAY + MARGIN
 
 
 @ALL_PRESETS
@@ -550,7 +562,10 @@ def test_requests_sent_after_a_connected_call_count_again(policy: Policy) -> Non
         RequestSent(T0 + 2 * HOUR),
     )
     limits = check(ledger, T0 + 3 * HOUR, policy).request.limits
-    assert [(u.used, u.resets_at) for u in limits] == [(1, T0 + 2 * HOUR + DAY), (1, T0 + 2 * HOUR + WEEK)]
+    assert [(u.used, u.resets_at) for u in limits] == [
+        (1, T0 + 2 * HOUR + DAY + MARGIN),
+        (1, T0 + 2 * HOUR + WEEK + MARGIN),
+    ]
 
 
 @ALL_PRESETS
@@ -796,7 +811,7 @@ def test_withdrawn_request_after_a_grant_expired_leaves_the_grant_expired(policy
 @ALL_PRESETS
 def test_prune_drops_only_times_no_window_can_count(policy: Policy) -> None:
     now = T0 + 30 * DAY
-    horizon = now - WEEK
+    horizon = now - WEEK - MARGIN
     ledger = Ledger(
         request_times=(horizon - DAY, horizon, horizon + SECOND, now - HOUR),
         connected_call_times=(horizon, horizon + SECOND, now - DAY, now - HOUR),
@@ -845,7 +860,7 @@ def test_overridden_policy_drives_the_engine() -> None:
     policy = load_policy("sandbox", {"connected_call_limits": [{"window_seconds": 3600, "max_allowed": 1}]})
     ledger = fold(policy, grant(T0, permanent=True), CallConnected(T0, business_initiated=True))
     decision = check(ledger, T0 + MINUTE, policy).call
-    assert (decision.reason, decision.next_allowed_at) == (Reason.CALL_LIMIT_REACHED, T0 + HOUR)
+    assert (decision.reason, decision.next_allowed_at) == (Reason.CALL_LIMIT_REACHED, T0 + HOUR + MARGIN)
 
 
 @pytest.mark.parametrize(
@@ -912,10 +927,256 @@ def test_after_a_pause_the_action_still_waits_for_its_own_limits() -> None:
     sent = engine.apply(sent, engine.RequestSent(T0 + 1 * DAY), SEED).ledger
     # Paused for 2 days; the 7-day window frees only at T0 + 7 days.
     result = paused_evaluation(sent, T0 + 1 * DAY, T0 + 3 * DAY)
-    assert result.request.reason is Reason.BUSINESS_RESTRICTED and result.request.next_allowed_at == T0 + 7 * DAY
+    assert result.request.reason is Reason.BUSINESS_RESTRICTED and result.request.next_allowed_at == T0 + WEEK + MARGIN
 
 
 def test_a_temporary_grant_that_expires_during_the_pause_gives_no_next_allowed_at() -> None:
     granted = engine.apply(engine.Ledger(), engine.PermissionGranted(T0, False, None, Source.USER_ACTION), SEED).ledger
     result = paused_evaluation(granted, T0, T0 + 8 * DAY)
     assert result.call.reason is Reason.BUSINESS_RESTRICTED and result.call.next_allowed_at is None
+
+
+# --- callback grants never downgrade --------------------------------------------------------------------------------
+
+
+def callback(at: datetime, expires_at: datetime | None = None) -> PermissionGranted:
+    """The platform's automatic temporary grant after the user called the business."""
+    return PermissionGranted(at, False, expires_at, Source.PLATFORM_AUTOMATIC)
+
+
+@ALL_PRESETS
+def test_a_callback_grant_never_lowers_a_permanent_permission(policy: Policy) -> None:
+    ledger = fold(policy, grant(T0, permanent=True), CallUnanswered(T0 + MINUTE))
+    applied = engine.apply(ledger, callback(T0 + HOUR), policy)
+    assert (applied.absorbed, applied.stale, applied.ledger) == (True, False, ledger)
+    evaluation = check(applied.ledger, T0 + 30 * DAY, policy)
+    assert (evaluation.state, evaluation.expires_at, evaluation.call.allowed) == (PermissionState.PERMANENT, None, True)
+    assert evaluation.request.reason is Reason.ALREADY_PERMANENT
+    assert evaluation.consecutive_unanswered == 1  # nothing new started: the streak goes on
+
+
+@ALL_PRESETS
+def test_a_callback_grant_never_shortens_a_later_expiry(policy: Policy) -> None:
+    ledger = fold(policy, grant(T0, expires_at=T0 + 10 * DAY))
+    applied = engine.apply(ledger, callback(T0 + HOUR), policy)  # would expire at T0 + 7 d 1 h
+    assert (applied.absorbed, applied.ledger) == (True, ledger)
+    assert check(applied.ledger, T0 + 8 * DAY, policy).state is PermissionState.TEMPORARY
+
+
+@ALL_PRESETS
+def test_a_callback_grant_extends_a_sooner_expiry_and_starts_a_new_streak(policy: Policy) -> None:
+    ledger = fold(policy, grant(T0), CallUnanswered(T0 + MINUTE))
+    applied = engine.apply(ledger, callback(T0 + 2 * DAY), policy)
+    assert applied.absorbed is False
+    evaluation = check(applied.ledger, T0 + 2 * DAY, policy)
+    assert (evaluation.state, evaluation.expires_at, evaluation.consecutive_unanswered) == (
+        PermissionState.TEMPORARY,
+        T0 + 9 * DAY,
+        0,
+    )
+
+
+@ALL_PRESETS
+@pytest.mark.parametrize(
+    "events",
+    [[], [grant(T0 - 8 * DAY)], [PermissionRevoked(T0 - DAY, Source.USER_ACTION)], [RequestSent(T0 - HOUR)]],
+    ids=["none", "expired", "revoked", "requested"],
+)
+def test_a_callback_grant_gives_a_temporary_permission_to_a_pair_without_one(
+    policy: Policy, events: list[LedgerEvent]
+) -> None:
+    ledger = fold(policy, *events, callback(T0))
+    assert (check(ledger, T0, policy).state, ledger.expires_at) == (PermissionState.TEMPORARY, T0 + WEEK)
+
+
+@ALL_PRESETS
+def test_the_platforms_own_temporary_view_adopted_does_lower_a_permanent_permission(policy: Policy) -> None:
+    # Reconcile's temporary grant is the platform's word, not a callback: it is adopted as it is.
+    adopted = PermissionGranted(T0 + HOUR, False, T0 + 2 * DAY, Source.PLATFORM_AUTOMATIC, adopted=True)
+    ledger = fold(policy, grant(T0, permanent=True), adopted)
+    assert (check(ledger, T0 + HOUR, policy).state, ledger.expires_at) == (PermissionState.TEMPORARY, T0 + 2 * DAY)
+
+
+# --- adopted facts ---------------------------------------------------------------------------------------------------
+
+
+@ALL_PRESETS
+def test_an_adopted_fact_moves_neither_the_ordering_mark_nor_the_streak(policy: Policy) -> None:
+    ledger = fold(policy, grant(T0), CallUnanswered(T0 + MINUTE))
+    adopted = PermissionGranted(T0 + HOUR, True, None, Source.PLATFORM_AUTOMATIC, adopted=True)
+    ledger = fold(policy, adopted, ledger=ledger)
+    assert (ledger.state, ledger.state_changed_at, ledger.consecutive_unanswered) == (
+        PermissionState.PERMANENT,
+        T0,
+        1,
+    )
+    # A revoke the user made before the adoption, still in flight, applies.
+    revoked = engine.apply(ledger, PermissionRevoked(T0 + 30 * MINUTE, Source.USER_ACTION), policy)
+    assert (revoked.stale, revoked.ledger.state) == (False, PermissionState.REVOKED)
+    # One from before the last real change is still stale.
+    older = engine.apply(ledger, PermissionRevoked(T0 - SECOND, Source.USER_ACTION), policy)
+    assert (older.stale, older.ledger) == (True, ledger)
+
+
+@ALL_PRESETS
+def test_an_adopted_fact_is_never_stale(policy: Policy) -> None:
+    ledger = fold(policy, grant(T0 + HOUR))
+    adopted = engine.apply(ledger, PermissionRevoked(T0, Source.PLATFORM_AUTOMATIC, adopted=True), policy)
+    assert (adopted.stale, adopted.ledger.state, adopted.ledger.state_changed_at) == (
+        False,
+        PermissionState.REVOKED,
+        T0 + HOUR,
+    )
+
+
+# --- a request nobody answers expires ------------------------------------------------------------------------------
+
+MICROSECOND = timedelta(microseconds=1)
+
+
+@ALL_PRESETS
+@pytest.mark.parametrize(
+    ("events", "state"),
+    [
+        ([], PermissionState.NONE),
+        ([PermissionRejected(T0 - DAY, Source.USER_ACTION)], PermissionState.REJECTED),
+        ([PermissionRevoked(T0 - DAY, Source.USER_ACTION)], PermissionState.REVOKED),
+        ([grant(T0 - 8 * DAY)], PermissionState.EXPIRED),
+    ],
+    ids=["none", "rejected", "revoked", "expired"],
+)
+def test_a_request_nobody_answers_expires_and_the_pair_reads_its_earlier_state(
+    policy: Policy, events: list[LedgerEvent], state: PermissionState
+) -> None:
+    ledger = fold(policy, *events, RequestSent(T0))
+    dies = T0 + policy.request_lifetime
+    assert check(ledger, dies - MICROSECOND, policy).state is PermissionState.REQUESTED
+    after = check(ledger, dies, policy)
+    assert after.state is state
+    assert (
+        after.call.reason
+        is {
+            PermissionState.NONE: Reason.NO_PERMISSION,
+            PermissionState.REJECTED: Reason.PERMISSION_REJECTED,
+            PermissionState.REVOKED: Reason.PERMISSION_REVOKED,
+            PermissionState.EXPIRED: Reason.PERMISSION_EXPIRED,
+        }[state]
+    )
+    assert check(engine.prune(ledger, dies, policy), dies, policy) == after
+
+
+@ALL_PRESETS
+def test_a_newer_request_keeps_the_pair_requested_until_it_dies_too(policy: Policy) -> None:
+    ledger = fold(policy, RequestSent(T0), RequestSent(T0 + 2 * DAY))
+    assert check(ledger, T0 + WEEK, policy).state is PermissionState.REQUESTED
+    assert check(ledger, T0 + 2 * DAY + WEEK, policy).state is PermissionState.NONE
+    # Withdrawing the newer one leaves the older one's lifetime.
+    withdrawn = fold(policy, RequestWithdrawn(T0 + 2 * DAY), ledger=ledger)
+    assert check(withdrawn, T0 + WEEK - SECOND, policy).state is PermissionState.REQUESTED
+    assert check(withdrawn, T0 + WEEK, policy).state is PermissionState.NONE
+
+
+@ALL_PRESETS
+@pytest.mark.parametrize("permanent", [False, True], ids=["temporary", "permanent"])
+def test_a_grant_replying_to_a_dead_request_is_not_applied(policy: Policy, permanent: bool) -> None:
+    ledger = fold(policy, RequestSent(T0))
+    dies = T0 + policy.request_lifetime
+    late = PermissionGranted(dies, permanent, None, Source.USER_ACTION, request_sent_at=T0)
+    applied = engine.apply(ledger, late, policy)
+    assert (applied.request_expired, applied.ledger) == (True, ledger)
+    just_in_time = dataclasses.replace(late, at=dies - MICROSECOND)
+    live = engine.apply(ledger, just_in_time, policy)
+    assert live.request_expired is False
+    assert live.ledger.state is (PermissionState.PERMANENT if permanent else PermissionState.TEMPORARY)
+
+
+@ALL_PRESETS
+def test_a_decline_replying_to_a_dead_request_still_applies(policy: Policy) -> None:
+    ledger = fold(policy, grant(T0), RequestSent(T0 + HOUR))
+    late = PermissionRejected(T0 + HOUR + policy.request_lifetime, Source.USER_ACTION, request_sent_at=T0 + HOUR)
+    applied = engine.apply(ledger, late, policy)
+    assert (applied.request_expired, applied.ledger.state) == (True, PermissionState.REJECTED)
+
+
+# --- margins at the edges ------------------------------------------------------------------------------------------
+
+
+@ALL_PRESETS
+def test_each_limit_allows_exactly_at_next_allowed_at_and_not_a_microsecond_before(policy: Policy) -> None:
+    per_day, cap = policy.request_limits[0].max_allowed, policy.connected_call_limits[0].max_allowed
+    ledger = fold(
+        policy,
+        grant(T0 - HOUR, permanent=True),
+        *business_calls(T0, cap, every=SECOND),
+        PermissionRevoked(T0 + HOUR, Source.USER_ACTION),
+        *requests([T0 + HOUR + i * SECOND for i in range(per_day)]),
+        grant(T0 + 2 * HOUR, permanent=True),
+    )
+    now = T0 + 3 * HOUR
+    call = check(ledger, now, policy).call
+    assert call.next_allowed_at == T0 + DAY + policy.boundary_margin == call.limits[0].resets_at
+    assert check(ledger, call.next_allowed_at - MICROSECOND, policy).call.allowed is False
+    assert check(ledger, call.next_allowed_at, policy).call.allowed is True
+    # The request limit, on a pair without a permanent grant.
+    asked = fold(policy, *requests([T0 + i * SECOND for i in range(per_day)]))
+    request = check(asked, T0 + HOUR, policy).request
+    assert request.next_allowed_at == T0 + DAY + policy.boundary_margin
+    assert check(asked, request.next_allowed_at - MICROSECOND, policy).request.allowed is False
+    assert check(asked, request.next_allowed_at, policy).request.allowed is True
+
+
+@ALL_PRESETS
+def test_the_template_is_preferred_when_the_service_window_closes_within_the_window_margin(policy: Policy) -> None:
+    ledger = fold(policy, UserMessage(T0))
+    switch = T0 + DAY - policy.window_margin
+    assert check(ledger, switch, policy).request.channel is Channel.INTERACTIVE
+    assert check(ledger, switch + MICROSECOND, policy).request.channel is Channel.TEMPLATE
+    # Without a template the interactive request is still used until the window closes.
+    last = check(ledger, T0 + DAY - MICROSECOND, policy, template=False).request
+    assert (last.allowed, last.channel) == (True, Channel.INTERACTIVE)
+    assert check(ledger, T0 + DAY, policy, template=False).request.allowed is False
+
+
+@ONE_PER_DAY_PRESETS
+@pytest.mark.parametrize(
+    ("sent_after_message", "offered"),
+    [(-MARGIN - MICROSECOND, True), (-MARGIN, False)],
+    ids=["frees-before-close", "frees-at-close"],
+)
+def test_a_request_limit_wait_without_template_is_offered_only_if_it_ends_before_the_window_closes(
+    policy: Policy, sent_after_message: timedelta, offered: bool
+) -> None:
+    # The request frees 24 h + margin after it was sent; the window closes 24 h after the message.
+    ledger = fold(policy, UserMessage(T0), RequestSent(T0 + sent_after_message))
+    decision = check(ledger, T0 + HOUR, policy, template=False).request
+    assert decision.reason is Reason.REQUEST_LIMIT_REACHED
+    assert decision.next_allowed_at == (T0 + sent_after_message + DAY + MARGIN if offered else None)
+    if decision.next_allowed_at is not None:
+        assert check(ledger, decision.next_allowed_at, policy, template=False).request.allowed is True
+
+
+def test_without_margins_the_limits_free_at_the_platforms_instant() -> None:
+    exact = SEED.without_margins()
+    ledger = fold(exact, RequestSent(T0), UserMessage(T0))
+    assert check(ledger, T0 + HOUR, exact).request.next_allowed_at == T0 + DAY
+    assert check(ledger, T0 + DAY - MICROSECOND, exact).request.channel is Channel.INTERACTIVE
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"boundary_margin_seconds": -1}, "from 0 to 86400"),
+        ({"window_margin_seconds": True}, "from 0 to 86400"),
+        ({"window_margin_seconds": "60"}, "from 0 to 86400"),
+        ({"boundary_margin_seconds": 86_400}, "from 0 to 86400"),
+        ({"request_lifetime_seconds": 0}, "positive number of seconds"),
+    ],
+)
+def test_margin_and_request_lifetime_overrides_are_validated(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        load_policy("seed", overrides)
+
+
+def test_margins_may_be_zero() -> None:
+    policy = load_policy("seed", {"boundary_margin_seconds": 0, "window_margin_seconds": 0})
+    assert (policy.boundary_margin, policy.window_margin) == (timedelta(0), timedelta(0))

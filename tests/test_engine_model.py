@@ -11,6 +11,12 @@ documented [wacall] readings (engine module docstring, §2.2) and nothing else o
 is explicit it follows the text (§3: a connected call, user-initiated or a business call the user accepted, opens
 or refreshes the customer-service window).
 
+The readings covered include the margins (a limit frees `boundary_margin` late; the template is preferred within
+`window_margin` of the window's close), callback grants that never downgrade, facts adopted from the platform that
+neither stamp the ordering mark nor clear the streak, requests that die after `request_lifetime` (the pair reads its
+earlier state; a grant replying to a dead request is ignored, a decline is not), and the checks run at the exact
+boundaries and one second and one microsecond either side.
+
 WACALL_ENGINE_MODEL_PROFILE=engine-model-thorough runs a much longer search (minutes).
 """
 
@@ -51,7 +57,9 @@ from wacall.policy import META_CURRENT, SANDBOX, SEED, Policy, WindowLimit
 S = PermissionState
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)
+MICROSECOND = timedelta(microseconds=1)
 CALLABLE_REGION = "GB"
+ZERO = timedelta(0)
 
 settings.register_profile(
     "engine-model",
@@ -79,6 +87,8 @@ class Event:
     permanent: bool = False
     expires_at: datetime | None = None  # grants: the resolved expiry of a temporary grant
     business_initiated: bool = False  # connected calls
+    callback: bool = False  # grants: the platform's automatic temporary grant after the user called
+    adopted: bool = False  # grants and revocations learnt from the platform's own view
 
 
 REQUEST, GRANT, REJECT, REVOKE, MESSAGE, CONNECTED, UNANSWERED = (
@@ -96,11 +106,25 @@ REQUEST, GRANT, REJECT, REVOKE, MESSAGE, CONNECTED, UNANSWERED = (
 class Permission:
     stored: PermissionState  # never EXPIRED
     expires_at: datetime | None
+    # While REQUESTED: when the newest request dies, and what the pair was before it was asked.
+    requested_until: datetime | None = None
+    before_request: PermissionState = S.NONE
 
     def at(self, t: datetime) -> PermissionState:
-        if self.stored is S.TEMPORARY and self.expires_at is not None and t >= self.expires_at:
+        state = self.stored
+        if state is S.REQUESTED and (self.requested_until is None or t >= self.requested_until):
+            state = self.before_request
+        if state is S.TEMPORARY and self.expires_at is not None and t >= self.expires_at:
             return S.EXPIRED
-        return self.stored
+        return state
+
+
+@dataclass(frozen=True)
+class Replay:
+    permission: Permission
+    mark: datetime | None  # the last permission change that orders later webhooks
+    streak_since: int  # index of the last event that restarted the unanswered streak (-1: none)
+    absorbed: frozenset[int]  # indices of callback grants that changed nothing
 
 
 @dataclass(frozen=True)
@@ -129,40 +153,83 @@ class ReferenceModel:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.events: list[Event] = []
+        self._replayed: tuple[tuple[Event, ...], Replay] | None = None
 
-    # Permission: replay the permission events in order (§1, engine transition table).
-    def permission(self) -> Permission:
-        state, expires_at = S.NONE, None
-        for e in self.events:
-            live = Permission(state, expires_at).at(e.at) in (S.TEMPORARY, S.PERMANENT)
-            if e.kind == REQUEST and not live:
-                state = S.REQUESTED  # a request changes nothing for a pair that holds a live grant
+    # Permission: replay the permission events in order (§1, engine transition table). Only events the engine
+    # applies are in the list (stale replies and grants to dead requests are left out by the state machine).
+    def replay(self) -> Replay:
+        events = tuple(self.events)
+        if self._replayed is None or self._replayed[0] != events:
+            self._replayed = (events, self._replay(events))
+        return self._replayed[1]
+
+    def _replay(self, events: tuple[Event, ...]) -> Replay:
+        p = Permission(S.NONE, None)
+        mark: datetime | None = None
+        streak_since = -1
+        absorbed: set[int] = set()
+        for i, e in enumerate(events):
+            now_state = p.at(e.at)
+            if e.kind == REQUEST:
+                if now_state in (S.TEMPORARY, S.PERMANENT):
+                    continue  # a request changes nothing for a pair that holds a live grant
+                dies = e.at + self.policy.request_lifetime
+                if p.stored is S.REQUESTED:  # asked again: the newest request decides when REQUESTED ends
+                    p = Permission(S.REQUESTED, p.expires_at, max(filter(None, (p.requested_until, dies))),
+                                   p.before_request)  # fmt: skip
+                else:
+                    p = Permission(S.REQUESTED, p.expires_at, dies, p.stored)
+                continue
+            if e.kind not in (GRANT, REJECT, REVOKE):
+                continue
+            if e.kind == GRANT and e.callback:
+                if now_state is S.PERMANENT:
+                    absorbed.add(i)  # never lowers a permanent permission
+                    continue
+                if now_state is S.TEMPORARY:
+                    assert p.expires_at is not None and e.expires_at is not None
+                    if e.expires_at <= p.expires_at:
+                        absorbed.add(i)  # never shortens a later expiry
+                        continue
+                p = Permission(S.TEMPORARY, e.expires_at)
             elif e.kind == GRANT:
-                state, expires_at = (S.PERMANENT, None) if e.permanent else (S.TEMPORARY, e.expires_at)
+                p = Permission(S.PERMANENT, None) if e.permanent else Permission(S.TEMPORARY, e.expires_at)
             elif e.kind == REJECT:
-                state = S.REJECTED  # a decline ends any grant (fail closed)
-            elif e.kind == REVOKE:
-                state = S.REVOKED
-        return Permission(state, expires_at)
+                p = Permission(S.REJECTED, None)  # a decline ends any grant (fail closed)
+            else:
+                p = Permission(S.REVOKED, None)
+            if not e.adopted:
+                mark = e.at
+                if e.kind == GRANT:
+                    streak_since = i
+        return Replay(p, mark, streak_since, frozenset(absorbed))
+
+    def permission(self) -> Permission:
+        return self.replay().permission
 
     def last_permission_change(self) -> datetime | None:
-        return max((e.at for e in self.events if e.kind in (GRANT, REJECT, REVOKE)), default=None)
+        return self.replay().mark
 
-    def _after_last(self, kinds: tuple[str, ...]) -> list[Event]:
-        last = max((i for i, e in enumerate(self.events) if e.kind in kinds), default=-1)
-        return self.events[last + 1 :]
+    def stale(self, at: datetime) -> bool:
+        """A webhook stamped before the last permission change (compared in whole seconds) changes nothing."""
+        mark = self.last_permission_change()
+        return mark is not None and at.replace(microsecond=0) < mark.replace(microsecond=0)
 
-    # Requests count only since the most recent connected call (either direction).
+    # Requests count only since the most recent connected call (either direction), in arrival order.
     def request_times(self) -> list[datetime]:
-        return [e.at for e in self._after_last((CONNECTED,)) if e.kind == REQUEST]
+        last_call = max((i for i, e in enumerate(self.events) if e.kind == CONNECTED), default=-1)
+        return [e.at for e in self.events[last_call + 1 :] if e.kind == REQUEST]
 
     # Only answered business-initiated calls count against the cap; nothing resets it.
     def call_times(self) -> list[datetime]:
         return [e.at for e in self.events if e.kind == CONNECTED and e.business_initiated]
 
-    # Consecutive unanswered calls since the last connected call or the last grant.
+    # Consecutive unanswered calls since the last connected call or the last grant that started a permission (not
+    # an adopted one, not an absorbed callback grant).
     def streak(self) -> int:
-        return sum(1 for e in self._after_last((CONNECTED, GRANT)) if e.kind == UNANSWERED)
+        since = max(self.replay().streak_since, max((i for i, e in enumerate(self.events) if e.kind == CONNECTED),
+                                                    default=-1))  # fmt: skip
+        return sum(1 for e in self.events[since + 1 :] if e.kind == UNANSWERED)
 
     # §3: the window is the 24 h after the user's last message, a user call, or the user accepting a business call.
     def window_closes(self, t: datetime) -> datetime | None:
@@ -171,14 +238,24 @@ class ReferenceModel:
             return None
         return opened + self.policy.service_window
 
-    @staticmethod
-    def counted(times: list[datetime], limit: WindowLimit, t: datetime) -> list[datetime]:
-        return [x for x in times if x <= t < x + limit.window]
+    # wacall counts a use for its window plus the boundary margin (the platform's clock runs behind).
+    def counted(self, times: list[datetime], limit: WindowLimit, t: datetime) -> list[datetime]:
+        return [x for x in times if x <= t < x + limit.window + self.policy.boundary_margin]
 
     def usage(self, times: list[datetime], limits: tuple[WindowLimit, ...], t: datetime) -> tuple[Any, ...]:
+        margin = self.policy.boundary_margin
         return tuple(
-            (len(c), min(c) + limit.window if c else None) for limit in limits for c in [self.counted(times, limit, t)]
+            (len(c), min(c) + limit.window + margin if c else None)
+            for limit in limits
+            for c in [self.counted(times, limit, t)]
         )
+
+    # Interactive while the window is open, unless it closes within the window margin and a template exists.
+    def channel(self, t: datetime, template: bool) -> Channel:
+        closes = self.window_closes(t)
+        if closes is None or (template and closes - t < self.policy.window_margin):
+            return Channel.TEMPLATE
+        return Channel.INTERACTIVE
 
     def full(self, times: list[datetime], limits: tuple[WindowLimit, ...], t: datetime) -> bool:
         return any(len(self.counted(times, limit, t)) >= limit.max_allowed for limit in limits)
@@ -224,11 +301,14 @@ class ReferenceModel:
     def change_points(self, now: datetime) -> list[datetime]:
         """Every future instant at which some gate could change: each event time plus each duration the rules use,
         and each grant's expiry. Between two of these nothing changes, so scanning them finds the earliest time."""
+        margin = self.policy.boundary_margin
         durations = {
             timedelta(0),
             self.policy.service_window,
+            self.policy.service_window - self.policy.window_margin,
             self.policy.temporary_grant_lifetime,
-            *(limit.window for limit in (*self.policy.request_limits, *self.policy.connected_call_limits)),
+            self.policy.request_lifetime,
+            *(limit.window + margin for limit in (*self.policy.request_limits, *self.policy.connected_call_limits)),
         }
         points = {e.at + d for e in self.events for d in durations}
         points |= {e.expires_at for e in self.events if e.expires_at is not None}
@@ -260,7 +340,7 @@ class ReferenceModel:
             consecutive_unanswered=streak,
             user_prompted=streak >= self.policy.prompt_after_unanswered,
             service_window_expires_at=window_closes,
-            channel=Channel.INTERACTIVE if window_closes is not None else Channel.TEMPLATE,
+            channel=self.channel(now, template),
             request=request,
             call=call,
         )
@@ -290,7 +370,12 @@ class EngineAgainstModel(RuleBasedStateMachine):
         pruned = engine.apply(self.pruned, event, self.policy)
         self.ledger = applied.ledger
         self.pruned = engine.prune(pruned.ledger, self.now, self.policy)
-        assert (pruned.derived, pruned.stale) == (applied.derived, applied.stale)
+        assert (pruned.derived, pruned.stale, pruned.request_expired, pruned.absorbed) == (
+            applied.derived,
+            applied.stale,
+            applied.request_expired,
+            applied.absorbed,
+        )
         if model_event is not None:
             self.model.events.append(model_event)
         self.withdrawable = None
@@ -312,11 +397,12 @@ class EngineAgainstModel(RuleBasedStateMachine):
         self.now += timedelta(seconds=seconds)
 
     @precondition(lambda self: bool(self.model.change_points(self.now)))
-    @rule(data=st.data(), offset=st.sampled_from([-1, 0, 0, 1]))
-    def wait_for_a_boundary(self, data: st.DataObject, offset: int) -> None:
-        """Jump to (or one second around) an instant where a window, a grant or the service window ends."""
+    @rule(data=st.data(), offset=st.sampled_from([-SECOND, -MICROSECOND, ZERO, ZERO, MICROSECOND, SECOND]))
+    def wait_for_a_boundary(self, data: st.DataObject, offset: timedelta) -> None:
+        """Jump to (or one second or one microsecond around) an instant where a window (with its margin), a grant, a
+        request or the service window (or its margin) ends."""
         target = data.draw(st.sampled_from(self.model.change_points(self.now)))
-        self.now = max(self.now, target + offset * SECOND)
+        self.now = max(self.now, target + offset)
 
     # The business
 
@@ -354,13 +440,82 @@ class EngineAgainstModel(RuleBasedStateMachine):
         source=st.sampled_from([Source.USER_ACTION, Source.PLATFORM_AUTOMATIC]),
     )
     def user_grants(self, permanent: bool, platform_expiry: int | None, source: Source) -> None:
+        """A grant from a request or the profile, or (automatic, temporary) the callback grant after a user call."""
         given = None if permanent or platform_expiry is None else self.now + timedelta(seconds=platform_expiry)
         resolved = None if permanent else given or self.now + self.policy.temporary_grant_lifetime
+        callback = source is Source.PLATFORM_AUTOMATIC and not permanent
         applied = self._apply(
             PermissionGranted(self.now, permanent, given, source),
-            Event(GRANT, self.now, permanent=permanent, expires_at=resolved),
+            Event(GRANT, self.now, permanent=permanent, expires_at=resolved, callback=callback),
         )
         assert (applied.derived, applied.stale) == ((), False)
+        assert applied.absorbed is (len(self.model.events) - 1 in self.model.replay().absorbed)
+
+    @rule(
+        kind=st.sampled_from(["permanent", "temporary", "revoked"]),
+        platform_expiry=st.integers(1, 8 * 86_400),
+    )
+    def platform_view_is_adopted(self, kind: str, platform_expiry: int) -> None:
+        """GetPermission(reconcile), 138017 or 138006: the platform's view, learnt now."""
+        expires = self.now + timedelta(seconds=platform_expiry)
+        event: LedgerEvent
+        if kind == "revoked":
+            event, model_event = (
+                PermissionRevoked(self.now, Source.PLATFORM_AUTOMATIC, adopted=True),
+                Event(REVOKE, self.now, adopted=True),
+            )
+        else:
+            permanent = kind == "permanent"
+            event = PermissionGranted(
+                self.now, permanent, None if permanent else expires, Source.PLATFORM_AUTOMATIC, adopted=True
+            )
+            model_event = Event(
+                GRANT, self.now, permanent=permanent, expires_at=None if permanent else expires, adopted=True
+            )
+        applied = self._apply(event, model_event)
+        assert (applied.derived, applied.stale, applied.absorbed) == ((), False, False)
+
+    @precondition(lambda self: self.now > T0)
+    @rule(
+        seconds_earlier=st.integers(0, 3 * 86_400),
+        kind=st.sampled_from(["grant", "permanent", "reject", "revoke"]),
+    )
+    def late_reply_after_the_last_change(self, seconds_earlier: int, kind: str) -> None:
+        """A webhook stamped before now but not before the last real change (an adopted fact is not one): applied."""
+        at = max(self.now - timedelta(seconds=seconds_earlier), T0)
+        mark = self.model.last_permission_change()
+        if mark is not None:
+            at = max(at, mark.replace(microsecond=0))
+        resolved = at + self.policy.temporary_grant_lifetime
+        event, model_event = {
+            "grant": (PermissionGranted(at, False, None, Source.USER_ACTION), Event(GRANT, at, expires_at=resolved)),
+            "permanent": (PermissionGranted(at, True, None, Source.USER_ACTION), Event(GRANT, at, permanent=True)),
+            "reject": (PermissionRejected(at, Source.USER_ACTION), Event(REJECT, at)),
+            "revoke": (PermissionRevoked(at, Source.USER_ACTION), Event(REVOKE, at)),
+        }[kind]
+        assert not self.model.stale(at)
+        applied = self._apply(event, model_event)
+        assert (applied.derived, applied.stale, applied.absorbed) == ((), False, False)
+
+    @precondition(lambda self: any(e.kind == REQUEST for e in self.model.events))
+    @rule(data=st.data(), kind=st.sampled_from(["temporary", "permanent", "reject"]))
+    def user_answers_an_earlier_request(self, data: st.DataObject, kind: str) -> None:
+        """A reply naming one of our requests: a grant from a request dead by then changes nothing."""
+        sent_at = data.draw(st.sampled_from([e.at for e in self.model.events if e.kind == REQUEST]))
+        dead = self.now >= sent_at + self.policy.request_lifetime
+        event: LedgerEvent
+        if kind == "reject":
+            event, model_event = PermissionRejected(self.now, Source.USER_ACTION, sent_at), Event(REJECT, self.now)
+        else:
+            permanent = kind == "permanent"
+            event = PermissionGranted(self.now, permanent, None, Source.USER_ACTION, request_sent_at=sent_at)
+            expires = None if permanent else self.now + self.policy.temporary_grant_lifetime
+            model_event = Event(GRANT, self.now, permanent=permanent, expires_at=expires)
+        before = self.ledger
+        applied = self._apply(event, None if dead and kind != "reject" else model_event)
+        assert (applied.request_expired, applied.stale, applied.derived) == (dead, False, ())
+        if dead and kind != "reject":
+            assert self.ledger == before
 
     @rule()
     def user_declines(self) -> None:

@@ -10,6 +10,8 @@ from conftest import (
     BUSINESS,
     DAY,
     HOUR,
+    MARGIN,
+    MINUTE,
     OTHER_USER,
     US_BUSINESS,
     USER,
@@ -74,9 +76,14 @@ async def test_request_while_window_open_goes_as_interactive_with_body(wacall: R
 
 async def test_window_closes_24h_after_the_last_user_message(wacall: Running) -> None:
     await wacall.sim.SendUserMessage(sim_pb.SendUserMessageRequest(business_number=BUSINESS, user_number=USER))
-    await wacall.advance(DAY - 1)
+    await wacall.advance(DAY - MINUTE)
     assert request_action(await wacall.permission()).channel == pb.CHANNEL_INTERACTIVE
+    # Within the window margin (60 s) the sender's template is preferred: an interactive request could arrive late.
     await wacall.advance(1)
+    permission = await wacall.permission()
+    assert permission.HasField("service_window_expires_at")
+    assert request_action(permission).channel == pb.CHANNEL_TEMPLATE
+    await wacall.advance(MINUTE - 1)
     permission = await wacall.permission()
     assert not permission.HasField("service_window_expires_at")
     assert request_action(permission).channel == pb.CHANNEL_TEMPLATE
@@ -145,17 +152,17 @@ async def test_ignored_request_stays_requested_and_counts(wacall: Running) -> No
 
 async def test_second_request_within_24h_is_resource_exhausted_with_retry_info(wacall: Running) -> None:
     first = await wacall.request()
-    sent_at = first.permission.actions[0].limits[0].resets_at.ToSeconds() - DAY
+    sent_at = first.permission.actions[0].limits[0].resets_at.ToSeconds() - DAY - MARGIN
     await wacall.advance(5 * HOUR)
     error = await refused(wacall.request())
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = error_details(error)
-    assert details.retry_after is not None and details.retry_after.total_seconds() == DAY - 5 * HOUR
+    assert details.retry_after is not None and details.retry_after.total_seconds() == DAY - 5 * HOUR + MARGIN
     assert len(details.quota_violations) == 1 and "1 of 1 per 24 h" in details.quota_violations[0].description
     permission = await wacall.permission()
     request = request_action(permission)
     assert request.reason == pb.REASON_REQUEST_LIMIT_REACHED
-    assert request.next_allowed_at.ToSeconds() == sent_at + DAY
+    assert request.next_allowed_at.ToSeconds() == sent_at + DAY + MARGIN
     # Nothing was sent the second time.
     assert len((await wacall.sim.ListMessages(sim_pb.ListMessagesRequest(user_number=USER))).messages) == 1
 
@@ -163,15 +170,15 @@ async def test_second_request_within_24h_is_resource_exhausted_with_retry_info(w
 async def test_third_request_within_7_days_waits_for_the_oldest_to_age_out(wacall: Running) -> None:
     start = (await wacall.now()).timestamp()
     await wacall.request()
-    await wacall.advance(DAY)
+    await wacall.advance(DAY + MARGIN)  # the 24 h window frees once the margin has passed too
     await wacall.request()
-    await wacall.advance(DAY)
+    await wacall.advance(DAY + MARGIN)
     permission = await wacall.permission()
     request = request_action(permission)
     assert not request.allowed and request.reason == pb.REASON_REQUEST_LIMIT_REACHED
     assert [limit.used for limit in request.limits] == [0, 2]
-    assert request.next_allowed_at.ToSeconds() == start + 7 * DAY
-    await wacall.advance(5 * DAY - 1)
+    assert request.next_allowed_at.ToSeconds() == start + 7 * DAY + MARGIN
+    await wacall.advance(5 * DAY - MARGIN - 1)
     assert not request_action(await wacall.permission()).allowed
     await wacall.advance(1)
     assert request_action(await wacall.permission()).allowed
@@ -186,7 +193,7 @@ async def test_next_allowed_at_is_the_latest_over_blocking_windows(wacall: Runni
     await wacall.request()  # now both windows are full: 24 h frees at +7d, 7 d frees at start+7d
     request = request_action(await wacall.permission())
     assert [limit.used for limit in request.limits] == [1, 2]
-    assert request.next_allowed_at.ToSeconds() == start + 7 * DAY
+    assert request.next_allowed_at.ToSeconds() == start + 7 * DAY + MARGIN
 
 
 async def test_revoke_from_profile_removes_permission(wacall: Running) -> None:
@@ -298,7 +305,8 @@ async def test_policy_overrides_change_the_limits(make_service) -> None:  # type
     await running.request()
     await running.request()
     request = request_action(await running.permission())
-    assert not request.allowed and request.next_allowed_at.ToSeconds() == (await running.now()).timestamp() + 3600
+    now = (await running.now()).timestamp()
+    assert not request.allowed and request.next_allowed_at.ToSeconds() == now + 3600 + MARGIN
     policy = await running.calling.GetPolicy(pb.GetPolicyRequest())
     assert policy.name == "seed+custom"
     assert [(x.window.seconds, x.max_allowed) for x in policy.permission_request_limits] == [(3600, 2)]

@@ -204,4 +204,7 @@ def policy_message(policy: Policy) -> pb.Policy:
         revoke_after_unanswered=policy.revoke_after_unanswered,
         service_window=duration(policy.service_window),
         denied_business_regions=sorted(policy.denied_business_regions),
+        request_lifetime=duration(policy.request_lifetime),
+        boundary_margin=duration(policy.boundary_margin),
+        window_margin=duration(policy.window_margin),
     )

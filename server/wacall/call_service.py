@@ -423,7 +423,7 @@ class CallService:
                     tx,
                     stored.pair,
                     tx.ledger(stored.pair),
-                    engine.PermissionRevoked(now, engine.Source.PLATFORM_AUTOMATIC),
+                    engine.PermissionRevoked(now, engine.Source.PLATFORM_AUTOMATIC, adopted=True),
                     now,
                     {"reconciled_from": "138006", "call_id": call_id},
                 )

@@ -4,9 +4,10 @@ Pure: no I/O, no clock reads. Every function takes the pair's `Ledger`, the time
 
 How to read it
 --------------
-* `PERMISSION_TRANSITIONS` is the whole permission lifecycle: (state the pair is in, permission event) → new state.
-  EXPIRED is never stored: a TEMPORARY grant whose `expires_at` has passed *is* EXPIRED (the platform sends no
-  webhook when a grant runs out).
+* `PERMISSION_TRANSITIONS` is the whole permission lifecycle: (state the pair is in, permission event) → (new
+  state, what becomes of the expiry). EXPIRED is never stored: a TEMPORARY grant whose `expires_at` has passed *is*
+  EXPIRED (the platform sends no webhook when a grant runs out). Likewise a REQUESTED pair whose every request is
+  older than `request_lifetime` reads as the state it had before the request (NONE, REJECTED, REVOKED, EXPIRED).
 * `apply` folds one event into the ledger: the permission table, then the counters (requests sent, connected
   calls, the unanswered streak), then the automatic consequences (prompt, revocation at the threshold).
 * `evaluate` answers, for each action, "allowed?", "why not?", the usage of each limit and `next_allowed_at`.
@@ -21,6 +22,20 @@ Readings of the platform rules that the code depends on (whatsapp-calling.md §2
 * A connected call, like an inbound message, opens the customer-service window (§3).
 * Permission changes are ordered by their own timestamps: a reply older than the last change is recorded for audit
   but does not change the state (webhooks arrive late and out of order).
+* An automatic grant (the callback permission after the user called) never lowers a PERMANENT permission nor shortens
+  a later expiry; where it would change nothing it is absorbed (recorded, no effect on the streak or the ordering).
+* Facts adopted from the platform's own view (`adopted`: GetPermission reconcile, 138006, 138017) are stamped with
+  the local time they were learnt, so they neither move the ordering mark (a webhook still in flight, stamped
+  after the last real change, still applies) nor clear the unanswered streak.
+* A request nobody answered is dead `request_lifetime` after it was sent (§1.3). A grant replying to a dead request
+  is recorded, not applied (the platform lets nobody accept one); a decline still applies (fail closed: the platform
+  keeps an answered request live for 7 days after the answer, and a no is never ignored).
+* Times are kept to the microsecond, so a connected call resets exactly the requests sent before it, even within
+  one second (an exact tie is ordered by arrival). Only the ordering of permission replies (`is_stale`) compares in
+  whole seconds, the resolution of webhook timestamps.
+* Margins (policy numbers): a window limit frees `boundary_margin` after the platform's own instant, and the
+  template is preferred when the service window closes within `window_margin`. `next_allowed_at` and `resets_at`
+  include the margin and are exact: allowed at that instant, refused one microsecond before.
 """
 
 from __future__ import annotations
@@ -89,10 +104,11 @@ class RequestSent:
 @dataclass(frozen=True, slots=True)
 class RequestWithdrawn:
     """A request reserved at `sent_at` was definitely not sent (the platform refused it): it stops counting, and
-    the pair's REQUESTED state falls back to `state_before`."""
+    once no live request is left the pair falls back to the state it had before (the ledger's own record of it;
+    `state_before`, what the caller saw, is informative only)."""
 
     sent_at: datetime
-    state_before: PermissionState
+    state_before: PermissionState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +118,10 @@ class PermissionGranted:
     # From the platform's expiration_timestamp; None means `at` + the policy's grant lifetime (temporary only).
     expires_at: datetime | None
     source: Source
+    # Learnt from the platform's own view (reconcile, 138017) at local time `at`, not reported by a webhook.
+    adopted: bool = False
+    # When the request this reply answers (its context.id) was sent, if it was one of ours.
+    request_sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,12 +130,15 @@ class PermissionRejected:
 
     at: datetime
     source: Source
+    request_sent_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class PermissionRevoked:
     at: datetime
     source: Source
+    # Learnt from the platform's own view (reconcile, 138006) at local time `at`, not reported by a webhook.
+    adopted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,15 +198,22 @@ class Ledger:
     consecutive_unanswered: int = 0
     last_connected_at: datetime | None = None
     last_user_message_at: datetime | None = None
+    # While REQUESTED: when each live request dies (sent + request_lifetime), and the stored state the pair had
+    # before it was asked (never REQUESTED), which it reads again once every request is dead.
+    request_expiries: tuple[datetime, ...] = ()
+    state_before_request: PermissionState = PermissionState.NONE
 
 
 EMPTY_LEDGER = Ledger()
 
 
 def effective_state(ledger: Ledger, now: datetime) -> PermissionState:
-    if ledger.state is PermissionState.TEMPORARY and ledger.expires_at is not None and now >= ledger.expires_at:
+    state = ledger.state
+    if state is PermissionState.REQUESTED and not any(now < dies for dies in ledger.request_expiries):
+        state = ledger.state_before_request
+    if state is PermissionState.TEMPORARY and ledger.expires_at is not None and now >= ledger.expires_at:
         return PermissionState.EXPIRED
-    return ledger.state
+    return state
 
 
 def has_permission(state: PermissionState) -> bool:
@@ -193,18 +223,37 @@ def has_permission(state: PermissionState) -> bool:
 S = PermissionState
 _ANY = None  # wildcard in the table below
 
-# (state before, event) → state after. The first matching row wins: exact state first, then _ANY.
-# "grant_temporary" and "grant_permanent" split PermissionGranted by its kind.
-PERMISSION_TRANSITIONS: Mapping[tuple[str, PermissionState | None], PermissionState] = {
+
+class Expiry(enum.Enum):
+    """What a transition does to the pair's `expires_at`."""
+
+    KEEP = "keep"  # stays as it was
+    CLEAR = "clear"  # no expiry
+    FROM_EVENT = "from_event"  # the grant's own expiry
+    LATER = "later"  # the later of the pair's and the grant's
+
+
+# (state before, event) → (state after, expiry). The first matching row wins: exact state first, then _ANY.
+# PermissionGranted splits by kind: "grant_permanent", "grant_temporary", and "callback_grant" for the platform's
+# automatic temporary grant after the user called (an adopted temporary grant is the platform's word: not a callback).
+# A row that keeps the expiry (KEEP, LATER) and so leaves the permission exactly as it was is *absorbed*: recorded,
+# with no effect on the ordering mark or the streak.
+PERMISSION_TRANSITIONS: Mapping[tuple[str, PermissionState | None], tuple[PermissionState, Expiry]] = {
     # A request changes nothing for a pair that holds a grant (the user may upgrade to permanent).
-    ("request_sent", S.TEMPORARY): S.TEMPORARY,
-    ("request_sent", S.PERMANENT): S.PERMANENT,
-    ("request_sent", _ANY): S.REQUESTED,
-    ("grant_temporary", _ANY): S.TEMPORARY,
-    ("grant_permanent", _ANY): S.PERMANENT,
+    ("request_sent", S.TEMPORARY): (S.TEMPORARY, Expiry.KEEP),
+    ("request_sent", S.PERMANENT): (S.PERMANENT, Expiry.KEEP),
+    # The expiry stays: a withdrawn or dead request falls back to the grant exactly as it was.
+    ("request_sent", _ANY): (S.REQUESTED, Expiry.KEEP),
+    ("grant_temporary", _ANY): (S.TEMPORARY, Expiry.FROM_EVENT),
+    ("grant_permanent", _ANY): (S.PERMANENT, Expiry.CLEAR),
+    # An automatic grant never lowers a permanent permission (the user chose "always allow")...
+    ("callback_grant", S.PERMANENT): (S.PERMANENT, Expiry.KEEP),
+    # ... nor shortens a later expiry.
+    ("callback_grant", S.TEMPORARY): (S.TEMPORARY, Expiry.LATER),
+    ("callback_grant", _ANY): (S.TEMPORARY, Expiry.FROM_EVENT),
     # A decline ends any grant the pair held: fail closed rather than call a user who just said no.
-    ("rejected", _ANY): S.REJECTED,
-    ("revoked", _ANY): S.REVOKED,
+    ("rejected", _ANY): (S.REJECTED, Expiry.CLEAR),
+    ("revoked", _ANY): (S.REVOKED, Expiry.CLEAR),
 }
 
 
@@ -214,6 +263,8 @@ def _transition_key(event: LedgerEvent) -> str | None:
             return "request_sent"
         case PermissionGranted(permanent=True):
             return "grant_permanent"
+        case PermissionGranted(source=Source.PLATFORM_AUTOMATIC, adopted=False):
+            return "callback_grant"
         case PermissionGranted():
             return "grant_temporary"
         case PermissionRejected():
@@ -224,12 +275,18 @@ def _transition_key(event: LedgerEvent) -> str | None:
             return None
 
 
-def next_permission_state(before: PermissionState, event: LedgerEvent) -> PermissionState | None:
-    """The state after `event` from `before`, or None if the event is not a permission change."""
+def transition(before: PermissionState, event: LedgerEvent) -> tuple[PermissionState, Expiry] | None:
+    """The (state, expiry rule) after `event` from `before`, or None if the event is not a permission change."""
     key = _transition_key(event)
     if key is None:
         return None
     return PERMISSION_TRANSITIONS.get((key, before), PERMISSION_TRANSITIONS[(key, _ANY)])
+
+
+def next_permission_state(before: PermissionState, event: LedgerEvent) -> PermissionState | None:
+    """The state after `event` from `before`, or None if the event is not a permission change."""
+    found = transition(before, event)
+    return None if found is None else found[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +296,10 @@ class Applied:
     derived: tuple[LedgerEvent, ...] = ()
     # True when the event was older than the last permission change and did not alter the permission.
     stale: bool = False
+    # True when the event was a reply to a request already dead when the user answered (a grant from it is ignored).
+    request_expired: bool = False
+    # True when the transition left the permission exactly as it was (an automatic grant on a better permission).
+    absorbed: bool = False
 
 
 def _event_time(event: LedgerEvent) -> datetime:
@@ -257,36 +318,87 @@ def is_stale(ledger: Ledger, at: datetime) -> bool:
     return ledger.state_changed_at is not None and _whole_seconds(at) < _whole_seconds(ledger.state_changed_at)
 
 
+def replies_to_a_dead_request(event: LedgerEvent, policy: Policy) -> bool:
+    """Whether `event` answers one of our requests after it died (`request_lifetime` after it was sent, §1.3)."""
+    if not isinstance(event, PermissionGranted | PermissionRejected) or event.request_sent_at is None:
+        return False
+    return event.at >= event.request_sent_at + policy.request_lifetime
+
+
+def _expiry(rule: Expiry, ledger: Ledger, event: LedgerEvent, policy: Policy) -> datetime | None:
+    granted = None
+    if isinstance(event, PermissionGranted) and not event.permanent:
+        granted = event.expires_at or event.at + policy.temporary_grant_lifetime
+    match rule:
+        case Expiry.KEEP:
+            return ledger.expires_at
+        case Expiry.CLEAR:
+            return None
+        case Expiry.FROM_EVENT:
+            return granted
+        case Expiry.LATER:
+            return max(filter(None, (ledger.expires_at, granted)), default=None)
+
+
+def _change_permission(ledger: Ledger, event: LedgerEvent, policy: Policy) -> Applied:
+    """A grant, decline or revocation: the ordering, the table, then what the change resets."""
+    at = _event_time(event)
+    adopted = isinstance(event, PermissionGranted | PermissionRevoked) and event.adopted
+    request_expired = replies_to_a_dead_request(event, policy)
+    if request_expired and isinstance(event, PermissionGranted):
+        return Applied(ledger, request_expired=True)
+    # An adopted fact is the platform's view now: it is never stale, and it stamps nothing (see the docstring).
+    if not adopted and is_stale(ledger, at):
+        return Applied(ledger, stale=True, request_expired=request_expired)
+    before = effective_state(ledger, at)
+    found = transition(before, event)
+    assert found is not None
+    state, rule = found
+    expires_at = _expiry(rule, ledger, event, policy)
+    if rule in (Expiry.KEEP, Expiry.LATER) and state is before and expires_at == ledger.expires_at:
+        return Applied(ledger, absorbed=True)
+    ledger = dataclasses.replace(ledger, state=state, expires_at=expires_at, request_expiries=())
+    if not adopted:
+        ledger = dataclasses.replace(ledger, state_changed_at=at)
+        if isinstance(event, PermissionGranted):
+            # A new grant starts a new permission, so a new streak.
+            ledger = dataclasses.replace(ledger, consecutive_unanswered=0)
+    return Applied(ledger, request_expired=request_expired)
+
+
 def apply(ledger: Ledger, event: LedgerEvent, policy: Policy) -> Applied:
     """Fold one event into the pair's ledger."""
+    if isinstance(event, PermissionGranted | PermissionRejected | PermissionRevoked):
+        return _change_permission(ledger, event, policy)
     at = _event_time(event)
-    new_state = next_permission_state(effective_state(ledger, at), event)
-    stale = False
-    if new_state is not None and not isinstance(event, RequestSent):
-        if is_stale(ledger, at):
-            stale = True
-        else:
-            expires_at = None
-            if isinstance(event, PermissionGranted) and not event.permanent:
-                expires_at = event.expires_at or at + policy.temporary_grant_lifetime
-            ledger = dataclasses.replace(ledger, state=new_state, expires_at=expires_at, state_changed_at=at)
-            if isinstance(event, PermissionGranted):
-                ledger = dataclasses.replace(ledger, consecutive_unanswered=0)
     derived: list[LedgerEvent] = []
     match event:
         case RequestSent():
-            # Our own sends do not move the ordering watermark: only the user's and the platform's changes do.
-            if new_state is not None and new_state is not ledger.state:
-                # expires_at stays: a withdrawn request must fall back to the grant exactly as it was.
-                ledger = dataclasses.replace(ledger, state=new_state)
+            # Our own sends do not move the ordering mark: only the user's and the platform's changes do.
+            found = transition(effective_state(ledger, at), event)
+            assert found is not None
+            if found[0] is S.REQUESTED:
+                asked = ledger.state is S.REQUESTED
+                ledger = dataclasses.replace(
+                    ledger,
+                    state=S.REQUESTED,
+                    # expires_at stays: a withdrawn or dead request falls back to the grant exactly as it was.
+                    state_before_request=ledger.state_before_request if asked else ledger.state,
+                    request_expiries=tuple(
+                        sorted((*(ledger.request_expiries if asked else ()), at + policy.request_lifetime))
+                    ),
+                )
             ledger = dataclasses.replace(ledger, request_times=tuple(sorted((*ledger.request_times, at))))
-        case RequestWithdrawn(sent_at=sent_at, state_before=state_before):
+        case RequestWithdrawn(sent_at=sent_at):
             times = list(ledger.request_times)
             if sent_at in times:
                 times.remove(sent_at)
-            ledger = dataclasses.replace(ledger, request_times=tuple(times))
-            if ledger.state is PermissionState.REQUESTED:
-                ledger = dataclasses.replace(ledger, state=state_before)
+            expiries = list(ledger.request_expiries)
+            if sent_at + policy.request_lifetime in expiries:
+                expiries.remove(sent_at + policy.request_lifetime)
+            ledger = dataclasses.replace(ledger, request_times=tuple(times), request_expiries=tuple(expiries))
+            if ledger.state is S.REQUESTED and not expiries:
+                ledger = dataclasses.replace(ledger, state=ledger.state_before_request)
         case UserMessage():
             latest = max(filter(None, (ledger.last_user_message_at, at)))
             ledger = dataclasses.replace(ledger, last_user_message_at=latest)
@@ -297,6 +409,7 @@ def apply(ledger: Ledger, event: LedgerEvent, policy: Policy) -> Applied:
             ledger = dataclasses.replace(
                 ledger,
                 connected_call_times=calls,
+                # Requests sent before the call stop counting (to the microsecond; an exact tie in arrival order).
                 request_times=tuple(t for t in ledger.request_times if t > at),
                 consecutive_unanswered=0,
                 last_connected_at=max(filter(None, (ledger.last_connected_at, at))),
@@ -312,16 +425,17 @@ def apply(ledger: Ledger, event: LedgerEvent, policy: Policy) -> Applied:
                 revocation = PermissionRevoked(at, Source.WACALL_RULE)
                 ledger = apply(ledger, revocation, policy).ledger
                 derived.append(revocation)
-    return Applied(ledger, tuple(derived), stale)
+    return Applied(ledger, tuple(derived))
 
 
 def prune(ledger: Ledger, now: datetime, policy: Policy) -> Ledger:
-    """Drop times that no window can count any more (keeps stored ledgers small)."""
-    horizon = now - policy.longest_window
+    """Drop times that no window can count any more, and dead requests (keeps stored ledgers small)."""
+    horizon = now - policy.longest_window - policy.boundary_margin
     return dataclasses.replace(
         ledger,
         request_times=tuple(t for t in ledger.request_times if t > horizon),
         connected_call_times=tuple(t for t in ledger.connected_call_times if t > horizon),
+        request_expiries=tuple(t for t in ledger.request_expiries if t > now),
     )
 
 
@@ -361,30 +475,43 @@ class Evaluation:
         return (self.request, self.call)
 
 
-def window_usage(times: Iterable[datetime], limit: WindowLimit, now: datetime) -> tuple[LimitUsage, datetime | None]:
+def window_usage(
+    times: Iterable[datetime], limit: WindowLimit, now: datetime, margin: timedelta = timedelta(0)
+) -> tuple[LimitUsage, datetime | None]:
     """Usage of one rolling window at `now`, and when it next admits one more event (None if it admits one now).
 
-    An event at t is counted while now < t + window. At the maximum, the window frees up when enough counted events
-    age out to bring usage below the maximum.
+    An event at t is counted while now < t + window + margin (the margin covers the platform's clock running behind
+    ours). At the maximum, the window frees up when enough counted events age out to bring usage below the maximum.
     """
-    counted = sorted(t for t in times if now < t + limit.window)
+    span = limit.window + margin
+    counted = sorted(t for t in times if now < t + span)
     used = len(counted)
-    resets_at = counted[0] + limit.window if counted else None
-    frees_at = counted[used - limit.max_allowed] + limit.window if used >= limit.max_allowed else None
+    resets_at = counted[0] + span if counted else None
+    frees_at = counted[used - limit.max_allowed] + span if used >= limit.max_allowed else None
     return LimitUsage(limit.window, limit.max_allowed, used, resets_at), frees_at
 
 
 def _windowed(
-    times: tuple[datetime, ...], limits: tuple[WindowLimit, ...], now: datetime
+    times: tuple[datetime, ...], limits: tuple[WindowLimit, ...], now: datetime, margin: timedelta
 ) -> tuple[tuple[LimitUsage, ...], datetime | None, bool]:
     usages, blocked_until, blocked = [], None, False
     for limit in limits:
-        usage, frees_at = window_usage(times, limit, now)
+        usage, frees_at = window_usage(times, limit, now, margin)
         usages.append(usage)
         if frees_at is not None:
             blocked = True
             blocked_until = frees_at if blocked_until is None else max(blocked_until, frees_at)
     return tuple(usages), blocked_until, blocked
+
+
+def request_channel(window_closes: datetime | None, now: datetime, policy: Policy, template_available: bool) -> Channel:
+    """Interactive while the service window is open; the template once it has closed, and already when it closes
+    within `window_margin` if there is one (an interactive request could arrive after the window closed)."""
+    if window_closes is None:
+        return Channel.TEMPLATE
+    if template_available and window_closes - now < policy.window_margin:
+        return Channel.TEMPLATE
+    return Channel.INTERACTIVE
 
 
 _NO_GRANT_REASON: Mapping[PermissionState, Reason] = {
@@ -468,8 +595,10 @@ def _evaluate_unrestricted(
     window_closes = service_window_expires_at(ledger, now, policy)
 
     # Send a permission request: country, not permanent, request limits, a channel.
-    request_limits, request_free_at, request_blocked = _windowed(ledger.request_times, policy.request_limits, now)
-    channel = Channel.INTERACTIVE if window_closes is not None else Channel.TEMPLATE
+    request_limits, request_free_at, request_blocked = _windowed(
+        ledger.request_times, policy.request_limits, now, policy.boundary_margin
+    )
+    channel = request_channel(window_closes, now, policy, template_available)
     channel_ok = channel is Channel.INTERACTIVE or template_available
     if not country_ok:
         request = ActionDecision(
@@ -480,7 +609,8 @@ def _evaluate_unrestricted(
             Action.SEND_PERMISSION_REQUEST, False, Reason.ALREADY_PERMANENT, None, request_limits, channel
         )
     elif request_blocked:
-        # Waiting helps only if a channel still exists then: a template, or a window still open.
+        # Waiting helps only if a channel still exists then: a template, or a window still open (without a template
+        # the interactive request is used up to the window's close, margin or not).
         still_sendable = template_available or (
             window_closes is not None and request_free_at is not None and request_free_at < window_closes
         )
@@ -500,7 +630,9 @@ def _evaluate_unrestricted(
         request = ActionDecision(Action.SEND_PERMISSION_REQUEST, True, Reason.ALLOWED, None, request_limits, channel)
 
     # Start a call: country, a live grant, no call in progress, the connected-call limit.
-    call_limits, call_free_at, call_blocked = _windowed(ledger.connected_call_times, policy.connected_call_limits, now)
+    call_limits, call_free_at, call_blocked = _windowed(
+        ledger.connected_call_times, policy.connected_call_limits, now, policy.boundary_margin
+    )
     if not country_ok:
         call = ActionDecision(Action.START_CALL, False, Reason.COUNTRY_UNSUPPORTED, None, call_limits)
     elif not has_permission(state):

@@ -182,12 +182,13 @@ def _describe(event: LedgerEvent) -> tuple[str, Source, dict[str, str]]:
             return "permission_request_sent", Source.BUSINESS, {}
         case engine.RequestWithdrawn():
             return "permission_request_failed", Source.BUSINESS, {}
-        case engine.PermissionGranted(permanent=permanent, source=source):
-            return "permission_granted", source, {"is_permanent": str(permanent).lower()}
+        case engine.PermissionGranted(permanent=permanent, source=source, adopted=adopted):
+            attributes = {"is_permanent": str(permanent).lower()}
+            return "permission_granted", source, {**attributes, "adopted": "true"} if adopted else attributes
         case engine.PermissionRejected(source=source):
             return "permission_rejected", source, {}
-        case engine.PermissionRevoked(source=source):
-            return "permission_revoked", source, {}
+        case engine.PermissionRevoked(source=source, adopted=adopted):
+            return "permission_revoked", source, {"adopted": "true"} if adopted else {}
         case engine.UserMessage():
             return "user_message_received", Source.USER_ACTION, {}
         case engine.CallConnected(business_initiated=business_initiated):
@@ -289,20 +290,37 @@ class PermissionService:
         extra: Mapping[str, str] | None = None,
     ) -> Ledger:
         """Apply one event (and what the rules derive from it) and append it all to the log."""
+        event = self._with_request_sent_at(tx, event, extra)
         applied = engine.apply(ledger, event, self.policy)
         ledger = applied.ledger
         for item in (event, *applied.derived):
             kind, source, attributes = _describe(item)
             if item is event and extra:
                 attributes.update(extra)
-            if item is event and applied.stale:
-                attributes["stale"] = "true"
+            if item is event:
+                # Why the event changed less than it says (see engine.Applied).
+                for flag, raised in (
+                    ("stale", applied.stale),
+                    ("request_expired", applied.request_expired),
+                    ("absorbed", applied.absorbed),
+                ):
+                    if raised:
+                        attributes[flag] = "true"
             at = item.sent_at if isinstance(item, engine.RequestWithdrawn) else item.at
             if isinstance(item, engine.PermissionGranted) and ledger.expires_at and not item.permanent:
                 attributes["expires_at"] = _iso(ledger.expires_at)
             tx.append(EventRecord(pair, kind, source.value, at, now, engine.effective_state(ledger, now), attributes))
         tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
         return ledger
+
+    @staticmethod
+    def _with_request_sent_at(tx: Tx, event: LedgerEvent, extra: Mapping[str, str] | None) -> LedgerEvent:
+        """A reply to one of our requests learns when that request was sent (a dead request's grant is ignored)."""
+        context_id = (extra or {}).get("context_id")
+        if not context_id or not isinstance(event, engine.PermissionGranted | engine.PermissionRejected):
+            return event
+        sent_at = tx.message_sent_at(context_id)
+        return event if sent_at is None else dataclasses.replace(event, request_sent_at=sent_at)
 
     def _view(
         self, pair: Pair, business: PhoneNumber, ledger: Ledger, now: datetime, tx: Tx | None = None
@@ -348,14 +366,17 @@ class PermissionService:
             ledger = tx.ledger(pair)
             ours = engine.effective_state(ledger, now)
             attributes = {"reconciled_from": "call_permissions"}
+            # Adopted: learnt now, not stamped by the platform, so webhooks still in flight keep their order.
             if platform.status == "permanent" and ours is not PermissionState.PERMANENT:
-                event: LedgerEvent = engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC)
+                event: LedgerEvent = engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC, adopted=True)
             elif platform.status == "temporary" and (
                 ours is not PermissionState.TEMPORARY or ledger.expires_at != platform.expires_at
             ):
-                event = engine.PermissionGranted(now, False, platform.expires_at, Source.PLATFORM_AUTOMATIC)
+                event = engine.PermissionGranted(
+                    now, False, platform.expires_at, Source.PLATFORM_AUTOMATIC, adopted=True
+                )
             elif platform.status == "no_permission" and engine.has_permission(ours):
-                event = engine.PermissionRevoked(now, Source.PLATFORM_AUTOMATIC)
+                event = engine.PermissionRevoked(now, Source.PLATFORM_AUTOMATIC, adopted=True)
             else:
                 return ledger
             return self.record(tx, pair, ledger, event, now, attributes)
@@ -556,7 +577,7 @@ class PermissionService:
                     {"message_id": sent.message_id, "channel": channel.value},
                 )
             )
-            tx.remember_message(sent.message_id, pair, now)
+            tx.remember_message(sent.message_id, pair, sent_at)
             if sent.wa_id and sent.wa_id != pair.user[1:]:
                 tx.remember_alias(sent.wa_id, pair.user)
             if idempotency_key:
@@ -603,7 +624,7 @@ class PermissionService:
                     tx,
                     pair,
                     ledger,
-                    engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC),
+                    engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC, adopted=True),
                     now,
                     {"reconciled_from": "138017"},
                 )

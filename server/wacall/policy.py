@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+SECOND = timedelta(seconds=1)
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
@@ -39,6 +40,14 @@ class Policy:
     revoke_after_unanswered: int
     # The customer-service window opened by an inbound user message.
     service_window: timedelta
+    # A permission request nobody answered is dead this long after it was sent (§1.3).
+    request_lifetime: timedelta
+    # The platform's clock runs behind ours by the network delay: wacall frees a window limit this much later than
+    # the platform (so a retry at next_allowed_at is not refused with 138009/138012) ...
+    boundary_margin: timedelta
+    # ... and prefers the template to an interactive request when the service window closes sooner than this (an
+    # interactive request sent in the window's last moments can arrive after it closed).
+    window_margin: timedelta
     # ISO 3166 regions whose business numbers cannot use business-initiated calling.
     denied_business_regions: frozenset[str] = field(
         default_factory=lambda: frozenset({"US", "CA", "TR", "EG", "VN", "NG"})
@@ -52,6 +61,10 @@ class Policy:
     def longest_window(self) -> timedelta:
         return max(limit.window for limit in (*self.request_limits, *self.connected_call_limits))
 
+    def without_margins(self) -> Policy:
+        """The same rules applied exactly, as the platform itself applies them (the simulator)."""
+        return dataclasses.replace(self, boundary_margin=timedelta(0), window_margin=timedelta(0))
+
 
 SEED = Policy(
     name="seed",
@@ -63,6 +76,9 @@ SEED = Policy(
     prompt_after_unanswered=2,
     revoke_after_unanswered=4,
     service_window=DAY,
+    request_lifetime=7 * DAY,
+    boundary_margin=2 * SECOND,
+    window_margin=60 * SECOND,
 )
 
 META_CURRENT = dataclasses.replace(
@@ -94,6 +110,12 @@ class PolicyError(ValueError):
 def _seconds(value: Any, key: str) -> timedelta:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         raise PolicyError(f"policy override {key!r} must be a positive number of seconds, got {value!r}")
+    return timedelta(seconds=value)
+
+
+def _margin(value: Any, key: str) -> timedelta:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 86_400:
+        raise PolicyError(f"policy override {key!r} must be a number of seconds from 0 to 86400, got {value!r}")
     return timedelta(seconds=value)
 
 
@@ -131,6 +153,12 @@ def load_policy(name: str, overrides: Mapping[str, Any] | None = None) -> Policy
                 changes["temporary_grant_lifetime"] = _seconds(value, key)
             case "service_window_seconds":
                 changes["service_window"] = _seconds(value, key)
+            case "request_lifetime_seconds":
+                changes["request_lifetime"] = _seconds(value, key)
+            case "boundary_margin_seconds":
+                changes["boundary_margin"] = _margin(value, key)
+            case "window_margin_seconds":
+                changes["window_margin"] = _margin(value, key)
             case "prompt_after_unanswered" | "revoke_after_unanswered":
                 changes[key] = _count(value, key)
             case "denied_business_regions":

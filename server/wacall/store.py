@@ -26,6 +26,10 @@ from typing import Any, Protocol, TypeVar
 from urllib.parse import urlparse
 
 from wacall.engine import Ledger, PermissionState, Restriction
+from wacall.policy import SEED
+
+# A ledger stored before requests expired is read with the platform's request lifetime (§1.3).
+LEGACY_REQUEST_LIFETIME = SEED.request_lifetime
 
 T = TypeVar("T")
 
@@ -107,6 +111,10 @@ class Tx(Protocol):
         ...
 
     def message_pair(self, message_id: str) -> Pair | None: ...
+
+    def message_sent_at(self, message_id: str) -> datetime | None:
+        """When one of our messages (a permission request) was sent, if it is one of ours."""
+        ...
 
     def remember_alias(self, wa_id: str, user: str) -> None:
         """The platform's wa_id for a user differs from the number we hold (HOOK-8): map it to our user."""
@@ -243,6 +251,8 @@ def ledger_to_json(ledger: Ledger) -> str:
             "consecutive_unanswered": ledger.consecutive_unanswered,
             "last_connected_at": optional_micros(ledger.last_connected_at),
             "last_user_message_at": optional_micros(ledger.last_user_message_at),
+            "request_expiries": [to_micros(t) for t in ledger.request_expiries],
+            "state_before_request": ledger.state_before_request.value,
         },
         separators=(",", ":"),
     )
@@ -250,8 +260,15 @@ def ledger_to_json(ledger: Ledger) -> str:
 
 def ledger_from_json(text: str) -> Ledger:
     data: dict[str, Any] = json.loads(text)
+    state = PermissionState(data["state"])
+    if "request_expiries" in data:
+        request_expiries = tuple(from_micros(t) for t in data["request_expiries"])
+    else:
+        # Written before requests expired: a REQUESTED pair's request lives the platform's 7 days from its last send.
+        last_sent = data["request_times"][-1:] if state is PermissionState.REQUESTED else []
+        request_expiries = tuple(from_micros(t) + LEGACY_REQUEST_LIFETIME for t in last_sent)
     return Ledger(
-        state=PermissionState(data["state"]),
+        state=state,
         expires_at=optional_datetime(data["expires_at"]),
         state_changed_at=optional_datetime(data["state_changed_at"]),
         request_times=tuple(from_micros(t) for t in data["request_times"]),
@@ -259,10 +276,16 @@ def ledger_from_json(text: str) -> Ledger:
         consecutive_unanswered=data["consecutive_unanswered"],
         last_connected_at=optional_datetime(data["last_connected_at"]),
         last_user_message_at=optional_datetime(data["last_user_message_at"]),
+        request_expiries=request_expiries,
+        state_before_request=PermissionState(data.get("state_before_request", PermissionState.NONE.value)),
     )
 
 
 # --- SQLite -------------------------------------------------------------------------------------------------------
+
+# PRAGMA user_version of the schema below. Every time column holds microseconds since the epoch (UTC); version 0
+# (databases from before the version was kept) used the same tables and units, so it is adopted as it is.
+SCHEMA_VERSION = 1
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pairs (
@@ -409,6 +432,10 @@ class _SqliteTx:
     def message_pair(self, message_id: str) -> Pair | None:
         row = self._db.execute("SELECT business, user FROM messages WHERE message_id = ?", (message_id,)).fetchone()
         return Pair(row[0], row[1]) if row else None
+
+    def message_sent_at(self, message_id: str) -> datetime | None:
+        row = self._db.execute("SELECT sent_at FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+        return from_micros(row[0]) if row else None
 
     def remember_alias(self, wa_id: str, user: str) -> None:
         self._db.execute(
@@ -659,7 +686,11 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wacall-sqlite")
         self._thread_db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self._executor.submit(self._open).result()
+        try:
+            self._executor.submit(self._open).result()
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
 
     def _open(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -667,7 +698,15 @@ class SqliteStore:
         # FULL: a commit survives power loss before we acknowledge it.
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()
+            raise StoreError(
+                f"{self.path} has schema version {version}; this wacall reads up to {SCHEMA_VERSION}: upgrade wacall"
+            )
         db.executescript(SCHEMA)
+        if version < SCHEMA_VERSION:
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         self._thread_db = db
 
     def _run(self, fn: Callable[[Tx], T]) -> T:

@@ -128,7 +128,8 @@ class SimulatedPlatform:
         no_media_mid_call: timedelta = timedelta(seconds=30),
     ) -> None:
         self.clock = clock
-        self.policy = policy
+        # The platform applies its rules exactly: wacall's safety margins are wacall's, not the platform's.
+        self.policy = policy.without_margins()
         # MEDIA-1: the user's client drops a call that gets no audio for 20 s at start or 30 s mid-call.
         self.no_media_at_start = no_media_at_start
         self.no_media_mid_call = no_media_mid_call
@@ -669,7 +670,8 @@ class SimulatedPlatform:
         )
         offer = await call.leg.create_offer()
         self._spawn(self._drop_without_media(account, call))
-        # Callback permission (enabled on simulated numbers): the user's call grants a temporary permission.
+        # Callback permission (enabled on simulated numbers): the user's call grants a temporary permission. It is
+        # sent whatever the pair holds; the shared engine never lets it lower a permanent one or shorten a grant.
         expires = now + self.policy.temporary_grant_lifetime
         self._apply(business.e164, user.e164, engine.UserMessage(now))
         self._apply(business.e164, user.e164, engine.PermissionGranted(now, False, expires, Source.PLATFORM_AUTOMATIC))
@@ -750,6 +752,11 @@ class SimulatedPlatform:
         await self.clock.sleep(delay)
         now = self.clock.now()
         business = message.business
+        if now >= message.sent_at + self.policy.request_lifetime:
+            # The request died unanswered (§1.3): there is nothing left for the user to answer.
+            message.user_response = "expired"
+            self._save()
+            return
         if response is OnPermissionRequest.REJECT:
             self._apply(business, user.e164, engine.PermissionRejected(now, Source.USER_ACTION))
             body = payloads.permission_reply(

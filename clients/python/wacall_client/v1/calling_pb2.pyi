@@ -322,7 +322,7 @@ class GetPolicyRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Policy(_message.Message):
-    __slots__ = ("name", "version", "source", "permission_request_limits", "connected_call_limits", "temporary_grant_lifetime", "prompt_after_unanswered", "revoke_after_unanswered", "service_window", "denied_business_regions")
+    __slots__ = ("name", "version", "source", "permission_request_limits", "connected_call_limits", "temporary_grant_lifetime", "prompt_after_unanswered", "revoke_after_unanswered", "service_window", "denied_business_regions", "request_lifetime", "boundary_margin", "window_margin")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +333,9 @@ class Policy(_message.Message):
     REVOKE_AFTER_UNANSWERED_FIELD_NUMBER: _ClassVar[int]
     SERVICE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     DENIED_BUSINESS_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_LIFETIME_FIELD_NUMBER: _ClassVar[int]
+    BOUNDARY_MARGIN_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_MARGIN_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     source: str
@@ -343,7 +346,10 @@ class Policy(_message.Message):
     revoke_after_unanswered: int
     service_window: _duration_pb2.Duration
     denied_business_regions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[str] = ..., permission_request_limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., connected_call_limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., temporary_grant_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_after_unanswered: _Optional[int] = ..., revoke_after_unanswered: _Optional[int] = ..., service_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., denied_business_regions: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_lifetime: _duration_pb2.Duration
+    boundary_margin: _duration_pb2.Duration
+    window_margin: _duration_pb2.Duration
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., source: _Optional[str] = ..., permission_request_limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., connected_call_limits: _Optional[_Iterable[_Union[Limit, _Mapping]]] = ..., temporary_grant_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., prompt_after_unanswered: _Optional[int] = ..., revoke_after_unanswered: _Optional[int] = ..., service_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., denied_business_regions: _Optional[_Iterable[str]] = ..., request_lifetime: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., boundary_margin: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., window_margin: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AnnouncementRoute(_message.Message):
     __slots__ = ("audio_file", "tone_hz", "tone_duration", "record_to", "max_duration")
