@@ -508,7 +508,7 @@ class SimulatedPlatform:
                 raise GraphFailure(400, 100, f"(#100) {action} applies only to user-initiated calls")
             if session is None or session.get("sdp_type") != "answer":
                 raise GraphFailure(400, 100, '(#100) session with sdp_type "answer" is required')
-            problems = platform_problems(str(session.get("sdp", "")))
+            problems = platform_problems(str(session.get("sdp", "")), "answer")
             if problems:
                 raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
             assert call.leg is not None
@@ -531,7 +531,7 @@ class SimulatedPlatform:
         if session is None or session.get("sdp_type") != "offer" or not session.get("sdp"):
             raise GraphFailure(400, 100, '(#100) session with sdp_type "offer" and an sdp is required')
         offer = str(session["sdp"])
-        problems = platform_problems(offer)
+        problems = platform_problems(offer, "offer")
         if problems:
             raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
         now = self.clock.now()

@@ -10,9 +10,10 @@ import grpc
 from wacall_client.sim.v1 import simulator_pb2 as pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition
+from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition, duration_field, text_field
 from wacall.api_messages import timestamp
 from wacall.engine import PermissionState, effective_state
+from wacall.media.tracks import audio_problem
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall
 from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
@@ -23,6 +24,9 @@ ON_CALL = {OnCall.ANSWER: pb.ANSWER, OnCall.NO_ANSWER: pb.NO_ANSWER, OnCall.DECL
 ON_CALL_BY_PB = {v: k for k, v in ON_CALL.items()}
 MAX_TEXT = 4096
 MAX_DELAY = timedelta(days=30)
+MAX_NUMBER_CHARS = 32
+MAX_ID = 128
+MAX_PATH = 4096
 
 
 def behavior_message(user: SimUser) -> pb.UserBehavior:
@@ -60,6 +64,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         self.platform = platform
 
     async def _number(self, context: Context, value: str, field: str) -> PhoneNumber:
+        await text_field(context, value, field, max_chars=MAX_NUMBER_CHARS)
         try:
             return parse_number(value, field)
         except InvalidNumber as error:
@@ -85,16 +90,20 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             await abort_bad_request(context, "on_permission_request", "unknown value")
         if request.on_call not in ON_CALL_BY_PB and request.on_call != 0:
             await abort_bad_request(context, "on_call", "unknown value")
-        if request.wa_id and not request.wa_id.isdigit():
+        if request.wa_id and not (request.wa_id.isascii() and request.wa_id.isdigit() and len(request.wa_id) <= 20):
             await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
-        if request.say_file and not os.path.isfile(request.say_file):
-            await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
+        if request.say_file:
+            await text_field(context, request.say_file, "say_file", max_chars=MAX_PATH)
+            if not os.path.isfile(request.say_file):
+                await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
+            problem = audio_problem(request.say_file)
+            if problem is not None:
+                await abort_bad_request(context, "say_file", f"{request.say_file}: {problem}")
         durations = {}
         for name in ("reply_delay", "ring_duration", "talk_duration"):
-            value = getattr(request, name).ToTimedelta()
-            if value < timedelta(0) or value > MAX_DELAY:
-                await abort_bad_request(context, name, "between 0 and 30 days")
-            durations[name] = value
+            durations[name] = await duration_field(
+                context, getattr(request, name), name, minimum=timedelta(0), maximum=MAX_DELAY
+            )
         if not -1 <= request.tone_hz <= 20000 and request.tone_hz != 0:
             await abort_bad_request(context, "tone_hz", "0 (default 880 Hz), a frequency up to 20000, or -1 (silence)")
         behavior = SimUser(
@@ -118,8 +127,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
     async def SendUserMessage(self, request: pb.SendUserMessageRequest, context: Context) -> pb.SendUserMessageResponse:
         business = await self._number(context, request.business_number, "business_number")
         user = await self._number(context, request.user_number, "user_number")
-        if len(request.text) > MAX_TEXT:
-            await abort_bad_request(context, "text", f"at most {MAX_TEXT} characters")
+        await text_field(context, request.text, "text", max_chars=MAX_TEXT, multiline=True)
         message_id = await self.platform.user_sends_message(business, user, request.text or "Hello")
         return pb.SendUserMessageResponse(message_id=message_id)
 
@@ -167,6 +175,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         return await self._permission(business, user)
 
     async def _phone_call(self, context: Context, platform_call_id: str) -> PhoneCall:
+        await text_field(context, platform_call_id, "platform_call_id", max_chars=MAX_ID)
         call = self.platform.calls.get(platform_call_id)
         if call is None:
             await abort(
@@ -195,9 +204,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         self, request: pb.RestrictBusinessRequest, context: Context
     ) -> pb.RestrictBusinessResponse:
         business = await self._number(context, request.business_number, "business_number")
-        duration = request.duration.ToTimedelta()
-        if duration < timedelta(0) or duration > MAX_DELAY:
-            await abort_bad_request(context, "duration", "between 0 (lift the pause) and 30 days")
+        duration = await duration_field(context, request.duration, "duration", minimum=timedelta(0), maximum=MAX_DELAY)
         until = await self.platform.restrict_business(business, duration)
         return pb.RestrictBusinessResponse(restricted_until=timestamp(until))
 
