@@ -613,6 +613,14 @@ class CallService:
     # --- ending -------------------------------------------------------------------------------------------------
 
     async def end(self, call_id: str, *, reason: str = "ended by the business") -> CallView:
+        """End the call. It finishes even when the caller stops waiting (a cancelled RPC, a media stream client
+        that hangs up and goes): once the end is recorded, the platform must hear it and the media must go."""
+        ending = asyncio.ensure_future(self._end(call_id, reason))
+        self._background.add(ending)
+        ending.add_done_callback(self._background.discard)
+        return await asyncio.shield(ending)
+
+    async def _end(self, call_id: str, reason: str) -> CallView:
         def mark(tx: Tx) -> tuple[StoredCall, bool]:
             now = self.clock.now()
             stored = tx.call(call_id)
