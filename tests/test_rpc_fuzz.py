@@ -25,7 +25,7 @@ import wave
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 import pytest
@@ -43,7 +43,9 @@ from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.media.leg import AudioLeg
 
-T = TypeVar("T")
+# The service's own thread uses `random` (aiortc, aioice) while hypothesis draws; hypothesis sees the global state
+# move and suspects the strategy. Nothing here draws from `random`.
+pytestmark = pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
 
 EXAMPLES = int(os.environ.get("WACALL_FUZZ_EXAMPLES", "30"))
 FUZZ = settings(
@@ -160,11 +162,22 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         if report:
             figures = {rpc: {"inputs": sum(c.values()), "codes": dict(c)} for rpc, c in sorted(served.codes.items())}
             Path(report).write_text(json.dumps(figures, indent=2) + "\n")
+        end_open_calls(served)
         channel.close()
         run(stop_service(running))
+        run(_finish_leftovers())
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+async def _finish_leftovers() -> None:
+    """Whatever the stopped service's libraries still run (aiortc connecting a leg that was just closed) ends
+    before the loop closes."""
+    leftovers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
 
 
 def _duration(seconds: int, nanos: int = 0) -> duration_pb2.Duration:
@@ -286,6 +299,11 @@ def end_open_calls(served: Served) -> None:
     served.quiet()
 
 
+def pick(values: list[str], index: int) -> str:
+    """One of the values the service holds now (the draw stays the same whatever they are: hypothesis replays)."""
+    return values[index % len(values)] if values else ""
+
+
 def known_call_ids(served: Served) -> list[str]:
     return [c.call_id for c in served.calling.ListCalls(pb.ListCallsRequest(page_size=5)).calls]
 
@@ -316,8 +334,8 @@ templates = st.builds(
 @given(st.data())
 def test_request_permission(served: Served, data: st.DataObject) -> None:
     request = pb.RequestPermissionRequest(
-        business_number=data.draw(numbers),
-        user_number=data.draw(st.one_of(numbers, st.just(SIM_USER))),
+        business_number=data.draw(st.one_of(st.just(BUSINESS), numbers)),
+        user_number=data.draw(st.one_of(st.just(SIM_USER), numbers)),
         body_text=data.draw(optional_texts),
         idempotency_key=data.draw(optional_texts),
     )
@@ -380,7 +398,8 @@ def routes(served: Served) -> st.SearchStrategy[pb.Route]:
     stream = st.builds(
         lambda limit: pb.Route(media_stream=pb.MediaStreamRoute(max_duration=limit)), st.one_of(st.none(), durations)
     )
-    return st.one_of(st.just(pb.Route()), announcement, webrtc, stream)
+    plain = st.sampled_from([pb.Route(), pb.Route(media_stream=pb.MediaStreamRoute())])
+    return st.one_of(plain, announcement, webrtc, stream)
 
 
 @FUZZ
@@ -406,7 +425,7 @@ call_ids = st.one_of(st.just("call_" + "0" * 32), texts)
 @FUZZ
 @given(st.data())
 def test_get_and_end_call(served: Served, data: st.DataObject) -> None:
-    call_id = data.draw(st.one_of(st.sampled_from(known_call_ids(served) or [""]), call_ids))
+    call_id = data.draw(st.one_of(st.integers(0, 4).map(lambda i: pick(known_call_ids(served), i)), call_ids))
     code, _ = outcome(served, "GetCall", lambda: served.calling.GetCall(pb.GetCallRequest(call_id=call_id), timeout=10))
     refused_changes_nothing(served, code)
     code, _ = outcome(served, "EndCall", lambda: served.calling.EndCall(pb.EndCallRequest(call_id=call_id), timeout=10))
@@ -556,7 +575,7 @@ def test_simulated_user_actions(served: Served, data: st.DataObject) -> None:
 @given(st.data())
 def test_phone_calls(served: Served, data: st.DataObject) -> None:
     known = [c.platform_call_id for c in served.calling.ListCalls(pb.ListCallsRequest(page_size=3)).calls]
-    platform_call_id = data.draw(st.one_of(st.sampled_from(known or [""]), texts))
+    platform_call_id = data.draw(st.one_of(st.integers(0, 2).map(lambda i: pick(known, i)), texts))
     code, _ = outcome(
         served,
         "GetPhoneCall",

@@ -694,9 +694,12 @@ class SimulatedPlatform:
     async def _wait_for_business(self, account: SenderAccount, call: PhoneCall, behavior: SimUser) -> None:
         answered = asyncio.ensure_future(call.answered.wait())
         timeout = asyncio.ensure_future(self.clock.sleep(timedelta(seconds=60)))
-        done, pending = await asyncio.wait({answered, timeout}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        try:
+            done, _ = await asyncio.wait({answered, timeout}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the user hangs up first (this task is cancelled): neither waiter may outlive the call.
+            answered.cancel()
+            timeout.cancel()
         if answered not in done:
             await self._end(account, call, by_business=False)
             return
