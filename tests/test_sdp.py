@@ -15,6 +15,7 @@ from conftest import BUSINESS, OTHER_USER, USER, Running, eventually, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.call_service import SdpRefused, check_sdp
 from wacall.media import sdp
 from wacall.media.leg import AudioLeg
 from wacall.numbers import parse_number
@@ -185,3 +186,10 @@ async def test_a_user_call_whose_offer_has_no_audio_is_rejected_and_failed(wacal
         lambda: wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=phone_call.platform_call_id)),
         lambda p: p.state == "ended" and not p.HasField("answered_at"),
     )
+
+
+async def test_our_own_sdp_is_held_to_the_same_check_before_it_is_sent() -> None:
+    offer, answer = await offer_and_answer()
+    assert check_sdp(offer, "offer", "our") == offer
+    with pytest.raises(SdpRefused, match=r"our SDP answer cannot carry the call: .*ICE credentials"):
+        check_sdp(without(answer, "a=ice-ufrag"), "answer", "our")
