@@ -85,6 +85,7 @@ class Served:
     files: dict[str, str]
     agent_offer: str
     cursor: int = 0
+    last_refusal: str = ""
     codes: dict[str, collections.Counter[str]] = field(
         default_factory=lambda: collections.defaultdict(collections.Counter)
     )
@@ -255,17 +256,30 @@ def outcome(served: Served, rpc: str, call: Callable[[], object]) -> tuple[C, ob
     except grpc.RpcError as error:
         code = error.code()  # type: ignore[attr-defined]
         served.codes[rpc][code.name] += 1
-        assert code in CLIENT_ERRORS, f"{rpc}: {code.name} {error.details()}"  # type: ignore[attr-defined]
+        served.last_refusal = error.details() or ""  # type: ignore[attr-defined]
+        assert code in CLIENT_ERRORS, f"{rpc}: {code.name} {served.last_refusal}"
         return code, None
     served.codes[rpc]["OK"] += 1
     return C.OK, response
 
 
+# What the platform refused was sent: the ledger records the attempt (a failed request, a failed call) and what the
+# refusal taught (138006: no permission), nothing else.
+PLATFORM_REFUSAL_EVENTS = {
+    pb.EVENT_KIND_PERMISSION_REQUEST_FAILED,
+    pb.EVENT_KIND_CALL_UPDATED,
+    pb.EVENT_KIND_PERMISSION_REVOKED,
+}
+
+
 def refused_changes_nothing(served: Served, code: C) -> None:
     if code is C.OK:
         served.quiet()
+    elif served.last_refusal.startswith("the platform refused"):
+        served.codes["(platform refusals, recorded)"]["events"] += 1
+        assert {e.kind for e in served.new_events()} <= PLATFORM_REFUSAL_EVENTS
     else:
-        assert served.new_events() == [], "a refused request changed the ledger"
+        assert served.new_events() == [], f"a refused request changed the ledger: {served.last_refusal}"
 
 
 def streamed(call: Any, seconds: float = 0.3) -> None:
