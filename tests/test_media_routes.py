@@ -222,3 +222,25 @@ async def test_announcement_starts_on_the_users_voice_when_accepted_never_comes(
     assert answered.HasField("answered_at")
     phone = await phone_of(wacall, call)
     assert phone.audible_frames_received >= 30
+
+
+async def test_a_recording_that_cannot_be_opened_at_pickup_ends_the_call_with_the_reason(
+    wacall: Running, tmp_path: Path
+) -> None:
+    # Checked when the call is placed (the directory existed), but gone by the time the user picks up: the
+    # route fails after pickup, and the call ends at once with the reason instead of going on without it.
+    folder = tmp_path / "recordings"
+    folder.mkdir()
+    await wacall.grant(permanent=True)
+    await wacall.phone(ring=2)
+    route = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, record_to=str(folder / "user.wav")))
+    call = await wacall.start_call(route=route)
+    await wacall.wait_call(call.call_id, pb.CALL_STATE_RINGING)
+    folder.rmdir()
+    folder.write_text("a file where the folder was")
+    await wacall.advance(2)
+    ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    assert ended.end_reason.startswith("the route failed after pickup: ")
+    assert ended.outcome == pb.CALL_OUTCOME_ANSWERED  # the user did pick up: the platform counts it
+    await wait_until(lambda: phone_of(wacall, call), lambda p: p.state == "ended")
+    await eventually(lambda: not wacall.service.calls.sessions, what="session released")  # type: ignore[union-attr]

@@ -10,23 +10,39 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import re
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import NoReturn
 
 import grpc
+from aiortc.rtcicetransport import parse_stun_turn_uri
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request, abort_platform, abort_precondition, abort_refusal
+from wacall.api_errors import (
+    Context,
+    abort,
+    abort_bad_request,
+    abort_platform,
+    abort_precondition,
+    abort_refusal,
+    duration_field,
+    text_field,
+)
 from wacall.api_messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
-from wacall.call_service import CallNotFound, CallService, CallView
+from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, CallView, MediaSetupFailed
 from wacall.calls import CallState
 from wacall.graph import TemplateRef
-from wacall.media.tracks import Framer, PcmResampler
+from wacall.media.sdp import only_sha256_fingerprint, peer_problems, platform_problems
+from wacall.media.tracks import Framer, PcmResampler, audio_problem
 from wacall.numbers import InvalidNumber, parse_number
 from wacall.permissions import (
+    MAX_BODY_TEXT,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_TEMPLATE_PARAMETERS,
     IdempotencyConflict,
     InvalidField,
     PermissionService,
@@ -43,35 +59,98 @@ from wacall_adapters.media_stream import MediaStreamAdapter
 from wacall_adapters.webrtc import WebRtcBridgeAdapter, WebRtcPassthroughAdapter
 
 MAX_PAGE = 1000
+# Event cursors and page-token times are ASCII digits (str.isdigit also takes "²") within SQLite's INTEGER.
+DIGITS = re.compile(r"[0-9]{1,18}")
+CALL_ID = re.compile(r"call_[0-9a-f]{32}")
+MAX_PAGE_TOKEN = 128
 
 
-def parse_cursor(value: str, field: str) -> int | None:
+def parse_cursor(value: str) -> int | None:
     if not value:
         return 0
-    return int(value) if value.isdigit() else None
+    return int(value) if DIGITS.fullmatch(value) else None
 
 
 SAMPLE_RATES = (8000, 16000, 24000, 48000)
 MAX_CALL_PAGE = 500
+# A number with spaces, dashes and a country code fits easily; longer text is not a number (and is never cached).
+MAX_NUMBER_CHARS = 32
+MAX_CALL_ID = 128
+MAX_PATH = 4096
+MAX_SDP = 64 * 1024
+MAX_ICE_SERVERS = 8
+MAX_TEMPLATE_NAME = 512
+MAX_TEMPLATE_LANGUAGE = 32
+MAX_TEMPLATE_PARAMETER = 1024
+MAX_TONE = timedelta(hours=1)
+MAX_CALL_LENGTH = timedelta(hours=24)
+
+
+async def numbers(context: Context, request: object) -> None:
+    """Bound the number fields before anything parses them."""
+    for name in ("business_number", "user_number"):
+        await text_field(context, getattr(request, name), name, max_chars=MAX_NUMBER_CHARS)
+
+
+async def positive_duration(context: Context, message: Message, name: str, field: str, default: timedelta) -> timedelta:
+    if not message.HasField(name):
+        return default
+    value = await duration_field(context, getattr(message, name), field, minimum=timedelta(0), maximum=MAX_CALL_LENGTH)
+    if value <= timedelta(0):
+        await abort_bad_request(context, field, "must be positive")
+    return value
+
+
+async def _server_file(context: Context, path: str, field: str) -> None:
+    await text_field(context, path, field, max_chars=MAX_PATH)
+    if not os.path.isfile(path):
+        await abort_bad_request(context, field, f"no such file on the server: {path}")
+    # Decoding fails before the call is placed, not when the user picks up.
+    problem = await asyncio.get_running_loop().run_in_executor(None, audio_problem, path)
+    if problem is not None:
+        await abort_bad_request(context, field, f"{path}: {problem}")
+
+
+async def _ice_servers(context: Context, urls: list[str]) -> None:
+    if len(urls) > MAX_ICE_SERVERS:
+        await abort_bad_request(context, "route.webrtc.ice_servers", f"at most {MAX_ICE_SERVERS}")
+    for index, url in enumerate(urls):
+        field = f"route.webrtc.ice_servers[{index}]"
+        await text_field(context, url, field, max_chars=MAX_PATH)
+        try:
+            scheme = parse_stun_turn_uri(url)["scheme"]
+        except ValueError:
+            await abort_bad_request(context, field, "a STUN URL, e.g. stun:stun.example.com:3478")
+        if scheme != "stun":
+            # TURN needs a username and credential, which a WebRtcRoute cannot carry.
+            await abort_bad_request(context, field, "only stun: URLs are supported (TURN needs credentials)")
 
 
 async def build_route(route: pb.Route, context: Context) -> tuple[Callable[[], MediaAdapter], str, str]:
-    """The adapter factory for a route, its name, and what distinguishes it for idempotency. Validates first."""
+    """The adapter factory for a route, its name, and what distinguishes it for idempotency. Validates first:
+    a route that passes here sets up (nothing is recorded for one that does not)."""
     kind = route.WhichOneof("kind") or "announcement"
     if kind == "announcement":
         a = route.announcement
-        if a.audio_file and not os.path.isfile(a.audio_file):
-            await abort_bad_request(
-                context, "route.announcement.audio_file", f"no such file on the server: {a.audio_file}"
-            )
+        if a.audio_file:
+            await _server_file(context, a.audio_file, "route.announcement.audio_file")
         if a.tone_hz and not 20 <= a.tone_hz <= 20000:
             await abort_bad_request(context, "route.announcement.tone_hz", "between 20 and 20000 Hz")
-        tone = a.tone_duration.ToTimedelta() if a.HasField("tone_duration") else timedelta(seconds=5)
-        limit = a.max_duration.ToTimedelta() if a.HasField("max_duration") else timedelta(minutes=5)
-        if tone <= timedelta(0) or limit <= timedelta(0):
-            await abort_bad_request(context, "route.announcement", "durations must be positive")
-        if a.record_to and not os.path.isdir(os.path.dirname(os.path.abspath(a.record_to))):
-            await abort_bad_request(context, "route.announcement.record_to", "its directory does not exist")
+        tone = await positive_duration(
+            context, a, "tone_duration", "route.announcement.tone_duration", timedelta(seconds=5)
+        )
+        if tone > MAX_TONE:
+            await abort_bad_request(context, "route.announcement.tone_duration", "at most 1 h")
+        limit = await positive_duration(
+            context, a, "max_duration", "route.announcement.max_duration", timedelta(minutes=5)
+        )
+        if a.record_to:
+            await text_field(context, a.record_to, "route.announcement.record_to", max_chars=MAX_PATH)
+            directory = os.path.dirname(os.path.abspath(a.record_to))
+            if not os.path.isdir(directory):
+                await abort_bad_request(context, "route.announcement.record_to", "its directory does not exist")
+            if os.path.isdir(a.record_to) or not os.access(directory, os.W_OK):
+                await abort_bad_request(context, "route.announcement.record_to", "not a file this service can write")
         return (
             lambda: AnnouncementAdapter(
                 audio_file=a.audio_file,
@@ -85,8 +164,18 @@ async def build_route(route: pb.Route, context: Context) -> tuple[Callable[[], M
         )
     if kind == "webrtc":
         w = route.webrtc
-        if "m=audio" not in w.offer_sdp:
-            await abort_bad_request(context, "route.webrtc.offer_sdp", "an SDP offer with an audio m-line is required")
+        await text_field(context, w.offer_sdp, "route.webrtc.offer_sdp", max_chars=MAX_SDP, multiline=True)
+        # Passthrough: the platform gets the agent's offer (trimmed), so it must meet the platform's rules.
+        problems = (
+            platform_problems(only_sha256_fingerprint(w.offer_sdp), "offer")
+            if w.passthrough
+            else peer_problems(w.offer_sdp, "offer")
+        )
+        if problems:
+            await abort_bad_request(
+                context, "route.webrtc.offer_sdp", "an SDP offer with one audio section: " + "; ".join(problems)
+            )
+        await _ice_servers(context, list(w.ice_servers))
         if w.passthrough:
             return lambda: WebRtcPassthroughAdapter(offer_sdp=w.offer_sdp), "webrtc_passthrough", w.offer_sdp
         return (
@@ -95,9 +184,11 @@ async def build_route(route: pb.Route, context: Context) -> tuple[Callable[[], M
             w.offer_sdp,
         )
     m = route.media_stream
-    stream_limit = m.max_duration.ToTimedelta() if m.HasField("max_duration") else None
-    if stream_limit is not None and stream_limit <= timedelta(0):
-        await abort_bad_request(context, "route.media_stream.max_duration", "must be positive")
+    stream_limit = (
+        await positive_duration(context, m, "max_duration", "route.media_stream.max_duration", MAX_CALL_LENGTH)
+        if m.HasField("max_duration")
+        else None
+    )
     return lambda: MediaStreamAdapter(max_duration=stream_limit), "media_stream", m.SerializeToString().hex()
 
 
@@ -107,11 +198,16 @@ def _page_token(view: CallView) -> str:
 
 
 def _parse_page_token(token: str) -> tuple[int, str] | None:
-    try:
-        micros, call_id = base64.urlsafe_b64decode(token.encode()).decode().split(":", 1)
-        return int(micros), call_id
-    except (ValueError, UnicodeDecodeError):
+    if len(token) > MAX_PAGE_TOKEN:
         return None
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode("ascii")
+    except (ValueError, UnicodeError):  # binascii.Error is a ValueError
+        return None
+    micros, _, call_id = raw.partition(":")
+    if not DIGITS.fullmatch(micros) or not CALL_ID.fullmatch(call_id):
+        return None
+    return int(micros), call_id
 
 
 class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
@@ -131,6 +227,14 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             case UnknownSender():
                 await abort_precondition(
                     context, "SENDER_NOT_CONFIGURED", error.business_number, str(error), str(error)
+                )
+            case MediaSetupFailed():
+                await abort_precondition(
+                    context,
+                    "MEDIA_SETUP_FAILED",
+                    error.call_id,
+                    error.why,
+                    f"call {error.call_id} failed before it was placed: {error.why}",
                 )
             case CallNotFound():
                 await abort(
@@ -169,6 +273,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         raise error
 
     async def GetPermission(self, request: pb.GetPermissionRequest, context: Context) -> pb.Permission:
+        await numbers(context, request)
         try:
             if request.reconcile:
                 view = await self.permissions.reconcile(request.business_number, request.user_number)
@@ -181,8 +286,26 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
     async def RequestPermission(
         self, request: pb.RequestPermissionRequest, context: Context
     ) -> pb.RequestPermissionResponse:
+        await numbers(context, request)
+        await text_field(context, request.body_text, "body_text", max_chars=MAX_BODY_TEXT, multiline=True)
+        await text_field(context, request.idempotency_key, "idempotency_key", max_chars=MAX_IDEMPOTENCY_KEY)
         template = None
         if request.HasField("template"):
+            given = request.template
+            await text_field(context, given.name, "template.name", max_chars=MAX_TEMPLATE_NAME)
+            await text_field(context, given.language, "template.language", max_chars=MAX_TEMPLATE_LANGUAGE)
+            if len(given.body_parameters) > MAX_TEMPLATE_PARAMETERS:
+                await abort_bad_request(
+                    context, "template.body_parameters", f"at most {MAX_TEMPLATE_PARAMETERS} values"
+                )
+            for index, parameter in enumerate(given.body_parameters):
+                await text_field(
+                    context,
+                    parameter,
+                    f"template.body_parameters[{index}]",
+                    max_chars=MAX_TEMPLATE_PARAMETER,
+                    multiline=True,
+                )
             template = TemplateRef(
                 request.template.name, request.template.language, tuple(request.template.body_parameters)
             )
@@ -208,6 +331,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         request: pb.WatchEventsRequest | pb.ListEventsRequest | pb.ListCallsRequest, context: Context
     ) -> tuple[str | None, str | None]:
         """The optional business/user filters of a listing, canonical, or INVALID_ARGUMENT."""
+        await numbers(context, request)
         try:
             business = (
                 parse_number(request.business_number, "business_number").e164 if request.business_number else None
@@ -221,7 +345,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         self, request: pb.WatchEventsRequest | pb.ListEventsRequest, context: Context
     ) -> tuple[str | None, str | None, int]:
         business, user = await self._pair_filter(request, context)
-        cursor = parse_cursor(request.after_cursor, "after_cursor")
+        cursor = parse_cursor(request.after_cursor)
         if cursor is None:
             await abort_bad_request(context, "after_cursor", "not a cursor this service issued (use Event.cursor)")
         return business, user, cursor
@@ -250,6 +374,9 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
     # --- calls ----------------------------------------------------------------------------------------------------
 
     async def StartCall(self, request: pb.StartCallRequest, context: Context) -> pb.Call:
+        await numbers(context, request)
+        await text_field(context, request.biz_opaque_callback_data, "biz_opaque_callback_data", max_chars=MAX_OPAQUE)
+        await text_field(context, request.idempotency_key, "idempotency_key", max_chars=MAX_IDEMPOTENCY_KEY)
         factory, name, distinct = await build_route(request.route, context)
         try:
             view = await self.calls.start(
@@ -266,6 +393,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         return call_message(view)
 
     async def _call_id(self, context: Context, call_id: str) -> str:
+        await text_field(context, call_id, "call_id", max_chars=MAX_CALL_ID)
         if not call_id.strip():
             await abort_bad_request(context, "call_id", "required: the Call.call_id from StartCall or ListCalls")
         return call_id.strip()
@@ -306,6 +434,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("kind") != "call_id" or not first.call_id:
             await abort_bad_request(context, "call_id", "the first message must name the call")
+        await text_field(context, first.call_id, "call_id", max_chars=MAX_CALL_ID)
         rate = first.sample_rate or 48000
         if rate not in SAMPLE_RATES:
             await abort_bad_request(context, "sample_rate", f"one of {', '.join(map(str, SAMPLE_RATES))}")
@@ -341,13 +470,16 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         async def read_client() -> None:
             from_client = PcmResampler(rate, 48000)
             framer = Framer()
-            async for message in request_iterator:
-                kind = message.WhichOneof("kind")
-                if kind == "audio":
-                    for frame in framer.push(from_client.convert(message.audio)):
-                        adapter.send(frame)
-                elif kind == "hangup":
-                    await self.calls.end(first.call_id, reason="ended by the media stream client")
+            try:
+                async for message in request_iterator:
+                    kind = message.WhichOneof("kind")
+                    if kind == "audio":
+                        for frame in framer.push(from_client.convert(message.audio)):
+                            adapter.send(frame)
+                    elif kind == "hangup":
+                        await self.calls.end(first.call_id, reason="ended by the media stream client")
+            except grpc.aio.AbortError:
+                offer(None)  # a request that did not parse ended the stream (INVALID_ARGUMENT was sent)
 
         async def follow_call() -> None:
             async for update in self.calls.updates(first.call_id):

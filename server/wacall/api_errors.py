@@ -1,12 +1,20 @@
-"""Rich gRPC errors (google.rpc details) for refusals, platform errors and bad input. Messages say what to do."""
+"""Rich gRPC errors (google.rpc details) for refusals, platform errors and bad input. Messages say what to do.
+
+Also the readers of request fields that refuse what the service cannot take (over-long or control-character text,
+Durations out of range) and the guard that answers a request that does not even parse with INVALID_ARGUMENT.
+"""
 
 from __future__ import annotations
 
+import inspect
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
-from google.protobuf import any_pb2
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from wacall.api_messages import action_detail, duration
@@ -16,8 +24,16 @@ from wacall.permissions import PlatformRefusal, RuleRefusal
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Status messages echo input at times; they travel in trailers, which clients cap (8 KiB by default).
+MAX_MESSAGE = 1000
+
+
+def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 async def abort(context: Context, code: grpc.StatusCode, message: str, *details: object) -> NoReturn:
+    message = shorten(message)
     packed = []
     for detail in details:
         holder = any_pb2.Any()
@@ -29,6 +45,7 @@ async def abort(context: Context, code: grpc.StatusCode, message: str, *details:
 
 
 async def abort_bad_request(context: Context, field: str, why: str) -> NoReturn:
+    why = shorten(why, MAX_MESSAGE // 2)
     await abort(
         context,
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -136,3 +153,148 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
         f"the platform could not be reached: {error}; {hint}",
         error_details_pb2.RetryInfo(retry_delay=duration(timedelta(seconds=5))),
     )
+
+
+# --- reading request fields ---------------------------------------------------------------------------------------
+
+# google.protobuf.Duration's own range (10,000 years); beyond it the value is not a Duration (and overflows
+# Python's timedelta).
+MAX_DURATION_SECONDS = 315_576_000_000
+MAX_NANOS = 999_999_999
+
+
+def span(value: timedelta) -> str:
+    """A duration for people: '0 s', '90 s', '5 min', '24 h', '30 days'."""
+    seconds = value.total_seconds()
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)} {unit}"
+    return f"{seconds:g} s"
+
+
+async def duration_value(context: Context, value: duration_pb2.Duration, field: str) -> timedelta:
+    """The Duration as a timedelta, or INVALID_ARGUMENT when it is not a valid Duration."""
+    seconds, nanos = value.seconds, value.nanos
+    valid = (
+        abs(seconds) <= MAX_DURATION_SECONDS
+        and abs(nanos) <= MAX_NANOS
+        and not (seconds > 0 and nanos < 0)
+        and not (seconds < 0 and nanos > 0)
+    )
+    if not valid:
+        await abort_bad_request(
+            context, field, "not a valid Duration (seconds within ±315576000000, nanos within ±999999999, one sign)"
+        )
+    return value.ToTimedelta()
+
+
+async def duration_field(
+    context: Context, value: duration_pb2.Duration, field: str, *, minimum: timedelta, maximum: timedelta
+) -> timedelta:
+    """The Duration as a timedelta, or INVALID_ARGUMENT when it is not a valid Duration or outside the range."""
+    result = await duration_value(context, value, field)
+    if not minimum <= result <= maximum:
+        await abort_bad_request(context, field, f"between {span(minimum)} and {span(maximum)}")
+    return result
+
+
+def _control_characters(text: str, allowed: str) -> bool:
+    return any(unicodedata.category(c) == "Cc" and c not in allowed for c in text)
+
+
+async def text_field(context: Context, value: str, field: str, *, max_chars: int, multiline: bool = False) -> str:
+    """Text a person or the platform will read (multiline) or an identifier: bounded, no control characters
+    (NUL and the like; free text may keep line breaks and tabs)."""
+    if len(value) > max_chars:
+        await abort_bad_request(context, field, f"at most {max_chars} characters (got {len(value)})")
+    if _control_characters(value, "\n\r\t" if multiline else ""):
+        await abort_bad_request(context, field, "control characters (such as NUL) are not allowed")
+    return value
+
+
+# --- requests that do not parse -----------------------------------------------------------------------------------
+
+if TYPE_CHECKING:  # generic only in the type stubs
+    Handler = grpc.RpcMethodHandler[Any, Any]
+
+
+async def _parse(deserialize: Callable[[bytes], Any], raw: bytes, context: Context) -> Any:
+    try:
+        return deserialize(raw)
+    except DecodeError as error:
+        await abort_bad_request(context, "request", f"not a valid message of this method's request type: {error}")
+
+
+def _parsing(handler: Handler) -> Handler:
+    """The same handler, reading raw bytes and parsing them itself, so that a parse failure is INVALID_ARGUMENT."""
+    deserialize = handler.request_deserializer
+    assert deserialize is not None
+    serialize = handler.response_serializer
+
+    async def requests(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        async for raw in raw_requests:
+            yield await _parse(deserialize, raw, context)
+
+    if not handler.request_streaming and not handler.response_streaming:
+        unary: Any = handler.unary_unary  # grpc's stubs type the behaviours as synchronous
+        assert unary is not None
+
+        async def unary_unary(raw: bytes, context: Context) -> Any:
+            result = unary(await _parse(deserialize, raw, context), context)
+            return await result if inspect.isawaitable(result) else result
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
+    if not handler.request_streaming:
+        streaming: Any = handler.unary_stream
+        assert streaming is not None
+
+        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
+            async for response in streaming(await _parse(deserialize, raw, context), context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
+    if not handler.response_streaming:
+        collecting: Any = handler.stream_unary
+        assert collecting is not None
+
+        async def stream_unary(raw_requests: AsyncIterator[bytes], context: Context) -> Any:
+            return await collecting(requests(raw_requests, context), context)
+
+        return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
+    bidirectional: Any = handler.stream_stream
+    assert bidirectional is not None
+
+    async def stream_stream(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
+        async for response in bidirectional(requests(raw_requests, context), context):
+            yield response
+
+    return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
+
+
+def _wrappable(handler: Handler) -> bool:
+    if handler.request_deserializer is None:
+        return False
+    # Streaming responses: only generator-style handlers (ours); those that write through the context keep theirs.
+    return not handler.response_streaming or inspect.isasyncgenfunction(handler.unary_stream or handler.stream_stream)
+
+
+class MalformedRequestGuard(grpc.aio.ServerInterceptor):
+    """A request that is not a valid message (corrupt wire format, a string field that is not UTF-8, e.g. a lone
+    surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler | None:
+        handler = await continuation(handler_call_details)
+        if handler is None or not _wrappable(handler):
+            return handler
+        method = handler_call_details.method or ""
+        wrapped = self._wrapped.get(method)
+        if wrapped is None or wrapped[0] is not handler:
+            wrapped = self._wrapped[method] = (handler, _parsing(handler))
+        return wrapped[1]

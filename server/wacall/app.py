@@ -23,7 +23,7 @@ from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
 from wacall.api import CallingServicer
-from wacall.api_errors import Context
+from wacall.api_errors import Context, MalformedRequestGuard
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.clock_service import ClockServicer, restore_position
@@ -211,9 +211,13 @@ class Service:
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
 
-        interceptors = [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
+        interceptors: list[grpc.aio.ServerInterceptor] = (
+            [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
+        )
         # No port sharing: a second service on the same port must fail, not take half of the calls.
-        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(
+            interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
+        )
         self.calls = CallService(
             self.permissions,
             self.graph,

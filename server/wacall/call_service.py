@@ -24,7 +24,7 @@ from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
 from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount
 from wacall.media.leg import AudioLeg
-from wacall.media.sdp import platform_problems
+from wacall.media.sdp import SdpType, platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
 from wacall.permissions import (
     CallItemSkipped,
@@ -57,6 +57,30 @@ AdapterFactory = Callable[[], MediaAdapter]
 
 class CallNotFound(LookupError):
     pass
+
+
+class MediaSetupFailed(Exception):
+    """The call's media could not be set up on our side before it was placed; the call is recorded FAILED."""
+
+    def __init__(self, call_id: str, why: str) -> None:
+        super().__init__(f"{call_id}: {why}")
+        self.call_id = call_id
+        self.why = why
+
+
+class SdpRefused(ValueError):
+    """An SDP (the platform's or our own) fails the platform's checks (media/sdp.py): the call cannot carry audio."""
+
+    def __init__(self, whose: str, sdp_type: SdpType, problems: list[str]) -> None:
+        super().__init__(f"{whose} SDP {sdp_type} cannot carry the call: {'; '.join(problems)}")
+
+
+def check_sdp(sdp: str, sdp_type: SdpType, whose: str) -> str:
+    """The SDP, if it meets the platform's rules; SdpRefused otherwise."""
+    problems = platform_problems(sdp, sdp_type)
+    if problems:
+        raise SdpRefused(whose, sdp_type, problems)
+    return sdp
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,10 +410,8 @@ class CallService:
                 await adapter.attach(_Leg(self, session))
                 offer = await session.leg.create_offer()
                 session.pickup_watch = self.spawn(self._connect_on_first_voice(session))
-            else:
-                problems = platform_problems(offer)
-                if problems:
-                    raise InvalidField("route.webrtc.offer_sdp", "; ".join(problems))
+            # Nothing goes to the platform that it would refuse (the agent's offer was checked by the API).
+            check_sdp(offer, "offer", "our")
             platform_call_id = await self.graph.connect_call(
                 account, await self.permissions.platform_wa_id(user), offer, opaque
             )
@@ -397,11 +419,15 @@ class CallService:
             await self._fail_setup(call_id, error)
             raise PlatformRefusal(error, pair) from error
         except Exception as error:
+            # Media setup on our side (an adapter, aiortc, our own SDP): the call fails before it is placed.
+            log.warning("call %s: media setup failed: %s", call_id, error)
             await self._fail_setup(call_id, error)
-            raise
+            raise MediaSetupFailed(call_id, str(error)) from error
         return await self._bind(call_id, platform_call_id)
 
-    async def _fail_setup(self, call_id: str, error: Exception) -> CallView:
+    async def _fail_setup(self, call_id: str, error: Exception, *, platform_action: str = "") -> CallView:
+        """End the call FAILED with the error as its reason; `platform_action` (terminate, reject) tells the
+        platform when the call exists there. A call that already ended keeps its ending."""
         code = error.code if isinstance(error, GraphError) else None
         error_detail = (
             {"code": error.code, "message": error.message, "details": error.details}
@@ -413,6 +439,8 @@ class CallService:
             now = self.clock.now()
             stored = tx.call(call_id)
             assert stored is not None
+            if _facts_from_json(stored.data["facts"]).state is CallState.ENDED:
+                return stored
             facts = calls.apply(_facts_from_json(stored.data["facts"]), calls.SetupFailed(now, code, str(error)))
             stored = self._save(
                 tx, stored, facts, now, platform_error=error_detail, end_reason=f"setup failed: {error}"
@@ -431,6 +459,12 @@ class CallService:
 
         stored = await self.store.transaction(fail)
         self.permissions.changes.notify()
+        session = self.sessions.get(call_id)
+        if platform_action and stored.platform_call_id and session is not None:
+            try:
+                await self.graph.call_action(session.account, stored.platform_call_id, platform_action)
+            except (GraphError, GraphUnavailable) as graph_error:
+                log.info("%s for %s: %s", platform_action, call_id, graph_error)
         await self._close_session(call_id)
         return self._view(stored)
 
@@ -534,11 +568,16 @@ class CallService:
         if session is None:
             return
         if item.kind == "connect" and item.sdp and item.sdp_type == "answer":
-            if session.leg is not None:
-                # Apply at once: the platform fails calls whose answer is applied late (138007).
-                await session.leg.apply_answer(item.sdp)
-            else:
-                await session.adapter.platform_answer(item.sdp)
+            try:
+                check_sdp(item.sdp, "answer", "the platform's")
+                if session.leg is not None:
+                    # Apply at once: the platform fails calls whose answer is applied late (138007).
+                    await session.leg.apply_answer(item.sdp)
+                else:
+                    await session.adapter.platform_answer(item.sdp)
+            except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
+                log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
+                await self._fail_setup(call_id, error, platform_action="terminate")
         elif item.kind == "accepted":
             await self._connected(session)
         elif item.kind == "terminate":
@@ -556,7 +595,11 @@ class CallService:
     async def _connected(self, session: CallSession) -> None:
         if not session.connected and not session.closed:
             session.connected = True
-            await session.adapter.connected()
+            try:
+                await session.adapter.connected()
+            except Exception as error:  # e.g. a recording that cannot be opened: the user picked up, so end it
+                log.warning("call %s: the route failed after pickup: %s", session.call_id, error)
+                self.spawn(self.end(session.call_id, reason=f"the route failed after pickup: {error}"))
 
     async def _answer_user_call(self, call_id: str, business: str, offer_sdp: str) -> None:
         stored = await self.store.transaction(lambda tx: tx.call(call_id))
@@ -565,9 +608,15 @@ class CallService:
         session = CallSession(call_id, stored.pair, account, self.inbound_route())
         self.sessions[call_id] = session
         try:
+            check_sdp(offer_sdp, "offer", "the platform's")
             session.leg = AudioLeg(name=f"whatsapp {call_id}")
             await session.adapter.attach(_Leg(self, session))
-            answer = await session.leg.accept_offer(offer_sdp)
+            answer = check_sdp(await session.leg.accept_offer(offer_sdp), "answer", "our")
+        except Exception as error:  # nothing was sent yet: refuse the call on the platform
+            log.warning("cannot answer user call %s: %s", call_id, error)
+            await self._fail_setup(call_id, error, platform_action="reject")
+            return
+        try:
             await self.graph.call_action(account, stored.platform_call_id, "pre_accept", answer)
             await self.graph.call_action(account, stored.platform_call_id, "accept", answer)
         except (GraphError, GraphUnavailable) as error:
@@ -589,6 +638,14 @@ class CallService:
     # --- ending -------------------------------------------------------------------------------------------------
 
     async def end(self, call_id: str, *, reason: str = "ended by the business") -> CallView:
+        """End the call. It finishes even when the caller stops waiting (a cancelled RPC, a media stream client
+        that hangs up and goes): once the end is recorded, the platform must hear it and the media must go."""
+        ending = asyncio.ensure_future(self._end(call_id, reason))
+        self._background.add(ending)
+        ending.add_done_callback(self._background.discard)
+        return await asyncio.shield(ending)
+
+    async def _end(self, call_id: str, reason: str) -> CallView:
         def mark(tx: Tx) -> tuple[StoredCall, bool]:
             now = self.clock.now()
             stored = tx.call(call_id)
@@ -623,6 +680,8 @@ class CallService:
         counters = session.counters()
         try:
             await session.adapter.close()
+        except Exception:  # the leg and the session are released whatever the route did
+            log.exception("call %s: closing the route failed", call_id)
         finally:
             if session.leg is not None:
                 await session.leg.close()
@@ -714,23 +773,27 @@ class CallService:
         """MEDIA-1: aiortc has no 'disconnected' state. No audio from the user for `media_timeout` → end the call."""
         while True:
             await asyncio.sleep(1.0)
-            now = time.monotonic()
-            for session in list(self.sessions.values()):
-                if session.leg is None or session.closed:
-                    continue
-                frames = session.leg.consumer.frames if session.leg.consumer else 0
-                if frames != session.last_frames or not session.connected:
-                    # A ringing phone may send nothing; the clock starts once the user picked up.
-                    session.last_frames, session.last_progress = frames, now
-                elif now - session.last_progress > self.media_timeout.total_seconds():
-                    session.last_progress = now
-                    log.warning("call %s: no media from the user for %s", session.call_id, self.media_timeout)
-                    self.spawn(
-                        self.end(
-                            session.call_id,
-                            reason=f"no media from the user for {int(self.media_timeout.total_seconds())} s",
-                        )
+            self._check_media(time.monotonic())
+
+    def _check_media(self, now: float) -> None:
+        # Its own function: a loop variable left in the watchdog's frame would keep the last ended call's peer
+        # connection (and its encoder's threads) alive.
+        for session in list(self.sessions.values()):
+            if session.leg is None or session.closed:
+                continue
+            frames = session.leg.consumer.frames if session.leg.consumer else 0
+            if frames != session.last_frames or not session.connected:
+                # A ringing phone may send nothing; the clock starts once the user picked up.
+                session.last_frames, session.last_progress = frames, now
+            elif now - session.last_progress > self.media_timeout.total_seconds():
+                session.last_progress = now
+                log.warning("call %s: no media from the user for %s", session.call_id, self.media_timeout)
+                self.spawn(
+                    self.end(
+                        session.call_id,
+                        reason=f"no media from the user for {self.media_timeout.total_seconds():g} s",
                     )
+                )
 
     async def close(self) -> None:
         if self._watchdog is not None:

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from wacall_client.testing.v1 import clock_pb2 as pb
 from wacall_client.testing.v1 import clock_pb2_grpc
 
-from wacall.api_errors import Context, abort_bad_request
+from wacall.api_errors import Context, abort_bad_request, duration_value
 from wacall.api_messages import timestamp
 from wacall.clock import ManualClock
 from wacall.store import Store, Tx, from_micros, to_micros
@@ -49,7 +49,7 @@ class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
         return pb.NowResponse(now=timestamp(self.clock.now()))
 
     async def Advance(self, request: pb.AdvanceRequest, context: Context) -> pb.NowResponse:
-        delta = request.duration.ToTimedelta()
+        delta = await duration_value(context, request.duration, "duration")
         if delta < timedelta(0):
             await abort_bad_request(context, "duration", "the clock only moves forward")
         if delta > MAX_ADVANCE:

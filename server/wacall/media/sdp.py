@@ -1,14 +1,35 @@
 """SDP as the platform wants it. Pure text in, text out.
 
 SDP-1: aiortc writes one a=fingerprint line per digest (sha-256, sha-384, sha-512); the platform accepts sha-256
-only. SDP-3: CRLF line endings. The validator is what the simulator enforces, with the platform's error texts.
+only. SDP-3: CRLF line endings.
+
+`platform_problems` is the one check of a WhatsApp call leg's SDP. The simulator applies it to what wacall sends
+(and answers with the platform's error texts); wacall applies it to what the platform sends and to what it produces
+itself before sending anything. `peer_problems` is the part any WebRTC peer must meet (an agent's browser).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Literal
+
+from aiortc.sdp import SessionDescription
+
+SdpType = Literal["offer", "answer"]
 
 FINGERPRINT = re.compile(r"^a=fingerprint:(\S+)\s+(\S+)$", re.IGNORECASE)
+
+# The platform's own words (error 100 details) where it has them.
+NOT_AN_SDP = "Not a valid SDP"
+NO_FINGERPRINT = "No fingerprint found in SDP"
+NOT_SHA256 = "Fingerprint algo is not SHA256"
+NO_OPUS = "No Opus codec found in SDP"
+ONE_AUDIO = "SDP must contain exactly one audio media section"
+NO_AUDIO = "No audio media section found in SDP"
+AUDIO_REFUSED = "The audio media section is refused (port 0)"
+NO_ICE_CREDENTIALS = "No ICE credentials (a=ice-ufrag and a=ice-pwd) found in SDP"
+NO_RTCP_MUX = "No a=rtcp-mux found in SDP"
+ANSWER_SETUP = "An answer's a=setup must be active or passive"
 
 
 def lines(sdp: str) -> list[str]:
@@ -30,19 +51,55 @@ def only_sha256_fingerprint(sdp: str) -> str:
     return with_crlf(kept)
 
 
-def platform_problems(sdp: str) -> list[str]:
-    """Why the platform would refuse this SDP (error 100), in its own words; empty when acceptable."""
+def _parse(sdp: str) -> SessionDescription | None:
+    try:
+        return SessionDescription.parse(sdp)
+    except (ValueError, AssertionError, IndexError, KeyError, TypeError):
+        return None  # aiortc's parser asserts on lines it cannot read
+
+
+def _problems(sdp: str, sdp_type: SdpType, *, whatsapp: bool) -> list[str]:
+    parsed = _parse(sdp)
+    if parsed is None or not sdp.lstrip().startswith("v=0"):
+        return [NOT_AN_SDP]
     body = lines(sdp)
     problems = []
-    fingerprints = [FINGERPRINT.match(line) for line in body]
-    algorithms = [m.group(1).lower() for m in fingerprints if m]
+    algorithms = [m.group(1).lower() for m in map(FINGERPRINT.match, body) if m]
     if not algorithms:
-        problems.append("No fingerprint found in SDP")
-    elif any(a != "sha-256" for a in algorithms):
-        problems.append("Fingerprint algo is not SHA256")
-    if not any(line.lower().startswith("a=rtpmap:") and "opus/48000" in line.lower() for line in body):
-        problems.append("No Opus codec found in SDP")
-    audio = [line for line in body if line.startswith("m=audio")]
-    if len(audio) != 1 or any(line.startswith("m=") and not line.startswith("m=audio") for line in body):
-        problems.append("SDP must contain exactly one audio media section")
+        problems.append(NO_FINGERPRINT)
+    elif whatsapp and any(a != "sha-256" for a in algorithms):
+        problems.append(NOT_SHA256)
+    audio = [media for media in parsed.media if media.kind == "audio"]
+    if whatsapp and not any(
+        c.mimeType.lower() == "audio/opus" and c.clockRate == 48000 for m in audio for c in m.rtp.codecs
+    ):
+        problems.append(NO_OPUS)
+    if whatsapp and (len(audio) != 1 or len(parsed.media) != 1):
+        problems.append(ONE_AUDIO)
+    elif not audio:
+        problems.append(NO_AUDIO)
+    if not audio:
+        return problems
+    section = audio[0]
+    if section.port == 0:
+        problems.append(AUDIO_REFUSED)
+    if section.ice is None or not section.ice.usernameFragment or not section.ice.password:
+        problems.append(NO_ICE_CREDENTIALS)
+    if not section.rtcp_mux:
+        problems.append(NO_RTCP_MUX)
+    if sdp_type == "answer" and (section.dtls is None or section.dtls.role not in ("client", "server")):
+        problems.append(ANSWER_SETUP)
     return problems
+
+
+def platform_problems(sdp: str, sdp_type: SdpType) -> list[str]:
+    """Why this SDP cannot carry a WhatsApp call (the platform answers such SDP with error 100), in the platform's
+    words; empty when acceptable: one audio section with Opus/48000, a sha-256 fingerprint only, ICE credentials,
+    rtcp-mux, and in an answer a DTLS role (SDP-7)."""
+    return _problems(sdp, sdp_type, whatsapp=True)
+
+
+def peer_problems(sdp: str, sdp_type: SdpType) -> list[str]:
+    """Why this SDP cannot set up an audio leg with any WebRTC peer (codecs and extra sections are the peer's
+    business); empty when acceptable."""
+    return _problems(sdp, sdp_type, whatsapp=False)

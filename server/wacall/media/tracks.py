@@ -121,6 +121,20 @@ def decode_file(path: str) -> bytes:
     return bytes(out)
 
 
+def audio_problem(path: str) -> str | None:
+    """Why `decode_file` cannot play this file (not a media file, no audio stream, undecodable), or None. Reads
+    only the start of the file: cheap enough to check a request before anything happens."""
+    try:
+        with av.open(path) as container:
+            if not container.streams.audio:
+                return "the file has no audio stream"
+            for _ in container.decode(audio=0):
+                return None
+            return "the file's audio stream holds no sound"
+    except (av.FFmpegError, OSError, ValueError, UnicodeError) as error:
+        return f"not an audio file this service can decode ({type(error).__name__})"
+
+
 def level(frame: bytes) -> float:
     """RMS level of a PCM16 frame, 0..1."""
     count = len(frame) // 2

@@ -55,9 +55,12 @@ class PhoneCall:
         self.frames_sent = self.leg.outgoing.audible_frames_sent
 
     async def close(self) -> None:
+        """Close the phone's leg and let it go: ended calls stay listed (GetPhoneCall), and a closed peer
+        connection still holds its Opus encoder, whose native threads live as long as the encoder (MEDIA-3)."""
         self.refresh_stats()
-        if self.leg is not None:
-            await self.leg.close()
+        leg, self.leg = self.leg, None
+        if leg is not None:
+            await leg.close()
 
 
 def new_wacid() -> str:

@@ -509,7 +509,7 @@ class SimulatedPlatform:
                 raise GraphFailure(400, 100, f"(#100) {action} applies only to user-initiated calls")
             if session is None or session.get("sdp_type") != "answer":
                 raise GraphFailure(400, 100, '(#100) session with sdp_type "answer" is required')
-            problems = platform_problems(str(session.get("sdp", "")))
+            problems = platform_problems(str(session.get("sdp", "")), "answer")
             if problems:
                 raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
             assert call.leg is not None
@@ -532,7 +532,7 @@ class SimulatedPlatform:
         if session is None or session.get("sdp_type") != "offer" or not session.get("sdp"):
             raise GraphFailure(400, 100, '(#100) session with sdp_type "offer" and an sdp is required')
         offer = str(session["sdp"])
-        problems = platform_problems(offer)
+        problems = platform_problems(offer, "offer")
         if problems:
             raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
         now = self.clock.now()
@@ -696,9 +696,12 @@ class SimulatedPlatform:
     async def _wait_for_business(self, account: SenderAccount, call: PhoneCall, behavior: SimUser) -> None:
         answered = asyncio.ensure_future(call.answered.wait())
         timeout = asyncio.ensure_future(self.clock.sleep(timedelta(seconds=60)))
-        done, pending = await asyncio.wait({answered, timeout}, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
-            task.cancel()
+        try:
+            done, _ = await asyncio.wait({answered, timeout}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Also when the user hangs up first (this task is cancelled): neither waiter may outlive the call.
+            answered.cancel()
+            timeout.cancel()
         if answered not in done:
             await self._end(account, call, by_business=False)
             return

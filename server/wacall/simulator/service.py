@@ -11,9 +11,10 @@ import grpc
 from wacall_client.sim.v1 import simulator_pb2 as pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition
+from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition, duration_field, text_field
 from wacall.api_messages import timestamp
 from wacall.engine import PermissionState, effective_state
+from wacall.media.tracks import audio_problem
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.simulator.phone import OnCall, PhoneCall
 from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
@@ -25,6 +26,9 @@ ON_CALL_BY_PB = {v: k for k, v in ON_CALL.items()}
 MAX_TEXT = 4096
 MAX_DELAY = timedelta(days=30)
 DEFAULT_TONE_HZ = SimUser.tone_hz
+MAX_NUMBER_CHARS = 32
+MAX_ID = 128
+MAX_PATH = 4096
 
 
 def behavior_message(user: SimUser) -> pb.UserBehavior:
@@ -62,6 +66,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         self.platform = platform
 
     async def _number(self, context: Context, value: str, field: str) -> PhoneNumber:
+        await text_field(context, value, field, max_chars=MAX_NUMBER_CHARS)
         try:
             return parse_number(value, field)
         except InvalidNumber as error:
@@ -87,18 +92,22 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             await abort_bad_request(context, "on_permission_request", "unknown value")
         if request.on_call not in ON_CALL_BY_PB and request.on_call != 0:
             await abort_bad_request(context, "on_call", "unknown value")
-        if request.wa_id and not request.wa_id.isdigit():
+        if request.wa_id and not (request.wa_id.isascii() and request.wa_id.isdigit() and len(request.wa_id) <= 20):
             await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
-        if request.say_file and not os.path.isfile(request.say_file):
-            await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
+        if request.say_file:
+            await text_field(context, request.say_file, "say_file", max_chars=MAX_PATH)
+            if not os.path.isfile(request.say_file):
+                await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
+            problem = audio_problem(request.say_file)
+            if problem is not None:
+                await abort_bad_request(context, "say_file", f"{request.say_file}: {problem}")
         changes: dict[str, object] = {}
         for name in ("reply_delay", "ring_duration", "talk_duration"):
             if not request.HasField(name):
                 continue
-            value = getattr(request, name).ToTimedelta()
-            if value < timedelta(0) or value > MAX_DELAY:
-                await abort_bad_request(context, name, "between 0 and 30 days")
-            changes[name] = value
+            changes[name] = await duration_field(
+                context, getattr(request, name), name, minimum=timedelta(0), maximum=MAX_DELAY
+            )
         if not -1 <= request.tone_hz <= 20000 and request.tone_hz != 0:
             await abort_bad_request(context, "tone_hz", "0 (default 880 Hz), a frequency up to 20000, or -1 (silence)")
         if request.on_permission_request:
@@ -120,8 +129,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
     async def SendUserMessage(self, request: pb.SendUserMessageRequest, context: Context) -> pb.SendUserMessageResponse:
         business = await self._number(context, request.business_number, "business_number")
         user = await self._number(context, request.user_number, "user_number")
-        if len(request.text) > MAX_TEXT:
-            await abort_bad_request(context, "text", f"at most {MAX_TEXT} characters")
+        await text_field(context, request.text, "text", max_chars=MAX_TEXT, multiline=True)
         message_id = await self.platform.user_sends_message(business, user, request.text or "Hello")
         return pb.SendUserMessageResponse(message_id=message_id)
 
@@ -169,6 +177,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         return await self._permission(business, user)
 
     async def _phone_call(self, context: Context, platform_call_id: str) -> PhoneCall:
+        await text_field(context, platform_call_id, "platform_call_id", max_chars=MAX_ID)
         call = self.platform.calls.get(platform_call_id)
         if call is None:
             await abort(
@@ -197,9 +206,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         self, request: pb.RestrictBusinessRequest, context: Context
     ) -> pb.RestrictBusinessResponse:
         business = await self._number(context, request.business_number, "business_number")
-        duration = request.duration.ToTimedelta()
-        if duration < timedelta(0) or duration > MAX_DELAY:
-            await abort_bad_request(context, "duration", "between 0 (lift the pause) and 30 days")
+        duration = await duration_field(context, request.duration, "duration", minimum=timedelta(0), maximum=MAX_DELAY)
         until = await self.platform.restrict_business(business, duration)
         return pb.RestrictBusinessResponse(restricted_until=timestamp(until))
 
