@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wacall.graph import SenderAccount, TemplateRef
 from wacall.numbers import InvalidNumber, parse_number
 from wacall.policy import PRESETS, Policy, PolicyError, load_policy
+from wacall.upstreams.base import TemplateRef
+from wacall.upstreams.meta.accounts import SenderAccount
 
 
 class ConfigError(ValueError):

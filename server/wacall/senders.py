@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from wacall.graph import SenderAccount
 from wacall.numbers import PhoneNumber
+from wacall.upstreams.meta.accounts import SenderAccount
 
 
 class UnknownSender(LookupError):

@@ -30,15 +30,16 @@ from aiohttp import web
 from wacall import engine
 from wacall.clock import Clock
 from wacall.engine import Ledger, PermissionState, Source
-from wacall.graph import SenderAccount, TemplateRef
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import platform_problems
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.policy import Policy
-from wacall.simulator import payloads
 from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall, new_wacid, voice
 from wacall.store import from_micros, ledger_from_json, ledger_to_json, to_micros
-from wacall.webhooks import SIGNATURE_HEADER, sign
+from wacall.upstreams.base import TemplateRef
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 

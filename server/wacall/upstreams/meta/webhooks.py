@@ -23,7 +23,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from wacall.permissions import PermissionService
-from wacall.webhook_payloads import MalformedWebhook, TimeWindow, parse
+from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, parse
 
 log = logging.getLogger(__name__)
 
