@@ -200,6 +200,31 @@ def read_call_permissions(body: Mapping[str, Any]) -> PlatformPermission:
     )
 
 
+def call_permissions_answer(permission: PlatformPermission) -> dict[str, Any]:
+    body: dict[str, Any] = {"status": permission.status}
+    if permission.expires_at is not None:
+        body["expiration_time"] = int(permission.expires_at.timestamp())
+
+    def limit(item: PlatformLimit) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "time_period": item.time_period,
+            "max_allowed": item.max_allowed,
+            "current_usage": item.current_usage,
+        }
+        if item.limit_expiration_time is not None:
+            out["limit_expiration_time"] = int(item.limit_expiration_time.timestamp())
+        return out
+
+    return {
+        "messaging_product": MESSAGING_PRODUCT,
+        "permission": body,
+        "actions": [
+            {"action_name": name, "can_perform_action": allowed, "limits": [limit(item) for item in limits]}
+            for name, (allowed, limits) in permission.actions.items()
+        ],
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorBody:
     code: int
