@@ -50,9 +50,8 @@ from wacall.permissions import (
     RequestOutcomeUnknown,
     RuleRefusal,
 )
-from wacall.senders import UnknownSender
 from wacall.store import to_micros
-from wacall.upstreams.base import TemplateRef
+from wacall.upstreams.base import TemplateRef, UnknownSender
 from wacall_adapters.announcement import AnnouncementAdapter
 from wacall_adapters.base import MediaAdapter
 from wacall_adapters.media_stream import MediaStreamAdapter

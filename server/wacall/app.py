@@ -29,11 +29,11 @@ from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.clock_service import ClockServicer, restore_position
 from wacall.config import Settings
 from wacall.permissions import PermissionService
-from wacall.senders import ConfiguredSenders, ProvisioningSenders, SenderDirectory
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
 from wacall.store import Store, open_store
 from wacall.upstreams.meta.graph import GraphClient
+from wacall.upstreams.meta.senders import ConfiguredSenders, MetaSenderDirectory, ProvisioningSenders
 from wacall.upstreams.meta.upstream import MetaUpstream
 from wacall.upstreams.meta.webhooks import (
     WEBHOOK_PATH,
@@ -154,7 +154,7 @@ class Service:
         if isinstance(self.clock, ManualClock):
             await restore_position(self.clock, self.store)
         graph_address: str | None = None
-        senders: SenderDirectory
+        senders: MetaSenderDirectory
         if settings.upstream == "sim":
             self.platform = SimulatedPlatform(
                 self.clock,
@@ -195,6 +195,7 @@ class Service:
         http_app.add_routes(
             webhook_routes(
                 self.permissions,
+                senders,
                 lambda: settings.webhook_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),

@@ -31,15 +31,16 @@ from wacall.engine import (
 )
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
-from wacall.senders import SenderDirectory, UnknownSender
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
 from wacall.upstreams.base import (
     Account,
     PermissionAction,
     PermissionStatus,
     PlatformPermission,
+    SenderDirectory,
     SentMessage,
     TemplateRef,
+    UnknownSender,
     Upstream,
     UpstreamRefusal,
 )
@@ -735,25 +736,6 @@ class PermissionService:
 
     # --- webhooks -----------------------------------------------------------------------------------------------
 
-    def _business_for(self, item: WebhookItem) -> str | None:
-        if isinstance(item, Ignored):
-            return None
-        if isinstance(item, BusinessRestriction) and not item.phone_number_id:
-            try:
-                number = parse_number(item.display_number, "phone_number")
-                return self.senders.account_for(number).business_number
-            except (ValueError, UnknownSender):
-                log.warning("account_update for unknown number %s ignored", item.display_number)
-                return None
-        return self._business_of(item.phone_number_id)
-
-    def _business_of(self, phone_number_id: str) -> str | None:
-        account = self.senders.by_phone_number_id(phone_number_id)
-        if account is None:
-            log.warning("webhook for unknown phone_number_id %s ignored", phone_number_id)
-            return None
-        return account.business_number
-
     @staticmethod
     def user_pair(tx: Tx, business: str, wa_id: str, context_id: str | None) -> Pair | None:
         """The pair a webhook item is about: by the request it answers first, then by the user's identity."""
@@ -804,10 +786,10 @@ class PermissionService:
                 return engine.UserMessage(item.timestamp), {"message_id": item.message_id, "type": item.type}
         return None
 
-    async def ingest(self, body: bytes, items: list[WebhookItem]) -> IngestResult:
-        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200."""
-        # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
-        resolved = [(item, self._business_for(item)) for item in items]
+    async def ingest(self, body: bytes, resolved: list[tuple[WebhookItem, str | None]]) -> IngestResult:
+        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200.
+
+        Each item comes with the business number it is for (None: not one of ours), as the ingress resolved it."""
 
         after_commit: list[AfterCommit] = []
 

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from wacall.engine import Reason
+from wacall.numbers import PhoneNumber
 
 
 class UpstreamReason(enum.Enum):
@@ -168,3 +169,18 @@ class Upstream(Protocol):
     async def call_action(self, account: Account, call_id: str, action: CallAction, answer_sdp: str = "") -> None: ...
 
     async def close(self) -> None: ...
+
+
+class UnknownSender(LookupError):
+    def __init__(self, business_number: str) -> None:
+        super().__init__(
+            f"business number {business_number} is not a configured sender: add it under [[senders]] in the "
+            "configuration file"
+        )
+        self.business_number = business_number
+
+
+class SenderDirectory(Protocol):
+    """Which account sends for a business number. Raises `UnknownSender` for a number nobody sends for."""
+
+    def account_for(self, business: PhoneNumber) -> Account: ...
