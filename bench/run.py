@@ -30,9 +30,9 @@ from aiohttp import web
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.graph import SenderAccount
-from wacall.simulator import payloads
-from wacall.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 ROOT = Path(__file__).resolve().parent.parent
 BUSINESS = "+447911123456"  # GetPermission pairs

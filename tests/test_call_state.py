@@ -30,12 +30,17 @@ from wacall.calls import (
     SetupFailed,
     Terminated,
 )
-from wacall.errors import CALL_SETUP_FAILURES
 from wacall.policy import SEED
+from wacall.upstreams.meta.errors import CALL_SETUP_FAILURES, meta_error
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 BIC = Direction.BUSINESS_INITIATED
 UIC = Direction.USER_INITIATED
+
+
+def terminated(when: datetime, codes: tuple[int, ...]) -> Terminated:
+    """A terminate carrying the platform's error codes, classified by Meta's error table as the upstream does."""
+    return Terminated(when, error_codes=codes, setup_failed=any(meta_error(code).fails_call_setup for code in codes))
 
 
 def at(seconds: float) -> datetime:
@@ -145,8 +150,8 @@ def test_a_duplicate_accepted_keeps_the_first_answer_time() -> None:
 
 
 def test_a_duplicate_terminate_keeps_the_end_time_duration_and_merges_error_codes() -> None:
-    first = Terminated(at(30), error_codes=(138021,))
-    facts = fold([Connect(at(0)), first, first, Terminated(at(31), error_codes=(138022,))])
+    first = terminated(at(30), (138021,))
+    facts = fold([Connect(at(0)), first, first, terminated(at(31), (138022,))])
     assert facts.ended_at == at(30)
     assert facts.error_codes == (138021, 138022)
     assert facts.outcome is CallOutcome.UNANSWERED
@@ -219,7 +224,7 @@ def test_answered_wins_over_rejected() -> None:
 
 
 def test_rejected_wins_over_setup_error_codes() -> None:
-    facts = fold([Rejected(at(2)), Terminated(at(3), error_codes=(138019,))])
+    facts = fold([Rejected(at(2)), terminated(at(3), (138019,))])
     assert facts.outcome is CallOutcome.REJECTED
 
 
@@ -257,19 +262,19 @@ def test_rejected_wins_over_cancelled() -> None:
 
 
 def test_cancelled_wins_over_setup_error_codes() -> None:
-    facts = fold([Connect(at(0)), EndedByBusiness(at(3)), Terminated(at(4), error_codes=(138007,))])
+    facts = fold([Connect(at(0)), EndedByBusiness(at(3)), terminated(at(4), (138007,))])
     assert facts.outcome is CallOutcome.CANCELLED
 
 
 @pytest.mark.parametrize("code", [138004, 138007, 138019, 138020])
 def test_setup_error_codes_in_terminate_are_failed(code: int) -> None:
-    facts = fold([Connect(at(0)), Terminated(at(10), error_codes=(code,))])
+    facts = fold([Connect(at(0)), terminated(at(10), (code,))])
     assert facts.outcome is CallOutcome.FAILED
 
 
 @pytest.mark.parametrize("code", [138021, 138022, 138023, 131026])
 def test_other_error_codes_in_terminate_are_unanswered(code: int) -> None:
-    facts = fold([Connect(at(0)), Terminated(at(10), error_codes=(code,))])
+    facts = fold([Connect(at(0)), terminated(at(10), (code,))])
     assert facts.outcome is CallOutcome.UNANSWERED
 
 
@@ -351,7 +356,7 @@ def test_answered_user_call_tells_the_ledger_a_connected_call_not_business_initi
         pytest.param([Connect(at(0)), Ringing(at(1)), Terminated(at(40))], id="unanswered"),
         pytest.param([Connect(at(0)), Ringing(at(1)), Rejected(at(40)), Terminated(at(40))], id="rejected"),
         pytest.param([Terminated(at(40)), Rejected(at(40)), Connect(at(0))], id="rejected-out-of-order"),
-        pytest.param([Connect(at(0)), Terminated(at(40), error_codes=(138021,))], id="media-timeout"),
+        pytest.param([Connect(at(0)), terminated(at(40), (138021,))], id="media-timeout"),
     ],
 )
 def test_unanswered_or_rejected_business_call_tells_the_ledger_one_unanswered_call_at_its_end(
@@ -373,7 +378,7 @@ def test_unanswered_is_not_told_before_the_call_ends() -> None:
 @pytest.mark.parametrize(
     "events",
     [
-        pytest.param([Connect(at(0)), Terminated(at(10), error_codes=(138007,))], id="failed-setup-code"),
+        pytest.param([Connect(at(0)), terminated(at(10), (138007,))], id="failed-setup-code"),
         pytest.param([SetupFailed(at(0), error_code=138004)], id="setup-failed"),
         pytest.param([Connect(at(0)), Ringing(at(1)), EndedByBusiness(at(5)), Terminated(at(6))], id="cancelled"),
     ],
@@ -452,9 +457,9 @@ def webhook_sets(draw: st.DrawFn) -> list[CallEvent]:
         case "rejected":
             events += [Rejected(at(answer)), Terminated(at(answer))]
         case "unanswered":
-            events.append(Terminated(at(end), error_codes=draw(st.sampled_from([(), (138021,), (138023,)]))))
+            events.append(terminated(at(end), draw(st.sampled_from([(), (138021,), (138023,)]))))
         case "failed":
-            events.append(Terminated(at(end), error_codes=(draw(st.sampled_from(sorted(CALL_SETUP_FAILURES))),)))
+            events.append(terminated(at(end), (draw(st.sampled_from(sorted(CALL_SETUP_FAILURES))),)))
     return events
 
 

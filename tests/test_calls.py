@@ -24,10 +24,10 @@ from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall.graph import GraphClient, GraphError
 from wacall.media.tracks import level
 from wacall.numbers import parse_number
 from wacall.simulator.platform import GRAPH_VERSION
+from wacall.upstreams.meta.graph import GraphClient, GraphError
 
 STREAM = pb.Route(media_stream=pb.MediaStreamRoute())
 

@@ -32,8 +32,9 @@ from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.graph import PlatformLimit, PlatformPermission, SenderAccount, TemplateRef, limit_window
 from wacall.permissions import platform_counted_none
+from wacall.upstreams.base import PlatformLimit, PlatformPermission, TemplateRef, limit_window
+from wacall.upstreams.meta.accounts import SenderAccount
 
 # Seconds after a burst starts at which the process is killed: before, during and near the end of the sends.
 KILL_AFTER = (0.02, 0.1, 0.25, 0.4, 0.6, 0.9)

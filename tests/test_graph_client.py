@@ -1,4 +1,4 @@
-"""wacall.graph.GraphClient: request shapes (whatsapp-calling.md §4, §5.1, §5.2), errors (§8) and retry rules.
+"""wacall.upstreams.meta.graph.GraphClient: request shapes (whatsapp-calling.md §4, §5.1, §5.2), errors (§8), retries.
 
 Most tests run against httpx.MockTransport handlers (in process, no network). The last ones talk HTTP to the
 embedded simulator of a running service.
@@ -16,17 +16,12 @@ import httpx
 import pytest
 from conftest import BUSINESS, USER, Running
 
-from wacall.graph import (
-    GraphClient,
-    GraphError,
-    GraphUnavailable,
-    SenderAccount,
-    SentMessage,
-    TemplateRef,
-    parse_call_permissions,
-)
 from wacall.numbers import parse_number
 from wacall.simulator.platform import GRAPH_VERSION
+from wacall.upstreams.base import SentMessage, TemplateRef
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.graph import GraphClient, GraphError, GraphUnavailable
+from wacall.upstreams.meta.wire import read_call_permissions as parse_call_permissions
 
 BASE = "https://graph.example.test/v23.0"
 ACCOUNT = SenderAccount(
@@ -419,7 +414,7 @@ async def test_simulator_refuses_a_second_template_request_within_24_hours(wacal
         assert account.default_template is not None
         first = await client.send_permission_request_template(account, user, account.default_template)
         assert first.message_id.startswith("wamid.")
-        assert first.wa_id == user
+        assert first.user_id == user
 
         permission = await client.call_permissions(account, user)
         assert permission.status == "no_permission"

@@ -19,7 +19,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import only_sha256_fingerprint
 from wacall.media.tracks import ToneSource, level
-from wacall.simulator import payloads
+from wacall.upstreams.meta import wire as payloads
 
 
 def tone_frame(rate: int, frequency: float, index: int) -> bytes:

@@ -26,7 +26,7 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import engine
-from wacall.graph import SenderAccount
+from wacall.upstreams.meta.accounts import SenderAccount
 
 
 async def test_new_pair_has_no_permission_and_may_be_asked_by_template(wacall: Running) -> None:

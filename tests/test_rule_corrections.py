@@ -41,9 +41,9 @@ from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import engine
 from wacall.numbers import parse_number
-from wacall.simulator import payloads
 from wacall.store import SCHEMA, SqliteStore, StoreError, ledger_from_json, ledger_to_json, to_micros
-from wacall.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 STREAM = pb.Route(media_stream=pb.MediaStreamRoute())
 MICROSECOND = 1e-6

@@ -19,10 +19,10 @@ from wacall.call_service import SdpRefused, check_sdp
 from wacall.media import sdp
 from wacall.media.leg import AudioLeg
 from wacall.numbers import parse_number
-from wacall.simulator import payloads
 from wacall.simulator.phone import PhoneCall
 from wacall.simulator.platform import SimulatedPlatform
-from wacall.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 STREAM = pb.Route(media_stream=pb.MediaStreamRoute())
 

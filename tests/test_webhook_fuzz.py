@@ -38,17 +38,17 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.app import Addresses, Service
-from wacall.graph import SenderAccount
 from wacall.numbers import parse_number
-from wacall.simulator import payloads
-from wacall.webhook_payloads import (
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.webhook_payloads import (
     CallEventItem,
     MalformedWebhook,
     PermissionReply,
     TimeWindow,
     parse,
 )
-from wacall.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""wacall.webhook_payloads.parse: pure parsing of webhook bodies (whatsapp-calling.md §6, pitfalls.md HOOK-7)."""
+"""upstreams.meta.webhook_payloads.parse: pure parsing of webhook bodies (whatsapp-calling.md §6, HOOK-7)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from wacall.graph import SenderAccount
 from wacall.numbers import InvalidNumber, number_of_wa_id
-from wacall.simulator import payloads
-from wacall.webhook_payloads import (
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.webhook_payloads import (
     BusinessRestriction,
     Ignored,
     InboundMessage,

@@ -22,10 +22,10 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.config import ConfigError, load_settings
-from wacall.graph import SenderAccount
 from wacall.numbers import parse_number
-from wacall.simulator import payloads
-from wacall.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 # --- helpers ------------------------------------------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from wacall.api_errors import (
 from wacall.api_messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
 from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, CallView, MediaSetupFailed
 from wacall.calls import CallState
-from wacall.graph import TemplateRef
 from wacall.media.sdp import only_sha256_fingerprint, peer_problems, platform_problems
 from wacall.media.tracks import Framer, PcmResampler, audio_problem
 from wacall.numbers import InvalidNumber, parse_number
@@ -51,8 +50,8 @@ from wacall.permissions import (
     RequestOutcomeUnknown,
     RuleRefusal,
 )
-from wacall.senders import UnknownSender
 from wacall.store import to_micros
+from wacall.upstreams.base import TemplateRef, UnknownSender
 from wacall_adapters.announcement import AnnouncementAdapter
 from wacall_adapters.base import MediaAdapter
 from wacall_adapters.media_stream import MediaStreamAdapter

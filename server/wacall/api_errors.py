@@ -18,9 +18,9 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from wacall.api_messages import action_detail, duration
-from wacall.errors import REASONS, platform_error
-from wacall.graph import GraphError
+from wacall.errors import REASONS, refusal_status
 from wacall.permissions import PlatformRefusal, RuleRefusal
+from wacall.upstreams.base import UpstreamUnavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -118,33 +118,30 @@ def _window_text(window: timedelta) -> str:
 async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn:
     error = refusal.error
     subject = f"{refusal.pair.business}:{refusal.pair.user}"
-    if isinstance(error, GraphError):
-        info = platform_error(error.code)
-        message = f"the platform refused the request: error {error.code} ({info.meaning}): {error.message}"
-        if info.status is grpc.StatusCode.RESOURCE_EXHAUSTED:
+    if not isinstance(error, UpstreamUnavailable):
+        status = refusal_status(error.reason)
+        code = error.platform_code
+        message = f"the platform refused the request: error {code} ({error.meaning}): {error.message}"
+        if status is grpc.StatusCode.RESOURCE_EXHAUSTED:
             await abort(
                 context,
-                info.status,
+                status,
                 message,
                 error_details_pb2.QuotaFailure(
                     violations=[error_details_pb2.QuotaFailure.Violation(subject=subject, description=message)]
                 ),
             )
-        if info.status is grpc.StatusCode.FAILED_PRECONDITION:
-            await abort_precondition(context, f"PLATFORM_{error.code}", subject, info.meaning, message)
+        if status is grpc.StatusCode.FAILED_PRECONDITION:
+            await abort_precondition(context, f"PLATFORM_{code}", subject, error.meaning, message)
         await abort(
             context,
-            info.status,
+            status,
             message,
-            error_details_pb2.ErrorInfo(
-                reason=f"PLATFORM_{error.code}",
-                domain="graph.facebook.com",
-                metadata={"details": error.details, "http_status": str(error.http_status)},
-            ),
+            error_details_pb2.ErrorInfo(reason=f"PLATFORM_{code}", domain=error.platform, metadata=error.details),
         )
     hint = (
         "it may have been delivered: it stays counted until settled; retry with the same idempotency_key to learn how"
-        if error.maybe_sent
+        if error.may_have_been_sent
         else "nothing was sent; retry later"
     )
     await abort(

@@ -28,13 +28,14 @@ from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.clock_service import ClockServicer, restore_position
 from wacall.config import Settings
-from wacall.graph import GraphClient
 from wacall.permissions import PermissionService
-from wacall.senders import ConfiguredSenders, ProvisioningSenders, SenderDirectory
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
 from wacall.store import Store, open_store
-from wacall.webhooks import (
+from wacall.upstreams.meta.graph import GraphClient
+from wacall.upstreams.meta.senders import ConfiguredSenders, MetaSenderDirectory, ProvisioningSenders
+from wacall.upstreams.meta.upstream import MetaUpstream
+from wacall.upstreams.meta.webhooks import (
     WEBHOOK_PATH,
     ConnectionLimits,
     HttpGuard,
@@ -129,7 +130,7 @@ class Service:
         self.clock: Clock = ManualClock() if settings.clock == "manual" else SystemClock()
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
-        self.graph: GraphClient | None = None
+        self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -153,7 +154,7 @@ class Service:
         if isinstance(self.clock, ManualClock):
             await restore_position(self.clock, self.store)
         graph_address: str | None = None
-        senders: SenderDirectory
+        senders: MetaSenderDirectory
         if settings.upstream == "sim":
             self.platform = SimulatedPlatform(
                 self.clock,
@@ -170,7 +171,8 @@ class Service:
             await site.start()
             port = self._sim_runner.addresses[0][1]
             graph_address = f"http://127.0.0.1:{port}"
-            self.graph = GraphClient(f"{graph_address}/{GRAPH_VERSION}")
+            # The service talks to the simulator over HTTP, exactly as to Meta.
+            self.upstream = MetaUpstream(GraphClient(f"{graph_address}/{GRAPH_VERSION}"))
             platform = self.platform
             for account in settings.senders:
                 platform.register(account)
@@ -178,14 +180,14 @@ class Service:
                 settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
             )
         else:
-            self.graph = GraphClient(settings.graph_base_url)
+            self.upstream = MetaUpstream(GraphClient(settings.graph_base_url))
             senders = ConfiguredSenders(settings.senders)
         self.permissions = PermissionService(
             self.store,
             self.clock,
             self.policy,
             senders,
-            self.graph,
+            self.upstream,
             reservation_grace=timedelta(seconds=settings.reservation_grace_seconds),
         )
 
@@ -193,6 +195,7 @@ class Service:
         http_app.add_routes(
             webhook_routes(
                 self.permissions,
+                senders,
                 lambda: settings.webhook_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
@@ -220,7 +223,7 @@ class Service:
         )
         self.calls = CallService(
             self.permissions,
-            self.graph,
+            self.upstream,
             inbound_route=self._inbound_route(),
             inbound_route_name=settings.inbound_route,
             media_timeout=timedelta(seconds=settings.media_timeout_seconds),
@@ -277,8 +280,8 @@ class Service:
             await self.platform.close()
         if self._sim_runner is not None:
             await self._sim_runner.cleanup()
-        if self.graph is not None:
-            await self.graph.close()
+        if self.upstream is not None:
+            await self.upstream.close()
         if self.store is not None:
             await self.store.close()
         if self._executor is not None:

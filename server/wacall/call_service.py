@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from wacall import calls, engine, errors
+from wacall import calls, engine
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
-from wacall.graph import GraphClient, GraphError, GraphUnavailable, SenderAccount
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
@@ -45,7 +44,8 @@ from wacall.store import (
     optional_micros,
     to_micros,
 )
-from wacall.webhook_payloads import CallEventItem
+from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
+from wacall.upstreams.meta.webhook_payloads import CallEventItem
 from wacall_adapters.base import MediaAdapter
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,12 @@ def _event_from_item(item: CallEventItem) -> calls.CallEvent | None:
             return calls.Rejected(item.timestamp)
         case "terminate":
             return calls.Terminated(
-                item.timestamp, item.start_time, item.end_time, item.duration_seconds, item.error_codes
+                item.timestamp,
+                item.start_time,
+                item.end_time,
+                item.duration_seconds,
+                item.error_codes,
+                setup_failed=item.fails_call_setup,
             )
     return None
 
@@ -204,7 +209,7 @@ def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
 class CallSession:
     call_id: str
     pair: Pair
-    account: SenderAccount
+    account: Account
     adapter: MediaAdapter
     leg: AudioLeg | None = None
     connected: bool = False
@@ -251,7 +256,7 @@ class CallService:
     def __init__(
         self,
         permissions: PermissionService,
-        graph: GraphClient,
+        upstream: Upstream,
         *,
         inbound_route: AdapterFactory,
         inbound_route_name: str = "announcement",
@@ -260,7 +265,7 @@ class CallService:
         self.permissions = permissions
         self.store = permissions.store
         self.clock: Clock = permissions.clock
-        self.graph = graph
+        self.upstream = upstream
         self.inbound_route = inbound_route
         self.inbound_route_name = inbound_route_name
         self.media_timeout = media_timeout
@@ -412,10 +417,10 @@ class CallService:
                 session.pickup_watch = self.spawn(self._connect_on_first_voice(session))
             # Nothing goes to the platform that it would refuse (the agent's offer was checked by the API).
             check_sdp(offer, "offer", "our")
-            platform_call_id = await self.graph.connect_call(
+            platform_call_id = await self.upstream.connect_call(
                 account, await self.permissions.platform_wa_id(user), offer, opaque
             )
-        except (GraphError, GraphUnavailable) as error:
+        except UpstreamRefusal as error:
             await self._fail_setup(call_id, error)
             raise PlatformRefusal(error, pair) from error
         except Exception as error:
@@ -425,14 +430,15 @@ class CallService:
             raise MediaSetupFailed(call_id, str(error)) from error
         return await self._bind(call_id, platform_call_id)
 
-    async def _fail_setup(self, call_id: str, error: Exception, *, platform_action: str = "") -> CallView:
+    async def _fail_setup(
+        self, call_id: str, error: Exception, *, platform_action: CallAction | None = None
+    ) -> CallView:
         """End the call FAILED with the error as its reason; `platform_action` (terminate, reject) tells the
         platform when the call exists there. A call that already ended keeps its ending."""
-        code = error.code if isinstance(error, GraphError) else None
+        refusal = error if isinstance(error, UpstreamRefusal) and error.platform_code else None
+        code = int(refusal.platform_code) if refusal is not None and refusal.platform_code.isdigit() else None
         error_detail = (
-            {"code": error.code, "message": error.message, "details": error.details}
-            if isinstance(error, GraphError)
-            else None
+            {"code": code, "message": refusal.message, "details": refusal.detail} if refusal is not None else None
         )
 
         def fail(tx: Tx) -> StoredCall:
@@ -445,7 +451,7 @@ class CallService:
             stored = self._save(
                 tx, stored, facts, now, platform_error=error_detail, end_reason=f"setup failed: {error}"
             )
-            if code is not None and errors.platform_error(code).reason is engine.Reason.NO_PERMISSION:
+            if refusal is not None and refusal.reason is engine.Reason.NO_PERMISSION:
                 # The platform says there is no permission (HOOK-6): believe it.
                 self.permissions.record(
                     tx,
@@ -453,18 +459,18 @@ class CallService:
                     tx.ledger(stored.pair),
                     engine.PermissionRevoked(now, engine.Source.PLATFORM_AUTOMATIC, adopted=True),
                     now,
-                    {"reconciled_from": "138006", "call_id": call_id},
+                    {"reconciled_from": refusal.platform_code, "call_id": call_id},
                 )
             return stored
 
         stored = await self.store.transaction(fail)
         self.permissions.changes.notify()
         session = self.sessions.get(call_id)
-        if platform_action and stored.platform_call_id and session is not None:
+        if platform_action is not None and stored.platform_call_id and session is not None:
             try:
-                await self.graph.call_action(session.account, stored.platform_call_id, platform_action)
-            except (GraphError, GraphUnavailable) as graph_error:
-                log.info("%s for %s: %s", platform_action, call_id, graph_error)
+                await self.upstream.call_action(session.account, stored.platform_call_id, platform_action)
+            except UpstreamRefusal as refused:
+                log.info("%s for %s: %s", platform_action.value, call_id, refused)
         await self._close_session(call_id)
         return self._view(stored)
 
@@ -577,7 +583,7 @@ class CallService:
                     await session.adapter.platform_answer(item.sdp)
             except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
                 log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
-                await self._fail_setup(call_id, error, platform_action="terminate")
+                await self._fail_setup(call_id, error, platform_action=CallAction.TERMINATE)
         elif item.kind == "accepted":
             await self._connected(session)
         elif item.kind == "terminate":
@@ -614,12 +620,12 @@ class CallService:
             answer = check_sdp(await session.leg.accept_offer(offer_sdp), "answer", "our")
         except Exception as error:  # nothing was sent yet: refuse the call on the platform
             log.warning("cannot answer user call %s: %s", call_id, error)
-            await self._fail_setup(call_id, error, platform_action="reject")
+            await self._fail_setup(call_id, error, platform_action=CallAction.REJECT)
             return
         try:
-            await self.graph.call_action(account, stored.platform_call_id, "pre_accept", answer)
-            await self.graph.call_action(account, stored.platform_call_id, "accept", answer)
-        except (GraphError, GraphUnavailable) as error:
+            await self.upstream.call_action(account, stored.platform_call_id, CallAction.PRE_ACCEPT, answer)
+            await self.upstream.call_action(account, stored.platform_call_id, CallAction.ACCEPT, answer)
+        except UpstreamRefusal as error:
             log.warning("could not answer user call %s: %s", call_id, error)
             await self._fail_setup(call_id, error)
             return
@@ -664,8 +670,8 @@ class CallService:
             if stored.platform_call_id and session is not None:
                 try:
                     # Always tell the platform: billing depends on it (§7.2).
-                    await self.graph.call_action(session.account, stored.platform_call_id, "terminate")
-                except (GraphError, GraphUnavailable) as error:
+                    await self.upstream.call_action(session.account, stored.platform_call_id, CallAction.TERMINATE)
+                except UpstreamRefusal as error:
                     log.info("terminate for %s: %s", call_id, error)
             await self._close_session(call_id)
         return self._view(stored)
@@ -765,7 +771,7 @@ class CallService:
             try:
                 business = self.permissions.parse_pair(stored.pair.business, stored.pair.user)[0]
                 account = self.permissions.senders.account_for(business)
-                await self.graph.call_action(account, stored.platform_call_id, "terminate")
+                await self.upstream.call_action(account, stored.platform_call_id, CallAction.TERMINATE)
             except Exception as error:
                 log.info("terminate of orphan call %s: %s", stored.call_id, error)
 

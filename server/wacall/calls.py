@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from wacall import engine
-from wacall.errors import CALL_SETUP_FAILURES
 
 
 class CallState(enum.Enum):
@@ -87,7 +86,9 @@ class Terminated:
     start_time: datetime | None = None
     end_time: datetime | None = None
     duration_seconds: int | None = None
-    error_codes: tuple[int, ...] = ()
+    error_codes: tuple[int, ...] = ()  # the platform's own codes, for the record
+    # The platform says the call never got set up (its error codes say so; the upstream reads them).
+    setup_failed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +149,7 @@ class CallFacts:
             return CallOutcome.REJECTED
         if self.ended_by_business_before_answer:
             return CallOutcome.CANCELLED
-        if self.setup_failed or CALL_SETUP_FAILURES.intersection(self.error_codes):
+        if self.setup_failed:
             return CallOutcome.FAILED
         return CallOutcome.UNANSWERED
 
@@ -182,6 +183,7 @@ def apply(facts: CallFacts, event: CallEvent) -> CallFacts:
                 if event.duration_seconds is not None
                 else facts.duration_seconds,
                 error_codes=tuple(sorted({*facts.error_codes, *event.error_codes})),
+                setup_failed=facts.setup_failed or event.setup_failed,
             )
         case EndedByBusiness(at=at):
             if not was_ended:

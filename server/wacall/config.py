@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wacall.graph import SenderAccount, TemplateRef
-from wacall.numbers import InvalidNumber, parse_number
 from wacall.policy import PRESETS, Policy, PolicyError, load_policy
+from wacall.upstreams.meta.accounts import InvalidSenderConfig, SenderAccount, sender_from_config
 
 
 class ConfigError(ValueError):
@@ -144,31 +143,10 @@ DESCRIPTIONS: Mapping[str, str] = {
 
 
 def _sender(item: Mapping[str, Any], index: int) -> SenderAccount:
-    where = f"senders[{index}]"
-    required = ("business_number", "phone_number_id", "waba_id", "access_token", "app_secret")
-    missing = [k for k in required if not item.get(k)]
-    if missing:
-        raise ConfigError(f"{where} is missing {', '.join(missing)}")
     try:
-        number = parse_number(str(item["business_number"]), f"{where}.business_number")
-    except InvalidNumber as exc:
+        return sender_from_config(item, f"senders[{index}]")
+    except InvalidSenderConfig as exc:
         raise ConfigError(str(exc)) from None
-    template = item.get("default_template")
-    default = None
-    if template is not None:
-        if not isinstance(template, Mapping) or not template.get("name") or not template.get("language"):
-            raise ConfigError(f"{where}.default_template needs name and language")
-        default = TemplateRef(
-            str(template["name"]), str(template["language"]), tuple(str(p) for p in template.get("body_parameters", ()))
-        )
-    return SenderAccount(
-        number.e164,
-        str(item["phone_number_id"]),
-        str(item["waba_id"]),
-        str(item["access_token"]),
-        str(item["app_secret"]),
-        default,
-    )
 
 
 def load_settings(

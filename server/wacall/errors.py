@@ -1,6 +1,7 @@
-"""One table from platform error codes to our reasons, and from reasons to gRPC status codes.
+"""From our reasons (the rules' and an upstream's refusals) to gRPC status codes.
 
-Servicers never decide a status code themselves: they look it up here.
+Servicers never decide a status code themselves: they look it up here. Platform error codes are the upstream's
+business (wacall.upstreams.meta.errors); they reach us as neutral reasons.
 """
 
 from __future__ import annotations
@@ -11,107 +12,7 @@ from dataclasses import dataclass
 import grpc
 
 from wacall.engine import Reason
-
-
-@dataclass(frozen=True, slots=True)
-class PlatformErrorInfo:
-    meaning: str
-    reason: Reason | None  # our rule reason, when the error is one of the rules
-    status: grpc.StatusCode
-    # In a call's terminate: the call never got set up, so it is FAILED and counts for nothing (§6.6).
-    fails_call_setup: bool = False
-
-
-# Meta Graph error codes (whatsapp-calling.md §8) → what they mean for us.
-PLATFORM_ERRORS: Mapping[int, PlatformErrorInfo] = {
-    100: PlatformErrorInfo("invalid parameter", None, grpc.StatusCode.INVALID_ARGUMENT),
-    131009: PlatformErrorInfo("parameter value not valid", None, grpc.StatusCode.INVALID_ARGUMENT),
-    131026: PlatformErrorInfo(
-        "message undeliverable (client too old for call permission requests?)",
-        None,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ),
-    131030: PlatformErrorInfo(
-        "recipient not in the test number's allowed list", None, grpc.StatusCode.FAILED_PRECONDITION
-    ),
-    131047: PlatformErrorInfo(
-        "free-form message outside the 24 h customer-service window",
-        Reason.NO_TEMPLATE_FOR_CLOSED_WINDOW,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ),
-    131055: PlatformErrorInfo(
-        "Graph calling not allowed: the number is in SIP mode", None, grpc.StatusCode.FAILED_PRECONDITION
-    ),
-    132001: PlatformErrorInfo(
-        "template does not exist or is not approved in this language", None, grpc.StatusCode.FAILED_PRECONDITION
-    ),
-    138000: PlatformErrorInfo(
-        "calling is not enabled on the business number", None, grpc.StatusCode.FAILED_PRECONDITION
-    ),
-    138006: PlatformErrorInfo(
-        "no approved call permission from the user", Reason.NO_PERMISSION, grpc.StatusCode.FAILED_PRECONDITION
-    ),
-    138009: PlatformErrorInfo(
-        "permission-request limit reached for this user",
-        Reason.REQUEST_LIMIT_REACHED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-    ),
-    138012: PlatformErrorInfo(
-        "connected-call limit reached for this user", Reason.CALL_LIMIT_REACHED, grpc.StatusCode.RESOURCE_EXHAUSTED
-    ),
-    138013: PlatformErrorInfo(
-        "business-initiated calling is not available for this business number",
-        Reason.COUNTRY_UNSUPPORTED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ),
-    138017: PlatformErrorInfo(
-        "the user already granted a permanent permission", Reason.ALREADY_PERMANENT, grpc.StatusCode.FAILED_PRECONDITION
-    ),
-    138001: PlatformErrorInfo(
-        "the user cannot be called: not on WhatsApp, terms not accepted, or an unsupported client",
-        None,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ),
-    138002: PlatformErrorInfo(
-        "concurrent-call limit of the business number reached", None, grpc.StatusCode.RESOURCE_EXHAUSTED
-    ),
-    138003: PlatformErrorInfo(
-        "a call with this user is already in progress", Reason.CALL_IN_PROGRESS, grpc.StatusCode.ALREADY_EXISTS
-    ),
-    138004: PlatformErrorInfo(
-        "connection error on the platform", None, grpc.StatusCode.UNAVAILABLE, fails_call_setup=True
-    ),
-    138005: PlatformErrorInfo(
-        "call-initiation rate limit of the business number reached", None, grpc.StatusCode.RESOURCE_EXHAUSTED
-    ),
-    138007: PlatformErrorInfo(
-        "connect timeout: the SDP answer was not applied in time",
-        None,
-        grpc.StatusCode.UNAVAILABLE,
-        fails_call_setup=True,
-    ),
-    138019: PlatformErrorInfo("call setup failed", None, grpc.StatusCode.UNAVAILABLE, fails_call_setup=True),
-    138020: PlatformErrorInfo("relay connection failed", None, grpc.StatusCode.UNAVAILABLE, fails_call_setup=True),
-    138021: PlatformErrorInfo("media receive timeout", None, grpc.StatusCode.UNAVAILABLE),
-    138022: PlatformErrorInfo("media transmit timeout", None, grpc.StatusCode.UNAVAILABLE),
-    138023: PlatformErrorInfo("accepted but no media", None, grpc.StatusCode.UNAVAILABLE),
-    138014: PlatformErrorInfo(
-        "business-initiated calling is paused for this number (low quality)",
-        Reason.BUSINESS_RESTRICTED,
-        grpc.StatusCode.FAILED_PRECONDITION,
-    ),
-    613: PlatformErrorInfo("permission lookup rate limit", None, grpc.StatusCode.UNAVAILABLE),
-    190: PlatformErrorInfo("access token invalid or expired", None, grpc.StatusCode.FAILED_PRECONDITION),
-}
-
-UNKNOWN_PLATFORM_ERROR = PlatformErrorInfo("unexpected platform error", None, grpc.StatusCode.UNAVAILABLE)
-
-
-def platform_error(code: int) -> PlatformErrorInfo:
-    return PLATFORM_ERRORS.get(code, UNKNOWN_PLATFORM_ERROR)
-
-
-CALL_SETUP_FAILURES = frozenset(code for code, info in PLATFORM_ERRORS.items() if info.fails_call_setup)
+from wacall.upstreams.base import RefusalReason, UpstreamReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +80,17 @@ REASONS: Mapping[Reason, ReasonInfo] = {
         grpc.StatusCode.ALREADY_EXISTS, "CALL_IN_PROGRESS", "a call with this user is already in progress"
     ),
 }
+
+
+# An upstream's refusals that are not one of the rules.
+UPSTREAM_STATUS: Mapping[UpstreamReason, grpc.StatusCode] = {
+    UpstreamReason.INVALID_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
+    UpstreamReason.NOT_POSSIBLE: grpc.StatusCode.FAILED_PRECONDITION,
+    UpstreamReason.CAPACITY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UpstreamReason.CALL_SETUP_FAILED: grpc.StatusCode.UNAVAILABLE,
+    UpstreamReason.TRANSIENT: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def refusal_status(reason: RefusalReason) -> grpc.StatusCode:
+    return REASONS[reason].status if isinstance(reason, Reason) else UPSTREAM_STATUS[reason]

@@ -75,7 +75,7 @@ def _legacy_wa_id_forms(digits: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=65536)
-def number_of_wa_id(wa_id: str, field: str = "wa_id") -> PhoneNumber:
+def number_of_wa_id(wa_id: str, field: str = "user id") -> PhoneNumber:
     """The user's E.164 number for a wa_id the platform sent, including its legacy Mexican and Brazilian forms.
 
     The wa_id itself stays the platform's key for the user (an alias of the number, kept by the store).

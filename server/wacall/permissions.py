@@ -29,22 +29,22 @@ from wacall.engine import (
     Reason,
     Source,
 )
-from wacall.errors import platform_error
-from wacall.graph import (
-    GraphClient,
-    GraphError,
-    GraphUnavailable,
-    PlatformPermission,
-    SenderAccount,
-    SentMessage,
-    TemplateRef,
-    limit_window,
-)
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
-from wacall.senders import SenderDirectory, UnknownSender
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
-from wacall.webhook_payloads import (
+from wacall.upstreams.base import (
+    Account,
+    PermissionAction,
+    PermissionStatus,
+    PlatformPermission,
+    SenderDirectory,
+    SentMessage,
+    TemplateRef,
+    UnknownSender,
+    Upstream,
+    UpstreamRefusal,
+)
+from wacall.upstreams.meta.webhook_payloads import (
     BusinessRestriction,
     CallEventItem,
     Ignored,
@@ -81,7 +81,7 @@ class RuleRefusal(Exception):
 class PlatformRefusal(Exception):
     """The platform refused what we sent, or could not be reached."""
 
-    def __init__(self, error: GraphError | GraphUnavailable, pair: Pair) -> None:
+    def __init__(self, error: UpstreamRefusal, pair: Pair) -> None:
         super().__init__(str(error))
         self.error = error
         self.pair = pair
@@ -130,9 +130,9 @@ MIN_RECOVERY_PERIOD = timedelta(seconds=1)
 def platform_counted_none(platform: PlatformPermission, reserved_at: datetime, now: datetime, skew: timedelta) -> bool:
     """True when the platform's own count proves a request reserved at `reserved_at` never reached it: a request
     limit's window that holds `reserved_at` on either clock (give or take `skew`) counts no request at all."""
-    _, limits = platform.actions.get("send_call_permission_request", (False, ()))
+    _, limits = platform.action(PermissionAction.REQUEST) or (False, ())
     for limit in limits:
-        window = limit_window(limit.time_period)
+        window = limit.window
         if window is not None and now - window + skew < reserved_at and limit.current_usage == 0:
             return True
     return False
@@ -225,14 +225,14 @@ class PermissionService:
         clock: Clock,
         policy: Policy,
         senders: SenderDirectory,
-        graph: GraphClient,
+        upstream: Upstream,
         reservation_grace: timedelta = timedelta(seconds=60),
     ) -> None:
         self.store = store
         self.clock = clock
         self.policy = policy
         self.senders = senders
-        self.graph = graph
+        self.upstream = upstream
         self.changes = ChangeNotifier()
         # Set by the call service: applies a `calls` webhook item inside the ingest transaction and returns the
         # media work to run once it is committed.
@@ -357,8 +357,8 @@ class PermissionService:
             return await self.get(business_number, user_number)
         account = self.senders.account_for(business)
         try:
-            platform = await self.graph.call_permissions(account, user.digits)
-        except (GraphError, GraphUnavailable) as error:
+            platform = await self.upstream.call_permissions(account, user.digits)
+        except UpstreamRefusal as error:
             raise PlatformRefusal(error, pair) from error
 
         def align(tx: Tx) -> Ledger:
@@ -367,15 +367,15 @@ class PermissionService:
             ours = engine.effective_state(ledger, now)
             attributes = {"reconciled_from": "call_permissions"}
             # Adopted: learnt now, not stamped by the platform, so webhooks still in flight keep their order.
-            if platform.status == "permanent" and ours is not PermissionState.PERMANENT:
+            if platform.status == PermissionStatus.PERMANENT.value and ours is not PermissionState.PERMANENT:
                 event: LedgerEvent = engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC, adopted=True)
-            elif platform.status == "temporary" and (
+            elif platform.status == PermissionStatus.TEMPORARY.value and (
                 ours is not PermissionState.TEMPORARY or ledger.expires_at != platform.expires_at
             ):
                 event = engine.PermissionGranted(
                     now, False, platform.expires_at, Source.PLATFORM_AUTOMATIC, adopted=True
                 )
-            elif platform.status == "no_permission" and engine.has_permission(ours):
+            elif platform.status == PermissionStatus.NONE.value and engine.has_permission(ours):
                 event = engine.PermissionRevoked(now, Source.PLATFORM_AUTOMATIC, adopted=True)
             else:
                 return ledger
@@ -384,9 +384,9 @@ class PermissionService:
         await self.store.transaction(align)
         self.changes.notify()
         view = await self.get(business_number, user_number)
-        for action, ours in (("send_call_permission_request", view.evaluation.request),
-                             ("start_call", view.evaluation.call)):  # fmt: skip
-            allowed, _ = platform.actions.get(action, (ours.allowed, ()))
+        for action, ours in ((PermissionAction.REQUEST, view.evaluation.request),
+                             (PermissionAction.CALL, view.evaluation.call)):  # fmt: skip
+            allowed, _ = platform.action(action) or (ours.allowed, ())
             if allowed != ours.allowed:
                 log.warning("platform and ledger disagree on %s for %s/%s: platform %s, ledger %s", action,
                             pair.business, pair.user, allowed, ours.allowed)  # fmt: skip
@@ -427,7 +427,7 @@ class PermissionService:
             ).encode()
         ).hexdigest()
 
-        account: SenderAccount | None = None
+        account: Account | None = None
         if business.region not in self.policy.denied_business_regions:
             account = self.senders.account_for(business)
 
@@ -513,23 +513,23 @@ class PermissionService:
         reservation: Reservation,
         business: PhoneNumber,
         user: PhoneNumber,
-        account: SenderAccount,
+        account: Account,
         body_text: str,
         template: TemplateRef | None,
     ) -> RequestResult:
         channel = Channel(reservation.channel)
         try:
             if channel is Channel.INTERACTIVE:
-                sent = await self.graph.send_permission_request_interactive(
+                sent = await self.upstream.send_permission_request_interactive(
                     account, await self.platform_wa_id(user), body_text
                 )
             else:
                 chosen = template or account.default_template
                 assert chosen is not None
-                sent = await self.graph.send_permission_request_template(
+                sent = await self.upstream.send_permission_request_template(
                     account, await self.platform_wa_id(user), chosen
                 )
-        except (GraphError, GraphUnavailable) as error:
+        except UpstreamRefusal as error:
             await self._settle_failed_request(reservation, business, error)
             raise PlatformRefusal(error, reservation.pair) from error
         view = await self._settle_sent_request(reservation, business, sent)
@@ -578,8 +578,8 @@ class PermissionService:
                 )
             )
             tx.remember_message(sent.message_id, pair, sent_at)
-            if sent.wa_id and sent.wa_id != pair.user[1:]:
-                tx.remember_alias(sent.wa_id, pair.user)
+            if sent.user_id and sent.user_id != pair.user[1:]:
+                tx.remember_alias(sent.user_id, pair.user)
             if idempotency_key:
                 tx.save_idempotent_result(
                     IdempotentResult(
@@ -597,7 +597,7 @@ class PermissionService:
         return view
 
     async def _settle_failed_request(
-        self, reservation: Reservation, business: PhoneNumber, error: GraphError | GraphUnavailable
+        self, reservation: Reservation, business: PhoneNumber, error: UpstreamRefusal
     ) -> PermissionView | None:
         pair, sent_at, channel = reservation.pair, reservation.reserved_at, Channel(reservation.channel)
         state_before, idempotency_key, fingerprint = (
@@ -605,7 +605,7 @@ class PermissionService:
             reservation.idempotency_key,
             reservation.fingerprint,
         )
-        if isinstance(error, GraphUnavailable) and error.maybe_sent:
+        if error.may_have_been_sent:
             # It may have reached the user (a timeout, an unreadable answer): the reservation stays, counted, and
             # recovery settles it once the platform has had time to count it.
             return None
@@ -615,10 +615,10 @@ class PermissionService:
             tx.take_reservation(reservation.reservation_id)
             ledger = tx.ledger(pair)
             attributes = {"channel": channel.value, "error": str(error)}
-            if isinstance(error, GraphError):
-                attributes["platform_error"] = str(error.code)
+            if error.platform_code:
+                attributes["platform_error"] = error.platform_code
             ledger = self.record(tx, pair, ledger, engine.RequestWithdrawn(sent_at, state_before), now, attributes)
-            if isinstance(error, GraphError) and platform_error(error.code).reason is Reason.ALREADY_PERMANENT:
+            if error.reason is Reason.ALREADY_PERMANENT:
                 # The platform knows of a permanent grant we missed (HOOK-6): reconcile.
                 ledger = self.record(
                     tx,
@@ -626,7 +626,7 @@ class PermissionService:
                     ledger,
                     engine.PermissionGranted(now, True, None, Source.PLATFORM_AUTOMATIC, adopted=True),
                     now,
-                    {"reconciled_from": "138017"},
+                    {"reconciled_from": error.platform_code},
                 )
             if idempotency_key:
                 tx.save_idempotent_result(
@@ -727,33 +727,14 @@ class PermissionService:
             business = parse_number(reservation.pair.business, "business_number")
             user = parse_number(reservation.pair.user, "user_number")
             account = self.senders.account_for(business)
-            platform = await self.graph.call_permissions(account, user.digits)
-        except (ValueError, UnknownSender, GraphError, GraphUnavailable) as error:
+            platform = await self.upstream.call_permissions(account, user.digits)
+        except (ValueError, UnknownSender, UpstreamRefusal) as error:
             return False, {"platform_check": f"could not ask the platform: {error}"}
         if platform_counted_none(platform, reservation.reserved_at, self.clock.now(), self.reservation_grace):
             return True, {"platform_check": "the platform counts no request in a window that holds it"}
         return False, {"platform_check": "the platform's count cannot rule it out"}
 
     # --- webhooks -----------------------------------------------------------------------------------------------
-
-    def _business_for(self, item: WebhookItem) -> str | None:
-        if isinstance(item, Ignored):
-            return None
-        if isinstance(item, BusinessRestriction) and not item.phone_number_id:
-            try:
-                number = parse_number(item.display_number, "phone_number")
-                return self.senders.account_for(number).business_number
-            except (ValueError, UnknownSender):
-                log.warning("account_update for unknown number %s ignored", item.display_number)
-                return None
-        return self._business_of(item.phone_number_id)
-
-    def _business_of(self, phone_number_id: str) -> str | None:
-        account = self.senders.by_phone_number_id(phone_number_id)
-        if account is None:
-            log.warning("webhook for unknown phone_number_id %s ignored", phone_number_id)
-            return None
-        return account.business_number
 
     @staticmethod
     def user_pair(tx: Tx, business: str, wa_id: str, context_id: str | None) -> Pair | None:
@@ -780,14 +761,9 @@ class PermissionService:
         match item:
             case PermissionReply(accepted=True, automatic=automatic, permanent=permanent, expires_at=expires_at):
                 source = Source.PLATFORM_AUTOMATIC if automatic else Source.USER_ACTION
-                via = (
-                    "callback"
-                    if item.context_id and item.context_id.startswith("wacid.")
-                    else ("request" if item.context_id else "profile")
-                )
                 return engine.PermissionGranted(item.timestamp, permanent, None if permanent else expires_at, source), {
                     "message_id": item.message_id,
-                    "via": via,
+                    "via": item.via,
                     "context_id": item.context_id or "",
                 }
             case PermissionReply(accepted=False, automatic=True):
@@ -810,10 +786,10 @@ class PermissionService:
                 return engine.UserMessage(item.timestamp), {"message_id": item.message_id, "type": item.type}
         return None
 
-    async def ingest(self, body: bytes, items: list[WebhookItem]) -> IngestResult:
-        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200."""
-        # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
-        resolved = [(item, self._business_for(item)) for item in items]
+    async def ingest(self, body: bytes, resolved: list[tuple[WebhookItem, str | None]]) -> IngestResult:
+        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200.
+
+        Each item comes with the business number it is for (None: not one of ours), as the ingress resolved it."""
 
         after_commit: list[AfterCommit] = []
 
@@ -867,7 +843,7 @@ class PermissionService:
                         ignored += 1
                         continue
                     codes = ",".join(str(c) for c in item.error_codes)
-                    meaning = platform_error(item.error_codes[0]).meaning if item.error_codes else "undeliverable"
+                    meaning = item.error_meaning
                     tx.append(
                         EventRecord(
                             sent_to,

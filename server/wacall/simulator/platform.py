@@ -30,15 +30,16 @@ from aiohttp import web
 from wacall import engine
 from wacall.clock import Clock
 from wacall.engine import Ledger, PermissionState, Source
-from wacall.graph import SenderAccount, TemplateRef
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import platform_problems
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.policy import Policy
-from wacall.simulator import payloads
 from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall, new_wacid, voice
 from wacall.store import from_micros, ledger_from_json, ledger_to_json, to_micros
-from wacall.webhooks import SIGNATURE_HEADER, sign
+from wacall.upstreams.base import PermissionAction, PermissionStatus, PlatformLimit, PlatformPermission, TemplateRef
+from wacall.upstreams.meta import wire
+from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ class GraphFailure(Exception):
     def __init__(self, http_status: int, code: int, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.http_status = http_status
-        self.body = payloads.graph_error(code, message, **extra)
+        self.body = wire.graph_error(code, message, **extra)
 
 
 def phone_number_id_for(number: PhoneNumber) -> str:
@@ -216,7 +217,7 @@ class SimulatedPlatform:
         else:
             self.state.restrictions[business.e164] = until
         self._save()
-        await self._deliver(payloads.account_restriction(account, now, until))
+        await self._deliver(wire.account_restriction(account, now, until))
         return until
 
     def ledger(self, business: str, user: str) -> Ledger:
@@ -237,7 +238,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         message_id = _wamid()
         self._apply(business.e164, user.e164, engine.UserMessage(now))
-        await self._deliver(payloads.text_message(account, self.wa_id(user), message_id, now, text))
+        await self._deliver(wire.text_message(account, self.wa_id(user), message_id, now, text))
         return message_id
 
     async def user_grants(self, business: PhoneNumber, user: PhoneNumber, permanent: bool) -> Ledger:
@@ -246,7 +247,7 @@ class SimulatedPlatform:
         expires = None if permanent else now + self.policy.temporary_grant_lifetime
         self._apply(business.e164, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
         await self._deliver(
-            payloads.permission_reply(
+            wire.permission_reply(
                 account, self.wa_id(user), _wamid(), now, accept=True, permanent=permanent, expires_at=expires
             )
         )
@@ -257,7 +258,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         self._apply(business.e164, user.e164, engine.PermissionRevoked(now, Source.USER_ACTION))
         # UNCERTAIN whether Meta notifies a profile revoke; the simulator sends a reject with no context.
-        await self._deliver(payloads.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False))
+        await self._deliver(wire.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False))
         return self.ledger(business.e164, user.e164)
 
     # --- Graph endpoints ----------------------------------------------------------------------------------------
@@ -269,21 +270,21 @@ class SimulatedPlatform:
 
     def send_message(self, phone_number_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         account = self._account_by_id(phone_number_id)
-        if body.get("messaging_product") != "whatsapp":
+        request = wire.read_message_request(body)
+        if not request.product_ok:
             raise GraphFailure(400, 100, "(#100) The parameter messaging_product is required.")
         try:
-            user = self._number_of_wa_id(str(body.get("to", "")))  # the platform takes its own wa_ids too
+            user = self._number_of_wa_id(request.to)  # the platform takes its own wa_ids too
         except InvalidNumber as exc:
             raise GraphFailure(400, 100, f"(#100) Invalid parameter: {exc.why}") from None
-        kind = body.get("type")
+        kind = request.type
         now = self.clock.now()
         business = parse_number(account.business_number)
         ledger = self.ledger(account.business_number, user.e164)
         if kind == "interactive":
-            interactive = body.get("interactive") or {}
             if (
-                interactive.get("type") != "call_permission_request"
-                or (interactive.get("action") or {}).get("name") != "call_permission_request"
+                request.interactive_type != wire.PERMISSION_REQUEST
+                or request.interactive_action != wire.PERMISSION_REQUEST
             ):
                 raise GraphFailure(
                     400, 100, "(#100) The simulator accepts only call_permission_request interactive messages"
@@ -294,7 +295,7 @@ class SimulatedPlatform:
                 user.e164,
                 "interactive",
                 now,
-                body_text=str((interactive.get("body") or {}).get("text", "")),
+                body_text=request.body_text,
             )
             window_open = engine.service_window_expires_at(ledger, now, self.policy) is not None
             if not window_open:
@@ -308,9 +309,7 @@ class SimulatedPlatform:
                     ),
                 )
         elif kind == "template":
-            template = body.get("template") or {}
-            name = str(template.get("name", ""))
-            language = str((template.get("language") or {}).get("code", ""))
+            name, language = request.template_name, request.template_language
             if (name, language) not in self.state.templates.get(account.waba_id, set()):
                 raise GraphFailure(
                     404,
@@ -318,12 +317,7 @@ class SimulatedPlatform:
                     "(#132001) Template name does not exist in the translation",
                     details=f"template name ({name}) does not exist in {language}",
                 )
-            parameters = tuple(
-                str(p.get("text", ""))
-                for c in template.get("components") or []
-                if c.get("type") == "body"
-                for p in c.get("parameters") or []
-            )
+            parameters = request.template_parameters
             message = SimMessage(
                 _wamid(),
                 account.business_number,
@@ -363,11 +357,7 @@ class SimulatedPlatform:
         self.state.messages.append(message)
         self._save()
         self._schedule_reaction(account, user, message)
-        return {
-            "messaging_product": "whatsapp",
-            "contacts": [{"input": str(body.get("to")), "wa_id": self.wa_id(user)}],
-            "messages": [{"id": message.message_id}],
-        }
+        return wire.message_sent(str(body.get("to")), self.wa_id(user), message.message_id)
 
     def call_permissions(self, phone_number_id: str, user_wa_id: str) -> dict[str, Any]:
         account = self._account_by_id(phone_number_id)
@@ -384,42 +374,32 @@ class SimulatedPlatform:
             business_region=business.region,
             template_available=True,
         )
-        status = {PermissionState.TEMPORARY: "temporary", PermissionState.PERMANENT: "permanent"}.get(
-            evaluation.state, "no_permission"
+        status = {
+            PermissionState.TEMPORARY: PermissionStatus.TEMPORARY,
+            PermissionState.PERMANENT: PermissionStatus.PERMANENT,
+        }.get(evaluation.state, PermissionStatus.NONE)
+
+        def limits(decision: engine.ActionDecision) -> tuple[PlatformLimit, ...]:
+            return tuple(
+                PlatformLimit(
+                    _iso_period(usage.window),
+                    usage.max_allowed,
+                    usage.used,
+                    usage.resets_at if usage.used >= usage.max_allowed else None,
+                )
+                for usage in decision.limits
+            )
+
+        return wire.call_permissions_answer(
+            PlatformPermission(
+                status.value,
+                evaluation.expires_at if status is PermissionStatus.TEMPORARY else None,
+                {
+                    PermissionAction.REQUEST.value: (evaluation.request.allowed, limits(evaluation.request)),
+                    PermissionAction.CALL.value: (evaluation.call.allowed, limits(evaluation.call)),
+                },
+            )
         )
-        permission: dict[str, Any] = {"status": status}
-        if status == "temporary" and evaluation.expires_at:
-            permission["expiration_time"] = int(evaluation.expires_at.timestamp())
-
-        def limits(decision: engine.ActionDecision) -> list[dict[str, Any]]:
-            out = []
-            for usage in decision.limits:
-                item: dict[str, Any] = {
-                    "time_period": _iso_period(usage.window),
-                    "max_allowed": usage.max_allowed,
-                    "current_usage": usage.used,
-                }
-                if usage.used >= usage.max_allowed and usage.resets_at:
-                    item["limit_expiration_time"] = int(usage.resets_at.timestamp())
-                out.append(item)
-            return out
-
-        return {
-            "messaging_product": "whatsapp",
-            "permission": permission,
-            "actions": [
-                {
-                    "action_name": "send_call_permission_request",
-                    "can_perform_action": evaluation.request.allowed,
-                    "limits": limits(evaluation.request),
-                },
-                {
-                    "action_name": "start_call",
-                    "can_perform_action": evaluation.call.allowed,
-                    "limits": limits(evaluation.call),
-                },
-            ],
-        }
 
     def add_template(self, waba_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         name, language = str(body.get("name", "")), str(body.get("language", ""))
@@ -493,45 +473,44 @@ class SimulatedPlatform:
 
     async def call_action(self, phone_number_id: str, body: Mapping[str, Any]) -> dict[str, Any]:
         account = self._account_by_id(phone_number_id)
-        action = body.get("action")
-        if body.get("messaging_product") != "whatsapp":
+        request = wire.read_calls_request(body)
+        action = request.action
+        if not request.product_ok:
             raise GraphFailure(400, 100, "(#100) The parameter messaging_product is required.")
         if action == "connect":
-            return await self._connect(account, body)
-        call = self.calls.get(str(body.get("call_id", "")))
+            return await self._connect(account, request)
+        call = self.calls.get(request.call_id)
         if call is None or call.business != account.business_number:
             raise GraphFailure(400, 100, f"(#100) Invalid parameter: unknown call_id {body.get('call_id')!r}")
         if call.state == "ended":
             raise GraphFailure(400, 100, "(#100) Invalid parameter: the call has already ended")
-        session = body.get("session") if isinstance(body.get("session"), Mapping) else None
         if action in ("pre_accept", "accept"):
             if call.direction != "USER_INITIATED":
                 raise GraphFailure(400, 100, f"(#100) {action} applies only to user-initiated calls")
-            if session is None or session.get("sdp_type") != "answer":
+            if not request.has_session or request.session_type != "answer":
                 raise GraphFailure(400, 100, '(#100) session with sdp_type "answer" is required')
-            problems = platform_problems(str(session.get("sdp", "")), "answer")
+            problems = platform_problems(request.sdp, "answer")
             if problems:
                 raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
             assert call.leg is not None
             if call.leg.pc.remoteDescription is None:
-                await call.leg.apply_answer(str(session["sdp"]))
+                await call.leg.apply_answer(request.sdp)
             if action == "accept":
                 call.answered.set()
-            return {"messaging_product": "whatsapp", "success": True}
+            return wire.success()
         if action in ("terminate", "reject"):
             self._spawn(self._end(account, call, by_business=True))
-            return {"messaging_product": "whatsapp", "success": True}
+            return wire.success()
         raise GraphFailure(400, 100, f"(#100) Invalid action {action!r}")
 
-    async def _connect(self, account: SenderAccount, body: Mapping[str, Any]) -> dict[str, Any]:
+    async def _connect(self, account: SenderAccount, request: wire.CallsRequest) -> dict[str, Any]:
         try:
-            user = self._number_of_wa_id(str(body.get("to", "")))
+            user = self._number_of_wa_id(request.to)
         except InvalidNumber as exc:
             raise GraphFailure(400, 100, f"(#100) Invalid parameter to: {exc.why}") from None
-        session = body.get("session") if isinstance(body.get("session"), Mapping) else None
-        if session is None or session.get("sdp_type") != "offer" or not session.get("sdp"):
+        if not request.has_session or request.session_type != "offer" or not request.sdp:
             raise GraphFailure(400, 100, '(#100) session with sdp_type "offer" and an sdp is required')
-        offer = str(session["sdp"])
+        offer = request.sdp
         problems = platform_problems(offer, "offer")
         if problems:
             raise GraphFailure(400, 100, "(#100) Invalid parameter", details="; ".join(problems))
@@ -570,11 +549,11 @@ class SimulatedPlatform:
             user.e164,
             "BUSINESS_INITIATED",
             now,
-            opaque=str(body.get("biz_opaque_callback_data", "")),
+            opaque=request.opaque,
         )
         self.calls[call.platform_call_id] = call
         call.task = asyncio.create_task(self._ring(account, user, call, offer))
-        return {"messaging_product": "whatsapp", "calls": [{"id": call.platform_call_id}]}
+        return wire.call_placed(call.platform_call_id)
 
     async def _ring(self, account: SenderAccount, user: PhoneNumber, call: PhoneCall, offer: str) -> None:
         behavior = self.user(user.e164)
@@ -582,24 +561,22 @@ class SimulatedPlatform:
         answer = await call.leg.accept_offer(offer)
         self._spawn(self._drop_without_media(account, call))
         await self._deliver(
-            payloads.call_event(
-                account, self.wa_id(user), call, "connect", self.clock.now(), sdp=answer, sdp_type="answer"
-            )
+            wire.call_event(account, self.wa_id(user), call, "connect", self.clock.now(), sdp=answer, sdp_type="answer")
         )
-        await self._deliver(payloads.call_status(account, self.wa_id(user), call, "RINGING", self.clock.now()))
+        await self._deliver(wire.call_status(account, self.wa_id(user), call, "RINGING", self.clock.now()))
         await self.clock.sleep(behavior.ring_duration)
         now = self.clock.now()
         if behavior.on_call is OnCall.ANSWER:
             call.state, call.answered_at = "connected", now
             call.leg.set_source(voice(behavior.tone_hz, behavior.say_file))
             self._apply(call.business, call.user, engine.CallConnected(now, True))
-            await self._deliver(payloads.call_status(account, self.wa_id(user), call, "ACCEPTED", now))
+            await self._deliver(wire.call_status(account, self.wa_id(user), call, "ACCEPTED", now))
             if behavior.talk_duration > timedelta(0):
                 await self.clock.sleep(behavior.talk_duration)
                 await self._end(account, call, by_business=False)
             return
         if behavior.on_call is OnCall.DECLINE:
-            await self._deliver(payloads.call_status(account, self.wa_id(user), call, "REJECTED", now))
+            await self._deliver(wire.call_status(account, self.wa_id(user), call, "REJECTED", now))
         await self._end(account, call, by_business=False)
 
     async def _drop_without_media(self, account: SenderAccount, call: PhoneCall) -> None:
@@ -642,7 +619,7 @@ class SimulatedPlatform:
         elif answered and call.answered_at is not None and call.direction == "USER_INITIATED":
             self._apply(call.business, call.user, engine.CallConnected(call.answered_at, False))
         await self._deliver(
-            payloads.call_event(
+            wire.call_event(
                 account,
                 self.wa_id(user),
                 call,
@@ -655,7 +632,7 @@ class SimulatedPlatform:
         if revoked_now:
             # The platform's own automatic revocation, after the call that crossed the threshold.
             await self._deliver(
-                payloads.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
+                wire.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
             )
 
     async def place_user_call(self, business: PhoneNumber, user: PhoneNumber) -> PhoneCall:
@@ -676,10 +653,10 @@ class SimulatedPlatform:
         self._apply(business.e164, user.e164, engine.UserMessage(now))
         self._apply(business.e164, user.e164, engine.PermissionGranted(now, False, expires, Source.PLATFORM_AUTOMATIC))
         await self._deliver(
-            payloads.call_event(account, self.wa_id(user), call, "connect", now, sdp=offer, sdp_type="offer")
+            wire.call_event(account, self.wa_id(user), call, "connect", now, sdp=offer, sdp_type="offer")
         )
         await self._deliver(
-            payloads.permission_reply(
+            wire.permission_reply(
                 account,
                 self.wa_id(user),
                 _wamid(),
@@ -737,7 +714,7 @@ class SimulatedPlatform:
         if outdated:
             message.user_response = "undeliverable"
             await self._deliver(
-                payloads.message_status(
+                wire.message_status(
                     account,
                     self.wa_id(user),
                     message.message_id,
@@ -762,14 +739,14 @@ class SimulatedPlatform:
             return
         if response is OnPermissionRequest.REJECT:
             self._apply(business, user.e164, engine.PermissionRejected(now, Source.USER_ACTION))
-            body = payloads.permission_reply(
+            body = wire.permission_reply(
                 account, self.wa_id(user), _wamid(), now, accept=False, context_id=message.message_id
             )
         else:
             permanent = response is OnPermissionRequest.ACCEPT_PERMANENT
             expires = None if permanent else now + self.policy.temporary_grant_lifetime
             self._apply(business, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
-            body = payloads.permission_reply(
+            body = wire.permission_reply(
                 account,
                 self.wa_id(user),
                 _wamid(),

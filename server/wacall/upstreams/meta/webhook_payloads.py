@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from wacall.upstreams.meta.errors import CALL_SETUP_FAILURES, meta_error
+
 
 class MalformedWebhook(ValueError):
     """The body is not a WhatsApp webhook we can read (HTTP 400)."""
@@ -53,6 +55,13 @@ class PermissionReply:
     automatic: bool  # response_source == "automatic"
     context_id: str | None  # wamid of our request, wacid of a user call, or None (profile / auto-revoke)
 
+    @property
+    def via(self) -> str:
+        """What the reply answers: a request of ours, a user's call (the callback grant), or nothing (profile)."""
+        if self.context_id is None:
+            return "profile"
+        return "callback" if self.context_id.startswith("wacid.") else "request"
+
 
 @dataclass(frozen=True, slots=True)
 class InboundMessage:
@@ -74,6 +83,10 @@ class MessageStatus:
     timestamp: datetime
     error_codes: tuple[int, ...]
 
+    @property
+    def error_meaning(self) -> str:
+        return meta_error(self.error_codes[0]).meaning if self.error_codes else "undeliverable"
+
 
 @dataclass(frozen=True, slots=True)
 class CallEventItem:
@@ -94,6 +107,11 @@ class CallEventItem:
     error_codes: tuple[int, ...] = ()
     error_message: str = ""
     biz_opaque_callback_data: str = ""
+
+    @property
+    def fails_call_setup(self) -> bool:
+        """The call never got set up (§6.6): FAILED, and it counts for nothing."""
+        return not CALL_SETUP_FAILURES.isdisjoint(self.error_codes)
 
     @property
     def is_user_calling(self) -> bool:

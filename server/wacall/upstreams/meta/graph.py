@@ -8,32 +8,14 @@ only when the request provably never reached the server (connection refused), so
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 
-
-@dataclass(frozen=True, slots=True)
-class SenderAccount:
-    """What the platform knows a business number by."""
-
-    business_number: str  # +E164
-    phone_number_id: str
-    waba_id: str
-    access_token: str
-    app_secret: str
-    default_template: TemplateRef | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class TemplateRef:
-    name: str
-    language: str
-    body_parameters: tuple[str, ...] = ()
+from wacall.upstreams.base import PlatformPermission, SentMessage, TemplateRef
+from wacall.upstreams.meta import wire
+from wacall.upstreams.meta.accounts import SenderAccount
 
 
 class GraphError(Exception):
@@ -56,64 +38,6 @@ class GraphUnavailable(Exception):
     def __init__(self, message: str, *, maybe_sent: bool) -> None:
         super().__init__(message)
         self.maybe_sent = maybe_sent
-
-
-@dataclass(frozen=True, slots=True)
-class SentMessage:
-    message_id: str
-    wa_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class PlatformLimit:
-    time_period: str
-    max_allowed: int
-    current_usage: int
-    limit_expiration_time: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class PlatformPermission:
-    status: str  # no_permission | temporary | permanent
-    expires_at: datetime | None
-    actions: Mapping[str, tuple[bool, tuple[PlatformLimit, ...]]]
-
-
-def limit_window(time_period: str) -> timedelta | None:
-    """A limit's `time_period` (ISO-8601: PT24H, P7D, PT90S) as a duration; None for a form we do not know."""
-    match = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", time_period)
-    if match is None or not any(match.groups()):
-        return None
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
-
-
-def _unix(value: Any) -> datetime | None:
-    if value is None or value == "":
-        return None
-    return datetime.fromtimestamp(int(value), UTC)
-
-
-def parse_call_permissions(body: Mapping[str, Any]) -> PlatformPermission:
-    permission = body.get("permission") or {}
-    actions: dict[str, tuple[bool, tuple[PlatformLimit, ...]]] = {}
-    for action in body.get("actions") or []:
-        limits = tuple(
-            PlatformLimit(
-                time_period=str(limit.get("time_period", "")),
-                max_allowed=int(limit.get("max_allowed", 0)),
-                current_usage=int(limit.get("current_usage", 0)),
-                limit_expiration_time=_unix(limit.get("limit_expiration_time")),
-            )
-            for limit in action.get("limits") or []
-        )
-        actions[str(action.get("action_name"))] = (bool(action.get("can_perform_action")), limits)
-    return PlatformPermission(
-        status=str(permission.get("status", "no_permission")),
-        # Meta's field table says "expiration", its samples "expiration_time": accept both.
-        expires_at=_unix(permission.get("expiration_time", permission.get("expiration"))),
-        actions=actions,
-    )
 
 
 class GraphClient:
@@ -183,16 +107,9 @@ class GraphClient:
             raise unreadable from None
         if not isinstance(body, dict):
             raise unreadable
-        error = body.get("error")
-        if isinstance(error, Mapping):
-            data = error.get("error_data") or {}
-            raise GraphError(
-                response.status_code,
-                int(error.get("code", 0) or 0),
-                str(error.get("message", "")),
-                str(data.get("details", "")) if isinstance(data, Mapping) else str(data),
-                data if isinstance(data, Mapping) else None,
-            )
+        error = wire.read_error(body)
+        if error is not None:
+            raise GraphError(response.status_code, error.code, error.message, error.details, error.error_data)
         if response.status_code >= 400:
             raise unreadable
         return body
@@ -202,83 +119,41 @@ class GraphClient:
             "POST", f"{account.phone_number_id}/messages", account, json=payload, idempotent=False
         )
         try:
-            message_id = str(body["messages"][0]["id"])
-        except (KeyError, IndexError, TypeError):
-            raise GraphUnavailable("the platform's messages response has no message id", maybe_sent=True) from None
-        contacts = body.get("contacts") or [{}]
-        return SentMessage(message_id, contacts[0].get("wa_id"))
+            return wire.read_message_sent(body)
+        except wire.WireShapeError as exc:
+            raise GraphUnavailable(str(exc), maybe_sent=True) from None
 
     async def send_permission_request_interactive(
         self, account: SenderAccount, to_digits: str, body_text: str
     ) -> SentMessage:
-        interactive: dict[str, Any] = {
-            "type": "call_permission_request",
-            "action": {"name": "call_permission_request"},
-        }
-        if body_text:
-            interactive["body"] = {"text": body_text}
-        return await self._send_message(
-            account,
-            {
-                "messaging_product": "whatsapp",
-                "recipient_type": "individual",
-                "to": to_digits,
-                "type": "interactive",
-                "interactive": interactive,
-            },
-        )
+        return await self._send_message(account, wire.interactive_permission_request(to_digits, body_text))
 
     async def send_permission_request_template(
         self, account: SenderAccount, to_digits: str, template: TemplateRef
     ) -> SentMessage:
-        components: list[dict[str, Any]] = []
-        if template.body_parameters:
-            components.append(
-                {"type": "body", "parameters": [{"type": "text", "text": value} for value in template.body_parameters]}
-            )
-        return await self._send_message(
-            account,
-            {
-                "messaging_product": "whatsapp",
-                "recipient_type": "individual",
-                "to": to_digits,
-                "type": "template",
-                "template": {"name": template.name, "language": {"code": template.language}, "components": components},
-            },
-        )
+        return await self._send_message(account, wire.template_permission_request(to_digits, template))
 
     async def call_permissions(self, account: SenderAccount, user_digits: str) -> PlatformPermission:
         body = await self._request(
             "GET",
             f"{account.phone_number_id}/call_permissions",
             account,
-            params={"user_wa_id": user_digits},
+            params={wire.PERMISSIONS_USER_PARAM: user_digits},
             idempotent=True,
         )
-        return parse_call_permissions(body)
+        return wire.read_call_permissions(body)
 
     async def _calls(self, account: SenderAccount, payload: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("POST", f"{account.phone_number_id}/calls", account, json=payload, idempotent=False)
 
     async def connect_call(self, account: SenderAccount, to_digits: str, offer_sdp: str, opaque: str = "") -> str:
         """Start a business-initiated call; returns the platform's call id (wacid)."""
-        payload: dict[str, Any] = {
-            "messaging_product": "whatsapp",
-            "to": to_digits,
-            "action": "connect",
-            "session": {"sdp_type": "offer", "sdp": offer_sdp},
-        }
-        if opaque:
-            payload["biz_opaque_callback_data"] = opaque
-        body = await self._calls(account, payload)
+        body = await self._calls(account, wire.connect_call_request(to_digits, offer_sdp, opaque))
         try:
-            return str(body["calls"][0]["id"])
-        except (KeyError, IndexError, TypeError):
-            raise GraphUnavailable("the platform's calls response has no call id", maybe_sent=True) from None
+            return wire.read_call_placed(body)
+        except wire.WireShapeError as exc:
+            raise GraphUnavailable(str(exc), maybe_sent=True) from None
 
     async def call_action(self, account: SenderAccount, call_id: str, action: str, answer_sdp: str = "") -> None:
         """terminate, reject, or (user-initiated calls) pre_accept / accept with our SDP answer."""
-        payload: dict[str, Any] = {"messaging_product": "whatsapp", "call_id": call_id, "action": action}
-        if answer_sdp:
-            payload["session"] = {"sdp_type": "answer", "sdp": answer_sdp}
-        await self._calls(account, payload)
+        await self._calls(account, wire.call_action_request(call_id, action, answer_sdp))

@@ -22,8 +22,18 @@ from datetime import timedelta
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from wacall.numbers import parse_number
 from wacall.permissions import PermissionService
-from wacall.webhook_payloads import MalformedWebhook, TimeWindow, parse
+from wacall.upstreams.base import UnknownSender
+from wacall.upstreams.meta.senders import MetaSenderDirectory
+from wacall.upstreams.meta.webhook_payloads import (
+    BusinessRestriction,
+    Ignored,
+    MalformedWebhook,
+    TimeWindow,
+    WebhookItem,
+    parse,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +84,27 @@ async def _read_body(request: web.Request, max_body_bytes: int) -> bytes | None:
     return bytes(body)
 
 
+def business_of(senders: MetaSenderDirectory, item: WebhookItem) -> str | None:
+    """The business number a webhook item is for; None when it is not one of ours."""
+    if isinstance(item, Ignored):
+        return None
+    if isinstance(item, BusinessRestriction) and not item.phone_number_id:
+        try:
+            number = parse_number(item.display_number, "phone_number")
+            return senders.account_for(number).business_number
+        except (ValueError, UnknownSender):
+            log.warning("account_update for unknown number %s ignored", item.display_number)
+            return None
+    account = senders.by_phone_number_id(item.phone_number_id)
+    if account is None:
+        log.warning("webhook for unknown phone_number_id %s ignored", item.phone_number_id)
+        return None
+    return account.business_number
+
+
 def webhook_routes(
     permissions: PermissionService,
+    senders: MetaSenderDirectory,
     verify_token: Callable[[], str | None],
     max_body_bytes: int,
     limits: WebhookLimits | None = None,
@@ -105,7 +134,7 @@ def webhook_routes(
             return timed_out
         if raw is None:
             return json_error(413, f"body larger than {max_body_bytes} bytes")
-        if not signature_valid(request.headers.get(SIGNATURE_HEADER), raw, permissions.senders.app_secrets()):
+        if not signature_valid(request.headers.get(SIGNATURE_HEADER), raw, senders.app_secrets()):
             log.warning("webhook with a missing or wrong %s rejected", SIGNATURE_HEADER)
             return json_error(401, f"missing or invalid {SIGNATURE_HEADER}")
         now = permissions.clock.now()
@@ -118,7 +147,8 @@ def webhook_routes(
             log.warning("signed webhook refused: %s", reason)
             await permissions.store.transaction(lambda tx: tx.keep_refused_webhook(raw, now, reason))
             return json_error(400, f"malformed webhook: {reason}")
-        result = await permissions.ingest(raw, items)
+        # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
+        result = await permissions.ingest(raw, [(item, business_of(senders, item)) for item in items])
         return web.json_response(
             {"applied": result.applied, "duplicates": result.duplicates, "ignored": result.ignored}
         )

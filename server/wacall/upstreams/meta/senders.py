@@ -1,4 +1,4 @@
-"""Which platform account sends for a business number.
+"""Which Meta account sends for a business number, and which number a webhook's phone_number_id is.
 
 `ConfiguredSenders` holds the senders listed in configuration (`--upstream meta`). `ProvisioningSenders` serves
 the embedded simulator: any valid business number is provisioned on first use, with a default approved
@@ -10,20 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from wacall.graph import SenderAccount
 from wacall.numbers import PhoneNumber
+from wacall.upstreams.base import UnknownSender
+from wacall.upstreams.meta.accounts import SenderAccount
 
 
-class UnknownSender(LookupError):
-    def __init__(self, business_number: str) -> None:
-        super().__init__(
-            f"business number {business_number} is not a configured sender: add it under [[senders]] in the "
-            "configuration file"
-        )
-        self.business_number = business_number
+class MetaSenderDirectory(Protocol):
+    """Senders as Meta's webhooks name them: by phone_number_id, signed with an app secret."""
 
-
-class SenderDirectory(Protocol):
     def account_for(self, business: PhoneNumber) -> SenderAccount: ...
 
     def by_phone_number_id(self, phone_number_id: str) -> SenderAccount | None: ...

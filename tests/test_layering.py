@@ -1,0 +1,221 @@
+"""The layering the code relies on, read from its imports and literals with `ast`.
+
+- The import graph of `wacall` has no cycles.
+- The rule core (engine, policy, the call state machine) imports nothing of the network, the store's database,
+  the media stack or the simulator, directly or through another wacall module.
+- Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from wacall.upstreams.meta.errors import META_ERRORS
+
+PACKAGE = Path(__file__).resolve().parent.parent / "server" / "wacall"
+
+RULE_CORE = ("wacall.engine", "wacall.policy", "wacall.calls")
+FORBIDDEN_IN_RULE_CORE = ("grpc", "aiohttp", "httpx", "sqlite3", "aiortc", "wacall.simulator")
+
+# Where Meta's own vocabulary belongs.
+PLATFORM_MODULES = ("wacall.upstreams.meta", "wacall.simulator")
+
+# Field names of the Graph API's and its webhooks' JSON bodies (whatsapp-calling.md §4-§6, §8).
+# (`biz_opaque_callback_data` and `is_permanent` are left out: our own API and event log name their fields the
+# same, on purpose.)
+PLATFORM_FIELDS = frozenset(
+    {
+        "messaging_product",
+        "recipient_type",
+        "call_permission_request",
+        "call_permission_reply",
+        "response_source",
+        "expiration_timestamp",
+        "phone_number_id",
+        "display_phone_number",
+        "wa_id",
+        "user_wa_id",
+        "recipient_id",
+        "whatsapp_business_account",
+        "sdp_type",
+        "error_data",
+        "fbtrace_id",
+        "action_name",
+        "can_perform_action",
+        "current_usage",
+        "limit_expiration_time",
+    }
+)
+# The platform's id prefixes: parsing them is reading its shapes.
+PLATFORM_ID_PREFIXES = ("wacid.", "wamid.")
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+
+
+def _runtime_nodes(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every node except what sits under `if TYPE_CHECKING:` (not imported at run time)."""
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            pending.extend(node.orelse)
+            continue
+        yield node
+        pending.extend(ast.iter_child_nodes(node))
+
+
+def _package_of(name: str) -> str:
+    return name if MODULES[name].name == "__init__.py" else name.rpartition(".")[0]
+
+
+def imported(name: str) -> set[str]:
+    """What module `name` imports at run time: wacall modules by full name, others by top-level name."""
+    found: set[str] = set()
+    for node in _runtime_nodes(TREES[name]):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _package_of(name)
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                target = f"{base}.{node.module}" if node.module else base
+            else:
+                target = node.module or ""
+            found.add(target)
+            # `from package import module` imports the module.
+            found.update(f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in MODULES)
+    edges: set[str] = set()
+    for target in found:
+        if target.split(".")[0] != "wacall":
+            edges.add(target.split(".")[0])
+            continue
+        # Importing a.b.c runs a, a.b and a.b.c.
+        parts = target.split(".")
+        edges.update(prefix for i in range(1, len(parts) + 1) if (prefix := ".".join(parts[:i])) in MODULES)
+    edges.discard(name)
+    return edges
+
+
+GRAPH = {name: {t for t in imported(name) if t in MODULES} for name in MODULES}
+
+
+def import_cycles() -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each a cycle of imports."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(GRAPH[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for name in sorted(GRAPH):
+        if name not in index:
+            visit(name)
+    return cycles
+
+
+def reachable(name: str) -> set[str]:
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        current = pending.pop()
+        for target in imported(current):
+            if target not in seen:
+                seen.add(target)
+                if target in MODULES:
+                    pending.append(target)
+    return seen
+
+
+def test_the_import_graph_has_no_cycles() -> None:
+    assert len(GRAPH) > 30  # the whole package was read
+    assert import_cycles() == []
+
+
+def test_the_cycle_check_finds_a_cycle() -> None:
+    # The check itself, on a graph with one: engine → calls → engine.
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.engine"].add("wacall.calls")
+        assert ["wacall.calls", "wacall.engine"] in import_cycles()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
+
+
+@pytest.mark.parametrize("core", RULE_CORE)
+def test_the_rule_core_imports_no_io_media_or_simulator(core: str) -> None:
+    everything = reachable(core)
+    assert "wacall.engine" in everything or core == "wacall.engine" or core == "wacall.policy"
+    offending = sorted(t for t in everything if any(t == f or t.startswith(f"{f}.") for f in FORBIDDEN_IN_RULE_CORE))
+    assert offending == [], f"{core} imports {offending} (directly or through another wacall module)"
+
+
+def _outside_platform() -> list[str]:
+    return [n for n in MODULES if not any(n == p or n.startswith(f"{p}.") for p in PLATFORM_MODULES)]
+
+
+def platform_vocabulary(name: str) -> list[str]:
+    """Meta error codes and JSON field names used as literals in module `name` (docstrings and prose aside)."""
+    codes = {code for code in META_ERRORS if code >= 1000}
+    found = []
+    for node in ast.walk(TREES[name]):
+        if not isinstance(node, ast.Constant):
+            continue
+        value = node.value
+        if isinstance(value, int) and not isinstance(value, bool) and value in codes:
+            found.append(f"line {node.lineno}: error code {value}")
+        elif isinstance(value, str):
+            if value.isdigit() and int(value) in META_ERRORS:
+                found.append(f"line {node.lineno}: error code {value!r}")
+            elif value in PLATFORM_FIELDS:
+                found.append(f"line {node.lineno}: field {value!r}")
+            elif value.startswith(PLATFORM_ID_PREFIXES):
+                found.append(f"line {node.lineno}: platform id shape {value!r}")
+    return found
+
+
+def test_only_the_meta_upstream_and_the_simulator_know_meta_codes_and_json_fields() -> None:
+    outside = _outside_platform()
+    assert "wacall.permissions" in outside and "wacall.call_service" in outside and "wacall.calls" in outside
+    leaks = {name: found for name in outside if (found := platform_vocabulary(name))}
+    assert leaks == {}
+
+
+def test_the_vocabulary_check_sees_meta_codes_and_fields() -> None:
+    # The check itself: the Meta upstream is full of them.
+    assert any("138017" in f for f in platform_vocabulary("wacall.upstreams.meta.errors"))
+    assert any("messaging_product" in f for f in platform_vocabulary("wacall.upstreams.meta.wire"))
+    assert any("wacid." in f for f in platform_vocabulary("wacall.upstreams.meta.webhook_payloads"))
