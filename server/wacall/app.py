@@ -22,11 +22,11 @@ from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
-from wacall.api import CallingServicer
-from wacall.api_errors import Context, MalformedRequestGuard
+from wacall.api.calling import CallingServicer
+from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.clock_service import ClockServicer, restore_position
+from wacall.api.clock import ClockServicer, restore_position
 from wacall.config import Settings
 from wacall.graph import GraphClient
 from wacall.permissions import PermissionService

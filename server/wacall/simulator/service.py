@@ -11,8 +11,8 @@ import grpc
 from wacall_client.sim.v1 import simulator_pb2 as pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition, duration_field, text_field
-from wacall.api_messages import timestamp
+from wacall.api.errors import Context, abort, abort_bad_request, abort_precondition, duration_field, text_field
+from wacall.api.messages import timestamp
 from wacall.engine import PermissionState, effective_state
 from wacall.media.tracks import audio_problem
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number

@@ -17,7 +17,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from wacall.api_messages import action_detail, duration
+from wacall.api.messages import action_detail, duration
 from wacall.errors import REASONS, platform_error
 from wacall.graph import GraphError
 from wacall.permissions import PlatformRefusal, RuleRefusal

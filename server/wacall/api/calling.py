@@ -1,6 +1,6 @@
 """gRPC servicer for wacall.v1.CallingService: validate, call the services, map the result.
 
-Errors carry google.rpc rich details (api_errors.py): RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure for
+Errors carry google.rpc rich details (errors.py): RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure for
 used-up limits, FAILED_PRECONDITION with PreconditionFailure for permission and configuration problems,
 INVALID_ARGUMENT with BadRequest for bad fields. Every message says what to do.
 """
@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.api_errors import (
+from wacall.api.errors import (
     Context,
     abort,
     abort_bad_request,
@@ -32,7 +32,7 @@ from wacall.api_errors import (
     duration_field,
     text_field,
 )
-from wacall.api_messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
+from wacall.api.messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
 from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, CallView, MediaSetupFailed
 from wacall.calls import CallState
 from wacall.graph import TemplateRef
