@@ -23,10 +23,10 @@ from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
 from wacall.api.calling import CallingServicer
+from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.api.clock import ClockServicer, restore_position
 from wacall.config import Settings
 from wacall.graph import GraphClient
 from wacall.permissions import PermissionService
