@@ -19,6 +19,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from wacall.api.messages import action_detail, duration
+from wacall.confinement import OutsideDirectory, inside
 from wacall.errors import REASONS, platform_error
 from wacall.graph import GraphError
 from wacall.permissions import PlatformRefusal, RuleRefusal
@@ -212,6 +213,16 @@ async def text_field(context: Context, value: str, field: str, *, max_chars: int
     if _control_characters(value, "\n\r\t" if multiline else ""):
         await abort_bad_request(context, field, "control characters (such as NUL) are not allowed")
     return value
+
+
+async def server_file_field(context: Context, value: str, field: str, directory: str, *, max_chars: int) -> str:
+    """The real path of a server-side file named in a request, which must lie inside `directory` (a configured
+    one); INVALID_ARGUMENT naming the field and the directory otherwise."""
+    await text_field(context, value, field, max_chars=max_chars)
+    try:
+        return inside(directory, value)
+    except OutsideDirectory as error:
+        await abort_bad_request(context, field, str(error))
 
 
 # --- requests that do not parse -----------------------------------------------------------------------------------
