@@ -167,6 +167,9 @@ def settings_for(tmp_path: Path, **changes: object) -> Settings:
         "db": f"sqlite:///{tmp_path / 'wacall.db'}",
         "clock": "manual",
         "sim_state": str(tmp_path / "simulator.json"),
+        # Tests write their audio and recordings in their own directory: the service reads and writes only there.
+        "media_dir": str(tmp_path),
+        "recordings_dir": str(tmp_path),
     }
     values.update(changes)
     return Settings(**values)  # type: ignore[arg-type]

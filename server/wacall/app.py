@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import os
@@ -22,12 +23,13 @@ from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
-from wacall.api import CallingServicer
-from wacall.api_errors import Context, MalformedRequestGuard
+from wacall.api.calling import CallingServicer, FileRoots
+from wacall.api.clock import ClockServicer, restore_position
+from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.clock_service import ClockServicer, restore_position
 from wacall.config import Settings
+from wacall.confinement import inside
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -124,6 +126,9 @@ class Addresses:
 
 
 class Service:
+    """The assembled service. `start` runs one setup step per component; each enters its teardown into one
+    AsyncExitStack, so `stop` (and a start that fails half way) undoes exactly what was set up, in reverse order."""
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.policy = settings.load_policy()
@@ -133,87 +138,174 @@ class Service:
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
-        self._grpc: grpc.aio.Server | None = None
-        self._http_runner: web.AppRunner | None = None
-        self._http_server: asyncio.Server | None = None
         self.http_guard: HttpGuard | None = None
-        self._sim_runner: web.AppRunner | None = None
+        self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
-        self._executor: ThreadPoolExecutor | None = None
-        self._recovery: asyncio.Task[None] | None = None
+        self._stack = contextlib.AsyncExitStack()
+        self._grace = 2.0
 
     async def start(self) -> Addresses:
-        settings = self.settings
-        grpc_host, grpc_port = _split(settings.grpc_address)
-        _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
+        async with contextlib.AsyncExitStack() as stack:
+            self._setup_executor(stack)
+            self._setup_files()
+            store = await self._setup_store(stack)
+            graph_address, senders = await self._setup_platform(stack)
+            upstream = await self._setup_upstream(stack, graph_address)
+            permissions = self._setup_permissions(store, senders, upstream)
+            http_address = await self._setup_http(stack, permissions, senders)
+            calls = await self._setup_calls(stack, permissions, upstream)
+            grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
+            await self._setup_health(stack, names)
+            # Started: from here on the teardown belongs to stop().
+            self._stack = stack.pop_all()
+        return Addresses(grpc=grpc_address, http=http_address, graph=graph_address)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        self._grace = grace
+        await self._stack.aclose()
+
+    async def wait(self) -> None:
+        assert self._grpc is not None
+        await self._grpc.wait_for_termination()
+
+    # --- one setup step per component, each entering its own teardown ---------------------------------------------
+
+    def _setup_executor(self, stack: contextlib.AsyncExitStack) -> None:
         # aiortc encodes audio in the loop's default executor (MEDIA-3): a named pool of known size, so thread
         # counts stay bounded and readable.
-        self._executor = ThreadPoolExecutor(max_workers=settings.worker_threads, thread_name_prefix=WORKER_PREFIX)
-        asyncio.get_running_loop().set_default_executor(self._executor)
-        self.store = open_store(settings.db)
+        executor = ThreadPoolExecutor(max_workers=self.settings.worker_threads, thread_name_prefix=WORKER_PREFIX)
+        asyncio.get_running_loop().set_default_executor(executor)
+        stack.callback(executor.shutdown, wait=False)
+
+    def _setup_files(self) -> None:
+        """The directories files named in RPCs are confined to; made here so that a fresh install just works."""
+        for directory in (self.settings.media_dir, self.settings.recordings_dir):
+            Path(directory).mkdir(parents=True, exist_ok=True)
+
+    async def _setup_store(self, stack: contextlib.AsyncExitStack) -> Store:
+        store = self.store = open_store(self.settings.db)
+        stack.push_async_callback(store.close)
         if isinstance(self.clock, ManualClock):
-            await restore_position(self.clock, self.store)
-        graph_address: str | None = None
-        senders: MetaSenderDirectory
-        if settings.upstream == "sim":
-            self.platform = SimulatedPlatform(
-                self.clock,
-                self.policy,
-                state_path=Path(settings.sim_state) if settings.sim_state else None,
-                no_media_at_start=timedelta(seconds=settings.sim_no_media_at_start_seconds),
-                no_media_mid_call=timedelta(seconds=settings.sim_no_media_mid_call_seconds),
-            )
-            sim_app = web.Application()
-            sim_app.add_routes(self.platform.routes())
-            self._sim_runner = web.AppRunner(sim_app, access_log=None)
-            await self._sim_runner.setup()
-            site = web.TCPSite(self._sim_runner, "127.0.0.1", 0)
-            await site.start()
-            port = self._sim_runner.addresses[0][1]
-            graph_address = f"http://127.0.0.1:{port}"
-            # The service talks to the simulator over HTTP, exactly as to Meta.
-            self.upstream = MetaUpstream(GraphClient(f"{graph_address}/{GRAPH_VERSION}"))
-            platform = self.platform
-            for account in settings.senders:
-                platform.register(account)
-            senders = ProvisioningSenders(
-                settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
-            )
-        else:
-            self.upstream = MetaUpstream(GraphClient(settings.graph_base_url))
-            senders = ConfiguredSenders(settings.senders)
+            await restore_position(self.clock, store)
+        return store
+
+    async def _setup_platform(self, stack: contextlib.AsyncExitStack) -> tuple[str | None, MetaSenderDirectory]:
+        """The embedded simulator with its Graph endpoints (upstream sim), or the configured Meta senders."""
+        settings = self.settings
+        if settings.upstream != "sim":
+            return None, ConfiguredSenders(settings.senders)
+        platform = self.platform = SimulatedPlatform(
+            self.clock,
+            self.policy,
+            state_path=Path(settings.sim_state) if settings.sim_state else None,
+            no_media_at_start=timedelta(seconds=settings.sim_no_media_at_start_seconds),
+            no_media_mid_call=timedelta(seconds=settings.sim_no_media_mid_call_seconds),
+        )
+        sim_app = web.Application()
+        sim_app.add_routes(platform.routes())
+        sim_runner = web.AppRunner(sim_app, access_log=None)
+        await sim_runner.setup()
+        stack.push_async_callback(sim_runner.cleanup)
+        stack.push_async_callback(platform.close)
+        site = web.TCPSite(sim_runner, "127.0.0.1", 0)
+        await site.start()
+        port = sim_runner.addresses[0][1]
+        for account in settings.senders:
+            platform.register(account)
+        senders = ProvisioningSenders(
+            settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
+        )
+        return f"http://127.0.0.1:{port}", senders
+
+    async def _setup_upstream(self, stack: contextlib.AsyncExitStack, graph_address: str | None) -> MetaUpstream:
+        # The service talks to the simulator over HTTP, exactly as to Meta.
+        base_url = f"{graph_address}/{GRAPH_VERSION}" if graph_address is not None else self.settings.graph_base_url
+        upstream = self.upstream = MetaUpstream(GraphClient(base_url))
+        stack.push_async_callback(upstream.close)
+        return upstream
+
+    def _setup_permissions(
+        self, store: Store, senders: MetaSenderDirectory, upstream: MetaUpstream
+    ) -> PermissionService:
         self.permissions = PermissionService(
-            self.store,
+            store,
             self.clock,
             self.policy,
             senders,
-            self.upstream,
-            reservation_grace=timedelta(seconds=settings.reservation_grace_seconds),
+            upstream,
+            reservation_grace=timedelta(seconds=self.settings.reservation_grace_seconds),
         )
+        return self.permissions
 
+    async def _setup_http(
+        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, senders: MetaSenderDirectory
+    ) -> str:
+        """The webhook endpoint; the simulator delivers its webhooks there."""
+        settings = self.settings
         http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
         http_app.add_routes(
             webhook_routes(
-                self.permissions,
+                permissions,
                 senders,
                 lambda: settings.webhook_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
             )
         )
-        self._http_runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
-        await self._http_runner.setup()
+        runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
         http_host, http_port = _split(settings.http_address)
         try:
-            self._http_server = await start_http_server(self._http_runner, self.http_guard, http_host, http_port)
+            server = await start_http_server(runner, self.http_guard, http_host, http_port)
         except OSError as error:
             why = os.strerror(error.errno) if error.errno else str(error)
             raise AddressUnavailable("webhooks (HTTP)", f"{http_host}:{http_port}", "--http-address", why) from None
-        bound_http = self._http_server.sockets[0].getsockname()
-        http_address = f"{http_host}:{bound_http[1]}"
+        stack.callback(server.close)
+        http_address = f"{http_host}:{server.sockets[0].getsockname()[1]}"
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
+        return http_address
 
+    async def _setup_calls(
+        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, upstream: MetaUpstream
+    ) -> CallService:
+        calls = self.calls = CallService(
+            permissions,
+            upstream,
+            inbound_route=self._inbound_route(),
+            inbound_route_name=self.settings.inbound_route,
+            media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
+        )
+        stack.push_async_callback(calls.close)
+        await calls.start_background()
+        # Requests a killed process left unsettled are settled in the background: asking the platform must not hold
+        # up start-up (Meta may be slow or unreachable), and a retry of such a key settles it on the spot anyway.
+        recovery = asyncio.create_task(permissions.keep_recovering())
+
+        async def stop_recovery() -> None:
+            recovery.cancel()
+            await asyncio.gather(recovery, return_exceptions=True)
+
+        stack.push_async_callback(stop_recovery)
+        return calls
+
+    def _inbound_route(self) -> Callable[[], MediaAdapter]:
+        """What answers a user's call."""
+        settings = self.settings
+        if settings.inbound_route == "media_stream":
+            return MediaStreamAdapter
+        audio_file = inside(settings.media_dir, settings.inbound_audio_file) if settings.inbound_audio_file else ""
+        return lambda: AnnouncementAdapter(audio_file=audio_file)
+
+    async def _setup_grpc(
+        self, stack: contextlib.AsyncExitStack, store: Store, permissions: PermissionService, calls: CallService
+    ) -> tuple[str, list[str]]:
+        """The gRPC API (and the simulator's and manual clock's services when they run); the bound address and the
+        service names health reports on."""
+        settings = self.settings
+        grpc_host, grpc_port = _split(settings.grpc_address)
+        _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
         interceptors: list[grpc.aio.ServerInterceptor] = (
             [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
         )
@@ -221,22 +313,18 @@ class Service:
         server = grpc.aio.server(
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
         )
-        self.calls = CallService(
-            self.permissions,
-            self.upstream,
-            inbound_route=self._inbound_route(),
-            inbound_route_name=settings.inbound_route,
-            media_timeout=timedelta(seconds=settings.media_timeout_seconds),
-        )
-        await self.calls.start_background()
-        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(self.permissions, self.calls), server)
+        stack.push_async_callback(lambda: server.stop(self._grace))
+        roots = FileRoots(media=settings.media_dir, recordings=settings.recordings_dir)
+        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(permissions, calls, roots), server)
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         if self.platform is not None:
-            simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(SimulatorServicer(self.platform), server)
+            simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
+                SimulatorServicer(self.platform, settings.media_dir), server
+            )
             names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
         if isinstance(self.clock, ManualClock):
             settle = self.platform.settle if self.platform is not None else _nothing
-            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, self.store), server)
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, store), server)
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
@@ -249,47 +337,12 @@ class Service:
             raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
         await server.start()
         self._grpc = server
-        # Requests a killed process left unsettled are settled in the background: asking the platform must not hold
-        # up start-up (Meta may be slow or unreachable), and a retry of such a key settles it on the spot anyway.
-        self._recovery = asyncio.create_task(self.permissions.keep_recovering())
+        return f"{grpc_host}:{bound}", names
+
+    async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
+        stack.push_async_callback(self._health.enter_graceful_shutdown)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        return Addresses(grpc=f"{grpc_host}:{bound}", http=http_address, graph=graph_address)
-
-    def _inbound_route(self) -> Callable[[], MediaAdapter]:
-        """What answers a user's call."""
-        settings = self.settings
-        if settings.inbound_route == "media_stream":
-            return MediaStreamAdapter
-        return lambda: AnnouncementAdapter(audio_file=settings.inbound_audio_file)
-
-    async def stop(self, grace: float = 2.0) -> None:
-        await self._health.enter_graceful_shutdown()
-        if self._grpc is not None:
-            await self._grpc.stop(grace)
-        if self._recovery is not None:
-            self._recovery.cancel()
-            await asyncio.gather(self._recovery, return_exceptions=True)
-        if self.calls is not None:
-            await self.calls.close()
-        if self._http_server is not None:
-            self._http_server.close()
-        if self._http_runner is not None:
-            await self._http_runner.cleanup()
-        if self.platform is not None:
-            await self.platform.close()
-        if self._sim_runner is not None:
-            await self._sim_runner.cleanup()
-        if self.upstream is not None:
-            await self.upstream.close()
-        if self.store is not None:
-            await self.store.close()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False)
-
-    async def wait(self) -> None:
-        assert self._grpc is not None
-        await self._grpc.wait_for_termination()
 
 
 def webhook_limits(settings: Settings) -> WebhookLimits:

@@ -380,17 +380,7 @@ class CallService:
                     found = tx.call(earlier.outcome["call_id"])
                     assert found is not None
                     return found
-            ledger = tx.ledger(pair)
-            active = tx.active_call(pair)
-            evaluation = engine.evaluate(
-                ledger,
-                now,
-                self.permissions.policy,
-                business_region=business.region,
-                template_available=True,
-                call_in_progress=active is not None,
-                restriction=tx.restriction(pair.business),
-            )
+            evaluation = self.permissions.evaluate(tx, pair, business, now)
             if not evaluation.call.allowed:
                 raise RuleRefusal(evaluation.call, evaluation, pair)
             facts = CallFacts(Direction.BUSINESS_INITIATED, now)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wacall.confinement import OutsideDirectory, inside
 from wacall.policy import PRESETS, Policy, PolicyError, load_policy
 from wacall.upstreams.meta.accounts import InvalidSenderConfig, SenderAccount, sender_from_config
 
@@ -48,6 +49,9 @@ class Settings:
     # attaches with CallMedia after seeing the call in WatchEvents).
     inbound_route: str = "announcement"
     inbound_audio_file: str = ""
+    # The only directories files named in an RPC may be read from (audio) and written to (recordings).
+    media_dir: str = "var/media"
+    recordings_dir: str = "var/recordings"
     log_level: str = "INFO"
     # Webhook timestamps: refused when further ahead of our clock than the skew, or older than the platform's
     # retries (up to 7 days) plus a margin; expirations (permissions, pauses) no further ahead than the last bound.
@@ -88,6 +92,8 @@ SCALARS: Mapping[str, type] = {
     "worker_threads": int,
     "inbound_route": str,
     "inbound_audio_file": str,
+    "media_dir": str,
+    "recordings_dir": str,
     "log_level": str,
     "webhook_max_clock_skew_seconds": float,
     "webhook_max_age_seconds": float,
@@ -130,7 +136,12 @@ DESCRIPTIONS: Mapping[str, str] = {
     ),
     "worker_threads": "threads for audio encoding and file decoding",
     "inbound_route": "what answers a user's call: an announcement, or a CallMedia stream program",
-    "inbound_audio_file": "the announcement played to users who call (empty: a tone)",
+    "inbound_audio_file": "the announcement played to users who call, a file in media_dir (empty: a tone)",
+    "media_dir": (
+        "the directory audio files named in an RPC or in inbound_audio_file are read from (created at start); "
+        "nothing outside it is read"
+    ),
+    "recordings_dir": "the directory record_to files are written in (created at start); nothing outside it is written",
     "log_level": "how much to log",
     "webhook_max_clock_skew_seconds": "webhook timestamps further ahead of our clock than this are refused (HTTP 400)",
     "webhook_max_age_seconds": "webhook timestamps older than this are refused (the platform retries for 7 days)",
@@ -182,8 +193,15 @@ def load_settings(
         raise ConfigError(f"upstream must be 'sim' or 'meta', got {settings.upstream!r}")
     if settings.inbound_route not in ("announcement", "media_stream"):
         raise ConfigError(f"inbound_route must be 'announcement' or 'media_stream', got {settings.inbound_route!r}")
-    if settings.inbound_audio_file and not Path(settings.inbound_audio_file).is_file():
-        raise ConfigError(f"inbound_audio_file {settings.inbound_audio_file} does not exist")
+    if settings.inbound_audio_file:
+        try:
+            audio_file = inside(settings.media_dir, settings.inbound_audio_file)
+        except OutsideDirectory as error:
+            raise ConfigError(f"inbound_audio_file: {error}") from None
+        if not Path(audio_file).is_file():
+            raise ConfigError(
+                f"inbound_audio_file {settings.inbound_audio_file} does not exist in {settings.media_dir}"
+            )
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
     if settings.reservation_grace_seconds <= 0:

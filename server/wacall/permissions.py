@@ -261,23 +261,27 @@ class PermissionService:
             return False
         return self.senders.account_for(business).default_template is not None
 
-    def _evaluate(
+    def evaluate(
         self,
-        ledger: Ledger,
+        tx: Tx,
+        pair: Pair,
         business: PhoneNumber,
         now: datetime,
         template: TemplateRef | None = None,
-        call_in_progress: bool = False,
-        restriction: engine.Restriction | None = None,
+        ledger: Ledger | None = None,
     ) -> Evaluation:
+        """The one evaluation of a pair: every input the rules take (a call in progress, the business number's
+        restriction, whether a template is available), read in `tx`. GetPermission, RequestPermission and StartCall
+        all decide through it, so what one reports the others act on. `ledger` is the pair's ledger when the caller
+        holds it already (read or just updated in `tx`)."""
         return engine.evaluate(
-            ledger,
+            tx.ledger(pair) if ledger is None else ledger,
             now,
             self.policy,
             business_region=business.region,
             template_available=self._template_available(business, template),
-            call_in_progress=call_in_progress,
-            restriction=restriction,
+            call_in_progress=tx.active_call(pair) is not None,
+            restriction=tx.restriction(pair.business),
         )
 
     def record(
@@ -323,10 +327,10 @@ class PermissionService:
         return event if sent_at is None else dataclasses.replace(event, request_sent_at=sent_at)
 
     def _view(
-        self, pair: Pair, business: PhoneNumber, ledger: Ledger, now: datetime, tx: Tx | None = None
+        self, tx: Tx, pair: Pair, business: PhoneNumber, now: datetime, ledger: Ledger | None = None
     ) -> PermissionView:
-        restriction = tx.restriction(pair.business) if tx is not None else None
-        evaluation = self._evaluate(ledger, business, now, restriction=restriction)
+        ledger = tx.ledger(pair) if ledger is None else ledger
+        evaluation = self.evaluate(tx, pair, business, now, ledger=ledger)
         return PermissionView(pair, evaluation, ledger.state_changed_at, self.policy)
 
     # --- reads --------------------------------------------------------------------------------------------------
@@ -334,16 +338,7 @@ class PermissionService:
     async def get(self, business_number: str, user_number: str) -> PermissionView:
         business, user = self.parse_pair(business_number, user_number)
         pair = Pair(business.e164, user.e164)
-
-        def read(tx: Tx) -> PermissionView:
-            ledger = tx.ledger(pair)
-            evaluation = self._evaluate(
-                ledger, business, self.clock.now(), call_in_progress=tx.active_call(pair) is not None,
-                restriction=tx.restriction(pair.business),
-            )  # fmt: skip
-            return PermissionView(pair, evaluation, ledger.state_changed_at, self.policy)
-
-        return await self.store.transaction(read)
+        return await self.store.transaction(lambda tx: self._view(tx, pair, business, self.clock.now()))
 
     async def reconcile(self, business_number: str, user_number: str) -> PermissionView:
         """Align the ledger's permission with the platform's own view (GET call_permissions).
@@ -447,7 +442,7 @@ class PermissionService:
                         return RequestResult(
                             earlier.outcome["message_id"],
                             Channel(earlier.outcome["channel"]),
-                            self._view(pair, business, tx.ledger(pair), now, tx),
+                            self._view(tx, pair, business, now),
                             replayed=True,
                         )
                     if status == "unknown":
@@ -466,7 +461,7 @@ class PermissionService:
                         tx.save_reservation(claimed)
                         return _Unsettled(claimed)
             ledger = tx.ledger(pair)
-            evaluation = self._evaluate(ledger, business, now, template, restriction=tx.restriction(pair.business))
+            evaluation = self.evaluate(tx, pair, business, now, template, ledger)
             decision = evaluation.request
             if not decision.allowed:
                 raise RuleRefusal(decision, evaluation, pair)
@@ -590,7 +585,7 @@ class PermissionService:
                     ),
                     now,
                 )
-            return self._view(pair, business, ledger, now, tx)
+            return self._view(tx, pair, business, now, ledger)
 
         view = await self.store.transaction(settle)
         self.changes.notify()
@@ -632,7 +627,7 @@ class PermissionService:
                 tx.save_idempotent_result(
                     IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "failed"}), now
                 )
-            return self._view(pair, business, ledger, now, tx)
+            return self._view(tx, pair, business, now, ledger)
 
         view = await self.store.transaction(settle)
         self.changes.notify()

@@ -11,8 +11,16 @@ import grpc
 from wacall_client.sim.v1 import simulator_pb2 as pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 
-from wacall.api_errors import Context, abort, abort_bad_request, abort_precondition, duration_field, text_field
-from wacall.api_messages import timestamp
+from wacall.api.errors import (
+    Context,
+    abort,
+    abort_bad_request,
+    abort_precondition,
+    duration_field,
+    server_file_field,
+    text_field,
+)
+from wacall.api.messages import timestamp
 from wacall.engine import PermissionState, effective_state
 from wacall.media.tracks import audio_problem
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
@@ -62,8 +70,9 @@ def sent_message(message: SimMessage) -> pb.SentMessage:
 
 
 class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
-    def __init__(self, platform: SimulatedPlatform) -> None:
+    def __init__(self, platform: SimulatedPlatform, media_dir: str) -> None:
         self.platform = platform
+        self.media_dir = media_dir
 
     async def _number(self, context: Context, value: str, field: str) -> PhoneNumber:
         await text_field(context, value, field, max_chars=MAX_NUMBER_CHARS)
@@ -94,14 +103,19 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             await abort_bad_request(context, "on_call", "unknown value")
         if request.wa_id and not (request.wa_id.isascii() and request.wa_id.isdigit() and len(request.wa_id) <= 20):
             await abort_bad_request(context, "wa_id", "digits only, as WhatsApp writes it (no +)")
+        changes: dict[str, object] = {}
         if request.say_file:
-            await text_field(context, request.say_file, "say_file", max_chars=MAX_PATH)
-            if not os.path.isfile(request.say_file):
-                await abort_bad_request(context, "say_file", f"no such file on the server: {request.say_file}")
-            problem = audio_problem(request.say_file)
+            say_file = await server_file_field(
+                context, request.say_file, "say_file", self.media_dir, max_chars=MAX_PATH
+            )
+            if not os.path.isfile(say_file):
+                await abort_bad_request(
+                    context, "say_file", f"no such file on the server: {request.say_file} (in {self.media_dir})"
+                )
+            problem = audio_problem(say_file)
             if problem is not None:
                 await abort_bad_request(context, "say_file", f"{request.say_file}: {problem}")
-        changes: dict[str, object] = {}
+            changes["say_file"] = say_file
         for name in ("reply_delay", "ring_duration", "talk_duration"):
             if not request.HasField(name):
                 continue
@@ -117,7 +131,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         if request.HasField("tone_hz"):
             changes["tone_hz"] = request.tone_hz or DEFAULT_TONE_HZ
         for name in ("outdated_client", "wa_id", "say_file"):
-            if request.HasField(name):
+            if request.HasField(name) and name not in changes:
                 changes[name] = getattr(request, name)
         current = self.platform.user(user.e164)
         return behavior_message(self.platform.set_behavior(dataclasses.replace(current, **changes)))  # type: ignore[arg-type]

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
-from wacall.api_messages import action_detail, duration
+from wacall.api.messages import action_detail, duration
+from wacall.confinement import OutsideDirectory, inside
 from wacall.errors import REASONS, refusal_status
 from wacall.permissions import PlatformRefusal, RuleRefusal
 from wacall.upstreams.base import UpstreamUnavailable
@@ -32,15 +34,16 @@ def shorten(text: str, limit: int = MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-async def abort(context: Context, code: grpc.StatusCode, message: str, *details: object) -> NoReturn:
+async def abort(context: Context, code: grpc.StatusCode, message: str, *details: Message) -> NoReturn:
+    """Ends the RPC with a google.rpc.Status carrying the details (grpcio-status writes grpc-status-details-bin)."""
     message = shorten(message)
     packed = []
     for detail in details:
         holder = any_pb2.Any()
-        holder.Pack(detail)  # type: ignore[arg-type]
+        holder.Pack(detail)
         packed.append(holder)
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=message, details=packed)
-    await context.abort(code, message, trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),))
+    status = status_pb2.Status(code=code.value[0], message=message, details=packed)
+    await context.abort_with_status(rpc_status.to_status(status))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -62,7 +65,7 @@ async def abort_precondition(
     subject: str,
     description: str,
     message: str,
-    *extra: object,
+    *extra: Message,
     status: grpc.StatusCode = grpc.StatusCode.FAILED_PRECONDITION,
 ) -> NoReturn:
     """A refusal with one PreconditionFailure violation (and any extra details, e.g. RetryInfo); the status is
@@ -207,6 +210,16 @@ async def text_field(context: Context, value: str, field: str, *, max_chars: int
     if _control_characters(value, "\n\r\t" if multiline else ""):
         await abort_bad_request(context, field, "control characters (such as NUL) are not allowed")
     return value
+
+
+async def server_file_field(context: Context, value: str, field: str, directory: str, *, max_chars: int) -> str:
+    """The real path of a server-side file named in a request, which must lie inside `directory` (a configured
+    one); INVALID_ARGUMENT naming the field and the directory otherwise."""
+    await text_field(context, value, field, max_chars=max_chars)
+    try:
+        return inside(directory, value)
+    except OutsideDirectory as error:
+        await abort_bad_request(context, field, str(error))
 
 
 # --- requests that do not parse -----------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """gRPC servicer for wacall.v1.CallingService: validate, call the services, map the result.
 
-Errors carry google.rpc rich details (api_errors.py): RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure for
+Errors carry google.rpc rich details (errors.py): RESOURCE_EXHAUSTED with RetryInfo and QuotaFailure for
 used-up limits, FAILED_PRECONDITION with PreconditionFailure for permission and configuration problems,
 INVALID_ARGUMENT with BadRequest for bad fields. Every message says what to do.
 """
@@ -12,6 +12,7 @@ import base64
 import os
 import re
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
 
@@ -22,7 +23,7 @@ from google.rpc import error_details_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.api_errors import (
+from wacall.api.errors import (
     Context,
     abort,
     abort_bad_request,
@@ -30,9 +31,10 @@ from wacall.api_errors import (
     abort_precondition,
     abort_refusal,
     duration_field,
+    server_file_field,
     text_field,
 )
-from wacall.api_messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
+from wacall.api.messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
 from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, CallView, MediaSetupFailed
 from wacall.calls import CallState
 from wacall.media.sdp import only_sha256_fingerprint, peer_problems, platform_problems
@@ -100,14 +102,33 @@ async def positive_duration(context: Context, message: Message, name: str, field
     return value
 
 
-async def _server_file(context: Context, path: str, field: str) -> None:
-    await text_field(context, path, field, max_chars=MAX_PATH)
+async def _audio_file(context: Context, name: str, field: str, media_dir: str) -> str:
+    path = await server_file_field(context, name, field, media_dir, max_chars=MAX_PATH)
     if not os.path.isfile(path):
-        await abort_bad_request(context, field, f"no such file on the server: {path}")
+        await abort_bad_request(context, field, f"no such file on the server: {name} (in {media_dir})")
     # Decoding fails before the call is placed, not when the user picks up.
     problem = await asyncio.get_running_loop().run_in_executor(None, audio_problem, path)
     if problem is not None:
-        await abort_bad_request(context, field, f"{path}: {problem}")
+        await abort_bad_request(context, field, f"{name}: {problem}")
+    return path
+
+
+async def _recording_file(context: Context, name: str, field: str, recordings_dir: str) -> str:
+    path = await server_file_field(context, name, field, recordings_dir, max_chars=MAX_PATH)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        await abort_bad_request(context, field, "its directory does not exist")
+    if os.path.isdir(path) or not os.access(directory, os.W_OK):
+        await abort_bad_request(context, field, "not a file this service can write")
+    return path
+
+
+@dataclass(frozen=True)
+class FileRoots:
+    """The configured directories server-side files named in a route must lie in."""
+
+    media: str
+    recordings: str
 
 
 async def _ice_servers(context: Context, urls: list[str]) -> None:
@@ -125,14 +146,19 @@ async def _ice_servers(context: Context, urls: list[str]) -> None:
             await abort_bad_request(context, field, "only stun: URLs are supported (TURN needs credentials)")
 
 
-async def build_route(route: pb.Route, context: Context) -> tuple[Callable[[], MediaAdapter], str, str]:
+async def build_route(
+    route: pb.Route, context: Context, roots: FileRoots
+) -> tuple[Callable[[], MediaAdapter], str, str]:
     """The adapter factory for a route, its name, and what distinguishes it for idempotency. Validates first:
     a route that passes here sets up (nothing is recorded for one that does not)."""
     kind = route.WhichOneof("kind") or "announcement"
     if kind == "announcement":
         a = route.announcement
-        if a.audio_file:
-            await _server_file(context, a.audio_file, "route.announcement.audio_file")
+        audio_file = (
+            await _audio_file(context, a.audio_file, "route.announcement.audio_file", roots.media)
+            if a.audio_file
+            else ""
+        )
         if a.tone_hz and not 20 <= a.tone_hz <= 20000:
             await abort_bad_request(context, "route.announcement.tone_hz", "between 20 and 20000 Hz")
         tone = await positive_duration(
@@ -143,19 +169,17 @@ async def build_route(route: pb.Route, context: Context) -> tuple[Callable[[], M
         limit = await positive_duration(
             context, a, "max_duration", "route.announcement.max_duration", timedelta(minutes=5)
         )
-        if a.record_to:
-            await text_field(context, a.record_to, "route.announcement.record_to", max_chars=MAX_PATH)
-            directory = os.path.dirname(os.path.abspath(a.record_to))
-            if not os.path.isdir(directory):
-                await abort_bad_request(context, "route.announcement.record_to", "its directory does not exist")
-            if os.path.isdir(a.record_to) or not os.access(directory, os.W_OK):
-                await abort_bad_request(context, "route.announcement.record_to", "not a file this service can write")
+        record_to = (
+            await _recording_file(context, a.record_to, "route.announcement.record_to", roots.recordings)
+            if a.record_to
+            else ""
+        )
         return (
             lambda: AnnouncementAdapter(
-                audio_file=a.audio_file,
+                audio_file=audio_file,
                 tone_hz=a.tone_hz or 440.0,
                 tone_seconds=tone.total_seconds(),
-                record_to=a.record_to,
+                record_to=record_to,
                 max_duration=limit,
             ),
             "announcement",
@@ -210,9 +234,10 @@ def _parse_page_token(token: str) -> tuple[int, str] | None:
 
 
 class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
-    def __init__(self, permissions: PermissionService, calls: CallService) -> None:
+    def __init__(self, permissions: PermissionService, calls: CallService, roots: FileRoots) -> None:
         self.permissions = permissions
         self.calls = calls
+        self.roots = roots
         self._stream_readers: set[asyncio.Task[None]] = set()
 
     async def _guard(self, context: Context, error: Exception) -> NoReturn:
@@ -376,7 +401,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         await numbers(context, request)
         await text_field(context, request.biz_opaque_callback_data, "biz_opaque_callback_data", max_chars=MAX_OPAQUE)
         await text_field(context, request.idempotency_key, "idempotency_key", max_chars=MAX_IDEMPOTENCY_KEY)
-        factory, name, distinct = await build_route(request.route, context)
+        factory, name, distinct = await build_route(request.route, context, self.roots)
         try:
             view = await self.calls.start(
                 request.business_number,

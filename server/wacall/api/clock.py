@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 from wacall_client.testing.v1 import clock_pb2 as pb
 from wacall_client.testing.v1 import clock_pb2_grpc
 
-from wacall.api_errors import Context, abort_bad_request, duration_value
-from wacall.api_messages import timestamp
+from wacall.api.errors import Context, abort_bad_request, duration_value
+from wacall.api.messages import timestamp
 from wacall.clock import ManualClock
 from wacall.store import Store, Tx, from_micros, to_micros
 
