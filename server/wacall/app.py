@@ -35,6 +35,7 @@ from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_f
 from wacall.simulator.service import SimulatorServicer
 from wacall.store import Store, open_store
 from wacall.upstreams.meta.graph import GraphClient
+from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
 from wacall.upstreams.meta.senders import ConfiguredSenders, MetaSenderDirectory, ProvisioningSenders
 from wacall.upstreams.meta.upstream import MetaUpstream
 from wacall.upstreams.meta.webhooks import (
@@ -185,6 +186,7 @@ class Service:
     async def _setup_store(self, stack: contextlib.AsyncExitStack) -> Store:
         store = self.store = open_store(self.settings.db)
         stack.push_async_callback(store.close)
+        await store.transaction(mark_legacy_setup_failures)
         if isinstance(self.clock, ManualClock):
             await restore_position(self.clock, store)
         return store

@@ -146,6 +146,10 @@ class Tx(Protocol):
         """Every call that has not ended."""
         ...
 
+    def calls_with_platform_errors(self) -> list[StoredCall]:
+        """Every call whose facts record at least one platform error code."""
+        ...
+
     def active_call(self, pair: Pair) -> StoredCall | None:
         """The pair's call that has not ended, if any (at most one: the platform allows one)."""
         ...
@@ -514,6 +518,9 @@ class _SqliteTx:
 
     def open_calls(self) -> list[StoredCall]:
         return self._calls("active = 1", ())
+
+    def calls_with_platform_errors(self) -> list[StoredCall]:
+        return self._calls("json_array_length(data, '$.facts.error_codes') > 0", ())
 
     def active_call(self, pair: Pair) -> StoredCall | None:
         found = self._calls("business = ? AND user = ? AND active = 1", (pair.business, pair.user))
