@@ -851,7 +851,7 @@ def test_load_policy_applies_every_override_and_labels_the_result() -> None:
     assert policy.service_window == timedelta(seconds=1800.5)
     assert (policy.prompt_after_unanswered, policy.revoke_after_unanswered) == (3, 3)
     assert policy.denied_business_regions == frozenset({"US", "FR"})
-    assert (policy.name, policy.version, policy.label) == ("seed+custom", 1, "seed+custom@1")
+    assert (policy.name, policy.version, policy.label) == ("seed+custom", 2, "seed+custom@2")
     assert policy.source.endswith("; overridden")
     assert policy.longest_window == DAY
 

@@ -43,7 +43,7 @@ async def test_new_pair_has_no_permission_and_may_be_asked_by_template(wacall: R
     call = call_action(permission)
     assert not call.allowed and call.reason == pb.REASON_NO_PERMISSION
     assert not call.HasField("next_allowed_at")
-    assert permission.policy == "seed@1"
+    assert permission.policy == "seed@2"
 
 
 async def test_numbers_are_accepted_with_or_without_plus_and_returned_canonical(wacall: Running) -> None:

@@ -185,7 +185,7 @@ def test_cli_prints_readable_permission_and_errors(serve) -> None:  # type: igno
 
 def test_settings_from_environment_and_bad_configuration_is_reported(serve, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     process = serve(env={"WACALL_POLICY": "meta-current", "WACALL_CLOCK": "manual"})
-    assert "policy=meta-current@1" in process.banner and "clock=manual" in process.banner
+    assert "policy=meta-current@2" in process.banner and "clock=manual" in process.banner
     assert process.stop() == 0
     bad = subprocess.run(
         [str(BIN / "wacall"), "serve", "--policy", "nope", "--db", f"sqlite:///{tmp_path}/x.db"],

@@ -66,9 +66,10 @@ class Policy:
         return dataclasses.replace(self, boundary_margin=timedelta(0), window_margin=timedelta(0))
 
 
+# Version 2 (every preset): boundary and window margins, and the lifetime of an unanswered request.
 SEED = Policy(
     name="seed",
-    version=1,
+    version=2,
     source="Business-initiated calling rules as restated by Infobip (mid-2025 Meta rules)",
     request_limits=(WindowLimit(DAY, 1), WindowLimit(7 * DAY, 2)),
     connected_call_limits=(WindowLimit(DAY, 5),),
@@ -84,7 +85,7 @@ SEED = Policy(
 META_CURRENT = dataclasses.replace(
     SEED,
     name="meta-current",
-    version=1,
+    version=2,
     source="Meta developer documentation since 2025-12-19 (connected-call cap 100 per 24 h)",
     connected_call_limits=(WindowLimit(DAY, 100),),
 )
@@ -92,7 +93,7 @@ META_CURRENT = dataclasses.replace(
 SANDBOX = dataclasses.replace(
     SEED,
     name="sandbox",
-    version=1,
+    version=2,
     source="Meta's limits for public test numbers and sandbox accounts",
     request_limits=(WindowLimit(DAY, 25), WindowLimit(7 * DAY, 100)),
     connected_call_limits=(WindowLimit(DAY, 100),),
