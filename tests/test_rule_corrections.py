@@ -41,7 +41,7 @@ from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import engine
 from wacall.numbers import parse_number
-from wacall.store import SCHEMA, SqliteStore, StoreError, ledger_from_json, ledger_to_json, to_micros
+from wacall.store import SCHEMA, SCHEMA_VERSION, SqliteStore, StoreError, ledger_from_json, ledger_to_json, to_micros
 from wacall.upstreams.meta import wire as payloads
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
@@ -455,9 +455,10 @@ async def test_a_request_sent_before_a_connected_call_in_the_same_second_is_rese
 
 
 def _legacy_database(path: Path, requested_at: datetime) -> None:
-    """A database as earlier versions wrote it: no schema version, ledgers without request expiries."""
+    """A database as earlier versions wrote it: no schema version, ledgers without request expiries, and the user's
+    column named `user` (renamed `user_number` in version 2)."""
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA)
+    db.executescript(SCHEMA.replace("user_number", "user"))
     ledger = {
         "state": "requested",
         "expires_at": None,
@@ -497,7 +498,12 @@ async def test_a_database_from_an_earlier_version_opens_and_reads_correctly(make
     request = request_action(permission)
     assert [x.used for x in request.limits] == [1, 1]
     assert micros(request.next_allowed_at) == to_micros(requested_at + timedelta(days=1, seconds=MARGIN))
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1
+    migrated = sqlite3.connect(path)
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    tables = [row[0] for row in migrated.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    for table in tables:
+        columns = {row[1] for row in migrated.execute(f"PRAGMA table_info({table})")}
+        assert "user" not in columns, table  # a reserved word in PostgreSQL
 
 
 def test_a_database_from_a_later_version_is_refused_with_a_clear_error(tmp_path: Path) -> None:

@@ -288,21 +288,35 @@ def ledger_from_json(text: str) -> Ledger:
 # --- SQLite -------------------------------------------------------------------------------------------------------
 
 # PRAGMA user_version of the schema below. Every time column holds microseconds since the epoch (UTC); version 0
-# (databases from before the version was kept) used the same tables and units, so it is adopted as it is.
-SCHEMA_VERSION = 1
+# (databases from before the version was kept) used the same tables and units as version 1.
+# Version 2: the user's column is `user_number` (`user` is a reserved word in PostgreSQL, where `WHERE user = ?`
+# silently compares with the current role).
+SCHEMA_VERSION = 2
+
+# Tables that named the user's column `user` before version 2.
+_USER_COLUMN_TABLES = ("pairs", "events", "messages", "aliases", "calls", "reservations")
+
+
+def _rename_user_columns(db: sqlite3.Connection) -> None:
+    """Version 0/1 → 2, in place (SQLite renames the column in its indexes too)."""
+    for table in _USER_COLUMN_TABLES:
+        columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if "user" in columns:
+            db.execute(f'ALTER TABLE {table} RENAME COLUMN "user" TO user_number')
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pairs (
     business TEXT NOT NULL,
-    user TEXT NOT NULL,
+    user_number TEXT NOT NULL,
     ledger TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
-    PRIMARY KEY (business, user)
+    PRIMARY KEY (business, user_number)
 );
 CREATE TABLE IF NOT EXISTS events (
     cursor INTEGER PRIMARY KEY AUTOINCREMENT,
     business TEXT NOT NULL,
-    user TEXT NOT NULL,
+    user_number TEXT NOT NULL,
     kind TEXT NOT NULL,
     source TEXT NOT NULL,
     occurred_at INTEGER NOT NULL,
@@ -310,7 +324,7 @@ CREATE TABLE IF NOT EXISTS events (
     state_after TEXT NOT NULL,
     attributes TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_pair ON events (business, user, cursor);
+CREATE INDEX IF NOT EXISTS events_by_pair ON events (business, user_number, cursor);
 CREATE TABLE IF NOT EXISTS claimed_keys (
     key TEXT PRIMARY KEY,
     claimed_at INTEGER NOT NULL
@@ -326,27 +340,27 @@ CREATE TABLE IF NOT EXISTS idempotency (
 CREATE TABLE IF NOT EXISTS messages (
     message_id TEXT PRIMARY KEY,
     business TEXT NOT NULL,
-    user TEXT NOT NULL,
+    user_number TEXT NOT NULL,
     sent_at INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS aliases (
     wa_id TEXT PRIMARY KEY,
-    user TEXT NOT NULL
+    user_number TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS calls (
     call_id TEXT PRIMARY KEY,
     platform_call_id TEXT UNIQUE,
     business TEXT NOT NULL,
-    user TEXT NOT NULL,
+    user_number TEXT NOT NULL,
     direction TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     state TEXT NOT NULL,
     active INTEGER NOT NULL,
     data TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS calls_by_pair ON calls (business, user, created_at);
+CREATE INDEX IF NOT EXISTS calls_by_pair ON calls (business, user_number, created_at);
 -- The platform allows one call at a time between a business number and a user (138003): so do we.
-CREATE UNIQUE INDEX IF NOT EXISTS one_active_call_per_pair ON calls (business, user) WHERE active = 1;
+CREATE UNIQUE INDEX IF NOT EXISTS one_active_call_per_pair ON calls (business, user_number) WHERE active = 1;
 CREATE TABLE IF NOT EXISTS parked_call_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     platform_call_id TEXT NOT NULL,
@@ -361,7 +375,7 @@ CREATE TABLE IF NOT EXISTS restrictions (
 CREATE TABLE IF NOT EXISTS reservations (
     reservation_id TEXT PRIMARY KEY,
     business TEXT NOT NULL,
-    user TEXT NOT NULL,
+    user_number TEXT NOT NULL,
     reserved_at INTEGER NOT NULL,
     channel TEXT NOT NULL,
     state_before TEXT NOT NULL,
@@ -390,20 +404,22 @@ class _SqliteTx:
 
     def ledger(self, pair: Pair) -> Ledger:
         row = self._db.execute(
-            "SELECT ledger FROM pairs WHERE business = ? AND user = ?", (pair.business, pair.user)
+            "SELECT ledger FROM pairs WHERE business = ? AND user_number = ?", (pair.business, pair.user)
         ).fetchone()
         return ledger_from_json(row[0]) if row else Ledger()
 
     def save_ledger(self, pair: Pair, ledger: Ledger, now: datetime) -> None:
         self._db.execute(
-            "INSERT INTO pairs (business, user, ledger, updated_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (business, user) DO UPDATE SET ledger = excluded.ledger, updated_at = excluded.updated_at",
+            "INSERT INTO pairs (business, user_number, ledger, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (business, user_number) DO UPDATE SET ledger = excluded.ledger, "
+            "updated_at = excluded.updated_at",
             (pair.business, pair.user, ledger_to_json(ledger), to_micros(now)),
         )
 
     def append(self, event: EventRecord) -> int:
         cursor = self._db.execute(
-            "INSERT INTO events (business, user, kind, source, occurred_at, recorded_at, state_after, attributes) "
+            "INSERT INTO events (business, user_number, kind, source, occurred_at, recorded_at, state_after, "
+            "attributes) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.pair.business,
@@ -428,13 +444,15 @@ class _SqliteTx:
 
     def remember_message(self, message_id: str, pair: Pair, now: datetime) -> None:
         self._db.execute(
-            "INSERT INTO messages (message_id, business, user, sent_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO messages (message_id, business, user_number, sent_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (message_id) DO NOTHING",
             (message_id, pair.business, pair.user, to_micros(now)),
         )
 
     def message_pair(self, message_id: str) -> Pair | None:
-        row = self._db.execute("SELECT business, user FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT business, user_number FROM messages WHERE message_id = ?", (message_id,)
+        ).fetchone()
         return Pair(row[0], row[1]) if row else None
 
     def message_sent_at(self, message_id: str) -> datetime | None:
@@ -443,12 +461,13 @@ class _SqliteTx:
 
     def remember_alias(self, wa_id: str, user: str) -> None:
         self._db.execute(
-            "INSERT INTO aliases (wa_id, user) VALUES (?, ?) ON CONFLICT (wa_id) DO UPDATE SET user = excluded.user",
+            "INSERT INTO aliases (wa_id, user_number) VALUES (?, ?) "
+            "ON CONFLICT (wa_id) DO UPDATE SET user_number = excluded.user_number",
             (wa_id, user),
         )
 
     def alias(self, wa_id: str) -> str | None:
-        row = self._db.execute("SELECT user FROM aliases WHERE wa_id = ?", (wa_id,)).fetchone()
+        row = self._db.execute("SELECT user_number FROM aliases WHERE wa_id = ?", (wa_id,)).fetchone()
         return str(row[0]) if row else None
 
     def idempotent_result(self, business: str, key: str) -> IdempotentResult | None:
@@ -483,7 +502,8 @@ class _SqliteTx:
 
     def save_call(self, call: StoredCall) -> None:
         self._db.execute(
-            "INSERT INTO calls (call_id, platform_call_id, business, user, direction, created_at, state, active, data)"
+            "INSERT INTO calls (call_id, platform_call_id, business, user_number, direction, created_at, state, "
+            "active, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET"
             " platform_call_id = excluded.platform_call_id, state = excluded.state, active = excluded.active,"
             " data = excluded.data",
@@ -502,7 +522,8 @@ class _SqliteTx:
 
     def _calls(self, where: str, params: tuple[Any, ...]) -> list[StoredCall]:
         rows = self._db.execute(
-            "SELECT call_id, platform_call_id, business, user, direction, created_at, state, active, data FROM calls "
+            "SELECT call_id, platform_call_id, business, user_number, direction, created_at, state, active, data "
+            "FROM calls "
             f"WHERE {where}",
             params,
         ).fetchall()
@@ -523,7 +544,7 @@ class _SqliteTx:
         return self._calls("json_array_length(data, '$.facts.error_codes') > 0", ())
 
     def active_call(self, pair: Pair) -> StoredCall | None:
-        found = self._calls("business = ? AND user = ? AND active = 1", (pair.business, pair.user))
+        found = self._calls("business = ? AND user_number = ? AND active = 1", (pair.business, pair.user))
         return found[0] if found else None
 
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
@@ -630,14 +651,14 @@ class _SqliteTx:
 
     def wa_id_of(self, user: str) -> str | None:
         row = self._db.execute(
-            "SELECT wa_id FROM aliases WHERE user = ? ORDER BY rowid DESC LIMIT 1", (user,)
+            "SELECT wa_id FROM aliases WHERE user_number = ? ORDER BY rowid DESC LIMIT 1", (user,)
         ).fetchone()
         return str(row[0]) if row else None
 
 
 RESERVATION_COLUMNS = (
-    "reservation_id, business, user, reserved_at, channel, state_before, idempotency_key, fingerprint, claimed_by, "
-    "claimed_at"
+    "reservation_id, business, user_number, reserved_at, channel, state_before, idempotency_key, fingerprint, "
+    "claimed_by, claimed_at"
 )
 
 
@@ -711,6 +732,11 @@ class SqliteStore:
             raise StoreError(
                 f"{self.path} has schema version {version}; this wacall reads up to {SCHEMA_VERSION}: upgrade wacall"
             )
+        if version < 2:
+            # One transaction: another process opening the same file waits, then finds the columns renamed.
+            db.execute("BEGIN IMMEDIATE")
+            _rename_user_columns(db)
+            db.execute("COMMIT")
         db.executescript(SCHEMA)
         if version < SCHEMA_VERSION:
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -739,10 +765,10 @@ class SqliteStore:
             clauses.append("business = ?")
             params.append(business)  # type: ignore[arg-type]
         if user:
-            clauses.append("user = ?")
+            clauses.append("user_number = ?")
             params.append(user)  # type: ignore[arg-type]
         rows = self._thread_db.execute(
-            "SELECT cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes "
+            "SELECT cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes "
             f"FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
             (*params, limit),
         ).fetchall()
@@ -767,14 +793,14 @@ class SqliteStore:
                 clauses.append("business = ?")
                 params.append(business)
             if user:
-                clauses.append("user = ?")
+                clauses.append("user_number = ?")
                 params.append(user)
             if before:
                 clauses.append("(created_at, call_id) < (?, ?)")
                 params.extend([before[0], before[1]])
             assert self._thread_db is not None
             rows = self._thread_db.execute(
-                "SELECT call_id, platform_call_id, business, user, direction, created_at, state, active, data "
+                "SELECT call_id, platform_call_id, business, user_number, direction, created_at, state, active, data "
                 f"FROM calls WHERE {' AND '.join(clauses)} ORDER BY created_at DESC, call_id DESC LIMIT ?",
                 (*params, limit),
             ).fetchall()
