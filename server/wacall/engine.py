@@ -283,12 +283,6 @@ def transition(before: PermissionState, event: LedgerEvent) -> tuple[PermissionS
     return PERMISSION_TRANSITIONS.get((key, before), PERMISSION_TRANSITIONS[(key, _ANY)])
 
 
-def next_permission_state(before: PermissionState, event: LedgerEvent) -> PermissionState | None:
-    """The state after `event` from `before`, or None if the event is not a permission change."""
-    found = transition(before, event)
-    return None if found is None else found[0]
-
-
 @dataclass(frozen=True, slots=True)
 class Applied:
     ledger: Ledger

@@ -90,13 +90,6 @@ class PlatformState:
     restrictions: dict[str, datetime] = field(default_factory=dict)  # business → paused until
 
 
-class SimulatorError(ValueError):
-    def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
-        self.why = why
-
-
 class GraphFailure(Exception):
     def __init__(self, http_status: int, code: int, message: str, **extra: Any) -> None:
         super().__init__(message)
