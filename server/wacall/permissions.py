@@ -14,7 +14,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from wacall import engine
@@ -161,20 +161,6 @@ class IngestResult:
     ignored: int
 
 
-@dataclass
-class ChangeNotifier:
-    """Wakes every waiting watcher once per commit. Take `ticket()` before reading so no commit slips between."""
-
-    _event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def ticket(self) -> asyncio.Event:
-        return self._event
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-
 # Ledger event → (audit kind, source) for the event log.
 def _describe(event: LedgerEvent) -> tuple[str, Source, dict[str, str]]:
     match event:
@@ -233,7 +219,8 @@ class PermissionService:
         self.policy = policy
         self.senders = senders
         self.upstream = upstream
-        self.changes = ChangeNotifier()
+        # The store's notifier: it wakes watchers after every commit that wrote events or calls.
+        self.changes = store.changes
         # Set by the call service: applies a `calls` webhook item inside the ingest transaction and returns the
         # media work to run once it is committed.
         self.call_item_handler: CallItemHandler | None = None
@@ -377,7 +364,6 @@ class PermissionService:
             return self.record(tx, pair, ledger, event, now, attributes)
 
         await self.store.transaction(align)
-        self.changes.notify()
         view = await self.get(business_number, user_number)
         for action, ours in ((PermissionAction.REQUEST, view.evaluation.request),
                              (PermissionAction.CALL, view.evaluation.call)):  # fmt: skip
@@ -587,9 +573,7 @@ class PermissionService:
                 )
             return self._view(tx, pair, business, now, ledger)
 
-        view = await self.store.transaction(settle)
-        self.changes.notify()
-        return view
+        return await self.store.transaction(settle)
 
     async def _settle_failed_request(
         self, reservation: Reservation, business: PhoneNumber, error: UpstreamRefusal
@@ -629,9 +613,7 @@ class PermissionService:
                 )
             return self._view(tx, pair, business, now, ledger)
 
-        view = await self.store.transaction(settle)
-        self.changes.notify()
-        return view
+        return await self.store.transaction(settle)
 
     # --- recovery of unsettled requests ---------------------------------------------------------------------------
 
@@ -713,7 +695,6 @@ class PermissionService:
                 )
 
         await self.store.transaction(settle)
-        self.changes.notify()
 
     async def _platform_evidence(self, reservation: Reservation) -> tuple[bool, dict[str, str]]:
         """(proved not sent, what the platform said). Only the platform's usage count can prove anything: the
@@ -870,8 +851,6 @@ class PermissionService:
             return IngestResult(applied, duplicates, ignored)
 
         result = await self.store.transaction(apply_all)
-        if result.applied:
-            self.changes.notify()
         # Media work (apply an SDP answer, answer a user's call) runs after the commit, not in the webhook's
         # response path: no platform calls inside the handler (HOOK-1).
         for action in after_commit:
@@ -888,7 +867,7 @@ class PermissionService:
         """Every event after `after`, then new ones as they are committed. Never repeats, never skips."""
         cursor = after
         while True:
-            ticket = self.changes.ticket()
+            ticket = self.store.changes.ticket()
             batch = await self.store.events_after(cursor, business=business, user=user)
             for record in batch:
                 cursor = record.cursor

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from wacall.store.base import (
     CallInProgress,
+    ChangeNotifier,
     EventRecord,
     IdempotentResult,
     Pair,
@@ -56,6 +57,7 @@ __all__ = [
     "LEGACY_REQUEST_LIFETIME",
     "SCHEMA_VERSION",
     "CallInProgress",
+    "ChangeNotifier",
     "EventRecord",
     "IdempotentResult",
     "Pair",

@@ -17,6 +17,8 @@ Every backend guarantees, and `tests/test_store_contract.py` checks:
 - **Durability.** When `transaction` returns, the commit survives a crash or a power loss.
 - **Commit-ordered cursors** (see `Store.events_after`): a reader that resumes after the last cursor it saw never
   misses an event, however late the event's transaction committed.
+- **Notify on commit** (see `Store.changes`): listeners are woken after a commit that wrote events or calls, never
+  before it and never for a rollback.
 
 `fn` runs synchronously and must not wait on the network. A backend may run it again from scratch (a retried
 serialisation failure), so `fn` has no effects outside the `Tx` that a second run would repeat.
@@ -24,6 +26,7 @@ serialisation failure), so `fn` has no effects outside the `Tx` that a second ru
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -101,6 +104,21 @@ class StoreError(RuntimeError):
 
 class CallInProgress(StoreError):
     """A second active call for a pair: the platform allows one call at a time per pair (138003), and so do we."""
+
+
+class ChangeNotifier:
+    """Wakes every waiting listener once per notification. Take a `ticket()` before reading, then wait on it: a
+    commit between the read and the wait has already set it, so nothing slips through."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ticket(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
 
 
 class Tx(Protocol):
@@ -230,6 +248,15 @@ class Tx(Protocol):
 class Store(Protocol):
     """The durable ledger. Every method may be called concurrently from one event loop, and several stores (in one
     process or many) may share one database."""
+
+    @property
+    def changes(self) -> ChangeNotifier:
+        """Notified after every commit of this store that wrote events (`Tx.append`) or calls (`Tx.save_call`),
+        once the commit is durable and visible to every reader; never before it, never for a rollback, and even
+        when the caller of `transaction` has stopped waiting. Commits made by other processes on the same database
+        may go unnotified (SQLite), so listeners also poll; a backend that can hear them (PostgreSQL's
+        `LISTEN`/`NOTIFY`) notifies for them too."""
+        ...
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in one atomic, serialisable transaction and commit before returning its result. If `fn` raises,

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 from wacall.engine import Ledger, PermissionState, Restriction
 from wacall.store.base import (
     CallInProgress,
+    ChangeNotifier,
     EventRecord,
     IdempotentResult,
     Pair,
@@ -97,6 +98,8 @@ class _SqliteTx:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        # Events or calls written: listeners are notified once this transaction commits.
+        self.wrote_changes = False
 
     def ledger(self, pair: Pair) -> Ledger:
         row = self._db.execute(
@@ -113,6 +116,7 @@ class _SqliteTx:
         )
 
     def append(self, event: EventRecord) -> int:
+        self.wrote_changes = True
         cursor = self._db.execute(
             "INSERT INTO events (business, user_number, kind, source, occurred_at, recorded_at, state_after, "
             "attributes) "
@@ -202,6 +206,7 @@ class _SqliteTx:
             other = self.active_call(call.pair)
             if other is not None and other.call_id != call.call_id:
                 raise CallInProgress(f"{call.pair.business}/{call.pair.user} already has call {other.call_id}")
+        self.wrote_changes = True
         self._db.execute(
             "INSERT INTO calls (call_id, platform_call_id, business, user_number, direction, created_at, state, "
             "active, data)"
@@ -354,6 +359,8 @@ class SqliteStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wacall-sqlite")
         self._db: sqlite3.Connection | None = None
+        self.changes = ChangeNotifier()
+        self._closed = False
         try:
             self._executor.submit(self._open).result()
         except BaseException:
@@ -378,23 +385,28 @@ class SqliteStore:
             raise StoreError("the store is closed")
         return self._db
 
-    def _run(self, fn: Callable[[Tx], T]) -> T:
+    def _run(self, fn: Callable[[Tx], T], loop: asyncio.AbstractEventLoop) -> T:
         db = self._connection()
         db.execute("BEGIN IMMEDIATE")
+        tx = _SqliteTx(db)
         try:
-            result = fn(_SqliteTx(db))
+            result = fn(tx)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        if tx.wrote_changes:
+            # From this thread, once committed: the caller may have stopped waiting (a cancelled RPC), its commit
+            # still wakes the listeners.
+            loop.call_soon_threadsafe(self.changes.notify)
         return result
 
     async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
-        return await self._on_thread(self._run, fn)
+        return await self._on_thread(self._run, fn, asyncio.get_running_loop())
 
     def _events_after(self, cursor: int, business: str | None, user: str | None, limit: int) -> list[EventRecord]:
         clauses, params = ["cursor > ?"], [cursor]
@@ -461,6 +473,9 @@ class SqliteStore:
             self._db = None
 
     async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         await self._on_thread(self._shut)
         self._executor.shutdown(wait=True)
 
