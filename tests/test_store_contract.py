@@ -648,6 +648,96 @@ async def test_parked_call_events_are_taken_once_in_the_order_they_were_parked(s
     assert await store.transaction(lambda tx: tx.take_parked_call_events("wacid.B")) == [{"kind": "ringing"}]
 
 
+# --- call ownership: leases -----------------------------------------------------------------------------------------
+
+
+def owned(call_id: str, owner: str, lease_expires_at: datetime | None, pair: Pair = PAIR, *, active: bool = True,
+          created_at: datetime = AT) -> StoredCall:  # fmt: skip
+    return replace(call(call_id, pair, created_at, active=active), owner=owner, lease_expires_at=lease_expires_at)
+
+
+async def test_a_call_keeps_the_owner_and_lease_it_was_created_with_when_saved_again(store: Store) -> None:
+    created = owned("call_a", "p1", AT + timedelta(seconds=30))
+    await store.transaction(lambda tx: tx.save_call(created))
+    # Saved again from a record that knows nothing of owners (a later state, say): ownership stays.
+    await store.transaction(lambda tx: tx.save_call(replace(created, state="ended", active=False, owner="",
+                                                                    lease_expires_at=None)))  # fmt: skip
+    stored = await store.transaction(lambda tx: tx.call("call_a"))
+    assert stored is not None and (stored.owner, stored.lease_expires_at, stored.state) == (
+        "p1",
+        AT + timedelta(seconds=30),
+        "ended",
+    )
+
+
+async def test_an_owner_renews_the_leases_of_its_open_calls_only(store: Store) -> None:
+    lease = AT + timedelta(seconds=30)
+
+    def setup(tx: Tx) -> None:
+        tx.save_call(owned("call_a", "p1", lease, PAIR))
+        tx.save_call(owned("call_b", "p1", lease, OTHER_PAIR))
+        tx.save_call(owned("call_c", "p1", lease, ELSEWHERE, active=False))
+        tx.save_call(owned("call_d", "p2", lease, ELSEWHERE))
+
+    await store.transaction(setup)
+    renewed = AT + timedelta(seconds=40)
+    assert await store.transaction(lambda tx: tx.renew_call_leases("p1", renewed)) == 2
+    leases = await store.transaction(lambda tx: [(c.call_id, c.owner, c.lease_expires_at) for c in tx.open_calls()])
+    assert leases == [("call_a", "p1", renewed), ("call_b", "p1", renewed), ("call_d", "p2", lease)]
+    ended = await store.transaction(lambda tx: tx.call("call_c"))
+    assert ended is not None and ended.lease_expires_at == lease
+
+
+async def test_only_open_calls_whose_lease_expired_or_that_have_no_owner_are_claimed(store: Store) -> None:
+    now = AT + timedelta(minutes=1)
+
+    def setup(tx: Tx) -> None:
+        for index, (call_id, owner, lease, active) in enumerate([
+            ("call_unowned", "", None, True),  # stored before calls had owners
+            ("call_live", "p1", now + timedelta(microseconds=1), True),
+            ("call_long_expired", "p2", now - timedelta(hours=1), True),
+            ("call_claimants_own", "p9", now - timedelta(hours=1), True),
+            ("call_ended", "p2", now - timedelta(hours=1), False),
+            ("call_expiring_now", "p1", now, True),
+        ]):  # fmt: skip
+            pair = Pair(BUSINESS, f"+3461234{index:04d}")
+            tx.save_call(owned(call_id, owner, lease, pair, active=active, created_at=AT + timedelta(seconds=index)))
+
+    await store.transaction(setup)
+    lease_until = now + timedelta(seconds=30)
+
+    def claim(claimant: str) -> Callable[[Tx], list[StoredCall]]:
+        return lambda tx: tx.claim_expired_calls(claimant=claimant, now=now, lease_until=lease_until)
+
+    claimed = await store.transaction(claim("p9"))
+    assert [c.call_id for c in claimed] == ["call_unowned", "call_long_expired", "call_expiring_now"]  # oldest first
+    assert all(c.owner == "p9" and c.lease_expires_at == lease_until and c.active for c in claimed)
+    reread = await store.transaction(lambda tx: {c.call_id: (c.owner, c.lease_expires_at) for c in tx.open_calls()})
+    assert reread["call_unowned"] == ("p9", lease_until) and reread["call_live"][0] == "p1"
+    # For another claimant, the claimed ones are leased now and the live one is live: only p9's own expired one.
+    assert [c.call_id for c in await store.transaction(claim("p3"))] == ["call_claimants_own"]
+    assert await store.transaction(claim("p4")) == []
+
+
+async def test_an_expired_call_is_claimed_by_exactly_one_of_several_stores(backend: Backend) -> None:
+    stores = [backend.open() for _ in range(3)]
+
+    def setup(tx: Tx) -> None:
+        for index in range(12):
+            tx.save_call(owned(f"call_{index}", "gone", AT, Pair(BUSINESS, f"+3461234{index:04d}")))
+
+    await stores[0].transaction(setup)
+
+    def claim(tx: Tx, claimant: str) -> list[StoredCall]:
+        return tx.claim_expired_calls(claimant=claimant, now=AT, lease_until=AT + timedelta(seconds=30))
+
+    results = await asyncio.gather(
+        *(s.transaction(partial(claim, claimant=f"p{i}.{n}")) for i, s in enumerate(stores) for n in range(4))
+    )
+    claimed = [c.call_id for batch in results for c in batch]
+    assert sorted(claimed) == sorted(f"call_{index}" for index in range(12))
+
+
 # --- the suite covers the interface ----------------------------------------------------------------------------------
 
 

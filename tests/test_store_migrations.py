@@ -137,6 +137,7 @@ async def read_back(store: SqliteStore) -> None:
         assert tx.alias("34600000000") == PAIR.user and tx.wa_id_of(PAIR.user) == "34600000000"
         open_call = tx.active_call(PAIR)
         assert open_call is not None and open_call.call_id == "call_open" and open_call.created_at == AT
+        assert open_call.owner == "" and open_call.lease_expires_at is None  # stored before calls had owners
         assert tx.call_by_platform_id("wacid.OPEN") == open_call
         assert [c.call_id for c in tx.open_calls()] == ["call_open"]
         ended = tx.call("call_ended")
@@ -200,6 +201,22 @@ async def test_a_database_of_an_earlier_version_is_upgraded_with_every_record_in
         await store.close()
     assert user_version(path) == SCHEMA_VERSION
     assert shape(path) == fresh_shape(tmp_path)
+
+
+async def test_a_call_left_open_before_calls_had_owners_counts_as_expired(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    db = build(path, VERSION_2, 2)
+    fill(db, "user_number")
+    db.close()
+    store = SqliteStore(path)
+    try:
+        lease_until = AT + timedelta(seconds=30)
+        (claimed,) = await store.transaction(
+            lambda tx: tx.claim_expired_calls(claimant="p1", now=AT - timedelta(days=365), lease_until=lease_until)
+        )
+        assert (claimed.call_id, claimed.owner, claimed.lease_expires_at) == ("call_open", "p1", lease_until)
+    finally:
+        await store.close()
 
 
 async def test_the_first_release_database_gains_every_later_table(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from wacall import calls, engine
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
-from wacall.clock import Clock
+from wacall.clock import Clock, SystemClock
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
@@ -261,6 +261,8 @@ class CallService:
         inbound_route: AdapterFactory,
         inbound_route_name: str = "announcement",
         media_timeout: timedelta = timedelta(seconds=20),
+        call_lease: timedelta = timedelta(seconds=30),
+        wall_clock: Clock | None = None,
     ) -> None:
         self.permissions = permissions
         self.store = permissions.store
@@ -269,6 +271,11 @@ class CallService:
         self.inbound_route = inbound_route
         self.inbound_route_name = inbound_route_name
         self.media_timeout = media_timeout
+        # This process owns the calls it places and answers, and renews its lease on them (on wall time: leases say
+        # whether the process is alive, whatever the rules' clock says).
+        self.instance = permissions.instance
+        self.call_lease = call_lease
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -324,6 +331,8 @@ class CallService:
             data=merged,
             platform_call_id=data.get("platform_call_id", stored.platform_call_id),
             active=facts.state is not CallState.ENDED,
+            owner=stored.owner,
+            lease_expires_at=stored.lease_expires_at,
         )
         tx.save_call(updated)
         view = self._view(updated)
@@ -385,6 +394,7 @@ class CallService:
                 raise RuleRefusal(evaluation.call, evaluation, pair)
             facts = CallFacts(Direction.BUSINESS_INITIATED, now)
             stored = StoredCall(call_id, pair, Direction.BUSINESS_INITIATED.value, now, facts.state.value, {})
+            stored = dataclasses.replace(stored, owner=self.instance, lease_expires_at=self._lease_until())
             stored = self._save(tx, stored, facts, now, route=route_name, opaque=opaque)
             if key:
                 tx.save_idempotent_result(IdempotentResult(pair.business, key, fingerprint, {"call_id": call_id}), now)
@@ -509,6 +519,8 @@ class CallService:
                     facts.state.value,
                     {},
                     platform_call_id=item.call_id,
+                    owner=self.instance,
+                    lease_expires_at=self._lease_until(),
                 )
                 stored = self._save(
                     tx,
@@ -743,20 +755,45 @@ class CallService:
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
     async def start_background(self) -> None:
-        """End calls a previous process left open (their media died with it), then watch media liveness."""
-
-        for stored in await self.store.transaction(lambda tx: tx.open_calls()):
-            if stored.call_id not in self.sessions:
-                await self._end_orphan(stored)
+        """End the calls whose owner is gone (this service before a restart, a process that was killed), then keep
+        this process's call leases, end calls whose owner stops renewing, and watch media liveness."""
+        await self._end_orphans("the service restarted during the call")
         self._watchdog = asyncio.create_task(self._watch_media())
+        self.spawn(self._keep_leases())
+
+    def _lease_until(self) -> datetime:
+        return self.wall_clock.now() + self.call_lease
+
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases three times per lease (two missed renewals still leave it valid), and end
+        the calls of any process that stopped renewing: a process sharing the database was killed or cut off."""
+        while True:
+            await self.wall_clock.sleep(self.call_lease / 3)
+            try:
+                await self.store.transaction(lambda tx: tx.renew_call_leases(self.instance, self._lease_until()))
+                await self._end_orphans("the process holding the call stopped renewing its lease")
+            except Exception:
+                log.exception("renewing call leases failed; trying again")
+
+    async def _end_orphans(self, reason: str) -> None:
+        """End every open call whose owner's lease expired (or that has no owner). Each is claimed and ended in one
+        transaction, so exactly one process ends it, however many look; then the platform is told."""
+
+        def claim_and_end(tx: Tx) -> list[StoredCall]:
+            now = self.clock.now()
+            ended = []
+            for stored in tx.claim_expired_calls(
+                claimant=self.instance, now=self.wall_clock.now(), lease_until=self._lease_until()
+            ):
+                facts = calls.apply(_facts_from_json(stored.data["facts"]), calls.EndedByBusiness(now))
+                ended.append(self._save(tx, stored, facts, now, end_reason=reason))
+            return ended
+
+        for stored in await self.store.transaction(claim_and_end):
+            await self._end_orphan(stored)
 
     async def _end_orphan(self, stored: StoredCall) -> None:
-        def mark(tx: Tx) -> None:
-            now = self.clock.now()
-            facts = calls.apply(_facts_from_json(stored.data["facts"]), calls.EndedByBusiness(now))
-            self._save(tx, stored, facts, now, end_reason="the service restarted during the call")
-
-        await self.store.transaction(mark)
+        """Tell the platform a call ended here without its media (it may still be up there)."""
         if stored.platform_call_id:
             try:
                 business = self.permissions.parse_pair(stored.pair.business, stored.pair.user)[0]

@@ -86,7 +86,12 @@ class Reservation:
 
 @dataclass(frozen=True, slots=True)
 class StoredCall:
-    """A call row: identity, route and the call's facts as JSON (the call service owns their meaning)."""
+    """A call row: identity, route and the call's facts as JSON (the call service owns their meaning).
+
+    `owner` is the process that runs the call's media and `lease_expires_at` (wall time) how long that owner is
+    known to be alive: it renews the lease while it runs, and once the lease has expired any process may claim the
+    call and end it. Both are written when the row is created; afterwards only `Tx.renew_call_leases` and
+    `Tx.claim_expired_calls` change them (`save_call` leaves them as they are)."""
 
     call_id: str
     pair: Pair
@@ -96,6 +101,8 @@ class StoredCall:
     data: Mapping[str, Any]
     platform_call_id: str | None = None
     active: bool = True
+    owner: str = ""  # "": stored before calls had owners, as good as expired
+    lease_expires_at: datetime | None = None
 
 
 class StoreError(RuntimeError):
@@ -186,7 +193,7 @@ class Tx(Protocol):
 
     def save_call(self, call: StoredCall) -> None:
         """Create or update the call. At most one active call per pair: saving a second one raises `CallInProgress`
-        (and the transaction rolls back)."""
+        (and the transaction rolls back). An update leaves `owner` and `lease_expires_at` as they are."""
         ...
 
     def call(self, call_id: str) -> StoredCall | None: ...
@@ -203,6 +210,16 @@ class Tx(Protocol):
 
     def active_call(self, pair: Pair) -> StoredCall | None:
         """The pair's call that has not ended, if any (at most one: the platform allows one)."""
+        ...
+
+    def renew_call_leases(self, owner: str, until: datetime) -> int:
+        """Extend the lease of every open call `owner` holds to `until`; returns how many."""
+        ...
+
+    def claim_expired_calls(self, *, claimant: str, now: datetime, lease_until: datetime) -> list[StoredCall]:
+        """Take over every open call whose owner's lease expired at or before `now` (wall time), or that has no
+        owner, other than the claimant's own: from now on `claimant` owns them, with a lease until `lease_until`,
+        so no other process claims them too. Returns them as claimed, oldest first."""
         ...
 
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:

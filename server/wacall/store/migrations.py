@@ -157,6 +157,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             )"""
         ),
     ),
+    Migration(
+        4,
+        "a call records the process that owns its media and that owner's lease (calls stored earlier have none)",
+        _statements(
+            "ALTER TABLE calls ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+            "ALTER TABLE calls ADD COLUMN lease_expires_at INTEGER",
+            "CREATE INDEX open_calls_by_lease ON calls (lease_expires_at) WHERE active = 1",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -43,7 +43,10 @@ from wacall.store.migrations import migrate
 
 # Column lists in the order the _row_to_* functions read them.
 EVENT_COLUMNS = "cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes"
-CALL_COLUMNS = "call_id, platform_call_id, business, user_number, direction, created_at, state, active, data"
+CALL_COLUMNS = (
+    "call_id, platform_call_id, business, user_number, direction, created_at, state, active, data, owner, "
+    "lease_expires_at"
+)
 RESERVATION_COLUMNS = (
     "reservation_id, business, user_number, reserved_at, channel, state_before, idempotency_key, fingerprint, "
     "claimed_by, claimed_at"
@@ -66,7 +69,7 @@ def _row_to_reservation(row: tuple[Any, ...]) -> Reservation:
 
 
 def _row_to_call(row: tuple[Any, ...]) -> StoredCall:
-    call_id, platform_call_id, business, user, direction, created_at, state, active, data = row
+    call_id, platform_call_id, business, user, direction, created_at, state, active, data, owner, lease_expires_at = row
     return StoredCall(
         call_id=call_id,
         pair=Pair(business, user),
@@ -76,6 +79,8 @@ def _row_to_call(row: tuple[Any, ...]) -> StoredCall:
         data=json.loads(data),
         platform_call_id=platform_call_id,
         active=bool(active),
+        owner=owner,
+        lease_expires_at=optional_datetime(lease_expires_at),
     )
 
 
@@ -208,11 +213,10 @@ class _SqliteTx:
                 raise CallInProgress(f"{call.pair.business}/{call.pair.user} already has call {other.call_id}")
         self.wrote_changes = True
         self._db.execute(
-            "INSERT INTO calls (call_id, platform_call_id, business, user_number, direction, created_at, state, "
-            "active, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET"
-            " platform_call_id = excluded.platform_call_id, state = excluded.state, active = excluded.active,"
-            " data = excluded.data",
+            # The owner and its lease are written once; renew_call_leases and claim_expired_calls change them.
+            f"INSERT INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id)"
+            " DO UPDATE SET platform_call_id = excluded.platform_call_id, state = excluded.state,"
+            " active = excluded.active, data = excluded.data",
             (
                 call.call_id,
                 call.platform_call_id,
@@ -223,6 +227,8 @@ class _SqliteTx:
                 call.state,
                 int(call.active),
                 json.dumps(dict(call.data), sort_keys=True),
+                call.owner,
+                optional_micros(call.lease_expires_at),
             ),
         )
 
@@ -249,6 +255,19 @@ class _SqliteTx:
     def active_call(self, pair: Pair) -> StoredCall | None:
         found = self._calls("business = ? AND user_number = ? AND active = 1", (pair.business, pair.user))
         return found[0] if found else None
+
+    def renew_call_leases(self, owner: str, until: datetime) -> int:
+        return self._db.execute(
+            "UPDATE calls SET lease_expires_at = ? WHERE owner = ? AND active = 1", (to_micros(until), owner)
+        ).rowcount
+
+    def claim_expired_calls(self, *, claimant: str, now: datetime, lease_until: datetime) -> list[StoredCall]:
+        rows = self._db.execute(
+            f"UPDATE calls SET owner = ?, lease_expires_at = ? WHERE active = 1 AND owner != ? "
+            f"AND (lease_expires_at IS NULL OR lease_expires_at <= ?) RETURNING {CALL_COLUMNS}",
+            (claimant, to_micros(lease_until), claimant, to_micros(now)),
+        ).fetchall()
+        return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
 
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
