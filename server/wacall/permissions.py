@@ -464,7 +464,7 @@ class PermissionService:
                 tx.save_idempotent_result(
                     IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "pending"}), now
                 )
-            # Before the commit, so no recovery pass of this process can claim it (they share the store's thread).
+            # Before the commit, so no recovery pass of this process can claim it (it sees it once committed).
             self._in_flight.add(reservation.reservation_id)
             return reservation
 
