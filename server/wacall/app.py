@@ -23,13 +23,13 @@ from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
-from wacall.api.calling import CallingServicer, FileRoots
+from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.config import Settings
-from wacall.confinement import inside
+from wacall.config import ConfigError, Settings
+from wacall.fields import InvalidField
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -47,9 +47,8 @@ from wacall.upstreams.meta.webhooks import (
     start_http_server,
     webhook_routes,
 )
-from wacall_adapters.announcement import AnnouncementAdapter
-from wacall_adapters.base import MediaAdapter
-from wacall_adapters.media_stream import MediaStreamAdapter
+from wacall_adapters.registry import plan_inbound_route
+from wacall_adapters.routes import InboundOptions, RoutePlan, ServerFiles
 
 log = logging.getLogger(__name__)
 
@@ -275,8 +274,7 @@ class Service:
         calls = self.calls = CallService(
             permissions,
             upstream,
-            inbound_route=self._inbound_route(),
-            inbound_route_name=self.settings.inbound_route,
+            inbound_route=await self._inbound_route(),
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
         )
         stack.push_async_callback(calls.close)
@@ -292,13 +290,16 @@ class Service:
         stack.push_async_callback(stop_recovery)
         return calls
 
-    def _inbound_route(self) -> Callable[[], MediaAdapter]:
-        """What answers a user's call."""
-        settings = self.settings
-        if settings.inbound_route == "media_stream":
-            return MediaStreamAdapter
-        audio_file = inside(settings.media_dir, settings.inbound_audio_file) if settings.inbound_audio_file else ""
-        return lambda: AnnouncementAdapter(audio_file=audio_file)
+    def _server_files(self) -> ServerFiles:
+        return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)
+
+    async def _inbound_route(self) -> RoutePlan:
+        """What answers a user's call: the configured route, checked once here."""
+        options = InboundOptions(audio_file=self.settings.inbound_audio_file)
+        try:
+            return await plan_inbound_route(self.settings.inbound_route, options, self._server_files())
+        except InvalidField as problem:
+            raise ConfigError(f"{problem.field}: {problem.why}") from None
 
     async def _setup_grpc(
         self, stack: contextlib.AsyncExitStack, store: Store, permissions: PermissionService, calls: CallService
@@ -316,8 +317,9 @@ class Service:
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
         )
         stack.push_async_callback(lambda: server.stop(self._grace))
-        roots = FileRoots(media=settings.media_dir, recordings=settings.recordings_dir)
-        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(permissions, calls, roots), server)
+        calling_pb2_grpc.add_CallingServiceServicer_to_server(
+            CallingServicer(permissions, calls, self._server_files()), server
+        )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         if self.platform is not None:
             simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(

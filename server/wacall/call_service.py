@@ -15,20 +15,20 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from wacall import calls, engine
+from wacall.call_sessions import CallSession, SessionClosed
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
-from wacall.media.leg import AudioLeg
+from wacall.fields import InvalidField
+from wacall.media.platform_leg import MediaCounters, PlatformLegFactory, WebRtcPlatformLeg
 from wacall.media.sdp import SdpType, platform_problems
-from wacall.media.tracks import AudioSource, FrameHandler
 from wacall.permissions import (
     CallItemSkipped,
     IdempotencyConflict,
-    InvalidField,
     PermissionService,
     PlatformRefusal,
     RuleRefusal,
@@ -46,17 +46,35 @@ from wacall.store import (
 )
 from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
 from wacall.upstreams.meta.webhook_payloads import CallEventItem
-from wacall_adapters.base import MediaAdapter
+from wacall_adapters.routes import RoutePlan
 
 log = logging.getLogger(__name__)
 
 MAX_OPAQUE = 512
 MAX_IDEMPOTENCY_KEY = 128
-AdapterFactory = Callable[[], MediaAdapter]
 
 
 class CallNotFound(LookupError):
     pass
+
+
+class CallNotLive(Exception):
+    """The call's media is not held by this process: it has ended, or another replica holds it."""
+
+    def __init__(self, call_id: str, why: str) -> None:
+        super().__init__(f"{call_id}: {why}")
+        self.call_id = call_id
+        self.why = why
+
+
+class RerouteRefused(Exception):
+    """The call cannot move to that route (its media does not pass through the service, or the route cannot take
+    a live call); the call goes on as it was."""
+
+    def __init__(self, call_id: str, why: str) -> None:
+        super().__init__(f"{call_id}: {why}")
+        self.call_id = call_id
+        self.why = why
 
 
 class MediaSetupFailed(Exception):
@@ -81,14 +99,6 @@ def check_sdp(sdp: str, sdp_type: SdpType, whose: str) -> str:
     if problems:
         raise SdpRefused(whose, sdp_type, problems)
     return sdp
-
-
-@dataclass(frozen=True, slots=True)
-class MediaCounters:
-    frames_sent: int = 0
-    frames_received: int = 0
-    audible_frames_received: int = 0
-    mean_level_received: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,64 +212,14 @@ def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
     )
 
 
-# --- sessions: the live media of one call ------------------------------------------------------------------------
-
-
-@dataclass
-class CallSession:
-    call_id: str
-    pair: Pair
-    account: Account
-    adapter: MediaAdapter
-    leg: AudioLeg | None = None
-    connected: bool = False
-    closed: bool = False
-    last_frames: int = 0
-    last_progress: float = field(default_factory=time.monotonic)
-    pickup_watch: asyncio.Task[Any] | None = None
-
-    def counters(self) -> MediaCounters:
-        if self.leg is None:
-            return MediaCounters()
-        consumer = self.leg.consumer
-        return MediaCounters(
-            frames_sent=self.leg.outgoing.frames_sent,
-            frames_received=consumer.frames if consumer else 0,
-            audible_frames_received=consumer.audible_frames if consumer else 0,
-            mean_level_received=consumer.mean_level if consumer else 0.0,
-        )
-
-
-class _Leg:
-    """What an adapter sees of a call (wacall_adapters.base.CallLeg)."""
-
-    def __init__(self, service: CallService, session: CallSession) -> None:
-        self.call_id = session.call_id
-        self._service = service
-        self._session = session
-
-    def play(self, source: AudioSource) -> None:
-        if self._session.leg is not None:
-            self._session.leg.set_source(source)
-
-    def listen(self, handler: FrameHandler) -> None:
-        if self._session.leg is not None:
-            self._session.leg.handlers.append(handler)
-            if self._session.leg.consumer is not None:
-                self._session.leg.consumer.handlers.append(handler)
-
-    async def hangup(self, reason: str) -> None:
-        self._service.spawn(self._service.end(self.call_id, reason=reason))
-
-
 class CallService:
     def __init__(
         self,
         permissions: PermissionService,
         upstream: Upstream,
         *,
-        inbound_route: AdapterFactory,
-        inbound_route_name: str = "announcement",
+        inbound_route: RoutePlan,
+        platform_legs: PlatformLegFactory = WebRtcPlatformLeg,
         media_timeout: timedelta = timedelta(seconds=20),
     ) -> None:
         self.permissions = permissions
@@ -267,7 +227,7 @@ class CallService:
         self.clock: Clock = permissions.clock
         self.upstream = upstream
         self.inbound_route = inbound_route
-        self.inbound_route_name = inbound_route_name
+        self.platform_legs = platform_legs
         self.media_timeout = media_timeout
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -289,7 +249,7 @@ class CallService:
         media = session.counters() if session is not None else MediaCounters(**data.get("media", {}))
         answer = data.get("answer_sdp", "")
         if session is not None and not answer:
-            answer = session.adapter.answer_sdp()
+            answer = session.route.answer_sdp()
         return CallView(
             call_id=stored.call_id,
             pair=stored.pair,
@@ -348,12 +308,10 @@ class CallService:
         self,
         business_number: str,
         user_number: str,
-        route: AdapterFactory,
-        route_name: str,
+        route: RoutePlan,
         *,
         opaque: str = "",
         idempotency_key: str = "",
-        fingerprint_extra: str = "",
     ) -> CallView:
         business, user = self.permissions.parse_pair(business_number, user_number)
         if len(opaque) > MAX_OPAQUE:
@@ -366,7 +324,7 @@ class CallService:
             account = self.permissions.senders.account_for(business)
         key = f"call:{idempotency_key}" if idempotency_key else ""
         fingerprint = hashlib.sha256(
-            json.dumps([pair.business, pair.user, route_name, opaque, fingerprint_extra]).encode()
+            json.dumps([pair.business, pair.user, route.name, opaque, route.fingerprint]).encode()
         ).hexdigest()
         call_id = "call_" + uuid.uuid4().hex
 
@@ -385,7 +343,7 @@ class CallService:
                 raise RuleRefusal(evaluation.call, evaluation, pair)
             facts = CallFacts(Direction.BUSINESS_INITIATED, now)
             stored = StoredCall(call_id, pair, Direction.BUSINESS_INITIATED.value, now, facts.state.value, {})
-            stored = self._save(tx, stored, facts, now, route=route_name, opaque=opaque)
+            stored = self._save(tx, stored, facts, now, route=route.name, opaque=opaque)
             if key:
                 tx.save_idempotent_result(IdempotentResult(pair.business, key, fingerprint, {"call_id": call_id}), now)
             return stored
@@ -395,15 +353,13 @@ class CallService:
         if stored.call_id != call_id:  # an idempotent replay
             return self._view(stored)
         assert account is not None
-        adapter = route()
-        session = CallSession(call_id, pair, account, adapter)
-        self.sessions[call_id] = session
+        session = self._new_session(call_id, pair, account, route)
         try:
-            offer = adapter.passthrough_offer
+            offer = session.route.passthrough_offer
             if offer is None:
-                session.leg = AudioLeg(name=f"whatsapp {call_id}")
-                await adapter.attach(_Leg(self, session))
-                offer = await session.leg.create_offer()
+                session.platform = self.platform_legs(f"whatsapp {call_id}")
+                await session.attach_route()
+                offer = await session.platform.create_offer()
                 session.pickup_watch = self.spawn(self._connect_on_first_voice(session))
             # Nothing goes to the platform that it would refuse (the agent's offer was checked by the API).
             check_sdp(offer, "offer", "our")
@@ -419,6 +375,14 @@ class CallService:
             await self._fail_setup(call_id, error)
             raise MediaSetupFailed(call_id, str(error)) from error
         return await self._bind(call_id, platform_call_id)
+
+    def _new_session(self, call_id: str, pair: Pair, account: Account, route: RoutePlan) -> CallSession:
+        async def hangup(reason: str) -> None:
+            self.spawn(self.end(call_id, reason=reason))
+
+        session = CallSession(call_id, pair, account, route.factory(), route.name, hangup)
+        self.sessions[call_id] = session
+        return session
 
     async def _fail_setup(
         self, call_id: str, error: Exception, *, platform_action: CallAction | None = None
@@ -515,7 +479,7 @@ class CallService:
                     stored,
                     facts,
                     now,
-                    route=self.inbound_route_name,
+                    route=self.inbound_route.name,
                     platform_call_id=item.call_id,
                     opaque=item.biz_opaque_callback_data,
                 )
@@ -566,11 +530,11 @@ class CallService:
         if item.kind == "connect" and item.sdp and item.sdp_type == "answer":
             try:
                 check_sdp(item.sdp, "answer", "the platform's")
-                if session.leg is not None:
+                if session.platform is not None:
                     # Apply at once: the platform fails calls whose answer is applied late (138007).
-                    await session.leg.apply_answer(item.sdp)
+                    await session.platform.apply_answer(item.sdp)
                 else:
-                    await session.adapter.platform_answer(item.sdp)
+                    await session.route.platform_answer(item.sdp)
             except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
                 log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
                 await self._fail_setup(call_id, error, platform_action=CallAction.TERMINATE)
@@ -581,33 +545,33 @@ class CallService:
 
     async def _connect_on_first_voice(self, session: CallSession) -> None:
         """HOOK-3: ACCEPTED often arrives after the media. The user's first audible frame means they picked up."""
-        assert session.leg is not None
-        await session.leg.remote_track
-        consumer = session.leg.consumer
-        if consumer is not None:
-            await consumer.first_frame
+        assert session.platform is not None
+        if await session.platform.first_audio():
             await self._connected(session)
 
     async def _connected(self, session: CallSession) -> None:
         if not session.connected and not session.closed:
             session.connected = True
-            try:
-                await session.adapter.connected()
-            except Exception as error:  # e.g. a recording that cannot be opened: the user picked up, so end it
-                log.warning("call %s: the route failed after pickup: %s", session.call_id, error)
-                self.spawn(self.end(session.call_id, reason=f"the route failed after pickup: {error}"))
+            await self._start_route(session)
+
+    async def _start_route(self, session: CallSession) -> None:
+        """Tell the route the user is on the line (at pickup, or at once for a route a connected call moved to)."""
+        try:
+            await session.route.connected()
+        except Exception as error:  # e.g. a recording that cannot be opened: the user picked up, so end it
+            log.warning("call %s: the route failed after pickup: %s", session.call_id, error)
+            self.spawn(self.end(session.call_id, reason=f"the route failed after pickup: {error}"))
 
     async def _answer_user_call(self, call_id: str, business: str, offer_sdp: str) -> None:
         stored = await self.store.transaction(lambda tx: tx.call(call_id))
         assert stored is not None and stored.platform_call_id
         account = self.permissions.senders.account_for(self.permissions.parse_pair(business, stored.pair.user)[0])
-        session = CallSession(call_id, stored.pair, account, self.inbound_route())
-        self.sessions[call_id] = session
+        session = self._new_session(call_id, stored.pair, account, self.inbound_route)
         try:
             check_sdp(offer_sdp, "offer", "the platform's")
-            session.leg = AudioLeg(name=f"whatsapp {call_id}")
-            await session.adapter.attach(_Leg(self, session))
-            answer = check_sdp(await session.leg.accept_offer(offer_sdp), "answer", "our")
+            session.platform = self.platform_legs(f"whatsapp {call_id}")
+            await session.attach_route()
+            answer = check_sdp(await session.platform.accept_offer(offer_sdp), "answer", "our")
         except Exception as error:  # nothing was sent yet: refuse the call on the platform
             log.warning("cannot answer user call %s: %s", call_id, error)
             await self._fail_setup(call_id, error, platform_action=CallAction.REJECT)
@@ -630,6 +594,39 @@ class CallService:
         await self.store.transaction(accepted)
         self.permissions.changes.notify()
         await self._connected(session)
+
+    # --- moving a live call -------------------------------------------------------------------------------------
+
+    async def reroute(self, call_id: str, route: RoutePlan) -> CallView:
+        """Move a live call held by this process to another route (hold audio → an agent, an announcement → a
+        program). The platform leg stays as it is: no renegotiation, and the user hears the old route until the
+        new one plays. The call's record names the new route once it carries the call."""
+        session = self.sessions.get(call_id)
+        if session is None or session.closed:
+            await self.get(call_id)  # CallNotFound for a call that never existed
+            raise CallNotLive(call_id, "the call has ended, or its media is held by another wacall process")
+        if session.platform is None:
+            raise RerouteRefused(call_id, f"the {session.route_name} route's media does not pass through wacall")
+        adapter = route.factory()
+        if adapter.passthrough_offer is not None:
+            await adapter.close()
+            raise RerouteRefused(call_id, f"a {route.name} route needs its own offer to the platform: only a new call")
+        try:
+            await session.reroute(adapter, route.name)
+        except SessionClosed:
+            raise CallNotLive(call_id, "the call ended while it was being rerouted") from None
+        if session.connected:
+            await self._start_route(session)
+
+        def record(tx: Tx) -> StoredCall:
+            now = self.clock.now()
+            stored = tx.call(call_id)
+            assert stored is not None
+            return self._save(tx, stored, _facts_from_json(stored.data["facts"]), now, route=route.name)
+
+        stored = await self.store.transaction(record)
+        self.permissions.changes.notify()
+        return self._view(stored)
 
     # --- ending -------------------------------------------------------------------------------------------------
 
@@ -670,17 +667,9 @@ class CallService:
         session = self.sessions.get(call_id)
         if session is None or session.closed:
             return
-        session.closed = True
-        if session.pickup_watch is not None:
-            session.pickup_watch.cancel()
-        counters = session.counters()
         try:
-            await session.adapter.close()
-        except Exception:  # the leg and the session are released whatever the route did
-            log.exception("call %s: closing the route failed", call_id)
+            counters = await session.close()
         finally:
-            if session.leg is not None:
-                await session.leg.close()
             self.sessions.pop(call_id, None)
 
         def keep_media(tx: Tx) -> None:
@@ -696,7 +685,7 @@ class CallService:
                         {
                             **stored.data,
                             "media": _counters_dict(counters),
-                            "answer_sdp": stored.data.get("answer_sdp") or session.adapter.answer_sdp(),
+                            "answer_sdp": stored.data.get("answer_sdp") or session.route.answer_sdp(),
                         },
                         stored.platform_call_id,
                         stored.active,
@@ -729,7 +718,7 @@ class CallService:
         while True:
             ticket = self.permissions.changes.ticket()
             view = await self.get(call_id)
-            key = (view.state, view.outcome, view.facts.answered_at)
+            key = (view.state, view.outcome, view.facts.answered_at, view.route)
             if key != last:
                 last = key
                 yield view
@@ -775,9 +764,9 @@ class CallService:
         # Its own function: a loop variable left in the watchdog's frame would keep the last ended call's peer
         # connection (and its encoder's threads) alive.
         for session in list(self.sessions.values()):
-            if session.leg is None or session.closed:
+            if session.platform is None or session.closed:
                 continue
-            frames = session.leg.consumer.frames if session.leg.consumer else 0
+            frames = session.platform.counters().frames_received
             if frames != session.last_frames or not session.connected:
                 # A ringing phone may send nothing; the clock starts once the user picked up.
                 session.last_frames, session.last_progress = frames, now

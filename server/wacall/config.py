@@ -12,6 +12,7 @@ from typing import Any
 from wacall.confinement import OutsideDirectory, inside
 from wacall.policy import PRESETS, Policy, PolicyError, load_policy
 from wacall.upstreams.meta.accounts import InvalidSenderConfig, SenderAccount, sender_from_config
+from wacall_adapters.registry import INBOUND_ROUTES
 
 
 class ConfigError(ValueError):
@@ -110,7 +111,7 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "upstream": ("sim", "meta"),
     "clock": ("system", "manual"),
     "policy": tuple(sorted(PRESETS)),
-    "inbound_route": ("announcement", "media_stream"),
+    "inbound_route": INBOUND_ROUTES,
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 
@@ -191,8 +192,10 @@ def load_settings(
     settings = Settings(**values)
     if settings.upstream not in ("sim", "meta"):
         raise ConfigError(f"upstream must be 'sim' or 'meta', got {settings.upstream!r}")
-    if settings.inbound_route not in ("announcement", "media_stream"):
-        raise ConfigError(f"inbound_route must be 'announcement' or 'media_stream', got {settings.inbound_route!r}")
+    if settings.inbound_route not in INBOUND_ROUTES:
+        raise ConfigError(
+            f"inbound_route must be {' or '.join(repr(r) for r in INBOUND_ROUTES)}, got {settings.inbound_route!r}"
+        )
     if settings.inbound_audio_file:
         try:
             audio_file = inside(settings.media_dir, settings.inbound_audio_file)

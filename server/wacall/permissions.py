@@ -29,6 +29,7 @@ from wacall.engine import (
     Reason,
     Source,
 )
+from wacall.fields import InvalidField
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
@@ -59,13 +60,6 @@ log = logging.getLogger(__name__)
 MAX_BODY_TEXT = 1024
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TEMPLATE_PARAMETERS = 50
-
-
-class InvalidField(ValueError):
-    def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
-        self.why = why
 
 
 class RuleRefusal(Exception):
