@@ -29,7 +29,8 @@ from wacall.api.errors import (
     text_field,
 )
 from wacall.api.messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
-from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, CallView, MediaSetupFailed
+from wacall.call_record import CallRecord
+from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
 from wacall.calls import CallState
 from wacall.fields import InvalidField
 from wacall.media.tracks import Framer, PcmResampler
@@ -79,7 +80,7 @@ async def numbers(context: Context, request: object) -> None:
         await text_field(context, getattr(request, name), name, max_chars=MAX_NUMBER_CHARS)
 
 
-def _page_token(view: CallView) -> str:
+def _page_token(view: CallRecord) -> str:
     raw = f"{to_micros(view.facts.created_at)}:{view.call_id}".encode()
     return base64.urlsafe_b64encode(raw).decode()
 
