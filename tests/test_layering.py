@@ -4,6 +4,7 @@
 - The rule core (engine, policy, the call state machine) imports nothing of the network, the store's database,
   the media stack or the simulator, directly or through another wacall module.
 - Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
+- Event kinds are spelled only by `wacall.events.EventKind`: no module writes one as a string literal.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from wacall.events import EventKind
 from wacall.upstreams.meta.errors import META_ERRORS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "server" / "wacall"
@@ -219,3 +221,36 @@ def test_the_vocabulary_check_sees_meta_codes_and_fields() -> None:
     assert any("138017" in f for f in platform_vocabulary("wacall.upstreams.meta.errors"))
     assert any("messaging_product" in f for f in platform_vocabulary("wacall.upstreams.meta.wire"))
     assert any("wacid." in f for f in platform_vocabulary("wacall.upstreams.meta.webhook_payloads"))
+
+
+def event_kind_literals(tree: ast.Module) -> list[str]:
+    """String literals in `tree` that spell an event kind. An enum member's own value is not one (the engine's
+    `Reason.PERMISSION_REVOKED` shares a kind's words)."""
+    kinds = {kind.value for kind in EventKind}
+    member_values = {
+        id(statement.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for statement in node.body
+        if isinstance(statement, ast.Assign)
+    }
+    return [
+        f"line {node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in kinds and id(node) not in member_values
+    ]
+
+
+def test_only_the_event_log_module_spells_event_kinds() -> None:
+    assert "wacall.events" in MODULES
+    leaks = {name: found for name in MODULES if name != "wacall.events" and (found := event_kind_literals(TREES[name]))}
+    assert leaks == {}
+
+
+def test_the_event_kind_check_sees_a_literal_kind() -> None:
+    # The check itself: the enum spells every kind, an event written with a string is caught, an enum value is not.
+    assert len(event_kind_literals(TREES["wacall.events"])) == 0  # member values only
+    written = ast.parse('tx.append(EventRecord(pair, "call_updated", source, now, now, state))')
+    assert event_kind_literals(written) == ["line 1: 'call_updated'"]
+    reason = ast.parse('class Reason(enum.Enum):\n    PERMISSION_REVOKED = "permission_revoked"')
+    assert event_kind_literals(reason) == []

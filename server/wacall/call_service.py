@@ -22,6 +22,7 @@ from typing import Any
 from wacall import calls, engine
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
+from wacall.events import EventKind
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
@@ -330,7 +331,7 @@ class CallService:
         tx.append(
             EventRecord(
                 stored.pair,
-                "call_updated",
+                EventKind.CALL_UPDATED,
                 engine.Source.BUSINESS.value
                 if facts.direction is Direction.BUSINESS_INITIATED
                 else engine.Source.USER_ACTION.value,

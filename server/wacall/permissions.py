@@ -29,6 +29,7 @@ from wacall.engine import (
     Reason,
     Source,
 )
+from wacall.events import EventKind, describe, grant_expiry, permission_event
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
@@ -175,31 +176,6 @@ class ChangeNotifier:
         self._event = asyncio.Event()
 
 
-# Ledger event → (audit kind, source) for the event log.
-def _describe(event: LedgerEvent) -> tuple[str, Source, dict[str, str]]:
-    match event:
-        case engine.RequestSent():
-            return "permission_request_sent", Source.BUSINESS, {}
-        case engine.RequestWithdrawn():
-            return "permission_request_failed", Source.BUSINESS, {}
-        case engine.PermissionGranted(permanent=permanent, source=source, adopted=adopted):
-            attributes = {"is_permanent": str(permanent).lower()}
-            return "permission_granted", source, {**attributes, "adopted": "true"} if adopted else attributes
-        case engine.PermissionRejected(source=source):
-            return "permission_rejected", source, {}
-        case engine.PermissionRevoked(source=source, adopted=adopted):
-            return "permission_revoked", source, {"adopted": "true"} if adopted else {}
-        case engine.UserMessage():
-            return "user_message_received", Source.USER_ACTION, {}
-        case engine.CallConnected(business_initiated=business_initiated):
-            return "call_connected", Source.USER_ACTION, {"business_initiated": str(business_initiated).lower()}
-        case engine.CallUnanswered():
-            return "call_unanswered", Source.USER_ACTION, {}
-        case engine.UserPrompted():
-            return "user_prompted", Source.WACALL_RULE, {}
-    raise AssertionError(f"unhandled ledger event {event!r}")  # pragma: no cover
-
-
 def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
@@ -298,7 +274,7 @@ class PermissionService:
         applied = engine.apply(ledger, event, self.policy)
         ledger = applied.ledger
         for item in (event, *applied.derived):
-            kind, source, attributes = _describe(item)
+            kind, source, attributes = describe(item)
             if item is event and extra:
                 attributes.update(extra)
             if item is event:
@@ -311,9 +287,10 @@ class PermissionService:
                     if raised:
                         attributes[flag] = "true"
             at = item.sent_at if isinstance(item, engine.RequestWithdrawn) else item.at
-            if isinstance(item, engine.PermissionGranted) and ledger.expires_at and not item.permanent:
-                attributes["expires_at"] = _iso(ledger.expires_at)
-            tx.append(EventRecord(pair, kind, source.value, at, now, engine.effective_state(ledger, now), attributes))
+            expiry = grant_expiry(item, ledger)
+            if expiry:
+                attributes["expires_at"] = _iso(expiry)
+            tx.append(permission_event(pair, kind, source, at, now, ledger, attributes))
         tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
         return ledger
 
@@ -562,13 +539,13 @@ class PermissionService:
                 tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
             # The reservation already applied the request to the ledger; this records that it went out.
             tx.append(
-                EventRecord(
+                permission_event(
                     pair,
-                    "permission_request_sent",
-                    Source.BUSINESS.value,
+                    EventKind.PERMISSION_REQUEST_SENT,
+                    Source.BUSINESS,
                     sent_at,
                     now,
-                    engine.effective_state(ledger, now),
+                    ledger,
                     {"message_id": sent.message_id, "channel": channel.value},
                 )
             )
@@ -690,13 +667,13 @@ class PermissionService:
             else:
                 attributes.update(outcome="unknown", may_have_been_sent="true", counted="true")
                 tx.append(
-                    EventRecord(
+                    permission_event(
                         pair,
-                        "permission_request_failed",
-                        Source.BUSINESS.value,
+                        EventKind.PERMISSION_REQUEST_FAILED,
+                        Source.BUSINESS,
                         reservation.reserved_at,
                         now,
-                        engine.effective_state(ledger, now),
+                        ledger,
                         attributes,
                     )
                 )
@@ -803,7 +780,7 @@ class PermissionService:
                     tx.append(
                         EventRecord(
                             Pair(business, ""),
-                            "business_restriction_changed",
+                            EventKind.BUSINESS_RESTRICTION_CHANGED,
                             Source.PLATFORM_AUTOMATIC.value,
                             item.timestamp or now,
                             now,
@@ -840,13 +817,13 @@ class PermissionService:
                     codes = ",".join(str(c) for c in item.error_codes)
                     meaning = item.error_meaning
                     tx.append(
-                        EventRecord(
+                        permission_event(
                             sent_to,
-                            "permission_request_failed",
-                            Source.PLATFORM_AUTOMATIC.value,
+                            EventKind.PERMISSION_REQUEST_FAILED,
+                            Source.PLATFORM_AUTOMATIC,
                             item.timestamp,
                             now,
-                            engine.effective_state(tx.ledger(sent_to), now),
+                            tx.ledger(sent_to),
                             {"message_id": item.message_id, "platform_error": codes, "meaning": meaning},
                         )
                     )

@@ -15,6 +15,7 @@ from wacall.call_service import CallView
 from wacall.calls import CallOutcome, CallState, Direction
 from wacall.engine import ActionDecision, Evaluation
 from wacall.errors import REASONS
+from wacall.events import EventKind
 from wacall.permissions import PermissionView
 from wacall.policy import Policy, WindowLimit
 from wacall.store import EventRecord, Pair, optional_datetime
@@ -24,22 +25,8 @@ REASON = {r: getattr(pb, f"REASON_{r.name}") for r in engine.Reason}
 ACTION = {a: getattr(pb, f"ACTION_{a.name}") for a in engine.Action}
 CHANNEL = {c: getattr(pb, f"CHANNEL_{c.name}") for c in engine.Channel}
 SOURCE = {s.value: getattr(pb, f"EVENT_SOURCE_{s.name}") for s in engine.Source}
-EVENT_KIND = {
-    name: getattr(pb, f"EVENT_KIND_{name.upper()}")
-    for name in (
-        "permission_request_sent",
-        "permission_request_failed",
-        "permission_granted",
-        "permission_rejected",
-        "permission_revoked",
-        "user_message_received",
-        "call_connected",
-        "call_unanswered",
-        "user_prompted",
-        "call_updated",
-        "business_restriction_changed",
-    )
-}
+# Keyed by the stored string: a kind this version does not know reads as unspecified.
+EVENT_KIND: Mapping[str, pb.EventKind] = {kind: getattr(pb, f"EVENT_KIND_{kind.name}") for kind in EventKind}
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
