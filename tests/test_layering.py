@@ -4,6 +4,9 @@
 - The rule core (engine, policy, the call state machine) imports nothing of the network, the store's database,
   the media stack or the simulator, directly or through another wacall module.
 - Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
+- The domain does not import Meta's upstream at all, directly or through another module: it reads neutral items
+  (`wacall.inbound`), accounts and refusals (`wacall.upstreams.base`). Only the assembly (app, cli, config) and the
+  simulator may reach it.
 - Event kinds are spelled only by `wacall.events.EventKind`: no module writes one as a string literal.
 """
 
@@ -25,6 +28,9 @@ FORBIDDEN_IN_RULE_CORE = ("grpc", "aiohttp", "httpx", "sqlite3", "aiortc", "waca
 
 # Where Meta's own vocabulary belongs.
 PLATFORM_MODULES = ("wacall.upstreams.meta", "wacall.simulator")
+META_UPSTREAM = "wacall.upstreams.meta"
+# What assembles the service from its parts, and so picks Meta's upstream (and reads its [[senders]]).
+ASSEMBLY = ("wacall.app", "wacall.cli", "wacall.config")
 
 # Field names of the Graph API's and its webhooks' JSON bodies (whatsapp-calling.md §4-§6, §8).
 # (`biz_opaque_callback_data` and `is_permanent` are left out: our own API and event log name their fields the
@@ -214,6 +220,50 @@ def test_only_the_meta_upstream_and_the_simulator_know_meta_codes_and_json_field
     assert "wacall.permissions" in outside and "wacall.call_service" in outside and "wacall.calls" in outside
     leaks = {name: found for name in outside if (found := platform_vocabulary(name))}
     assert leaks == {}
+
+
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(f"{p}.") for p in packages)
+
+
+def meta_reached_from_the_domain() -> dict[str, list[str]]:
+    """Each module outside Meta's upstream, the simulator and the assembly that reaches Meta's upstream through the
+    import graph, with the Meta modules it reaches."""
+    found = {}
+    for name in GRAPH:
+        if _within(name, (*PLATFORM_MODULES, *ASSEMBLY)):
+            continue
+        seen: set[str] = set()
+        pending = [name]
+        while pending:
+            for target in GRAPH[pending.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    pending.append(target)
+        if reached := sorted(t for t in seen if _within(t, (META_UPSTREAM,))):
+            found[name] = reached
+    return found
+
+
+def test_the_domain_does_not_import_metas_upstream() -> None:
+    domain = [n for n in GRAPH if not _within(n, (*PLATFORM_MODULES, *ASSEMBLY))]
+    assert {"wacall.permissions", "wacall.call_service", "wacall.inbound", "wacall.api.calling"} <= set(domain)
+    assert meta_reached_from_the_domain() == {}
+
+
+def test_the_meta_import_check_sees_a_domain_module_reaching_meta() -> None:
+    # The check itself: the domain as it was, with the webhook items still in Meta's parser; and one module away.
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.permissions"].add("wacall.upstreams.meta.webhook_payloads")
+        found = meta_reached_from_the_domain()
+        assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.permissions"]
+        assert "wacall.upstreams.meta.errors" in found["wacall.permissions"]  # what the parser imports, too
+        assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.call_service"]  # through permissions
+        assert "wacall.app" not in found and "wacall.simulator.platform" not in found
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
 
 
 def test_the_vocabulary_check_sees_meta_codes_and_fields() -> None:

@@ -23,6 +23,7 @@ from wacall import calls, engine
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
 from wacall.events import EventKind
+from wacall.inbound import CallEventItem, CallEventKind
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
@@ -46,7 +47,6 @@ from wacall.store import (
     to_micros,
 )
 from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
-from wacall.upstreams.meta.webhook_payloads import CallEventItem
 from wacall_adapters.base import MediaAdapter
 
 log = logging.getLogger(__name__)
@@ -162,22 +162,22 @@ def _facts_from_json(data: Mapping[str, Any]) -> CallFacts:
 
 def _event_from_item(item: CallEventItem) -> calls.CallEvent | None:
     match item.kind:
-        case "connect":
+        case CallEventKind.CONNECT:
             return calls.Connect(item.timestamp)
-        case "ringing":
+        case CallEventKind.RINGING:
             return calls.Ringing(item.timestamp)
-        case "accepted":
+        case CallEventKind.ACCEPTED:
             return calls.Accepted(item.timestamp)
-        case "rejected":
+        case CallEventKind.REJECTED:
             return calls.Rejected(item.timestamp)
-        case "terminate":
+        case CallEventKind.TERMINATE:
             return calls.Terminated(
                 item.timestamp,
                 item.start_time,
                 item.end_time,
                 item.duration_seconds,
                 item.error_codes,
-                setup_failed=item.fails_call_setup,
+                setup_failed=item.setup_failed,
             )
     return None
 
@@ -195,6 +195,7 @@ def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
     return CallEventItem(
         **{
             **data,
+            "kind": CallEventKind(data["kind"]),
             "timestamp": from_micros(data["timestamp"]),
             "start_time": optional_datetime(data["start_time"]),
             "end_time": optional_datetime(data["end_time"]),
@@ -496,7 +497,7 @@ class CallService:
         stored = tx.call_by_platform_id(item.call_id)
         if stored is None:
             if item.is_user_calling:
-                pair = self.permissions.user_pair(tx, business, item.user_wa_id, None)
+                pair = self.permissions.user_pair(tx, business, item.user_id, None)
                 if pair is None:
                     return CallItemSkipped.UNKNOWN_USER
                 superseded = self._end_superseded_call(tx, pair, item, now)
@@ -518,7 +519,7 @@ class CallService:
                     now,
                     route=self.inbound_route_name,
                     platform_call_id=item.call_id,
-                    opaque=item.biz_opaque_callback_data,
+                    opaque=item.opaque,
                 )
                 return lambda: self._answer_user_call_after(superseded, stored.call_id, business, item.sdp)
             # Our own record of this call may not be bound yet (the webhook beat the connect response): keep it.
@@ -554,7 +555,7 @@ class CallService:
             return stored
         facts = calls.apply(_facts_from_json(stored.data["facts"]), event)
         extra: dict[str, Any] = {}
-        if item.kind == "terminate" and not stored.data.get("end_reason"):
+        if item.kind is CallEventKind.TERMINATE and not stored.data.get("end_reason"):
             extra["end_reason"] = "ended by the platform" + (f": {item.error_message}" if item.error_message else "")
             if item.error_codes:
                 extra["platform_error"] = {"code": item.error_codes[0], "message": item.error_message, "details": ""}
@@ -564,7 +565,7 @@ class CallService:
         session = self.sessions.get(call_id)
         if session is None:
             return
-        if item.kind == "connect" and item.sdp and item.sdp_type == "answer":
+        if item.kind is CallEventKind.CONNECT and item.sdp and item.sdp_type == "answer":
             try:
                 check_sdp(item.sdp, "answer", "the platform's")
                 if session.leg is not None:
@@ -575,9 +576,9 @@ class CallService:
             except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
                 log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
                 await self._fail_setup(call_id, error, platform_action=CallAction.TERMINATE)
-        elif item.kind == "accepted":
+        elif item.kind is CallEventKind.ACCEPTED:
             await self._connected(session)
-        elif item.kind == "terminate":
+        elif item.kind is CallEventKind.TERMINATE:
             await self._close_session(call_id)
 
     async def _connect_on_first_voice(self, session: CallSession) -> None:

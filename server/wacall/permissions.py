@@ -30,6 +30,17 @@ from wacall.engine import (
     Source,
 )
 from wacall.events import EventKind, describe, grant_expiry, permission_event
+from wacall.inbound import (
+    BusinessRestriction,
+    CallEventItem,
+    DeliveryStatus,
+    Ignored,
+    InboundItem,
+    InboundMessage,
+    MessageStatus,
+    PermissionReply,
+    ReplyTo,
+)
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
@@ -44,15 +55,6 @@ from wacall.upstreams.base import (
     UnknownSender,
     Upstream,
     UpstreamRefusal,
-)
-from wacall.upstreams.meta.webhook_payloads import (
-    BusinessRestriction,
-    CallEventItem,
-    Ignored,
-    InboundMessage,
-    MessageStatus,
-    PermissionReply,
-    WebhookItem,
 )
 
 log = logging.getLogger(__name__)
@@ -729,13 +731,13 @@ class PermissionService:
         return Pair(business, user)
 
     @staticmethod
-    def _ledger_event(item: WebhookItem) -> tuple[LedgerEvent, dict[str, str]] | None:
+    def _ledger_event(item: InboundItem) -> tuple[LedgerEvent, dict[str, str]] | None:
         match item:
             case PermissionReply(accepted=True, automatic=automatic, permanent=permanent, expires_at=expires_at):
                 source = Source.PLATFORM_AUTOMATIC if automatic else Source.USER_ACTION
                 return engine.PermissionGranted(item.timestamp, permanent, None if permanent else expires_at, source), {
                     "message_id": item.message_id,
-                    "via": item.via,
+                    "via": item.via.value,
                     "context_id": item.context_id or "",
                 }
             case PermissionReply(accepted=False, automatic=True):
@@ -748,7 +750,7 @@ class PermissionService:
                     # A reject with no request behind it is a revoke from the business profile.
                     return engine.PermissionRevoked(item.timestamp, Source.USER_ACTION), {
                         "message_id": item.message_id,
-                        "via": "profile",
+                        "via": ReplyTo.PROFILE.value,
                     }
                 return engine.PermissionRejected(item.timestamp, Source.USER_ACTION), {
                     "message_id": item.message_id,
@@ -758,7 +760,7 @@ class PermissionService:
                 return engine.UserMessage(item.timestamp), {"message_id": item.message_id, "type": item.type}
         return None
 
-    async def ingest(self, body: bytes, resolved: list[tuple[WebhookItem, str | None]]) -> IngestResult:
+    async def ingest(self, body: bytes, resolved: list[tuple[InboundItem, str | None]]) -> IngestResult:
         """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200.
 
         Each item comes with the business number it is for (None: not one of ours), as the ingress resolved it."""
@@ -808,7 +810,7 @@ class PermissionService:
                     # Only a failed permission request of ours matters (131026: client too old). It stays counted.
                     sent_to = tx.message_pair(item.message_id)
                     if (
-                        item.status != "failed"
+                        item.status is not DeliveryStatus.FAILED
                         or sent_to is None
                         or not tx.claim(f"status:{item.message_id}:failed", now)
                     ):
@@ -830,7 +832,7 @@ class PermissionService:
                     applied += 1
                     continue
                 context_id = item.context_id if isinstance(item, PermissionReply) else None
-                pair = self.user_pair(tx, business, item.user_wa_id, context_id)
+                pair = self.user_pair(tx, business, item.user_id, context_id)
                 if pair is None:
                     ignored += 1
                     continue

@@ -22,18 +22,12 @@ from datetime import timedelta
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from wacall.inbound import BusinessRestriction, Ignored, InboundItem
 from wacall.numbers import parse_number
 from wacall.permissions import PermissionService
 from wacall.upstreams.base import UnknownSender
 from wacall.upstreams.meta.senders import MetaSenderDirectory
-from wacall.upstreams.meta.webhook_payloads import (
-    BusinessRestriction,
-    Ignored,
-    MalformedWebhook,
-    TimeWindow,
-    WebhookItem,
-    parse,
-)
+from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, parse
 
 log = logging.getLogger(__name__)
 
@@ -84,20 +78,20 @@ async def _read_body(request: web.Request, max_body_bytes: int) -> bytes | None:
     return bytes(body)
 
 
-def business_of(senders: MetaSenderDirectory, item: WebhookItem) -> str | None:
+def business_of(senders: MetaSenderDirectory, item: InboundItem) -> str | None:
     """The business number a webhook item is for; None when it is not one of ours."""
     if isinstance(item, Ignored):
         return None
-    if isinstance(item, BusinessRestriction) and not item.phone_number_id:
+    if isinstance(item, BusinessRestriction) and not item.business_account:
         try:
             number = parse_number(item.display_number, "phone_number")
             return senders.account_for(number).business_number
         except (ValueError, UnknownSender):
             log.warning("account_update for unknown number %s ignored", item.display_number)
             return None
-    account = senders.by_phone_number_id(item.phone_number_id)
+    account = senders.by_phone_number_id(item.business_account)
     if account is None:
-        log.warning("webhook for unknown phone_number_id %s ignored", item.phone_number_id)
+        log.warning("webhook for unknown phone_number_id %s ignored", item.business_account)
         return None
     return account.business_number
 
