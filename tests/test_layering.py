@@ -7,6 +7,8 @@
 - The domain does not import Meta's upstream at all, directly or through another module: it reads neutral items
   (`wacall.inbound`), accounts and refusals (`wacall.upstreams.base`). Only the assembly (app, cli, config) and the
   simulator may reach it.
+- The inbound dispatcher (`wacall.ingest`) belongs to neither service: it imports neither, and the permission
+  service does not import the call service.
 - Event kinds are spelled only by `wacall.events.EventKind`: no module writes one as a string literal.
 """
 
@@ -226,6 +228,18 @@ def _within(name: str, packages: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(f"{p}.") for p in packages)
 
 
+def graph_reachable(name: str) -> set[str]:
+    """The wacall modules `name` imports, directly or through others, as GRAPH has it."""
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        for target in GRAPH[pending.pop()]:
+            if target not in seen:
+                seen.add(target)
+                pending.append(target)
+    return seen
+
+
 def meta_reached_from_the_domain() -> dict[str, list[str]]:
     """Each module outside Meta's upstream, the simulator and the assembly that reaches Meta's upstream through the
     import graph, with the Meta modules it reaches."""
@@ -233,14 +247,7 @@ def meta_reached_from_the_domain() -> dict[str, list[str]]:
     for name in GRAPH:
         if _within(name, (*PLATFORM_MODULES, *ASSEMBLY)):
             continue
-        seen: set[str] = set()
-        pending = [name]
-        while pending:
-            for target in GRAPH[pending.pop()]:
-                if target not in seen:
-                    seen.add(target)
-                    pending.append(target)
-        if reached := sorted(t for t in seen if _within(t, (META_UPSTREAM,))):
+        if reached := sorted(t for t in graph_reachable(name) if _within(t, (META_UPSTREAM,))):
             found[name] = reached
     return found
 
@@ -261,6 +268,38 @@ def test_the_meta_import_check_sees_a_domain_module_reaching_meta() -> None:
         assert "wacall.upstreams.meta.errors" in found["wacall.permissions"]  # what the parser imports, too
         assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.call_service"]  # through permissions
         assert "wacall.app" not in found and "wacall.simulator.platform" not in found
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
+
+
+SERVICES = ("wacall.permissions", "wacall.call_service")
+
+
+def services_reached_by_the_dispatcher() -> list[str]:
+    """Services the dispatcher reaches, and the call service if the permission service reaches it."""
+    found = sorted(s for s in SERVICES if s in graph_reachable("wacall.ingest"))
+    if "wacall.call_service" in graph_reachable("wacall.permissions"):
+        found.append("wacall.permissions → wacall.call_service")
+    return found
+
+
+def test_the_dispatcher_belongs_to_neither_service() -> None:
+    assert "wacall.inbound" in GRAPH["wacall.ingest"]
+    assert services_reached_by_the_dispatcher() == []
+
+
+def test_the_dispatcher_check_sees_a_service_owning_dispatch() -> None:
+    # The check itself: a dispatcher that imports a service, and a permission service that imports the other.
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.ingest"].add("wacall.permissions")
+        GRAPH["wacall.permissions"].add("wacall.call_service")
+        assert services_reached_by_the_dispatcher() == [
+            "wacall.call_service",
+            "wacall.permissions",
+            "wacall.permissions → wacall.call_service",
+        ]
     finally:
         GRAPH.clear()
         GRAPH.update(saved)

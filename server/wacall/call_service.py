@@ -24,11 +24,11 @@ from wacall.calls import CallFacts, CallOutcome, CallState, Direction
 from wacall.clock import Clock
 from wacall.events import EventKind
 from wacall.inbound import CallEventItem, CallEventKind
+from wacall.ingest import Outcome, Skipped
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.media.tracks import AudioSource, FrameHandler
 from wacall.permissions import (
-    CallItemSkipped,
     IdempotencyConflict,
     InvalidField,
     PermissionService,
@@ -274,7 +274,6 @@ class CallService:
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
-        permissions.call_item_handler = self._apply_item
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -489,17 +488,17 @@ class CallService:
 
     # --- webhooks (inside the ingest transaction) ---------------------------------------------------------------
 
-    def _apply_item(
-        self, tx: Tx, business: str, item: CallEventItem, now: datetime
-    ) -> Callable[[], Awaitable[None]] | CallItemSkipped | None:
+    def apply_call_event(self, tx: Tx, business: str, item: CallEventItem, now: datetime) -> Outcome:
+        """A call's event, in the delivery's transaction (the dispatch table's handler): the media work to run
+        once it is committed, or why nothing was applied."""
         if not tx.claim(f"call:{item.call_id}:{item.kind}", now):
-            return CallItemSkipped.DUPLICATE  # HOOK-1
+            return Skipped.DUPLICATE  # HOOK-1
         stored = tx.call_by_platform_id(item.call_id)
         if stored is None:
             if item.is_user_calling:
                 pair = self.permissions.user_pair(tx, business, item.user_id, None)
                 if pair is None:
-                    return CallItemSkipped.UNKNOWN_USER
+                    return Skipped.UNKNOWN_USER
                 superseded = self._end_superseded_call(tx, pair, item, now)
                 call_id = "call_" + uuid.uuid4().hex
                 facts = CallFacts(Direction.USER_INITIATED, item.timestamp)
@@ -524,7 +523,7 @@ class CallService:
                 return lambda: self._answer_user_call_after(superseded, stored.call_id, business, item.sdp)
             # Our own record of this call may not be bound yet (the webhook beat the connect response): keep it.
             tx.park_call_event(item.call_id, _item_to_json(item), now)
-            return CallItemSkipped.PARKED
+            return Skipped.PARKED
         self._apply_to_call(tx, stored, item, now)
         return lambda: self._media_after(stored.call_id, item)
 

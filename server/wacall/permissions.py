@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -32,15 +31,13 @@ from wacall.engine import (
 from wacall.events import EventKind, describe, grant_expiry, permission_event
 from wacall.inbound import (
     BusinessRestriction,
-    CallEventItem,
     DeliveryStatus,
-    Ignored,
-    InboundItem,
     InboundMessage,
     MessageStatus,
     PermissionReply,
     ReplyTo,
 )
+from wacall.ingest import Outcome, Skipped
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
@@ -157,13 +154,6 @@ class RequestResult:
     replayed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    applied: int
-    duplicates: int
-    ignored: int
-
-
 @dataclass
 class ChangeNotifier:
     """Wakes every waiting watcher once per commit. Take `ticket()` before reading so no commit slips between."""
@@ -182,20 +172,6 @@ def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
 
-class CallItemSkipped(enum.Enum):
-    """Why a `calls` item changed nothing (it is then not counted as applied)."""
-
-    DUPLICATE = "duplicate"
-    PARKED = "parked"  # for a call id not bound yet: applied when our record of the call is
-    UNKNOWN_USER = "unknown_user"
-
-
-AfterCommit = Callable[[], Awaitable[None]]
-# Applies a `calls` item inside the ingest transaction: the media work to run after the commit (None: none), or
-# why nothing was applied.
-CallItemHandler = Callable[[Tx, str, CallEventItem, datetime], AfterCommit | CallItemSkipped | None]
-
-
 class PermissionService:
     def __init__(
         self,
@@ -212,10 +188,6 @@ class PermissionService:
         self.senders = senders
         self.upstream = upstream
         self.changes = ChangeNotifier()
-        # Set by the call service: applies a `calls` webhook item inside the ingest transaction and returns the
-        # media work to run once it is committed.
-        self.call_item_handler: CallItemHandler | None = None
-        self._after_commit: set[asyncio.Task[None]] = set()
         # Longer than any send can take: an older unsettled reservation has no live sender.
         self.reservation_grace = reservation_grace
         # This process, as a claimant of reservations to settle; and the reservations it is sending right now.
@@ -731,7 +703,7 @@ class PermissionService:
         return Pair(business, user)
 
     @staticmethod
-    def _ledger_event(item: InboundItem) -> tuple[LedgerEvent, dict[str, str]] | None:
+    def _ledger_event(item: PermissionReply | InboundMessage) -> tuple[LedgerEvent, dict[str, str]] | None:
         match item:
             case PermissionReply(accepted=True, automatic=automatic, permanent=permanent, expires_at=expires_at):
                 source = Source.PLATFORM_AUTOMATIC if automatic else Source.USER_ACTION
@@ -760,104 +732,64 @@ class PermissionService:
                 return engine.UserMessage(item.timestamp), {"message_id": item.message_id, "type": item.type}
         return None
 
-    async def ingest(self, body: bytes, resolved: list[tuple[InboundItem, str | None]]) -> IngestResult:
-        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200.
+    # The dispatch table's handlers (ingest.Dispatcher): each applies one item inside the delivery's transaction.
 
-        Each item comes with the business number it is for (None: not one of ours), as the ingress resolved it."""
+    def apply_restriction(self, tx: Tx, business: str, item: BusinessRestriction, now: datetime) -> Outcome:
+        """The business number's calling pause, set or lifted."""
+        restriction = engine.Restriction(item.until) if item.restricted else None
+        tx.save_restriction(business, restriction, now)
+        tx.append(
+            EventRecord(
+                Pair(business, ""),
+                EventKind.BUSINESS_RESTRICTION_CHANGED,
+                Source.PLATFORM_AUTOMATIC.value,
+                item.timestamp or now,
+                now,
+                PermissionState.NONE,
+                {"restricted": str(item.restricted).lower(), "until": _iso(item.until)},
+            )
+        )
+        return None
 
-        after_commit: list[AfterCommit] = []
+    def apply_message_status(self, tx: Tx, business: str, item: MessageStatus, now: datetime) -> Outcome:
+        """Only a failed permission request of ours matters (131026: client too old). It stays counted."""
+        sent_to = tx.message_pair(item.message_id)
+        if (
+            item.status is not DeliveryStatus.FAILED
+            or sent_to is None
+            or not tx.claim(f"status:{item.message_id}:failed", now)
+        ):
+            return Skipped.IGNORED
+        codes = ",".join(str(c) for c in item.error_codes)
+        tx.append(
+            permission_event(
+                sent_to,
+                EventKind.PERMISSION_REQUEST_FAILED,
+                Source.PLATFORM_AUTOMATIC,
+                item.timestamp,
+                now,
+                tx.ledger(sent_to),
+                {"message_id": item.message_id, "platform_error": codes, "meaning": item.error_meaning},
+            )
+        )
+        return None
 
-        def apply_all(tx: Tx) -> IngestResult:
-            after_commit.clear()  # the transaction may be retried from scratch
-            now = self.clock.now()
-            tx.keep_webhook(body, now)
-            applied = duplicates = ignored = 0
-            for item, business in resolved:
-                if business is None or isinstance(item, Ignored):
-                    ignored += 1
-                    continue
-                if isinstance(item, BusinessRestriction):
-                    restriction = engine.Restriction(item.until) if item.restricted else None
-                    tx.save_restriction(business, restriction, now)
-                    tx.append(
-                        EventRecord(
-                            Pair(business, ""),
-                            EventKind.BUSINESS_RESTRICTION_CHANGED,
-                            Source.PLATFORM_AUTOMATIC.value,
-                            item.timestamp or now,
-                            now,
-                            PermissionState.NONE,
-                            {"restricted": str(item.restricted).lower(), "until": _iso(item.until)},
-                        )
-                    )
-                    applied += 1
-                    continue
-                if isinstance(item, CallEventItem):
-                    if self.call_item_handler is None:
-                        ignored += 1
-                        continue
-                    action = self.call_item_handler(tx, business, item, now)
-                    if action is CallItemSkipped.DUPLICATE:
-                        duplicates += 1
-                    elif isinstance(action, CallItemSkipped):
-                        ignored += 1
-                    else:
-                        if action is not None:
-                            after_commit.append(action)
-                        applied += 1
-                    continue
-                if isinstance(item, MessageStatus):
-                    # Only a failed permission request of ours matters (131026: client too old). It stays counted.
-                    sent_to = tx.message_pair(item.message_id)
-                    if (
-                        item.status is not DeliveryStatus.FAILED
-                        or sent_to is None
-                        or not tx.claim(f"status:{item.message_id}:failed", now)
-                    ):
-                        ignored += 1
-                        continue
-                    codes = ",".join(str(c) for c in item.error_codes)
-                    meaning = item.error_meaning
-                    tx.append(
-                        permission_event(
-                            sent_to,
-                            EventKind.PERMISSION_REQUEST_FAILED,
-                            Source.PLATFORM_AUTOMATIC,
-                            item.timestamp,
-                            now,
-                            tx.ledger(sent_to),
-                            {"message_id": item.message_id, "platform_error": codes, "meaning": meaning},
-                        )
-                    )
-                    applied += 1
-                    continue
-                context_id = item.context_id if isinstance(item, PermissionReply) else None
-                pair = self.user_pair(tx, business, item.user_id, context_id)
-                if pair is None:
-                    ignored += 1
-                    continue
-                if not tx.claim(f"message:{item.message_id}", now):
-                    duplicates += 1
-                    continue
-                converted = self._ledger_event(item)
-                if converted is None:
-                    ignored += 1
-                    continue
-                event, attributes = converted
-                self.record(tx, pair, tx.ledger(pair), event, now, attributes)
-                applied += 1
-            return IngestResult(applied, duplicates, ignored)
-
-        result = await self.store.transaction(apply_all)
-        if result.applied:
-            self.changes.notify()
-        # Media work (apply an SDP answer, answer a user's call) runs after the commit, not in the webhook's
-        # response path: no platform calls inside the handler (HOOK-1).
-        for action in after_commit:
-            task = asyncio.ensure_future(action())
-            self._after_commit.add(task)
-            task.add_done_callback(self._after_commit.discard)
-        return result
+    def apply_user_message(
+        self, tx: Tx, business: str, item: PermissionReply | InboundMessage, now: datetime
+    ) -> Outcome:
+        """A permission reply, or any message from the user (it opens the service window), once per message id."""
+        context_id = item.context_id if isinstance(item, PermissionReply) else None
+        pair = self.user_pair(tx, business, item.user_id, context_id)
+        if pair is None:
+            return Skipped.IGNORED
+        if not tx.claim(f"message:{item.message_id}", now):
+            return Skipped.DUPLICATE
+        converted = self._ledger_event(item)
+        if converted is None:
+            return Skipped.IGNORED
+        event, attributes = converted
+        self.record(tx, pair, tx.ledger(pair), event, now, attributes)
+        return None
 
     # --- events -------------------------------------------------------------------------------------------------
 

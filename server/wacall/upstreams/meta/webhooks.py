@@ -1,8 +1,9 @@
 """HTTP webhook ingress: /webhooks/whatsapp (Meta's GET handshake and signed POST deliveries).
 
 POST order matters: size → signature over the raw bytes (constant time, any configured app secret) → JSON →
-persist and apply in one transaction → 200. A forged or malformed delivery changes nothing; a signed one that is
-refused is kept apart for audit, with the reason.
+the domain's items, each with the business number it is for → persisted and applied in one transaction by the
+dispatcher (wacall.ingest) → 200. A forged or malformed delivery changes nothing; a signed one that is refused is
+kept apart for audit, with the reason.
 
 The HTTP server itself is guarded (`start_http_server`): a connection must deliver its request line and headers
 within a time limit and its body within another, an idle keep-alive connection is closed, and connections beyond
@@ -23,8 +24,8 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from wacall.inbound import BusinessRestriction, Ignored, InboundItem
+from wacall.ingest import Dispatcher
 from wacall.numbers import parse_number
-from wacall.permissions import PermissionService
 from wacall.upstreams.base import UnknownSender
 from wacall.upstreams.meta.senders import MetaSenderDirectory
 from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, parse
@@ -97,7 +98,7 @@ def business_of(senders: MetaSenderDirectory, item: InboundItem) -> str | None:
 
 
 def webhook_routes(
-    permissions: PermissionService,
+    dispatcher: Dispatcher,
     senders: MetaSenderDirectory,
     verify_token: Callable[[], str | None],
     max_body_bytes: int,
@@ -131,7 +132,7 @@ def webhook_routes(
         if not signature_valid(request.headers.get(SIGNATURE_HEADER), raw, senders.app_secrets()):
             log.warning("webhook with a missing or wrong %s rejected", SIGNATURE_HEADER)
             return json_error(401, f"missing or invalid {SIGNATURE_HEADER}")
-        now = permissions.clock.now()
+        now = dispatcher.clock.now()
         window = TimeWindow(now, limits.max_clock_skew, limits.max_age, limits.max_expiry_ahead)
         try:
             items = parse(raw, window)
@@ -139,10 +140,10 @@ def webhook_routes(
             # Signed by the platform but refused: kept (not applied) so an operator can see what came and why.
             reason = str(exc)
             log.warning("signed webhook refused: %s", reason)
-            await permissions.store.transaction(lambda tx: tx.keep_refused_webhook(raw, now, reason))
+            await dispatcher.refuse(raw, now, reason)
             return json_error(400, f"malformed webhook: {reason}")
         # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
-        result = await permissions.ingest(raw, [(item, business_of(senders, item)) for item in items])
+        result = await dispatcher.deliver(raw, [(item, business_of(senders, item)) for item in items])
         return web.json_response(
             {"applied": result.applied, "duplicates": result.duplicates, "ignored": result.ignored}
         )
