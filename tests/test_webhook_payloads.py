@@ -23,10 +23,10 @@ from wacall.inbound import (
 )
 from wacall.numbers import InvalidNumber, number_of_wa_id
 from wacall.upstreams.meta import wire as payloads
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, UntrustedTimestamp, parse
 
-ACCOUNT = SenderAccount(
+ACCOUNT = MetaAccount(
     business_number="+447911123456",
     phone_number_id="106540352242922",
     waba_id="102290129340398",
@@ -286,7 +286,7 @@ def test_every_entry_change_message_and_status_is_returned_in_order() -> None:
     second_value = second_change["value"]
     second_value["messages"] = [dict(second_value["messages"][0], id="wamid.D")]
     del second_value["statuses"]
-    other = SenderAccount("+34911234567", "555666777", "888", "t", "s")
+    other = MetaAccount("+34911234567", "555666777", "888", "t", "s")
     second_entry = payloads.permission_reply(other, "447911654321", "wamid.E", AT, accept=False)["entry"][0]
     body = {
         "object": "whatsapp_business_account",

@@ -220,7 +220,7 @@ class Service:
         for account in settings.senders:
             platform.register(account)
         senders = ProvisioningSenders(
-            settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
+            settings.senders, platform.sender, number_for_phone_number_id, platform.app_secret
         )
         return f"http://127.0.0.1:{port}", senders
 
