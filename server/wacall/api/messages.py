@@ -13,12 +13,12 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall import engine
 from wacall.call_service import CallView
 from wacall.calls import CallOutcome, CallState, Direction
-from wacall.engine import ActionDecision, Evaluation
+from wacall.engine import ActionDecision
 from wacall.errors import REASONS
 from wacall.events import EventKind
 from wacall.permissions import PermissionView
 from wacall.policy import Policy, WindowLimit
-from wacall.store import EventRecord, Pair, optional_datetime
+from wacall.store import EventRecord, optional_datetime
 
 STATE = {s: getattr(pb, f"PERMISSION_STATE_{s.name}") for s in engine.PermissionState}
 REASON = {r: getattr(pb, f"REASON_{r.name}") for r in engine.Reason}
@@ -69,25 +69,21 @@ def action_status(decision: ActionDecision) -> pb.ActionStatus:
     )
 
 
-def permission_message(
-    pair: Pair, evaluation: Evaluation, updated_at: datetime | None, policy: Policy
-) -> pb.Permission:
+def view_message(view: PermissionView) -> pb.Permission:
+    """The Permission message: the one place a permission view's fields are written for the API."""
+    evaluation = view.evaluation
     return pb.Permission(
-        business_number=pair.business,
-        user_number=pair.user,
+        business_number=view.pair.business,
+        user_number=view.pair.user,
         state=STATE[evaluation.state],
         expires_at=timestamp(evaluation.expires_at),
         consecutive_unanswered_calls=evaluation.consecutive_unanswered,
         user_prompted=evaluation.user_prompted,
         service_window_expires_at=timestamp(evaluation.service_window_expires_at),
         actions=[action_status(d) for d in evaluation.actions],
-        updated_at=timestamp(updated_at),
-        policy=policy.label,
+        updated_at=timestamp(view.updated_at),
+        policy=view.policy.label,
     )
-
-
-def view_message(view: PermissionView) -> pb.Permission:
-    return permission_message(view.pair, view.evaluation, view.updated_at, view.policy)
 
 
 CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}
