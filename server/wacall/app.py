@@ -30,6 +30,8 @@ from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings
 from wacall.fields import InvalidField
+from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
+from wacall.ingest import Dispatcher, Route, route
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -138,6 +140,7 @@ class Service:
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
+        self.dispatcher: Dispatcher | None = None
         self.http_guard: HttpGuard | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -152,8 +155,10 @@ class Service:
             graph_address, senders = await self._setup_platform(stack)
             upstream = await self._setup_upstream(stack, graph_address)
             permissions = self._setup_permissions(store, senders, upstream)
-            http_address = await self._setup_http(stack, permissions, senders)
-            calls = await self._setup_calls(stack, permissions, upstream)
+            calls = await self._build_calls(permissions, upstream)
+            dispatcher = self._setup_dispatcher(store, permissions, calls)
+            http_address = await self._setup_http(stack, dispatcher, senders)
+            await self._setup_calls(stack, permissions, calls)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
@@ -214,7 +219,7 @@ class Service:
         for account in settings.senders:
             platform.register(account)
         senders = ProvisioningSenders(
-            settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
+            settings.senders, platform.sender, number_for_phone_number_id, platform.app_secret
         )
         return f"http://127.0.0.1:{port}", senders
 
@@ -238,15 +243,22 @@ class Service:
         )
         return self.permissions
 
+    def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
+        """Inbound deliveries, each item to the service that applies it."""
+        self.dispatcher = Dispatcher(
+            store, self.clock, inbound_routes(permissions, calls), on_applied=permissions.changes.notify
+        )
+        return self.dispatcher
+
     async def _setup_http(
-        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, senders: MetaSenderDirectory
+        self, stack: contextlib.AsyncExitStack, dispatcher: Dispatcher, senders: MetaSenderDirectory
     ) -> str:
         """The webhook endpoint; the simulator delivers its webhooks there."""
         settings = self.settings
         http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
         http_app.add_routes(
             webhook_routes(
-                permissions,
+                dispatcher,
                 senders,
                 lambda: settings.webhook_verify_token or None,
                 settings.max_webhook_bytes,
@@ -268,15 +280,19 @@ class Service:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
         return http_address
 
-    async def _setup_calls(
-        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, upstream: MetaUpstream
-    ) -> CallService:
-        calls = self.calls = CallService(
+    async def _build_calls(self, permissions: PermissionService, upstream: MetaUpstream) -> CallService:
+        """Call control: built before the webhook endpoint (which dispatches call events to it), started after."""
+        return CallService(
             permissions,
             upstream,
             inbound_route=await self._inbound_route(),
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
         )
+
+    async def _setup_calls(
+        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, calls: CallService
+    ) -> None:
+        self.calls = calls
         stack.push_async_callback(calls.close)
         await calls.start_background()
         # Requests a killed process left unsettled are settled in the background: asking the platform must not hold
@@ -288,7 +304,6 @@ class Service:
             await asyncio.gather(recovery, return_exceptions=True)
 
         stack.push_async_callback(stop_recovery)
-        return calls
 
     def _server_files(self) -> ServerFiles:
         return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)
@@ -347,6 +362,17 @@ class Service:
         stack.push_async_callback(self._health.enter_graceful_shutdown)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def inbound_routes(permissions: PermissionService, calls: CallService) -> list[Route[Any]]:
+    """The dispatch table: which service applies each kind of inbound item (the rest are ignored)."""
+    return [
+        route(PermissionReply, permissions.apply_user_message),
+        route(InboundMessage, permissions.apply_user_message),
+        route(MessageStatus, permissions.apply_message_status),
+        route(BusinessRestriction, permissions.apply_restriction),
+        route(CallEventItem, calls.apply_call_event),
+    ]
 
 
 def webhook_limits(settings: Settings) -> WebhookLimits:

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,11 +23,13 @@ from wacall.call_record import CallRecord, PlatformError, encode, from_stored, t
 from wacall.call_sessions import CallSession, SessionClosed
 from wacall.calls import CallFacts, CallState, Direction
 from wacall.clock import Clock
+from wacall.events import EventKind
 from wacall.fields import InvalidField
+from wacall.inbound import CallEventItem, CallEventKind
+from wacall.ingest import Outcome, Skipped
 from wacall.media.platform_leg import PlatformLegFactory, WebRtcPlatformLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.permissions import (
-    CallItemSkipped,
     IdempotencyConflict,
     PermissionService,
     PlatformRefusal,
@@ -44,7 +46,6 @@ from wacall.store import (
     optional_micros,
 )
 from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
-from wacall.upstreams.meta.webhook_payloads import CallEventItem
 from wacall_adapters.routes import RoutePlan
 
 log = logging.getLogger(__name__)
@@ -102,22 +103,22 @@ def check_sdp(sdp: str, sdp_type: SdpType, whose: str) -> str:
 
 def _event_from_item(item: CallEventItem) -> calls.CallEvent | None:
     match item.kind:
-        case "connect":
+        case CallEventKind.CONNECT:
             return calls.Connect(item.timestamp)
-        case "ringing":
+        case CallEventKind.RINGING:
             return calls.Ringing(item.timestamp)
-        case "accepted":
+        case CallEventKind.ACCEPTED:
             return calls.Accepted(item.timestamp)
-        case "rejected":
+        case CallEventKind.REJECTED:
             return calls.Rejected(item.timestamp)
-        case "terminate":
+        case CallEventKind.TERMINATE:
             return calls.Terminated(
                 item.timestamp,
                 item.start_time,
                 item.end_time,
                 item.duration_seconds,
                 item.error_codes,
-                setup_failed=item.fails_call_setup,
+                setup_failed=item.setup_failed,
             )
     return None
 
@@ -135,6 +136,7 @@ def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
     return CallEventItem(
         **{
             **data,
+            "kind": CallEventKind(data["kind"]),
             "timestamp": from_micros(data["timestamp"]),
             "start_time": optional_datetime(data["start_time"]),
             "end_time": optional_datetime(data["end_time"]),
@@ -163,7 +165,6 @@ class CallService:
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
-        permissions.call_item_handler = self._apply_item
 
     # --- helpers ------------------------------------------------------------------------------------------------
 
@@ -205,7 +206,7 @@ class CallService:
         tx.append(
             EventRecord(
                 record.pair,
-                "call_updated",
+                EventKind.CALL_UPDATED,
                 source.value,
                 now,
                 now,
@@ -361,17 +362,17 @@ class CallService:
 
     # --- webhooks (inside the ingest transaction) ---------------------------------------------------------------
 
-    def _apply_item(
-        self, tx: Tx, business: str, item: CallEventItem, now: datetime
-    ) -> Callable[[], Awaitable[None]] | CallItemSkipped | None:
+    def apply_call_event(self, tx: Tx, business: str, item: CallEventItem, now: datetime) -> Outcome:
+        """A call's event, in the delivery's transaction (the dispatch table's handler): the media work to run
+        once it is committed, or why nothing was applied."""
         if not tx.claim(f"call:{item.call_id}:{item.kind}", now):
-            return CallItemSkipped.DUPLICATE  # HOOK-1
+            return Skipped.DUPLICATE  # HOOK-1
         stored = tx.call_by_platform_id(item.call_id)
         if stored is None:
             if item.is_user_calling:
-                pair = self.permissions.user_pair(tx, business, item.user_wa_id, None)
+                pair = self.permissions.user_pair(tx, business, item.user_id, None)
                 if pair is None:
-                    return CallItemSkipped.UNKNOWN_USER
+                    return Skipped.UNKNOWN_USER
                 superseded = self._end_superseded_call(tx, pair, item, now)
                 call_id = "call_" + uuid.uuid4().hex
                 record = CallRecord(
@@ -380,13 +381,13 @@ class CallService:
                     CallFacts(Direction.USER_INITIATED, item.timestamp),
                     route=self.inbound_route.name,
                     platform_call_id=item.call_id,
-                    opaque=item.biz_opaque_callback_data,
+                    opaque=item.opaque,
                 )
                 self._save(tx, record, now)
                 return lambda: self._answer_user_call_after(superseded, call_id, business, item.sdp)
             # Our own record of this call may not be bound yet (the webhook beat the connect response): keep it.
             tx.park_call_event(item.call_id, _item_to_json(item), now)
-            return CallItemSkipped.PARKED
+            return Skipped.PARKED
         self._apply_to_call(tx, from_stored(stored), item, now)
         return lambda: self._media_after(stored.call_id, item)
 
@@ -417,7 +418,7 @@ class CallService:
         if event is None:
             return record
         record = dataclasses.replace(record, facts=calls.apply(record.facts, event))
-        if item.kind == "terminate" and not record.end_reason:
+        if item.kind is CallEventKind.TERMINATE and not record.end_reason:
             record = dataclasses.replace(
                 record,
                 end_reason="ended by the platform" + (f": {item.error_message}" if item.error_message else ""),
@@ -431,7 +432,7 @@ class CallService:
         session = self.sessions.get(call_id)
         if session is None:
             return
-        if item.kind == "connect" and item.sdp and item.sdp_type == "answer":
+        if item.kind is CallEventKind.CONNECT and item.sdp and item.sdp_type == "answer":
             try:
                 check_sdp(item.sdp, "answer", "the platform's")
                 if session.platform is not None:
@@ -442,9 +443,9 @@ class CallService:
             except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
                 log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
                 await self._fail_setup(call_id, error, platform_action=CallAction.TERMINATE)
-        elif item.kind == "accepted":
+        elif item.kind is CallEventKind.ACCEPTED:
             await self._connected(session)
-        elif item.kind == "terminate":
+        elif item.kind is CallEventKind.TERMINATE:
             await self._close_session(call_id)
 
     async def _connect_on_first_voice(self, session: CallSession) -> None:

@@ -11,7 +11,8 @@ from typing import Any
 
 from wacall.confinement import OutsideDirectory, inside
 from wacall.policy import PRESETS, Policy, PolicyError, load_policy
-from wacall.upstreams.meta.accounts import InvalidSenderConfig, SenderAccount, sender_from_config
+from wacall.upstreams.base import Account
+from wacall.upstreams.meta.accounts import InvalidSenderConfig, sender_from_config
 from wacall_adapters.registry import INBOUND_ROUTES
 
 
@@ -33,7 +34,7 @@ class Settings:
     webhook_verify_token: str = ""
     graph_base_url: str = "https://graph.facebook.com/v23.0"
     max_webhook_bytes: int = 1024 * 1024
-    senders: tuple[SenderAccount, ...] = ()
+    senders: tuple[Account, ...] = ()  # from [[senders]]: Meta's accounts
     # Where the simulator keeps its state between runs ("" = in memory only).
     sim_state: str = "var/simulator.json"
     # The simulated client drops a call with no audio from the business for this long at start / mid-call.
@@ -154,7 +155,7 @@ DESCRIPTIONS: Mapping[str, str] = {
 }
 
 
-def _sender(item: Mapping[str, Any], index: int) -> SenderAccount:
+def _sender(item: Mapping[str, Any], index: int) -> Account:
     try:
         return sender_from_config(item, f"senders[{index}]")
     except InvalidSenderConfig as exc:

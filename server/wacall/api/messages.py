@@ -1,8 +1,9 @@
-"""Proto messages from the service's objects (and back from the event log's call snapshots). Pure mapping."""
+"""Proto messages from the service's objects (a call in the event log is the call record's JSON). Pure mapping."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -11,33 +12,20 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall import call_record, engine
 from wacall.call_record import CallRecord
 from wacall.calls import CallOutcome, CallState, Direction
-from wacall.engine import ActionDecision, Evaluation
+from wacall.engine import ActionDecision
 from wacall.errors import REASONS
+from wacall.events import EventKind
 from wacall.permissions import PermissionView
 from wacall.policy import Policy, WindowLimit
-from wacall.store import EventRecord, Pair
+from wacall.store import EventRecord
 
 STATE = {s: getattr(pb, f"PERMISSION_STATE_{s.name}") for s in engine.PermissionState}
 REASON = {r: getattr(pb, f"REASON_{r.name}") for r in engine.Reason}
 ACTION = {a: getattr(pb, f"ACTION_{a.name}") for a in engine.Action}
 CHANNEL = {c: getattr(pb, f"CHANNEL_{c.name}") for c in engine.Channel}
 SOURCE = {s.value: getattr(pb, f"EVENT_SOURCE_{s.name}") for s in engine.Source}
-EVENT_KIND = {
-    name: getattr(pb, f"EVENT_KIND_{name.upper()}")
-    for name in (
-        "permission_request_sent",
-        "permission_request_failed",
-        "permission_granted",
-        "permission_rejected",
-        "permission_revoked",
-        "user_message_received",
-        "call_connected",
-        "call_unanswered",
-        "user_prompted",
-        "call_updated",
-        "business_restriction_changed",
-    )
-}
+# Keyed by the stored string: a kind this version does not know reads as unspecified.
+EVENT_KIND: Mapping[str, pb.EventKind] = {kind: getattr(pb, f"EVENT_KIND_{kind.name}") for kind in EventKind}
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -80,25 +68,21 @@ def action_status(decision: ActionDecision) -> pb.ActionStatus:
     )
 
 
-def permission_message(
-    pair: Pair, evaluation: Evaluation, updated_at: datetime | None, policy: Policy
-) -> pb.Permission:
+def view_message(view: PermissionView) -> pb.Permission:
+    """The Permission message: the one place a permission view's fields are written for the API."""
+    evaluation = view.evaluation
     return pb.Permission(
-        business_number=pair.business,
-        user_number=pair.user,
+        business_number=view.pair.business,
+        user_number=view.pair.user,
         state=STATE[evaluation.state],
         expires_at=timestamp(evaluation.expires_at),
         consecutive_unanswered_calls=evaluation.consecutive_unanswered,
         user_prompted=evaluation.user_prompted,
         service_window_expires_at=timestamp(evaluation.service_window_expires_at),
         actions=[action_status(d) for d in evaluation.actions],
-        updated_at=timestamp(updated_at),
-        policy=policy.label,
+        updated_at=timestamp(view.updated_at),
+        policy=view.policy.label,
     )
-
-
-def view_message(view: PermissionView) -> pb.Permission:
-    return permission_message(view.pair, view.evaluation, view.updated_at, view.policy)
 
 
 CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}
