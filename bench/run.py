@@ -31,7 +31,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.upstreams.meta import wire as payloads
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -369,7 +369,7 @@ async def bench_grpc(sizes: Sizes, baseline: Child, service: Child) -> tuple[Res
 Body = tuple[str, bytes, str]  # message id, raw JSON, X-Hub-Signature-256
 
 
-def webhook_bodies(account: SenderAccount, count: int, prefix: str) -> list[Body]:
+def webhook_bodies(account: MetaAccount, count: int, prefix: str) -> list[Body]:
     """`count` distinct signed text messages to `account` from its users (distinct message ids)."""
     secret = account.app_secret.encode()
     now = datetime.now(UTC)
@@ -417,7 +417,7 @@ async def ledger_message_ids(address: str) -> set[str]:
 
 
 async def bench_webhooks(
-    sizes: Sizes, baseline: Child, service: Child, account: SenderAccount
+    sizes: Sizes, baseline: Child, service: Child, account: MetaAccount
 ) -> tuple[list[Result], int, int]:
     """Returns the results (wacall first), the number of webhooks posted to wacall and how many are in its ledger."""
     warm = webhook_bodies(account, sizes.webhook_warmup, "W")
@@ -490,7 +490,7 @@ async def main(args: argparse.Namespace) -> int:
                 )
             app_secret = json.loads(sim_state.read_text())["app_secret"]
             digits = WEBHOOK_BUSINESS[1:]
-            account = SenderAccount(WEBHOOK_BUSINESS, "1" + digits, "2" + digits, "", app_secret)
+            account = MetaAccount(WEBHOOK_BUSINESS, "1" + digits, "2" + digits, "", app_secret)
             baseline = await start_child(
                 "baseline",
                 [sys.executable, str(Path(__file__).resolve()), "--serve-baseline"],

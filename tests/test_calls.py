@@ -376,7 +376,7 @@ async def test_the_whatsapp_leg_is_ice_controlling(wacall: Running) -> None:
     await wacall.wait_call(call.call_id, pb.CALL_STATE_CONNECTED)
     calls = wacall.service.calls
     assert calls is not None
-    leg = calls.sessions[call.call_id].leg
+    leg = calls.sessions[call.call_id].platform
     assert leg is not None and leg.ice_controlling
     await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
 

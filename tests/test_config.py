@@ -8,6 +8,7 @@ import pytest
 
 from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, load_settings
 from wacall.policy import PRESETS
+from wacall.upstreams.meta.accounts import meta_part
 
 SENDER = """
 [[senders]]
@@ -48,7 +49,7 @@ def test_config_file_named_by_the_environment(tmp_path: Path) -> None:
 def test_senders_are_parsed_and_canonicalised(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, 'upstream = "meta"\n' + SENDER), {}, environ={})
     (sender,) = settings.senders
-    assert sender.business_number == "+447911123456" and sender.phone_number_id == "123"
+    assert sender.business_number == "+447911123456" and meta_part(sender).phone_number_id == "123"
     assert sender.default_template is not None and sender.default_template.body_parameters == ("x",)
 
 

@@ -34,7 +34,7 @@ from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.permissions import platform_counted_none
 from wacall.upstreams.base import PlatformLimit, PlatformPermission, TemplateRef, limit_window
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 
 # Seconds after a burst starts at which the process is killed: before, during and near the end of the sends.
 KILL_AFTER = (0.02, 0.1, 0.25, 0.4, 0.6, 0.9)
@@ -272,7 +272,7 @@ class UnsureMeta:
 async def unsure_meta(make_service: Callable[..., Awaitable[Running]]) -> AsyncIterator[tuple[Running, UnsureMeta]]:
     meta = UnsureMeta()
     base_url = await meta.start()
-    sender = SenderAccount(BUSINESS, "1234567890", "9876543210", "EAAG-test", "s3cret", TemplateRef("cpr", "en"))
+    sender = MetaAccount(BUSINESS, "1234567890", "9876543210", "EAAG-test", "s3cret").account(TemplateRef("cpr", "en"))
     running = await make_service(upstream="meta", graph_base_url=base_url, senders=(sender,), sim_state="")
     yield running, meta
     await meta.close()

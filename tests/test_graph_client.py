@@ -18,13 +18,14 @@ from conftest import BUSINESS, USER, Running
 
 from wacall.numbers import parse_number
 from wacall.simulator.platform import GRAPH_VERSION
-from wacall.upstreams.base import SentMessage, TemplateRef
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.base import Account, SentMessage, TemplateRef
+from wacall.upstreams.meta.accounts import MetaAccount, meta_part
 from wacall.upstreams.meta.graph import GraphClient, GraphError, GraphUnavailable
+from wacall.upstreams.meta.upstream import MetaUpstream
 from wacall.upstreams.meta.wire import read_call_permissions as parse_call_permissions
 
 BASE = "https://graph.example.test/v23.0"
-ACCOUNT = SenderAccount(
+ACCOUNT = MetaAccount(
     business_number="+447911123456",
     phone_number_id="106540352242922",
     waba_id="102290129340398",
@@ -124,6 +125,33 @@ def send_template(client: GraphClient) -> Any:
 
 def read_permissions(client: GraphClient) -> Any:
     return client.call_permissions(ACCOUNT, TO)
+
+
+# --- accounts: the domain's, with Meta's part inside ---------------------------------------------------------------
+
+
+async def test_the_meta_upstream_speaks_with_the_accounts_meta_part_and_refuses_another_platforms() -> None:
+    recorder = Recorder(httpx.Response(200, json=SENT))
+    upstream = MetaUpstream(recorder.client())
+    try:
+        sent = await upstream.send_permission_request_interactive(ACCOUNT.account(), TO, "May we call?")
+        assert sent.message_id == SENT["messages"][0]["id"]
+        (request,) = recorder.requests
+        assert request.url.path == f"/v23.0/{ACCOUNT.phone_number_id}/messages"
+        assert request.headers["authorization"] == f"Bearer {ACCOUNT.access_token}"
+        elsewhere = Account(ACCOUNT.business_number, None, upstream={"platform": "another"})
+        with pytest.raises(TypeError, match="not an account on Meta's platform"):
+            await upstream.call_permissions(elsewhere, TO)
+        assert len(recorder.requests) == 1  # nothing went out for it
+    finally:
+        await upstream.close()
+
+
+def test_accounts_do_not_show_their_credentials() -> None:
+    account = ACCOUNT.account(TemplateRef("call_permission_request", "en"))
+    for shown in (repr(account), repr(ACCOUNT)):
+        assert ACCOUNT.access_token not in shown and "app_secret" not in shown
+    assert ACCOUNT.phone_number_id in repr(ACCOUNT) and "call_permission_request" in repr(account)
 
 
 # --- request shapes -----------------------------------------------------------------------------------------------
@@ -387,16 +415,21 @@ async def test_send_answered_by_a_gateway_error_page_may_have_been_sent(status: 
 # --- against the embedded simulator over real HTTP ----------------------------------------------------------------
 
 
-def simulator_client(running: Running) -> tuple[GraphClient, SenderAccount]:
+def simulator_client(running: Running) -> tuple[GraphClient, MetaAccount, TemplateRef | None]:
+    """A Graph client, the simulator's account for BUSINESS, and the default template it provisioned with."""
     assert running.addresses.graph is not None
     platform = running.service.platform
     assert platform is not None
-    account = platform.provision(parse_number(BUSINESS))
-    return GraphClient(f"{running.addresses.graph}/{GRAPH_VERSION}", backoff=0), account
+    sender = platform.sender(parse_number(BUSINESS))
+    return (
+        GraphClient(f"{running.addresses.graph}/{GRAPH_VERSION}", backoff=0),
+        meta_part(sender),
+        sender.default_template,
+    )
 
 
 async def test_simulator_refuses_interactive_request_while_the_window_is_closed(wacall: Running) -> None:
-    client, account = simulator_client(wacall)
+    client, account, _ = simulator_client(wacall)
     try:
         with pytest.raises(GraphError) as caught:
             await client.send_permission_request_interactive(account, parse_number(USER).digits, "May we call?")
@@ -408,11 +441,11 @@ async def test_simulator_refuses_interactive_request_while_the_window_is_closed(
 
 
 async def test_simulator_refuses_a_second_template_request_within_24_hours(wacall: Running) -> None:
-    client, account = simulator_client(wacall)
+    client, account, template = simulator_client(wacall)
     user = parse_number(USER).digits
     try:
-        assert account.default_template is not None
-        first = await client.send_permission_request_template(account, user, account.default_template)
+        assert template is not None
+        first = await client.send_permission_request_template(account, user, template)
         assert first.message_id.startswith("wamid.")
         assert first.user_id == user
 
@@ -424,14 +457,14 @@ async def test_simulator_refuses_a_second_template_request_within_24_hours(wacal
 
         await wacall.advance(23 * 3600)
         with pytest.raises(GraphError) as caught:
-            await client.send_permission_request_template(account, user, account.default_template)
+            await client.send_permission_request_template(account, user, template)
         assert caught.value.code == 138009
     finally:
         await client.close()
 
 
 async def test_simulator_refuses_an_unknown_template(wacall: Running) -> None:
-    client, account = simulator_client(wacall)
+    client, account, _ = simulator_client(wacall)
     try:
         with pytest.raises(GraphError) as caught:
             await client.send_permission_request_template(
@@ -443,7 +476,7 @@ async def test_simulator_refuses_an_unknown_template(wacall: Running) -> None:
 
 
 async def test_simulator_refuses_a_wrong_access_token(wacall: Running) -> None:
-    client, account = simulator_client(wacall)
+    client, account, _ = simulator_client(wacall)
     wrong = dataclasses.replace(account, access_token="not-the-token")
     try:
         with pytest.raises(GraphError) as caught:

@@ -4,6 +4,12 @@
 - The rule core (engine, policy, the call state machine) imports nothing of the network, the store's database,
   the media stack or the simulator, directly or through another wacall module.
 - Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
+- The domain does not import Meta's upstream at all, directly or through another module: it reads neutral items
+  (`wacall.inbound`), accounts and refusals (`wacall.upstreams.base`). Only the assembly (app, cli, config) and the
+  simulator may reach it.
+- The inbound dispatcher (`wacall.ingest`) belongs to neither service: it imports neither, and the permission
+  service does not import the call service.
+- Event kinds are spelled only by `wacall.events.EventKind`: no module writes one as a string literal.
 - The store's interface (`wacall.store.base`, its codecs) names no database, and nothing outside the store
   package imports a database driver or a backend module: a second backend changes nothing else.
 """
@@ -16,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from wacall.events import EventKind
 from wacall.upstreams.meta.errors import META_ERRORS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "server" / "wacall"
@@ -30,6 +37,9 @@ DATABASE_DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg2", "psycopg_pool
 
 # Where Meta's own vocabulary belongs.
 PLATFORM_MODULES = ("wacall.upstreams.meta", "wacall.simulator")
+META_UPSTREAM = "wacall.upstreams.meta"
+# What assembles the service from its parts, and so picks Meta's upstream (and reads its [[senders]]).
+ASSEMBLY = ("wacall.app", "wacall.cli", "wacall.config")
 
 # Field names of the Graph API's and its webhooks' JSON bodies (whatsapp-calling.md §4-§6, §8).
 # (`biz_opaque_callback_data` and `is_permanent` are left out: our own API and event log name their fields the
@@ -245,8 +255,122 @@ def test_only_the_meta_upstream_and_the_simulator_know_meta_codes_and_json_field
     assert leaks == {}
 
 
+def _within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(f"{p}.") for p in packages)
+
+
+def graph_reachable(name: str) -> set[str]:
+    """The wacall modules `name` imports, directly or through others, as GRAPH has it."""
+    seen: set[str] = set()
+    pending = [name]
+    while pending:
+        for target in GRAPH[pending.pop()]:
+            if target not in seen:
+                seen.add(target)
+                pending.append(target)
+    return seen
+
+
+def meta_reached_from_the_domain() -> dict[str, list[str]]:
+    """Each module outside Meta's upstream, the simulator and the assembly that reaches Meta's upstream through the
+    import graph, with the Meta modules it reaches."""
+    found = {}
+    for name in GRAPH:
+        if _within(name, (*PLATFORM_MODULES, *ASSEMBLY)):
+            continue
+        if reached := sorted(t for t in graph_reachable(name) if _within(t, (META_UPSTREAM,))):
+            found[name] = reached
+    return found
+
+
+def test_the_domain_does_not_import_metas_upstream() -> None:
+    domain = [n for n in GRAPH if not _within(n, (*PLATFORM_MODULES, *ASSEMBLY))]
+    assert {"wacall.permissions", "wacall.call_service", "wacall.inbound", "wacall.api.calling"} <= set(domain)
+    assert meta_reached_from_the_domain() == {}
+
+
+def test_the_meta_import_check_sees_a_domain_module_reaching_meta() -> None:
+    # The check itself: the domain as it was, with the webhook items still in Meta's parser; and one module away.
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.permissions"].add("wacall.upstreams.meta.webhook_payloads")
+        found = meta_reached_from_the_domain()
+        assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.permissions"]
+        assert "wacall.upstreams.meta.errors" in found["wacall.permissions"]  # what the parser imports, too
+        assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.call_service"]  # through permissions
+        assert "wacall.app" not in found and "wacall.simulator.platform" not in found
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
+
+
+SERVICES = ("wacall.permissions", "wacall.call_service")
+
+
+def services_reached_by_the_dispatcher() -> list[str]:
+    """Services the dispatcher reaches, and the call service if the permission service reaches it."""
+    found = sorted(s for s in SERVICES if s in graph_reachable("wacall.ingest"))
+    if "wacall.call_service" in graph_reachable("wacall.permissions"):
+        found.append("wacall.permissions → wacall.call_service")
+    return found
+
+
+def test_the_dispatcher_belongs_to_neither_service() -> None:
+    assert "wacall.inbound" in GRAPH["wacall.ingest"]
+    assert services_reached_by_the_dispatcher() == []
+
+
+def test_the_dispatcher_check_sees_a_service_owning_dispatch() -> None:
+    # The check itself: a dispatcher that imports a service, and a permission service that imports the other.
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.ingest"].add("wacall.permissions")
+        GRAPH["wacall.permissions"].add("wacall.call_service")
+        assert services_reached_by_the_dispatcher() == [
+            "wacall.call_service",
+            "wacall.permissions",
+            "wacall.permissions → wacall.call_service",
+        ]
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
+
+
 def test_the_vocabulary_check_sees_meta_codes_and_fields() -> None:
     # The check itself: the Meta upstream is full of them.
     assert any("138017" in f for f in platform_vocabulary("wacall.upstreams.meta.errors"))
     assert any("messaging_product" in f for f in platform_vocabulary("wacall.upstreams.meta.wire"))
     assert any("wacid." in f for f in platform_vocabulary("wacall.upstreams.meta.webhook_payloads"))
+
+
+def event_kind_literals(tree: ast.Module) -> list[str]:
+    """String literals in `tree` that spell an event kind. An enum member's own value is not one (the engine's
+    `Reason.PERMISSION_REVOKED` shares a kind's words)."""
+    kinds = {kind.value for kind in EventKind}
+    member_values = {
+        id(statement.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef)
+        for statement in node.body
+        if isinstance(statement, ast.Assign)
+    }
+    return [
+        f"line {node.lineno}: {node.value!r}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in kinds and id(node) not in member_values
+    ]
+
+
+def test_only_the_event_log_module_spells_event_kinds() -> None:
+    assert "wacall.events" in MODULES
+    leaks = {name: found for name in MODULES if name != "wacall.events" and (found := event_kind_literals(TREES[name]))}
+    assert leaks == {}
+
+
+def test_the_event_kind_check_sees_a_literal_kind() -> None:
+    # The check itself: the enum spells every kind, an event written with a string is caught, an enum value is not.
+    assert len(event_kind_literals(TREES["wacall.events"])) == 0  # member values only
+    written = ast.parse('tx.append(EventRecord(pair, "call_updated", source, now, now, state))')
+    assert event_kind_literals(written) == ["line 1: 'call_updated'"]
+    reason = ast.parse('class Reason(enum.Enum):\n    PERMISSION_REVOKED = "permission_revoked"')
+    assert event_kind_literals(reason) == []

@@ -26,7 +26,7 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import engine
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 
 
 async def test_new_pair_has_no_permission_and_may_be_asked_by_template(wacall: Running) -> None:
@@ -285,7 +285,8 @@ async def test_platform_refusal_does_not_consume_the_limit(wacall: Running) -> N
 
 async def test_window_closed_and_no_template_is_refused_with_what_to_do(make_service) -> None:  # type: ignore[no-untyped-def]
     # The simulator provisions senders with a default template; a configured sender without one shows the refusal.
-    sender = SenderAccount(BUSINESS, "1" + BUSINESS[1:], "2" + BUSINESS[1:], "configured-token", "configured", None)
+    meta = MetaAccount(BUSINESS, "1" + BUSINESS[1:], "2" + BUSINESS[1:], "configured-token", "configured")
+    sender = meta.account(default_template=None)
     running = await make_service(senders=(sender,))
     permission = await running.permission()
     assert request_action(permission).reason == pb.REASON_NO_TEMPLATE_FOR_CLOSED_WINDOW

@@ -40,7 +40,7 @@ from wacall_client.v1 import calling_pb2_grpc
 from wacall.app import Addresses, Service
 from wacall.numbers import parse_number
 from wacall.upstreams.meta import wire as payloads
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 from wacall.upstreams.meta.webhook_payloads import (
     CallEventItem,
     MalformedWebhook,
@@ -82,7 +82,7 @@ def report_figures() -> Iterator[None]:
 SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
 
 
-def _calls(account: SenderAccount, call: dict[str, Any], errors: list[Any] | None = None) -> dict[str, Any]:
+def _calls(account: MetaAccount, call: dict[str, Any], errors: list[Any] | None = None) -> dict[str, Any]:
     value: dict[str, Any] = {"contacts": [{"profile": {"name": "U"}, "wa_id": USER[1:]}], "calls": [call]}
     if errors is not None:
         value["errors"] = errors
@@ -93,22 +93,22 @@ def _unix(at: datetime) -> str:
     return str(int(at.timestamp()))
 
 
-def _seeds() -> dict[str, Callable[[SenderAccount, datetime], dict[str, Any]]]:
+def _seeds() -> dict[str, Callable[[MetaAccount, datetime], dict[str, Any]]]:
     user = USER[1:]
     business = BUSINESS[1:]
 
-    def reply(**options: Any) -> Callable[[SenderAccount, datetime], dict[str, Any]]:
+    def reply(**options: Any) -> Callable[[MetaAccount, datetime], dict[str, Any]]:
         return lambda account, now: payloads.permission_reply(
             account, user, f"wamid.F{uuid.uuid4().hex}", now, **options
         )
 
-    def reply_without_type(account: SenderAccount, now: datetime) -> dict[str, Any]:
+    def reply_without_type(account: MetaAccount, now: datetime) -> dict[str, Any]:
         body = reply(accept=True, expires_at=now + timedelta(days=7))(account, now)
         del body["entry"][0]["changes"][0]["value"]["messages"][0]["type"]
         return body
 
-    def call(event: str, direction: str | None, **extra: Any) -> Callable[[SenderAccount, datetime], dict[str, Any]]:
-        def build(account: SenderAccount, now: datetime) -> dict[str, Any]:
+    def call(event: str, direction: str | None, **extra: Any) -> Callable[[MetaAccount, datetime], dict[str, Any]]:
+        def build(account: MetaAccount, now: datetime) -> dict[str, Any]:
             item: dict[str, Any] = {"id": f"wacid.F{uuid.uuid4().hex}", "event": event, "timestamp": _unix(now)}
             item |= (
                 {"from": user, "to": business} if direction != "BUSINESS_INITIATED" else {"from": business, "to": user}
@@ -122,8 +122,8 @@ def _seeds() -> dict[str, Callable[[SenderAccount, datetime], dict[str, Any]]]:
 
         return build
 
-    def call_status(status: str) -> Callable[[SenderAccount, datetime], dict[str, Any]]:
-        def build(account: SenderAccount, now: datetime) -> dict[str, Any]:
+    def call_status(status: str) -> Callable[[MetaAccount, datetime], dict[str, Any]]:
+        def build(account: MetaAccount, now: datetime) -> dict[str, Any]:
             item = {"id": f"wacid.F{uuid.uuid4().hex}", "type": "call", "status": status,
                     "timestamp": _unix(now), "recipient_id": user, "biz_opaque_callback_data": "opaque"}  # fmt: skip
             return payloads.envelope(account, "calls", {"statuses": [item]})
@@ -131,7 +131,7 @@ def _seeds() -> dict[str, Callable[[SenderAccount, datetime], dict[str, Any]]]:
         return build
 
     def restriction(info: list[dict[str, Any]] | None, number: bool = True) -> Callable[..., dict[str, Any]]:
-        def build(account: SenderAccount, now: datetime) -> dict[str, Any]:
+        def build(account: MetaAccount, now: datetime) -> dict[str, Any]:
             value: dict[str, Any] = {"event": "ACCOUNT_RESTRICTION", "restriction_info": info or []}
             if number:
                 value["phone_number"] = business
@@ -221,7 +221,7 @@ def _parent(body: Any, path: Path_) -> Any:
 
 
 @st.composite
-def mutated_bodies(draw: st.DrawFn) -> tuple[str, Callable[[SenderAccount, datetime], bytes]]:
+def mutated_bodies(draw: st.DrawFn) -> tuple[str, Callable[[MetaAccount, datetime], bytes]]:
     """(kind, build(account, now) → raw body): a seed with one to three of its fields mutated."""
     kind = draw(st.sampled_from(sorted(SEEDS)))
     steps: list[tuple[str, int, Any]] = []
@@ -232,7 +232,7 @@ def mutated_bodies(draw: st.DrawFn) -> tuple[str, Callable[[SenderAccount, datet
             value = draw(st.integers(-12 * 86400, 12 * 86400))
         steps.append((action, draw(st.integers(0, 10_000)), value))
 
-    def build(account: SenderAccount, now: datetime) -> bytes:
+    def build(account: MetaAccount, now: datetime) -> bytes:
         body = SEEDS[kind](account, now)
         for action, pick, value in steps:
             paths = list(_paths(body))[1:]
@@ -274,7 +274,7 @@ def garbage_bodies(draw: st.DrawFn) -> tuple[str, bytes]:
 
 # --- the parser (pure) --------------------------------------------------------------------------------------------
 
-ACCOUNT = SenderAccount(BUSINESS, "1" + BUSINESS[1:], "2" + BUSINESS[1:], "token", "secret")
+ACCOUNT = MetaAccount(BUSINESS, "1" + BUSINESS[1:], "2" + BUSINESS[1:], "token", "secret")
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 WINDOW = TimeWindow(NOW, timedelta(minutes=5), timedelta(days=8), timedelta(days=366))
 
@@ -323,7 +323,7 @@ EVERY_FIELD_VALUES: list[Any] = [
 ]  # fmt: skip
 
 
-def every_field_mutation(account: SenderAccount, now: datetime) -> Iterator[tuple[str, bytes]]:
+def every_field_mutation(account: MetaAccount, now: datetime) -> Iterator[tuple[str, bytes]]:
     """Each field of each seed replaced in turn (values rotating over EVERY_FIELD_VALUES), and deleted."""
     turn = 0
     for kind, seed in sorted(SEEDS.items()):
@@ -359,7 +359,7 @@ class Background:
     thread: threading.Thread
     service: Service
     addresses: Addresses
-    account: SenderAccount
+    account: MetaAccount
     secret: bytes
     channel: grpc.Channel
     http: httpx.Client
@@ -404,7 +404,7 @@ def background(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]
     thread.start()
     service = Service(settings_for(tmp_path_factory.mktemp("fuzz")))
 
-    async def start() -> tuple[Addresses, SenderAccount]:
+    async def start() -> tuple[Addresses, MetaAccount]:
         addresses = await service.start()
         assert service.platform is not None
         return addresses, service.platform.provision(parse_number(BUSINESS))

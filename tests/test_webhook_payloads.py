@@ -1,4 +1,5 @@
-"""upstreams.meta.webhook_payloads.parse: pure parsing of webhook bodies (whatsapp-calling.md §6, HOOK-7)."""
+"""upstreams.meta.webhook_payloads.parse: pure parsing of webhook bodies (whatsapp-calling.md §6, HOOK-7) into the
+domain's inbound items."""
 
 from __future__ import annotations
 
@@ -9,22 +10,23 @@ from typing import Any
 
 import pytest
 
-from wacall.numbers import InvalidNumber, number_of_wa_id
-from wacall.upstreams.meta import wire as payloads
-from wacall.upstreams.meta.accounts import SenderAccount
-from wacall.upstreams.meta.webhook_payloads import (
+from wacall.inbound import (
     BusinessRestriction,
+    CallEventItem,
+    CallEventKind,
+    DeliveryStatus,
     Ignored,
     InboundMessage,
-    MalformedWebhook,
     MessageStatus,
     PermissionReply,
-    TimeWindow,
-    UntrustedTimestamp,
-    parse,
+    ReplyTo,
 )
+from wacall.numbers import InvalidNumber, number_of_wa_id
+from wacall.upstreams.meta import wire as payloads
+from wacall.upstreams.meta.accounts import MetaAccount
+from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, UntrustedTimestamp, parse
 
-ACCOUNT = SenderAccount(
+ACCOUNT = MetaAccount(
     business_number="+447911123456",
     phone_number_id="106540352242922",
     waba_id="102290129340398",
@@ -98,8 +100,8 @@ def test_temporary_accept_as_in_metas_sample() -> None:
         response="accept", is_permanent=False, expiration_timestamp=str(EXPIRES), response_source="user_action"
     )
     assert only(body) == PermissionReply(
-        phone_number_id=ACCOUNT.phone_number_id,
-        user_wa_id=USER,
+        business_account=ACCOUNT.phone_number_id,
+        user_id=USER,
         message_id=message_of(body)["id"],
         timestamp=AT,
         accepted=True,
@@ -107,6 +109,7 @@ def test_temporary_accept_as_in_metas_sample() -> None:
         expires_at=datetime.fromtimestamp(EXPIRES, UTC),
         automatic=False,
         context_id="wamid.REQUEST",
+        via=ReplyTo.REQUEST,
     )
 
 
@@ -149,6 +152,7 @@ def test_decline_has_no_is_permanent_and_no_expiry() -> None:
     assert reply.expires_at is None
     assert not reply.automatic
     assert reply.context_id == "wamid.REQUEST"
+    assert reply.via is ReplyTo.REQUEST
 
 
 def test_callback_grant_keeps_the_wacid_context() -> None:
@@ -160,6 +164,7 @@ def test_callback_grant_keeps_the_wacid_context() -> None:
     assert reply.automatic
     assert reply.accepted
     assert reply.context_id == "wacid.HBgLMzQ2MTIzNDU2NzgVAgASGCA"
+    assert reply.via is ReplyTo.CALLBACK
 
 
 @pytest.mark.parametrize("context", [None, {}, {"from": "447911123456"}, "not-an-object"])
@@ -171,6 +176,7 @@ def test_missing_or_empty_context_is_none(context: Any) -> None:
         message_of(body)["context"] = context
     reply = only(body)
     assert reply.context_id is None
+    assert reply.via is ReplyTo.PROFILE
     assert reply.automatic
     assert not reply.accepted
 
@@ -199,13 +205,13 @@ def test_status_case_drift() -> None:
     body = payloads.message_status(ACCOUNT, USER, "wamid.X", AT, "FAILED", 131026, "Message undeliverable")
     status = only(body)
     assert isinstance(status, MessageStatus)
-    assert status.status == "failed"
+    assert status.status is DeliveryStatus.FAILED
 
 
 def test_user_from_contacts_when_from_is_absent() -> None:
     body = reply_body(response="accept", is_permanent=True)
     del message_of(body)["from"]
-    assert only(body).user_wa_id == USER
+    assert only(body).user_id == USER
 
 
 def test_a_username_only_user_is_ignored_without_dropping_the_rest_of_the_delivery() -> None:
@@ -247,7 +253,25 @@ def test_other_interactive_replies_are_inbound_messages() -> None:
 
 def test_failed_status_with_error_codes() -> None:
     body = payloads.message_status(ACCOUNT, USER, "wamid.CPR", AT, "failed", 131026, "Message undeliverable")
-    assert only(body) == MessageStatus(ACCOUNT.phone_number_id, "wamid.CPR", USER, "failed", AT, (131026,))
+    assert only(body) == MessageStatus(
+        ACCOUNT.phone_number_id,
+        "wamid.CPR",
+        USER,
+        DeliveryStatus.FAILED,
+        AT,
+        (131026,),
+        "message undeliverable (client too old for call permission requests?)",
+    )
+
+
+def test_a_failure_without_a_code_is_undeliverable_and_an_unknown_status_is_other() -> None:
+    failed = payloads.message_status(ACCOUNT, USER, "wamid.CPR", AT, "failed")
+    assert (only(failed).status, only(failed).error_codes, only(failed).error_meaning) == (
+        DeliveryStatus.FAILED,
+        (),
+        "undeliverable",
+    )
+    assert only(payloads.message_status(ACCOUNT, USER, "wamid.CPR", AT, "deleted")).status is DeliveryStatus.OTHER
 
 
 # --- envelope: several items, other fields ------------------------------------------------------------------------
@@ -262,7 +286,7 @@ def test_every_entry_change_message_and_status_is_returned_in_order() -> None:
     second_value = second_change["value"]
     second_value["messages"] = [dict(second_value["messages"][0], id="wamid.D")]
     del second_value["statuses"]
-    other = SenderAccount("+34911234567", "555666777", "888", "t", "s")
+    other = MetaAccount("+34911234567", "555666777", "888", "t", "s")
     second_entry = payloads.permission_reply(other, "447911654321", "wamid.E", AT, accept=False)["entry"][0]
     body = {
         "object": "whatsapp_business_account",
@@ -279,8 +303,8 @@ def test_every_entry_change_message_and_status_is_returned_in_order() -> None:
         "PermissionReply",
     ]
     assert [getattr(i, "message_id", None) for i in items] == ["wamid.A", "wamid.B", "wamid.C", "wamid.D", "wamid.E"]
-    assert items[-1].phone_number_id == "555666777"
-    assert items[-1].user_wa_id == "447911654321"
+    assert items[-1].business_account == "555666777"
+    assert items[-1].user_id == "447911654321"
 
 
 @pytest.mark.parametrize("field", ["account_update", "account_settings_update", "message_template_status", "security"])
@@ -478,7 +502,16 @@ def test_a_connect_without_direction_that_offers_sdp_is_a_user_calling() -> None
         "id": "wacid.USER", "from": USER, "to": "447911123456", "event": "connect", "timestamp": str(T),
         "session": {"sdp_type": "offer", "sdp": "v=0\r\n"},
     })))  # fmt: skip
-    assert item.is_user_calling and item.user_wa_id == USER and item.direction == ""
+    assert item == CallEventItem(
+        business_account=ACCOUNT.phone_number_id,
+        call_id="wacid.USER",
+        kind=CallEventKind.CONNECT,
+        timestamp=AT,
+        user_id=USER,
+        is_user_calling=True,
+        sdp="v=0\r\n",
+        sdp_type="offer",
+    )
 
 
 def test_a_connect_without_direction_that_answers_is_not_a_user_calling() -> None:
@@ -486,7 +519,39 @@ def test_a_connect_without_direction_that_answers_is_not_a_user_calling() -> Non
         "id": "wacid.BIZ", "from": "447911123456", "to": USER, "event": "connect", "timestamp": str(T),
         "session": {"sdp_type": "answer", "sdp": "v=0\r\n"},
     })))  # fmt: skip
-    assert not item.is_user_calling and item.user_wa_id == USER
+    assert not item.is_user_calling and item.user_id == USER
+
+
+@pytest.mark.parametrize(
+    ("codes", "setup_failed"),
+    [((138019,), True), ((138004, 138021), True), ((138021,), False), ((), False)],
+)
+def test_a_terminate_says_whether_the_call_ever_got_set_up(codes: tuple[int, ...], setup_failed: bool) -> None:
+    # Meta's setup codes (§6.6) are read here; the domain sees only the verdict and keeps the codes for the record.
+    (item,) = parse(encode(payloads.envelope(ACCOUNT, "calls", {
+        "calls": [{"id": "wacid.X", "to": USER, "event": "terminate", "timestamp": T, "status": "FAILED"}],
+        "errors": [{"code": code, "message": "m"} for code in codes],
+    })))  # fmt: skip
+    assert isinstance(item, CallEventItem)
+    assert (item.kind, item.error_codes, item.setup_failed) == (CallEventKind.TERMINATE, codes, setup_failed)
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [("RINGING", CallEventKind.RINGING), ("accepted", CallEventKind.ACCEPTED), ("REJECTED", CallEventKind.REJECTED),
+     ("ON_HOLD", CallEventKind.UNKNOWN)],
+)  # fmt: skip
+def test_call_statuses_are_call_events_of_their_kind(status: str, kind: CallEventKind) -> None:
+    body = payloads.envelope(ACCOUNT, "calls", {"statuses": [
+        {"id": "wacid.X", "type": "call", "status": status, "timestamp": str(T), "recipient_id": USER,
+         "biz_opaque_callback_data": "ticket-7"},
+    ]})  # fmt: skip
+    assert only(body) == CallEventItem(ACCOUNT.phone_number_id, "wacid.X", kind, AT, USER, opaque="ticket-7")
+
+
+def test_a_call_event_of_a_kind_not_known_changes_nothing() -> None:
+    (item,) = parse(encode(call_body({"id": "wacid.X", "to": USER, "event": "transfer", "timestamp": T})))
+    assert isinstance(item, CallEventItem) and item.kind is CallEventKind.UNKNOWN
 
 
 # --- hostile and unusual values: refused with a message naming the field, never coerced ---------------------------

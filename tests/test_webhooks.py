@@ -24,13 +24,13 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall.config import ConfigError, load_settings
 from wacall.numbers import parse_number
 from wacall.upstreams.meta import wire as payloads
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 # --- helpers ------------------------------------------------------------------------------------------------------
 
 
-def account_of(running: Running, business: str = BUSINESS) -> SenderAccount:
+def account_of(running: Running, business: str = BUSINESS) -> MetaAccount:
     platform = running.service.platform
     assert platform is not None, "these tests need the embedded simulator (upstream=sim)"
     return platform.provision(parse_number(business))

@@ -1,21 +1,26 @@
 """The one interface between a call and whatever the business side of its audio is.
 
 The service owns the WhatsApp leg (ICE, DTLS, Opus, pacing, cleanup). An adapter sees only a `CallLeg`: it can
-choose what the user hears (`play`), hear what the user says (`listen`), and end the call (`hangup`). It never
-touches the peer connection. A route that wants no media through the service (WebRTC passthrough) supplies the
-offer itself instead and receives the platform's answer.
+choose what the user hears (`play`), hear what the user says (`listen`, undone by the function it returns), and end
+the call (`hangup`). It never touches the peer connection. A route that wants no media through the service (WebRTC
+passthrough) supplies the offer itself instead and receives the platform's answer.
 
-Lifecycle, called by the service: `attach` (before the offer goes out) → `connected` (the user picked up, or
-audio from the user arrived first) → `close` (the call ended, however it ended; must release everything).
+Lifecycle, called by the service: `attach` (before the offer goes out, or when a live call is rerouted to the
+adapter) → `connected` (the user picked up, or audio from the user arrived first; at once for a rerouted call that
+is already connected) → `close` (the call ended or moved to another route; must release everything). After a
+reroute the old adapter's `CallLeg` is inert: what it plays or hangs up no longer reaches the call.
 Audio is PCM16 mono 48 kHz in 20 ms frames (see wacall.media.tracks).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from wacall.media.tracks import AudioSource, FrameHandler
+
+Unsubscribe = Callable[[], None]
 
 
 class CallLeg(Protocol):
@@ -25,12 +30,24 @@ class CallLeg(Protocol):
         """Swap what the user hears (no renegotiation). Silence is sent when the source has nothing."""
         ...
 
-    def listen(self, handler: FrameHandler) -> None:
-        """Receive every 20 ms frame the user sends from now on."""
+    def listen(self, handler: FrameHandler) -> Unsubscribe:
+        """Receive every 20 ms frame the user sends from now on, until the returned function is called."""
         ...
 
     async def hangup(self, reason: str) -> None:
         """End the call from the business side."""
+        ...
+
+
+class AudioStream(Protocol):
+    """A route whose audio a program exchanges over the CallMedia stream."""
+
+    def subscribe(self, listener: FrameHandler) -> Unsubscribe:
+        """Frames from the user go to `listener` until the returned function is called."""
+        ...
+
+    def send(self, frame: bytes) -> None:
+        """A frame for the user (the oldest are dropped when the program runs ahead of real time)."""
         ...
 
 
@@ -56,6 +73,10 @@ class MediaAdapter:
     def answer_sdp(self) -> str:
         """An SDP answer for the business-side peer, when the route has one (WebRTC)."""
         return ""
+
+    def audio_stream(self) -> AudioStream | None:
+        """The route's CallMedia stream, when a program exchanges the call's audio over one."""
+        return None
 
 
 async def stop_task(task: asyncio.Task[Any] | None) -> None:

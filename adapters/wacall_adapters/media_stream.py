@@ -11,8 +11,14 @@ import asyncio
 from collections.abc import Callable
 from datetime import timedelta
 
+from wacall_client.v1 import calling_pb2 as pb
+
+from wacall.fields import positive_duration
 from wacall.media.tracks import QueueSource
-from wacall_adapters.base import CallLeg, MediaAdapter, stop_task
+from wacall_adapters.base import AudioStream, CallLeg, MediaAdapter, stop_task
+from wacall_adapters.routes import InboundOptions, RoutePlan, RouteSpec, ServerFiles
+
+MAX_CALL_LENGTH = timedelta(hours=24)
 
 Listener = Callable[[bytes], None]
 
@@ -37,6 +43,9 @@ class MediaStreamAdapter(MediaAdapter):
     def _fan_out(self, frame: bytes) -> None:
         for listener in list(self._listeners):
             listener(frame)
+
+    def audio_stream(self) -> AudioStream:
+        return self
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
@@ -64,3 +73,22 @@ class MediaStreamAdapter(MediaAdapter):
         self._listeners.clear()
         timer, self._timer = self._timer, None
         await stop_task(timer)
+
+
+# --- the route: `media_stream` in wacall.v1.Route ------------------------------------------------------------------
+
+
+async def plan(route: pb.MediaStreamRoute, files: ServerFiles) -> RoutePlan:
+    limit = (
+        positive_duration(route, "max_duration", "max_duration", default=MAX_CALL_LENGTH, maximum=MAX_CALL_LENGTH)
+        if route.HasField("max_duration")
+        else None
+    )
+    return RoutePlan("media_stream", lambda: MediaStreamAdapter(max_duration=limit), route.SerializeToString().hex())
+
+
+def _inbound(options: InboundOptions) -> pb.MediaStreamRoute:
+    return pb.MediaStreamRoute()
+
+
+ROUTE = RouteSpec("media_stream", plan, inbound=_inbound)

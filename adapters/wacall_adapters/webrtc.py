@@ -15,11 +15,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aiortc import RTCIceServer
+from aiortc.rtcicetransport import parse_stun_turn_uri
+from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.fields import InvalidField, bounded_text
 from wacall.media.leg import AudioLeg
-from wacall.media.sdp import only_sha256_fingerprint
+from wacall.media.sdp import only_sha256_fingerprint, peer_problems, platform_problems
 from wacall.media.tracks import QueueSource
 from wacall_adapters.base import CallLeg, MediaAdapter
+from wacall_adapters.routes import RoutePlan, RouteSpec, ServerFiles
+
+MAX_SDP = 64 * 1024
+MAX_ICE_SERVERS = 8
+MAX_URL = 4096
 
 
 class WebRtcBridgeAdapter(MediaAdapter):
@@ -66,3 +74,41 @@ class WebRtcPassthroughAdapter(MediaAdapter):
 
     def answer_sdp(self) -> str:
         return self._answer
+
+
+# --- the route: `webrtc` in wacall.v1.Route ------------------------------------------------------------------------
+
+
+def _ice_servers(urls: Sequence[str]) -> list[str]:
+    if len(urls) > MAX_ICE_SERVERS:
+        raise InvalidField("ice_servers", f"at most {MAX_ICE_SERVERS}")
+    for index, url in enumerate(urls):
+        field = f"ice_servers[{index}]"
+        bounded_text(url, field, max_chars=MAX_URL)
+        try:
+            scheme = parse_stun_turn_uri(url)["scheme"]
+        except ValueError:
+            raise InvalidField(field, "a STUN URL, e.g. stun:stun.example.com:3478") from None
+        if scheme != "stun":
+            # TURN needs a username and credential, which a WebRtcRoute cannot carry.
+            raise InvalidField(field, "only stun: URLs are supported (TURN needs credentials)")
+    return list(urls)
+
+
+async def plan(route: pb.WebRtcRoute, files: ServerFiles) -> RoutePlan:
+    offer = bounded_text(route.offer_sdp, "offer_sdp", max_chars=MAX_SDP, multiline=True)
+    # Passthrough: the platform gets the agent's offer (trimmed), so it must meet the platform's rules.
+    problems = (
+        platform_problems(only_sha256_fingerprint(offer), "offer")
+        if route.passthrough
+        else peer_problems(offer, "offer")
+    )
+    if problems:
+        raise InvalidField("offer_sdp", "an SDP offer with one audio section: " + "; ".join(problems))
+    ice_servers = _ice_servers(route.ice_servers)
+    if route.passthrough:
+        return RoutePlan("webrtc_passthrough", lambda: WebRtcPassthroughAdapter(offer_sdp=offer), offer)
+    return RoutePlan("webrtc", lambda: WebRtcBridgeAdapter(offer_sdp=offer, ice_servers=ice_servers), offer)
+
+
+ROUTE = RouteSpec("webrtc", plan)

@@ -23,13 +23,15 @@ from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
-from wacall.api.calling import CallingServicer, FileRoots
+from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.call_service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.config import Settings
-from wacall.confinement import inside
+from wacall.config import ConfigError, Settings
+from wacall.fields import InvalidField
+from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
+from wacall.ingest import Dispatcher, Route, route
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -47,9 +49,8 @@ from wacall.upstreams.meta.webhooks import (
     start_http_server,
     webhook_routes,
 )
-from wacall_adapters.announcement import AnnouncementAdapter
-from wacall_adapters.base import MediaAdapter
-from wacall_adapters.media_stream import MediaStreamAdapter
+from wacall_adapters.registry import plan_inbound_route
+from wacall_adapters.routes import InboundOptions, RoutePlan, ServerFiles
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ class Service:
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
+        self.dispatcher: Dispatcher | None = None
         self.http_guard: HttpGuard | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -155,8 +157,10 @@ class Service:
             graph_address, senders = await self._setup_platform(stack)
             upstream = await self._setup_upstream(stack, graph_address)
             permissions = self._setup_permissions(store, senders, upstream)
-            http_address = await self._setup_http(stack, permissions, senders)
-            calls = await self._setup_calls(stack, permissions, upstream)
+            calls = await self._build_calls(permissions, upstream)
+            dispatcher = self._setup_dispatcher(store, permissions, calls)
+            http_address = await self._setup_http(stack, dispatcher, senders)
+            await self._setup_calls(stack, permissions, calls)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
@@ -217,7 +221,7 @@ class Service:
         for account in settings.senders:
             platform.register(account)
         senders = ProvisioningSenders(
-            settings.senders, platform.provision, number_for_phone_number_id, platform.app_secret
+            settings.senders, platform.sender, number_for_phone_number_id, platform.app_secret
         )
         return f"http://127.0.0.1:{port}", senders
 
@@ -241,15 +245,22 @@ class Service:
         )
         return self.permissions
 
+    def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
+        """Inbound deliveries, each item to the service that applies it."""
+        self.dispatcher = Dispatcher(
+            store, self.clock, inbound_routes(permissions, calls), on_applied=permissions.changes.notify
+        )
+        return self.dispatcher
+
     async def _setup_http(
-        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, senders: MetaSenderDirectory
+        self, stack: contextlib.AsyncExitStack, dispatcher: Dispatcher, senders: MetaSenderDirectory
     ) -> str:
         """The webhook endpoint; the simulator delivers its webhooks there."""
         settings = self.settings
         http_app = web.Application(client_max_size=settings.max_webhook_bytes + 1)
         http_app.add_routes(
             webhook_routes(
-                permissions,
+                dispatcher,
                 senders,
                 lambda: settings.webhook_verify_token or None,
                 settings.max_webhook_bytes,
@@ -271,18 +282,21 @@ class Service:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
         return http_address
 
-    async def _setup_calls(
-        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, upstream: MetaUpstream
-    ) -> CallService:
-        calls = self.calls = CallService(
+    async def _build_calls(self, permissions: PermissionService, upstream: MetaUpstream) -> CallService:
+        """Call control: built before the webhook endpoint (which dispatches call events to it), started after."""
+        return CallService(
             permissions,
             upstream,
-            inbound_route=self._inbound_route(),
-            inbound_route_name=self.settings.inbound_route,
+            inbound_route=await self._inbound_route(),
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
             call_lease=timedelta(seconds=self.settings.call_lease_seconds),
             wall_clock=self.wall_clock,
         )
+
+    async def _setup_calls(
+        self, stack: contextlib.AsyncExitStack, permissions: PermissionService, calls: CallService
+    ) -> None:
+        self.calls = calls
         stack.push_async_callback(calls.close)
         await calls.start_background()
         # Requests a killed process left unsettled are settled in the background: asking the platform must not hold
@@ -294,15 +308,17 @@ class Service:
             await asyncio.gather(recovery, return_exceptions=True)
 
         stack.push_async_callback(stop_recovery)
-        return calls
 
-    def _inbound_route(self) -> Callable[[], MediaAdapter]:
-        """What answers a user's call."""
-        settings = self.settings
-        if settings.inbound_route == "media_stream":
-            return MediaStreamAdapter
-        audio_file = inside(settings.media_dir, settings.inbound_audio_file) if settings.inbound_audio_file else ""
-        return lambda: AnnouncementAdapter(audio_file=audio_file)
+    def _server_files(self) -> ServerFiles:
+        return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)
+
+    async def _inbound_route(self) -> RoutePlan:
+        """What answers a user's call: the configured route, checked once here."""
+        options = InboundOptions(audio_file=self.settings.inbound_audio_file)
+        try:
+            return await plan_inbound_route(self.settings.inbound_route, options, self._server_files())
+        except InvalidField as problem:
+            raise ConfigError(f"{problem.field}: {problem.why}") from None
 
     async def _setup_grpc(
         self, stack: contextlib.AsyncExitStack, store: Store, permissions: PermissionService, calls: CallService
@@ -320,8 +336,9 @@ class Service:
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
         )
         stack.push_async_callback(lambda: server.stop(self._grace))
-        roots = FileRoots(media=settings.media_dir, recordings=settings.recordings_dir)
-        calling_pb2_grpc.add_CallingServiceServicer_to_server(CallingServicer(permissions, calls, roots), server)
+        calling_pb2_grpc.add_CallingServiceServicer_to_server(
+            CallingServicer(permissions, calls, self._server_files()), server
+        )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         if self.platform is not None:
             simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
@@ -349,6 +366,17 @@ class Service:
         stack.push_async_callback(self._health.enter_graceful_shutdown)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def inbound_routes(permissions: PermissionService, calls: CallService) -> list[Route[Any]]:
+    """The dispatch table: which service applies each kind of inbound item (the rest are ignored)."""
+    return [
+        route(PermissionReply, permissions.apply_user_message),
+        route(InboundMessage, permissions.apply_user_message),
+        route(MessageStatus, permissions.apply_message_status),
+        route(BusinessRestriction, permissions.apply_restriction),
+        route(CallEventItem, calls.apply_call_event),
+    ]
 
 
 def webhook_limits(settings: Settings) -> WebhookLimits:

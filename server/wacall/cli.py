@@ -477,6 +477,10 @@ async def serve(args: argparse.Namespace) -> int:
         print(f"wacall: {exc}", file=sys.stderr)
         await service.stop(grace=0)
         return 1
+    except ConfigError as exc:  # what can only be checked while starting (an inbound audio file that is not audio)
+        print(f"configuration error: {exc}", file=sys.stderr)
+        await service.stop(grace=0)
+        return 2
     graph = f" (simulated Graph API at {addresses.graph})" if addresses.graph else ""
     print(
         f"wacall serving grpc={addresses.grpc} http={addresses.http} upstream={settings.upstream}{graph} "

@@ -11,7 +11,9 @@ from typing import Any
 
 from wacall.confinement import OutsideDirectory, inside
 from wacall.policy import PRESETS, Policy, PolicyError, load_policy
-from wacall.upstreams.meta.accounts import InvalidSenderConfig, SenderAccount, sender_from_config
+from wacall.upstreams.base import Account
+from wacall.upstreams.meta.accounts import InvalidSenderConfig, sender_from_config
+from wacall_adapters.registry import INBOUND_ROUTES
 
 
 class ConfigError(ValueError):
@@ -32,7 +34,7 @@ class Settings:
     webhook_verify_token: str = ""
     graph_base_url: str = "https://graph.facebook.com/v23.0"
     max_webhook_bytes: int = 1024 * 1024
-    senders: tuple[SenderAccount, ...] = ()
+    senders: tuple[Account, ...] = ()  # from [[senders]]: Meta's accounts
     # Where the simulator keeps its state between runs ("" = in memory only).
     sim_state: str = "var/simulator.json"
     # The simulated client drops a call with no audio from the business for this long at start / mid-call.
@@ -114,7 +116,7 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "upstream": ("sim", "meta"),
     "clock": ("system", "manual"),
     "policy": tuple(sorted(PRESETS)),
-    "inbound_route": ("announcement", "media_stream"),
+    "inbound_route": INBOUND_ROUTES,
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 
@@ -161,7 +163,7 @@ DESCRIPTIONS: Mapping[str, str] = {
 }
 
 
-def _sender(item: Mapping[str, Any], index: int) -> SenderAccount:
+def _sender(item: Mapping[str, Any], index: int) -> Account:
     try:
         return sender_from_config(item, f"senders[{index}]")
     except InvalidSenderConfig as exc:
@@ -199,8 +201,10 @@ def load_settings(
     settings = Settings(**values)
     if settings.upstream not in ("sim", "meta"):
         raise ConfigError(f"upstream must be 'sim' or 'meta', got {settings.upstream!r}")
-    if settings.inbound_route not in ("announcement", "media_stream"):
-        raise ConfigError(f"inbound_route must be 'announcement' or 'media_stream', got {settings.inbound_route!r}")
+    if settings.inbound_route not in INBOUND_ROUTES:
+        raise ConfigError(
+            f"inbound_route must be {' or '.join(repr(r) for r in INBOUND_ROUTES)}, got {settings.inbound_route!r}"
+        )
     if settings.inbound_audio_file:
         try:
             audio_file = inside(settings.media_dir, settings.inbound_audio_file)

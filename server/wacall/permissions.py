@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,6 +28,17 @@ from wacall.engine import (
     Reason,
     Source,
 )
+from wacall.events import EventKind, describe, grant_expiry, permission_event
+from wacall.fields import InvalidField
+from wacall.inbound import (
+    BusinessRestriction,
+    DeliveryStatus,
+    InboundMessage,
+    MessageStatus,
+    PermissionReply,
+    ReplyTo,
+)
+from wacall.ingest import Outcome, Skipped
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
 from wacall.policy import Policy
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
@@ -44,28 +54,12 @@ from wacall.upstreams.base import (
     Upstream,
     UpstreamRefusal,
 )
-from wacall.upstreams.meta.webhook_payloads import (
-    BusinessRestriction,
-    CallEventItem,
-    Ignored,
-    InboundMessage,
-    MessageStatus,
-    PermissionReply,
-    WebhookItem,
-)
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_TEXT = 1024
 MAX_IDEMPOTENCY_KEY = 128
 MAX_TEMPLATE_PARAMETERS = 50
-
-
-class InvalidField(ValueError):
-    def __init__(self, field: str, why: str) -> None:
-        super().__init__(f"{field}: {why}")
-        self.field = field
-        self.why = why
 
 
 class RuleRefusal(Exception):
@@ -154,54 +148,8 @@ class RequestResult:
     replayed: bool
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    applied: int
-    duplicates: int
-    ignored: int
-
-
-# Ledger event → (audit kind, source) for the event log.
-def _describe(event: LedgerEvent) -> tuple[str, Source, dict[str, str]]:
-    match event:
-        case engine.RequestSent():
-            return "permission_request_sent", Source.BUSINESS, {}
-        case engine.RequestWithdrawn():
-            return "permission_request_failed", Source.BUSINESS, {}
-        case engine.PermissionGranted(permanent=permanent, source=source, adopted=adopted):
-            attributes = {"is_permanent": str(permanent).lower()}
-            return "permission_granted", source, {**attributes, "adopted": "true"} if adopted else attributes
-        case engine.PermissionRejected(source=source):
-            return "permission_rejected", source, {}
-        case engine.PermissionRevoked(source=source, adopted=adopted):
-            return "permission_revoked", source, {"adopted": "true"} if adopted else {}
-        case engine.UserMessage():
-            return "user_message_received", Source.USER_ACTION, {}
-        case engine.CallConnected(business_initiated=business_initiated):
-            return "call_connected", Source.USER_ACTION, {"business_initiated": str(business_initiated).lower()}
-        case engine.CallUnanswered():
-            return "call_unanswered", Source.USER_ACTION, {}
-        case engine.UserPrompted():
-            return "user_prompted", Source.WACALL_RULE, {}
-    raise AssertionError(f"unhandled ledger event {event!r}")  # pragma: no cover
-
-
 def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
-
-
-class CallItemSkipped(enum.Enum):
-    """Why a `calls` item changed nothing (it is then not counted as applied)."""
-
-    DUPLICATE = "duplicate"
-    PARKED = "parked"  # for a call id not bound yet: applied when our record of the call is
-    UNKNOWN_USER = "unknown_user"
-
-
-AfterCommit = Callable[[], Awaitable[None]]
-# Applies a `calls` item inside the ingest transaction: the media work to run after the commit (None: none), or
-# why nothing was applied.
-CallItemHandler = Callable[[Tx, str, CallEventItem, datetime], AfterCommit | CallItemSkipped | None]
 
 
 class PermissionService:
@@ -221,10 +169,6 @@ class PermissionService:
         self.upstream = upstream
         # The store's notifier: it wakes watchers after every commit that wrote events or calls.
         self.changes = store.changes
-        # Set by the call service: applies a `calls` webhook item inside the ingest transaction and returns the
-        # media work to run once it is committed.
-        self.call_item_handler: CallItemHandler | None = None
-        self._after_commit: set[asyncio.Task[None]] = set()
         # Longer than any send can take: an older unsettled reservation has no live sender.
         self.reservation_grace = reservation_grace
         # This process, as a claimant of reservations to settle; and the reservations it is sending right now.
@@ -285,7 +229,7 @@ class PermissionService:
         applied = engine.apply(ledger, event, self.policy)
         ledger = applied.ledger
         for item in (event, *applied.derived):
-            kind, source, attributes = _describe(item)
+            kind, source, attributes = describe(item)
             if item is event and extra:
                 attributes.update(extra)
             if item is event:
@@ -298,9 +242,10 @@ class PermissionService:
                     if raised:
                         attributes[flag] = "true"
             at = item.sent_at if isinstance(item, engine.RequestWithdrawn) else item.at
-            if isinstance(item, engine.PermissionGranted) and ledger.expires_at and not item.permanent:
-                attributes["expires_at"] = _iso(ledger.expires_at)
-            tx.append(EventRecord(pair, kind, source.value, at, now, engine.effective_state(ledger, now), attributes))
+            expiry = grant_expiry(item, ledger)
+            if expiry:
+                attributes["expires_at"] = _iso(expiry)
+            tx.append(permission_event(pair, kind, source, at, now, ledger, attributes))
         tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
         return ledger
 
@@ -548,13 +493,13 @@ class PermissionService:
                 tx.save_ledger(pair, engine.prune(ledger, now, self.policy), now)
             # The reservation already applied the request to the ledger; this records that it went out.
             tx.append(
-                EventRecord(
+                permission_event(
                     pair,
-                    "permission_request_sent",
-                    Source.BUSINESS.value,
+                    EventKind.PERMISSION_REQUEST_SENT,
+                    Source.BUSINESS,
                     sent_at,
                     now,
-                    engine.effective_state(ledger, now),
+                    ledger,
                     {"message_id": sent.message_id, "channel": channel.value},
                 )
             )
@@ -672,13 +617,13 @@ class PermissionService:
             else:
                 attributes.update(outcome="unknown", may_have_been_sent="true", counted="true")
                 tx.append(
-                    EventRecord(
+                    permission_event(
                         pair,
-                        "permission_request_failed",
-                        Source.BUSINESS.value,
+                        EventKind.PERMISSION_REQUEST_FAILED,
+                        Source.BUSINESS,
                         reservation.reserved_at,
                         now,
-                        engine.effective_state(ledger, now),
+                        ledger,
                         attributes,
                     )
                 )
@@ -733,13 +678,13 @@ class PermissionService:
         return Pair(business, user)
 
     @staticmethod
-    def _ledger_event(item: WebhookItem) -> tuple[LedgerEvent, dict[str, str]] | None:
+    def _ledger_event(item: PermissionReply | InboundMessage) -> tuple[LedgerEvent, dict[str, str]] | None:
         match item:
             case PermissionReply(accepted=True, automatic=automatic, permanent=permanent, expires_at=expires_at):
                 source = Source.PLATFORM_AUTOMATIC if automatic else Source.USER_ACTION
                 return engine.PermissionGranted(item.timestamp, permanent, None if permanent else expires_at, source), {
                     "message_id": item.message_id,
-                    "via": item.via,
+                    "via": item.via.value,
                     "context_id": item.context_id or "",
                 }
             case PermissionReply(accepted=False, automatic=True):
@@ -752,7 +697,7 @@ class PermissionService:
                     # A reject with no request behind it is a revoke from the business profile.
                     return engine.PermissionRevoked(item.timestamp, Source.USER_ACTION), {
                         "message_id": item.message_id,
-                        "via": "profile",
+                        "via": ReplyTo.PROFILE.value,
                     }
                 return engine.PermissionRejected(item.timestamp, Source.USER_ACTION), {
                     "message_id": item.message_id,
@@ -762,102 +707,64 @@ class PermissionService:
                 return engine.UserMessage(item.timestamp), {"message_id": item.message_id, "type": item.type}
         return None
 
-    async def ingest(self, body: bytes, resolved: list[tuple[WebhookItem, str | None]]) -> IngestResult:
-        """Apply one verified delivery: stored, deduplicated and applied in one transaction, before the 200.
+    # The dispatch table's handlers (ingest.Dispatcher): each applies one item inside the delivery's transaction.
 
-        Each item comes with the business number it is for (None: not one of ours), as the ingress resolved it."""
+    def apply_restriction(self, tx: Tx, business: str, item: BusinessRestriction, now: datetime) -> Outcome:
+        """The business number's calling pause, set or lifted."""
+        restriction = engine.Restriction(item.until) if item.restricted else None
+        tx.save_restriction(business, restriction, now)
+        tx.append(
+            EventRecord(
+                Pair(business, ""),
+                EventKind.BUSINESS_RESTRICTION_CHANGED,
+                Source.PLATFORM_AUTOMATIC.value,
+                item.timestamp or now,
+                now,
+                PermissionState.NONE,
+                {"restricted": str(item.restricted).lower(), "until": _iso(item.until)},
+            )
+        )
+        return None
 
-        after_commit: list[AfterCommit] = []
+    def apply_message_status(self, tx: Tx, business: str, item: MessageStatus, now: datetime) -> Outcome:
+        """Only a failed permission request of ours matters (131026: client too old). It stays counted."""
+        sent_to = tx.message_pair(item.message_id)
+        if (
+            item.status is not DeliveryStatus.FAILED
+            or sent_to is None
+            or not tx.claim(f"status:{item.message_id}:failed", now)
+        ):
+            return Skipped.IGNORED
+        codes = ",".join(str(c) for c in item.error_codes)
+        tx.append(
+            permission_event(
+                sent_to,
+                EventKind.PERMISSION_REQUEST_FAILED,
+                Source.PLATFORM_AUTOMATIC,
+                item.timestamp,
+                now,
+                tx.ledger(sent_to),
+                {"message_id": item.message_id, "platform_error": codes, "meaning": item.error_meaning},
+            )
+        )
+        return None
 
-        def apply_all(tx: Tx) -> IngestResult:
-            after_commit.clear()  # the transaction may be retried from scratch
-            now = self.clock.now()
-            tx.keep_webhook(body, now)
-            applied = duplicates = ignored = 0
-            for item, business in resolved:
-                if business is None or isinstance(item, Ignored):
-                    ignored += 1
-                    continue
-                if isinstance(item, BusinessRestriction):
-                    restriction = engine.Restriction(item.until) if item.restricted else None
-                    tx.save_restriction(business, restriction, now)
-                    tx.append(
-                        EventRecord(
-                            Pair(business, ""),
-                            "business_restriction_changed",
-                            Source.PLATFORM_AUTOMATIC.value,
-                            item.timestamp or now,
-                            now,
-                            PermissionState.NONE,
-                            {"restricted": str(item.restricted).lower(), "until": _iso(item.until)},
-                        )
-                    )
-                    applied += 1
-                    continue
-                if isinstance(item, CallEventItem):
-                    if self.call_item_handler is None:
-                        ignored += 1
-                        continue
-                    action = self.call_item_handler(tx, business, item, now)
-                    if action is CallItemSkipped.DUPLICATE:
-                        duplicates += 1
-                    elif isinstance(action, CallItemSkipped):
-                        ignored += 1
-                    else:
-                        if action is not None:
-                            after_commit.append(action)
-                        applied += 1
-                    continue
-                if isinstance(item, MessageStatus):
-                    # Only a failed permission request of ours matters (131026: client too old). It stays counted.
-                    sent_to = tx.message_pair(item.message_id)
-                    if (
-                        item.status != "failed"
-                        or sent_to is None
-                        or not tx.claim(f"status:{item.message_id}:failed", now)
-                    ):
-                        ignored += 1
-                        continue
-                    codes = ",".join(str(c) for c in item.error_codes)
-                    meaning = item.error_meaning
-                    tx.append(
-                        EventRecord(
-                            sent_to,
-                            "permission_request_failed",
-                            Source.PLATFORM_AUTOMATIC.value,
-                            item.timestamp,
-                            now,
-                            engine.effective_state(tx.ledger(sent_to), now),
-                            {"message_id": item.message_id, "platform_error": codes, "meaning": meaning},
-                        )
-                    )
-                    applied += 1
-                    continue
-                context_id = item.context_id if isinstance(item, PermissionReply) else None
-                pair = self.user_pair(tx, business, item.user_wa_id, context_id)
-                if pair is None:
-                    ignored += 1
-                    continue
-                if not tx.claim(f"message:{item.message_id}", now):
-                    duplicates += 1
-                    continue
-                converted = self._ledger_event(item)
-                if converted is None:
-                    ignored += 1
-                    continue
-                event, attributes = converted
-                self.record(tx, pair, tx.ledger(pair), event, now, attributes)
-                applied += 1
-            return IngestResult(applied, duplicates, ignored)
-
-        result = await self.store.transaction(apply_all)
-        # Media work (apply an SDP answer, answer a user's call) runs after the commit, not in the webhook's
-        # response path: no platform calls inside the handler (HOOK-1).
-        for action in after_commit:
-            task = asyncio.ensure_future(action())
-            self._after_commit.add(task)
-            task.add_done_callback(self._after_commit.discard)
-        return result
+    def apply_user_message(
+        self, tx: Tx, business: str, item: PermissionReply | InboundMessage, now: datetime
+    ) -> Outcome:
+        """A permission reply, or any message from the user (it opens the service window), once per message id."""
+        context_id = item.context_id if isinstance(item, PermissionReply) else None
+        pair = self.user_pair(tx, business, item.user_id, context_id)
+        if pair is None:
+            return Skipped.IGNORED
+        if not tx.claim(f"message:{item.message_id}", now):
+            return Skipped.DUPLICATE
+        converted = self._ledger_event(item)
+        if converted is None:
+            return Skipped.IGNORED
+        event, attributes = converted
+        self.record(tx, pair, tx.ledger(pair), event, now, attributes)
+        return None
 
     # --- events -------------------------------------------------------------------------------------------------
 

@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import re
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import NoReturn
 
 import grpc
-from aiortc.rtcicetransport import parse_stun_turn_uri
-from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
@@ -30,22 +26,20 @@ from wacall.api.errors import (
     abort_platform,
     abort_precondition,
     abort_refusal,
-    duration_field,
-    server_file_field,
     text_field,
 )
 from wacall.api.messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
-from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, CallView, MediaSetupFailed
+from wacall.call_record import CallRecord
+from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
 from wacall.calls import CallState
-from wacall.media.sdp import only_sha256_fingerprint, peer_problems, platform_problems
-from wacall.media.tracks import Framer, PcmResampler, audio_problem
+from wacall.fields import InvalidField
+from wacall.media.tracks import Framer, PcmResampler
 from wacall.numbers import InvalidNumber, parse_number
 from wacall.permissions import (
     MAX_BODY_TEXT,
     MAX_IDEMPOTENCY_KEY,
     MAX_TEMPLATE_PARAMETERS,
     IdempotencyConflict,
-    InvalidField,
     PermissionService,
     PlatformRefusal,
     RequestInFlight,
@@ -54,10 +48,8 @@ from wacall.permissions import (
 )
 from wacall.store import to_micros
 from wacall.upstreams.base import TemplateRef, UnknownSender
-from wacall_adapters.announcement import AnnouncementAdapter
-from wacall_adapters.base import MediaAdapter
-from wacall_adapters.media_stream import MediaStreamAdapter
-from wacall_adapters.webrtc import WebRtcBridgeAdapter, WebRtcPassthroughAdapter
+from wacall_adapters.registry import plan_route
+from wacall_adapters.routes import ServerFiles
 
 MAX_PAGE = 1000
 # Event cursors and page-token times are ASCII digits (str.isdigit also takes "²") within SQLite's INTEGER.
@@ -77,14 +69,9 @@ MAX_CALL_PAGE = 500
 # A number with spaces, dashes and a country code fits easily; longer text is not a number (and is never cached).
 MAX_NUMBER_CHARS = 32
 MAX_CALL_ID = 128
-MAX_PATH = 4096
-MAX_SDP = 64 * 1024
-MAX_ICE_SERVERS = 8
 MAX_TEMPLATE_NAME = 512
 MAX_TEMPLATE_LANGUAGE = 32
 MAX_TEMPLATE_PARAMETER = 1024
-MAX_TONE = timedelta(hours=1)
-MAX_CALL_LENGTH = timedelta(hours=24)
 
 
 async def numbers(context: Context, request: object) -> None:
@@ -93,129 +80,7 @@ async def numbers(context: Context, request: object) -> None:
         await text_field(context, getattr(request, name), name, max_chars=MAX_NUMBER_CHARS)
 
 
-async def positive_duration(context: Context, message: Message, name: str, field: str, default: timedelta) -> timedelta:
-    if not message.HasField(name):
-        return default
-    value = await duration_field(context, getattr(message, name), field, minimum=timedelta(0), maximum=MAX_CALL_LENGTH)
-    if value <= timedelta(0):
-        await abort_bad_request(context, field, "must be positive")
-    return value
-
-
-async def _audio_file(context: Context, name: str, field: str, media_dir: str) -> str:
-    path = await server_file_field(context, name, field, media_dir, max_chars=MAX_PATH)
-    if not os.path.isfile(path):
-        await abort_bad_request(context, field, f"no such file on the server: {name} (in {media_dir})")
-    # Decoding fails before the call is placed, not when the user picks up.
-    problem = await asyncio.get_running_loop().run_in_executor(None, audio_problem, path)
-    if problem is not None:
-        await abort_bad_request(context, field, f"{name}: {problem}")
-    return path
-
-
-async def _recording_file(context: Context, name: str, field: str, recordings_dir: str) -> str:
-    path = await server_file_field(context, name, field, recordings_dir, max_chars=MAX_PATH)
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        await abort_bad_request(context, field, "its directory does not exist")
-    if os.path.isdir(path) or not os.access(directory, os.W_OK):
-        await abort_bad_request(context, field, "not a file this service can write")
-    return path
-
-
-@dataclass(frozen=True)
-class FileRoots:
-    """The configured directories server-side files named in a route must lie in."""
-
-    media: str
-    recordings: str
-
-
-async def _ice_servers(context: Context, urls: list[str]) -> None:
-    if len(urls) > MAX_ICE_SERVERS:
-        await abort_bad_request(context, "route.webrtc.ice_servers", f"at most {MAX_ICE_SERVERS}")
-    for index, url in enumerate(urls):
-        field = f"route.webrtc.ice_servers[{index}]"
-        await text_field(context, url, field, max_chars=MAX_PATH)
-        try:
-            scheme = parse_stun_turn_uri(url)["scheme"]
-        except ValueError:
-            await abort_bad_request(context, field, "a STUN URL, e.g. stun:stun.example.com:3478")
-        if scheme != "stun":
-            # TURN needs a username and credential, which a WebRtcRoute cannot carry.
-            await abort_bad_request(context, field, "only stun: URLs are supported (TURN needs credentials)")
-
-
-async def build_route(
-    route: pb.Route, context: Context, roots: FileRoots
-) -> tuple[Callable[[], MediaAdapter], str, str]:
-    """The adapter factory for a route, its name, and what distinguishes it for idempotency. Validates first:
-    a route that passes here sets up (nothing is recorded for one that does not)."""
-    kind = route.WhichOneof("kind") or "announcement"
-    if kind == "announcement":
-        a = route.announcement
-        audio_file = (
-            await _audio_file(context, a.audio_file, "route.announcement.audio_file", roots.media)
-            if a.audio_file
-            else ""
-        )
-        if a.tone_hz and not 20 <= a.tone_hz <= 20000:
-            await abort_bad_request(context, "route.announcement.tone_hz", "between 20 and 20000 Hz")
-        tone = await positive_duration(
-            context, a, "tone_duration", "route.announcement.tone_duration", timedelta(seconds=5)
-        )
-        if tone > MAX_TONE:
-            await abort_bad_request(context, "route.announcement.tone_duration", "at most 1 h")
-        limit = await positive_duration(
-            context, a, "max_duration", "route.announcement.max_duration", timedelta(minutes=5)
-        )
-        record_to = (
-            await _recording_file(context, a.record_to, "route.announcement.record_to", roots.recordings)
-            if a.record_to
-            else ""
-        )
-        return (
-            lambda: AnnouncementAdapter(
-                audio_file=audio_file,
-                tone_hz=a.tone_hz or 440.0,
-                tone_seconds=tone.total_seconds(),
-                record_to=record_to,
-                max_duration=limit,
-            ),
-            "announcement",
-            a.SerializeToString().hex(),
-        )
-    if kind == "webrtc":
-        w = route.webrtc
-        await text_field(context, w.offer_sdp, "route.webrtc.offer_sdp", max_chars=MAX_SDP, multiline=True)
-        # Passthrough: the platform gets the agent's offer (trimmed), so it must meet the platform's rules.
-        problems = (
-            platform_problems(only_sha256_fingerprint(w.offer_sdp), "offer")
-            if w.passthrough
-            else peer_problems(w.offer_sdp, "offer")
-        )
-        if problems:
-            await abort_bad_request(
-                context, "route.webrtc.offer_sdp", "an SDP offer with one audio section: " + "; ".join(problems)
-            )
-        await _ice_servers(context, list(w.ice_servers))
-        if w.passthrough:
-            return lambda: WebRtcPassthroughAdapter(offer_sdp=w.offer_sdp), "webrtc_passthrough", w.offer_sdp
-        return (
-            lambda: WebRtcBridgeAdapter(offer_sdp=w.offer_sdp, ice_servers=list(w.ice_servers)),
-            "webrtc",
-            w.offer_sdp,
-        )
-    m = route.media_stream
-    stream_limit = (
-        await positive_duration(context, m, "max_duration", "route.media_stream.max_duration", MAX_CALL_LENGTH)
-        if m.HasField("max_duration")
-        else None
-    )
-    return lambda: MediaStreamAdapter(max_duration=stream_limit), "media_stream", m.SerializeToString().hex()
-
-
-def _page_token(view: CallView) -> str:
+def _page_token(view: CallRecord) -> str:
     raw = f"{to_micros(view.facts.created_at)}:{view.call_id}".encode()
     return base64.urlsafe_b64encode(raw).decode()
 
@@ -234,10 +99,10 @@ def _parse_page_token(token: str) -> tuple[int, str] | None:
 
 
 class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
-    def __init__(self, permissions: PermissionService, calls: CallService, roots: FileRoots) -> None:
+    def __init__(self, permissions: PermissionService, calls: CallService, files: ServerFiles) -> None:
         self.permissions = permissions
         self.calls = calls
-        self.roots = roots
+        self.files = files
         self._stream_readers: set[asyncio.Task[None]] = set()
 
     async def _guard(self, context: Context, error: Exception) -> NoReturn:
@@ -401,16 +266,14 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         await numbers(context, request)
         await text_field(context, request.biz_opaque_callback_data, "biz_opaque_callback_data", max_chars=MAX_OPAQUE)
         await text_field(context, request.idempotency_key, "idempotency_key", max_chars=MAX_IDEMPOTENCY_KEY)
-        factory, name, distinct = await build_route(request.route, context, self.roots)
         try:
+            route = await plan_route(request.route, self.files)
             view = await self.calls.start(
                 request.business_number,
                 request.user_number,
-                factory,
-                name,
+                route,
                 opaque=request.biz_opaque_callback_data,
                 idempotency_key=request.idempotency_key,
-                fingerprint_extra=distinct,
             )
         except Exception as error:
             await self._guard(context, error)
@@ -467,14 +330,14 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         except CallNotFound as error:
             await self._guard(context, error)
         session = self.calls.session(first.call_id)
-        if session is None or not isinstance(session.adapter, MediaStreamAdapter):
+        stream = session.route.audio_stream() if session is not None else None
+        if stream is None:
             reason = (
                 "the call has ended" if view.state is CallState.ENDED else "the call is not on a media_stream route"
             )
             await abort_precondition(
                 context, "NOT_A_MEDIA_STREAM_CALL", first.call_id, reason, f"cannot attach to {first.call_id}: {reason}"
             )
-        adapter = session.adapter
         outbound: asyncio.Queue[pb.CallMediaResponse | None] = asyncio.Queue(maxsize=50)
         to_client = PcmResampler(48000, rate)
 
@@ -489,7 +352,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             for chunk in client_framer.push(to_client.convert(frame)):
                 offer(pb.CallMediaResponse(audio=chunk))
 
-        unsubscribe = adapter.subscribe(to_client_frames)
+        unsubscribe = stream.subscribe(to_client_frames)
 
         async def read_client() -> None:
             from_client = PcmResampler(rate, 48000)
@@ -499,7 +362,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                     kind = message.WhichOneof("kind")
                     if kind == "audio":
                         for frame in framer.push(from_client.convert(message.audio)):
-                            adapter.send(frame)
+                            stream.send(frame)
                     elif kind == "hangup":
                         await self.calls.end(first.call_id, reason="ended by the media stream client")
             except grpc.aio.AbortError:

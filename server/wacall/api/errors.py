@@ -7,7 +7,6 @@ Durations out of range) and the guard that answers a request that does not even 
 from __future__ import annotations
 
 import inspect
-import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -18,9 +17,10 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from wacall import fields
 from wacall.api.messages import action_detail, duration
-from wacall.confinement import OutsideDirectory, inside
 from wacall.errors import REASONS, refusal_status
+from wacall.fields import InvalidField
 from wacall.permissions import PlatformRefusal, RuleRefusal
 from wacall.upstreams.base import UpstreamUnavailable
 
@@ -157,69 +157,39 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
 
 # --- reading request fields ---------------------------------------------------------------------------------------
 
-# google.protobuf.Duration's own range (10,000 years); beyond it the value is not a Duration (and overflows
-# Python's timedelta).
-MAX_DURATION_SECONDS = 315_576_000_000
-MAX_NANOS = 999_999_999
-
-
-def span(value: timedelta) -> str:
-    """A duration for people: '0 s', '90 s', '5 min', '24 h', '30 days'."""
-    seconds = value.total_seconds()
-    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)} {unit}"
-    return f"{seconds:g} s"
-
 
 async def duration_value(context: Context, value: duration_pb2.Duration, field: str) -> timedelta:
     """The Duration as a timedelta, or INVALID_ARGUMENT when it is not a valid Duration."""
-    seconds, nanos = value.seconds, value.nanos
-    valid = (
-        abs(seconds) <= MAX_DURATION_SECONDS
-        and abs(nanos) <= MAX_NANOS
-        and not (seconds > 0 and nanos < 0)
-        and not (seconds < 0 and nanos > 0)
-    )
-    if not valid:
-        await abort_bad_request(
-            context, field, "not a valid Duration (seconds within ±315576000000, nanos within ±999999999, one sign)"
-        )
-    return value.ToTimedelta()
+    try:
+        return fields.duration_value(value, field)
+    except InvalidField as error:
+        await abort_bad_request(context, error.field, error.why)
 
 
 async def duration_field(
     context: Context, value: duration_pb2.Duration, field: str, *, minimum: timedelta, maximum: timedelta
 ) -> timedelta:
     """The Duration as a timedelta, or INVALID_ARGUMENT when it is not a valid Duration or outside the range."""
-    result = await duration_value(context, value, field)
-    if not minimum <= result <= maximum:
-        await abort_bad_request(context, field, f"between {span(minimum)} and {span(maximum)}")
-    return result
-
-
-def _control_characters(text: str, allowed: str) -> bool:
-    return any(unicodedata.category(c) == "Cc" and c not in allowed for c in text)
+    try:
+        return fields.duration_in(value, field, minimum=minimum, maximum=maximum)
+    except InvalidField as error:
+        await abort_bad_request(context, error.field, error.why)
 
 
 async def text_field(context: Context, value: str, field: str, *, max_chars: int, multiline: bool = False) -> str:
-    """Text a person or the platform will read (multiline) or an identifier: bounded, no control characters
-    (NUL and the like; free text may keep line breaks and tabs)."""
-    if len(value) > max_chars:
-        await abort_bad_request(context, field, f"at most {max_chars} characters (got {len(value)})")
-    if _control_characters(value, "\n\r\t" if multiline else ""):
-        await abort_bad_request(context, field, "control characters (such as NUL) are not allowed")
-    return value
+    """`fields.bounded_text`, or INVALID_ARGUMENT."""
+    try:
+        return fields.bounded_text(value, field, max_chars=max_chars, multiline=multiline)
+    except InvalidField as error:
+        await abort_bad_request(context, error.field, error.why)
 
 
 async def server_file_field(context: Context, value: str, field: str, directory: str, *, max_chars: int) -> str:
-    """The real path of a server-side file named in a request, which must lie inside `directory` (a configured
-    one); INVALID_ARGUMENT naming the field and the directory otherwise."""
-    await text_field(context, value, field, max_chars=max_chars)
+    """`fields.server_file` (the real path, inside `directory`), or INVALID_ARGUMENT naming the field."""
     try:
-        return inside(directory, value)
-    except OutsideDirectory as error:
-        await abort_bad_request(context, field, str(error))
+        return fields.server_file(value, field, directory, max_chars=max_chars)
+    except InvalidField as error:
+        await abort_bad_request(context, error.field, error.why)
 
 
 # --- requests that do not parse -----------------------------------------------------------------------------------

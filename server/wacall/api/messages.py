@@ -1,45 +1,31 @@
-"""Proto messages from the service's objects (and back from the event log's call snapshots). Pure mapping."""
+"""Proto messages from the service's objects (a call in the event log is the call record's JSON). Pure mapping."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall import engine
-from wacall.call_service import CallView
+from wacall import call_record, engine
+from wacall.call_record import CallRecord
 from wacall.calls import CallOutcome, CallState, Direction
-from wacall.engine import ActionDecision, Evaluation
+from wacall.engine import ActionDecision
 from wacall.errors import REASONS
+from wacall.events import EventKind
 from wacall.permissions import PermissionView
 from wacall.policy import Policy, WindowLimit
-from wacall.store import EventRecord, Pair, optional_datetime
+from wacall.store import EventRecord
 
 STATE = {s: getattr(pb, f"PERMISSION_STATE_{s.name}") for s in engine.PermissionState}
 REASON = {r: getattr(pb, f"REASON_{r.name}") for r in engine.Reason}
 ACTION = {a: getattr(pb, f"ACTION_{a.name}") for a in engine.Action}
 CHANNEL = {c: getattr(pb, f"CHANNEL_{c.name}") for c in engine.Channel}
 SOURCE = {s.value: getattr(pb, f"EVENT_SOURCE_{s.name}") for s in engine.Source}
-EVENT_KIND = {
-    name: getattr(pb, f"EVENT_KIND_{name.upper()}")
-    for name in (
-        "permission_request_sent",
-        "permission_request_failed",
-        "permission_granted",
-        "permission_rejected",
-        "permission_revoked",
-        "user_message_received",
-        "call_connected",
-        "call_unanswered",
-        "user_prompted",
-        "call_updated",
-        "business_restriction_changed",
-    )
-}
+# Keyed by the stored string: a kind this version does not know reads as unspecified.
+EVENT_KIND: Mapping[str, pb.EventKind] = {kind: getattr(pb, f"EVENT_KIND_{kind.name}") for kind in EventKind}
 
 
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -82,25 +68,21 @@ def action_status(decision: ActionDecision) -> pb.ActionStatus:
     )
 
 
-def permission_message(
-    pair: Pair, evaluation: Evaluation, updated_at: datetime | None, policy: Policy
-) -> pb.Permission:
+def view_message(view: PermissionView) -> pb.Permission:
+    """The Permission message: the one place a permission view's fields are written for the API."""
+    evaluation = view.evaluation
     return pb.Permission(
-        business_number=pair.business,
-        user_number=pair.user,
+        business_number=view.pair.business,
+        user_number=view.pair.user,
         state=STATE[evaluation.state],
         expires_at=timestamp(evaluation.expires_at),
         consecutive_unanswered_calls=evaluation.consecutive_unanswered,
         user_prompted=evaluation.user_prompted,
         service_window_expires_at=timestamp(evaluation.service_window_expires_at),
         actions=[action_status(d) for d in evaluation.actions],
-        updated_at=timestamp(updated_at),
-        policy=policy.label,
+        updated_at=timestamp(view.updated_at),
+        policy=view.policy.label,
     )
-
-
-def view_message(view: PermissionView) -> pb.Permission:
-    return permission_message(view.pair, view.evaluation, view.updated_at, view.policy)
 
 
 CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}
@@ -108,66 +90,34 @@ CALL_OUTCOME = {o: getattr(pb, f"CALL_OUTCOME_{o.name}") for o in CallOutcome}
 CALL_DIRECTION = {d: getattr(pb, f"CALL_DIRECTION_{d.name}") for d in Direction}
 
 
-def call_message(view: CallView) -> pb.Call:
-    facts = view.facts
-    error = view.platform_error
+def call_message(call: CallRecord) -> pb.Call:
+    facts = call.facts
+    error = call.platform_error
     return pb.Call(
-        call_id=view.call_id,
-        platform_call_id=view.platform_call_id or "",
-        business_number=view.pair.business,
-        user_number=view.pair.user,
-        direction=CALL_DIRECTION[view.direction],
+        call_id=call.call_id,
+        platform_call_id=call.platform_call_id or "",
+        business_number=call.pair.business,
+        user_number=call.pair.user,
+        direction=CALL_DIRECTION[call.direction],
         state=CALL_STATE[facts.state],
         outcome=CALL_OUTCOME[facts.outcome] if facts.outcome else pb.CALL_OUTCOME_UNSPECIFIED,
         created_at=timestamp(facts.created_at),
         answered_at=timestamp(facts.answered_at),
         ended_at=timestamp(facts.ended_at),
         duration_seconds=facts.duration_seconds or 0,
-        route=view.route,
-        platform_error=pb.PlatformError(
-            code=error["code"], message=error.get("message", ""), details=error.get("details", "")
-        )
-        if error
+        route=call.route,
+        platform_error=pb.PlatformError(code=error.code or 0, message=error.message, details=error.details)
+        if error is not None
         else None,
-        biz_opaque_callback_data=view.opaque,
-        webrtc_answer_sdp=view.answer_sdp,
+        biz_opaque_callback_data=call.opaque,
+        webrtc_answer_sdp=call.answer_sdp,
         media=pb.MediaStats(
-            frames_sent=view.media.frames_sent,
-            frames_received=view.media.frames_received,
-            audible_frames_received=view.media.audible_frames_received,
-            mean_level_received=view.media.mean_level_received,
+            frames_sent=call.media.frames_sent,
+            frames_received=call.media.frames_received,
+            audible_frames_received=call.media.audible_frames_received,
+            mean_level_received=call.media.mean_level_received,
         ),
-        end_reason=view.end_reason,
-    )
-
-
-def snapshot_message(snapshot: Mapping[str, Any]) -> pb.Call:
-    """A Call from the JSON snapshot kept in the event log."""
-
-    def t(value: int | None) -> timestamp_pb2.Timestamp | None:
-        return timestamp(optional_datetime(value))
-
-    error = snapshot.get("platform_error")
-    return pb.Call(
-        call_id=snapshot["call_id"],
-        platform_call_id=snapshot["platform_call_id"],
-        business_number=snapshot["business"],
-        user_number=snapshot["user"],
-        direction=CALL_DIRECTION[Direction(snapshot["direction"])],
-        state=CALL_STATE[CallState(snapshot["state"])],
-        outcome=CALL_OUTCOME[CallOutcome(snapshot["outcome"])] if snapshot["outcome"] else pb.CALL_OUTCOME_UNSPECIFIED,
-        created_at=t(snapshot["created_at"]),
-        answered_at=t(snapshot["answered_at"]),
-        ended_at=t(snapshot["ended_at"]),
-        duration_seconds=snapshot["duration_seconds"],
-        route=snapshot["route"],
-        platform_error=pb.PlatformError(
-            code=error["code"], message=error.get("message", ""), details=error.get("details", "")
-        )
-        if error
-        else None,
-        biz_opaque_callback_data=snapshot["opaque"],
-        end_reason=snapshot["end_reason"],
+        end_reason=call.end_reason,
     )
 
 
@@ -184,7 +134,7 @@ def event_message(record: EventRecord) -> pb.Event:
         source=SOURCE.get(record.source, pb.EVENT_SOURCE_UNSPECIFIED),
         permission_state=STATE[record.state_after],
         attributes=attributes,
-        call=snapshot_message(json.loads(snapshot)) if snapshot else None,
+        call=call_message(call_record.decode(json.loads(snapshot))) if snapshot else None,
     )
 
 

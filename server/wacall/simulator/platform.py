@@ -36,9 +36,16 @@ from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.policy import Policy
 from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall, new_wacid, voice
 from wacall.store import from_micros, ledger_from_json, ledger_to_json, to_micros
-from wacall.upstreams.base import PermissionAction, PermissionStatus, PlatformLimit, PlatformPermission, TemplateRef
+from wacall.upstreams.base import (
+    Account,
+    PermissionAction,
+    PermissionStatus,
+    PlatformLimit,
+    PlatformPermission,
+    TemplateRef,
+)
 from wacall.upstreams.meta import wire
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount, meta_part
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, sign
 
 log = logging.getLogger(__name__)
@@ -136,37 +143,43 @@ class SimulatedPlatform:
         self._http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=1))
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._accounts: dict[str, SenderAccount] = {}
+        self._accounts: dict[str, MetaAccount] = {}
         self.calls: dict[str, PhoneCall] = {}
         self._load()
 
     # --- senders ------------------------------------------------------------------------------------------------
 
-    def provision(self, business: PhoneNumber) -> SenderAccount:
-        """The account of a business number, created on first use with an approved default template."""
+    def provision(self, business: PhoneNumber) -> MetaAccount:
+        """What the platform knows a business number by, created on first use (with the default template
+        approved for it)."""
         account = self._accounts.get(business.e164)
         if account is None:
-            account = SenderAccount(
+            account = MetaAccount(
                 business_number=business.e164,
                 phone_number_id=phone_number_id_for(business),
                 waba_id="2" + business.digits,
                 access_token=self.access_token,
                 app_secret=self.app_secret,
-                default_template=DEFAULT_TEMPLATE,
             )
             self._accounts[business.e164] = account
             templates = self.state.templates.setdefault(account.waba_id, set())
             templates.add((DEFAULT_TEMPLATE.name, DEFAULT_TEMPLATE.language))
         return account
 
-    def register(self, account: SenderAccount) -> None:
+    def sender(self, business: PhoneNumber) -> Account:
+        """A number nobody configured, as the service's sender directory sees it: provisioned on first use, with
+        the approved default template."""
+        return self.provision(business).account(DEFAULT_TEMPLATE)
+
+    def register(self, account: Account) -> None:
         """Accept a sender from configuration as it is (its token, its default template or none)."""
-        self._accounts[account.business_number] = account
+        meta = meta_part(account)
+        self._accounts[account.business_number] = meta
         if account.default_template is not None:
             template = account.default_template
-            self.state.templates.setdefault(account.waba_id, set()).add((template.name, template.language))
+            self.state.templates.setdefault(meta.waba_id, set()).add((template.name, template.language))
 
-    def _account_by_id(self, phone_number_id: str) -> SenderAccount:
+    def _account_by_id(self, phone_number_id: str) -> MetaAccount:
         for account in self._accounts.values():
             if account.phone_number_id == phone_number_id:
                 return account
@@ -496,7 +509,7 @@ class SimulatedPlatform:
             return wire.success()
         raise GraphFailure(400, 100, f"(#100) Invalid action {action!r}")
 
-    async def _connect(self, account: SenderAccount, request: wire.CallsRequest) -> dict[str, Any]:
+    async def _connect(self, account: MetaAccount, request: wire.CallsRequest) -> dict[str, Any]:
         try:
             user = self._number_of_wa_id(request.to)
         except InvalidNumber as exc:
@@ -548,7 +561,7 @@ class SimulatedPlatform:
         call.task = asyncio.create_task(self._ring(account, user, call, offer))
         return wire.call_placed(call.platform_call_id)
 
-    async def _ring(self, account: SenderAccount, user: PhoneNumber, call: PhoneCall, offer: str) -> None:
+    async def _ring(self, account: MetaAccount, user: PhoneNumber, call: PhoneCall, offer: str) -> None:
         behavior = self.user(user.e164)
         call.leg = AudioLeg(name=f"sim phone {call.platform_call_id}")
         answer = await call.leg.accept_offer(offer)
@@ -572,7 +585,7 @@ class SimulatedPlatform:
             await self._deliver(wire.call_status(account, self.wa_id(user), call, "REJECTED", now))
         await self._end(account, call, by_business=False)
 
-    async def _drop_without_media(self, account: SenderAccount, call: PhoneCall) -> None:
+    async def _drop_without_media(self, account: MetaAccount, call: PhoneCall) -> None:
         """The user's client hangs up when the business sends no audio (real time, like the media itself)."""
         loop = asyncio.get_running_loop()
         started = last_progress = loop.time()
@@ -591,7 +604,7 @@ class SimulatedPlatform:
                 await self._end(account, call, by_business=False, error=(138021, "Media receive timeout"))
 
     async def _end(
-        self, account: SenderAccount, call: PhoneCall, *, by_business: bool, error: tuple[int, str] | None = None
+        self, account: MetaAccount, call: PhoneCall, *, by_business: bool, error: tuple[int, str] | None = None
     ) -> None:
         if call.state == "ended":
             return
@@ -663,7 +676,7 @@ class SimulatedPlatform:
         call.task = asyncio.create_task(self._wait_for_business(account, call, behavior))
         return call
 
-    async def _wait_for_business(self, account: SenderAccount, call: PhoneCall, behavior: SimUser) -> None:
+    async def _wait_for_business(self, account: MetaAccount, call: PhoneCall, behavior: SimUser) -> None:
         answered = asyncio.ensure_future(call.answered.wait())
         timeout = asyncio.ensure_future(self.clock.sleep(timedelta(seconds=60)))
         try:
@@ -685,7 +698,7 @@ class SimulatedPlatform:
 
     # --- reactions and delivery ---------------------------------------------------------------------------------
 
-    def _schedule_reaction(self, account: SenderAccount, user: PhoneNumber, message: SimMessage) -> None:
+    def _schedule_reaction(self, account: MetaAccount, user: PhoneNumber, message: SimMessage) -> None:
         behavior = self.user(user.e164)
         task = asyncio.create_task(
             self._react(
@@ -697,7 +710,7 @@ class SimulatedPlatform:
 
     async def _react(
         self,
-        account: SenderAccount,
+        account: MetaAccount,
         user: PhoneNumber,
         message: SimMessage,
         response: OnPermissionRequest,

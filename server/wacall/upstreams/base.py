@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -137,15 +137,16 @@ class CallAction(enum.Enum):
     TERMINATE = "terminate"
 
 
-class Account(Protocol):
-    """A sender account as the domain sees it: the business number and its default template. What the platform
-    itself knows the number by (ids, tokens) stays with the upstream."""
+@dataclass(frozen=True, slots=True)
+class Account:
+    """A sender account as the domain sees it: the business number, and the approved template a permission request
+    goes out with when the user's window is closed (None: the number has none). `upstream` is the platform's own
+    part of the account (what it knows the number by, the credentials that speak for it): the domain hands it back
+    to the upstream and never reads it."""
 
-    @property
-    def business_number(self) -> str: ...
-
-    @property
-    def default_template(self) -> TemplateRef | None: ...
+    business_number: str  # +E164
+    default_template: TemplateRef | None
+    upstream: object = field(repr=False)
 
 
 class Upstream(Protocol):

@@ -15,7 +15,7 @@ import httpx
 
 from wacall.upstreams.base import PlatformPermission, SentMessage, TemplateRef
 from wacall.upstreams.meta import wire
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 
 
 class GraphError(Exception):
@@ -61,7 +61,7 @@ class GraphClient:
         self,
         method: str,
         path: str,
-        account: SenderAccount,
+        account: MetaAccount,
         *,
         json: Mapping[str, Any] | None = None,
         params: Mapping[str, str] | None = None,
@@ -114,7 +114,7 @@ class GraphClient:
             raise unreadable
         return body
 
-    async def _send_message(self, account: SenderAccount, payload: Mapping[str, Any]) -> SentMessage:
+    async def _send_message(self, account: MetaAccount, payload: Mapping[str, Any]) -> SentMessage:
         body = await self._request(
             "POST", f"{account.phone_number_id}/messages", account, json=payload, idempotent=False
         )
@@ -124,16 +124,16 @@ class GraphClient:
             raise GraphUnavailable(str(exc), maybe_sent=True) from None
 
     async def send_permission_request_interactive(
-        self, account: SenderAccount, to_digits: str, body_text: str
+        self, account: MetaAccount, to_digits: str, body_text: str
     ) -> SentMessage:
         return await self._send_message(account, wire.interactive_permission_request(to_digits, body_text))
 
     async def send_permission_request_template(
-        self, account: SenderAccount, to_digits: str, template: TemplateRef
+        self, account: MetaAccount, to_digits: str, template: TemplateRef
     ) -> SentMessage:
         return await self._send_message(account, wire.template_permission_request(to_digits, template))
 
-    async def call_permissions(self, account: SenderAccount, user_digits: str) -> PlatformPermission:
+    async def call_permissions(self, account: MetaAccount, user_digits: str) -> PlatformPermission:
         body = await self._request(
             "GET",
             f"{account.phone_number_id}/call_permissions",
@@ -143,10 +143,10 @@ class GraphClient:
         )
         return wire.read_call_permissions(body)
 
-    async def _calls(self, account: SenderAccount, payload: Mapping[str, Any]) -> dict[str, Any]:
+    async def _calls(self, account: MetaAccount, payload: Mapping[str, Any]) -> dict[str, Any]:
         return await self._request("POST", f"{account.phone_number_id}/calls", account, json=payload, idempotent=False)
 
-    async def connect_call(self, account: SenderAccount, to_digits: str, offer_sdp: str, opaque: str = "") -> str:
+    async def connect_call(self, account: MetaAccount, to_digits: str, offer_sdp: str, opaque: str = "") -> str:
         """Start a business-initiated call; returns the platform's call id (wacid)."""
         body = await self._calls(account, wire.connect_call_request(to_digits, offer_sdp, opaque))
         try:
@@ -154,6 +154,6 @@ class GraphClient:
         except wire.WireShapeError as exc:
             raise GraphUnavailable(str(exc), maybe_sent=True) from None
 
-    async def call_action(self, account: SenderAccount, call_id: str, action: str, answer_sdp: str = "") -> None:
+    async def call_action(self, account: MetaAccount, call_id: str, action: str, answer_sdp: str = "") -> None:
         """terminate, reject, or (user-initiated calls) pre_accept / accept with our SDP answer."""
         await self._calls(account, wire.call_action_request(call_id, action, answer_sdp))

@@ -11,36 +11,37 @@ from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from wacall.numbers import PhoneNumber
-from wacall.upstreams.base import UnknownSender
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.base import Account, UnknownSender
+from wacall.upstreams.meta.accounts import meta_part
 
 
 class MetaSenderDirectory(Protocol):
-    """Senders as Meta's webhooks name them: by phone_number_id, signed with an app secret."""
+    """Senders as Meta's webhooks name them: by phone_number_id, signed with an app secret. Every account's
+    upstream part is a `MetaAccount`."""
 
-    def account_for(self, business: PhoneNumber) -> SenderAccount: ...
+    def account_for(self, business: PhoneNumber) -> Account: ...
 
-    def by_phone_number_id(self, phone_number_id: str) -> SenderAccount | None: ...
+    def by_phone_number_id(self, phone_number_id: str) -> Account | None: ...
 
     def app_secrets(self) -> list[bytes]: ...
 
 
 class ConfiguredSenders:
-    def __init__(self, accounts: Iterable[SenderAccount]) -> None:
+    def __init__(self, accounts: Iterable[Account]) -> None:
         self._by_number = {a.business_number: a for a in accounts}
-        self._by_id = {a.phone_number_id: a for a in self._by_number.values()}
+        self._by_id = {meta_part(a).phone_number_id: a for a in self._by_number.values()}
 
-    def account_for(self, business: PhoneNumber) -> SenderAccount:
+    def account_for(self, business: PhoneNumber) -> Account:
         try:
             return self._by_number[business.e164]
         except KeyError:
             raise UnknownSender(business.e164) from None
 
-    def by_phone_number_id(self, phone_number_id: str) -> SenderAccount | None:
+    def by_phone_number_id(self, phone_number_id: str) -> Account | None:
         return self._by_id.get(phone_number_id)
 
     def app_secrets(self) -> list[bytes]:
-        return sorted({a.app_secret.encode() for a in self._by_number.values()})
+        return sorted({meta_part(a).app_secret.encode() for a in self._by_number.values()})
 
 
 class ProvisioningSenders(ConfiguredSenders):
@@ -48,8 +49,8 @@ class ProvisioningSenders(ConfiguredSenders):
 
     def __init__(
         self,
-        accounts: Iterable[SenderAccount],
-        provision: Callable[[PhoneNumber], SenderAccount],
+        accounts: Iterable[Account],
+        provision: Callable[[PhoneNumber], Account],
         number_of_phone_number_id: Callable[[str], PhoneNumber | None],
         app_secret: str,
     ) -> None:
@@ -58,16 +59,16 @@ class ProvisioningSenders(ConfiguredSenders):
         self._number_of = number_of_phone_number_id
         self._app_secret = app_secret
 
-    def account_for(self, business: PhoneNumber) -> SenderAccount:
+    def account_for(self, business: PhoneNumber) -> Account:
         try:
             return super().account_for(business)
         except UnknownSender:
             account = self._provision(business)
             self._by_number[account.business_number] = account
-            self._by_id[account.phone_number_id] = account
+            self._by_id[meta_part(account).phone_number_id] = account
             return account
 
-    def by_phone_number_id(self, phone_number_id: str) -> SenderAccount | None:
+    def by_phone_number_id(self, phone_number_id: str) -> Account | None:
         known = super().by_phone_number_id(phone_number_id)
         if known is not None:
             return known

@@ -14,7 +14,7 @@ from wacall.upstreams.base import (
     UpstreamRefusal,
     UpstreamUnavailable,
 )
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import meta_part
 from wacall.upstreams.meta.errors import meta_error
 from wacall.upstreams.meta.graph import GraphClient, GraphError, GraphUnavailable
 
@@ -47,12 +47,6 @@ async def _refusals() -> AsyncIterator[None]:
         raise UpstreamUnavailable(str(error), may_have_been_sent=error.maybe_sent) from error
 
 
-def _meta(account: Account) -> SenderAccount:
-    if not isinstance(account, SenderAccount):
-        raise TypeError(f"not an account of Meta's platform: {account!r}")
-    return account
-
-
 class MetaUpstream:
     """`Upstream` over Meta's Graph API (or the embedded simulator, which speaks the same HTTP)."""
 
@@ -61,25 +55,25 @@ class MetaUpstream:
 
     async def send_permission_request_interactive(self, account: Account, user_id: str, body_text: str) -> SentMessage:
         async with _refusals():
-            return await self.graph.send_permission_request_interactive(_meta(account), user_id, body_text)
+            return await self.graph.send_permission_request_interactive(meta_part(account), user_id, body_text)
 
     async def send_permission_request_template(
         self, account: Account, user_id: str, template: TemplateRef
     ) -> SentMessage:
         async with _refusals():
-            return await self.graph.send_permission_request_template(_meta(account), user_id, template)
+            return await self.graph.send_permission_request_template(meta_part(account), user_id, template)
 
     async def call_permissions(self, account: Account, user_id: str) -> PlatformPermission:
         async with _refusals():
-            return await self.graph.call_permissions(_meta(account), user_id)
+            return await self.graph.call_permissions(meta_part(account), user_id)
 
     async def connect_call(self, account: Account, user_id: str, offer_sdp: str, opaque: str = "") -> str:
         async with _refusals():
-            return await self.graph.connect_call(_meta(account), user_id, offer_sdp, opaque)
+            return await self.graph.connect_call(meta_part(account), user_id, offer_sdp, opaque)
 
     async def call_action(self, account: Account, call_id: str, action: CallAction, answer_sdp: str = "") -> None:
         async with _refusals():
-            await self.graph.call_action(_meta(account), call_id, action.value, answer_sdp)
+            await self.graph.call_action(meta_part(account), call_id, action.value, answer_sdp)
 
     async def close(self) -> None:
         await self.graph.close()

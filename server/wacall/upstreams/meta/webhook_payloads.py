@@ -1,4 +1,5 @@
-"""Parse WhatsApp webhook bodies into typed items. Pure: bytes (and the instant of arrival) in, dataclasses out.
+"""Parse WhatsApp webhook bodies into the domain's inbound items (`wacall.inbound`). Pure: bytes (and the instant
+of arrival) in, items out; Meta's vocabulary (phone_number_id, wacid, its error codes and status words) stops here.
 
 Lenient only where the platform's payloads really drift (HOOK-7): timestamps as digit strings or integers,
 `expiration_timestamp` as either, enum values in any case, unknown kinds kept as `Ignored`, and whatever does not
@@ -10,13 +11,24 @@ platform's retries, or outside what can be stored).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from wacall.inbound import (
+    BusinessRestriction,
+    CallEventItem,
+    CallEventKind,
+    DeliveryStatus,
+    Ignored,
+    InboundItem,
+    InboundMessage,
+    MessageStatus,
+    PermissionReply,
+    ReplyTo,
+)
 from wacall.upstreams.meta.errors import CALL_SETUP_FAILURES, meta_error
 
 
@@ -43,116 +55,18 @@ class TimeWindow:
     max_expiry_ahead: timedelta
 
 
-@dataclass(frozen=True, slots=True)
-class PermissionReply:
-    phone_number_id: str
-    user_wa_id: str
-    message_id: str
-    timestamp: datetime
-    accepted: bool
-    permanent: bool
-    expires_at: datetime | None
-    automatic: bool  # response_source == "automatic"
-    context_id: str | None  # wamid of our request, wacid of a user call, or None (profile / auto-revoke)
-
-    @property
-    def via(self) -> str:
-        """What the reply answers: a request of ours, a user's call (the callback grant), or nothing (profile)."""
-        if self.context_id is None:
-            return "profile"
-        return "callback" if self.context_id.startswith("wacid.") else "request"
-
-
-@dataclass(frozen=True, slots=True)
-class InboundMessage:
-    """Any other message from the user: it opens the customer-service window."""
-
-    phone_number_id: str
-    user_wa_id: str
-    message_id: str
-    timestamp: datetime
-    type: str
-
-
-@dataclass(frozen=True, slots=True)
-class MessageStatus:
-    phone_number_id: str
-    message_id: str
-    recipient_wa_id: str
-    status: str  # sent | delivered | read | failed
-    timestamp: datetime
-    error_codes: tuple[int, ...]
-
-    @property
-    def error_meaning(self) -> str:
-        return meta_error(self.error_codes[0]).meaning if self.error_codes else "undeliverable"
-
-
-@dataclass(frozen=True, slots=True)
-class CallEventItem:
-    """A `calls` webhook item: connect (with SDP), terminate, or a call status (RINGING/ACCEPTED/REJECTED)."""
-
-    phone_number_id: str
-    call_id: str  # wacid
-    kind: str  # connect | terminate | ringing | accepted | rejected | unknown
-    timestamp: datetime
-    user_wa_id: str
-    direction: str  # BUSINESS_INITIATED | USER_INITIATED | ""
-    sdp: str = ""
-    sdp_type: str = ""
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    duration_seconds: int | None = None
-    status: str = ""  # terminate: completed | failed
-    error_codes: tuple[int, ...] = ()
-    error_message: str = ""
-    biz_opaque_callback_data: str = ""
-
-    @property
-    def fails_call_setup(self) -> bool:
-        """The call never got set up (§6.6): FAILED, and it counts for nothing."""
-        return not CALL_SETUP_FAILURES.isdisjoint(self.error_codes)
-
-    @property
-    def is_user_calling(self) -> bool:
-        """A connect that offers a call: USER_INITIATED, or no direction (as on the platform's user-initiated
-        calls page) with an SDP offer, which the platform sends only for a user's call (a business call's
-        connect carries its answer)."""
-        return self.kind == "connect" and (
-            self.direction == "USER_INITIATED" or (not self.direction and self.sdp_type == "offer")
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class BusinessRestriction:
-    """An `account_update` ACCOUNT_RESTRICTION about calling: business-initiated calling paused, or no longer.
-
-    UNCERTAIN: the platform's samples name the number as `phone_number` (display form); `metadata.phone_number_id`
-    is accepted too. An event that lists calling restrictions but none of business-initiated calling, or lists
-    no restriction at all, lifts the pause; one that lists only other restrictions (messaging) is not about
-    calling and is ignored.
-    """
-
-    phone_number_id: str
-    display_number: str
-    timestamp: datetime | None  # entry time, when given
-    restricted: bool
-    until: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    field: str
-    why: str
-
-
-WebhookItem = PermissionReply | InboundMessage | MessageStatus | CallEventItem | BusinessRestriction | Ignored
-
 BIC_RESTRICTIONS = frozenset(
     {"RESTRICTED_BUSINESS_INITIATED_CALLING", "RESTRICTED_BIZ_INITIATED_AND_USER_INITIATED_CALLING"}
 )
-CALL_STATUSES = ("ringing", "accepted", "rejected")
-CALL_EVENTS = ("connect", "terminate")
+# Meta's words for what happened to a call: `calls[].event`, and a call status's `status`.
+CALL_EVENTS = {"connect": CallEventKind.CONNECT, "terminate": CallEventKind.TERMINATE}
+CALL_STATUSES = {
+    "ringing": CallEventKind.RINGING,
+    "accepted": CallEventKind.ACCEPTED,
+    "rejected": CallEventKind.REJECTED,
+}
+DELIVERY_STATUSES = {status.value: status for status in DeliveryStatus if status is not DeliveryStatus.OTHER}
+USER_INITIATED = "USER_INITIATED"
 
 # Beyond any instant the service stores or adds margins to (datetime ends at year 9999).
 LATEST_INSTANT = datetime(9000, 1, 1, tzinfo=UTC)
@@ -328,8 +242,8 @@ def _permission_reply(
     # Some replies carry no context, or an empty one: no request behind it (profile grant, automatic revoke).
     context_id = _text(context.get("id"), "context.id") if isinstance(context, Mapping) else ""
     return PermissionReply(
-        phone_number_id=phone_number_id,
-        user_wa_id=user,
+        business_account=phone_number_id,
+        user_id=user,
         message_id=message_id,
         timestamp=timestamp,
         accepted=response == "accept",
@@ -339,12 +253,20 @@ def _permission_reply(
         else _expiry(expiration, "expiration_timestamp", window),
         automatic=source.lower() == "automatic",
         context_id=context_id or None,
+        via=_reply_to(context_id),
     )
+
+
+def _reply_to(context_id: str) -> ReplyTo:
+    """A reply's context is the wamid of our request, the wacid of a user's call (the callback grant), or none."""
+    if not context_id:
+        return ReplyTo.PROFILE
+    return ReplyTo.CALLBACK if context_id.startswith("wacid.") else ReplyTo.REQUEST
 
 
 def _message(
     phone_number_id: str, message: Mapping[str, Any], contacts: list[Any], window: TimeWindow | None
-) -> WebhookItem:
+) -> InboundItem:
     message_id = _required_text(message.get("id"), "messages[].id")
     timestamp = parse_timestamp(message.get("timestamp"), "messages[].timestamp", window)
     user = _user_of(message, contacts)
@@ -370,67 +292,97 @@ def _opaque(item: Mapping[str, Any]) -> str:
 
 def _call(
     phone_number_id: str, call: Mapping[str, Any], errors: list[Any], contacts: list[Any], window: TimeWindow | None
-) -> WebhookItem:
+) -> InboundItem:
     call_id = _required_text(call.get("id"), "calls[].id")
     event = _text(call.get("event"), "calls[].event").lower()
     direction = _text(call.get("direction"), "calls[].direction").upper()
     session = _optional_dict(call.get("session"), "calls[].session")
     duration = call.get("duration")
-    item = CallEventItem(
-        phone_number_id=phone_number_id,
-        call_id=call_id,
-        kind=event if event in CALL_EVENTS else "unknown",
-        timestamp=parse_timestamp(call.get("timestamp"), "calls[].timestamp", window),
-        user_wa_id="",
-        direction=direction,
-        sdp=_text(session.get("sdp"), "calls[].session.sdp"),
-        sdp_type=_text(session.get("sdp_type"), "calls[].session.sdp_type").lower(),
-        start_time=_optional_time(call.get("start_time"), "calls[].start_time", window),
-        end_time=_optional_time(call.get("end_time"), "calls[].end_time", window),
-        duration_seconds=None if duration is None or duration == "" else _count(duration, "calls[].duration"),
-        status=_text(call.get("status"), "calls[].status").lower(),
-        error_codes=_error_codes(errors, "value.errors[]"),
-        error_message="; ".join(_text(_dict(e, "errors[]").get("message"), "errors[].message") for e in errors),
-        biz_opaque_callback_data=_opaque(call),
+    timestamp = parse_timestamp(call.get("timestamp"), "calls[].timestamp", window)
+    sdp = _text(session.get("sdp"), "calls[].session.sdp")
+    sdp_type = _text(session.get("sdp_type"), "calls[].session.sdp_type").lower()
+    start_time = _optional_time(call.get("start_time"), "calls[].start_time", window)
+    end_time = _optional_time(call.get("end_time"), "calls[].end_time", window)
+    duration_seconds = None if duration is None or duration == "" else _count(duration, "calls[].duration")
+    # Read for its type only: a call's outcome follows from its codes and times, not from this word.
+    _text(call.get("status"), "calls[].status")
+    error_codes = _error_codes(errors, "value.errors[]")
+    error_message = "; ".join(_text(_dict(e, "errors[]").get("message"), "errors[].message") for e in errors)
+    opaque = _opaque(call)
+    kind = CALL_EVENTS.get(event, CallEventKind.UNKNOWN)
+    # A connect offers a call from the user when USER_INITIATED, or with no direction (as on the platform's
+    # user-initiated calls page) and an SDP offer, which the platform sends only for a user's call (a business
+    # call's connect carries its answer).
+    user_calling = kind is CallEventKind.CONNECT and (
+        direction == USER_INITIATED or (not direction and sdp_type == "offer")
     )
     # The user is the far end: `from` of a user's call, `to` of a business call.
-    side = "from" if item.is_user_calling or direction == "USER_INITIATED" else "to"
+    side = "from" if user_calling or direction == USER_INITIATED else "to"
     user = _text(call.get(side), f"calls[].{side}")
     if not user and contacts:
         user = _text(_dict(contacts[0], "contacts[0]").get("wa_id"), "contacts[0].wa_id")
-    return dataclasses.replace(item, user_wa_id=user)
-
-
-def _call_status(phone_number_id: str, status: Mapping[str, Any], window: TimeWindow | None) -> WebhookItem:
-    value = _text(status.get("status"), "statuses[].status").lower()
     return CallEventItem(
-        phone_number_id=phone_number_id,
-        call_id=_required_text(status.get("id"), "statuses[].id"),
-        kind=value if value in CALL_STATUSES else "unknown",
-        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp", window),
-        user_wa_id=_text(status.get("recipient_id"), "statuses[].recipient_id"),
-        direction="",
-        biz_opaque_callback_data=_opaque(status),
+        business_account=phone_number_id,
+        call_id=call_id,
+        kind=kind,
+        timestamp=timestamp,
+        user_id=user,
+        is_user_calling=user_calling,
+        sdp=sdp,
+        sdp_type=sdp_type,
+        start_time=start_time,
+        end_time=end_time,
+        duration_seconds=duration_seconds,
+        error_codes=error_codes,
+        error_message=error_message,
+        # The call never got set up (§6.6): FAILED, and it counts for nothing.
+        setup_failed=not CALL_SETUP_FAILURES.isdisjoint(error_codes),
+        opaque=opaque,
     )
 
 
-def _status(phone_number_id: str, status: Mapping[str, Any], window: TimeWindow | None) -> WebhookItem:
+def _call_status(phone_number_id: str, status: Mapping[str, Any], window: TimeWindow | None) -> InboundItem:
+    value = _text(status.get("status"), "statuses[].status").lower()
+    return CallEventItem(
+        business_account=phone_number_id,
+        call_id=_required_text(status.get("id"), "statuses[].id"),
+        kind=CALL_STATUSES.get(value, CallEventKind.UNKNOWN),
+        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp", window),
+        user_id=_text(status.get("recipient_id"), "statuses[].recipient_id"),
+        opaque=_opaque(status),
+    )
+
+
+def _status(phone_number_id: str, status: Mapping[str, Any], window: TimeWindow | None) -> InboundItem:
     if _text(status.get("type"), "statuses[].type").lower() == "call":
         return _call_status(phone_number_id, status, window)
+    message_id = _text(status.get("id"), "statuses[].id")
+    recipient = _text(status.get("recipient_id"), "statuses[].recipient_id")
+    value = _text(status.get("status"), "statuses[].status").lower()
+    timestamp = parse_timestamp(status.get("timestamp"), "statuses[].timestamp", window)
+    error_codes = _error_codes(_list(status.get("errors"), "statuses[].errors"), "statuses[].errors[]")
     return MessageStatus(
-        phone_number_id=phone_number_id,
-        message_id=_text(status.get("id"), "statuses[].id"),
-        recipient_wa_id=_text(status.get("recipient_id"), "statuses[].recipient_id"),
-        status=_text(status.get("status"), "statuses[].status").lower(),
-        timestamp=parse_timestamp(status.get("timestamp"), "statuses[].timestamp", window),
-        error_codes=_error_codes(_list(status.get("errors"), "statuses[].errors"), "statuses[].errors[]"),
+        business_account=phone_number_id,
+        message_id=message_id,
+        user_id=recipient,
+        status=DELIVERY_STATUSES.get(value, DeliveryStatus.OTHER),
+        timestamp=timestamp,
+        error_codes=error_codes,
+        error_meaning=meta_error(error_codes[0]).meaning if error_codes else "undeliverable",
     )
 
 
 # --- account updates ----------------------------------------------------------------------------------------------
 
 
-def _account_update(value: Mapping[str, Any], entry: Mapping[str, Any], window: TimeWindow | None) -> WebhookItem:
+def _account_update(value: Mapping[str, Any], entry: Mapping[str, Any], window: TimeWindow | None) -> InboundItem:
+    """An `account_update` ACCOUNT_RESTRICTION about calling: business-initiated calling paused, or no longer.
+
+    UNCERTAIN: the platform's samples name the number as `phone_number` (display form); `metadata.phone_number_id`
+    is accepted too. An event that lists calling restrictions but none of business-initiated calling, or lists
+    no restriction at all, lifts the pause; one that lists only other restrictions (messaging) is not about
+    calling and is ignored.
+    """
     event = value.get("event")
     if not isinstance(event, str) or event.upper() != "ACCOUNT_RESTRICTION":
         return Ignored("account_update", f"event {event!r} not handled")
@@ -451,7 +403,7 @@ def _account_update(value: Mapping[str, Any], entry: Mapping[str, Any], window: 
     expirations = [r.get("expiration") for r in paused]
     timestamp = entry.get("time")
     return BusinessRestriction(
-        phone_number_id=phone_number_id,
+        business_account=phone_number_id,
         display_number=display,
         timestamp=_optional_time(timestamp, "entry[].time", window),
         restricted=bool(paused),
@@ -464,7 +416,7 @@ def _account_update(value: Mapping[str, Any], entry: Mapping[str, Any], window: 
 # --- the delivery -------------------------------------------------------------------------------------------------
 
 
-def parse(body: bytes, window: TimeWindow | None = None) -> list[WebhookItem]:
+def parse(body: bytes, window: TimeWindow | None = None) -> list[InboundItem]:
     """Every item in every entry and change of one delivery.
 
     With a `window`, every timestamp must fall inside it (the endpoint always passes one); without, only
@@ -474,7 +426,7 @@ def parse(body: bytes, window: TimeWindow | None = None) -> list[WebhookItem]:
     return list(_items(data, window))
 
 
-def _items(data: Mapping[str, Any], window: TimeWindow | None) -> Iterator[WebhookItem]:
+def _items(data: Mapping[str, Any], window: TimeWindow | None) -> Iterator[InboundItem]:
     for raw_entry in _list(data.get("entry"), "entry"):
         entry = _dict(raw_entry, "entry[]")
         for raw_change in _list(entry.get("changes"), "entry[].changes"):

@@ -1,8 +1,9 @@
 """HTTP webhook ingress: /webhooks/whatsapp (Meta's GET handshake and signed POST deliveries).
 
 POST order matters: size → signature over the raw bytes (constant time, any configured app secret) → JSON →
-persist and apply in one transaction → 200. A forged or malformed delivery changes nothing; a signed one that is
-refused is kept apart for audit, with the reason.
+the domain's items, each with the business number it is for → persisted and applied in one transaction by the
+dispatcher (wacall.ingest) → 200. A forged or malformed delivery changes nothing; a signed one that is refused is
+kept apart for audit, with the reason.
 
 The HTTP server itself is guarded (`start_http_server`): a connection must deliver its request line and headers
 within a time limit and its body within another, an idle keep-alive connection is closed, and connections beyond
@@ -22,18 +23,12 @@ from datetime import timedelta
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from wacall.inbound import BusinessRestriction, Ignored, InboundItem
+from wacall.ingest import Dispatcher
 from wacall.numbers import parse_number
-from wacall.permissions import PermissionService
 from wacall.upstreams.base import UnknownSender
 from wacall.upstreams.meta.senders import MetaSenderDirectory
-from wacall.upstreams.meta.webhook_payloads import (
-    BusinessRestriction,
-    Ignored,
-    MalformedWebhook,
-    TimeWindow,
-    WebhookItem,
-    parse,
-)
+from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, parse
 
 log = logging.getLogger(__name__)
 
@@ -84,26 +79,26 @@ async def _read_body(request: web.Request, max_body_bytes: int) -> bytes | None:
     return bytes(body)
 
 
-def business_of(senders: MetaSenderDirectory, item: WebhookItem) -> str | None:
+def business_of(senders: MetaSenderDirectory, item: InboundItem) -> str | None:
     """The business number a webhook item is for; None when it is not one of ours."""
     if isinstance(item, Ignored):
         return None
-    if isinstance(item, BusinessRestriction) and not item.phone_number_id:
+    if isinstance(item, BusinessRestriction) and not item.business_account:
         try:
             number = parse_number(item.display_number, "phone_number")
             return senders.account_for(number).business_number
         except (ValueError, UnknownSender):
             log.warning("account_update for unknown number %s ignored", item.display_number)
             return None
-    account = senders.by_phone_number_id(item.phone_number_id)
+    account = senders.by_phone_number_id(item.business_account)
     if account is None:
-        log.warning("webhook for unknown phone_number_id %s ignored", item.phone_number_id)
+        log.warning("webhook for unknown phone_number_id %s ignored", item.business_account)
         return None
     return account.business_number
 
 
 def webhook_routes(
-    permissions: PermissionService,
+    dispatcher: Dispatcher,
     senders: MetaSenderDirectory,
     verify_token: Callable[[], str | None],
     max_body_bytes: int,
@@ -137,7 +132,7 @@ def webhook_routes(
         if not signature_valid(request.headers.get(SIGNATURE_HEADER), raw, senders.app_secrets()):
             log.warning("webhook with a missing or wrong %s rejected", SIGNATURE_HEADER)
             return json_error(401, f"missing or invalid {SIGNATURE_HEADER}")
-        now = permissions.clock.now()
+        now = dispatcher.clock.now()
         window = TimeWindow(now, limits.max_clock_skew, limits.max_age, limits.max_expiry_ahead)
         try:
             items = parse(raw, window)
@@ -145,10 +140,10 @@ def webhook_routes(
             # Signed by the platform but refused: kept (not applied) so an operator can see what came and why.
             reason = str(exc)
             log.warning("signed webhook refused: %s", reason)
-            await permissions.store.transaction(lambda tx: tx.keep_refused_webhook(raw, now, reason))
+            await dispatcher.refuse(raw, now, reason)
             return json_error(400, f"malformed webhook: {reason}")
         # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
-        result = await permissions.ingest(raw, [(item, business_of(senders, item)) for item in items])
+        result = await dispatcher.deliver(raw, [(item, business_of(senders, item)) for item in items])
         return web.json_response(
             {"applied": result.applied, "duplicates": result.duplicates, "ignored": result.ignored}
         )

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from wacall.upstreams.base import PlatformLimit, PlatformPermission, SentMessage, TemplateRef
-from wacall.upstreams.meta.accounts import SenderAccount
+from wacall.upstreams.meta.accounts import MetaAccount
 
 MESSAGING_PRODUCT = "whatsapp"
 PERMISSION_REQUEST = "call_permission_request"
@@ -254,7 +254,7 @@ def _unix(value: datetime) -> str:
     return str(int(value.timestamp()))
 
 
-def envelope(account: SenderAccount, field: str, value: dict[str, Any]) -> dict[str, Any]:
+def envelope(account: MetaAccount, field: str, value: dict[str, Any]) -> dict[str, Any]:
     return {
         "object": "whatsapp_business_account",
         "entry": [
@@ -283,7 +283,7 @@ def _contact(user_digits: str) -> list[dict[str, Any]]:
 
 
 def permission_reply(
-    account: SenderAccount,
+    account: MetaAccount,
     user_digits: str,
     message_id: str,
     at: datetime,
@@ -314,7 +314,7 @@ def permission_reply(
     return envelope(account, "messages", {"contacts": _contact(user_digits), "messages": [message]})
 
 
-def text_message(account: SenderAccount, user_digits: str, message_id: str, at: datetime, text: str) -> dict[str, Any]:
+def text_message(account: MetaAccount, user_digits: str, message_id: str, at: datetime, text: str) -> dict[str, Any]:
     return envelope(
         account,
         "messages",
@@ -328,7 +328,7 @@ def text_message(account: SenderAccount, user_digits: str, message_id: str, at: 
 
 
 def message_status(
-    account: SenderAccount,
+    account: MetaAccount,
     user_digits: str,
     message_id: str,
     at: datetime,
@@ -358,7 +358,7 @@ def graph_error(
 
 
 def call_event(
-    account: SenderAccount,
+    account: MetaAccount,
     user_digits: str,
     call: Any,
     event: str,
@@ -396,7 +396,7 @@ def call_event(
     return envelope(account, "calls", value)
 
 
-def call_status(account: SenderAccount, user_digits: str, call: Any, status: str, at: datetime) -> dict[str, Any]:
+def call_status(account: MetaAccount, user_digits: str, call: Any, status: str, at: datetime) -> dict[str, Any]:
     item: dict[str, Any] = {
         "id": call.platform_call_id,
         "type": "call",
@@ -409,7 +409,7 @@ def call_status(account: SenderAccount, user_digits: str, call: Any, status: str
     return envelope(account, "calls", {"statuses": [item]})
 
 
-def account_restriction(account: SenderAccount, at: datetime, until: datetime | None) -> dict[str, Any]:
+def account_restriction(account: MetaAccount, at: datetime, until: datetime | None) -> dict[str, Any]:
     """An account_update ACCOUNT_RESTRICTION for the number; no business-initiated entry means lifted."""
     info = [] if until is None else [
         {"restriction_type": "RESTRICTED_BUSINESS_INITIATED_CALLING", "expiration": int(until.timestamp())}

@@ -1,0 +1,51 @@
+"""What a route module declares: a `RouteSpec` (how to check its `wacall.v1.Route` message and build its adapter).
+The registry (`registry.py`) collects them."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from wacall_adapters.base import MediaAdapter
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFiles:
+    """The configured directories server-side files named in a route must lie in (--media-dir, --recordings-dir)."""
+
+    media_dir: str
+    recordings_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePlan:
+    """A checked route: what the call records as its route, how to build its adapter (once per call), and what
+    distinguishes it from another route of the same kind when an idempotency key is reused."""
+
+    name: str
+    factory: Callable[[], MediaAdapter]
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboundOptions:
+    """What configuration says about the route that answers users' calls."""
+
+    audio_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One kind of route.
+
+    `build` checks the route's message and returns its plan, or raises InvalidField naming the field inside the
+    message (`tone_hz`); a route that passes sets up, so nothing is recorded for one that does not. `inbound`,
+    when set, makes the route eligible to answer users' calls: the message it stands for under configuration.
+    """
+
+    field: str
+    build: Callable[[Any, ServerFiles], Awaitable[RoutePlan]]
+    inbound: Callable[[InboundOptions], Message] | None = None
