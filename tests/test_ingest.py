@@ -22,7 +22,7 @@ from wacall.inbound import (
     PermissionReply,
     ReplyTo,
 )
-from wacall.ingest import Dispatcher, DuplicateRoute, IngestResult, Outcome, Skipped, route
+from wacall.ingest import Dispatcher, DuplicateHandler, IngestResult, Outcome, Skipped, handler
 from wacall.store import Store, Tx, open_store
 
 BUSINESS = "+447911123456"
@@ -69,7 +69,7 @@ async def test_each_item_goes_to_the_handler_its_type_names_and_the_counts_say_w
     dispatcher = Dispatcher(
         store,
         ManualClock(AT),
-        [route(PermissionReply, on_reply), route(InboundMessage, on_message)],
+        [handler(PermissionReply, on_reply), handler(InboundMessage, on_message)],
         on_applied=lambda: notified.append("changed"),
     )
     status = MessageStatus("acct", "wamid.S", USER, DeliveryStatus.READ, AT, (), "")
@@ -80,7 +80,7 @@ async def test_each_item_goes_to_the_handler_its_type_names_and_the_counts_say_w
             (message("seen"), BUSINESS),
             (message("m1"), BUSINESS),
             (reply("r2"), None),  # not for a business number of ours
-            (status, BUSINESS),  # no route for statuses in this table
+            (status, BUSINESS),  # no handler for statuses in this table
             (Ignored("security", "not handled"), BUSINESS),
         ],
     )
@@ -113,7 +113,10 @@ async def test_a_delivery_is_applied_whole_or_not_at_all(store: Store, tmp_path:
         raise RuntimeError("the second item cannot be applied")
 
     dispatcher = Dispatcher(
-        store, ManualClock(AT), [route(PermissionReply, claim), route(InboundMessage, cannot)], on_applied=lambda: None
+        store,
+        ManualClock(AT),
+        [handler(PermissionReply, claim), handler(InboundMessage, cannot)],
+        on_applied=lambda: None,
     )
     with pytest.raises(RuntimeError, match="second item"):
         await dispatcher.deliver(b"{}", [(reply("r1"), BUSINESS), (message("m1"), BUSINESS)])
@@ -137,7 +140,7 @@ async def test_work_left_for_after_the_commit_sees_the_delivery_committed(store:
 
         return after
 
-    dispatcher = Dispatcher(store, ManualClock(AT), [route(CallEventItem, apply)], on_applied=lambda: None)
+    dispatcher = Dispatcher(store, ManualClock(AT), [handler(CallEventItem, apply)], on_applied=lambda: None)
     assert await dispatcher.deliver(b"{}", [(item, BUSINESS)]) == IngestResult(1, 0, 0)
     await eventually(lambda: seen_committed == [True], what="the after-commit work")
 
@@ -146,5 +149,7 @@ async def test_the_table_takes_one_handler_per_item_type(store: Store) -> None:
     def either(tx: Tx, business: str, item: InboundMessage, now: datetime) -> Outcome:
         return None
 
-    with pytest.raises(DuplicateRoute, match="InboundMessage"):
-        Dispatcher(store, ManualClock(AT), [route(InboundMessage, either), route(InboundMessage, either)], lambda: None)
+    with pytest.raises(DuplicateHandler, match="InboundMessage"):
+        Dispatcher(
+            store, ManualClock(AT), [handler(InboundMessage, either), handler(InboundMessage, either)], lambda: None
+        )

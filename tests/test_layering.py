@@ -1,6 +1,7 @@
 """The layering the code relies on, read from its imports and literals with `ast`.
 
-- The import graph of `wacall` has no cycles.
+- The import graph of `wacall` and its routes (`wacall_adapters`) has no cycles.
+- A route uses only the service's audio and field checks, never its services, store or API.
 - The rule core (engine, policy, the call state machine) imports nothing of the network, the store's database,
   the media stack or the simulator, directly or through another wacall module.
 - Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
@@ -25,7 +26,10 @@ import pytest
 from wacall.events import EventKind
 from wacall.upstreams.meta.errors import META_ERRORS
 
-PACKAGE = Path(__file__).resolve().parent.parent / "server" / "wacall"
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "server" / "wacall"
+ADAPTERS = ROOT / "adapters" / "wacall_adapters"
+FIRST_PARTY = ("wacall", "wacall_adapters")
 
 RULE_CORE = ("wacall.engine", "wacall.policy", "wacall.calls")
 FORBIDDEN_IN_RULE_CORE = ("grpc", "aiohttp", "httpx", "sqlite3", "aiortc", "wacall.simulator")
@@ -71,12 +75,16 @@ PLATFORM_FIELDS = frozenset(
 PLATFORM_ID_PREFIXES = ("wacid.", "wamid.")
 
 
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+# The service and its routes: one import graph (a route module imports the service's media and field checks, and
+# the service looks routes up in their registry).
+MODULES = {
+    module_name(path, package): path for package in (PACKAGE, ADAPTERS) for path in sorted(package.rglob("*.py"))
+}
 TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
 
 
@@ -115,7 +123,7 @@ def imported(name: str) -> set[str]:
             found.update(f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in MODULES)
     edges: set[str] = set()
     for target in found:
-        if target.split(".")[0] != "wacall":
+        if target.split(".")[0] not in FIRST_PARTY:
             edges.add(target.split(".")[0])
             continue
         # Importing a.b.c runs a, a.b and a.b.c; but a module of package a.b is itself imported while a.b runs
@@ -374,3 +382,32 @@ def test_the_event_kind_check_sees_a_literal_kind() -> None:
     assert event_kind_literals(written) == ["line 1: 'call_updated'"]
     reason = ast.parse('class Reason(enum.Enum):\n    PERMISSION_REVOKED = "permission_revoked"')
     assert event_kind_literals(reason) == []
+
+
+# What a route may use of the service: audio (tracks, legs, SDP) and the field checks. Never its services, store or
+# API: a route sees a call only through its CallLeg.
+ROUTE_MAY_IMPORT = ("wacall.media", "wacall.fields", "wacall.confinement")
+
+
+def service_internals_imported_by(name: str) -> list[str]:
+    return sorted(
+        t
+        for t in GRAPH[name]
+        if t.startswith("wacall.") and not any(t == a or t.startswith(f"{a}.") for a in ROUTE_MAY_IMPORT)
+    )
+
+
+def test_routes_use_only_the_services_audio_and_field_checks() -> None:
+    routes = [name for name in MODULES if name.startswith("wacall_adapters")]
+    assert "wacall_adapters.registry" in routes and "wacall_adapters.announcement" in routes
+    reaching = {name: found for name in routes if (found := service_internals_imported_by(name))}
+    assert reaching == {}
+
+
+def test_the_route_check_sees_a_route_reaching_into_the_service() -> None:
+    saved = set(GRAPH["wacall_adapters.media_stream"])
+    try:
+        GRAPH["wacall_adapters.media_stream"].add("wacall.call_service")
+        assert service_internals_imported_by("wacall_adapters.media_stream") == ["wacall.call_service"]
+    finally:
+        GRAPH["wacall_adapters.media_stream"] = saved

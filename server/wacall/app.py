@@ -31,7 +31,7 @@ from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings
 from wacall.fields import InvalidField
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
-from wacall.ingest import Dispatcher, Route, route
+from wacall.ingest import Dispatcher, Handler, handler
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -248,7 +248,7 @@ class Service:
     def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
         """Inbound deliveries, each item to the service that applies it."""
         self.dispatcher = Dispatcher(
-            store, self.clock, inbound_routes(permissions, calls), on_applied=permissions.changes.notify
+            store, self.clock, dispatch_table(permissions, calls), on_applied=permissions.changes.notify
         )
         return self.dispatcher
 
@@ -368,14 +368,14 @@ class Service:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def inbound_routes(permissions: PermissionService, calls: CallService) -> list[Route[Any]]:
+def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
     """The dispatch table: which service applies each kind of inbound item (the rest are ignored)."""
     return [
-        route(PermissionReply, permissions.apply_user_message),
-        route(InboundMessage, permissions.apply_user_message),
-        route(MessageStatus, permissions.apply_message_status),
-        route(BusinessRestriction, permissions.apply_restriction),
-        route(CallEventItem, calls.apply_call_event),
+        handler(PermissionReply, permissions.apply_user_message),
+        handler(InboundMessage, permissions.apply_user_message),
+        handler(MessageStatus, permissions.apply_message_status),
+        handler(BusinessRestriction, permissions.apply_restriction),
+        handler(CallEventItem, calls.apply_call_event),
     ]
 
 

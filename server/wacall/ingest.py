@@ -1,6 +1,6 @@
 """Inbound deliveries: each applied in one transaction, every item by the service the dispatch table names for its type.
 
-The table belongs to neither service: the assembly builds it from their handlers (`app.inbound_routes`), and an
+The table belongs to neither service: the assembly builds it from their handlers (`app.dispatch_table`), and an
 upstream's ingress (Meta's webhook endpoint) hands over each verified delivery with the business number each item
 is for. The raw body, the dedupe keys and every item's effect commit together, before the platform is answered
 (persist, then acknowledge); work a handler leaves for after the commit (a call's media) runs once it is committed,
@@ -39,7 +39,7 @@ Item = TypeVar("Item", bound=InboundItem)
 
 
 @dataclass(frozen=True, slots=True)
-class Route(Generic[Item]):
+class Handler(Generic[Item]):
     """Items of one type, and what applies each inside the delivery's transaction: (tx, business number, item,
     now) → outcome."""
 
@@ -47,8 +47,8 @@ class Route(Generic[Item]):
     apply: Callable[[Tx, str, Item, datetime], Outcome]
 
 
-def route(item_type: type[Item], apply: Callable[[Tx, str, Item, datetime], Outcome]) -> Route[Item]:
-    return Route(item_type, apply)
+def handler(item_type: type[Item], apply: Callable[[Tx, str, Item, datetime], Outcome]) -> Handler[Item]:
+    return Handler(item_type, apply)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,25 +58,25 @@ class IngestResult:
     ignored: int
 
 
-class DuplicateRoute(ValueError):
+class DuplicateHandler(ValueError):
     def __init__(self, item_type: type[Any]) -> None:
         super().__init__(f"two handlers for {item_type.__name__} items: the dispatch table takes one per type")
 
 
 class Dispatcher:
-    """Applies deliveries through the table. Items of a type with no route (and items for no business number of
+    """Applies deliveries through the table. Items of a type with no handler (and items for no business number of
     ours) are ignored."""
 
     def __init__(
-        self, store: Store, clock: Clock, routes: Iterable[Route[Any]], on_applied: Callable[[], None]
+        self, store: Store, clock: Clock, handlers: Iterable[Handler[Any]], on_applied: Callable[[], None]
     ) -> None:
         self.store = store
         self.clock = clock
-        self._routes: dict[type[Any], Route[Any]] = {}
-        for entry in routes:
-            if entry.item_type in self._routes:
-                raise DuplicateRoute(entry.item_type)
-            self._routes[entry.item_type] = entry
+        self._handlers: dict[type[Any], Handler[Any]] = {}
+        for entry in handlers:
+            if entry.item_type in self._handlers:
+                raise DuplicateHandler(entry.item_type)
+            self._handlers[entry.item_type] = entry
         self._on_applied = on_applied
         self._after_commit: set[asyncio.Task[None]] = set()
 
@@ -92,7 +92,7 @@ class Dispatcher:
             tx.keep_webhook(body, now)
             applied = duplicates = ignored = 0
             for item, business in resolved:
-                entry = self._routes.get(type(item))
+                entry = self._handlers.get(type(item))
                 if business is None or entry is None:
                     ignored += 1
                     continue
