@@ -20,6 +20,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.app import Addresses, Service
+from wacall.clock import Clock
 from wacall.config import Settings
 
 T = TypeVar("T")
@@ -175,8 +176,8 @@ def settings_for(tmp_path: Path, **changes: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-async def start_service(settings: Settings) -> Running:
-    service = Service(settings)
+async def start_service(settings: Settings, wall_clock: Clock | None = None) -> Running:
+    service = Service(settings, wall_clock)
     addresses = await service.start()
     channel = grpc.aio.insecure_channel(addresses.grpc)
     token = settings.auth_token

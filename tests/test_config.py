@@ -73,6 +73,8 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ("", {"WACALL_MAX_WEBHOOK_BYTES": "lots"}, "WACALL_MAX_WEBHOOK_BYTES must be an integer"),
         ('inbound_route = "queue"\n', {}, "inbound_route must be"),
         ("reservation_grace_seconds = 0\n", {}, "reservation_grace_seconds must be positive"),
+        ("call_lease_seconds = 0\n", {}, "call_lease_seconds must be greater than 0, got 0"),
+        ("", {"WACALL_CALL_LEASE_SECONDS": "-5"}, "call_lease_seconds must be greater than 0, got -5.0"),
         ('log_level = "loud"\n', {}, "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
         ("", {"WACALL_RESERVATION_GRACE_SECONDS": "soon"}, "WACALL_RESERVATION_GRACE_SECONDS must be a number"),
         ("this is not toml", {}, "wacall.toml"),

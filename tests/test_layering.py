@@ -11,6 +11,8 @@
 - The inbound dispatcher (`wacall.ingest`) belongs to neither service: it imports neither, and the permission
   service does not import the call service.
 - Event kinds are spelled only by `wacall.events.EventKind`: no module writes one as a string literal.
+- The store's interface (`wacall.store.base`, its codecs) names no database, and nothing outside the store
+  package imports a database driver or a backend module: a second backend changes nothing else.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ FIRST_PARTY = ("wacall", "wacall_adapters")
 
 RULE_CORE = ("wacall.engine", "wacall.policy", "wacall.calls")
 FORBIDDEN_IN_RULE_CORE = ("grpc", "aiohttp", "httpx", "sqlite3", "aiortc", "wacall.simulator")
+
+# The store: the interface every backend shares, the modules of one backend, and what talks to a database.
+STORE_INTERFACE = ("wacall.store.base", "wacall.store.codecs")
+STORE_BACKENDS = ("wacall.store.sqlite", "wacall.store.migrations")
+DATABASE_DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "sqlalchemy")
 
 # Where Meta's own vocabulary belongs.
 PLATFORM_MODULES = ("wacall.upstreams.meta", "wacall.simulator")
@@ -119,9 +126,14 @@ def imported(name: str) -> set[str]:
         if target.split(".")[0] not in FIRST_PARTY:
             edges.add(target.split(".")[0])
             continue
-        # Importing a.b.c runs a, a.b and a.b.c.
+        # Importing a.b.c runs a, a.b and a.b.c; but a module of package a.b is itself imported while a.b runs
+        # (its __init__ re-exporting it, say): a.b is not a dependency of it unless it names a.b itself.
         parts = target.split(".")
-        edges.update(prefix for i in range(1, len(parts) + 1) if (prefix := ".".join(parts[:i])) in MODULES)
+        edges.update(
+            prefix
+            for i in range(1, len(parts) + 1)
+            if (prefix := ".".join(parts[:i])) in MODULES and (prefix == target or not name.startswith(f"{prefix}."))
+        )
     edges.discard(name)
     return edges
 
@@ -199,6 +211,25 @@ def test_the_rule_core_imports_no_io_media_or_simulator(core: str) -> None:
     assert "wacall.engine" in everything or core == "wacall.engine" or core == "wacall.policy"
     offending = sorted(t for t in everything if any(t == f or t.startswith(f"{f}.") for f in FORBIDDEN_IN_RULE_CORE))
     assert offending == [], f"{core} imports {offending} (directly or through another wacall module)"
+
+
+def _database_imports(names: set[str]) -> list[str]:
+    return sorted(t for t in names if t in DATABASE_DRIVERS or t in STORE_BACKENDS)
+
+
+@pytest.mark.parametrize("module", STORE_INTERFACE)
+def test_the_store_interface_names_no_database(module: str) -> None:
+    assert _database_imports(reachable(module)) == [], f"{module} reaches a database driver or a backend"
+
+
+def test_only_the_store_package_imports_a_database_driver_or_a_backend() -> None:
+    outside = [n for n in MODULES if n != "wacall.store" and not n.startswith("wacall.store.")]
+    assert "wacall.call_service" in outside and "wacall.app" in outside
+    direct = {name: found for name in outside if (found := _database_imports(imported(name)))}
+    assert direct == {}
+    # The check itself: the SQLite backend does import its driver, and the package's entry point the backend.
+    assert _database_imports(imported("wacall.store.sqlite")) == ["sqlite3", "wacall.store.migrations"]
+    assert "wacall.store.sqlite" in imported("wacall.store")
 
 
 def _outside_platform() -> list[str]:

@@ -35,13 +35,14 @@ from conftest import (
     wait_until,
 )
 from google.protobuf import timestamp_pb2
+from legacy_schemas import VERSION_1
 from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import engine
 from wacall.numbers import parse_number
-from wacall.store import SCHEMA, SCHEMA_VERSION, SqliteStore, StoreError, ledger_from_json, ledger_to_json, to_micros
+from wacall.store import SCHEMA_VERSION, SqliteStore, StoreError, ledger_from_json, ledger_to_json, to_micros
 from wacall.upstreams.meta import wire as payloads
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
@@ -458,7 +459,7 @@ def _legacy_database(path: Path, requested_at: datetime) -> None:
     """A database as earlier versions wrote it: no schema version, ledgers without request expiries, and the user's
     column named `user` (renamed `user_number` in version 2)."""
     db = sqlite3.connect(path)
-    db.executescript(SCHEMA.replace("user_number", "user"))
+    db.executescript(VERSION_1)
     ledger = {
         "state": "requested",
         "expires_at": None,
@@ -499,7 +500,7 @@ async def test_a_database_from_an_earlier_version_opens_and_reads_correctly(make
     assert [x.used for x in request.limits] == [1, 1]
     assert micros(request.next_allowed_at) == to_micros(requested_at + timedelta(days=1, seconds=MARGIN))
     migrated = sqlite3.connect(path)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     tables = [row[0] for row in migrated.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     for table in tables:
         columns = {row[1] for row in migrated.execute(f"PRAGMA table_info({table})")}

@@ -131,10 +131,12 @@ class Service:
     """The assembled service. `start` runs one setup step per component; each enters its teardown into one
     AsyncExitStack, so `stop` (and a start that fails half way) undoes exactly what was set up, in reverse order."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, wall_clock: Clock | None = None) -> None:
         self.settings = settings
         self.policy = settings.load_policy()
         self.clock: Clock = ManualClock() if settings.clock == "manual" else SystemClock()
+        # Call leases say whether a process is alive: real time even under the manual clock (tests inject theirs).
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
         self.upstream: MetaUpstream | None = None
@@ -287,6 +289,8 @@ class Service:
             upstream,
             inbound_route=await self._inbound_route(),
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
+            call_lease=timedelta(seconds=self.settings.call_lease_seconds),
+            wall_clock=self.wall_clock,
         )
 
     async def _setup_calls(

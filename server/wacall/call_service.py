@@ -22,7 +22,7 @@ from wacall import calls, engine
 from wacall.call_record import CallRecord, PlatformError, encode, from_stored, to_stored
 from wacall.call_sessions import CallSession, SessionClosed
 from wacall.calls import CallFacts, CallState, Direction
-from wacall.clock import Clock
+from wacall.clock import Clock, SystemClock
 from wacall.events import EventKind
 from wacall.fields import InvalidField
 from wacall.inbound import CallEventItem, CallEventKind
@@ -39,7 +39,6 @@ from wacall.store import (
     EventRecord,
     IdempotentResult,
     Pair,
-    StoredCall,
     Tx,
     from_micros,
     optional_datetime,
@@ -154,6 +153,8 @@ class CallService:
         inbound_route: RoutePlan,
         platform_legs: PlatformLegFactory = WebRtcPlatformLeg,
         media_timeout: timedelta = timedelta(seconds=20),
+        call_lease: timedelta = timedelta(seconds=30),
+        wall_clock: Clock | None = None,
     ) -> None:
         self.permissions = permissions
         self.store = permissions.store
@@ -162,6 +163,11 @@ class CallService:
         self.inbound_route = inbound_route
         self.platform_legs = platform_legs
         self.media_timeout = media_timeout
+        # This process owns the calls it places and answers, and renews its lease on them (on wall time: leases say
+        # whether the process is alive, whatever the rules' clock says).
+        self.instance = permissions.instance
+        self.call_lease = call_lease
+        self.wall_clock: Clock = wall_clock or SystemClock()
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -199,7 +205,8 @@ class CallService:
         record = dataclasses.replace(record, facts=facts)
         if record.ended:
             record = self._live(record)  # the ended call keeps the media it carried
-        tx.save_call(to_stored(record))
+        # The owner and lease count when the row is created: this process owns the calls it creates.
+        tx.save_call(dataclasses.replace(to_stored(record), owner=self.instance, lease_expires_at=self._lease_until()))
         source = (
             engine.Source.BUSINESS if record.direction is Direction.BUSINESS_INITIATED else engine.Source.USER_ACTION
         )
@@ -622,30 +629,53 @@ class CallService:
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
     async def start_background(self) -> None:
-        """End calls a previous process left open (their media died with it), then watch media liveness."""
-
-        for stored in await self.store.transaction(lambda tx: tx.open_calls()):
-            if stored.call_id not in self.sessions:
-                await self._end_orphan(stored)
+        """End the calls whose owner is gone (this service before a restart, a process that was killed), then keep
+        this process's call leases, end calls whose owner stops renewing, and watch media liveness."""
+        await self._end_orphans("the service restarted during the call")
         self._watchdog = asyncio.create_task(self._watch_media())
+        self.spawn(self._keep_leases())
 
-    async def _end_orphan(self, stored: StoredCall) -> None:
-        def mark(tx: Tx) -> None:
-            now = self.clock.now()
-            record = from_stored(stored)
-            facts = calls.apply(record.facts, calls.EndedByBusiness(now))
-            self._save(
-                tx, dataclasses.replace(record, facts=facts, end_reason="the service restarted during the call"), now
-            )
+    def _lease_until(self) -> datetime:
+        return self.wall_clock.now() + self.call_lease
 
-        await self.store.transaction(mark)
-        if stored.platform_call_id:
+    async def _keep_leases(self) -> None:
+        """Renew this process's leases three times per lease (two missed renewals still leave it valid), and end
+        the calls of any process that stopped renewing: a process sharing the database was killed or cut off."""
+        while True:
+            await self.wall_clock.sleep(self.call_lease / 3)
             try:
-                business = self.permissions.parse_pair(stored.pair.business, stored.pair.user)[0]
+                await self.store.transaction(lambda tx: tx.renew_call_leases(self.instance, self._lease_until()))
+                await self._end_orphans("the process holding the call stopped renewing its lease")
+            except Exception:
+                log.exception("renewing call leases failed; trying again")
+
+    async def _end_orphans(self, reason: str) -> None:
+        """End every open call whose owner's lease expired (or that has no owner). Each is claimed and ended in one
+        transaction, so exactly one process ends it, however many look; then the platform is told."""
+
+        def claim_and_end(tx: Tx) -> list[CallRecord]:
+            now = self.clock.now()
+            ended = []
+            for stored in tx.claim_expired_calls(
+                claimant=self.instance, now=self.wall_clock.now(), lease_until=self._lease_until()
+            ):
+                record = from_stored(stored)
+                facts = calls.apply(record.facts, calls.EndedByBusiness(now))
+                ended.append(self._save(tx, dataclasses.replace(record, facts=facts, end_reason=reason), now))
+            return ended
+
+        for record in await self.store.transaction(claim_and_end):
+            await self._end_orphan(record)
+
+    async def _end_orphan(self, record: CallRecord) -> None:
+        """Tell the platform a call ended here without its media (it may still be up there)."""
+        if record.platform_call_id:
+            try:
+                business = self.permissions.parse_pair(record.pair.business, record.pair.user)[0]
                 account = self.permissions.senders.account_for(business)
-                await self.upstream.call_action(account, stored.platform_call_id, CallAction.TERMINATE)
+                await self.upstream.call_action(account, record.platform_call_id, CallAction.TERMINATE)
             except Exception as error:
-                log.info("terminate of orphan call %s: %s", stored.call_id, error)
+                log.info("terminate of orphan call %s: %s", record.call_id, error)
 
     async def _watch_media(self) -> None:
         """MEDIA-1: aiortc has no 'disconnected' state. No audio from the user for `media_timeout` → end the call."""

@@ -45,6 +45,9 @@ class Settings:
     # A permission request still unsettled this long after its limits were reserved has no live sender (killed,
     # timed out): recovery asks the platform and settles it. Longer than any send can take.
     reservation_grace_seconds: float = 60.0
+    # A call's owner (the process running its media) renews its lease on the call a few times per lease; calls
+    # whose owner stopped renewing for this long are ended by another process, or at start-up.
+    call_lease_seconds: float = 30.0
     # Threads for audio encoding and file decoding (the event loop's default executor).
     worker_threads: int = 8
     # Where calls from users go: "announcement" (inbound_audio_file, or a tone) or "media_stream" (a program
@@ -91,6 +94,7 @@ SCALARS: Mapping[str, type] = {
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
     "reservation_grace_seconds": float,
+    "call_lease_seconds": float,
     "worker_threads": int,
     "inbound_route": str,
     "inbound_audio_file": str,
@@ -135,6 +139,10 @@ DESCRIPTIONS: Mapping[str, str] = {
     "reservation_grace_seconds": (
         "a permission request unsettled this long (its process was killed, its send timed out) is settled by "
         "recovery; longer than any send can take"
+    ),
+    "call_lease_seconds": (
+        "the process running a call renews its lease on it a few times per lease; a call whose process stopped "
+        "renewing (killed, cut off) this long is ended by another process sharing the database, or at start-up"
     ),
     "worker_threads": "threads for audio encoding and file decoding",
     "inbound_route": "what answers a user's call: an announcement, or a CallMedia stream program",
@@ -214,9 +222,9 @@ def load_settings(
         raise ConfigError(f"log_level must be one of {', '.join(CHOICES['log_level'])}, got {settings.log_level!r}")
     if settings.upstream == "meta" and not settings.senders:
         raise ConfigError("--upstream meta needs at least one [[senders]] entry in the configuration file")
-    for name in ("webhook_max_clock_skew_seconds", "webhook_max_age_seconds", "webhook_max_expiry_ahead_seconds",
-                 "http_header_timeout_seconds", "http_body_timeout_seconds", "http_idle_timeout_seconds",
-                 "http_max_connections"):  # fmt: skip
+    for name in ("call_lease_seconds", "webhook_max_clock_skew_seconds", "webhook_max_age_seconds",
+                 "webhook_max_expiry_ahead_seconds", "http_header_timeout_seconds", "http_body_timeout_seconds",
+                 "http_idle_timeout_seconds", "http_max_connections"):  # fmt: skip
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     settings.load_policy()

@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from wacall import engine
@@ -148,20 +148,6 @@ class RequestResult:
     replayed: bool
 
 
-@dataclass
-class ChangeNotifier:
-    """Wakes every waiting watcher once per commit. Take `ticket()` before reading so no commit slips between."""
-
-    _event: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def ticket(self) -> asyncio.Event:
-        return self._event
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-
 def _iso(value: datetime | None) -> str:
     return value.isoformat() if value else ""
 
@@ -181,7 +167,8 @@ class PermissionService:
         self.policy = policy
         self.senders = senders
         self.upstream = upstream
-        self.changes = ChangeNotifier()
+        # The store's notifier: it wakes watchers after every commit that wrote events or calls.
+        self.changes = store.changes
         # Longer than any send can take: an older unsettled reservation has no live sender.
         self.reservation_grace = reservation_grace
         # This process, as a claimant of reservations to settle; and the reservations it is sending right now.
@@ -322,7 +309,6 @@ class PermissionService:
             return self.record(tx, pair, ledger, event, now, attributes)
 
         await self.store.transaction(align)
-        self.changes.notify()
         view = await self.get(business_number, user_number)
         for action, ours in ((PermissionAction.REQUEST, view.evaluation.request),
                              (PermissionAction.CALL, view.evaluation.call)):  # fmt: skip
@@ -423,7 +409,7 @@ class PermissionService:
                 tx.save_idempotent_result(
                     IdempotentResult(pair.business, idempotency_key, fingerprint, {"status": "pending"}), now
                 )
-            # Before the commit, so no recovery pass of this process can claim it (they share the store's thread).
+            # Before the commit, so no recovery pass of this process can claim it (it sees it once committed).
             self._in_flight.add(reservation.reservation_id)
             return reservation
 
@@ -532,9 +518,7 @@ class PermissionService:
                 )
             return self._view(tx, pair, business, now, ledger)
 
-        view = await self.store.transaction(settle)
-        self.changes.notify()
-        return view
+        return await self.store.transaction(settle)
 
     async def _settle_failed_request(
         self, reservation: Reservation, business: PhoneNumber, error: UpstreamRefusal
@@ -574,9 +558,7 @@ class PermissionService:
                 )
             return self._view(tx, pair, business, now, ledger)
 
-        view = await self.store.transaction(settle)
-        self.changes.notify()
-        return view
+        return await self.store.transaction(settle)
 
     # --- recovery of unsettled requests ---------------------------------------------------------------------------
 
@@ -658,7 +640,6 @@ class PermissionService:
                 )
 
         await self.store.transaction(settle)
-        self.changes.notify()
 
     async def _platform_evidence(self, reservation: Reservation) -> tuple[bool, dict[str, str]]:
         """(proved not sent, what the platform said). Only the platform's usage count can prove anything: the
@@ -793,7 +774,7 @@ class PermissionService:
         """Every event after `after`, then new ones as they are committed. Never repeats, never skips."""
         cursor = after
         while True:
-            ticket = self.changes.ticket()
+            ticket = self.store.changes.ticket()
             batch = await self.store.events_after(cursor, business=business, user=user)
             for record in batch:
                 cursor = record.cursor

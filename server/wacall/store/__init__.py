@@ -1,0 +1,78 @@
+"""The durable ledger: per-pair derived state plus an append-only event log, behind one small interface.
+
+`base.py` is the interface every backend implements and what it guarantees; `codecs.py` how values are stored;
+`sqlite.py` the SQLite backend and `migrations.py` its schema. `open_store(url)` picks the backend by the URL's
+scheme: a new backend is one module and one line in `BACKENDS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from urllib.parse import urlparse
+
+from wacall.store.base import (
+    CallInProgress,
+    ChangeNotifier,
+    EventRecord,
+    IdempotentResult,
+    Pair,
+    Reservation,
+    Store,
+    StoredCall,
+    StoreError,
+    Tx,
+)
+from wacall.store.codecs import (
+    LEGACY_REQUEST_LIFETIME,
+    from_micros,
+    ledger_from_json,
+    ledger_to_json,
+    optional_datetime,
+    optional_micros,
+    to_micros,
+)
+from wacall.store.migrations import SCHEMA_VERSION, SchemaTooNew
+from wacall.store.sqlite import SqliteStore, open_sqlite
+
+# URL scheme → the backend that opens such a URL.
+BACKENDS: Mapping[str, Callable[[str], Store]] = {
+    "sqlite": open_sqlite,
+}
+
+
+def open_store(url: str) -> Store:
+    """The store a database URL names: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+    scheme = urlparse(url).scheme
+    opener = BACKENDS.get(scheme)
+    if opener is None:
+        known = ", ".join(f"{name}:" for name in sorted(BACKENDS))
+        raise StoreError(
+            f"unsupported database URL {url!r} (this wacall stores in {known}); use sqlite:///var/wacall.db"
+        )
+    return opener(url)
+
+
+__all__ = [
+    "BACKENDS",
+    "LEGACY_REQUEST_LIFETIME",
+    "SCHEMA_VERSION",
+    "CallInProgress",
+    "ChangeNotifier",
+    "EventRecord",
+    "IdempotentResult",
+    "Pair",
+    "Reservation",
+    "SchemaTooNew",
+    "SqliteStore",
+    "Store",
+    "StoreError",
+    "StoredCall",
+    "Tx",
+    "from_micros",
+    "ledger_from_json",
+    "ledger_to_json",
+    "open_store",
+    "optional_datetime",
+    "optional_micros",
+    "to_micros",
+]

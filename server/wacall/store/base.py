@@ -1,0 +1,316 @@
+"""The store's interface: the records it keeps, and what every backend must guarantee.
+
+A `Store` runs a function inside one transaction (`await store.transaction(fn)`); the function gets a `Tx` to read
+and write. Everything a decision needs (read the pair, decide with the engine, append events, save the pair,
+remember the idempotency key or webhook id) happens inside one call, so limits hold under any number of concurrent
+callers and processes, and the commit happens before anybody is answered.
+
+Every backend guarantees, and `tests/test_store_contract.py` checks:
+
+- **Atomicity.** A transaction's writes commit together, or (when `fn` raises) none of them do.
+- **Isolation.** Transactions are serialisable: each one reads and writes as if it ran alone, in some order, across
+  every process sharing the database. The services rely on it for every read-then-write: a pair's ledger (per pair),
+  a business's pause and idempotency keys (per business), a claimed webhook key, a reservation or call claimed by
+  one process only, the one call in progress per pair. SQLite gets it from one writer at a time (`BEGIN
+  IMMEDIATE`); a backend that runs writers side by side must lock what a transaction reads before writing it
+  (PostgreSQL: `SELECT ... FOR UPDATE` on the pair's row, or `SERIALIZABLE` and a retry).
+- **Durability.** When `transaction` returns, the commit survives a crash or a power loss.
+- **Commit-ordered cursors** (see `Store.events_after`): a reader that resumes after the last cursor it saw never
+  misses an event, however late the event's transaction committed.
+- **Notify on commit** (see `Store.changes`): listeners are woken after a commit that wrote events or calls, never
+  before it and never for a rollback.
+
+`fn` runs synchronously and must not wait on the network. A backend may run it again from scratch (a retried
+serialisation failure), so `fn` has no effects outside the `Tx` that a second run would repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, TypeVar
+
+from wacall.engine import Ledger, PermissionState, Restriction
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    business: str  # +E164
+    user: str  # +E164
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One line of the audit log. `cursor` is assigned by the store when the event is appended."""
+
+    pair: Pair
+    kind: str
+    source: str
+    occurred_at: datetime
+    recorded_at: datetime
+    state_after: PermissionState
+    attributes: Mapping[str, str] = field(default_factory=dict)
+    cursor: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentResult:
+    business: str
+    key: str
+    fingerprint: str  # what was asked, so a reused key with different content is refused
+    outcome: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A permission request whose limits are consumed but whose send is not settled yet.
+
+    Written in the transaction that consumes the limits and removed in the one that settles the send, so a process
+    killed in between leaves a record that recovery can find (with or without an idempotency key)."""
+
+    reservation_id: str
+    pair: Pair
+    reserved_at: datetime  # also the request's time in the ledger's request_times
+    channel: str
+    state_before: PermissionState  # what a withdrawn request falls back to
+    idempotency_key: str = ""
+    fingerprint: str = ""
+    # Who is settling it now (a recovery pass in some process), and since when.
+    claimed_by: str = ""
+    claimed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCall:
+    """A call row: identity, route and the call's facts as JSON (the call service owns their meaning).
+
+    `owner` is the process that runs the call's media and `lease_expires_at` (wall time) how long that owner is
+    known to be alive: it renews the lease while it runs, and once the lease has expired any process may claim the
+    call and end it. Both are written when the row is created; afterwards only `Tx.renew_call_leases` and
+    `Tx.claim_expired_calls` change them (`save_call` leaves them as they are)."""
+
+    call_id: str
+    pair: Pair
+    direction: str
+    created_at: datetime
+    state: str
+    data: Mapping[str, Any]
+    platform_call_id: str | None = None
+    active: bool = True
+    owner: str = ""  # "": stored before calls had owners, as good as expired
+    lease_expires_at: datetime | None = None
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (a bad URL, a database from a newer wacall, a closed store)."""
+
+
+class CallInProgress(StoreError):
+    """A second active call for a pair: the platform allows one call at a time per pair (138003), and so do we."""
+
+
+class ChangeNotifier:
+    """Wakes every waiting listener once per notification. Take a `ticket()` before reading, then wait on it: a
+    commit between the read and the wait has already set it, so nothing slips through."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def ticket(self) -> asyncio.Event:
+        return self._event
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+
+class Tx(Protocol):
+    """Reads and writes inside one transaction (see the module's docstring for what a backend guarantees)."""
+
+    def ledger(self, pair: Pair) -> Ledger:
+        """The pair's ledger (an empty one if the pair was never written)."""
+        ...
+
+    def save_ledger(self, pair: Pair, ledger: Ledger, now: datetime) -> None: ...
+
+    def append(self, event: EventRecord) -> int:
+        """Add an event to the log; returns its cursor (the event's own `cursor` field is ignored)."""
+        ...
+
+    def claim(self, key: str, now: datetime) -> bool:
+        """Remember `key` (a webhook message id, say); False if it was already claimed."""
+        ...
+
+    def remember_message(self, message_id: str, pair: Pair, now: datetime) -> None:
+        """Remember which pair one of our messages (a permission request) went to, and when (the first time wins)."""
+        ...
+
+    def message_pair(self, message_id: str) -> Pair | None: ...
+
+    def message_sent_at(self, message_id: str) -> datetime | None:
+        """When one of our messages (a permission request) was sent, if it is one of ours."""
+        ...
+
+    def remember_alias(self, wa_id: str, user: str) -> None:
+        """The platform's wa_id for a user differs from the number we hold (HOOK-8): map it to our user."""
+        ...
+
+    def alias(self, wa_id: str) -> str | None: ...
+
+    def wa_id_of(self, user: str) -> str | None:
+        """The wa_id the platform last gave for one of our users, when it differs from the number (HOOK-8)."""
+        ...
+
+    def idempotent_result(self, business: str, key: str) -> IdempotentResult | None: ...
+
+    def save_idempotent_result(self, result: IdempotentResult, now: datetime) -> None:
+        """Keep the outcome for (business, key); a later save replaces the outcome, never the fingerprint."""
+        ...
+
+    def keep_webhook(self, body: bytes, now: datetime) -> None:
+        """Keep a verified webhook body as received, for audit and replay."""
+        ...
+
+    def keep_refused_webhook(self, body: bytes, now: datetime, reason: str) -> None:
+        """Keep a signed delivery that was refused (malformed, or timestamps that cannot be trusted), for audit."""
+        ...
+
+    def refused_webhooks(self) -> list[tuple[datetime, str, bytes]]:
+        """Every refused delivery kept: (received at, reason, body), oldest first."""
+        ...
+
+    def restriction(self, business: str) -> Restriction | None:
+        """The business number's calling pause, if one is recorded (it may have ended already)."""
+        ...
+
+    def save_restriction(self, business: str, restriction: Restriction | None, now: datetime) -> None:
+        """Record the business's pause; None removes it."""
+        ...
+
+    def save_call(self, call: StoredCall) -> None:
+        """Create or update the call. At most one active call per pair: saving a second one raises `CallInProgress`
+        (and the transaction rolls back). An update leaves `owner` and `lease_expires_at` as they are."""
+        ...
+
+    def call(self, call_id: str) -> StoredCall | None: ...
+
+    def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None: ...
+
+    def open_calls(self) -> list[StoredCall]:
+        """Every call that has not ended."""
+        ...
+
+    def calls_with_platform_errors(self) -> list[StoredCall]:
+        """Every call whose facts record at least one platform error code."""
+        ...
+
+    def active_call(self, pair: Pair) -> StoredCall | None:
+        """The pair's call that has not ended, if any (at most one: the platform allows one)."""
+        ...
+
+    def renew_call_leases(self, owner: str, until: datetime) -> int:
+        """Extend the lease of every open call `owner` holds to `until`; returns how many."""
+        ...
+
+    def claim_expired_calls(self, *, claimant: str, now: datetime, lease_until: datetime) -> list[StoredCall]:
+        """Take over every open call whose owner's lease expired at or before `now` (wall time), or that has no
+        owner, other than the claimant's own: from now on `claimant` owns them, with a lease until `lease_until`,
+        so no other process claims them too. Returns them as claimed, oldest first."""
+        ...
+
+    def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
+        """Keep an event for a call id we do not know yet (its webhook beat our own record of it)."""
+        ...
+
+    def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]:
+        """Remove and return the call id's parked events, in the order they were parked."""
+        ...
+
+    def save_reservation(self, reservation: Reservation) -> None: ...
+
+    def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None: ...
+
+    def take_reservation(self, reservation_id: str, claimant: str = "") -> Reservation | None:
+        """Remove and return the reservation; with `claimant`, only if that claimant holds it."""
+        ...
+
+    def claim_reservations(
+        self,
+        *,
+        reserved_before: datetime,
+        claims_expire_before: datetime,
+        claimant: str,
+        now: datetime,
+        excluding: frozenset[str] = frozenset(),
+    ) -> list[Reservation]:
+        """Claim every reservation made at or before `reserved_before` that nobody holds (or whose claim was made at
+        or before `claims_expire_before`), except `excluding`; returns what was claimed, oldest first."""
+        ...
+
+    def save_setting(self, name: str, value: str) -> None:
+        """Keep one small named value (e.g. the manual clock's position) across restarts."""
+        ...
+
+    def setting(self, name: str) -> str | None: ...
+
+    def latest_recorded_at(self) -> datetime | None:
+        """When the newest event was recorded (None: no events yet)."""
+        ...
+
+
+class Store(Protocol):
+    """The durable ledger. Every method may be called concurrently from one event loop, and several stores (in one
+    process or many) may share one database."""
+
+    @property
+    def changes(self) -> ChangeNotifier:
+        """Notified after every commit of this store that wrote events (`Tx.append`) or calls (`Tx.save_call`),
+        once the commit is durable and visible to every reader; never before it, never for a rollback, and even
+        when the caller of `transaction` has stopped waiting. Commits made by other processes on the same database
+        may go unnotified (SQLite), so listeners also poll; a backend that can hear them (PostgreSQL's
+        `LISTEN`/`NOTIFY`) notifies for them too."""
+        ...
+
+    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn` in one atomic, serialisable transaction and commit before returning its result. If `fn` raises,
+        nothing it wrote is kept and the exception propagates."""
+        ...
+
+    async def events_after(
+        self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
+    ) -> list[EventRecord]:
+        """Committed events with a cursor above `cursor`, of `business` and `user` when given, in cursor order, at
+        most `limit`.
+
+        A cursor is a positive integer below 2**63 that the store gives each event when it is appended. Cursors
+        are unique and issued in commit order: once a reader can see an event, every event with a smaller cursor
+        is visible too, and any event committed afterwards gets a larger cursor. So a reader that has read every
+        event up to cursor N (page after page, filtered or not) and resumes after N never skips an event, even
+        one whose transaction started before a later-numbered one and committed after it.
+
+        SQLite gives this for free: one writer at a time, so cursors (AUTOINCREMENT) are issued in commit order. A
+        backend whose writers run side by side must not take cursors from a sequence (numbers are handed out at
+        insert time, not at commit: a reader could see 6 before 5 commits). It issues them from a counter row that
+        the appending transaction locks until it commits (`UPDATE event_cursor SET last = last + 1 RETURNING
+        last`), which makes every transaction that appends events wait for the previous one's commit."""
+        ...
+
+    async def last_cursor(self) -> int:
+        """The newest committed event's cursor (0: none yet). Reading `events_after` it later yields exactly the
+        events committed since."""
+        ...
+
+    async def list_calls(
+        self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+    ) -> list[StoredCall]:
+        """Calls, newest first by (created_at, call_id); `before` is the (created_at in microseconds since the
+        epoch, call_id) of the last call of the previous page."""
+        ...
+
+    async def close(self) -> None:
+        """Release the database; the store cannot be used afterwards."""
+        ...

@@ -1,0 +1,508 @@
+"""The SQLite backend: one file in WAL mode, every transaction on one dedicated thread with `BEGIN IMMEDIATE`.
+
+One writer at a time (across every process on the file) makes transactions serialisable and issues event cursors
+in commit order; `synchronous=FULL` makes a commit durable before it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from wacall.engine import Ledger, PermissionState, Restriction
+from wacall.store.base import (
+    CallInProgress,
+    ChangeNotifier,
+    EventRecord,
+    IdempotentResult,
+    Pair,
+    Reservation,
+    Store,
+    StoredCall,
+    StoreError,
+    T,
+    Tx,
+)
+from wacall.store.codecs import (
+    from_micros,
+    ledger_from_json,
+    ledger_to_json,
+    optional_datetime,
+    optional_micros,
+    to_micros,
+)
+from wacall.store.migrations import migrate
+
+# Column lists in the order the _row_to_* functions read them.
+EVENT_COLUMNS = "cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes"
+CALL_COLUMNS = (
+    "call_id, platform_call_id, business, user_number, direction, created_at, state, active, data, owner, "
+    "lease_expires_at"
+)
+RESERVATION_COLUMNS = (
+    "reservation_id, business, user_number, reserved_at, channel, state_before, idempotency_key, fingerprint, "
+    "claimed_by, claimed_at"
+)
+
+
+def _row_to_reservation(row: tuple[Any, ...]) -> Reservation:
+    reservation_id, business, user, reserved_at, channel, state_before, key, fingerprint, claimed_by, claimed_at = row
+    return Reservation(
+        reservation_id=reservation_id,
+        pair=Pair(business, user),
+        reserved_at=from_micros(reserved_at),
+        channel=channel,
+        state_before=PermissionState(state_before),
+        idempotency_key=key,
+        fingerprint=fingerprint,
+        claimed_by=claimed_by,
+        claimed_at=optional_datetime(claimed_at),
+    )
+
+
+def _row_to_call(row: tuple[Any, ...]) -> StoredCall:
+    call_id, platform_call_id, business, user, direction, created_at, state, active, data, owner, lease_expires_at = row
+    return StoredCall(
+        call_id=call_id,
+        pair=Pair(business, user),
+        direction=direction,
+        created_at=from_micros(created_at),
+        state=state,
+        data=json.loads(data),
+        platform_call_id=platform_call_id,
+        active=bool(active),
+        owner=owner,
+        lease_expires_at=optional_datetime(lease_expires_at),
+    )
+
+
+def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
+    cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes = row
+    return EventRecord(
+        pair=Pair(business, user),
+        kind=kind,
+        source=source,
+        occurred_at=from_micros(occurred_at),
+        recorded_at=from_micros(recorded_at),
+        state_after=PermissionState(state_after),
+        attributes=json.loads(attributes),
+        cursor=cursor,
+    )
+
+
+class _SqliteTx:
+    """One transaction's reads and writes, on the store's thread."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        # Events or calls written: listeners are notified once this transaction commits.
+        self.wrote_changes = False
+
+    def ledger(self, pair: Pair) -> Ledger:
+        row = self._db.execute(
+            "SELECT ledger FROM pairs WHERE business = ? AND user_number = ?", (pair.business, pair.user)
+        ).fetchone()
+        return ledger_from_json(row[0]) if row else Ledger()
+
+    def save_ledger(self, pair: Pair, ledger: Ledger, now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO pairs (business, user_number, ledger, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (business, user_number) DO UPDATE SET ledger = excluded.ledger, "
+            "updated_at = excluded.updated_at",
+            (pair.business, pair.user, ledger_to_json(ledger), to_micros(now)),
+        )
+
+    def append(self, event: EventRecord) -> int:
+        self.wrote_changes = True
+        cursor = self._db.execute(
+            "INSERT INTO events (business, user_number, kind, source, occurred_at, recorded_at, state_after, "
+            "attributes) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.pair.business,
+                event.pair.user,
+                event.kind,
+                event.source,
+                to_micros(event.occurred_at),
+                to_micros(event.recorded_at),
+                event.state_after.value,
+                json.dumps(dict(event.attributes), sort_keys=True),
+            ),
+        ).lastrowid
+        assert cursor is not None
+        return cursor
+
+    def claim(self, key: str, now: datetime) -> bool:
+        inserted = self._db.execute(
+            "INSERT INTO claimed_keys (key, claimed_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            (key, to_micros(now)),
+        ).rowcount
+        return inserted == 1
+
+    def remember_message(self, message_id: str, pair: Pair, now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO messages (message_id, business, user_number, sent_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (message_id) DO NOTHING",
+            (message_id, pair.business, pair.user, to_micros(now)),
+        )
+
+    def message_pair(self, message_id: str) -> Pair | None:
+        row = self._db.execute(
+            "SELECT business, user_number FROM messages WHERE message_id = ?", (message_id,)
+        ).fetchone()
+        return Pair(row[0], row[1]) if row else None
+
+    def message_sent_at(self, message_id: str) -> datetime | None:
+        row = self._db.execute("SELECT sent_at FROM messages WHERE message_id = ?", (message_id,)).fetchone()
+        return from_micros(row[0]) if row else None
+
+    def remember_alias(self, wa_id: str, user: str) -> None:
+        self._db.execute(
+            "INSERT INTO aliases (wa_id, user_number) VALUES (?, ?) "
+            "ON CONFLICT (wa_id) DO UPDATE SET user_number = excluded.user_number",
+            (wa_id, user),
+        )
+
+    def alias(self, wa_id: str) -> str | None:
+        row = self._db.execute("SELECT user_number FROM aliases WHERE wa_id = ?", (wa_id,)).fetchone()
+        return str(row[0]) if row else None
+
+    def idempotent_result(self, business: str, key: str) -> IdempotentResult | None:
+        row = self._db.execute(
+            "SELECT fingerprint, outcome FROM idempotency WHERE business = ? AND key = ?", (business, key)
+        ).fetchone()
+        return IdempotentResult(business, key, row[0], json.loads(row[1])) if row else None
+
+    def save_idempotent_result(self, result: IdempotentResult, now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO idempotency (business, key, fingerprint, outcome, created_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (business, key) DO UPDATE SET outcome = excluded.outcome",
+            (result.business, result.key, result.fingerprint, json.dumps(dict(result.outcome)), to_micros(now)),
+        )
+
+    def keep_webhook(self, body: bytes, now: datetime) -> None:
+        self._db.execute("INSERT INTO webhooks (received_at, body) VALUES (?, ?)", (to_micros(now), body))
+
+    def restriction(self, business: str) -> Restriction | None:
+        row = self._db.execute("SELECT until FROM restrictions WHERE business = ?", (business,)).fetchone()
+        return Restriction(optional_datetime(row[0])) if row else None
+
+    def save_restriction(self, business: str, restriction: Restriction | None, now: datetime) -> None:
+        if restriction is None:
+            self._db.execute("DELETE FROM restrictions WHERE business = ?", (business,))
+            return
+        self._db.execute(
+            "INSERT INTO restrictions (business, until, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (business) DO UPDATE SET until = excluded.until, updated_at = excluded.updated_at",
+            (business, optional_micros(restriction.until), to_micros(now)),
+        )
+
+    def save_call(self, call: StoredCall) -> None:
+        if call.active:
+            # Checked here rather than read from the unique index's error: the index is the backstop.
+            other = self.active_call(call.pair)
+            if other is not None and other.call_id != call.call_id:
+                raise CallInProgress(f"{call.pair.business}/{call.pair.user} already has call {other.call_id}")
+        self.wrote_changes = True
+        self._db.execute(
+            # The owner and its lease are written once; renew_call_leases and claim_expired_calls change them.
+            f"INSERT INTO calls ({CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (call_id)"
+            " DO UPDATE SET platform_call_id = excluded.platform_call_id, state = excluded.state,"
+            " active = excluded.active, data = excluded.data",
+            (
+                call.call_id,
+                call.platform_call_id,
+                call.pair.business,
+                call.pair.user,
+                call.direction,
+                to_micros(call.created_at),
+                call.state,
+                int(call.active),
+                json.dumps(dict(call.data), sort_keys=True),
+                call.owner,
+                optional_micros(call.lease_expires_at),
+            ),
+        )
+
+    def _calls(self, where: str, params: tuple[Any, ...]) -> list[StoredCall]:
+        rows = self._db.execute(
+            f"SELECT {CALL_COLUMNS} FROM calls WHERE {where} ORDER BY created_at, call_id", params
+        ).fetchall()
+        return [_row_to_call(row) for row in rows]
+
+    def call(self, call_id: str) -> StoredCall | None:
+        found = self._calls("call_id = ?", (call_id,))
+        return found[0] if found else None
+
+    def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None:
+        found = self._calls("platform_call_id = ?", (platform_call_id,))
+        return found[0] if found else None
+
+    def open_calls(self) -> list[StoredCall]:
+        return self._calls("active = 1", ())
+
+    def calls_with_platform_errors(self) -> list[StoredCall]:
+        return self._calls("json_array_length(data, '$.facts.error_codes') > 0", ())
+
+    def active_call(self, pair: Pair) -> StoredCall | None:
+        found = self._calls("business = ? AND user_number = ? AND active = 1", (pair.business, pair.user))
+        return found[0] if found else None
+
+    def renew_call_leases(self, owner: str, until: datetime) -> int:
+        return self._db.execute(
+            "UPDATE calls SET lease_expires_at = ? WHERE owner = ? AND active = 1", (to_micros(until), owner)
+        ).rowcount
+
+    def claim_expired_calls(self, *, claimant: str, now: datetime, lease_until: datetime) -> list[StoredCall]:
+        rows = self._db.execute(
+            f"UPDATE calls SET owner = ?, lease_expires_at = ? WHERE active = 1 AND owner != ? "
+            f"AND (lease_expires_at IS NULL OR lease_expires_at <= ?) RETURNING {CALL_COLUMNS}",
+            (claimant, to_micros(lease_until), claimant, to_micros(now)),
+        ).fetchall()
+        return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
+
+    def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
+        self._db.execute(
+            "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (?, ?, ?)",
+            (platform_call_id, to_micros(now), json.dumps(dict(event))),
+        )
+
+    def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]:
+        rows = self._db.execute(
+            "DELETE FROM parked_call_events WHERE platform_call_id = ? RETURNING id, event", (platform_call_id,)
+        ).fetchall()
+        return [json.loads(event) for _, event in sorted(rows)]
+
+    def save_reservation(self, reservation: Reservation) -> None:
+        self._db.execute(
+            f"INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                reservation.reservation_id,
+                reservation.pair.business,
+                reservation.pair.user,
+                to_micros(reservation.reserved_at),
+                reservation.channel,
+                reservation.state_before.value,
+                reservation.idempotency_key,
+                reservation.fingerprint,
+                reservation.claimed_by,
+                optional_micros(reservation.claimed_at),
+            ),
+        )
+
+    def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None:
+        row = self._db.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = ? AND idempotency_key = ?",
+            (business, idempotency_key),
+        ).fetchone()
+        return _row_to_reservation(row) if row else None
+
+    def take_reservation(self, reservation_id: str, claimant: str = "") -> Reservation | None:
+        held = " AND claimed_by = ?" if claimant else ""
+        row = self._db.execute(
+            f"DELETE FROM reservations WHERE reservation_id = ?{held} RETURNING {RESERVATION_COLUMNS}",
+            (reservation_id, claimant) if claimant else (reservation_id,),
+        ).fetchone()
+        return _row_to_reservation(row) if row else None
+
+    def claim_reservations(
+        self,
+        *,
+        reserved_before: datetime,
+        claims_expire_before: datetime,
+        claimant: str,
+        now: datetime,
+        excluding: frozenset[str] = frozenset(),
+    ) -> list[Reservation]:
+        rows = self._db.execute(
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE reserved_at <= ? "
+            "AND (claimed_at IS NULL OR claimed_at <= ?) ORDER BY reserved_at",
+            (to_micros(reserved_before), to_micros(claims_expire_before)),
+        ).fetchall()
+        claimed = []
+        for row in rows:
+            reservation = _row_to_reservation(row)
+            if reservation.reservation_id in excluding:
+                continue
+            self._db.execute(
+                "UPDATE reservations SET claimed_by = ?, claimed_at = ? WHERE reservation_id = ?",
+                (claimant, to_micros(now), reservation.reservation_id),
+            )
+            claimed.append(dataclasses.replace(reservation, claimed_by=claimant, claimed_at=now))
+        return claimed
+
+    def save_setting(self, name: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            (name, value),
+        )
+
+    def setting(self, name: str) -> str | None:
+        row = self._db.execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return str(row[0]) if row else None
+
+    def latest_recorded_at(self) -> datetime | None:
+        row = self._db.execute("SELECT MAX(recorded_at) FROM events").fetchone()
+        return optional_datetime(row[0])
+
+    def keep_refused_webhook(self, body: bytes, now: datetime, reason: str) -> None:
+        self._db.execute(
+            "INSERT INTO refused_webhooks (received_at, reason, body) VALUES (?, ?, ?)",
+            (to_micros(now), reason, body),
+        )
+
+    def refused_webhooks(self) -> list[tuple[datetime, str, bytes]]:
+        rows = self._db.execute("SELECT received_at, reason, body FROM refused_webhooks ORDER BY id").fetchall()
+        return [(from_micros(at), str(reason), bytes(body)) for at, reason, body in rows]
+
+    def wa_id_of(self, user: str) -> str | None:
+        row = self._db.execute(
+            "SELECT wa_id FROM aliases WHERE user_number = ? ORDER BY rowid DESC LIMIT 1", (user,)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+
+class SqliteStore:
+    """SQLite in WAL mode; all access on one thread, so each transaction is serialised and atomic."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wacall-sqlite")
+        self._db: sqlite3.Connection | None = None
+        self.changes = ChangeNotifier()
+        self._closed = False
+        try:
+            self._executor.submit(self._open).result()
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            raise
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit survives power loss before we acknowledge it.
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            migrate(db, str(self.path))
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("the store is closed")
+        return self._db
+
+    def _run(self, fn: Callable[[Tx], T], loop: asyncio.AbstractEventLoop) -> T:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        tx = _SqliteTx(db)
+        try:
+            result = fn(tx)
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        if tx.wrote_changes:
+            # From this thread, once committed: the caller may have stopped waiting (a cancelled RPC), its commit
+            # still wakes the listeners.
+            loop.call_soon_threadsafe(self.changes.notify)
+        return result
+
+    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        return await self._on_thread(self._run, fn, asyncio.get_running_loop())
+
+    def _events_after(self, cursor: int, business: str | None, user: str | None, limit: int) -> list[EventRecord]:
+        clauses, params = ["cursor > ?"], [cursor]
+        if business:
+            clauses.append("business = ?")
+            params.append(business)  # type: ignore[arg-type]
+        if user:
+            clauses.append("user_number = ?")
+            params.append(user)  # type: ignore[arg-type]
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
+                (*params, limit),
+            )
+            .fetchall()
+        )
+        return [_row_to_event(row) for row in rows]
+
+    async def events_after(
+        self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
+    ) -> list[EventRecord]:
+        return await self._on_thread(self._events_after, cursor, business, user, limit)
+
+    def _list_calls(
+        self, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+    ) -> list[StoredCall]:
+        clauses: list[str] = ["1 = 1"]
+        params: list[Any] = []
+        if business:
+            clauses.append("business = ?")
+            params.append(business)
+        if user:
+            clauses.append("user_number = ?")
+            params.append(user)
+        if before:
+            clauses.append("(created_at, call_id) < (?, ?)")
+            params.extend([before[0], before[1]])
+        rows = (
+            self._connection()
+            .execute(
+                f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(clauses)} "
+                "ORDER BY created_at DESC, call_id DESC LIMIT ?",
+                (*params, limit),
+            )
+            .fetchall()
+        )
+        return [_row_to_call(row) for row in rows]
+
+    async def list_calls(
+        self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+    ) -> list[StoredCall]:
+        return await self._on_thread(self._list_calls, business, user, before, limit)
+
+    def _last_cursor(self) -> int:
+        return int(self._connection().execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0])
+
+    async def last_cursor(self) -> int:
+        return await self._on_thread(self._last_cursor)
+
+    def _shut(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._on_thread(self._shut)
+        self._executor.shutdown(wait=True)
+
+
+def open_sqlite(url: str) -> Store:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+    path = urlparse(url).path
+    path = path[1:] if path.startswith("/") else path
+    if not path:
+        raise StoreError(f"no database file in {url!r}; use sqlite:///var/wacall.db")
+    return SqliteStore(Path(path))
