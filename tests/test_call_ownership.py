@@ -166,6 +166,17 @@ async def test_start_up_and_the_lease_keeper_end_only_calls_whose_owner_stopped_
         claimed = await store.transaction(lambda tx: tx.call(KILLED))
         assert second.service.permissions is not None
         assert claimed is not None and claimed.owner == second.service.permissions.instance
+
+        # The first process stalls (its wall clock stands still) past its lease: the second takes its call as
+        # abandoned and ends it. When the first wakes up, it releases the call's media instead of running it on.
+        assert first.service.calls is not None and live.call_id in first.service.calls.sessions
+        while (await second.get_call(live.call_id)).state != pb.CALL_STATE_ENDED:
+            await second_wall.advance(timedelta(seconds=1))
+            await asyncio.sleep(0.05)
+        assert (await second.get_call(live.call_id)).end_reason == LEASE_ENDED
+        assert live.call_id in first.service.calls.sessions
+        await first_wall.advance(LEASE / 3)
+        await wait_until(lambda: asyncio.sleep(0, first.service.calls.sessions), lambda held: live.call_id not in held)
     finally:
         if second is not None:
             await stop_service(second)

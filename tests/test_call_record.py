@@ -8,14 +8,17 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from conftest import Running
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall import call_record
 from wacall.api.messages import call_message, timestamp
 from wacall.call_record import CallRecord, PlatformError
 from wacall.calls import CallFacts, CallOutcome, CallState, Direction
+from wacall.engine import PermissionState, Source
+from wacall.events import EventKind
 from wacall.media.platform_leg import MediaCounters
-from wacall.store import Pair, to_micros
+from wacall.store import EventRecord, Pair, Tx, to_micros
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
 PAIR = Pair("+447911123456", "+34612345678")
@@ -148,8 +151,30 @@ def ended(outcome: CallOutcome) -> CallFacts:
 def test_a_payload_of_the_first_shape_reads_back_as_the_call_it_stood_for(facts: CallFacts) -> None:
     record = a_record(facts=facts, media=MediaCounters(), answer_sdp="")
     snapshot = first_shape(record)
-    converted = call_record.decode(call_record.from_snapshot_v1(snapshot))
+    converted = call_record.from_event_payload(snapshot)
     assert converted.state is facts.state and converted.outcome is facts.outcome
     shown = call_message(converted)
     shown.ClearField("media")  # the first shape kept no counters; the Call shows zeros either way
     assert shown == first_shape_call(snapshot)
+
+
+async def test_a_call_event_of_the_first_shape_lists_through_the_api_as_it_always_did(wacall: Running) -> None:
+    store = wacall.service.store
+    assert store is not None
+    record = a_record(facts=ended(CallOutcome.REJECTED), media=MediaCounters(), answer_sdp="")
+    snapshot = first_shape(record)
+
+    def write(tx: Tx) -> None:
+        attributes = {"call_id": record.call_id, "call": json.dumps(snapshot)}
+        tx.append(
+            EventRecord(PAIR, EventKind.CALL_UPDATED, Source.BUSINESS.value, T0, T0, PermissionState.NONE, attributes)
+        )
+
+    await store.transaction(write)
+    listed = await wacall.calling.ListEvents(pb.ListEventsRequest(user_number=PAIR.user), metadata=wacall.metadata)
+    [event] = [e for e in listed.events if e.kind == pb.EVENT_KIND_CALL_UPDATED]
+    shown = pb.Call()
+    shown.CopyFrom(event.call)
+    shown.ClearField("media")
+    assert shown == first_shape_call(snapshot) and event.call.outcome == pb.CALL_OUTCOME_REJECTED
+    assert dict(event.attributes) == {"call_id": record.call_id}

@@ -247,9 +247,7 @@ class Service:
 
     def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
         """Inbound deliveries, each item to the service that applies it."""
-        self.dispatcher = Dispatcher(
-            store, self.clock, dispatch_table(permissions, calls), on_applied=permissions.changes.notify
-        )
+        self.dispatcher = Dispatcher(store, self.clock, dispatch_table(permissions, calls))
         return self.dispatcher
 
     async def _setup_http(

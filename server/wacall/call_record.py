@@ -178,6 +178,12 @@ _FLAG_OF_OUTCOME = {
 }
 
 
+def from_event_payload(data: Mapping[str, Any]) -> CallRecord:
+    """The call a `call_updated` event carries. The event log is append-only history, so payloads of the first
+    shape (no facts) stay as they were written and are read through `from_snapshot_v1`."""
+    return decode(data if "facts" in data else from_snapshot_v1(data))
+
+
 def from_snapshot_v1(snapshot: Mapping[str, Any]) -> dict[str, Any]:
     """The record's JSON for a `call_updated` payload of the first shape (the call as the API showed it, without
     its facts). The facts are rebuilt so that they read back the same state and outcome: the flag the outcome

@@ -267,7 +267,6 @@ class CallService:
             return record
 
         record = await self.store.transaction(reserve)
-        self.permissions.changes.notify()
         if record.call_id != call_id:  # an idempotent replay
             return self._live(record)
         assert account is not None
@@ -339,7 +338,6 @@ class CallService:
             return record
 
         record = await self.store.transaction(fail)
-        self.permissions.changes.notify()
         session = self.sessions.get(call_id)
         if platform_action is not None and record.platform_call_id and session is not None:
             try:
@@ -362,7 +360,6 @@ class CallService:
             return record, parked
 
         record, parked = await self.store.transaction(bind)
-        self.permissions.changes.notify()
         for item in parked:
             await self._media_after(record.call_id, item)
         return self._live(record)
@@ -503,7 +500,6 @@ class CallService:
             self._save(tx, dataclasses.replace(record, facts=calls.apply(record.facts, calls.Accepted(now))), now)
 
         await self.store.transaction(accepted)
-        self.permissions.changes.notify()
         await self._connected(session)
 
     # --- moving a live call -------------------------------------------------------------------------------------
@@ -534,7 +530,6 @@ class CallService:
             return self._save(tx, dataclasses.replace(self._record(tx, call_id), route=route.name), now)
 
         record = await self.store.transaction(record_route)
-        self.permissions.changes.notify()
         return self._live(record)
 
     # --- ending -------------------------------------------------------------------------------------------------
@@ -561,7 +556,6 @@ class CallService:
 
         record, changed = await self.store.transaction(mark)
         if changed:
-            self.permissions.changes.notify()
             session = self.sessions.get(call_id)
             if record.platform_call_id and session is not None:
                 try:
@@ -613,7 +607,7 @@ class CallService:
         """The call each time it changes, until it ends."""
         last: tuple[Any, ...] | None = None
         while True:
-            ticket = self.permissions.changes.ticket()
+            ticket = self.store.changes.ticket()
             view = await self.get(call_id)
             key = (view.state, view.outcome, view.facts.answered_at, view.route)
             if key != last:
@@ -646,8 +640,23 @@ class CallService:
             try:
                 await self.store.transaction(lambda tx: tx.renew_call_leases(self.instance, self._lease_until()))
                 await self._end_orphans("the process holding the call stopped renewing its lease")
+                await self._release_calls_ended_elsewhere()
             except Exception:
                 log.exception("renewing call leases failed; trying again")
+
+    async def _release_calls_ended_elsewhere(self) -> None:
+        """Close the sessions of calls another process ended: this one stalled past its lease (a long pause, a
+        partition from the database) and the call was taken as abandoned. Its media must not run on unrecorded."""
+        held = [call_id for call_id, session in self.sessions.items() if not session.closed]
+        if not held:
+            return
+
+        def ended_elsewhere(tx: Tx) -> list[str]:
+            return [call_id for call_id in held if (stored := tx.call(call_id)) is None or not stored.active]
+
+        for call_id in await self.store.transaction(ended_elsewhere):
+            log.warning("call %s was ended by another process while this one held it: releasing its media", call_id)
+            await self._close_session(call_id)
 
     async def _end_orphans(self, reason: str) -> None:
         """End every open call whose owner's lease expired (or that has no owner). Each is claimed and ended in one

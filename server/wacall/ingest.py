@@ -67,9 +67,7 @@ class Dispatcher:
     """Applies deliveries through the table. Items of a type with no handler (and items for no business number of
     ours) are ignored."""
 
-    def __init__(
-        self, store: Store, clock: Clock, handlers: Iterable[Handler[Any]], on_applied: Callable[[], None]
-    ) -> None:
+    def __init__(self, store: Store, clock: Clock, handlers: Iterable[Handler[Any]]) -> None:
         self.store = store
         self.clock = clock
         self._handlers: dict[type[Any], Handler[Any]] = {}
@@ -77,7 +75,6 @@ class Dispatcher:
             if entry.item_type in self._handlers:
                 raise DuplicateHandler(entry.item_type)
             self._handlers[entry.item_type] = entry
-        self._on_applied = on_applied
         self._after_commit: set[asyncio.Task[None]] = set()
 
     async def deliver(self, body: bytes, resolved: Sequence[tuple[InboundItem, str | None]]) -> IngestResult:
@@ -108,8 +105,6 @@ class Dispatcher:
             return IngestResult(applied, duplicates, ignored)
 
         result = await self.store.transaction(apply_all)
-        if result.applied:
-            self._on_applied()
         # Media work (apply an SDP answer, answer a user's call) runs after the commit, not in the webhook's
         # response path: no platform calls inside the handler (HOOK-1).
         for action in after_commit:

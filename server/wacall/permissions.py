@@ -167,8 +167,6 @@ class PermissionService:
         self.policy = policy
         self.senders = senders
         self.upstream = upstream
-        # The store's notifier: it wakes watchers after every commit that wrote events or calls.
-        self.changes = store.changes
         # Longer than any send can take: an older unsettled reservation has no live sender.
         self.reservation_grace = reservation_grace
         # This process, as a claimant of reservations to settle; and the reservations it is sending right now.

@@ -134,7 +134,7 @@ def event_message(record: EventRecord) -> pb.Event:
         source=SOURCE.get(record.source, pb.EVENT_SOURCE_UNSPECIFIED),
         permission_state=STATE[record.state_after],
         attributes=attributes,
-        call=call_message(call_record.decode(json.loads(snapshot))) if snapshot else None,
+        call=call_message(call_record.from_event_payload(json.loads(snapshot))) if snapshot else None,
     )
 
 
