@@ -146,6 +146,4 @@ async def test_the_table_takes_one_handler_per_item_type(store: Store) -> None:
         return None
 
     with pytest.raises(DuplicateHandler, match="InboundMessage"):
-        Dispatcher(
-            store, ManualClock(AT), [handler(InboundMessage, either), handler(InboundMessage, either)], lambda: None
-        )
+        Dispatcher(store, ManualClock(AT), [handler(InboundMessage, either), handler(InboundMessage, either)])
