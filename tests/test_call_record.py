@@ -11,13 +11,13 @@ import pytest
 from conftest import Running
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall import call_record
 from wacall.api.messages import call_message, timestamp
-from wacall.call_record import CallRecord, PlatformError
-from wacall.calls import CallFacts, CallOutcome, CallState, Direction
-from wacall.engine import PermissionState, Source
+from wacall.calls import record as call_record
+from wacall.calls.machine import CallFacts, CallOutcome, CallState, Direction
+from wacall.calls.record import CallRecord, PlatformError
 from wacall.events import EventKind
 from wacall.media.platform_leg import MediaCounters
+from wacall.rules.engine import PermissionState, Source
 from wacall.store import EventRecord, Pair, Tx, to_micros
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)

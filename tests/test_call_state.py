@@ -1,4 +1,4 @@
-"""The call state machine (`wacall.calls`), pure: whatsapp-calling.md §6.4/§6.6, pitfalls HOOK-2 and HOOK-3.
+"""The call state machine (`wacall.calls.machine`), pure: whatsapp-calling.md §6.4/§6.6, pitfalls HOOK-2 and HOOK-3.
 
 Webhooks arrive late, twice and out of order, so the machine is monotonic and an ended call still records facts.
 The outcome follows the documented mapping, first match wins: ANSWERED → REJECTED → CANCELLED → FAILED →
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wacall import calls, engine
-from wacall.calls import (
+from wacall.calls import machine as calls
+from wacall.calls.machine import (
     Accepted,
     CallEvent,
     CallFacts,
@@ -30,7 +30,8 @@ from wacall.calls import (
     SetupFailed,
     Terminated,
 )
-from wacall.policy import SEED
+from wacall.rules import engine
+from wacall.rules.policy import SEED
 from wacall.upstreams.meta.errors import CALL_SETUP_FAILURES, meta_error
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

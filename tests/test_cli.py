@@ -17,7 +17,7 @@ from test_process import BIN, ServeProcess
 
 from wacall.cli import describe_status, human_duration
 from wacall.config import SCALARS
-from wacall.policy import PRESETS
+from wacall.rules.policy import PRESETS
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 RAW_PROTOBUF = re.compile(r"[{}]|seconds:|retry_delay|violations")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, load_settings
-from wacall.policy import PRESETS
+from wacall.rules.policy import PRESETS
 from wacall.upstreams.meta.accounts import meta_part
 
 SENDER = """

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from wacall import engine
-from wacall.engine import (
+from wacall.rules import engine
+from wacall.rules.engine import (
     EMPTY_LEDGER,
     Action,
     CallConnected,
@@ -34,7 +34,7 @@ from wacall.engine import (
     UserMessage,
     UserPrompted,
 )
-from wacall.policy import DAY, META_CURRENT, SANDBOX, SEED, Policy, PolicyError, WindowLimit, load_policy
+from wacall.rules.policy import DAY, META_CURRENT, SANDBOX, SEED, Policy, PolicyError, WindowLimit, load_policy
 
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)
 SECOND = timedelta(seconds=1)

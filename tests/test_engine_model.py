@@ -33,8 +33,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
-from wacall import engine
-from wacall.engine import (
+from wacall.rules import engine
+from wacall.rules.engine import (
     EMPTY_LEDGER,
     CallConnected,
     CallUnanswered,
@@ -52,7 +52,7 @@ from wacall.engine import (
     UserMessage,
     UserPrompted,
 )
-from wacall.policy import META_CURRENT, SANDBOX, SEED, Policy, WindowLimit
+from wacall.rules.policy import META_CURRENT, SANDBOX, SEED, Policy, WindowLimit
 
 S = PermissionState
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=UTC)

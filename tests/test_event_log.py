@@ -5,8 +5,8 @@ from __future__ import annotations
 from conftest import BUSINESS, USER, Running
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall.engine import PermissionState, Source
 from wacall.events import EventKind
+from wacall.rules.engine import PermissionState, Source
 from wacall.store import EventRecord, Pair, Tx
 
 # What the log has stored since the first version, and what the API shows for each.

@@ -31,7 +31,7 @@ PACKAGE = ROOT / "server" / "wacall"
 ADAPTERS = ROOT / "adapters" / "wacall_adapters"
 FIRST_PARTY = ("wacall", "wacall_adapters")
 
-RULE_CORE = ("wacall.engine", "wacall.policy", "wacall.calls")
+RULE_CORE = ("wacall.rules.engine", "wacall.rules.policy", "wacall.calls.machine")
 FORBIDDEN_IN_RULE_CORE = ("grpc", "aiohttp", "httpx", "sqlite3", "aiortc", "wacall.simulator")
 
 # The store: the interface every backend shares, the modules of one backend, and what talks to a database.
@@ -198,8 +198,8 @@ def test_the_cycle_check_finds_a_cycle() -> None:
     # The check itself, on a graph with one: engine → calls → engine.
     saved = {name: set(targets) for name, targets in GRAPH.items()}
     try:
-        GRAPH["wacall.engine"].add("wacall.calls")
-        assert ["wacall.calls", "wacall.engine"] in import_cycles()
+        GRAPH["wacall.rules.engine"].add("wacall.calls.machine")
+        assert ["wacall.calls.machine", "wacall.rules.engine"] in import_cycles()
     finally:
         GRAPH.clear()
         GRAPH.update(saved)
@@ -208,7 +208,7 @@ def test_the_cycle_check_finds_a_cycle() -> None:
 @pytest.mark.parametrize("core", RULE_CORE)
 def test_the_rule_core_imports_no_io_media_or_simulator(core: str) -> None:
     everything = reachable(core)
-    assert "wacall.engine" in everything or core == "wacall.engine" or core == "wacall.policy"
+    assert "wacall.rules.engine" in everything or core == "wacall.rules.engine" or core == "wacall.rules.policy"
     offending = sorted(t for t in everything if any(t == f or t.startswith(f"{f}.") for f in FORBIDDEN_IN_RULE_CORE))
     assert offending == [], f"{core} imports {offending} (directly or through another wacall module)"
 
@@ -224,7 +224,7 @@ def test_the_store_interface_names_no_database(module: str) -> None:
 
 def test_only_the_store_package_imports_a_database_driver_or_a_backend() -> None:
     outside = [n for n in MODULES if n != "wacall.store" and not n.startswith("wacall.store.")]
-    assert "wacall.call_service" in outside and "wacall.app" in outside
+    assert "wacall.calls.service" in outside and "wacall.app" in outside
     direct = {name: found for name in outside if (found := _database_imports(imported(name)))}
     assert direct == {}
     # The check itself: the SQLite backend does import its driver, and the package's entry point the backend.
@@ -258,7 +258,7 @@ def platform_vocabulary(name: str) -> list[str]:
 
 def test_only_the_meta_upstream_and_the_simulator_know_meta_codes_and_json_fields() -> None:
     outside = _outside_platform()
-    assert "wacall.permissions" in outside and "wacall.call_service" in outside and "wacall.calls" in outside
+    assert "wacall.permissions" in outside and "wacall.calls.service" in outside and "wacall.calls.machine" in outside
     leaks = {name: found for name in outside if (found := platform_vocabulary(name))}
     assert leaks == {}
 
@@ -293,7 +293,7 @@ def meta_reached_from_the_domain() -> dict[str, list[str]]:
 
 def test_the_domain_does_not_import_metas_upstream() -> None:
     domain = [n for n in GRAPH if not _within(n, (*PLATFORM_MODULES, *ASSEMBLY))]
-    assert {"wacall.permissions", "wacall.call_service", "wacall.inbound", "wacall.api.calling"} <= set(domain)
+    assert {"wacall.permissions", "wacall.calls.service", "wacall.inbound", "wacall.api.calling"} <= set(domain)
     assert meta_reached_from_the_domain() == {}
 
 
@@ -305,21 +305,21 @@ def test_the_meta_import_check_sees_a_domain_module_reaching_meta() -> None:
         found = meta_reached_from_the_domain()
         assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.permissions"]
         assert "wacall.upstreams.meta.errors" in found["wacall.permissions"]  # what the parser imports, too
-        assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.call_service"]  # through permissions
+        assert "wacall.upstreams.meta.webhook_payloads" in found["wacall.calls.service"]  # through permissions
         assert "wacall.app" not in found and "wacall.simulator.platform" not in found
     finally:
         GRAPH.clear()
         GRAPH.update(saved)
 
 
-SERVICES = ("wacall.permissions", "wacall.call_service")
+SERVICES = ("wacall.permissions", "wacall.calls.service")
 
 
 def services_reached_by_the_dispatcher() -> list[str]:
     """Services the dispatcher reaches, and the call service if the permission service reaches it."""
     found = sorted(s for s in SERVICES if s in graph_reachable("wacall.ingest"))
-    if "wacall.call_service" in graph_reachable("wacall.permissions"):
-        found.append("wacall.permissions → wacall.call_service")
+    if "wacall.calls.service" in graph_reachable("wacall.permissions"):
+        found.append("wacall.permissions → wacall.calls.service")
     return found
 
 
@@ -333,11 +333,11 @@ def test_the_dispatcher_check_sees_a_service_owning_dispatch() -> None:
     saved = {name: set(targets) for name, targets in GRAPH.items()}
     try:
         GRAPH["wacall.ingest"].add("wacall.permissions")
-        GRAPH["wacall.permissions"].add("wacall.call_service")
+        GRAPH["wacall.permissions"].add("wacall.calls.service")
         assert services_reached_by_the_dispatcher() == [
-            "wacall.call_service",
+            "wacall.calls.service",
             "wacall.permissions",
-            "wacall.permissions → wacall.call_service",
+            "wacall.permissions → wacall.calls.service",
         ]
     finally:
         GRAPH.clear()
@@ -407,7 +407,7 @@ def test_routes_use_only_the_services_audio_and_field_checks() -> None:
 def test_the_route_check_sees_a_route_reaching_into_the_service() -> None:
     saved = set(GRAPH["wacall_adapters.media_stream"])
     try:
-        GRAPH["wacall_adapters.media_stream"].add("wacall.call_service")
-        assert service_internals_imported_by("wacall_adapters.media_stream") == ["wacall.call_service"]
+        GRAPH["wacall_adapters.media_stream"].add("wacall.calls.service")
+        assert service_internals_imported_by("wacall_adapters.media_stream") == ["wacall.calls.service"]
     finally:
         GRAPH["wacall_adapters.media_stream"] = saved

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from wacall.engine import Reason
+from wacall.rules.engine import Reason
 from wacall.upstreams.base import (
     PermissionAction,
     PermissionStatus,

@@ -25,7 +25,7 @@ from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall import engine
+from wacall.rules import engine
 from wacall.upstreams.meta.accounts import MetaAccount
 
 

@@ -17,8 +17,8 @@ from conftest import Running, duration, eventually, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall.call_service import CallNotFound, CallNotLive, CallService, RerouteRefused
-from wacall.call_sessions import CallSession, SessionClosed
+from wacall.calls.service import CallNotFound, CallNotLive, CallService, RerouteRefused
+from wacall.calls.sessions import CallSession, SessionClosed
 from wacall.media.leg import AudioLeg
 from wacall.media.platform_leg import MediaCounters
 from wacall.media.tracks import FRAME_BYTES, AudioSource, FrameHandler, ToneSource, level

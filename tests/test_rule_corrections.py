@@ -40,8 +40,8 @@ from wacall_client import error_details
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall import engine
 from wacall.numbers import parse_number
+from wacall.rules import engine
 from wacall.store import SCHEMA_VERSION, SqliteStore, StoreError, ledger_from_json, ledger_to_json, to_micros
 from wacall.upstreams.meta import wire as payloads
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign

@@ -15,7 +15,7 @@ from conftest import BUSINESS, OTHER_USER, USER, Running, eventually, wait_until
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall.call_service import SdpRefused, check_sdp
+from wacall.calls.service import SdpRefused, check_sdp
 from wacall.media import sdp
 from wacall.media.leg import AudioLeg
 from wacall.numbers import parse_number

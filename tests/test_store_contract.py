@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from wacall.engine import Ledger, PermissionState, Restriction
+from wacall.rules.engine import Ledger, PermissionState, Restriction
 from wacall.store import (
     CallInProgress,
     EventRecord,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from legacy_schemas import FIRST_RELEASE, REFUSED_WEBHOOKS, VERSION_1, VERSION_2
 
-from wacall.engine import PermissionState, Restriction
+from wacall.rules.engine import PermissionState, Restriction
 from wacall.store import (
     SCHEMA_VERSION,
     IdempotentResult,

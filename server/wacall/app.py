@@ -26,7 +26,7 @@ from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
-from wacall.call_service import CallService
+from wacall.calls.service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings
 from wacall.fields import InvalidField

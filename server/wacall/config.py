@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wacall.confinement import OutsideDirectory, inside
-from wacall.policy import PRESETS, Policy, PolicyError, load_policy
+from wacall.rules.policy import PRESETS, Policy, PolicyError, load_policy
 from wacall.upstreams.base import Account
 from wacall.upstreams.meta.accounts import InvalidSenderConfig, sender_from_config
 from wacall_adapters.registry import INBOUND_ROUTES

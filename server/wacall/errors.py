@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from wacall.engine import Reason
+from wacall.rules.engine import Reason
 from wacall.upstreams.base import RefusalReason, UpstreamReason
 
 

@@ -13,8 +13,8 @@ import enum
 from collections.abc import Mapping
 from datetime import datetime
 
-from wacall import engine
-from wacall.engine import Ledger, LedgerEvent, Source
+from wacall.rules import engine
+from wacall.rules.engine import Ledger, LedgerEvent, Source
 from wacall.store import EventRecord, Pair
 
 

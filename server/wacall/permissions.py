@@ -16,18 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from wacall import engine
 from wacall.clock import Clock
-from wacall.engine import (
-    ActionDecision,
-    Channel,
-    Evaluation,
-    Ledger,
-    LedgerEvent,
-    PermissionState,
-    Reason,
-    Source,
-)
 from wacall.events import EventKind, describe, grant_expiry, permission_event
 from wacall.fields import InvalidField
 from wacall.inbound import (
@@ -40,7 +29,18 @@ from wacall.inbound import (
 )
 from wacall.ingest import Outcome, Skipped
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
-from wacall.policy import Policy
+from wacall.rules import engine
+from wacall.rules.engine import (
+    ActionDecision,
+    Channel,
+    Evaluation,
+    Ledger,
+    LedgerEvent,
+    PermissionState,
+    Reason,
+    Source,
+)
+from wacall.rules.policy import Policy
 from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
 from wacall.upstreams.base import (
     Account,

@@ -29,9 +29,9 @@ from wacall.api.errors import (
     text_field,
 )
 from wacall.api.messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
-from wacall.call_record import CallRecord
-from wacall.call_service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
-from wacall.calls import CallState
+from wacall.calls.machine import CallState
+from wacall.calls.record import CallRecord
+from wacall.calls.service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
 from wacall.fields import InvalidField
 from wacall.media.tracks import Framer, PcmResampler
 from wacall.numbers import InvalidNumber, parse_number

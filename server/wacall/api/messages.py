@@ -9,14 +9,15 @@ from datetime import datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall import call_record, engine
-from wacall.call_record import CallRecord
-from wacall.calls import CallOutcome, CallState, Direction
-from wacall.engine import ActionDecision
+from wacall.calls import record as call_record
+from wacall.calls.machine import CallOutcome, CallState, Direction
+from wacall.calls.record import CallRecord
 from wacall.errors import REASONS
 from wacall.events import EventKind
 from wacall.permissions import PermissionView
-from wacall.policy import Policy, WindowLimit
+from wacall.rules import engine
+from wacall.rules.engine import ActionDecision
+from wacall.rules.policy import Policy, WindowLimit
 from wacall.store import EventRecord
 
 STATE = {s: getattr(pb, f"PERMISSION_STATE_{s.name}") for s in engine.PermissionState}

@@ -27,13 +27,13 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from wacall import engine
 from wacall.clock import Clock
-from wacall.engine import Ledger, PermissionState, Source
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import platform_problems
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
-from wacall.policy import Policy
+from wacall.rules import engine
+from wacall.rules.engine import Ledger, PermissionState, Source
+from wacall.rules.policy import Policy
 from wacall.simulator.phone import DEFAULT_RING, OnCall, PhoneCall, new_wacid, voice
 from wacall.store import from_micros, ledger_from_json, ledger_to_json, to_micros
 from wacall.upstreams.base import (

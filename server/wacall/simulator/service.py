@@ -21,9 +21,9 @@ from wacall.api.errors import (
     text_field,
 )
 from wacall.api.messages import timestamp
-from wacall.engine import PermissionState, effective_state
 from wacall.media.tracks import audio_problem
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
+from wacall.rules.engine import PermissionState, effective_state
 from wacall.simulator.phone import OnCall, PhoneCall
 from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
-from wacall.engine import Ledger, PermissionState, Restriction
+from wacall.rules.engine import Ledger, PermissionState, Restriction
 
 T = TypeVar("T")
 

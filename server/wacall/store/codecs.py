@@ -10,8 +10,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from wacall.engine import Ledger, PermissionState
-from wacall.policy import SEED
+from wacall.rules.engine import Ledger, PermissionState
+from wacall.rules.policy import SEED
 
 # A ledger stored before requests expired is read with the platform's request lifetime (§1.3).
 LEGACY_REQUEST_LIFETIME = SEED.request_lifetime

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from wacall.engine import Ledger, PermissionState, Restriction
+from wacall.rules.engine import Ledger, PermissionState, Restriction
 from wacall.store.base import (
     CallInProgress,
     ChangeNotifier,

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from wacall.engine import Reason
 from wacall.numbers import PhoneNumber
+from wacall.rules.engine import Reason
 
 
 class UpstreamReason(enum.Enum):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from wacall.engine import Reason
+from wacall.rules.engine import Reason
 from wacall.upstreams.base import RefusalReason, UpstreamReason
 
 

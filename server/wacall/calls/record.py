@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from wacall.calls import CallFacts, CallOutcome, CallState, Direction
+from wacall.calls.machine import CallFacts, CallOutcome, CallState, Direction
 from wacall.media.platform_leg import MediaCounters
 from wacall.store import Pair, StoredCall, from_micros, optional_datetime, optional_micros, to_micros
 

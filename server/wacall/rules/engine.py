@@ -46,7 +46,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from wacall.policy import Policy, WindowLimit
+from wacall.rules.policy import Policy, WindowLimit
 
 
 class PermissionState(enum.Enum):

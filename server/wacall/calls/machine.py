@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from wacall import engine
+from wacall.rules import engine
 
 
 class CallState(enum.Enum):

@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from wacall import calls, engine
-from wacall.call_record import CallRecord, PlatformError, encode, from_stored, to_stored
-from wacall.call_sessions import CallSession, SessionClosed
-from wacall.calls import CallFacts, CallState, Direction
+from wacall.calls import machine
+from wacall.calls.machine import CallFacts, CallState, Direction
+from wacall.calls.record import CallRecord, PlatformError, encode, from_stored, to_stored
+from wacall.calls.sessions import CallSession, SessionClosed
 from wacall.clock import Clock, SystemClock
 from wacall.events import EventKind
 from wacall.fields import InvalidField
@@ -35,6 +35,7 @@ from wacall.permissions import (
     PlatformRefusal,
     RuleRefusal,
 )
+from wacall.rules import engine
 from wacall.store import (
     EventRecord,
     IdempotentResult,
@@ -100,18 +101,18 @@ def check_sdp(sdp: str, sdp_type: SdpType, whose: str) -> str:
     return sdp
 
 
-def _event_from_item(item: CallEventItem) -> calls.CallEvent | None:
+def _event_from_item(item: CallEventItem) -> machine.CallEvent | None:
     match item.kind:
         case CallEventKind.CONNECT:
-            return calls.Connect(item.timestamp)
+            return machine.Connect(item.timestamp)
         case CallEventKind.RINGING:
-            return calls.Ringing(item.timestamp)
+            return machine.Ringing(item.timestamp)
         case CallEventKind.ACCEPTED:
-            return calls.Accepted(item.timestamp)
+            return machine.Accepted(item.timestamp)
         case CallEventKind.REJECTED:
-            return calls.Rejected(item.timestamp)
+            return machine.Rejected(item.timestamp)
         case CallEventKind.TERMINATE:
-            return calls.Terminated(
+            return machine.Terminated(
                 item.timestamp,
                 item.start_time,
                 item.end_time,
@@ -198,7 +199,7 @@ class CallService:
 
     def _save(self, tx: Tx, record: CallRecord, now: datetime) -> CallRecord:
         """Save the call, tell the ledger what it must learn from its facts, and log the update."""
-        facts, effects = calls.ledger_effects(record.facts)
+        facts, effects = machine.ledger_effects(record.facts)
         ledger = tx.ledger(record.pair)
         for effect in effects:
             ledger = self.permissions.record(tx, record.pair, ledger, effect, now, {"call_id": record.call_id})
@@ -319,7 +320,7 @@ class CallService:
                 tx,
                 dataclasses.replace(
                     record,
-                    facts=calls.apply(record.facts, calls.SetupFailed(now, code, str(error))),
+                    facts=machine.apply(record.facts, machine.SetupFailed(now, code, str(error))),
                     platform_error=platform_error,
                     end_reason=f"setup failed: {error}",
                 ),
@@ -406,7 +407,7 @@ class CallService:
             return None
         record = from_stored(earlier)
         reason = f"superseded: the user called again ({item.call_id}) before this call's terminate arrived"
-        facts = calls.apply(record.facts, calls.Terminated(item.timestamp))
+        facts = machine.apply(record.facts, machine.Terminated(item.timestamp))
         self._save(tx, dataclasses.replace(record, facts=facts, end_reason=reason), now)
         return record.call_id
 
@@ -421,7 +422,7 @@ class CallService:
         event = _event_from_item(item)
         if event is None:
             return record
-        record = dataclasses.replace(record, facts=calls.apply(record.facts, event))
+        record = dataclasses.replace(record, facts=machine.apply(record.facts, event))
         if item.kind is CallEventKind.TERMINATE and not record.end_reason:
             record = dataclasses.replace(
                 record,
@@ -497,7 +498,7 @@ class CallService:
             # For a user's call, the business accepting it is the pickup.
             now = self.clock.now()
             record = self._record(tx, call_id)
-            self._save(tx, dataclasses.replace(record, facts=calls.apply(record.facts, calls.Accepted(now))), now)
+            self._save(tx, dataclasses.replace(record, facts=machine.apply(record.facts, machine.Accepted(now))), now)
 
         await self.store.transaction(accepted)
         await self._connected(session)
@@ -551,7 +552,7 @@ class CallService:
             record = from_stored(stored)
             if record.ended:
                 return record, False
-            facts = calls.apply(record.facts, calls.EndedByBusiness(now))
+            facts = machine.apply(record.facts, machine.EndedByBusiness(now))
             return self._save(tx, dataclasses.replace(record, facts=facts, end_reason=reason), now), True
 
         record, changed = await self.store.transaction(mark)
@@ -669,7 +670,7 @@ class CallService:
                 claimant=self.instance, now=self.wall_clock.now(), lease_until=self._lease_until()
             ):
                 record = from_stored(stored)
-                facts = calls.apply(record.facts, calls.EndedByBusiness(now))
+                facts = machine.apply(record.facts, machine.EndedByBusiness(now))
                 ended.append(self._save(tx, dataclasses.replace(record, facts=facts, end_reason=reason), now))
             return ended
 

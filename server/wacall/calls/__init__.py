@@ -1,0 +1,1 @@
+"""Calls: the pure state machine, the call record and its codec, live media sessions, and call control."""
