@@ -4,8 +4,6 @@ leg: real audio measured at the user's phone and at the business side, before an
 from __future__ import annotations
 
 import asyncio
-import math
-import struct
 import time
 import wave
 from collections.abc import Callable
@@ -14,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import Running, duration, eventually, wait_until
-from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from test_media_routes import phone_of, tone_frame
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.calls.service import CallNotFound, CallNotLive, CallService, RerouteRefused
@@ -26,18 +24,6 @@ from wacall.store import Pair
 from wacall_adapters.base import CallLeg, MediaAdapter
 from wacall_adapters.registry import plan_route
 from wacall_adapters.routes import RoutePlan, ServerFiles
-
-
-def tone_frame(rate: int, frequency: float, index: int) -> bytes:
-    samples = rate // 50
-    return struct.pack(
-        f"<{samples}h",
-        *(int(8000 * math.sin(2 * math.pi * frequency * (index * samples + i) / rate)) for i in range(samples)),
-    )
-
-
-async def phone_of(wacall: Running, call: pb.Call) -> sim_pb.PhoneCall:
-    return await wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id))
 
 
 def service_calls(wacall: Running) -> CallService:

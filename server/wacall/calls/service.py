@@ -58,8 +58,8 @@ class CallNotFound(LookupError):
     pass
 
 
-class CallNotLive(Exception):
-    """The call's media is not held by this process: it has ended, or another replica holds it."""
+class CallProblem(Exception):
+    """Something about one call that its caller must hear: which call, and why."""
 
     def __init__(self, call_id: str, why: str) -> None:
         super().__init__(f"{call_id}: {why}")
@@ -67,23 +67,17 @@ class CallNotLive(Exception):
         self.why = why
 
 
-class RerouteRefused(Exception):
+class CallNotLive(CallProblem):
+    """The call's media is not held by this process: it has ended, or another replica holds it."""
+
+
+class RerouteRefused(CallProblem):
     """The call cannot move to that route (its media does not pass through the service, or the route cannot take
     a live call); the call goes on as it was."""
 
-    def __init__(self, call_id: str, why: str) -> None:
-        super().__init__(f"{call_id}: {why}")
-        self.call_id = call_id
-        self.why = why
 
-
-class MediaSetupFailed(Exception):
+class MediaSetupFailed(CallProblem):
     """The call's media could not be set up on our side before it was placed; the call is recorded FAILED."""
-
-    def __init__(self, call_id: str, why: str) -> None:
-        super().__init__(f"{call_id}: {why}")
-        self.call_id = call_id
-        self.why = why
 
 
 class SdpRefused(ValueError):
