@@ -1,8 +1,10 @@
-"""Call control: place, follow and end calls; feed every outcome to the rules ledger; run each call's media.
+"""Call control: place, follow, reroute and end calls; feed every outcome to the rules ledger; run each call's media.
 
 Decisions and facts are committed before anything is acknowledged (the same store transactions as permissions).
-Media work (aiortc, adapters) happens after the commit, on this process's event loop, and every path that ends a
-call releases its session: `_finish` is the one place that closes a leg and an adapter.
+Every change to a call is a `CallRecord` saved by `_save`, which also tells the ledger what the call's facts teach it
+and logs the update. Media work (platform legs, routes) happens after the commit, on this process's event loop, in
+`CallSession`s; every path that ends a call releases its session through `_close_session`, the one place that
+closes a route and a platform leg. The calls this process places and answers are its own, under a lease it renews.
 """
 
 from __future__ import annotations
@@ -126,7 +128,6 @@ def _item_to_json(item: CallEventItem) -> dict[str, Any]:
 
 
 def _item_from_json(data: Mapping[str, Any]) -> CallEventItem:
-
     return CallEventItem(
         **{
             **data,
