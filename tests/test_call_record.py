@@ -16,7 +16,7 @@ from wacall.calls import record as call_record
 from wacall.calls.machine import CallFacts, CallOutcome, CallState, Direction
 from wacall.calls.record import CallRecord, PlatformError
 from wacall.events import EventKind
-from wacall.media.platform_leg import MediaCounters
+from wacall.media.counters import MediaCounters
 from wacall.rules.engine import PermissionState, Source
 from wacall.store import EventRecord, Pair, Tx, to_micros
 

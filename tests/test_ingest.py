@@ -4,25 +4,28 @@ and the work a handler leaves for later run only once the delivery is committed.
 from __future__ import annotations
 
 import sqlite3
+import typing
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import eventually
+from conftest import Running, eventually
 
+from wacall.app import dispatch_table
 from wacall.clock import ManualClock
 from wacall.inbound import (
     CallEventItem,
     CallEventKind,
     DeliveryStatus,
     Ignored,
+    InboundItem,
     InboundMessage,
     MessageStatus,
     PermissionReply,
     ReplyTo,
 )
-from wacall.ingest import Dispatcher, DuplicateHandler, IngestResult, Outcome, Skipped, handler
+from wacall.ingest import Dispatcher, DuplicateHandler, Handler, IngestResult, Outcome, Skipped
 from wacall.store import Store, Tx, open_store
 
 BUSINESS = "+447911123456"
@@ -68,7 +71,7 @@ async def test_each_item_goes_to_the_handler_its_type_names_and_the_counts_say_w
     dispatcher = Dispatcher(
         store,
         ManualClock(AT),
-        [handler(PermissionReply, on_reply), handler(InboundMessage, on_message)],
+        [Handler(PermissionReply, on_reply), Handler(InboundMessage, on_message)],
     )
     status = MessageStatus("acct", "wamid.S", USER, DeliveryStatus.READ, AT, (), "")
     result = await dispatcher.deliver(
@@ -112,7 +115,7 @@ async def test_a_delivery_is_applied_whole_or_not_at_all(store: Store, tmp_path:
     dispatcher = Dispatcher(
         store,
         ManualClock(AT),
-        [handler(PermissionReply, claim), handler(InboundMessage, cannot)],
+        [Handler(PermissionReply, claim), Handler(InboundMessage, cannot)],
     )
     with pytest.raises(RuntimeError, match="second item"):
         await dispatcher.deliver(b"{}", [(reply("r1"), BUSINESS), (message("m1"), BUSINESS)])
@@ -136,7 +139,7 @@ async def test_work_left_for_after_the_commit_sees_the_delivery_committed(store:
 
         return after
 
-    dispatcher = Dispatcher(store, ManualClock(AT), [handler(CallEventItem, apply)])
+    dispatcher = Dispatcher(store, ManualClock(AT), [Handler(CallEventItem, apply)])
     assert await dispatcher.deliver(b"{}", [(item, BUSINESS)]) == IngestResult(1, 0, 0)
     await eventually(lambda: seen_committed == [True], what="the after-commit work")
 
@@ -146,4 +149,12 @@ async def test_the_table_takes_one_handler_per_item_type(store: Store) -> None:
         return None
 
     with pytest.raises(DuplicateHandler, match="InboundMessage"):
-        Dispatcher(store, ManualClock(AT), [handler(InboundMessage, either), handler(InboundMessage, either)])
+        Dispatcher(store, ManualClock(AT), [Handler(InboundMessage, either), Handler(InboundMessage, either)])
+
+
+async def test_the_assembled_table_has_a_handler_for_every_item_a_platform_can_send(wacall: Running) -> None:
+    # An item type left out of the table would be counted as ignored and acknowledged: silently lost.
+    assert wacall.service.permissions is not None and wacall.service.calls is not None
+    table = dispatch_table(wacall.service.permissions, wacall.service.calls)
+    handled = {entry.item_type for entry in table}
+    assert handled == set(typing.get_args(InboundItem)) - {Ignored}

@@ -17,8 +17,8 @@ from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.calls.service import CallNotFound, CallNotLive, CallService, RerouteRefused
 from wacall.calls.sessions import CallSession, SessionClosed
+from wacall.media.counters import MediaCounters
 from wacall.media.leg import AudioLeg
-from wacall.media.platform_leg import MediaCounters
 from wacall.media.tracks import FRAME_BYTES, AudioSource, FrameHandler, ToneSource, level
 from wacall.store import Pair
 from wacall_adapters.base import CallLeg, MediaAdapter
@@ -180,6 +180,21 @@ async def test_only_a_live_call_whose_media_passes_through_the_service_can_move(
     with pytest.raises(CallNotLive, match="has ended"):
         await calls.reroute(call.call_id, stream)
 
+    # A passthrough call's media runs between the agent and the platform: there is nothing here to move.
+    agent = AudioLeg(name="agent")
+    try:
+        offer = await agent.create_offer()
+        direct = await wacall.start_call(route=pb.Route(webrtc=pb.WebRtcRoute(offer_sdp=offer, passthrough=True)))
+        answered = await wait_until(lambda: wacall.get_call(direct.call_id), lambda c: bool(c.webrtc_answer_sdp))
+        await agent.apply_answer(answered.webrtc_answer_sdp)
+        await wacall.wait_call(direct.call_id, pb.CALL_STATE_CONNECTED)
+        with pytest.raises(RerouteRefused, match="does not pass through wacall"):
+            await calls.reroute(direct.call_id, stream)
+        assert (await wacall.get_call(direct.call_id)).route == "webrtc_passthrough"
+        await wacall.calling.EndCall(pb.EndCallRequest(call_id=direct.call_id))
+    finally:
+        await agent.close()
+
 
 # --- the session's rules, on an in-memory platform leg --------------------------------------------------------------
 
@@ -258,12 +273,12 @@ async def test_a_route_that_was_let_go_no_longer_reaches_the_call() -> None:
     hangups: list[str] = []
     first, second = KeepsTalking("first"), KeepsTalking("second")
     session, platform = memory_session(first, hangups)
-    await session.attach_route()
+    await session.attach_adapter()
     platform.user_says(b"1")
 
     await session.reroute(second, "second")
     platform.user_says(b"2")
-    assert first.closed and not second.closed and session.route is second
+    assert first.closed and not second.closed and session.adapter is second
     assert platform.playing is second.source
     assert first.heard == [b"1"] and second.heard == [b"2"]
     assert first.leg is not None
@@ -279,12 +294,12 @@ async def test_a_route_that_fails_to_attach_is_closed_and_the_old_route_plays_ag
     hangups: list[str] = []
     first, broken = KeepsTalking("first"), KeepsTalking("broken", fail_attach=True)
     session, platform = memory_session(first, hangups)
-    await session.attach_route()
+    await session.attach_adapter()
 
     with pytest.raises(RuntimeError, match="broken cannot attach"):
         await session.reroute(broken, "broken")
     platform.user_says(b"1")
-    assert broken.closed and not first.closed and session.route is first and session.route_name == "a"
+    assert broken.closed and not first.closed and session.adapter is first and session.route_name == "a"
     assert platform.playing is first.source  # what the broken route played during its attach is gone
     assert first.heard == [b"1"] and broken.heard == []
     assert first.leg is not None
@@ -295,7 +310,7 @@ async def test_a_route_that_fails_to_attach_is_closed_and_the_old_route_plays_ag
 async def test_a_call_that_ends_while_a_route_attaches_releases_the_new_route() -> None:
     first = KeepsTalking("first")
     session, platform = memory_session(first, [])
-    await session.attach_route()
+    await session.attach_adapter()
 
     class EndsTheCallWhileAttaching(KeepsTalking):
         async def attach(self, leg: CallLeg) -> None:
@@ -306,3 +321,120 @@ async def test_a_call_that_ends_while_a_route_attaches_releases_the_new_route() 
     with pytest.raises(SessionClosed):
         await session.reroute(late, "late")
     assert first.closed and late.closed and platform.closed and platform.listeners == []
+
+
+class FinishesTheOldRoute(KeepsTalking):
+    """The next route, while it attaches, watches the old one finish and hang up."""
+
+    def __init__(self, old: KeepsTalking, fail_attach: bool) -> None:
+        super().__init__("next", fail_attach)
+        self.old = old
+
+    async def attach(self, leg: CallLeg) -> None:
+        assert self.old.leg is not None
+        await self.old.leg.hangup("the old route finished")  # the old route is suspended: its hang-up waits
+        await super().attach(leg)
+
+
+@pytest.mark.parametrize(("next_fails", "hung_up"), [(True, ["the old route finished"]), (False, [])])
+async def test_a_hang_up_asked_during_a_reroute_happens_only_if_the_old_route_carries_on(
+    next_fails: bool, hung_up: list[str]
+) -> None:
+    hangups: list[str] = []
+    first = KeepsTalking("first")
+    session, _ = memory_session(first, hangups)
+    await session.attach_adapter()
+    following = FinishesTheOldRoute(first, fail_attach=next_fails)
+    if next_fails:
+        with pytest.raises(RuntimeError):
+            await session.reroute(following, "next")
+    else:
+        await session.reroute(following, "next")
+    assert hangups == hung_up
+
+
+async def test_two_reroutes_at_once_take_turns_and_leave_one_route_listening() -> None:
+    first, third = KeepsTalking("first"), KeepsTalking("third")
+    session, platform = memory_session(first, [])
+    await session.attach_adapter()
+
+    class SlowToAttach(KeepsTalking):
+        async def attach(self, leg: CallLeg) -> None:
+            await asyncio.sleep(0.05)
+            await super().attach(leg)
+
+    slow = SlowToAttach("slow")
+    await asyncio.gather(session.reroute(slow, "slow"), session.reroute(third, "third"))
+    assert session.adapter is third and session.route_name == "third"
+    assert first.closed and slow.closed and not third.closed
+    assert len(platform.listeners) == 1
+    platform.user_says(b"1")
+    assert third.heard == [b"1"] and slow.heard == []
+
+
+async def test_a_route_that_was_let_go_hears_nothing_even_if_it_listens_again() -> None:
+    first, second = KeepsTalking("first"), KeepsTalking("second")
+    session, platform = memory_session(first, [])
+    await session.attach_adapter()
+    await session.reroute(second, "second")
+    assert first.leg is not None
+    unsubscribe = first.leg.listen(first.heard.append)
+    platform.user_says(b"1")
+    unsubscribe()
+    assert first.heard == [] and len(platform.listeners) == 1
+
+
+async def test_a_call_that_ends_while_the_old_route_closes_reports_the_reroute_as_ended() -> None:
+    session_box: list[CallSession] = []
+
+    class EndsTheCallWhileClosing(KeepsTalking):
+        async def close(self) -> None:
+            await super().close()
+            await session_box[0].close()
+
+    first, second = EndsTheCallWhileClosing("first"), KeepsTalking("second")
+    session, platform = memory_session(first, [])
+    session_box.append(session)
+    await session.attach_adapter()
+    with pytest.raises(SessionClosed):
+        await session.reroute(second, "second")
+    assert first.closed and second.closed and platform.closed and platform.listeners == []
+
+
+async def test_a_media_stream_program_is_let_go_when_its_call_moves_to_another_route(
+    wacall: Running, tmp_path: Path
+) -> None:
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    call = await wacall.start_call(route=pb.Route(media_stream=pb.MediaStreamRoute()))
+    await wacall.wait_call(call.call_id, pb.CALL_STATE_CONNECTED)
+    requests: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
+    await requests.put(pb.CallMediaRequest(call_id=call.call_id))
+
+    async def outgoing():  # type: ignore[no-untyped-def]
+        while (item := await requests.get()) is not None:
+            yield item
+
+    heard: list[bytes] = []
+    updates: list[pb.Call] = []
+
+    async def program() -> None:
+        async for message in wacall.calling.CallMedia(outgoing()):
+            if message.WhichOneof("kind") == "audio":
+                heard.append(message.audio)
+            else:
+                updates.append(message.call)
+
+    stream = asyncio.create_task(program())
+    await eventually(lambda: sum(level(f) > 0.05 for f in heard) > 20, what="the user at the program")
+    hold = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=500, tone_duration=duration(30)))
+    await service_calls(wacall).reroute(call.call_id, await plan(hold, tmp_path))
+
+    await asyncio.wait_for(stream, 10)  # the stream ends by itself: it no longer carries the call
+    assert updates[-1].route == "announcement" and updates[-1].state == pb.CALL_STATE_CONNECTED
+    before = await phone_of(wacall, call)
+    await asyncio.sleep(0.5)
+    after = await phone_of(wacall, call)
+    assert after.audible_frames_received - before.audible_frames_received >= 15  # the hold tone plays
+    await requests.put(None)
+    await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))

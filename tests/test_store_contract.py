@@ -164,6 +164,18 @@ async def test_a_transaction_returns_what_its_function_returns_once_committed(ba
     assert [e.cursor for e in await reader.events_after(0)] == [cursor]
 
 
+async def test_what_committed_is_still_there_after_the_store_is_closed_and_opened_again(backend: Backend) -> None:
+    # Durable: a commit survives the process (here: the store) going away; nothing is kept only in memory.
+    first = backend.open()
+    cursor = await first.transaction(lambda tx: (tx.save_setting("answer", "42"), tx.append(event()))[1])
+    await first.close()
+    backend.opened.remove(first)
+    again = backend.open()
+    assert await again.transaction(lambda tx: tx.setting("answer")) == "42"
+    assert [e.cursor for e in await again.events_after(0)] == [cursor]
+    assert await again.last_cursor() == cursor
+
+
 async def test_concurrent_read_then_write_transactions_from_several_stores_lose_no_update(backend: Backend) -> None:
     stores = [backend.open() for _ in range(3)]
     rounds = 12

@@ -25,17 +25,14 @@ from wacall.media.tracks import (
     decode_file,
 )
 from wacall_adapters.base import CallLeg, MediaAdapter, stop_task
-from wacall_adapters.routes import InboundOptions, RoutePlan, RouteSpec, ServerFiles
+from wacall_adapters.routes import MAX_CALL_LENGTH, InboundOptions, RoutePlan, RouteSpec, ServerFiles
 
 TAIL_SECONDS = 0.5
 MAX_PATH = 4096
 MAX_TONE = timedelta(hours=1)
-MAX_CALL_LENGTH = timedelta(hours=24)
 
 
 class AnnouncementAdapter(MediaAdapter):
-    route = "announcement"
-
     def __init__(
         self,
         *,

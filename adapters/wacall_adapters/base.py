@@ -15,12 +15,9 @@ Audio is PCM16 mono 48 kHz in 20 ms frames (see wacall.media.tracks).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, Protocol
 
-from wacall.media.tracks import AudioSource, FrameHandler
-
-Unsubscribe = Callable[[], None]
+from wacall.media.tracks import AudioSource, FrameHandler, Unsubscribe
 
 
 class CallLeg(Protocol):
@@ -54,7 +51,6 @@ class AudioStream(Protocol):
 class MediaAdapter:
     """Base class with the no-op defaults; routes override what they need."""
 
-    route = "none"
     # Set by routes that hand their own SDP offer to the platform (no media through the service).
     passthrough_offer: str | None = None
 

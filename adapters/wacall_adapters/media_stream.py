@@ -16,16 +16,12 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall.fields import positive_duration
 from wacall.media.tracks import QueueSource
 from wacall_adapters.base import AudioStream, CallLeg, MediaAdapter, stop_task
-from wacall_adapters.routes import InboundOptions, RoutePlan, RouteSpec, ServerFiles
-
-MAX_CALL_LENGTH = timedelta(hours=24)
+from wacall_adapters.routes import MAX_CALL_LENGTH, InboundOptions, RoutePlan, RouteSpec, ServerFiles
 
 Listener = Callable[[bytes], None]
 
 
 class MediaStreamAdapter(MediaAdapter):
-    route = "media_stream"
-
     def __init__(self, *, max_duration: timedelta | None = None) -> None:
         self.max_duration = max_duration
         self.outgoing = QueueSource(max_frames=25)

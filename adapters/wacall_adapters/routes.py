@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from google.protobuf.message import Message
 
 from wacall_adapters.base import MediaAdapter
+
+# The longest call a route may be asked to last (its max_duration, a tone's length).
+MAX_CALL_LENGTH = timedelta(hours=24)
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,8 +31,6 @@ MAX_URL = 4096
 
 
 class WebRtcBridgeAdapter(MediaAdapter):
-    route = "webrtc"
-
     def __init__(self, *, offer_sdp: str, ice_servers: Sequence[str] = ()) -> None:
         self.offer_sdp = offer_sdp
         self.ice_servers = [RTCIceServer(urls=url) for url in ice_servers]
@@ -63,8 +61,6 @@ class WebRtcBridgeAdapter(MediaAdapter):
 
 
 class WebRtcPassthroughAdapter(MediaAdapter):
-    route = "webrtc_passthrough"
-
     def __init__(self, *, offer_sdp: str) -> None:
         self.passthrough_offer = only_sha256_fingerprint(offer_sdp)
         self._answer = ""

@@ -8,6 +8,7 @@ import hmac
 import logging
 import os
 import socket
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings
 from wacall.fields import InvalidField
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
-from wacall.ingest import Dispatcher, Handler, handler
+from wacall.ingest import Dispatcher, Handler
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -242,8 +243,16 @@ class Service:
             senders,
             upstream,
             reservation_grace=timedelta(seconds=self.settings.reservation_grace_seconds),
+            instance=f"{self._instance_name()}/{uuid.uuid4().hex[:16]}".lstrip("/"),
         )
         return self.permissions
+
+    def _instance_name(self) -> str:
+        """This process's name among those sharing the database (see `instance_name`); "" when it has none."""
+        if self.settings.instance_name:
+            return self.settings.instance_name
+        _, port = _split(self.settings.grpc_address)
+        return f"{socket.gethostname()}:{port}" if port else ""
 
     def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
         """Inbound deliveries, each item to the service that applies it."""
@@ -288,6 +297,7 @@ class Service:
             inbound_route=await self._inbound_route(),
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
             call_lease=timedelta(seconds=self.settings.call_lease_seconds),
+            instance_name=self._instance_name(),
             wall_clock=self.wall_clock,
         )
 
@@ -369,11 +379,11 @@ class Service:
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
     """The dispatch table: which service applies each kind of inbound item (the rest are ignored)."""
     return [
-        handler(PermissionReply, permissions.apply_user_message),
-        handler(InboundMessage, permissions.apply_user_message),
-        handler(MessageStatus, permissions.apply_message_status),
-        handler(BusinessRestriction, permissions.apply_restriction),
-        handler(CallEventItem, calls.apply_call_event),
+        Handler(PermissionReply, permissions.apply_user_message),
+        Handler(InboundMessage, permissions.apply_user_message),
+        Handler(MessageStatus, permissions.apply_message_status),
+        Handler(BusinessRestriction, permissions.apply_restriction),
+        Handler(CallEventItem, calls.apply_call_event),
     ]
 
 

@@ -48,6 +48,10 @@ class Settings:
     # A call's owner (the process running its media) renews its lease on the call a few times per lease; calls
     # whose owner stopped renewing for this long are ended by another process, or at start-up.
     call_lease_seconds: float = 30.0
+    # This process's name among those sharing the database. A process that starts again under the same name ends
+    # the calls its previous run left open at once, without waiting for their leases. Empty: the host name and the
+    # gRPC port (none when the port is picked at random: then only the lease tells).
+    instance_name: str = ""
     # Threads for audio encoding and file decoding (the event loop's default executor).
     worker_threads: int = 8
     # Where calls from users go: "announcement" (inbound_audio_file, or a tone) or "media_stream" (a program
@@ -95,6 +99,7 @@ SCALARS: Mapping[str, type] = {
     "media_timeout_seconds": float,
     "reservation_grace_seconds": float,
     "call_lease_seconds": float,
+    "instance_name": str,
     "worker_threads": int,
     "inbound_route": str,
     "inbound_audio_file": str,
@@ -143,6 +148,10 @@ DESCRIPTIONS: Mapping[str, str] = {
     "call_lease_seconds": (
         "the process running a call renews its lease on it a few times per lease; a call whose process stopped "
         "renewing (killed, cut off) this long is ended by another process sharing the database, or at start-up"
+    ),
+    "instance_name": (
+        "this process's name among those sharing the database; restarted under the same name, it ends the calls "
+        "its previous run left open at once (default: host name and gRPC port)"
     ),
     "worker_threads": "threads for audio encoding and file decoding",
     "inbound_route": "what answers a user's call: an announcement, or a CallMedia stream program",

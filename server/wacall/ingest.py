@@ -47,10 +47,6 @@ class Handler(Generic[Item]):
     apply: Callable[[Tx, str, Item, datetime], Outcome]
 
 
-def handler(item_type: type[Item], apply: Callable[[Tx, str, Item, datetime], Outcome]) -> Handler[Item]:
-    return Handler(item_type, apply)
-
-
 @dataclass(frozen=True, slots=True)
 class IngestResult:
     applied: int

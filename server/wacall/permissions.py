@@ -161,6 +161,7 @@ class PermissionService:
         senders: SenderDirectory,
         upstream: Upstream,
         reservation_grace: timedelta = timedelta(seconds=60),
+        instance: str = "",
     ) -> None:
         self.store = store
         self.clock = clock
@@ -169,8 +170,9 @@ class PermissionService:
         self.upstream = upstream
         # Longer than any send can take: an older unsettled reservation has no live sender.
         self.reservation_grace = reservation_grace
-        # This process, as a claimant of reservations to settle; and the reservations it is sending right now.
-        self.instance = uuid.uuid4().hex
+        # This process (its name and this run), as a claimant of reservations to settle and the owner of calls;
+        # and the reservations it is sending right now.
+        self.instance = instance or uuid.uuid4().hex
         self._in_flight: set[str] = set()
 
     # --- helpers ------------------------------------------------------------------------------------------------

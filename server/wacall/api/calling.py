@@ -330,7 +330,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         except CallNotFound as error:
             await self._guard(context, error)
         session = self.calls.session(first.call_id)
-        stream = session.route.audio_stream() if session is not None else None
+        stream = session.adapter.audio_stream() if session is not None else None
         if stream is None:
             reason = (
                 "the call has ended" if view.state is CallState.ENDED else "the call is not on a media_stream route"
@@ -338,6 +338,7 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
             await abort_precondition(
                 context, "NOT_A_MEDIA_STREAM_CALL", first.call_id, reason, f"cannot attach to {first.call_id}: {reason}"
             )
+        assert session is not None
         outbound: asyncio.Queue[pb.CallMediaResponse | None] = asyncio.Queue(maxsize=50)
         to_client = PcmResampler(48000, rate)
 
@@ -371,6 +372,8 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         async def follow_call() -> None:
             async for update in self.calls.updates(first.call_id):
                 offer(pb.CallMediaResponse(call=call_message(update)))
+                if session.adapter.audio_stream() is not stream:
+                    break  # the call moved to another route: this stream no longer carries it
             offer(None)
 
         reader = asyncio.create_task(read_client())

@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from wacall.calls.machine import CallFacts, CallOutcome, CallState, Direction
-from wacall.media.platform_leg import MediaCounters
+from wacall.media.counters import MediaCounters
 from wacall.store import Pair, StoredCall, from_micros, optional_datetime, optional_micros, to_micros
 
 

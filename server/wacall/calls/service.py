@@ -1,10 +1,12 @@
 """Call control: place, follow, reroute and end calls; feed every outcome to the rules ledger; run each call's media.
 
 Decisions and facts are committed before anything is acknowledged (the same store transactions as permissions).
-Every change to a call is a `CallRecord` saved by `_save`, which also tells the ledger what the call's facts teach it
-and logs the update. Media work (platform legs, routes) happens after the commit, on this process's event loop, in
-`CallSession`s; every path that ends a call releases its session through `_close_session`, the one place that
-closes a route and a platform leg. The calls this process places and answers are its own, under a lease it renews.
+Every change to a call's facts or route is a `CallRecord` saved by `_save`, which also tells the ledger what the
+facts teach it and logs the update; the media counters a finished session carried are stored after it closes,
+without an event. Media work (platform legs, routes) happens after the commit, on this process's event loop, in
+`CallSession`s, and live session state is read there, never inside a transaction. Every path that ends a call
+releases its session through `_close_session` (a session closes the routes it lets go on a reroute itself). The
+calls this process places and answers are its own, under a lease it renews.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from wacall.store import (
     EventRecord,
     IdempotentResult,
     Pair,
+    StoredCall,
     Tx,
     from_micros,
     optional_datetime,
@@ -151,6 +154,7 @@ class CallService:
         media_timeout: timedelta = timedelta(seconds=20),
         call_lease: timedelta = timedelta(seconds=30),
         wall_clock: Clock | None = None,
+        instance_name: str = "",
     ) -> None:
         self.permissions = permissions
         self.store = permissions.store
@@ -162,6 +166,8 @@ class CallService:
         # This process owns the calls it places and answers, and renews its lease on them (on wall time: leases say
         # whether the process is alive, whatever the rules' clock says).
         self.instance = permissions.instance
+        # Calls owned by "<instance_name>/<an earlier run>" were left by this process before it restarted.
+        self._earlier_runs = f"{instance_name}/" if instance_name else None
         self.call_lease = call_lease
         self.wall_clock: Clock = wall_clock or SystemClock()
         self.sessions: dict[str, CallSession] = {}
@@ -183,7 +189,7 @@ class CallService:
         if session is None:
             return record
         return dataclasses.replace(
-            record, media=session.counters(), answer_sdp=record.answer_sdp or session.route.answer_sdp()
+            record, media=session.counters(), answer_sdp=record.answer_sdp or session.adapter.answer_sdp()
         )
 
     @staticmethod
@@ -199,8 +205,6 @@ class CallService:
         for effect in effects:
             ledger = self.permissions.record(tx, record.pair, ledger, effect, now, {"call_id": record.call_id})
         record = dataclasses.replace(record, facts=facts)
-        if record.ended:
-            record = self._live(record)  # the ended call keeps the media it carried
         # The owner and lease count when the row is created: this process owns the calls it creates.
         tx.save_call(dataclasses.replace(to_stored(record), owner=self.instance, lease_expires_at=self._lease_until()))
         source = (
@@ -268,10 +272,10 @@ class CallService:
         assert account is not None
         session = self._new_session(call_id, pair, account, route)
         try:
-            offer = session.route.passthrough_offer
+            offer = session.adapter.passthrough_offer
             if offer is None:
                 session.platform = self.platform_legs(f"whatsapp {call_id}")
-                await session.attach_route()
+                await session.attach_adapter()
                 offer = await session.platform.create_offer()
                 session.pickup_watch = self.spawn(self._connect_on_first_voice(session))
             # Nothing goes to the platform that it would refuse (the agent's offer was checked by the API).
@@ -439,7 +443,7 @@ class CallService:
                     # Apply at once: the platform fails calls whose answer is applied late (138007).
                     await session.platform.apply_answer(item.sdp)
                 else:
-                    await session.route.platform_answer(item.sdp)
+                    await session.adapter.platform_answer(item.sdp)
             except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
                 log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
                 await self._fail_setup(call_id, error, platform_action=CallAction.TERMINATE)
@@ -462,7 +466,7 @@ class CallService:
     async def _start_route(self, session: CallSession) -> None:
         """Tell the route the user is on the line (at pickup, or at once for a route a connected call moved to)."""
         try:
-            await session.route.connected()
+            await session.adapter.connected()
         except Exception as error:  # e.g. a recording that cannot be opened: the user picked up, so end it
             log.warning("call %s: the route failed after pickup: %s", session.call_id, error)
             self.spawn(self.end(session.call_id, reason=f"the route failed after pickup: {error}"))
@@ -475,7 +479,7 @@ class CallService:
         try:
             check_sdp(offer_sdp, "offer", "the platform's")
             session.platform = self.platform_legs(f"whatsapp {call_id}")
-            await session.attach_route()
+            await session.attach_adapter()
             answer = check_sdp(await session.platform.accept_offer(offer_sdp), "answer", "our")
         except Exception as error:  # nothing was sent yet: refuse the call on the platform
             log.warning("cannot answer user call %s: %s", call_id, error)
@@ -522,11 +526,12 @@ class CallService:
             await self._start_route(session)
 
         def record_route(tx: Tx) -> CallRecord:
-            now = self.clock.now()
-            return self._save(tx, dataclasses.replace(self._record(tx, call_id), route=route.name), now)
+            record = self._record(tx, call_id)
+            if record.ended:  # it ended since: its record keeps the route it ended on
+                return record
+            return self._save(tx, dataclasses.replace(record, route=route.name), self.clock.now())
 
-        record = await self.store.transaction(record_route)
-        return self._live(record)
+        return self._live(await self.store.transaction(record_route))
 
     # --- ending -------------------------------------------------------------------------------------------------
 
@@ -560,6 +565,7 @@ class CallService:
                 except UpstreamRefusal as error:
                     log.info("terminate for %s: %s", call_id, error)
             await self._close_session(call_id)
+            return await self.get(call_id)  # with the media the call carried
         return record
 
     async def _close_session(self, call_id: str) -> None:
@@ -568,17 +574,20 @@ class CallService:
             return
         try:
             counters = await session.close()
+            answer_sdp = session.adapter.answer_sdp()
+
+            def keep_media(tx: Tx) -> None:
+                # What the live session knew is read here, on the event loop, and only stored in the transaction.
+                stored = tx.call(call_id)
+                if stored is not None:
+                    record = from_stored(stored)
+                    kept = dataclasses.replace(record, media=counters, answer_sdp=record.answer_sdp or answer_sdp)
+                    tx.save_call(to_stored(kept))
+
+            await self.store.transaction(keep_media)
         finally:
+            # Popped once the media is stored: until then a read still finds the counters in the session.
             self.sessions.pop(call_id, None)
-
-        def keep_media(tx: Tx) -> None:
-            stored = tx.call(call_id)
-            if stored is not None:
-                record = from_stored(stored)
-                answer_sdp = record.answer_sdp or session.route.answer_sdp()
-                tx.save_call(to_stored(dataclasses.replace(record, media=counters, answer_sdp=answer_sdp)))
-
-        await self.store.transaction(keep_media)
 
     # --- reads ----------------------------------------------------------------------------------------------------
 
@@ -621,7 +630,7 @@ class CallService:
     async def start_background(self) -> None:
         """End the calls whose owner is gone (this service before a restart, a process that was killed), then keep
         this process's call leases, end calls whose owner stops renewing, and watch media liveness."""
-        await self._end_orphans("the service restarted during the call")
+        await self._end_orphans("the service restarted during the call", earlier_runs=True)
         self._watchdog = asyncio.create_task(self._watch_media())
         self.spawn(self._keep_leases())
 
@@ -654,16 +663,23 @@ class CallService:
             log.warning("call %s was ended by another process while this one held it: releasing its media", call_id)
             await self._close_session(call_id)
 
-    async def _end_orphans(self, reason: str) -> None:
-        """End every open call whose owner's lease expired (or that has no owner). Each is claimed and ended in one
+    async def _end_orphans(self, reason: str, *, earlier_runs: bool = False) -> None:
+        """End every open call whose owner's lease expired (or that has no owner), and with `earlier_runs` those
+        this process's earlier runs left (same instance name, another run). Each is claimed and ended in one
         transaction, so exactly one process ends it, however many look; then the platform is told."""
+
+        def left_by_an_earlier_run(stored: StoredCall) -> bool:
+            prefix = self._earlier_runs
+            return prefix is not None and stored.owner.startswith(prefix) and stored.owner != self.instance
 
         def claim_and_end(tx: Tx) -> list[CallRecord]:
             now = self.clock.now()
-            ended = []
-            for stored in tx.claim_expired_calls(
+            mine_before = [s for s in tx.open_calls() if left_by_an_earlier_run(s)] if earlier_runs else []
+            expired = tx.claim_expired_calls(
                 claimant=self.instance, now=self.wall_clock.now(), lease_until=self._lease_until()
-            ):
+            )
+            ended = []
+            for stored in {s.call_id: s for s in [*mine_before, *expired]}.values():
                 record = from_stored(stored)
                 facts = machine.apply(record.facts, machine.EndedByBusiness(now))
                 ended.append(self._save(tx, dataclasses.replace(record, facts=facts, end_reason=reason), now))

@@ -1,13 +1,13 @@
 """Call sessions: the live media of one call held by this process.
 
-A session owns one platform leg (the user's side, for the call's whole life) and one business-side route at a time
-(an adapter: an announcement, a media stream program, a WebRTC agent...). `reroute` moves a live call to another
-route without touching the platform leg: no renegotiation toward the platform and no gap in what the user hears,
-because the new route is attached (and plays) before the old one is let go. This is how hold audio hands a caller to
-an agent.
+A session owns one platform leg (the user's side, for the call's whole life) and one business-side adapter at a
+time (the call's route: an announcement, a media stream program, a WebRTC agent...). `reroute` moves a live call to
+another adapter without touching the platform leg: no renegotiation toward the platform and no gap in what the user
+hears, because the new adapter is attached (and plays) before the old one is let go. This is how hold audio hands a
+caller to an agent.
 
-Sessions are in-memory and belong to this process; the call's record (calls.py facts, the store) is the durable
-truth. CallService is the one place that creates and closes sessions.
+Sessions are in-memory and belong to this process; the call's record (`calls/record.py`, in the store) is the
+durable truth. CallService creates sessions and ends them; a session closes the adapters it lets go itself.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from wacall.media.platform_leg import MediaCounters, PlatformLeg, Unsubscribe
-from wacall.media.tracks import AudioSource, FrameHandler
+from wacall.media.counters import MediaCounters
+from wacall.media.platform_leg import PlatformLeg
+from wacall.media.tracks import AudioSource, FrameHandler, Unsubscribe
 from wacall.store import Pair
 from wacall.upstreams.base import Account
 from wacall_adapters.base import MediaAdapter
@@ -37,9 +38,10 @@ class SessionClosed(Exception):
 class AttachedRoute:
     """What one adapter sees of its call (wacall_adapters.base.CallLeg) while it is the call's route.
 
-    Once the call moves to another route, or ends, the view goes inert: its listeners are unsubscribed, and what it
-    plays or hangs up no longer reaches the call (an announcement that finishes after a reroute must not end the
-    call the agent is now on). While a reroute is under way it is suspended, and resumed if the new route fails.
+    Three states. *Active*: it plays, listens and hangs up for real. *Suspended* (a reroute is attaching the next
+    adapter): what it plays is remembered, not heard, and a hang-up waits; if the next adapter fails, the view is
+    active again and a hang-up asked for meanwhile happens then. *Detached* (let go, or the call ended): inert for
+    good: nothing it plays or hangs up reaches the call, and it hears nothing.
     """
 
     def __init__(self, session: CallSession) -> None:
@@ -47,7 +49,9 @@ class AttachedRoute:
         self._session = session
         self._unsubscribes: list[Unsubscribe] = []
         self._active = True
+        self._detached = False
         self._playing: AudioSource | None = None
+        self._hangup_asked: str | None = None
 
     def play(self, source: AudioSource) -> None:
         self._playing = source
@@ -55,7 +59,7 @@ class AttachedRoute:
             self._session.platform.play(source)
 
     def listen(self, handler: FrameHandler) -> Unsubscribe:
-        if self._session.platform is None:
+        if self._detached or self._session.platform is None:
             return _nothing_to_undo
         unsubscribe = self._session.platform.listen(handler)
         self._unsubscribes.append(unsubscribe)
@@ -64,17 +68,24 @@ class AttachedRoute:
     async def hangup(self, reason: str) -> None:
         if self._active:
             await self._session.hangup(reason)
+        elif not self._detached and self._hangup_asked is None:
+            self._hangup_asked = reason
 
     def suspend(self) -> None:
         self._active = False
 
-    def resume(self) -> None:
+    async def resume(self) -> None:
+        if self._detached:
+            return
         self._active = True
         if self._playing is not None and self._session.platform is not None:
             self._session.platform.play(self._playing)
+        if self._hangup_asked is not None:
+            await self._session.hangup(self._hangup_asked)
 
     def detach(self) -> None:
         self._active = False
+        self._detached = True
         for unsubscribe in self._unsubscribes:
             unsubscribe()
         self._unsubscribes.clear()
@@ -89,7 +100,7 @@ class CallSession:
     call_id: str
     pair: Pair
     account: Account
-    route: MediaAdapter
+    adapter: MediaAdapter
     route_name: str
     hangup: Hangup  # ends the call from the business side
     platform: PlatformLeg | None = None  # None on a passthrough route: the media bypasses this process
@@ -99,42 +110,52 @@ class CallSession:
     last_progress: float = field(default_factory=time.monotonic)
     pickup_watch: asyncio.Task[Any] | None = None
     _view: AttachedRoute | None = None
+    # One reroute at a time: two overlapping ones would both let go of the same adapter and keep the other.
+    _rerouting: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def attach_route(self) -> None:
-        """Attach the first route to the platform leg (before the offer or answer goes to the platform)."""
+    async def attach_adapter(self) -> None:
+        """Attach the first adapter to the platform leg (before the offer or answer goes to the platform)."""
         self._view = AttachedRoute(self)
-        await self.route.attach(self._view)
+        await self.adapter.attach(self._view)
 
     async def reroute(self, adapter: MediaAdapter, name: str) -> None:
-        """Make `adapter` the call's route. The new route is attached before the old one lets go, so the user
-        hears the old route until the new one plays; if the new route cannot attach, the old one carries on and
-        the error is raised. The caller tells a connected call's new route that the user is on the line."""
-        old_route, old_view = self.route, self._view
-        if old_view is not None:
-            old_view.suspend()
-        view = AttachedRoute(self)
-        try:
-            await adapter.attach(view)
-        except BaseException:
-            view.detach()
+        """Make `adapter` the call's route. The new adapter is attached before the old one lets go, so the user
+        hears the old route until the new one plays; if the new adapter cannot attach, it is closed, the old one
+        carries on and the error is raised. SessionClosed if the call ends meanwhile (the new adapter is released
+        too). The caller tells a connected call's new route that the user is on the line."""
+        async with self._rerouting:
+            if self.closed:
+                await _close_adapter(adapter, self.call_id)
+                raise SessionClosed(self.call_id)
+            old_adapter, old_view = self.adapter, self._view
             if old_view is not None:
-                old_view.resume()
-            await _close_route(adapter, self.call_id)
-            raise
-        if self.closed:  # the call ended while the new route attached; close() released the old one
-            view.detach()
-            await _close_route(adapter, self.call_id)
-            raise SessionClosed(self.call_id)
-        self.route, self.route_name, self._view = adapter, name, view
-        if old_view is not None:
-            old_view.detach()
-        await _close_route(old_route, self.call_id)
+                old_view.suspend()
+            view = AttachedRoute(self)
+            try:
+                await adapter.attach(view)
+            except BaseException:
+                view.detach()
+                await _close_adapter(adapter, self.call_id)
+                if old_view is not None:
+                    await old_view.resume()
+                raise
+            if self.closed:  # the call ended while the new adapter attached; close() released the old one
+                view.detach()
+                await _close_adapter(adapter, self.call_id)
+                raise SessionClosed(self.call_id)
+            self.adapter, self.route_name, self._view = adapter, name, view
+            if old_view is not None:
+                old_view.detach()
+            await _close_adapter(old_adapter, self.call_id)
+            if self.closed:  # the call ended while the old adapter closed; close() released the new one
+                raise SessionClosed(self.call_id)
 
     def counters(self) -> MediaCounters:
         return self.platform.counters() if self.platform is not None else MediaCounters()
 
     async def close(self) -> MediaCounters:
-        """Release the route and the platform leg (whatever the route does while closing); the final counters."""
+        """Release the adapter and the platform leg (whatever the adapter does while closing); the final
+        counters."""
         self.closed = True
         if self.pickup_watch is not None:
             self.pickup_watch.cancel()
@@ -142,15 +163,15 @@ class CallSession:
         if self._view is not None:
             self._view.detach()
         try:
-            await _close_route(self.route, self.call_id)
+            await _close_adapter(self.adapter, self.call_id)
         finally:
             if self.platform is not None:
                 await self.platform.close()
         return counters
 
 
-async def _close_route(route: MediaAdapter, call_id: str) -> None:
+async def _close_adapter(adapter: MediaAdapter, call_id: str) -> None:
     try:
-        await route.close()
-    except Exception:  # the call's other resources are released whatever the route did
-        log.exception("call %s: closing the route failed", call_id)
+        await adapter.close()
+    except Exception:  # the call's other resources are released whatever the adapter did
+        log.exception("call %s: closing the route's adapter failed", call_id)

@@ -13,23 +13,11 @@ implements the same protocol; the session never touches a peer connection.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
+from wacall.media.counters import MediaCounters
 from wacall.media.leg import AudioLeg
-from wacall.media.tracks import AudioSource, FrameHandler
-
-Unsubscribe = Callable[[], None]
-
-
-@dataclass(frozen=True, slots=True)
-class MediaCounters:
-    """What the platform leg carried: frames to the user, frames from the user and how loud they were."""
-
-    frames_sent: int = 0
-    frames_received: int = 0
-    audible_frames_received: int = 0
-    mean_level_received: float = 0.0
+from wacall.media.tracks import AudioSource, FrameHandler, Unsubscribe
 
 
 class PlatformLeg(Protocol):

@@ -183,6 +183,7 @@ class PacedAudioTrack(MediaStreamTrack):
 
 
 FrameHandler = Callable[[bytes], None]
+Unsubscribe = Callable[[], None]  # undoes a subscription (a listener added to a leg or a stream)
 
 
 class TrackConsumer:
