@@ -154,7 +154,8 @@ def test_a_payload_of_the_first_shape_reads_back_as_the_call_it_stood_for(facts:
     converted = call_record.from_event_payload(snapshot)
     assert converted.state is facts.state and converted.outcome is facts.outcome
     shown = call_message(converted)
-    shown.ClearField("media")  # the first shape kept no counters; the Call shows zeros either way
+    assert shown.media == pb.MediaStats()  # the first shape kept no counters: the Call shows zeros
+    shown.ClearField("media")
     assert shown == first_shape_call(snapshot)
 
 
@@ -175,6 +176,7 @@ async def test_a_call_event_of_the_first_shape_lists_through_the_api_as_it_alway
     [event] = [e for e in listed.events if e.kind == pb.EVENT_KIND_CALL_UPDATED]
     shown = pb.Call()
     shown.CopyFrom(event.call)
+    assert shown.media == pb.MediaStats()
     shown.ClearField("media")
     assert shown == first_shape_call(snapshot) and event.call.outcome == pb.CALL_OUTCOME_REJECTED
     assert dict(event.attributes) == {"call_id": record.call_id}

@@ -657,7 +657,13 @@ class CallService:
             return
 
         def ended_elsewhere(tx: Tx) -> list[str]:
-            return [call_id for call_id in held if (stored := tx.call(call_id)) is None or not stored.active]
+            # Another process ends a call only by claiming it: the owner changed. (A call this process is ending
+            # itself is inactive before its session closes, and still ours.)
+            return [
+                call_id
+                for call_id in held
+                if (stored := tx.call(call_id)) is not None and not stored.active and stored.owner != self.instance
+            ]
 
         for call_id in await self.store.transaction(ended_elsewhere):
             log.warning("call %s was ended by another process while this one held it: releasing its media", call_id)
