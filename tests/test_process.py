@@ -369,3 +369,12 @@ async def test_the_manual_clock_resumes_where_it_was_across_restarts_and_kills(s
         events = (await calling_pb2_grpc.CallingServiceStub(channel).ListEvents(pb.ListEventsRequest())).events
     assert max(e.recorded_at.ToDatetime().replace(tzinfo=UTC) for e in events) <= await clock_now(third)
     assert third.stop() == 0
+
+
+def test_an_inbound_announcement_that_is_not_audio_stops_serve_with_a_configuration_error(tmp_path: Path) -> None:
+    (tmp_path / "greeting.wav").write_text("these are not audio samples")
+    media = ("--media-dir", str(tmp_path), "--inbound-audio-file", "greeting.wav")
+    done = serve_expecting_failure(tmp_path, "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0", *media)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("configuration error: the inbound route (announcement) cannot answer calls: ")
+    assert "greeting.wav" in done.stderr and "Traceback" not in done.stderr

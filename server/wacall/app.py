@@ -326,7 +326,9 @@ class Service:
         try:
             return await plan_inbound_route(self.settings.inbound_route, options, self._server_files())
         except InvalidField as problem:
-            raise ConfigError(f"{problem.field}: {problem.why}") from None
+            raise ConfigError(
+                f"the inbound route ({self.settings.inbound_route}) cannot answer calls: {problem}"
+            ) from None
 
     async def _setup_grpc(
         self, stack: contextlib.AsyncExitStack, store: Store, permissions: PermissionService, calls: CallService
