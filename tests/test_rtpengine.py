@@ -14,12 +14,14 @@ import random
 import re
 import signal
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from conftest import eventually
 
 from wacall.clock import ManualClock
 from wacall.media.bencode import decode
@@ -49,16 +51,8 @@ async def engine() -> AsyncIterator[LocalEngine]:
         yield local
 
 
-async def eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 def pitch(pcm: bytes) -> float:
-    """The frequency of a tone in PCM16 at SAMPLE_RATE... or at the rate the caller scales by (see `pitch_at`)."""
+    """The frequency of a tone in PCM16 mono at wacall's 48 kHz."""
     return pitch_at(pcm, SAMPLE_RATE)
 
 
@@ -203,7 +197,7 @@ async def test_webrtc_peers_relayed_through_the_engine_hear_each_other(engine: L
         assert await engine.client.session_count() == before + 1
         assert call_id in await engine.client.list_calls()
 
-        await eventually(lambda: len(heard_by_caller.frames) > 50 and len(heard_by_callee.frames) > 50, "audio")
+        await eventually(lambda: len(heard_by_caller.frames) > 50 and len(heard_by_callee.frames) > 50, what="audio")
         assert caller.consumer is not None and callee.consumer is not None
         assert caller.consumer.mean_level > 0.05 and callee.consumer.mean_level > 0.05
         assert pitch(b"".join(heard_by_callee.frames[-40:])) == pytest.approx(440, rel=0.03)
@@ -253,7 +247,7 @@ async def test_opus_and_pcmu_are_transcoded_and_each_side_hears_the_others_pitch
         assert "a=fingerprint" not in toward_pbx and "a=candidate" not in toward_pbx
         pbx.send_to(toward_pbx)
 
-        await eventually(lambda: len(heard_by_webrtc.frames) > 50 and len(pbx.heard) > 50, "audio both ways")
+        await eventually(lambda: len(heard_by_webrtc.frames) > 50 and len(pbx.heard) > 50, what="audio both ways")
         assert pitch(b"".join(heard_by_webrtc.frames[-40:])) == pytest.approx(1000, rel=0.03)
         heard_by_pbx = [frame for frame in pbx.heard[-60:] if level(frame) > 0.05]
         assert len(heard_by_pbx) >= 40
@@ -400,7 +394,7 @@ async def test_an_engine_that_dies_is_started_again_on_the_same_ng_port() -> Non
         first = local.pid
         assert first is not None
         os.kill(first, signal.SIGKILL)
-        await eventually(lambda: local.restarts == 1 and local.pid not in (None, first), "a restart")
+        await eventually(lambda: local.restarts == 1 and local.pid not in (None, first), what="a restart")
         await local.client.ping()
         pid = local.pid
     assert pid is not None
@@ -414,3 +408,17 @@ async def test_several_engines_run_side_by_side(engine: LocalEngine) -> None:
         assert other.port_max < engine.port_min or other.port_min > engine.port_max
         await other.client.ping()
         await engine.client.ping()
+
+
+async def test_an_engine_that_never_answers_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    """A process that ignores SIGTERM and never answers ping (a stand-in for a wedged rtpengine)."""
+    pidfile = tmp_path / "pid"
+    wedged = tmp_path / "wedged-rtpengine"
+    wedged.write_text(f"#!/bin/sh\ntrap '' TERM\necho $$ > {pidfile}\nwhile :; do sleep 0.1; done\n")
+    wedged.chmod(0o755)
+    settings = EngineSettings(binary=str(wedged), port_count=10, start_timeout=0.5, stop_grace=0.3)
+    with pytest.raises(EngineUnavailable, match=r"did not answer ping within 0\.5 s"):
+        await LocalEngine(settings).start()
+    pid = int(pidfile.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
