@@ -33,7 +33,8 @@ def test_arbitrary_bytes_decode_or_raise_bencode_error_only(data: bytes) -> None
         value = decode(data)
     except BencodeError:
         return
-    assert decode(encode(value)) == value  # what was accepted is a value (dicts may arrive unsorted, as rtpengine writes them)
+    # What was accepted is a value (its dictionaries may have come unsorted, as rtpengine writes them).
+    assert decode(encode(value)) == value
 
 
 @given(values, st.integers(min_value=0, max_value=1000), st.binary(min_size=1, max_size=3))

@@ -10,12 +10,12 @@ itself does not sort them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Union
+from typing import TypeAlias
 
-Value = Union[bytes, int, list["Value"], dict[bytes, "Value"]]
+Value: TypeAlias = bytes | int | list["Value"] | dict[bytes, "Value"]
 """A decoded value."""
 
-Encodable = Union[bytes, str, int, Sequence["Encodable"], Mapping[str | bytes, "Encodable"]]
+Encodable: TypeAlias = bytes | str | int | Sequence["Encodable"] | Mapping[str | bytes, "Encodable"]
 """What `encode` takes: a `Value`, with `str` allowed wherever bytes are."""
 
 # Deeper nesting than this is refused rather than risk the interpreter's recursion limit on hostile input.
