@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup engine-deps system-deps proto check-proto lint typecheck unit bench bench-calls clean
+.PHONY: run test setup engine-deps system-deps proto check-proto lint typecheck unit bench bench-calls bench-engine clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,9 @@ bench: $(STAMP)
 
 bench-calls: $(STAMP)
 	$(PY) bench/calls.py
+
+bench-engine: $(STAMP) engine-deps
+	$(PY) bench/engine.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
