@@ -31,6 +31,7 @@ INSTALL_HINT = "apt-get install --no-install-recommends rtpengine-daemon"
 
 # Media ports come from below Linux's ephemeral range (32768+), where aiortc and other clients take theirs.
 PORT_SPACE = (10000, 32767)
+STARTUP_PING_TIMEOUT = 0.25
 
 
 class EngineUnavailable(Exception):
@@ -146,7 +147,7 @@ class LocalEngine:
         self.ng_port = settings.ng_port or free_udp_port(settings.interface)
         self.port_min = settings.port_min or free_port_range(settings.interface, settings.port_count)
         self.port_max = self.port_min + settings.port_count - 1
-        self._client = await NgClient.connect((settings.interface, self.ng_port), retry_interval=0.1, attempts=2)
+        self._client = await NgClient.connect((settings.interface, self.ng_port))
         self._stopping = False
         try:
             await self._launch(binary)
@@ -163,7 +164,7 @@ class LocalEngine:
             ng_port=self.ng_port,
             port_min=self.port_min,
             port_max=self.port_max,
-            pidfile=Path(self._workdir.name if self._workdir else ".") / "rtpengine.pid",
+            pidfile=self.log_path.with_name("rtpengine.pid"),
             num_threads=settings.num_threads,
         )
         with self.log_path.open("ab") as stderr:
@@ -177,8 +178,9 @@ class LocalEngine:
                     f"rtpengine exited with status {self._process.returncode} at start:\n{self._log_tail()}"
                 )
             try:
-                await self.client.ping()
-            except (EngineTimeout, EngineError, EngineProtocolError, OSError):
+                # Short tries while it starts: it answers about 0.1 s after launch.
+                await asyncio.wait_for(self.client.ping(), STARTUP_PING_TIMEOUT)
+            except (TimeoutError, EngineTimeout, EngineError, EngineProtocolError, OSError):
                 await asyncio.sleep(0.05)
             else:
                 log.info("rtpengine %s answers on ng port %d", self._process.pid, self.ng_port)

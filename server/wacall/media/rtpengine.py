@@ -17,6 +17,7 @@ import asyncio
 import itertools
 import logging
 import secrets
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -279,7 +280,8 @@ class NgClient:
         cls, address: Address, *, retry_interval: float = RETRY_INTERVAL, attempts: int = ATTEMPTS
     ) -> NgClient:
         loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_datagram_endpoint(_NgProtocol, local_addr=("127.0.0.1", 0))
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        transport, protocol = await loop.create_datagram_endpoint(_NgProtocol, family=family)
         return cls(address, transport, protocol, retry_interval=retry_interval, attempts=attempts)
 
     async def close(self) -> None:
