@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup system-deps proto check-proto lint typecheck unit bench bench-calls clean
+.PHONY: run test setup engine-deps system-deps proto check-proto lint typecheck unit bench bench-calls bench-engine clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 setup: $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) engine-deps
 	mkdir -p var
 	$(VENV)/bin/wacall serve $(ARGS)
 
@@ -35,8 +35,19 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# The media engine is rtpengine, run in userspace: installed from Debian without its recommended packages (the
+# kernel module's build tools) when running as root; otherwise the command to run is printed.
+engine-deps:
+	@if ! command -v rtpengine >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rtpengine-daemon; \
+	  else \
+	    echo "wacall's media engine is rtpengine: sudo apt-get install --no-install-recommends rtpengine-daemon"; exit 1; \
+	  fi; \
+	fi
+
 # The browser test drives a real headless Chromium (Debian packages; installed here when running as root).
-system-deps:
+system-deps: engine-deps
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
@@ -52,6 +63,9 @@ bench: $(STAMP)
 
 bench-calls: $(STAMP)
 	$(PY) bench/calls.py
+
+bench-engine: $(STAMP) engine-deps
+	$(PY) bench/engine.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,7 +3,9 @@
 - The import graph of `wacall` and its routes (`wacall_adapters`) has no cycles.
 - A route uses only the service's audio and field checks, never its services, store or API.
 - The rule core (engine, policy, the call state machine) imports nothing of the network, the store's database,
-  the media stack or the simulator, directly or through another wacall module.
+  the media stack (the media engine's client and process included) or the simulator, directly or through another
+  wacall module.
+- Wire formats (bencode, for rtpengine's ng protocol) are pure: no sockets, processes, event loop or time.
 - Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
 - The domain does not import Meta's upstream at all, directly or through another module: it reads neutral items
   (`wacall.inbound`), accounts and refusals (`wacall.upstreams.base`). Only the assembly (app, cli, config) and the
@@ -32,7 +34,19 @@ ADAPTERS = ROOT / "adapters" / "wacall_adapters"
 FIRST_PARTY = ("wacall", "wacall_adapters")
 
 RULE_CORE = ("wacall.rules.engine", "wacall.rules.policy", "wacall.calls.machine")
-FORBIDDEN_IN_RULE_CORE = ("grpc", "aiohttp", "httpx", "sqlite3", "aiortc", "wacall.simulator")
+FORBIDDEN_IN_RULE_CORE = (
+    "grpc",
+    "aiohttp",
+    "httpx",
+    "sqlite3",
+    "aiortc",
+    "wacall.simulator",
+    "wacall.media.rtpengine",
+    "wacall.media.engine_process",
+)
+# The ng protocol's wire format is pure data: no sockets, processes, event loop or time.
+PURE_WIRE_FORMATS = ("wacall.media.bencode",)
+PURE_IMPORTS = frozenset({"__future__", "collections", "typing", "dataclasses"})
 
 # The store: the interface every backend shares, the modules of one backend, and what talks to a database.
 STORE_INTERFACE = ("wacall.store.base", "wacall.store.codecs")
@@ -211,6 +225,15 @@ def test_the_rule_core_imports_no_io_media_or_simulator(core: str) -> None:
     assert "wacall.rules.engine" in everything or core == "wacall.rules.engine" or core == "wacall.rules.policy"
     offending = sorted(t for t in everything if any(t == f or t.startswith(f"{f}.") for f in FORBIDDEN_IN_RULE_CORE))
     assert offending == [], f"{core} imports {offending} (directly or through another wacall module)"
+
+
+@pytest.mark.parametrize("module", PURE_WIRE_FORMATS)
+def test_wire_formats_are_pure(module: str) -> None:
+    assert reachable(module) <= PURE_IMPORTS, f"{module} imports {sorted(reachable(module) - PURE_IMPORTS)}"
+
+
+def test_the_purity_check_sees_io() -> None:
+    assert not reachable("wacall.media.rtpengine") <= PURE_IMPORTS  # the ng client is an I/O edge
 
 
 def _database_imports(names: set[str]) -> list[str]:

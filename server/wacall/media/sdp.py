@@ -103,3 +103,39 @@ def peer_problems(sdp: str, sdp_type: SdpType) -> list[str]:
     """Why this SDP cannot set up an audio leg with any WebRTC peer (codecs and extra sections are the peer's
     business); empty when acceptable."""
     return _problems(sdp, sdp_type, whatsapp=False)
+
+
+# What only a WebRTC peer reads; a plain-RTP peer (a PBX) may choke on it. rtpengine 10.5 leaves these in the SDP it
+# writes toward a plain-RTP side, and its `sdp-attr` removal flag has no effect there.
+WEBRTC_ONLY_ATTRIBUTES = ("msid", "ssrc", "mid", "msid-semantic", "end-of-candidates")
+
+
+def ice_lite_in_media_sections(sdp: str) -> str:
+    """Copy a session-level `a=ice-lite` into every media section that lacks one; otherwise the SDP unchanged
+    (in CRLF). rtpengine 10.5 reads ice-lite only inside a media section, and the platform writes it at session
+    level: without the copy rtpengine waits, ICE-controlled, for a lite peer that never nominates."""
+    sdp_lines = lines(sdp)
+    first_media = next((i for i, line in enumerate(sdp_lines) if line.startswith("m=")), len(sdp_lines))
+    if "a=ice-lite" not in sdp_lines[:first_media]:
+        return with_crlf(sdp_lines)
+    out: list[str] = []
+    section: list[str] = []
+    for line in [*sdp_lines[first_media:], "m="]:  # a sentinel closes the last section
+        if line.startswith("m=") and section:
+            out.extend(section if "a=ice-lite" in section else [*section, "a=ice-lite"])
+            section = []
+        section.append(line)
+    return with_crlf(sdp_lines[:first_media] + out)
+
+
+def without_webrtc_attributes(sdp: str) -> str:
+    """The SDP without msid, ssrc, mid, msid-semantic, end-of-candidates and the BUNDLE group, for a plain-RTP
+    peer; every other line kept, in order, in CRLF."""
+    kept = []
+    for line in lines(sdp):
+        if line.startswith("a="):
+            name = line[2:].split(":", 1)[0]
+            if name in WEBRTC_ONLY_ATTRIBUTES or line.startswith("a=group:BUNDLE"):
+                continue
+        kept.append(line)
+    return with_crlf(kept)
