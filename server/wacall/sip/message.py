@@ -8,6 +8,7 @@ the header block; header values stay text until a reader asks for them (`Headers
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -159,9 +160,11 @@ _USER = re.compile(r"([A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 _PASSWORD = re.compile(r"([A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*")
 _PARAM_CHARS = re.compile(r"([A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+")
 _HEADER_CHARS = re.compile(r"([A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})*")
+_URI_FORBIDDEN = re.compile(r'[ \t<>"]')
 _TEL_NUMBER = re.compile(r"\+?[0-9A-Fa-f*#\-.()]+")
 
 
+@functools.lru_cache(maxsize=1024)  # a few dozen names in practice; bounded against a peer inventing new ones
 def canonical_name(name: str) -> str:
     """A header name as this core stores it: compact forms expanded, case normalised (`v` → `Via`)."""
     lower = name.lower()
@@ -173,8 +176,19 @@ def canonical_name(name: str) -> str:
     return "-".join(part[:1].upper() + part[1:] for part in lower.split("-"))
 
 
+@functools.lru_cache(maxsize=1024)
+def _header_name(raw: str) -> str | None:
+    """The canonical name of a header name read from the wire, or None if it is not a token."""
+    return canonical_name(raw) if _TOKEN.fullmatch(raw) else None
+
+
 def split_list(value: str) -> list[str]:
     """Split a header value at commas outside quotes and angle brackets (§7.3.1)."""
+    if "," not in value and '"' not in value:  # the common case: one element
+        item = value.strip()
+        if not item:
+            raise SipParseError(f"empty element in list {value!r}")
+        return [item]
     items: list[str] = []
     start = 0
     quoted = False
@@ -428,12 +442,13 @@ def _parse_head(head: bytes) -> tuple[Request | Response, int | None]:
         if colon <= 0:
             raise SipParseError(f"header line without a name and colon: {line[:40]!r}")
         raw_name = line[:colon].rstrip(" \t")
-        if not _TOKEN.fullmatch(raw_name):
+        name = _header_name(raw_name)
+        if name is None:
             raise SipParseError(f"invalid header name {raw_name[:40]!r}")
         value = line[colon + 1 :].strip(" \t")
         if "\n" in value or "\r" in value:
             raise SipParseError(f"control character in header {raw_name!r}")
-        items.append((canonical_name(raw_name), value))
+        items.append((name, value))
     content_length = _content_length(items)
     # Content-Length is framing, not content: the body says it, and the serialiser writes it from the body.
     headers = Headers._trusted(tuple(item for item in items if item[0] != "Content-Length"))
@@ -473,10 +488,14 @@ def _parse_start_line(line: str, headers: Headers) -> Request | Response:
 def _check_headers(message: Request | Response) -> None:
     """The mandatory headers (§8.1.1) are present and readable, and CSeq agrees with the request line."""
     headers = message.headers
-    for name in ("Call-ID", "CSeq", "From", "To"):
-        if headers.get(name) is None:
+    counts = {"Call-ID": 0, "CSeq": 0, "From": 0, "To": 0}
+    for name, _ in headers:
+        if name in counts:
+            counts[name] += 1
+    for name, count in counts.items():
+        if count == 0:
             raise SipParseError(f"missing {name}")
-        if len([v for n, v in headers if n == name]) > 1:
+        if count > 1:
             raise SipParseError(f"more than one {name}")
     vias = headers.get_all("Via")
     if not vias:
@@ -711,7 +730,7 @@ def parse_uri(text: str) -> SipURI | TelURI | OtherURI:
     scheme, colon, rest = text.partition(":")
     if not colon or not _SCHEME.fullmatch(scheme) or not rest:
         raise SipParseError(f"invalid URI {text[:60]!r}")
-    if any(c in rest for c in ' \t<>"'):
+    if _URI_FORBIDDEN.search(rest):
         raise SipParseError(f"invalid character in URI {text[:60]!r}")
     lower = scheme.lower()
     if lower == "tel":
