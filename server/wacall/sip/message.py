@@ -435,20 +435,20 @@ def _parse_head(head: bytes) -> tuple[Request | Response, int | None]:
             # Folding (§7.3.1): a line starting with whitespace continues the previous value.
             if not items:
                 raise SipParseError("continuation line before any header")
-            name, value = items[-1]
-            items[-1] = (name, f"{value} {line.strip()}".strip())
+            folded_name, folded_value = items[-1]
+            items[-1] = (folded_name, f"{folded_value} {line.strip()}".strip())
             continue
         colon = line.find(":")
         if colon <= 0:
             raise SipParseError(f"header line without a name and colon: {line[:40]!r}")
         raw_name = line[:colon].rstrip(" \t")
-        name = _header_name(raw_name)
-        if name is None:
+        header_name = _header_name(raw_name)
+        if header_name is None:
             raise SipParseError(f"invalid header name {raw_name[:40]!r}")
         value = line[colon + 1 :].strip(" \t")
         if "\n" in value or "\r" in value:
             raise SipParseError(f"control character in header {raw_name!r}")
-        items.append((name, value))
+        items.append((header_name, value))
     content_length = _content_length(items)
     # Content-Length is framing, not content: the body says it, and the serialiser writes it from the body.
     headers = Headers._trusted(tuple(item for item in items if item[0] != "Content-Length"))
