@@ -437,6 +437,27 @@ def test_via_reads_branch_cookie_received_and_rport() -> None:
         Via.parse("SIP/2.0/UDP 10.0.0.1;rport=70000")
 
 
+def test_a_server_stamps_the_source_on_the_via_and_answers_there_rfc_3581() -> None:
+    asks = Via.parse("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKnat;rport")
+    assert asks.response_address() == ("10.0.0.1", 5060)
+    stamped = asks.stamped("198.51.100.7", 40001)
+    assert (stamped.received, stamped.rport) == ("198.51.100.7", 40001)
+    assert stamped.response_address() == ("198.51.100.7", 40001)
+    # Without rport: received only when the source differs from sent-by, and the sent-by port.
+    plain = Via.parse("SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKplain")
+    assert plain.stamped("10.0.0.1", 5070) == plain
+    assert plain.stamped("198.51.100.7", 5070).response_address() == ("198.51.100.7", 5060)
+    v6 = Via.parse("SIP/2.0/UDP [2001:db8::1]:5062;branch=z9hG4bKv6")
+    assert v6.stamped("2001:db8::1", 5062) == v6
+
+
+def test_max_forwards_reads_as_a_number() -> None:
+    message = parse_message(_invite_with(extra="Max-Forwards: 0069\n"))
+    assert isinstance(message, Request) and message.max_forwards == 69
+    request = parse_message(_invite_with())
+    assert isinstance(request, Request) and request.max_forwards is None
+
+
 def test_headers_edit_without_changing_the_original() -> None:
     headers = Headers([("v", "SIP/2.0/UDP a;branch=z9hG4bK1"), ("X-A", "1")])
     changed = headers.replaced("X-A", "2").with_header("x-b", "3").without("Via")

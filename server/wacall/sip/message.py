@@ -356,6 +356,12 @@ class Request(_Message):
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
 
+    @property
+    def max_forwards(self) -> int | None:
+        """Max-Forwards (§20.22), None if absent (the parser has checked it is 0-255)."""
+        value = self.headers.get("Max-Forwards")
+        return None if value is None else int(value)
+
     def serialize(self) -> bytes:
         """The request as bytes on the wire, with a Content-Length matching its body."""
         return _serialize(f"{self.method} {self.uri} {SIP_VERSION}", self.headers, self.body)
@@ -912,6 +918,26 @@ class Via:
     @property
     def is_reliable(self) -> bool:
         return self.transport in ("TCP", "TLS", "SCTP", "WS", "WSS")
+
+    def stamped(self, source_host: str, source_port: int) -> Via:
+        """This Via as a server records where the request came from (§18.2.1, RFC 3581 §4): `received` when the
+        source differs from sent-by or rport was asked for, and rport filled with the source port when asked for."""
+        values: dict[str, str | None] = {}
+        if self.rport is not None:
+            values["received"] = source_host
+            values["rport"] = str(source_port)
+        elif source_host != self.host.strip("[]") and f"[{source_host}]" != self.host:
+            values["received"] = source_host
+        return self.with_params(**values) if values else self
+
+    def response_address(self) -> tuple[str, int]:
+        """Where a response to a request with this top Via goes over UDP (§18.2.2, RFC 3581 §4): `received` or
+        sent-by's host, at the rport a server filled in, else sent-by's port, else 5060."""
+        host = self.received or self.host
+        rport = self.rport
+        if isinstance(rport, int) and not isinstance(rport, bool):
+            return host, rport
+        return host, self.port if self.port is not None else 5060
 
     def with_params(self, **values: str | None) -> Via:
         """This Via with params set (`None` value: a flag such as `rport`), replacing any of the same name."""
