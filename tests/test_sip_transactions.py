@@ -23,6 +23,7 @@ from wacall.sip.transactions import (
     Terminated,
     Timer,
     TransactionUsageError,
+    ack_for_failure,
     client_key,
     server_key,
 )
@@ -271,7 +272,7 @@ def test_the_ack_stops_retransmissions_and_timer_i_absorbs_further_acks() -> Non
     busy = answer(486, invite)
     driver = Driver(ServerTransaction(invite, reliable=False))
     driver.respond(busy, at=0.0)
-    ack = ClientTransaction(invite, reliable=False)._ack_for(busy)
+    ack = ack_for_failure(invite, busy)
     assert driver.receive(ack, at=0.7) == [CancelTimer(Timer.G), CancelTimer(Timer.H), StartTimer(Timer.I, 5.7)]
     assert driver.receive(ack, at=1.0) == []
     driver.run_until(10.0)
@@ -287,7 +288,7 @@ def test_over_tcp_the_invite_server_sends_a_failure_once_and_ends_at_the_ack() -
     driver.respond(busy, at=0.0)
     driver.run_until(10.0)
     assert driver.sends() == [(0.0, "486")]
-    driver.receive(ClientTransaction(invite, reliable=True)._ack_for(busy), at=11.0)
+    driver.receive(ack_for_failure(invite, busy), at=11.0)
     assert driver.ends() == [(11.0, Terminated())]  # Timer I = 0
 
 
@@ -365,7 +366,7 @@ def test_responses_match_client_transactions_by_branch_and_method() -> None:
 def test_requests_match_server_transactions_by_branch_sent_by_and_method() -> None:
     invite = request()
     busy = answer(486, invite)
-    ack = ClientTransaction(invite, reliable=False)._ack_for(busy)
+    ack = ack_for_failure(invite, busy)
     assert server_key(ack) == server_key(invite)  # the ACK of a failure belongs to its INVITE's transaction
     cancel = request("CANCEL")
     assert server_key(cancel) != server_key(invite)  # a CANCEL is a transaction of its own...

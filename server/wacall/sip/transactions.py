@@ -35,6 +35,7 @@ __all__ = [
     "Timer",
     "TimerValues",
     "TransactionUsageError",
+    "ack_for_failure",
     "client_key",
     "server_key",
 ]
@@ -463,21 +464,26 @@ class _Transaction:
             out.append(Terminated())
 
     def _ack_for(self, response: Response) -> Request:
-        """The ACK for a non-2xx final response (§17.1.1.3): the INVITE's Request-URI, Call-ID, From, top Via and
-        Route, the response's To (with its tag), CSeq number with method ACK."""
+        # Cached: the same final response retransmitted is acknowledged with the same bytes.
         if self._ack is None or self._ack.headers.get("To") != response.headers.get("To"):
-            invite = self.request.headers
-            items: list[tuple[str, str]] = [("Via", self.request.headers.get_all("Via")[0])]
-            items += [("Route", v) for v in invite.get_all("Route")]
-            items += [
-                ("Max-Forwards", "70"),
-                ("From", invite.get("From") or ""),
-                ("To", response.headers.get("To") or ""),
-                ("Call-ID", invite.get("Call-ID") or ""),
-                ("CSeq", f"{self.request.cseq.seq} ACK"),
-            ]
-            self._ack = Request("ACK", self.request.uri, Headers(items))
+            self._ack = ack_for_failure(self.request, response)
         return self._ack
+
+
+def ack_for_failure(invite: Request, response: Response) -> Request:
+    """The ACK a client INVITE transaction sends for a 300-699 `response` (§17.1.1.3): the INVITE's Request-URI,
+    Call-ID, From, top Via and Route headers, the response's To (with its tag), the CSeq number with method ACK."""
+    headers = invite.headers
+    items: list[tuple[str, str]] = [("Via", headers.get_all("Via")[0])]
+    items += [("Route", v) for v in headers.get_all("Route")]
+    items += [
+        ("Max-Forwards", "70"),
+        ("From", headers.get("From") or ""),
+        ("To", response.headers.get("To") or ""),
+        ("Call-ID", headers.get("Call-ID") or ""),
+        ("CSeq", f"{invite.cseq.seq} ACK"),
+    ]
+    return Request("ACK", invite.uri, Headers(items))
 
 
 class ClientTransaction(_Transaction):
