@@ -15,6 +15,8 @@
 - Event kinds are spelled only by `wacall.events.EventKind`: no module writes one as a string literal.
 - The store's interface (`wacall.store.base`, its codecs) names no database, and nothing outside the store
   package imports a database driver or a backend module: a second backend changes nothing else.
+- The SIP core (`wacall.sip`) is sans-IO: it reaches no event loop, socket, TLS, clock, database, RPC or media stack,
+  and none of wacall's services, store or API, directly or through another module.
 """
 
 from __future__ import annotations
@@ -448,3 +450,62 @@ def test_the_route_check_sees_a_route_reaching_into_the_service() -> None:
     finally:
         GRAPH.clear()
         GRAPH.update(saved)
+
+
+# The SIP core takes bytes and `now` and returns messages and actions: the transports, timers and trunk logic that
+# drive it live elsewhere.
+SIP_CORE = "wacall.sip"
+FORBIDDEN_IN_SIP_CORE = (
+    "asyncio",
+    "socket",
+    "ssl",
+    "selectors",
+    "time",
+    "grpc",
+    "aiohttp",
+    "httpx",
+    "sqlite3",
+    "aiortc",
+    "aioice",
+    "wacall.clock",
+    "wacall.permissions",
+    "wacall.calls",
+    "wacall.ingest",
+    "wacall.store",
+    "wacall.api",
+    "wacall.app",
+    "wacall.upstreams",
+    "wacall.media",
+    "wacall.simulator",
+)
+
+
+def sip_core_io() -> dict[str, list[str]]:
+    """Each module of the SIP core with what it reaches (directly or through another module) that it must not."""
+    found = {}
+    for name in MODULES:
+        if not _within(name, (SIP_CORE,)):
+            continue
+        if offending := sorted(t for t in reachable(name) if _within(t, FORBIDDEN_IN_SIP_CORE)):
+            found[name] = offending
+    return found
+
+
+def test_the_sip_core_is_sans_io() -> None:
+    assert {"wacall.sip.message", "wacall.sip.transactions", "wacall.sip.dialog", "wacall.sip.digest"} <= set(MODULES)
+    assert sip_core_io() == {}
+
+
+def test_the_sip_core_check_sees_io_directly_and_through_another_module() -> None:
+    # The check itself: a parser that opens a socket, and a dialog that reaches asyncio through the assembly.
+    saved = dict(TREES)
+    try:
+        TREES["wacall.sip.message"] = ast.parse("import socket\nfrom wacall.store import base")
+        TREES["wacall.sip.dialog"] = ast.parse("from wacall import app")
+        found = sip_core_io()
+        assert {"socket", "wacall.store", "wacall.store.base"} <= set(found["wacall.sip.message"])
+        assert {"wacall.app", "asyncio", "grpc"} <= set(found["wacall.sip.dialog"])
+        assert "wacall.sip.digest" in found  # it imports the message module
+    finally:
+        TREES.clear()
+        TREES.update(saved)
