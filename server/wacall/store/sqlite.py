@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import json
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -370,6 +371,21 @@ class _SqliteTx:
         return str(row[0]) if row else None
 
 
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 10.0) -> None:
+    """Put the database in WAL mode. Switching a database that is still in rollback-journal mode needs it alone for
+    a moment, and SQLite answers BUSY at once, without its busy handler, when another process opening it at the same
+    time holds a lock: try again until it is free."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 class SqliteStore:
     """SQLite in WAL mode; all access on one thread, so each transaction is serialised and atomic."""
 
@@ -389,7 +405,7 @@ class SqliteStore:
     def _open(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(db)
             # FULL: a commit survives power loss before we acknowledge it.
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
