@@ -16,9 +16,10 @@ from sip_stack import LossyRelay, Stack, make_request, self_signed_certificate, 
 
 from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
 from wacall.sip.message import (
+    Headers,
+    Request,
     Response,
     StreamFramer,
-    Via,
     Warning,
     parse_datagram,
     response_to,
@@ -464,25 +465,80 @@ async def test_a_failed_tls_handshake_fails_the_request_and_the_listener_keeps_s
             await stack.layer.close()
 
 
-async def test_a_retransmitted_2xx_to_invite_goes_to_the_stray_handler() -> None:
-    sent: list[Response] = []
-
-    def answer_twice(server: ServerRequest) -> None:
-        ok = response_to(server.request, 200, to_tag="twice", body=SDP)
-        sent.append(ok)
-        server.respond(ok)
-
-    uas = await start_stack(answer_twice)
+async def test_a_resent_2xx_reaches_the_uacs_stray_handler_until_the_ack_stops_it() -> None:
+    uas = await start_stack(answer_ok)
     uac = await start_stack()
     try:
         target = uas.target("UDP")
         invite = make_request(uac.layer, "INVITE", target)
         final = await uac.layer.request(invite, target)
         assert final.status_code == 200
-        # The UAS core retransmits its 2xx (§13.3.1.4): the client transaction is over, so the dialog gets it.
-        await uas.layer.send_stateless(sent[0], Target("UDP", *Via.parse(str(invite.top_via)).response_address()))
-        await asyncio.sleep(0.1)
-        assert [getattr(m, "status_code", None) for m in uac.strays] == [200]
+        # The UAS core resends its 2xx until the ACK (§13.3.1.4); the client transaction is over, so the TU gets it.
+        for _ in range(100):
+            if uac.strays:
+                break
+            await asyncio.sleep(0.02)
+        ack = Request(
+            "ACK",
+            invite.uri,
+            Headers(
+                [
+                    ("Via", uac.layer.via("UDP")),
+                    ("Max-Forwards", "70"),
+                    ("From", invite.headers.get("From") or ""),
+                    ("To", final.headers.get("To") or ""),
+                    ("Call-ID", invite.call_id),
+                    ("CSeq", f"{invite.cseq.seq} ACK"),
+                ]
+            ),
+        )
+        await uac.layer.send_stateless(ack, target)
+        await asyncio.wait_for(uas.requests[0].acknowledged.wait(), 2.0)
+        await asyncio.sleep(0.05)
+        resent = list(uac.strays)
+        assert resent and all(isinstance(m, Response) and m.status_code == 200 for m in resent)
+        assert {m.call_id for m in resent if isinstance(m, Response)} == {invite.call_id}
+        await asyncio.sleep(0.4)  # more than T2: no resend after the ACK
+        assert uac.strays == resent
+        assert [m.method for m in uas.strays if isinstance(m, Request)] == ["ACK"]
     finally:
         await uac.layer.close()
+        await uas.layer.close()
+
+
+async def test_the_2xx_to_an_invite_is_resent_over_udp_until_its_ack_comes() -> None:
+    uas = await start_stack(answer_ok)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    address = uas.transports.local_address("UDP")
+    try:
+        port = client.getsockname()[1]
+        invite = raw_options(port, "z9hG4bKinv2xx").replace(b"OPTIONS", b"INVITE")
+        client.sendto(invite, address)
+        statuses = []
+        while len([s for s in statuses if s == 200]) < 3:  # the 200 again and again: no ACK yet
+            response = parse_datagram(await receive(client))
+            assert isinstance(response, Response)
+            statuses.append(response.status_code)
+        assert statuses[0] == 180
+        assert not uas.requests[0].acknowledged.is_set()
+        ack = invite.replace(b"INVITE sip", b"ACK sip").replace(b"CSeq: 7 INVITE", b"CSeq: 7 ACK")
+        ack = ack.replace(b"z9hG4bKinv2xx\r\nMax", b"z9hG4bKack2xx\r\nMax")  # the ACK of a 2xx: a new branch
+        ack = ack.replace(b"To: <sip:wacall@127.0.0.1>", f"To: <sip:wacall@127.0.0.1>;tag={response.to.tag}".encode())
+        client.sendto(ack, address)
+        await asyncio.wait_for(uas.requests[0].acknowledged.wait(), 2.0)
+        # Whatever was already in flight drains; then nothing more comes.
+        await asyncio.sleep(0.2)
+        while True:
+            try:
+                client.recv(65535)
+            except BlockingIOError:
+                break
+        await asyncio.sleep(0.4)  # more than T2: a resend would have come by now
+        with pytest.raises(BlockingIOError):
+            client.recv(65535)
+        assert [type(m).__name__ for m in uas.strays] == ["Request"]
+    finally:
+        client.close()
         await uas.layer.close()

@@ -3,13 +3,16 @@
 It files every transaction under its key (`client_key`, `server_key`), feeds each message received to the
 transaction it belongs to, creates a server transaction for each new request and hands it to the TU
 (`on_request`), and performs what the transactions ask: send through the transports, start and cancel timers with
-`loop.call_later`, end. Timers run in real time: `now` is the event loop's monotonic clock unless a `clock` is
-given, and `TimerValues` (T1, T2, T4) set how long they are, so tests shorten them instead of faking time.
+`loop.call_later`, end. Timers run in real time: `now` is the event loop's monotonic clock (what `call_later`
+counts in), and `TimerValues` (T1, T2, T4) set how long they are, so tests shorten them instead of faking time.
+(The machines themselves take `now` as data and are tested against a manual clock in `tests/sip_pair.py`.)
 
 What belongs to no transaction is handled as §17 and §18 say: a response matching no client transaction is dropped,
 except a 2xx to INVITE (a retransmission the dialog acknowledges), which goes to `on_stray`, as does an ACK matching
-no server transaction (the ACK of a 2xx, end to end); a CANCEL is answered by the layer (§9.2): 481 when it matches
-no INVITE, else 200, and the INVITE, if still unanswered, 487, its `ServerRequest.cancelled` set.
+no server transaction (the ACK of a 2xx, end to end). A 2xx the TU sends to an INVITE is resent over UDP until its
+ACK comes (§13.3.1.4: the UAS core's duty, not the transaction's), which sets `ServerRequest.acknowledged`. A CANCEL
+is answered by the layer (§9.2): 481 when it matches no INVITE, else 200, and the INVITE, if still unanswered, 487,
+its `ServerRequest.cancelled` set.
 
 The UA API: `request()` sends a request in a new client transaction and returns its final response (provisional
 ones are reported to a callback), raising `TransactionTimeout` or `TransportFailed`; `request_with_auth()` does the
@@ -97,6 +100,8 @@ class ServerRequest:
     _transaction: ServerTransaction
     # Set when a CANCEL for this INVITE came before its final response (the layer has answered 487).
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set when the ACK of this INVITE's 2xx came (§13.3.1.4); until then, over UDP, the layer resends the 2xx.
+    acknowledged: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def answered(self) -> bool:
@@ -108,10 +113,23 @@ class ServerRequest:
         raises `TransactionUsageError`."""
         layer = self._layer
         layer._perform(self._transaction, self._transaction.respond(response, layer.now()))
+        if self.request.method == "INVITE" and 200 <= response.status_code < 300:
+            layer._await_ack(self, response)
 
 
 RequestHandler = Callable[[ServerRequest], Awaitable[None] | None]
 StrayHandler = Callable[[Request | Response, Source], None]
+
+
+@dataclass(eq=False)
+class _Unacknowledged:
+    """A 2xx to INVITE waiting for its ACK: the UAS core resends it over UDP, T1 doubling up to T2, for 64*T1."""
+
+    server: ServerRequest
+    response: Response
+    deadline: float
+    interval: float
+    handle: asyncio.TimerHandle | None = None
 
 
 @dataclass(eq=False)
@@ -132,7 +150,6 @@ class TransactionLayer:
         *,
         on_stray: StrayHandler | None = None,
         timers: TimerValues | None = None,
-        clock: Callable[[], float] | None = None,
     ) -> None:
         self.transports = transports
         transports.on_message = self._received
@@ -140,11 +157,13 @@ class TransactionLayer:
         self.on_stray = on_stray
         self.timers = timers if timers is not None else TimerValues()
         self._loop = asyncio.get_running_loop()
-        self.now: Callable[[], float] = clock if clock is not None else self._loop.time
+        self.now: Callable[[], float] = self._loop.time
         self._clients: dict[tuple[str, str], _Client] = {}
         self._servers: dict[tuple[str, ...], ServerRequest] = {}
         self._timers: dict[tuple[int, Timer], asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # 2xx responses to INVITE awaiting their ACK, by (Call-ID, CSeq number): the ACK carries both (§13.2.2.4).
+        self._unacknowledged: dict[tuple[str, int], _Unacknowledged] = {}
 
     @property
     def transaction_count(self) -> int:
@@ -204,6 +223,10 @@ class TransactionLayer:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        for waiting in self._unacknowledged.values():
+            if waiting.handle is not None:
+                waiting.handle.cancel()
+        self._unacknowledged.clear()
         for client in self._clients.values():
             if not client.final.done():
                 client.final.set_exception(TransportFailed("the transaction layer was closed"))
@@ -245,6 +268,11 @@ class TransactionLayer:
             self._perform(existing._transaction, existing._transaction.request_received(request, now))
             return
         if request.method == "ACK":
+            waiting = self._unacknowledged.pop((request.call_id, request.cseq.seq), None)
+            if waiting is not None:
+                if waiting.handle is not None:
+                    waiting.handle.cancel()
+                waiting.server.acknowledged.set()
             self._stray(request, source)
             return
         transaction = ServerTransaction(request, reliable=source.reliable, timers=self.timers)
@@ -259,6 +287,34 @@ class TransactionLayer:
             self.on_stray(message, source)
         except Exception:
             log.exception("SIP stray-message handler failed")
+
+    def _await_ack(self, server: ServerRequest, response: Response) -> None:
+        """§13.3.1.4: the 2xx to an INVITE is the UAS core's to resend (over UDP) until its ACK comes, for 64*T1."""
+        key = (response.call_id, response.cseq.seq)
+        if (previous := self._unacknowledged.pop(key, None)) is not None and previous.handle is not None:
+            previous.handle.cancel()
+        waiting = _Unacknowledged(server, response, self.now() + 64 * self.timers.t1, self.timers.t1)
+        self._unacknowledged[key] = waiting
+        delay = waiting.interval if not server.source.reliable else 64 * self.timers.t1
+        waiting.handle = self._loop.call_later(delay, self._resend_2xx, key, waiting)
+
+    def _resend_2xx(self, key: tuple[str, int], waiting: _Unacknowledged) -> None:
+        if self._unacknowledged.get(key) is not waiting:
+            return
+        if self.now() >= waiting.deadline or waiting.server.source.reliable:
+            # No ACK: the session is the TU's to end (with a BYE); `acknowledged` stays unset.
+            del self._unacknowledged[key]
+            log.info("SIP 2xx to INVITE %s never acknowledged", key[0])
+            return
+        self._spawn(self._send_quietly(self.transports.send_response(waiting.response, waiting.server.source)))
+        waiting.interval = min(2 * waiting.interval, self.timers.t2)
+        waiting.handle = self._loop.call_later(waiting.interval, self._resend_2xx, key, waiting)
+
+    async def _send_quietly(self, sending: Awaitable[None]) -> None:
+        try:
+            await sending
+        except SipTransportError as error:
+            log.info("SIP send failed: %s", error)
 
     def _cancel(self, server: ServerRequest) -> None:
         """§9.2: answer a CANCEL, and the INVITE it cancels with 487 if that is still unanswered."""

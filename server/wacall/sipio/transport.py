@@ -293,11 +293,14 @@ class Transports:
         if source.connection is not None and source.connection.is_open:
             source.connection.write(data)
             return
-        host, port = response.top_via.response_address()
-        if source.reliable and response.top_via.rport is None:
-            # A stream's sent-by port is where the client listens; `received` (if any) says its host.
-            port = response.top_via.port or (5061 if source.transport == "TLS" else 5060)
-        await self.send(data, Target(source.transport, host, port))
+        via = response.top_via
+        if source.reliable:
+            # The old connection's port (rport) is gone with it: a new one goes to where sent-by says the client
+            # listens, at the address it was seen from (§18.2.2).
+            host, port = via.received or via.host, via.port or (5061 if source.transport == "TLS" else 5060)
+        else:
+            host, port = via.response_address()
+        await self.send(data, Target(source.transport, host.strip("[]"), port))
 
     def _sendto(self, data: bytes, address: tuple[str, int]) -> None:
         if self._udp is None:
