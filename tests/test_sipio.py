@@ -333,8 +333,10 @@ async def test_a_malformed_udp_request_gets_400_with_a_warning_and_the_transport
         warning = Warning.parse(answer.headers.get("Warning") or "")
         assert warning.code == 399 and "Max-Forwards" in warning.text
         assert answer.to.tag is not None
-        # Garbage with no headers to answer with is dropped; a keep-alive is ignored; the next request is served.
+        # Garbage with no headers to answer with is dropped, as is a request whose CSeq (copied into any response)
+        # cannot be read; a keep-alive is ignored; the next request is served.
         client.sendto(b"\x00\xffnot sip at all", address)
+        client.sendto(raw_options(port, "z9hG4bKbad2").replace(b"CSeq: 7 OPTIONS", b"CSeq: seven OPTIONS"), address)
         client.sendto(b"\r\n\r\n", address)
         client.sendto(raw_options(port, "z9hG4bKgood1"), address)
         good = parse_datagram(await receive(client))
@@ -358,24 +360,52 @@ async def read_messages(reader: asyncio.StreamReader, count: int) -> list[Respon
     return messages
 
 
-async def test_a_malformed_tcp_request_gets_400_then_its_connection_closes_and_others_are_served() -> None:
+async def test_a_malformed_tcp_request_gets_400_and_is_skipped_and_unframeable_bytes_close_the_connection() -> None:
     uas = await start_stack(answer_ok)
     host, port = uas.transports.local_address("TCP")
     try:
         reader, writer = await asyncio.open_connection(host, port)
         local_port = writer.get_extra_info("sockname")[1]
         bad = raw_options(local_port, "z9hG4bKbadtcp").replace(b"CSeq: 7 OPTIONS", b"CSeq: 7 INVITE")
+        bad = bad.replace(b"Content-Length: 0", b"Content-Length: 5") + b"hello"
         writer.write(bad.replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
         (answer,) = await read_messages(reader, 1)
         assert answer.status_code == 400
         assert "CSeq method" in Warning.parse(answer.headers.get("Warning") or "").text
-        assert await asyncio.wait_for(reader.read(), 2.0) == b""  # closed after the 400
-        writer.close()
-
-        reader, writer = await asyncio.open_connection(host, port)
+        # Its Content-Length said where it ended: the same connection goes on.
         writer.write(raw_options(local_port, "z9hG4bKgoodtcp").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
         (good,) = await read_messages(reader, 1)
-        assert good.status_code == 200
+        assert (good.call_id, good.status_code) == ("z9hG4bKgoodtcp", 200)
+        # Bytes with no Content-Length to frame them by: nothing to answer, the stream is lost, the connection closed.
+        writer.write(b"GARBAGE\r\nno: framing\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 2.0) == b""
+        writer.close()
+        assert [s.request.call_id for s in uas.requests] == ["z9hG4bKgoodtcp"]
+
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(raw_options(local_port, "z9hG4bKnewconn").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+        (again,) = await read_messages(reader, 1)
+        assert (again.call_id, again.status_code) == ("z9hG4bKnewconn", 200)
+        writer.close()
+    finally:
+        await uas.layer.close()
+
+
+async def test_a_good_request_before_a_bad_one_in_the_same_tcp_read_is_still_served() -> None:
+    uas = await start_stack(answer_ok)
+    host, port = uas.transports.local_address("TCP")
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        local_port = writer.get_extra_info("sockname")[1]
+        good = raw_options(local_port, "z9hG4bKfirst").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        bad = raw_options(local_port, "z9hG4bKsecond").replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP")
+        writer.write(good + bad.replace(b"Max-Forwards: 70", b"Max-Forwards: 7000"))
+        # (Responses on a stream may come in any order: the 400 is the transport's own, the 200 the TU's.)
+        answers = {r.call_id: r for r in await read_messages(reader, 2)}
+        assert answers["z9hG4bKfirst"].status_code == 200
+        assert answers["z9hG4bKsecond"].status_code == 400
+        assert "Max-Forwards" in Warning.parse(answers["z9hG4bKsecond"].headers.get("Warning") or "").text
+        assert [s.request.call_id for s in uas.requests] == ["z9hG4bKfirst"]
         writer.close()
     finally:
         await uas.layer.close()

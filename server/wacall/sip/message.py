@@ -570,6 +570,11 @@ class StreamFramer:
         """The bytes received and not yet part of a complete message (after an error: from the bad message on)."""
         return bytes(self._buffer)
 
+    @property
+    def buffered_size(self) -> int:
+        """How many bytes `buffered` holds (without copying them)."""
+        return len(self._buffer)
+
     def _next(self) -> Request | Response | None:
         buffer = self._buffer
         if self._pending is None:

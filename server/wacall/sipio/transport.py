@@ -5,10 +5,10 @@ UDP: one datagram is one message; bare CRLF keep-alives and oversized datagrams 
 connection cuts its stream with `StreamFramer`; connections are reused per peer (a request to an address we already
 hold a connection with goes over it, and a response goes back over the connection its request came on), closed
 after `idle_timeout` seconds without traffic, capped at `max_connections` in all, and a message larger than
-`max_message_bytes` ends its connection. A malformed request is answered 400 with a Warning saying what is wrong
-when the headers a response needs can be read, else dropped (datagram) or its connection closed (stream: after a
-framing error the stream cannot be resynchronised, so it is closed after the 400 too). Nothing raises out of a
-receive path: the handler's own errors are logged.
+`max_message_bytes` is answered 513 and ends its connection. A malformed request is answered 400 with a Warning
+saying what is wrong when the headers a response needs can be read; on a stream it is then skipped by its
+Content-Length and the connection goes on. Otherwise it is dropped (datagram) or its connection closed (stream: the
+stream cannot be resynchronised). Nothing raises out of a receive path: the handler's own errors are logged.
 
 A request's top Via is stamped on arrival with where it came from (§18.2.1, RFC 3581 §4), so a response built from
 it (`response_to`) goes back to the right place (`Via.response_address`).
@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from wacall.sip.message import (
     MAX_BODY_BYTES,
     MAX_HEADER_BYTES,
+    CSeq,
     Headers,
+    NameAddr,
     Request,
     Response,
     SipParseError,
     StreamFramer,
+    Via,
     Warning,
     canonical_name,
     parse_datagram,
@@ -100,6 +103,7 @@ class Connection(asyncio.Protocol):
         self.peer: tuple[str, int] = ("", 0)
         self._transport: asyncio.Transport | None = None
         self._framer = StreamFramer()
+        self._skipping = 0  # bytes still to drop: the body of a malformed message
         self._idle: asyncio.TimerHandle | None = None
         self.closed = asyncio.get_running_loop().create_future()
 
@@ -121,15 +125,37 @@ class Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._touch()
         source = Source(self.transport_name, self.peer[0], self.peer[1], self)
-        try:
-            for message in self._framer.messages(data):
-                self._owner._deliver(message, source)
-            if len(self._framer.buffered) > self._owner.max_message_bytes:
-                raise _TooLarge
-        except _TooLarge:
+        while data and self.is_open:
+            if self._skipping:
+                # The rest of a malformed message's body, already answered.
+                dropped = min(self._skipping, len(data))
+                self._skipping -= dropped
+                data = data[dropped:]
+            try:
+                for message in self._framer.messages(data):
+                    self._owner._deliver(message, source)
+                data = b""
+            except SipParseError as error:
+                data = self._malformed(str(error))
+        if self.is_open and self._framer.buffered_size > self._owner.max_message_bytes:
             self._refuse(513, "Message Too Large", f"message larger than {self._owner.max_message_bytes} bytes")
-        except SipParseError as error:
-            self._refuse(400, "Bad Request", str(error))
+
+    def _malformed(self, text: str) -> bytes:
+        """A message the framer refused: answer it, and skip it when its Content-Length says where it ends (returns
+        the bytes after it); else the stream cannot be resynchronised and is closed."""
+        buffered = self._framer.buffered
+        end = buffered.find(b"\r\n\r\n")
+        length = _lenient_content_length(buffered[:end]) if end >= 0 else None
+        answer = salvage_error_response(buffered, 400, "Bad Request", text, self._owner.warn_agent)
+        if length is None or end + 4 + length > self._owner.max_message_bytes or answer is None:
+            self._refuse(400, "Bad Request", text)
+            return b""
+        log.info("SIP %s from %s:%d: %s", self.transport_name, self.peer[0], self.peer[1], text)
+        self.write(answer)
+        message_size = end + 4 + length
+        self._framer = StreamFramer()
+        self._skipping = max(0, message_size - len(buffered))
+        return buffered[message_size:]
 
     def _refuse(self, status_code: int, reason: str, text: str) -> None:
         log.info("SIP %s from %s:%d: %s; closing", self.transport_name, self.peer[0], self.peer[1], text)
@@ -160,10 +186,6 @@ class Connection(asyncio.Protocol):
         if self._idle is not None:
             self._idle.cancel()
         self._idle = asyncio.get_running_loop().call_later(self._owner.idle_timeout, self.close)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -416,6 +438,20 @@ def _stamped(request: Request, source: Source) -> Request:
     return Request(request.method, request.uri, Headers(items), request.body)
 
 
+def _lenient_content_length(head: bytes) -> int | None:
+    """The one Content-Length a header block states, read without validating the rest; None if absent, repeated
+    with different values, or not a number."""
+    values = set()
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() in (b"content-length", b"l"):
+            values.add(value.strip())
+    if len(values) != 1:
+        return None
+    (value,) = values
+    return int(value) if value.isdigit() and len(value) <= 9 else None
+
+
 # The headers a response copies from its request (§8.2.6.2): without all of them no response can be built.
 _COPIED = ("Via", "From", "To", "Call-ID", "CSeq")
 
@@ -423,7 +459,7 @@ _COPIED = ("Via", "From", "To", "Call-ID", "CSeq")
 def salvage_error_response(data: bytes, status_code: int, reason: str, text: str, agent: str) -> bytes | None:
     """The bytes of an error response (with `Warning: 399 agent "text"`) to the malformed request in `data`, read as
     leniently as it takes to find the headers a response copies; None when `data` is a response, an ACK (never
-    answered, §17.1.1.3), or lacks one of those headers."""
+    answered, §17.1.1.3), or lacks one of those headers or cannot read it."""
     head = data[:MAX_HEADER_BYTES].split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
     lines = head.split("\r\n")
     start = lines[0].split(" ")
@@ -439,6 +475,16 @@ def salvage_error_response(data: bytes, status_code: int, reason: str, text: str
         if canonical in _COPIED and value.strip() and "\x00" not in value:
             found.setdefault(canonical, []).append(value.strip())
     if any(name not in found for name in _COPIED):
+        return None
+    try:
+        # What is copied must itself be readable, or the peer could not match the response to its request.
+        for via in found["Via"]:
+            for item in split_list(via):
+                Via.parse(item)
+        NameAddr.parse(found["From"][0])
+        NameAddr.parse(found["To"][0])
+        CSeq.parse(found["CSeq"][0])
+    except SipParseError:
         return None
     to = found["To"][0]
     if "tag=" not in to.lower():
