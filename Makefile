@@ -46,13 +46,21 @@ engine-deps:
 	  fi; \
 	fi
 
-# The browser test drives a real headless Chromium (Debian packages; installed here when running as root).
+# The browser test drives a real headless Chromium, and the SIP tests a real SIPp (Debian packages; installed here
+# when running as root).
 system-deps: engine-deps
 	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
 	  else \
 	    echo "the test suite needs Chromium: sudo apt-get install chromium chromium-driver"; exit 1; \
+	  fi; \
+	fi
+	@if ! command -v sipp >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; \
+	  else \
+	    echo "the test suite needs SIPp: sudo apt-get install sip-tester"; exit 1; \
 	  fi; \
 	fi
 

@@ -16,7 +16,8 @@
 - The store's interface (`wacall.store.base`, its codecs) names no database, and nothing outside the store
   package imports a database driver or a backend module: a second backend changes nothing else.
 - The SIP core (`wacall.sip`) is sans-IO: it reaches no event loop, socket, TLS, clock, database, RPC or media stack,
-  and none of wacall's services, store or API, directly or through another module.
+  and none of wacall's services, store or API, nor its own I/O edge (`wacall.sipio`), directly or through another
+  module. The edge itself reaches only the SIP core: no service, store, API, media or simulator.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ FORBIDDEN_IN_RULE_CORE = (
     "wacall.simulator",
     "wacall.media.rtpengine",
     "wacall.media.engine_process",
+    "wacall.sipio",
 )
 # The ng protocol's wire format is pure data: no sockets, processes, event loop or time.
 PURE_WIRE_FORMATS = ("wacall.media.bencode",)
@@ -477,6 +479,7 @@ FORBIDDEN_IN_SIP_CORE = (
     "wacall.upstreams",
     "wacall.media",
     "wacall.simulator",
+    "wacall.sipio",
 )
 
 
@@ -506,6 +509,40 @@ def test_the_sip_core_check_sees_io_directly_and_through_another_module() -> Non
         assert {"socket", "wacall.store", "wacall.store.base"} <= set(found["wacall.sip.message"])
         assert {"wacall.app", "asyncio", "grpc"} <= set(found["wacall.sip.dialog"])
         assert "wacall.sip.digest" in found  # it imports the message module
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The SIP I/O edge drives the core over sockets; what the calls mean (trunks, rules, media) is decided above it.
+SIP_EDGE = "wacall.sipio"
+FORBIDDEN_IN_SIP_EDGE = tuple(t for t in FORBIDDEN_IN_SIP_CORE if t.startswith("wacall.") and t != SIP_EDGE)
+
+
+def sip_edge_reach() -> dict[str, list[str]]:
+    """Each module of the SIP edge with the wacall modules it reaches that it must not."""
+    found = {}
+    for name in MODULES:
+        if _within(name, (SIP_EDGE,)) and (
+            offending := sorted(t for t in reachable(name) if _within(t, FORBIDDEN_IN_SIP_EDGE))
+        ):
+            found[name] = offending
+    return found
+
+
+def test_the_sip_edge_reaches_only_the_sip_core() -> None:
+    assert {"wacall.sipio.transport", "wacall.sipio.layer"} <= set(MODULES)
+    assert sip_edge_reach() == {}
+
+
+def test_the_sip_checks_see_the_core_reaching_its_edge_and_the_edge_reaching_a_service() -> None:
+    saved = dict(TREES)
+    try:
+        TREES["wacall.sip.transactions"] = ast.parse("from wacall.sipio import layer")
+        TREES["wacall.sipio.transport"] = ast.parse("from wacall.calls import service")
+        assert "wacall.sipio.layer" in sip_core_io()["wacall.sip.transactions"]
+        assert "wacall.calls.service" in sip_edge_reach()["wacall.sipio.transport"]
+        assert "wacall.calls.service" in sip_edge_reach()["wacall.sipio.layer"]  # through the transport
     finally:
         TREES.clear()
         TREES.update(saved)

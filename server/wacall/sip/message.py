@@ -556,13 +556,24 @@ class StreamFramer:
 
     def feed(self, data: bytes) -> list[Request | Response]:
         """Take the bytes of one read; return the messages they complete, in order."""
+        return list(self.messages(data))
+
+    def messages(self, data: bytes) -> Iterator[Request | Response]:
+        """Take the bytes of one read; yield the messages they complete, in order. A `SipParseError` is raised where
+        the stream goes bad, after every complete message before it was yielded."""
         self._buffer += data
-        messages: list[Request | Response] = []
-        while True:
-            message = self._next()
-            if message is None:
-                return messages
-            messages.append(message)
+        while (message := self._next()) is not None:
+            yield message
+
+    @property
+    def buffered(self) -> bytes:
+        """The bytes received and not yet part of a complete message (after an error: from the bad message on)."""
+        return bytes(self._buffer)
+
+    @property
+    def buffered_size(self) -> int:
+        """How many bytes `buffered` holds (without copying them)."""
+        return len(self._buffer)
 
     def _next(self) -> Request | Response | None:
         buffer = self._buffer
