@@ -6,6 +6,8 @@ bridge."""
 from __future__ import annotations
 
 import gc
+import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from conftest import BUSINESS, USER, Running, eventually, refused, settings_for, wait_until
 from test_media_routes import phone_of
+from test_process import ServeProcess
 from test_reroute import plan, service_calls
 from test_rtpengine import Heard, pitch
 from test_sdp import platform_of
@@ -227,3 +230,32 @@ async def test_an_engine_address_that_is_not_host_and_port_is_a_configuration_er
     with pytest.raises(ConfigError, match=r"'rtpengine\.example' is not host:port"):
         load_settings(None, {"rtpengine": "127.0.0.1:2223,rtpengine.example", "db": settings_for(tmp_path).db}, {})
     assert load_settings(None, {"rtpengine": "off"}, {}).rtpengine == "off"
+
+
+def rtpengine_children(pid: int) -> list[int]:
+    children = (Path(f"/proc/{pid}/task/{pid}/children")).read_text().split()
+    return [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "rtpengine"]
+
+
+def test_serve_runs_a_local_rtpengine_that_goes_even_when_wacall_is_killed(tmp_path: Path) -> None:
+    stopped = ServeProcess(tmp_path / "stopped")
+    [engine] = rtpengine_children(stopped.proc.pid)
+    assert stopped.stop() == 0
+    assert not Path(f"/proc/{engine}").exists()  # stopped with the service
+
+    killed = ServeProcess(tmp_path / "killed")
+    [engine] = rtpengine_children(killed.proc.pid)
+    killed.proc.send_signal(signal.SIGKILL)  # no graceful stop: the kernel tells rtpengine its parent died
+    killed.proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{engine}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{engine}").exists(), "rtpengine outlived the wacall that started it"
+
+
+def test_serve_with_rtpengine_off_runs_no_engine(tmp_path: Path) -> None:
+    process = ServeProcess(tmp_path, "--rtpengine", "off")
+    try:
+        assert rtpengine_children(process.proc.pid) == []
+    finally:
+        assert process.stop() == 0
