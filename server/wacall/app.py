@@ -153,6 +153,7 @@ class Service:
         self.http_guard: HttpGuard | None = None
         self.engines: EnginePool[NgClient] | None = None  # None: webrtc calls are bridged in process
         self.local_engine: LocalEngine | None = None
+        self.media_note = ""  # how webrtc calls are bridged, logged once the service has started
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -175,6 +176,7 @@ class Service:
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
+        log.info("%s", self.media_note)
         return Addresses(grpc=grpc_address, http=http_address, graph=graph_address)
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -303,21 +305,26 @@ class Service:
         installed; None (bridge in process) with `off` or when none is installed."""
         addresses = engine_addresses(self.settings.rtpengine)
         if addresses == []:
+            self.media_note = "webrtc calls are bridged in this process (aiortc): --rtpengine off"
             return None
         if addresses is None:
             if shutil.which(EngineSettings().binary) is None:
-                log.info("no rtpengine installed: webrtc calls are bridged in this process (%s)", INSTALL_HINT)
+                self.media_note = f"no rtpengine installed: webrtc calls are bridged in this process ({INSTALL_HINT})"
                 return None
             local = self.local_engine = LocalEngine()
             await local.start()
             stack.push_async_callback(local.stop)
             clients = [local.client]
+            self.media_note = (
+                f"webrtc calls are bridged in a local rtpengine (pid {local.pid}, ng port {local.ng_port})"
+            )
         else:
             clients = []
             for address in addresses:
                 client = await NgClient.connect(address)
                 stack.push_async_callback(client.close)
                 clients.append(client)
+            self.media_note = f"webrtc calls are bridged in rtpengine at {self.settings.rtpengine}"
         engines = self.engines = EnginePool(clients, self.wall_clock)
 
         async def keep_checking() -> None:

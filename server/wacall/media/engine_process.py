@@ -210,7 +210,8 @@ class LocalEngine:
             except (TimeoutError, EngineTimeout, EngineError, EngineProtocolError, OSError):
                 await asyncio.sleep(0.05)
             else:
-                log.info("rtpengine %s answers on ng port %d", self._process.pid, self.ng_port)
+                # Quiet: a service that fails to start after this must say one thing only (its own error).
+                log.debug("rtpengine %s answers on ng port %d", self._process.pid, self.ng_port)
                 return
         await self._terminate()
         raise EngineUnavailable(f"rtpengine did not answer ping within {settings.start_timeout} s:\n{self._log_tail()}")
