@@ -4,6 +4,8 @@ Run: `.venv/bin/python bench/calls.py` (or `make bench-calls`); `--quick` for a 
 its embedded WhatsApp simulator, whose simulated users' phones are real aiortc peers) runs in a subprocess; the
 benchmark's own aiortc agents and the gRPC client run in this process. Setup times are measured against the
 StartCall RPC latency of the same run; the concurrency ramps against a same-run baseline of bare aiortc leg pairs.
+The webrtc bridge is measured twice in the same run: through rtpengine (the service's default when rtpengine is
+installed; its CPU is measured apart) and in process with aiortc (a second service with `--rtpengine off`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,31 @@ def proc_cpu_seconds(pid: int, tid: int | None = None) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of proc(5), counted after "(comm)"
 
 
+def engine_pids(service_pid: int) -> list[int]:
+    """The rtpengine processes the service started (its children named rtpengine)."""
+    pids = []
+    try:
+        for task in Path(f"/proc/{service_pid}/task").iterdir():
+            pids += [int(pid) for pid in (task / "children").read_text().split()]
+    except OSError:
+        return []
+    named = []
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "rtpengine":
+                named.append(pid)
+        except OSError:
+            continue
+    return named
+
+
+def engine_cpu_seconds(service_pid: int) -> float | None:
+    """utime + stime of the service's rtpengines; None when it runs none."""
+    pids = engine_pids(service_pid)
+    times = [proc_cpu_seconds(pid) for pid in pids]
+    return sum(t for t in times if t is not None) if pids else None
+
+
 def host_jiffies() -> tuple[int, int] | None:
     """(busy, total) CPU time of the whole machine, all cores, from /proc/stat."""
     try:
@@ -94,6 +121,7 @@ class CpuSample:
     bench: float | None
     host: tuple[int, int] | None
     pressure: float | None
+    engine: float | None = None  # the service's rtpengine, a process of its own
 
     @classmethod
     def take(cls, service_pid: int) -> CpuSample:
@@ -104,6 +132,7 @@ class CpuSample:
             proc_cpu_seconds(os.getpid()),
             host_jiffies(),
             cpu_pressure_seconds(),
+            engine_cpu_seconds(service_pid),
         )
 
     def until(self, later: CpuSample) -> Usage:
@@ -121,6 +150,7 @@ class CpuSample:
             percent(self.bench, later.bench),
             host,
             percent(self.pressure, later.pressure),
+            percent(self.engine, later.engine),
         )
 
 
@@ -135,6 +165,7 @@ class Usage:
     bench: float | None = None
     host: float | None = None
     waiting: float | None = None
+    engine: float | None = None
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -410,18 +441,24 @@ class ServiceMode(Mode):
 class BridgeMode(ServiceMode):
     section = "2a"
     label = "webrtc bridge"
-    summary = "agent (this process) <-> wacall bridge <-> simulated phone (both in the service process)"
+    summary = "agent (this process) <-> rtpengine (wacall's) <-> simulated phone (in the service process)"
+
+
+class AiortcBridgeMode(ServiceMode):
+    section = "2b"
+    label = "webrtc bridge in aiortc (--rtpengine off)"
+    summary = "agent (this process) <-> wacall's aiortc bridge <-> simulated phone (both in the service process)"
 
 
 class PassthroughMode(ServiceMode):
-    section = "2b"
+    section = "2c"
     label = "webrtc passthrough"
     summary = "agent (this process) <-> simulated phone (service process); wacall only signals"
     passthrough = True
 
 
 class PairsMode(Mode):
-    section = "2c"
+    section = "2d"
     label = "aiortc pairs (no service)"
     summary = "baseline: N AudioLeg pairs in this process, agent-like offerer <-> phone-like answerer"
 
@@ -559,9 +596,9 @@ async def ramp(mode: Mode, service: Child, sizes: Sizes) -> Ramp:
 
 def print_step_header() -> None:
     print(f"  {'':>3} {'':>5} {'agent -> phone (%RT)':>19} {'phone -> agent (%RT)':>20} {'--- wacall CPU% ---':>19} "
-          f"{'bench':>6} {'CPU':>5} {'start':>6}")  # fmt: skip
+          f"{'rtpengine':>9} {'bench':>6} {'CPU':>5} {'start':>6}")  # fmt: skip
     print(f"  {'N':>3} {'up':>5} {'sent':>7} {'heard':>11} {'sent':>8} {'heard':>11} {'all':>5} {'/call':>6} "
-          f"{'loop':>6} {'CPU%':>6} {'wait%':>5} {'s':>6}  keeps up")  # fmt: skip
+          f"{'loop':>6} {'CPU%':>9} {'CPU%':>6} {'wait%':>5} {'s':>6}  keeps up")  # fmt: skip
     print(f"  {'':>3} {'':>5} {'min':>7} {'min/med':>11} {'min':>8} {'min/med':>11}")
 
 
@@ -583,7 +620,8 @@ def print_step(s: Step) -> None:
     print(
         f"  {s.n:>3} {f'{s.started}/{s.n}':>5} {low(s.agent_sent):>7} {pair(s.phone_heard):>11} "
         f"{low(s.phone_sent):>8} {pair(s.agent_heard):>11} {fmt_cpu(s.cpu.service, 5)} {per_call} "
-        f"{fmt_cpu(s.cpu.service_loop, 6)} {fmt_cpu(s.cpu.bench, 6)} {fmt_cpu(s.cpu.waiting, 5)} "
+        f"{fmt_cpu(s.cpu.service_loop, 6)} {fmt_cpu(s.cpu.engine, 9)} {fmt_cpu(s.cpu.bench, 6)} "
+        f"{fmt_cpu(s.cpu.waiting, 5)} "
         f"{s.setup_seconds:>6.1f}  {verdict}"
     )
     if s.error:
@@ -597,14 +635,31 @@ def kept_up_cpu(r: Ramp, n: int) -> float | None:
 
 
 def print_bridge_cost(bridge: Ramp, passthrough: Ramp) -> None:
-    print("\nBridge-only cost estimate: wacall CPU% in bridge mode minus passthrough mode at equal N, steps where both")
-    print("kept up (both include the simulated phones and the signalling; the difference is the bridge: two aiortc")
-    print("legs and the relay per call)")
+    print(f"\nBridge-only cost estimate ({bridge.mode.label}): wacall CPU% in that mode minus passthrough mode at "
+          "equal N, steps\nwhere both kept up (both include the simulated phones and the signalling; the difference "
+          "is the bridge's share\nin the wacall process: two aiortc legs and the relay per call in aiortc, the "
+          "counter polling through rtpengine)")  # fmt: skip
     print(f"  {'N':>3} {'bridge CPU%':>12} {'passthrough CPU%':>17} {'bridge only':>12} {'per call':>9}")
     for n in sorted({s.n for s in bridge.steps}):
         b, p = kept_up_cpu(bridge, n), kept_up_cpu(passthrough, n)
         if b is not None and p is not None:
             print(f"  {n:>3} {b:>12.0f} {p:>17.0f} {b - p:>12.0f} {(b - p) / n:>9.1f}")
+
+
+def print_per_call_comparison(bridge: Ramp, aiortc_bridge: Ramp) -> None:
+    """CPU per call at each N where both bridges kept up: wacall's process (with its simulated phones) and rtpengine."""
+    print(
+        f"  {'N':>3} {'rtpengine bridge: wacall %/call':>32} {'rtpengine %/call':>17} "
+        f"{'aiortc bridge: wacall %/call':>29}"
+    )
+    for n in sorted({s.n for s in bridge.steps}):
+        engine_steps = [s for s in bridge.steps if s.n == n and s.keeps_up and s.cpu.service is not None]
+        aiortc_steps = [s for s in aiortc_bridge.steps if s.n == n and s.keeps_up and s.cpu.service is not None]
+        if engine_steps and aiortc_steps:
+            step, other = engine_steps[0], aiortc_steps[0]
+            engine = f"{step.cpu.engine / n:.2f}" if step.cpu.engine is not None else "n/a"
+            assert step.cpu.service is not None and other.cpu.service is not None
+            print(f"  {n:>3} {step.cpu.service / n:>32.1f} {engine:>17} {other.cpu.service / n:>29.1f}")
 
 
 def ramp_summary(r: Ramp, cores: int) -> str:
@@ -645,8 +700,11 @@ QUICK = Sizes(
 )
 
 
-async def run_all(service: Child, sizes: Sizes, cores: int) -> tuple[SetupResult, list[Ramp]]:
-    async with grpc.aio.insecure_channel(service.grpc) as channel:
+async def run_all(service: Child, aiortc_service: Child, sizes: Sizes, cores: int) -> tuple[SetupResult, list[Ramp]]:
+    async with (
+        grpc.aio.insecure_channel(service.grpc) as channel,
+        grpc.aio.insecure_channel(aiortc_service.grpc) as aiortc_channel,
+    ):
         stubs = Stubs(calling_pb2_grpc.CallingServiceStub(channel), simulator_pb2_grpc.SimulatorServiceStub(channel))
         users = Users(stubs)
         setup = await bench_setup(stubs, users, sizes.setup_calls, sizes.setup_warmup)
@@ -666,9 +724,45 @@ async def run_all(service: Child, sizes: Sizes, cores: int) -> tuple[SetupResult
             f"{fmt_cpu(at_rest.host, 0)}% of all cores (/proc/stat),\n   CPU wait {fmt_cpu(at_rest.waiting, 0)}% "
             "(other tenants of this machine show here)."
         )
-        modes = (BridgeMode, PassthroughMode, PairsMode)
-        ramps = [await ramp(mode(stubs, users), service, sizes) for mode in modes]
+        aiortc_stubs = Stubs(
+            calling_pb2_grpc.CallingServiceStub(aiortc_channel), simulator_pb2_grpc.SimulatorServiceStub(aiortc_channel)
+        )
+        ramps = [
+            await ramp(BridgeMode(stubs, users), service, sizes),
+            await ramp(AiortcBridgeMode(aiortc_stubs, Users(aiortc_stubs)), aiortc_service, sizes),
+            await ramp(PassthroughMode(stubs, users), service, sizes),
+            await ramp(PairsMode(stubs, users), service, sizes),
+        ]
     return setup, ramps
+
+
+async def start_service(name: str, directory: Path, *flags: str) -> Child:
+    directory.mkdir()
+    return await start_child(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "wacall.cli",
+            "serve",
+            "--grpc-address",
+            "127.0.0.1:0",
+            "--http-address",
+            "127.0.0.1:0",
+            "--db",
+            f"sqlite:///{directory / 'wacall.db'}",
+            "--sim-state",
+            str(directory / "simulator.json"),
+            "--clock",
+            "system",
+            "--policy",
+            POLICY,
+            "--log-level",
+            "WARNING",
+            *flags,
+        ],
+        directory / "wacall.stderr",
+    )
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -688,43 +782,33 @@ async def main(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wacall-bench-calls-") as tmp_dir:
         tmp = Path(tmp_dir)
-        service = await start_child(
-            "wacall",
-            [
-                sys.executable,
-                "-m",
-                "wacall.cli",
-                "serve",
-                "--grpc-address",
-                "127.0.0.1:0",
-                "--http-address",
-                "127.0.0.1:0",
-                "--db",
-                f"sqlite:///{tmp / 'wacall.db'}",
-                "--sim-state",
-                str(tmp / "simulator.json"),
-                "--clock",
-                "system",
-                "--policy",
-                POLICY,
-                "--log-level",
-                "WARNING",
-            ],
-            tmp / "wacall.stderr",
-        )
-        print(f"processes: wacall (service + simulator + simulated phones) pid {service.process.pid}, "
-              f"benchmark (gRPC client + agents + baseline pairs) pid {os.getpid()}")  # fmt: skip
+        service = await start_service("wacall", tmp / "engine")
+        aiortc_service = await start_service("wacall-aiortc", tmp / "aiortc", "--rtpengine", "off")
+        engines = engine_pids(service.process.pid)
+        print(f"processes: wacall (service + simulator + simulated phones) pid {service.process.pid} with rtpengine "
+              f"pid {', '.join(map(str, engines)) or 'none (not installed: both bridges run in aiortc)'}, wacall "
+              f"--rtpengine off pid {aiortc_service.process.pid}, benchmark (gRPC client + agents + baseline pairs) "
+              f"pid {os.getpid()}")  # fmt: skip
         try:
-            setup, ramps = await run_all(service, sizes, cores)
+            setup, ramps = await run_all(service, aiortc_service, sizes, cores)
         finally:
             await service.stop()
-            stderr = (tmp / "wacall.stderr").read_text(errors="replace")
-    bridge, passthrough, _ = ramps
+            await aiortc_service.stop()
+            stderr = (tmp / "engine" / "wacall.stderr").read_text(errors="replace")
+            stderr += (tmp / "aiortc" / "wacall.stderr").read_text(errors="replace")
+    bridge, aiortc_bridge, passthrough, _ = ramps
     print_bridge_cost(bridge, passthrough)
+    print_bridge_cost(aiortc_bridge, passthrough)
     print(
-        "\nNote: the simulated phones run inside the wacall process, so in bridge mode that process carries three "
-        "aiortc legs\nper call (phone, WhatsApp leg, agent leg) and in passthrough mode one (the phone); a real "
-        "deployment carries\ntwo (bridge) or none (passthrough). The agents run in this benchmark process."
+        f"\nwebrtc bridge through rtpengine against the aiortc bridge, same run: sustains {bridge.sustained} against "
+        f"{aiortc_bridge.sustained} concurrent calls"
+    )
+    print_per_call_comparison(bridge, aiortc_bridge)
+    print(
+        "\nNote: the simulated phones run inside the wacall process, so with the aiortc bridge that process carries "
+        "three aiortc legs\nper call (phone, WhatsApp leg, agent leg), and through rtpengine or in passthrough mode "
+        "one (the phone); a real\ndeployment carries two (aiortc bridge) or none (rtpengine, passthrough). The "
+        "agents run in this benchmark process."
     )
     print("\nSummary")
     print(f"  {setup_summary(setup)}")

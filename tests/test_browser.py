@@ -93,6 +93,9 @@ async def test_chromium_agent_bridged_to_the_whatsapp_user_hears_and_is_heard(
             20,
         )
         assert phone.state == "connected"
+        # With rtpengine installed (make test installs it), both legs live there: no audio through wacall.
+        assert wacall.service.engines is not None
+        assert call.call_id in await wacall.service.engines.engines[0].list_calls()
         ended = await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
         assert ended.outcome == pb.CALL_OUTCOME_ANSWERED
     finally:

@@ -6,6 +6,8 @@
   the media stack (the media engine's client and process included) or the simulator, directly or through another
   wacall module.
 - Wire formats (bencode, for rtpengine's ng protocol) are pure: no sockets, processes, event loop or time.
+- Only the engine leg, the local engine's supervisor and the assembly speak rtpengine's ng protocol: call control
+  and routes see a platform leg.
 - Only Meta's upstream (`wacall.upstreams.meta`) and the simulator know Meta's error codes and JSON field names.
 - The domain does not import Meta's upstream at all, directly or through another module: it reads neutral items
   (`wacall.inbound`), accounts and refusals (`wacall.upstreams.base`). Only the assembly (app, cli, config) and the
@@ -238,6 +240,18 @@ def test_wire_formats_are_pure(module: str) -> None:
 
 def test_the_purity_check_sees_io() -> None:
     assert not reachable("wacall.media.rtpengine") <= PURE_IMPORTS  # the ng client is an I/O edge
+
+
+# The ng protocol is spoken by the engine leg (a call's media in rtpengine), the local engine's supervisor and the
+# assembly that builds the pool: call control and routes see only a PlatformLeg.
+ENGINE_CLIENT = "wacall.media.rtpengine"
+ENGINE_CLIENT_USERS = frozenset({"wacall.media.engine_leg", "wacall.media.engine_process", "wacall.app"})
+
+
+def test_only_the_engine_leg_and_the_assembly_speak_to_the_media_engine() -> None:
+    speakers = {name for name in MODULES if ENGINE_CLIENT in imported(name)}
+    assert "wacall.media.engine_leg" in speakers  # the check sees the imports it is about
+    assert speakers <= ENGINE_CLIENT_USERS, f"{sorted(speakers - ENGINE_CLIENT_USERS)} import {ENGINE_CLIENT}"
 
 
 def _database_imports(names: set[str]) -> list[str]:

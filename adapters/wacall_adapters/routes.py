@@ -27,11 +27,16 @@ class ServerFiles:
 @dataclass(frozen=True, slots=True)
 class RoutePlan:
     """A checked route: what the call records as its route, how to build its adapter (once per call), and what
-    distinguishes it from another route of the same kind when an idempotency key is reused."""
+    distinguishes it from another route of the same kind when an idempotency key is reused.
+
+    `engine_bridge`, when set, is the business peer's SDP offer and says that a media engine may carry the whole
+    call: the WhatsApp leg and the peer's leg both in the engine, no audio through the service. Where no engine is
+    configured the call runs in process, with the adapter from `factory`."""
 
     name: str
     factory: Callable[[], MediaAdapter]
     fingerprint: str
+    engine_bridge: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

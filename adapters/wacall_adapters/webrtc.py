@@ -1,8 +1,10 @@
 """`webrtc`: bridge the WhatsApp leg to another WebRTC peer (a browser softphone, any WebRTC stack).
 
-Bridge mode (default): the service answers the agent's offer with a second aiortc leg and relays audio both ways.
-It works with any peer (browsers behind NAT with the TURN servers given, any codec set), and the service can
-measure the audio; the price is an Opus decode and encode per direction per call (MEDIA-2).
+Bridge mode (default): when a media engine (rtpengine) runs, the agent's offer goes through it and both legs live
+there: packets are relayed without decoding, no audio through the service (wacall.media.engine_leg). Without an
+engine the service answers the agent's offer with a second aiortc leg and relays audio both ways; that works with
+any peer (any codec set) and the service can measure the audio, at the price of an Opus decode and encode per
+direction per call (MEDIA-2).
 
 Passthrough mode: the agent's own offer goes to the platform (trimmed to the sha-256 fingerprint) and only
 signalling passes through the service; the platform's answer is handed back. No media CPU in the service, but the
@@ -104,7 +106,15 @@ async def plan(route: pb.WebRtcRoute, files: ServerFiles) -> RoutePlan:
     ice_servers = _ice_servers(route.ice_servers)
     if route.passthrough:
         return RoutePlan("webrtc_passthrough", lambda: WebRtcPassthroughAdapter(offer_sdp=offer), offer)
-    return RoutePlan("webrtc", lambda: WebRtcBridgeAdapter(offer_sdp=offer, ice_servers=ice_servers), offer)
+    # A media engine relays the agent's packets without decoding them, so it carries only an agent that speaks Opus
+    # (the platform's one codec); otherwise, or without an engine, the service bridges in process and transcodes.
+    relayable = "opus/48000" in offer.lower()
+    return RoutePlan(
+        "webrtc",
+        lambda: WebRtcBridgeAdapter(offer_sdp=offer, ice_servers=ice_servers),
+        offer,
+        engine_bridge=offer if relayable else None,
+    )
 
 
 ROUTE = RouteSpec("webrtc", plan)

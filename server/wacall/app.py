@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
+import shutil
 import socket
 import uuid
 from collections.abc import Awaitable, Callable
@@ -29,10 +31,13 @@ from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.config import ConfigError, Settings
+from wacall.config import ConfigError, Settings, engine_addresses
 from wacall.fields import InvalidField
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
+from wacall.media.engine_leg import EngineBridgeLeg
+from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
+from wacall.media.rtpengine import EnginePool, NgClient
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.",)
 WORKER_PREFIX = "wacall-worker"
+ENGINE_CHECK_INTERVAL = 5.0  # seconds between pings of every media engine
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
@@ -145,6 +151,9 @@ class Service:
         self.calls: CallService | None = None
         self.dispatcher: Dispatcher | None = None
         self.http_guard: HttpGuard | None = None
+        self.engines: EnginePool[NgClient] | None = None  # None: webrtc calls are bridged in process
+        self.local_engine: LocalEngine | None = None
+        self.media_note = ""  # how webrtc calls are bridged, logged once the service has started
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -158,7 +167,8 @@ class Service:
             graph_address, senders = await self._setup_platform(stack)
             upstream = await self._setup_upstream(stack, graph_address)
             permissions = self._setup_permissions(store, senders, upstream)
-            calls = await self._build_calls(permissions, upstream)
+            engines = await self._setup_media_engine(stack)
+            calls = await self._build_calls(permissions, upstream, engines)
             dispatcher = self._setup_dispatcher(store, permissions, calls)
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
@@ -166,6 +176,7 @@ class Service:
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
+        log.info("%s", self.media_note)
         return Addresses(grpc=grpc_address, http=http_address, graph=graph_address)
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -289,11 +300,59 @@ class Service:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
         return http_address
 
-    async def _build_calls(self, permissions: PermissionService, upstream: MetaUpstream) -> CallService:
+    async def _setup_media_engine(self, stack: contextlib.AsyncExitStack) -> EnginePool[NgClient] | None:
+        """The rtpengines that bridge webrtc calls: the external ones configured, else a local one when it is
+        installed; None (bridge in process) with `off` or when none is installed."""
+        addresses = engine_addresses(self.settings.rtpengine)
+        if addresses == []:
+            self.media_note = "webrtc calls are bridged in this process (aiortc): --rtpengine off"
+            return None
+        if addresses is None:
+            if shutil.which(EngineSettings().binary) is None:
+                self.media_note = f"no rtpengine installed: webrtc calls are bridged in this process ({INSTALL_HINT})"
+                return None
+            local = self.local_engine = LocalEngine()
+            await local.start()
+            stack.push_async_callback(local.stop)
+            clients = [local.client]
+            self.media_note = (
+                f"webrtc calls are bridged in a local rtpengine (pid {local.pid}, ng port {local.ng_port})"
+            )
+        else:
+            clients = []
+            for address in addresses:
+                client = await NgClient.connect(address)
+                stack.push_async_callback(client.close)
+                clients.append(client)
+            self.media_note = f"webrtc calls are bridged in rtpengine at {self.settings.rtpengine}"
+        engines = self.engines = EnginePool(clients, self.wall_clock)
+
+        async def keep_checking() -> None:
+            while True:
+                await engines.check()
+                await asyncio.sleep(ENGINE_CHECK_INTERVAL)
+
+        checking = asyncio.create_task(keep_checking(), name="wacall-engine-checks")
+
+        async def stop_checking() -> None:
+            checking.cancel()
+            await asyncio.gather(checking, return_exceptions=True)
+
+        stack.push_async_callback(stop_checking)
+        return engines
+
+    async def _build_calls(
+        self, permissions: PermissionService, upstream: MetaUpstream, engines: EnginePool[NgClient] | None
+    ) -> CallService:
         """Call control: built before the webhook endpoint (which dispatches call events to it), started after."""
+
+        def engine_bridge(call_id: str, peer_offer: str, pool: EnginePool[NgClient]) -> EngineBridgeLeg:
+            return EngineBridgeLeg(pool, call_id, peer_offer)
+
         return CallService(
             permissions,
             upstream,
+            engine_bridges=functools.partial(engine_bridge, pool=engines) if engines is not None else None,
             inbound_route=await self._inbound_route(),
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
             call_lease=timedelta(seconds=self.settings.call_lease_seconds),

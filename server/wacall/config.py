@@ -62,6 +62,9 @@ class Settings:
     media_dir: str = "var/media"
     recordings_dir: str = "var/recordings"
     log_level: str = "INFO"
+    # The media engine bridging `webrtc` calls: "" = a local rtpengine when one is installed (else in process),
+    # "host:port,..." = external rtpengines' ng ports, "off" = always in process (aiortc).
+    rtpengine: str = ""
     # Webhook timestamps: refused when further ahead of our clock than the skew, or older than the platform's
     # retries (up to 7 days) plus a margin; expirations (permissions, pauses) no further ahead than the last bound.
     webhook_max_clock_skew_seconds: float = 300.0
@@ -106,6 +109,7 @@ SCALARS: Mapping[str, type] = {
     "media_dir": str,
     "recordings_dir": str,
     "log_level": str,
+    "rtpengine": str,
     "webhook_max_clock_skew_seconds": float,
     "webhook_max_age_seconds": float,
     "webhook_max_expiry_ahead_seconds": float,
@@ -162,6 +166,11 @@ DESCRIPTIONS: Mapping[str, str] = {
     ),
     "recordings_dir": "the directory record_to files are written in (created at start); nothing outside it is written",
     "log_level": "how much to log",
+    "rtpengine": (
+        "the media engine that bridges webrtc calls: external rtpengines' ng addresses (host:port, comma-separated; "
+        "each call pinned to one, a dead one out of rotation), 'off' to bridge in this process (aiortc), or empty "
+        "for a local rtpengine on loopback when one is installed"
+    ),
     "webhook_max_clock_skew_seconds": "webhook timestamps further ahead of our clock than this are refused (HTTP 400)",
     "webhook_max_age_seconds": "webhook timestamps older than this are refused (the platform retries for 7 days)",
     "webhook_max_expiry_ahead_seconds": "permission or pause expirations further ahead than this are refused",
@@ -177,6 +186,22 @@ def _sender(item: Mapping[str, Any], index: int) -> Account:
         return sender_from_config(item, f"senders[{index}]")
     except InvalidSenderConfig as exc:
         raise ConfigError(str(exc)) from None
+
+
+def engine_addresses(setting: str) -> list[tuple[str, int]] | None:
+    """The external rtpengines `setting` names (host:port, comma-separated); [] for "off"; None for a local one."""
+    setting = setting.strip()
+    if not setting:
+        return None
+    if setting == "off":
+        return []
+    addresses = []
+    for item in setting.split(","):
+        host, _, port = item.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"rtpengine: {item.strip()!r} is not host:port (an rtpengine's ng address), nor 'off'")
+        addresses.append((host.strip("[]"), int(port)))
+    return addresses
 
 
 def load_settings(
@@ -223,6 +248,7 @@ def load_settings(
             raise ConfigError(
                 f"inbound_audio_file {settings.inbound_audio_file} does not exist in {settings.media_dir}"
             )
+    engine_addresses(settings.rtpengine)
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
     if settings.reservation_grace_seconds <= 0:

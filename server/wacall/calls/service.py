@@ -12,13 +12,14 @@ calls this process places and answers are its own, under a lease it renews.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,7 +32,8 @@ from wacall.events import EventKind
 from wacall.fields import InvalidField
 from wacall.inbound import CallEventItem, CallEventKind
 from wacall.ingest import Outcome, Skipped
-from wacall.media.platform_leg import PlatformLegFactory, WebRtcPlatformLeg
+from wacall.media.engine_leg import EngineBridgeLeg, EngineBridgeUnavailable
+from wacall.media.platform_leg import PlatformLeg, PlatformLegFactory, WebRtcPlatformLeg
 from wacall.media.sdp import SdpType, platform_problems
 from wacall.permissions import (
     IdempotencyConflict,
@@ -51,12 +53,19 @@ from wacall.store import (
     optional_micros,
 )
 from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
+from wacall_adapters.base import MediaAdapter
 from wacall_adapters.routes import RoutePlan
 
 log = logging.getLogger(__name__)
 
 MAX_OPAQUE = 512
 MAX_IDEMPOTENCY_KEY = 128
+# How long StartCall waits for the platform's answer to an engine-bridged call, so that the call it returns carries
+# the agent's SDP answer (the platform answers at once, before the phone rings).
+PEER_ANSWER_WAIT = timedelta(seconds=10)
+
+EngineBridges = Callable[[str, str], EngineBridgeLeg]
+"""Builds the platform leg of a call bridged in the media engine: (call id, the business peer's SDP offer)."""
 
 
 class CallNotFound(LookupError):
@@ -83,6 +92,17 @@ class RerouteRefused(CallProblem):
 
 class MediaSetupFailed(CallProblem):
     """The call's media could not be set up on our side before it was placed; the call is recorded FAILED."""
+
+
+class EngineBridgedRoute(MediaAdapter):
+    """The business side of a call bridged in the media engine: the peer's leg lives there, beside the user's, so
+    there is nothing to attach here; what the route shows is the peer's SDP answer."""
+
+    def __init__(self, leg: EngineBridgeLeg) -> None:
+        self.leg = leg
+
+    def answer_sdp(self) -> str:
+        return self.leg.peer_answer_now()
 
 
 class SdpRefused(ValueError):
@@ -151,6 +171,7 @@ class CallService:
         *,
         inbound_route: RoutePlan,
         platform_legs: PlatformLegFactory = WebRtcPlatformLeg,
+        engine_bridges: EngineBridges | None = None,
         media_timeout: timedelta = timedelta(seconds=20),
         call_lease: timedelta = timedelta(seconds=30),
         wall_clock: Clock | None = None,
@@ -162,6 +183,8 @@ class CallService:
         self.upstream = upstream
         self.inbound_route = inbound_route
         self.platform_legs = platform_legs
+        # None: no media engine; a route that could be engine-bridged runs in process.
+        self.engine_bridges = engine_bridges
         self.media_timeout = media_timeout
         # This process owns the calls it places and answers, and renews its lease on them (on wall time: leases say
         # whether the process is alive, whatever the rules' clock says).
@@ -274,7 +297,7 @@ class CallService:
         try:
             offer = session.adapter.passthrough_offer
             if offer is None:
-                session.platform = self.platform_legs(f"whatsapp {call_id}")
+                session.platform = self._platform_leg(session)
                 await session.attach_adapter()
                 offer = await session.platform.create_offer()
                 session.pickup_watch = self.spawn(self._connect_on_first_voice(session))
@@ -291,15 +314,32 @@ class CallService:
             log.warning("call %s: media setup failed: %s", call_id, error)
             await self._fail_setup(call_id, error)
             raise MediaSetupFailed(call_id, str(error)) from error
-        return await self._bind(call_id, platform_call_id)
+        record = await self._bind(call_id, platform_call_id)
+        if isinstance(session.adapter, EngineBridgedRoute) and not record.answer_sdp:
+            # The call shows the agent's SDP answer, as an in-process bridge's does: it needs the platform's.
+            with contextlib.suppress(TimeoutError, EngineBridgeUnavailable):
+                await asyncio.wait_for(session.adapter.leg.peer_answer(), PEER_ANSWER_WAIT.total_seconds())
+            record = self._live(record)
+        return record
 
     def _new_session(self, call_id: str, pair: Pair, account: Account, route: RoutePlan) -> CallSession:
         async def hangup(reason: str) -> None:
             self.spawn(self.end(call_id, reason=reason))
 
-        session = CallSession(call_id, pair, account, route.factory(), route.name, hangup)
+        adapter: MediaAdapter
+        if route.engine_bridge is not None and self.engine_bridges is not None:
+            adapter = EngineBridgedRoute(self.engine_bridges(call_id, route.engine_bridge))
+        else:
+            adapter = route.factory()
+        session = CallSession(call_id, pair, account, adapter, route.name, hangup)
         self.sessions[call_id] = session
         return session
+
+    def _platform_leg(self, session: CallSession) -> PlatformLeg:
+        """The engine's leg for an engine-bridged call, else one from the injected factory (in-process audio)."""
+        if isinstance(session.adapter, EngineBridgedRoute):
+            return session.adapter.leg
+        return self.platform_legs(f"whatsapp {session.call_id}")
 
     async def _fail_setup(
         self, call_id: str, error: Exception, *, platform_action: CallAction | None = None
@@ -478,7 +518,7 @@ class CallService:
         session = self._new_session(call_id, stored.pair, account, self.inbound_route)
         try:
             check_sdp(offer_sdp, "offer", "the platform's")
-            session.platform = self.platform_legs(f"whatsapp {call_id}")
+            session.platform = self._platform_leg(session)
             await session.attach_adapter()
             answer = check_sdp(await session.platform.accept_offer(offer_sdp), "answer", "our")
         except Exception as error:  # nothing was sent yet: refuse the call on the platform
@@ -514,6 +554,12 @@ class CallService:
             raise CallNotLive(call_id, "the call has ended, or its media is held by another wacall process")
         if session.platform is None:
             raise RerouteRefused(call_id, f"the {session.route_name} route's media does not pass through wacall")
+        if isinstance(session.platform, EngineBridgeLeg):
+            raise RerouteRefused(
+                call_id,
+                f"the {session.route_name} call is bridged in rtpengine: the user's media does not pass through "
+                "wacall, so no route in this process can take it; only a new call",
+            )
         adapter = route.factory()
         if adapter.passthrough_offer is not None:
             await adapter.close()

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import random
 import shutil
 import signal
 import socket
+import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +35,26 @@ INSTALL_HINT = "apt-get install --no-install-recommends rtpengine-daemon"
 # Media ports come from below Linux's ephemeral range (32768+), where aiortc and other clients take theirs.
 PORT_SPACE = (10000, 32767)
 STARTUP_PING_TIMEOUT = 0.25
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """On Linux, a function for the child between fork and exec that asks the kernel to SIGTERM it when wacall dies:
+    a wacall that is killed (SIGKILL, a crash) has no chance to stop its rtpengine, which would run on orphaned."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    prctl = libc.prctl  # looked up here: the child only calls it
+
+    def die_with_parent() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return die_with_parent
+
+
+DIE_WITH_PARENT = _parent_death_signal()
 
 
 class EngineUnavailable(Exception):
@@ -169,7 +192,11 @@ class LocalEngine:
         )
         with self.log_path.open("ab") as stderr:
             self._process = await asyncio.create_subprocess_exec(
-                *command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=stderr
+                *command,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=stderr,
+                preexec_fn=DIE_WITH_PARENT,
             )
         deadline = time.monotonic() + settings.start_timeout
         while time.monotonic() < deadline:
@@ -183,7 +210,8 @@ class LocalEngine:
             except (TimeoutError, EngineTimeout, EngineError, EngineProtocolError, OSError):
                 await asyncio.sleep(0.05)
             else:
-                log.info("rtpengine %s answers on ng port %d", self._process.pid, self.ng_port)
+                # Quiet: a service that fails to start after this must say one thing only (its own error).
+                log.debug("rtpengine %s answers on ng port %d", self._process.pid, self.ng_port)
                 return
         await self._terminate()
         raise EngineUnavailable(f"rtpengine did not answer ping within {settings.start_timeout} s:\n{self._log_tail()}")
