@@ -171,6 +171,9 @@ def settings_for(tmp_path: Path, **changes: object) -> Settings:
         # Tests write their audio and recordings in their own directory: the service reads and writes only there.
         "media_dir": str(tmp_path),
         "recordings_dir": str(tmp_path),
+        # The aiortc bridge, whatever the machine has installed: the engine bridge has tests of its own
+        # (test_engine_bridge.py, test_browser.py), which ask for the local rtpengine.
+        "rtpengine": "off",
     }
     values.update(changes)
     return Settings(**values)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,12 @@ from wacall_client.v1 import calling_pb2 as pb
 ASSETS = Path(__file__).parent / "assets"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+async def wacall(make_service: Callable[..., Awaitable[Running]]) -> Running:
+    """A service that bridges webrtc calls in a local rtpengine (the default where one is installed)."""
+    return await make_service(rtpengine="")
 
 
 @pytest.fixture

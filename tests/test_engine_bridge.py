@@ -35,6 +35,12 @@ from wacall.media.tracks import ToneSource
 Agent = Callable[[Running], Awaitable[tuple[pb.Call, Heard]]]
 
 
+@pytest.fixture
+async def wacall(make_service: Callable[..., Awaitable[Running]]) -> Running:
+    """A service that bridges webrtc calls in a local rtpengine (the default where one is installed)."""
+    return await make_service(rtpengine="")
+
+
 def engine_of(wacall: Running) -> NgClient:
     pool = wacall.service.engines
     assert pool is not None, "the service runs no media engine"
@@ -144,7 +150,7 @@ async def test_the_watchdog_ends_an_engine_bridged_call_whose_user_sends_nothing
     make_service: Callable[..., Awaitable[Running]], agents: Agent
 ) -> None:
     # The phone goes away and its terminate is lost: rtpengine counts no more packets from the user.
-    wacall = await make_service(media_timeout_seconds=1.5)
+    wacall = await make_service(media_timeout_seconds=1.5, rtpengine="")
     engine = engine_of(wacall)
     sessions_before = await engine.session_count()
     await wacall.grant(permanent=True)
@@ -237,20 +243,33 @@ def rtpengine_children(pid: int) -> list[int]:
     return [int(c) for c in children if Path(f"/proc/{c}/comm").read_text().strip() == "rtpengine"]
 
 
+def running(pid: int) -> bool:
+    """Alive: an exited process the init process has not reaped yet (a zombie, "Z") counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def test_serve_runs_a_local_rtpengine_that_goes_even_when_wacall_is_killed(tmp_path: Path) -> None:
     stopped = ServeProcess(tmp_path / "stopped")
-    [engine] = rtpengine_children(stopped.proc.pid)
-    assert stopped.stop() == 0
-    assert not Path(f"/proc/{engine}").exists()  # stopped with the service
+    try:
+        [engine] = rtpengine_children(stopped.proc.pid)
+    finally:
+        assert stopped.stop() == 0
+    assert not running(engine)  # stopped with the service
 
     killed = ServeProcess(tmp_path / "killed")
-    [engine] = rtpengine_children(killed.proc.pid)
-    killed.proc.send_signal(signal.SIGKILL)  # no graceful stop: the kernel tells rtpengine its parent died
-    killed.proc.wait(timeout=10)
+    try:
+        [engine] = rtpengine_children(killed.proc.pid)
+    finally:
+        killed.proc.send_signal(signal.SIGKILL)  # no graceful stop: the kernel tells rtpengine its parent died
+        killed.proc.wait(timeout=10)
     deadline = time.monotonic() + 10
-    while Path(f"/proc/{engine}").exists() and time.monotonic() < deadline:
+    while running(engine) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not Path(f"/proc/{engine}").exists(), "rtpengine outlived the wacall that started it"
+    assert not running(engine), "rtpengine outlived the wacall that started it"
 
 
 def test_serve_with_rtpengine_off_runs_no_engine(tmp_path: Path) -> None:

@@ -87,6 +87,11 @@ class EngineBridgeLeg:
             raise EngineBridgeUnavailable(f"rtpengine at {_address(engine)} does not answer: {error}") from error
         except (EngineError, EngineProtocolError) as error:
             raise EngineBridgeUnavailable(f"rtpengine at {_address(engine)}: {error}") from error
+        if self._closed:
+            # The call ended while the engine was making the offer: its delete may have run before the engine
+            # knew the call, so delete again, and start nothing.
+            await self._delete(engine)
+            raise EngineBridgeUnavailable("the call ended while rtpengine was preparing it")
         self._poller = asyncio.create_task(self._poll(), name=f"wacall-engine-counters {self.engine_call_id}")
         return offer
 
@@ -172,11 +177,15 @@ class EngineBridgeLeg:
         engine = self._engine
         if engine is None:
             return
+        # The final counters, when the engine gives them; the delete runs whatever the query did.
+        with contextlib.suppress(EngineError, EngineTimeout, EngineProtocolError, OSError):
+            await self._query()
+        await self._delete(engine)
+
+    async def _delete(self, engine: NgClient) -> None:
         try:
-            with contextlib.suppress(EngineError):  # the final counters of a call the engine never knew
-                await self._query()
             await engine.delete(self.engine_call_id)
-        except EngineError as error:
+        except EngineError as error:  # a call the engine never knew, or already deleted
             log.info("call %s: rtpengine delete: %s", self.engine_call_id, error)
         except (EngineTimeout, EngineProtocolError, OSError) as error:
             log.warning("call %s: rtpengine did not confirm the delete: %s", self.engine_call_id, error)

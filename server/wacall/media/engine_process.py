@@ -242,7 +242,7 @@ class LocalEngine:
                 return
             try:
                 await self._launch(binary)
-            except EngineUnavailable as error:
+            except (EngineUnavailable, OSError) as error:  # OSError: the binary replaced or gone, no descriptors
                 log.error("rtpengine did not come back: %s", error)
                 continue  # _process has exited (or was terminated): the loop waits on it and backs off further
             self.restarts += 1
