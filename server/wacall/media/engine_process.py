@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import logging
 import random
 import shutil
@@ -21,7 +19,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,24 +35,13 @@ PORT_SPACE = (10000, 32767)
 STARTUP_PING_TIMEOUT = 0.25
 
 
-PR_SET_PDEATHSIG = 1  # prctl(2)
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a function for the child between fork and exec that asks the kernel to SIGTERM it when wacall dies:
-    a wacall that is killed (SIGKILL, a crash) has no chance to stop its rtpengine, which would run on orphaned."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    prctl = libc.prctl  # looked up here: the child only calls it
-
-    def die_with_parent() -> None:
-        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return die_with_parent
-
-
-DIE_WITH_PARENT = _parent_death_signal()
+def dying_with_parent(command: list[str]) -> list[str]:
+    """The command, run so that the kernel SIGTERMs it when wacall dies: a wacall that is killed (SIGKILL, a crash)
+    has no chance to stop its rtpengine, which would run on orphaned. `setpriv` (util-linux) sets the parent-death
+    signal and execs the command; no Python runs between fork and exec, which a process with gRPC's threads must not
+    do (gRPC's fork handlers abort the child). Without setpriv the command runs as it is."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
 
 
 class EngineUnavailable(Exception):
@@ -192,11 +179,10 @@ class LocalEngine:
         )
         with self.log_path.open("ab") as stderr:
             self._process = await asyncio.create_subprocess_exec(
-                *command,
+                *dying_with_parent(command),
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=stderr,
-                preexec_fn=DIE_WITH_PARENT,
             )
         deadline = time.monotonic() + settings.start_timeout
         while time.monotonic() < deadline:
