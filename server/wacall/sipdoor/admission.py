@@ -31,7 +31,7 @@ from wacall.sip.message import (
 from wacall.sipdoor.responses import CallOutcome, final_response
 from wacall.sipdoor.trunks import CODECS, Trunk, match_trunk
 
-__all__ = ["Admitted", "Challenged", "FrontDoor", "Rejected", "offered_codecs"]
+__all__ = ["Admitted", "Challenged", "Decision", "FrontDoor", "Rejected", "offered_codecs"]
 
 # RFC 3551's static payload types for the codecs a trunk may use (an offer may omit their rtpmap).
 STATIC_PAYLOAD_TYPES = {"0": "PCMU", "8": "PCMA"}
