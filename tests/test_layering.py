@@ -20,6 +20,8 @@
 - The SIP core (`wacall.sip`) is sans-IO: it reaches no event loop, socket, TLS, clock, database, RPC or media stack,
   and none of wacall's services, store or API, nor its own I/O edge (`wacall.sipio`), directly or through another
   module. The edge itself reaches only the SIP core: no service, store, API, media or simulator.
+- The SIP front door's decisions (`wacall.sipdoor`: trunks, admission, the reasons → SIP status table) are pure:
+  no event loop, socket, clock, database, media, SIP edge, nor the services' I/O; they take `now` and data.
 """
 
 from __future__ import annotations
@@ -557,6 +559,44 @@ def test_the_sip_checks_see_the_core_reaching_its_edge_and_the_edge_reaching_a_s
         assert "wacall.sipio.layer" in sip_core_io()["wacall.sip.transactions"]
         assert "wacall.calls.service" in sip_edge_reach()["wacall.sipio.transport"]
         assert "wacall.calls.service" in sip_edge_reach()["wacall.sipio.layer"]  # through the transport
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The front door decides on data (an INVITE, its source, `now`); the edge and the call service act on the decision.
+SIP_DOOR = "wacall.sipdoor"
+# `wacall.errors`, whose advice the Warnings share, names gRPC status codes (a table, no channel), and the
+# upstream's neutral reasons; Meta's upstream itself stays out of reach.
+FORBIDDEN_IN_SIP_DOOR = tuple(t for t in FORBIDDEN_IN_SIP_CORE if t not in ("grpc", "wacall.upstreams"))
+FORBIDDEN_IN_SIP_DOOR += ("wacall.upstreams.meta",)
+
+
+def sip_door_reach() -> dict[str, list[str]]:
+    """Each module of the front door with what it reaches (directly or through another module) that it must not."""
+    found = {}
+    for name in MODULES:
+        if _within(name, (SIP_DOOR,)) and (
+            offending := sorted(t for t in reachable(name) if _within(t, FORBIDDEN_IN_SIP_DOOR))
+        ):
+            found[name] = offending
+    return found
+
+
+def test_the_front_door_decisions_are_pure() -> None:
+    assert {"wacall.sipdoor.trunks", "wacall.sipdoor.admission", "wacall.sipdoor.responses"} <= set(MODULES)
+    assert sip_door_reach() == {}
+
+
+def test_the_front_door_check_sees_io_directly_and_through_another_module() -> None:
+    saved = dict(TREES)
+    try:
+        TREES["wacall.sipdoor.trunks"] = ast.parse("import socket\nfrom wacall.sipio import layer")
+        TREES["wacall.sipdoor.responses"] = ast.parse("from wacall.calls import service")
+        found = sip_door_reach()
+        assert {"socket", "wacall.sipio", "wacall.sipio.layer", "asyncio"} <= set(found["wacall.sipdoor.trunks"])
+        assert "wacall.calls.service" in found["wacall.sipdoor.responses"]
+        assert "wacall.calls.service" in found["wacall.sipdoor.admission"]  # through the responses
     finally:
         TREES.clear()
         TREES.update(saved)

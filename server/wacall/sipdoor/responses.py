@@ -1,0 +1,107 @@
+"""From wacall's refusal reasons to SIP final responses: the one table a PBX's view of a refusal comes from.
+
+Each refusal is a final response with `Warning: 399 <host> "<REASON>: <what to do>"`, REASON being the enum name.
+The rules' reasons say what to do in the same words as the gRPC errors (`wacall.errors.REASONS`), so the two faces
+never disagree; the call-level outcomes that are not rules have their advice here.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+
+from wacall.errors import REASONS
+from wacall.rules.engine import Reason
+from wacall.sip.message import Request, Response, RetryAfter, Warning, response_to
+
+__all__ = ["SIP_REFUSALS", "CallOutcome", "SipRefusal", "final_response", "retry_after_seconds"]
+
+# RFC 3261 §20.43: 399 is "miscellaneous warning", free text for people and tools.
+WARN_CODE = 399
+
+
+class CallOutcome(enum.Enum):
+    """Why a front-door call is refused or ends that is not one of the rules' reasons."""
+
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
+    BAD_CREDENTIALS = "bad_credentials"
+    BUSINESS_NUMBER_NOT_ALLOWED = "business_number_not_allowed"
+    INVALID_NUMBER = "invalid_number"
+    NO_COMMON_CODEC = "no_common_codec"
+    PLATFORM_FAILURE = "platform_failure"
+    USER_DECLINED = "user_declined"
+    NO_ANSWER = "no_answer"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True)
+class SipRefusal:
+    status: int
+    advice: str
+    # Retry-After carries the seconds until next_allowed_at (a used-up limit: waiting helps).
+    retry_after: bool = False
+
+
+def _rule(status: int, reason: Reason, *, retry_after: bool = False) -> SipRefusal:
+    return SipRefusal(status, REASONS[reason].advice, retry_after)
+
+
+SIP_REFUSALS: Mapping[Reason | CallOutcome, SipRefusal] = {
+    # The rules (the decision StartCall makes).
+    Reason.COUNTRY_UNSUPPORTED: _rule(403, Reason.COUNTRY_UNSUPPORTED),
+    Reason.ALREADY_PERMANENT: _rule(403, Reason.ALREADY_PERMANENT),
+    Reason.REQUEST_LIMIT_REACHED: _rule(403, Reason.REQUEST_LIMIT_REACHED),
+    Reason.NO_TEMPLATE_FOR_CLOSED_WINDOW: _rule(403, Reason.NO_TEMPLATE_FOR_CLOSED_WINDOW),
+    Reason.NO_PERMISSION: _rule(403, Reason.NO_PERMISSION),
+    Reason.PERMISSION_EXPIRED: _rule(403, Reason.PERMISSION_EXPIRED),
+    Reason.PERMISSION_REVOKED: _rule(403, Reason.PERMISSION_REVOKED),
+    Reason.PERMISSION_REJECTED: _rule(403, Reason.PERMISSION_REJECTED),
+    Reason.BUSINESS_RESTRICTED: _rule(403, Reason.BUSINESS_RESTRICTED),
+    Reason.CALL_LIMIT_REACHED: _rule(480, Reason.CALL_LIMIT_REACHED, retry_after=True),
+    Reason.CALL_IN_PROGRESS: _rule(486, Reason.CALL_IN_PROGRESS),
+    # The front door's own checks, before any rule is asked.
+    CallOutcome.SOURCE_NOT_ALLOWED: SipRefusal(403, "no trunk allows this source address: add it to allowed_sources"),
+    CallOutcome.BAD_CREDENTIALS: SipRefusal(403, "wrong credentials: use the trunk's username and password"),
+    CallOutcome.BUSINESS_NUMBER_NOT_ALLOWED: SipRefusal(
+        403, "call from one of the trunk's business_numbers (P-Asserted-Identity, else the From user part)"
+    ),
+    CallOutcome.INVALID_NUMBER: SipRefusal(404, "dial the WhatsApp user's number as +E164 or digits"),
+    CallOutcome.NO_COMMON_CODEC: SipRefusal(488, "offer one of the trunk's codecs (PCMU, PCMA or opus)"),
+    # How a call that was placed ends before it is answered.
+    CallOutcome.PLATFORM_FAILURE: SipRefusal(503, "the platform could not place the call; try again later"),
+    CallOutcome.USER_DECLINED: SipRefusal(603, "the user declined the call"),
+    CallOutcome.NO_ANSWER: SipRefusal(480, "the user did not answer"),
+    CallOutcome.CANCELLED: SipRefusal(487, "the caller cancelled the call"),
+}
+
+
+def retry_after_seconds(next_allowed_at: datetime, now: datetime) -> int:
+    """Whole seconds until `next_allowed_at`, rounded up (retrying earlier is refused), never negative."""
+    return max(0, math.ceil((next_allowed_at - now).total_seconds()))
+
+
+def final_response(
+    request: Request,
+    reason: Reason | CallOutcome,
+    *,
+    agent: str,
+    to_tag: str,
+    now: datetime | None = None,
+    next_allowed_at: datetime | None = None,
+    detail: str | None = None,
+) -> Response:
+    """The final response refusing (or ending) `request` for `reason`, with its Warning and, for a used-up limit
+    whose `next_allowed_at` is known, Retry-After. `detail` replaces the table's advice where the caller knows
+    better what is wrong (an invalid number says why); `agent` is wacall's host as the PBX knows it."""
+    refusal = SIP_REFUSALS.get(reason)
+    if refusal is None:
+        raise ValueError(f"{reason.name} is not a refusal")
+    headers = [("Warning", str(Warning(WARN_CODE, agent, f"{reason.name}: {detail or refusal.advice}")))]
+    if refusal.retry_after and next_allowed_at is not None:
+        if now is None:
+            raise ValueError("Retry-After needs now as well as next_allowed_at")
+        headers.append(("Retry-After", str(RetryAfter(retry_after_seconds(next_allowed_at, now)))))
+    return response_to(request, refusal.status, to_tag=to_tag, headers=headers)
