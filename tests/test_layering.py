@@ -499,15 +499,17 @@ FORBIDDEN_IN_SIP_CORE = (
 )
 
 
-def sip_core_io() -> dict[str, list[str]]:
-    """Each module of the SIP core with what it reaches (directly or through another module) that it must not."""
+def reaching_outside(package: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    """Each module of `package` with what it reaches (directly or through another module) among `forbidden`."""
     found = {}
     for name in MODULES:
-        if not _within(name, (SIP_CORE,)):
-            continue
-        if offending := sorted(t for t in reachable(name) if _within(t, FORBIDDEN_IN_SIP_CORE)):
+        if _within(name, (package,)) and (offending := sorted(t for t in reachable(name) if _within(t, forbidden))):
             found[name] = offending
     return found
+
+
+def sip_core_io() -> dict[str, list[str]]:
+    return reaching_outside(SIP_CORE, FORBIDDEN_IN_SIP_CORE)
 
 
 def test_the_sip_core_is_sans_io() -> None:
@@ -535,20 +537,9 @@ SIP_EDGE = "wacall.sipio"
 FORBIDDEN_IN_SIP_EDGE = tuple(t for t in FORBIDDEN_IN_SIP_CORE if t.startswith("wacall.") and t != SIP_EDGE)
 
 
-def sip_edge_reach() -> dict[str, list[str]]:
-    """Each module of the SIP edge with the wacall modules it reaches that it must not."""
-    found = {}
-    for name in MODULES:
-        if _within(name, (SIP_EDGE,)) and (
-            offending := sorted(t for t in reachable(name) if _within(t, FORBIDDEN_IN_SIP_EDGE))
-        ):
-            found[name] = offending
-    return found
-
-
 def test_the_sip_edge_reaches_only_the_sip_core() -> None:
     assert {"wacall.sipio.transport", "wacall.sipio.layer"} <= set(MODULES)
-    assert sip_edge_reach() == {}
+    assert reaching_outside(SIP_EDGE, FORBIDDEN_IN_SIP_EDGE) == {}
 
 
 def test_the_sip_checks_see_the_core_reaching_its_edge_and_the_edge_reaching_a_service() -> None:
@@ -556,9 +547,10 @@ def test_the_sip_checks_see_the_core_reaching_its_edge_and_the_edge_reaching_a_s
     try:
         TREES["wacall.sip.transactions"] = ast.parse("from wacall.sipio import layer")
         TREES["wacall.sipio.transport"] = ast.parse("from wacall.calls import service")
+        edge = reaching_outside(SIP_EDGE, FORBIDDEN_IN_SIP_EDGE)
         assert "wacall.sipio.layer" in sip_core_io()["wacall.sip.transactions"]
-        assert "wacall.calls.service" in sip_edge_reach()["wacall.sipio.transport"]
-        assert "wacall.calls.service" in sip_edge_reach()["wacall.sipio.layer"]  # through the transport
+        assert "wacall.calls.service" in edge["wacall.sipio.transport"]
+        assert "wacall.calls.service" in edge["wacall.sipio.layer"]  # through the transport
     finally:
         TREES.clear()
         TREES.update(saved)
@@ -572,20 +564,9 @@ FORBIDDEN_IN_SIP_DOOR = tuple(t for t in FORBIDDEN_IN_SIP_CORE if t not in ("grp
 FORBIDDEN_IN_SIP_DOOR += ("wacall.upstreams.meta",)
 
 
-def sip_door_reach() -> dict[str, list[str]]:
-    """Each module of the front door with what it reaches (directly or through another module) that it must not."""
-    found = {}
-    for name in MODULES:
-        if _within(name, (SIP_DOOR,)) and (
-            offending := sorted(t for t in reachable(name) if _within(t, FORBIDDEN_IN_SIP_DOOR))
-        ):
-            found[name] = offending
-    return found
-
-
 def test_the_front_door_decisions_are_pure() -> None:
     assert {"wacall.sipdoor.trunks", "wacall.sipdoor.admission", "wacall.sipdoor.responses"} <= set(MODULES)
-    assert sip_door_reach() == {}
+    assert reaching_outside(SIP_DOOR, FORBIDDEN_IN_SIP_DOOR) == {}
 
 
 def test_the_front_door_check_sees_io_directly_and_through_another_module() -> None:
@@ -593,7 +574,7 @@ def test_the_front_door_check_sees_io_directly_and_through_another_module() -> N
     try:
         TREES["wacall.sipdoor.trunks"] = ast.parse("import socket\nfrom wacall.sipio import layer")
         TREES["wacall.sipdoor.responses"] = ast.parse("from wacall.calls import service")
-        found = sip_door_reach()
+        found = reaching_outside(SIP_DOOR, FORBIDDEN_IN_SIP_DOOR)
         assert {"socket", "wacall.sipio", "wacall.sipio.layer", "asyncio"} <= set(found["wacall.sipdoor.trunks"])
         assert "wacall.calls.service" in found["wacall.sipdoor.responses"]
         assert "wacall.calls.service" in found["wacall.sipdoor.admission"]  # through the responses

@@ -6,27 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from test_sipdoor import BUSINESS, OPEN_LAN, PBX
 
 from wacall.sipdoor.trunks import ANY_NUMBER, Trunk, TrunkConfigError, match_trunk, parse_trunk, parse_trunks
-
-BUSINESS = "+447911123456"
-
-PBX: dict[str, Any] = {
-    "name": "pbx",
-    "username": "pbx",
-    "password": "s3cret",
-    "allowed_sources": ["127.0.0.1/32"],
-    "business_numbers": [BUSINESS],
-    "target": "sip:contact-centre@127.0.0.1:5080",
-    "codecs": ["PCMU", "PCMA", "opus"],
-}
-OPEN_LAN: dict[str, Any] = {
-    "name": "lan",
-    "allowed_sources": ["10.0.0.0/8", "2001:db8::/32"],
-    "business_numbers": ["*"],
-    "target": "sip:agents@10.0.0.5",
-    "codecs": ["PCMA"],
-}
 
 
 def test_a_trunk_reads_exactly_as_the_config_file_shows_it() -> None:

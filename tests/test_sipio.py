@@ -66,6 +66,14 @@ async def pair(certificate: tuple[Path, Path]) -> AsyncIterator[tuple[Stack, Sta
     await uas.layer.close()
 
 
+def udp_client() -> socket.socket:
+    """A non-blocking UDP socket on loopback, to send raw datagrams and read what comes back."""
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    return client
+
+
 @pytest.mark.parametrize("transport", ["UDP", "TCP", "TLS"])
 async def test_an_invite_gets_its_ringing_and_its_answer_between_two_stacks(
     pair: tuple[Stack, Stack], transport: str
@@ -122,9 +130,7 @@ async def test_a_lost_invite_is_retransmitted_over_udp_and_the_duplicate_absorbe
 
 async def test_a_retransmitted_request_reaches_the_tu_once_and_gets_the_response_again() -> None:
     uas = await start_stack(answer_ok)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.setblocking(False)
+    client = udp_client()
     try:
         port = client.getsockname()[1]
         target = uas.target("UDP")
@@ -159,9 +165,7 @@ def raw_options(port: int, branch: str, *, sent_by_port: int | None = None, rpor
 
 async def test_udp_responses_go_to_the_source_port_when_rport_is_asked_for() -> None:
     uas = await start_stack(answer_ok)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.setblocking(False)
+    client = udp_client()
     try:
         # sent-by names a port nobody listens on; rport asks for the response at the source port (RFC 3581 §4).
         client.sendto(
@@ -320,9 +324,7 @@ async def test_a_refused_tcp_connection_fails_the_request() -> None:
 
 async def test_a_malformed_udp_request_gets_400_with_a_warning_and_the_transport_keeps_serving() -> None:
     uas = await start_stack(answer_ok)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.setblocking(False)
+    client = udp_client()
     address = uas.transports.local_address("UDP")
     try:
         port = client.getsockname()[1]
@@ -538,9 +540,7 @@ async def test_a_resent_2xx_reaches_the_uacs_stray_handler_until_the_ack_stops_i
 
 async def test_the_2xx_to_an_invite_is_resent_over_udp_until_its_ack_comes() -> None:
     uas = await start_stack(answer_ok)
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.setblocking(False)
+    client = udp_client()
     address = uas.transports.local_address("UDP")
     try:
         port = client.getsockname()[1]
