@@ -247,7 +247,9 @@ def test_the_purity_check_sees_io() -> None:
 # The ng protocol is spoken by the engine leg (a call's media in rtpengine), the local engine's supervisor and the
 # assembly that builds the pool: call control and routes see only a PlatformLeg.
 ENGINE_CLIENT = "wacall.media.rtpengine"
-ENGINE_CLIENT_USERS = frozenset({"wacall.media.engine_leg", "wacall.media.engine_process", "wacall.app"})
+ENGINE_CLIENT_USERS = frozenset(
+    {"wacall.media.engine_leg", "wacall.media.engine_sip_legs", "wacall.media.engine_process", "wacall.app"}
+)
 
 
 def test_only_the_engine_leg_and_the_assembly_speak_to_the_media_engine() -> None:
