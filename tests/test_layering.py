@@ -22,6 +22,8 @@
   module. The edge itself reaches only the SIP core: no service, store, API, media or simulator.
 - The SIP front door's decisions (`wacall.sipdoor`: trunks, admission, the reasons → SIP status table) are pure:
   no event loop, socket, clock, database, media, SIP edge, nor the services' I/O; they take `now` and data.
+- The SIP trunk's edge (`wacall.siptrunk`) reaches neither the gRPC API, the simulator, Meta's upstream nor a
+  database; its endpoint reaches no call service, store or media.
 """
 
 from __future__ import annotations
@@ -580,6 +582,34 @@ def test_the_front_door_check_sees_io_directly_and_through_another_module() -> N
         assert {"socket", "wacall.sipio", "wacall.sipio.layer", "asyncio"} <= set(found["wacall.sipdoor.trunks"])
         assert "wacall.calls.service" in found["wacall.sipdoor.responses"]
         assert "wacall.calls.service" in found["wacall.sipdoor.admission"]  # through the responses
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The SIP trunk's edge (`wacall.siptrunk`) drives the SIP edge, the front door's decisions and the call service; the
+# gRPC API, the simulator, Meta's upstream and the database are not its business (`wacall.errors`, whose advice the
+# Warnings share, names gRPC status codes: a table, no channel). Its endpoint knows requests and dialogs only: no
+# call service, store or media.
+SIP_TRUNK = "wacall.siptrunk"
+FORBIDDEN_IN_SIP_TRUNK = ("wacall.api", "wacall.app", "wacall.simulator", "wacall.upstreams.meta")
+FORBIDDEN_IN_SIP_TRUNK += DATABASE_DRIVERS + STORE_BACKENDS
+SIP_ENDPOINT = "wacall.siptrunk.endpoint"
+FORBIDDEN_IN_SIP_ENDPOINT = ("wacall.calls", "wacall.permissions", "wacall.store", "wacall.media", "aiortc")
+
+
+def test_the_sip_trunk_reaches_neither_the_api_nor_the_platform_nor_a_database() -> None:
+    assert SIP_ENDPOINT in MODULES
+    assert reaching_outside(SIP_TRUNK, FORBIDDEN_IN_SIP_TRUNK) == {}
+    assert reaching_outside(SIP_ENDPOINT, FORBIDDEN_IN_SIP_ENDPOINT) == {}
+
+
+def test_the_sip_trunk_check_sees_what_it_forbids() -> None:
+    saved = dict(TREES)
+    try:
+        TREES[SIP_ENDPOINT] = ast.parse("from wacall.calls import service\nfrom wacall.api import calling")
+        assert "wacall.calls.service" in reaching_outside(SIP_ENDPOINT, FORBIDDEN_IN_SIP_ENDPOINT)[SIP_ENDPOINT]
+        assert "wacall.api.calling" in reaching_outside(SIP_TRUNK, FORBIDDEN_IN_SIP_TRUNK)[SIP_ENDPOINT]
     finally:
         TREES.clear()
         TREES.update(saved)
