@@ -431,9 +431,9 @@ def test_the_event_kind_check_sees_a_literal_kind() -> None:
     assert event_kind_literals(reason) == []
 
 
-# What a route may use of the service: audio (tracks, legs, SDP) and the field checks. Never its services, store or
-# API: a route sees a call only through its CallLeg.
-ROUTE_MAY_IMPORT = ("wacall.media", "wacall.fields", "wacall.confinement")
+# What a route may use of the service: audio (tracks, legs, SDP), the field checks and the sans-IO SIP core (a sip
+# route reads its target URI). Never its services, store or API: a route sees a call only through its CallLeg.
+ROUTE_MAY_IMPORT = ("wacall.media", "wacall.fields", "wacall.confinement", "wacall.sip")
 
 
 def service_internals_imported_by(name: str) -> list[str]:

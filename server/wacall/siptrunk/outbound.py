@@ -31,8 +31,9 @@ from wacall.sipio.layer import (
     cancel_request,
 )
 from wacall.sipio.transport import SipTransportError, Target
+from wacall.siptrunk.endpoint import DialogHandler, DialogId
 
-__all__ = ["DialogRouter", "OutboundCall", "PbxRefused", "target_of"]
+__all__ = ["DialogHandler", "DialogRouter", "OutboundCall", "PbxRefused", "target_of"]
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +53,12 @@ class PbxRefused(Exception):
         self.reason = reason
 
 
-DialogHandler = Callable[[ServerRequest | Request | Response], Awaitable[None]]
-"""What a dialog's owner is given: a request inside it to answer, the ACK of its 2xx, or a 2xx resent to its INVITE."""
-
-
 class DialogRouter(Protocol):
     """Where requests inside a dialog are routed (the SIP endpoint): by dialog id, to a handler."""
 
-    def register_dialog(self, dialog_id: tuple[str, str, str], handler: DialogHandler) -> None: ...
+    def register_dialog(self, dialog_id: DialogId, handler: DialogHandler) -> None: ...
 
-    def unregister_dialog(self, dialog_id: tuple[str, str, str]) -> None: ...
+    def unregister_dialog(self, dialog_id: DialogId) -> None: ...
 
 
 def target_of(uri: SipURI) -> Target:
