@@ -72,17 +72,18 @@ class SipRoutes:
         raise InvalidField("trunk", f"no [[sip_trunks]] entry is named {name!r} (trunks: {known})")
 
     def check(self, dial: SipDial) -> None:
-        """Raises what stops `dial` from running here: SipRouteUnavailable, or InvalidField for an unknown trunk."""
+        """Raises what stops `dial` from running here: InvalidField for an unknown trunk, else SipRouteUnavailable
+        without the SIP endpoint or a media engine."""
+        try:
+            self.trunk(dial.trunk)
+        except InvalidField as problem:
+            raise problem.within("route.sip.") from None
         if self.endpoint is None:
             raise SipRouteUnavailable("the sip route needs wacall's SIP endpoint: start wacall with --sip-address")
         if self.engines is None:
             raise SipRouteUnavailable(
                 "the sip route needs a media engine (rtpengine): install rtpengine-daemon or give --rtpengine"
             )
-        try:
-            self.trunk(dial.trunk)
-        except InvalidField as problem:
-            raise problem.within("route.sip.") from None
 
     def build(self, call_id: str, pair: Pair, dial: SipDial, record: RecordSipLeg) -> SipBridgedRoute:
         """The business side of call `call_id` between `pair`, going where `dial` says (checked with `check`)."""
