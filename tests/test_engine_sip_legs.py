@@ -82,6 +82,16 @@ async def test_the_pbx_is_offered_the_trunks_codecs() -> None:
     assert f"m=audio {PLACEHOLDER_ADDRESS[1]} RTP/AVP 8\r\n" in offer and "a=rtpmap:8 PCMA/8000" in offer
 
 
+async def test_what_the_platform_holds_of_our_side_is_compared_line_by_line() -> None:
+    ours = with_crlf(
+        ["v=0", "m=audio 30000 UDP/TLS/RTP/SAVPF 96", "a=ice-ufrag:abcd", "a=ice-pwd:secret", "a=setup:actpass"]
+    )
+    same = ours.replace("a=setup:actpass", "a=setup:passive").replace(" 96", " 96 97")
+    assert webrtc_identity(same) == webrtc_identity(ours) == ["m=audio 30000", "a=ice-ufrag:abcd", "a=ice-pwd:secret"]
+    assert webrtc_identity(ours.replace("abcd", "efgh")) != webrtc_identity(ours)
+    assert webrtc_identity(ours.replace("30000", "30002")) != webrtc_identity(ours)
+
+
 async def test_a_users_call_is_answered_by_the_pbx_with_audio_both_ways(engine: LocalEngine) -> None:
     before = await engine.client.session_count()
     heard_by_user = Heard()

@@ -17,7 +17,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import BUSINESS, USER, Running, eventually, refused, settings_for, wait_until
+from conftest import (
+    BUSINESS,
+    USER,
+    Running,
+    eventually,
+    refused,
+    settings_for,
+    start_service,
+    stop_service,
+    wait_until,
+)
 from sipp_pbx import SippPbx, sipp_pbx
 from test_engine_bridge import engine_of
 from test_rtpengine import Heard, PlainRtpPeer, pitch, pitch_at
@@ -180,6 +190,22 @@ async def test_a_bye_from_the_pbx_ends_the_whatsapp_call(make_service: MakeServi
         assert code == 0, err  # its BYE was answered 200
 
 
+async def test_stopping_the_service_says_bye_to_the_pbx(tmp_path: Path) -> None:
+    async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=9) as pbx:
+        wacall = await start_service(
+            settings_for(tmp_path, rtpengine="", sip_address="127.0.0.1:0", sip_trunks=(trunk_for(pbx),))
+        )
+        try:
+            await wacall.grant(permanent=True)
+            await wacall.phone(tone_hz=USER_TONE)
+            call = await wacall.start_call(route=sip_route())
+            await wait_until(lambda: wacall.get_call(call.call_id), lambda c: c.sip.last_status == 200, 15)
+        finally:
+            await stop_service(wacall)
+        code, err = await pbx.outcome()
+        assert code == 0, err  # the BYE went out before the SIP endpoint closed
+
+
 async def test_the_pbxs_digest_challenge_is_answered_with_the_trunks_credentials(
     make_service: MakeService, tmp_path: Path
 ) -> None:
@@ -213,6 +239,36 @@ async def test_a_pbx_that_refuses_or_never_answers_ends_the_answered_call_with_i
         assert code == 0, err  # 486 ACKed / CANCEL sent and its 487 ACKed
         await eventually(lambda: not wacall.service.calls.sessions, what="the session released")
         assert await engine.session_count() == sessions_before
+
+
+async def test_ending_the_call_while_the_pbx_rings_cancels_its_invite(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_rings.xml", tmp_path) as pbx:
+        wacall = await with_sip(make_service, pbx, sip_answer_timeout_seconds=30)
+        await wacall.grant(permanent=True)
+        await wacall.phone(tone_hz=USER_TONE)
+        call = await wacall.start_call(route=sip_route())
+        ringing = await wait_until(lambda: wacall.get_call(call.call_id), lambda c: bool(c.sip.call_id), 15)
+        assert ringing.sip.last_status == 0  # invited, no final answer yet
+        done = await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
+        assert done.outcome == pb.CALL_OUTCOME_ANSWERED
+        final = await wait_until(lambda: wacall.get_call(call.call_id), lambda c: c.sip.last_status == 487, 15)
+        assert final.end_reason == "ended by the business"
+        code, err = await pbx.outcome()
+        assert code == 0, err  # SIPp got the CANCEL, answered 487 and had it ACKed
+
+
+async def test_a_user_who_never_answers_never_reaches_the_pbx(make_service: MakeService, tmp_path: Path) -> None:
+    async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=9) as pbx:
+        wacall = await with_sip(make_service, pbx)
+        await wacall.grant(permanent=True)
+        await wacall.phone(on_call=sim_pb.NO_ANSWER)
+        call = await wacall.start_call(route=sip_route())
+        await wacall.advance(60)  # the platform gives up ringing
+        final = await ended(wacall, call.call_id)
+        assert final.outcome == pb.CALL_OUTCOME_UNANSWERED and not final.HasField("sip")
+        assert pbx.process.returncode is None  # SIPp is still waiting for its first INVITE
 
 
 # --- refused before anything is recorded ----------------------------------------------------------------------------

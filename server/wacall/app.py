@@ -31,7 +31,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.service import CallService
-from wacall.calls.sip_route import SipRoutes
+from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
@@ -179,6 +179,8 @@ class Service:
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
             await self._setup_sip(stack)
+            # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
+            stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
@@ -377,6 +379,14 @@ class Service:
             instance_name=self._instance_name(),
             wall_clock=self.wall_clock,
         )
+
+    async def _end_calls_with_a_pbx_leg(self) -> None:
+        calls = self.calls
+        if calls is None:
+            return
+        for call_id, session in list(calls.sessions.items()):
+            if isinstance(session.adapter, SipBridgedRoute):
+                await calls.end(call_id, reason="the service is shutting down")
 
     def _check_inbound_sip(self, dial: SipDial, engines: EnginePool[NgClient] | None) -> None:
         """`--inbound-route sip:<trunk>` needs that trunk, the SIP endpoint and a media engine, checked at start."""

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING
 
 from wacall.calls.record import SipDirection, SipLeg
 from wacall.fields import InvalidField
-from wacall.media.engine_leg import EngineBridgeUnavailable
 from wacall.media.engine_sip_legs import EngineSipLeg
 from wacall.sip.digest import DigestAuth
 from wacall.sip.message import SipURI
@@ -195,8 +194,8 @@ class SipBridgedRoute(MediaAdapter):
             await self.leg.bridge(lambda sdp: self._invite(outbound, sdp))
         except PbxRefused as refused:
             await self._hangup(f"the PBX did not take the call: {refused}")
-        except EngineBridgeUnavailable as error:
-            log.warning("call %s: the PBX leg cannot be bridged: %s", self.call_id, error)
+        except Exception as error:  # the engine cannot carry it (EngineBridgeUnavailable), or anything unforeseen
+            log.warning("call %s: the PBX leg cannot be bridged: %s", self.call_id, error, exc_info=True)
             await outbound.hangup()
             await self._hangup(f"the PBX leg could not be bridged: {error}")
 

@@ -54,8 +54,10 @@ _G711 = ("PCMU", "PCMA")
 # the user's transcoded audio there meanwhile, which nobody hears.
 PLACEHOLDER_ADDRESS = ("127.0.0.1", 9)
 
-# What identifies the WebRTC side toward the platform: these must survive a re-offer unchanged.
-_WEBRTC_IDENTITY = re.compile(r"^(m=audio \d+|a=ice-ufrag:.*|a=ice-pwd:.*|a=fingerprint:.*|a=candidate:.*)$")
+# What identifies the WebRTC side toward the platform: its port (from the m= line) and these attribute lines must
+# survive a re-offer unchanged.
+_MEDIA_PORT = re.compile(r"^m=audio \d+")
+_WEBRTC_IDENTITY = ("a=ice-ufrag:", "a=ice-pwd:", "a=fingerprint:", "a=candidate:")
 
 
 class WebRtcSideChanged(EngineBridgeUnavailable):
@@ -107,7 +109,13 @@ def placeholder_offer(codecs: Sequence[str]) -> str:
 def webrtc_identity(sdp: str) -> list[str]:
     """The lines of an SDP toward the platform that it keeps from our offer: port, ICE credentials and candidates,
     the DTLS fingerprint."""
-    return [line for line in lines(sdp) if _WEBRTC_IDENTITY.match(line)]
+    identity = []
+    for line in lines(sdp):
+        if port := _MEDIA_PORT.match(line):
+            identity.append(port.group())
+        elif line.startswith(_WEBRTC_IDENTITY):
+            identity.append(line)
+    return identity
 
 
 class EngineSipLeg(EngineBridgeLeg):
