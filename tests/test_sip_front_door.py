@@ -519,6 +519,13 @@ async def test_a_pbx_over_tls_places_a_call_and_hangs_up(make_service: Make, tmp
 
         call = await the_call(wacall)
         assert call.sip.call_id == invite.call_id and call.sip.last_status == 200
+        # Inside the call: OPTIONS answered, no renegotiation (the platform has none), the call goes on.
+        dialog, options = dialog.create_request("OPTIONS", via=Via.parse(pbx.layer.via("TLS")))
+        assert (await pbx.layer.request(options, target)).status_code == 200
+        dialog, reinvite = dialog.create_request("INVITE", via=Via.parse(pbx.layer.via("TLS")), body=invite.body)
+        refused = await pbx.layer.request(reinvite, target)
+        assert refused.status_code == 488 and warning_of(refused).startswith("RENEGOTIATION_UNSUPPORTED: ")
+        assert (await wacall.get_call(call.call_id)).state == pb.CALL_STATE_CONNECTED
         dialog, bye = dialog.create_request("BYE", via=Via.parse(pbx.layer.via("TLS")))
         assert (await pbx.layer.request(bye, target)).status_code == 200
         ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)

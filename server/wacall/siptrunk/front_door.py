@@ -38,7 +38,7 @@ from wacall.media.engine_leg import (
 )
 from wacall.permissions import PlatformRefusal, RuleRefusal
 from wacall.rules.engine import Reason
-from wacall.sip.dialog import Dialog
+from wacall.sip.dialog import Dialog, DialogError
 from wacall.sip.message import Request, Response, SipParseError, SipURI, Via, Warning, parse_uri, response_to
 from wacall.sipdoor.admission import Admitted, Challenged, FrontDoor
 from wacall.sipdoor.responses import SIP_ENDINGS, WARN_CODE, CallOutcome, final_response, platform_refusal
@@ -170,7 +170,11 @@ class FrontDoorCalls:
             call.engine_leg = engine_legs(offer, peer)
             return EngineBridgedRoute(call.engine_leg)
 
-        dialog = Dialog.as_uas(request, call.to_tag)
+        try:
+            dialog = Dialog.as_uas(request, call.to_tag)
+        except (DialogError, SipParseError) as error:
+            self._refuse(call.server, 400, call.to_tag, f"BAD_REQUEST: {error}")
+            return
         call.dialog = dialog
         self.endpoint.register_dialog(dialog.id, lambda message: self._in_dialog(call, message))
         plan = RoutePlan(ROUTE_NAME, bridged, fingerprint=request.call_id)
@@ -214,6 +218,7 @@ class FrontDoorCalls:
         server = call.server
         ringing = False
         answered = False
+        acknowledged: asyncio.Future[None] | None = None
         async for view in self.calls.updates(call.call_id):
             if view.state is CallState.ENDED:
                 if not answered:
@@ -232,8 +237,20 @@ class FrontDoorCalls:
                 answered = await self._answer(call)
                 if not answered:
                     return
+                acknowledged = asyncio.ensure_future(self._end_unless_acknowledged(call))
+        if acknowledged is not None:
+            acknowledged.cancel()
+            await asyncio.gather(acknowledged, return_exceptions=True)
         if not call.hung_up_by_pbx:
             await self._send_bye(call)
+
+    async def _end_unless_acknowledged(self, call: _Call) -> None:
+        """§13.3.1.4: a 2xx never acknowledged within 64*T1 means the PBX is not in the call: end it (and BYE)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.server.acknowledged.wait(), 64 * self.endpoint.layer.timers.t1)
+            return
+        log.warning("SIP call %s: the PBX never acknowledged the 200 OK", call.call_id)
+        await self.calls.end(call.call_id, reason="the PBX never acknowledged the 200 OK (no ACK)")
 
     async def _answer(self, call: _Call) -> bool:
         """200 OK with the engine's SDP for the PBX; False when there is none to give (the call is ended)."""
