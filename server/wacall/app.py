@@ -37,13 +37,14 @@ from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
-from wacall.media.engine_leg import EngineBridgeLeg
+from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
 from wacall.media.rtpengine import EnginePool, NgClient
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
+from wacall.siptrunk.front_door import FrontDoorCalls
 from wacall.store import Store, open_store
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
@@ -160,6 +161,7 @@ class Service:
         self.sip: SipEndpoint | None = None  # the SIP front door (and the sip route's endpoint), when configured
         self.sip_addresses: dict[str, tuple[str, int]] = {}
         self.sip_routes = SipRoutes((), None)  # replaced once the media engine is known (_build_calls)
+        self.front_door: FrontDoorCalls | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -178,7 +180,7 @@ class Service:
             dispatcher = self._setup_dispatcher(store, permissions, calls)
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
-            await self._setup_sip(stack)
+            await self._setup_sip(stack, calls)
             # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
@@ -416,8 +418,9 @@ class Service:
 
         stack.push_async_callback(stop_recovery)
 
-    async def _setup_sip(self, stack: contextlib.AsyncExitStack) -> None:
-        """The SIP endpoint (front door, sip route) when --sip-address or --sip-tls-address is set."""
+    async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
+        """The SIP endpoint and its front door when --sip-address or --sip-tls-address is set. SIP media goes
+        through rtpengine only: without one the front door answers INVITEs 503 (and says so here)."""
         settings = self.settings
         address = sip_address(settings.sip_address, "sip_address")
         tls_address = sip_address(settings.sip_tls_address, "sip_tls_address")
@@ -443,6 +446,19 @@ class Service:
         stack.push_async_callback(endpoint.close)
         self.sip = endpoint
         self.sip_routes.endpoint = endpoint  # the sip route's INVITEs go out through it
+        engines = self.engines
+
+        def engine_leg(peer_offer: str, peer: PeerMedia) -> EngineBridgeLeg:
+            assert engines is not None
+            return EngineBridgeLeg(engines, f"sip-{uuid.uuid4().hex}", peer_offer, peer)
+
+        front_door = self.front_door = FrontDoorCalls(
+            endpoint, calls, engine_legs=engine_leg if engines is not None else None, clock=self.clock
+        )
+        # Before the endpoint closes (the stack unwinds in reverse): the PBXs hear their calls end.
+        stack.push_async_callback(front_door.close)
+        if engines is None:
+            log.warning("SIP front door: no media engine (%s): INVITEs are answered 503", self.media_note)
 
     def _server_files(self) -> ServerFiles:
         return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)

@@ -2,7 +2,7 @@
 dispatch of every request that arrives.
 
 An out-of-dialog INVITE goes to the front door (`on_invite`); OPTIONS is answered 200 (a PBX's keep-alive); a
-request inside a dialog (a To tag: BYE, re-INVITE, INFO...) goes to the handler registered for that dialog, and an
+request inside a dialog (a To tag: BYE, re-INVITE...) goes to the handler registered for that dialog, and an
 ACK of a 2xx (which matches no transaction) and a 2xx resent to one of our INVITEs go there too; a request for a
 dialog nobody registered gets 481 and any other method 405 with Allow. Every refusal carries a Warning saying why.
 """
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from wacall.sip.message import Request, Response, Warning, response_to
 from wacall.sip.transactions import TimerValues
-from wacall.sipdoor.responses import WARN_CODE
+from wacall.sipdoor.responses import WARN_CODE, CallOutcome, final_response
 from wacall.sipdoor.trunks import Trunk
 from wacall.sipio.layer import ServerRequest, TransactionLayer
 from wacall.sipio.transport import Source, Transports
@@ -27,7 +27,7 @@ __all__ = ["ALLOWED_METHODS", "DialogHandler", "DialogId", "InviteHandler", "Sip
 log = logging.getLogger(__name__)
 
 # What the endpoint takes (RFC 3261 §20.5 Allow); CANCEL and ACK are the transaction layer's and the dialogs'.
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "INFO")
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")
 
 DialogId = tuple[str, str, str]
 """(Call-ID, local tag, remote tag): a dialog as `wacall.sip.dialog.Dialog.id` names it."""
@@ -82,6 +82,7 @@ class SipEndpoint:
         transports = Transports(warn_agent=self.agent)
         self._transports = transports
         self._layer = TransactionLayer(transports, self._request, on_stray=self._stray, timers=self.timers)
+        self._layer.cancelled_response = self._request_terminated
         try:
             if address is not None:
                 await transports.listen(*address)
@@ -138,6 +139,9 @@ class SipEndpoint:
         tag = server.request.to.tag or secrets.token_hex(6)
         server.respond(response_to(server.request, status, to_tag=tag, headers=[warning, *headers]))
 
+    def _request_terminated(self, invite: Request, to_tag: str) -> Response:
+        return final_response(invite, CallOutcome.CANCELLED, agent=self.agent, to_tag=to_tag)
+
     async def _request(self, server: ServerRequest) -> None:
         request = server.request
         if request.to.tag:
@@ -158,7 +162,7 @@ class SipEndpoint:
                 response_to(request, 200, to_tag=secrets.token_hex(6), headers=[allow, ("Accept", "application/sdp")])
             )
         elif request.method in ALLOWED_METHODS:
-            # BYE, INFO outside any dialog (§12.2.2, §15): there is no call to apply them to.
+            # BYE outside any dialog (§15): there is no call to end.
             self.refuse(server, 481, f"DIALOG_UNKNOWN: {request.method} must be sent inside a call's dialog")
         else:
             allow = ("Allow", ", ".join(ALLOWED_METHODS))
