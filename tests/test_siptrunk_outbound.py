@@ -15,8 +15,9 @@ import pytest
 from sip_stack import FAST, Stack, start_stack
 from sipp_pbx import sipp_pbx
 
+from wacall.sip.dialog import Dialog
 from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
-from wacall.sip.message import Request, SipURI, response_to
+from wacall.sip.message import Request, SipURI, Via, response_to
 from wacall.sip.transactions import TimerValues
 from wacall.sipio.layer import ServerRequest
 from wacall.siptrunk.outbound import DialogHandler, OutboundCall, PbxRefused
@@ -309,3 +310,39 @@ async def test_a_pbx_that_only_says_trying_is_cancelled_when_our_patience_ends()
     finally:
         await near.layer.close()
         await trying.layer.close()
+
+
+async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() -> None:
+    invites: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        invites.append(server.request)
+        headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+        server.respond(response_to(server.request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode()))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_4",
+        )
+        await leg.invite(OFFER)
+        # The PBX's side of the dialog, as the PBX would send inside it.
+        dialog = Dialog.as_uas(invites[0], "pbx1")
+        answers = {}
+        for method in ("OPTIONS", "INVITE", "REFER"):
+            dialog, request = dialog.create_request(method, via=Via.parse(far.layer.via("UDP")))
+            answers[method] = (await far.layer.request(request, near.target("UDP"))).status_code
+        assert answers == {"OPTIONS": 200, "INVITE": 488, "REFER": 501}
+        assert leg.dialog is not None  # the call goes on as it was
+        await leg.hangup()
+    finally:
+        await near.layer.close()
+        await far.layer.close()

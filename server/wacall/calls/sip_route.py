@@ -189,6 +189,8 @@ class SipBridgedRoute(MediaAdapter):
         self._bridging = asyncio.create_task(self._bridge(), name=f"wacall-sip-route {self.call_id}")
 
     async def _bridge(self) -> None:
+        if self._closed:  # the call ended before this task ran: no PBX is invited
+            return
         outbound = self._outbound(str(self.target), SipDirection.SIP_ROUTE)
         try:
             await self.leg.bridge(lambda sdp: self._invite(outbound, sdp))
