@@ -9,6 +9,7 @@ holds must not change."""
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -133,6 +134,31 @@ async def test_a_pbx_that_refuses_a_users_call_leaves_nothing_in_the_engine(engi
         await user.close()
     assert await engine.client.session_count() == before
     assert not await leg.first_audio()
+
+
+async def test_the_platforms_telephone_event_reaches_the_pbx_at_8000_hz(engine: LocalEngine) -> None:
+    """RFC 4733 DTMF: the platform offers telephone-event/48000 beside Opus; the PBX is offered telephone-event/8000
+    beside G.711. (The simulator's aiortc phones send no DTMF, so only the negotiation is shown here.)"""
+    user = AudioLeg(name="user")
+    offers: list[str] = []
+
+    async def pbx_that_looks_and_refuses(offer: str) -> str:
+        offers.append(offer)
+        raise LookupError("603 Decline")
+
+    leg = EngineSipLeg(pool_of(engine), next(call_ids), ["PCMU"], pbx_that_looks_and_refuses)
+    try:
+        offer = lines(await user.create_offer())
+        media = next(i for i, line in enumerate(offer) if line.startswith("m=audio"))
+        offer[media] += " 101"
+        offer += ["a=rtpmap:101 telephone-event/48000", "a=fmtp:101 0-15"]
+        with pytest.raises(LookupError):
+            await leg.accept_offer(with_crlf(offer))
+        (to_pbx,) = offers
+        assert "a=rtpmap:0 PCMU/8000" in to_pbx and re.search(r"a=rtpmap:\d+ telephone-event/8000", to_pbx)
+    finally:
+        await leg.close()
+        await user.close()
 
 
 async def test_a_business_call_bridges_the_pbx_after_pickup_without_changing_the_platforms_side(
