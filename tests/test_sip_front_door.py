@@ -348,6 +348,19 @@ async def test_a_bye_from_the_pbx_ends_the_call_as_ended_by_the_business(
     assert phone.state == "ended"
 
 
+async def test_a_service_that_stops_ends_its_front_door_calls_with_a_bye(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    run = await sipp(front_door, tmp_path, "uac_call_user_hangs_up.xml", rtp_port=rtp.port)
+    await wait_for_200(run)
+    call = await the_call(front_door)
+    assert call.state == pb.CALL_STATE_CONNECTED
+    await front_door.service.stop(grace=0.5)
+    await run.finish()  # the scenario ends with wacall's BYE, answered 200
+
+
 async def test_a_cancel_before_the_answer_gets_487_and_the_call_counts_for_nothing(
     front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
 ) -> None:
@@ -457,6 +470,23 @@ async def test_a_refused_invite_gets_its_status_and_warning_and_changes_nothing(
     assert [(c.call_id, c.state) for c in await calls_of(front_door)] == [(c.call_id, c.state) for c in calls_before]
     after = await front_door.permission()
     assert (after.state, list(after.actions)) == (permission_before.state, list(permission_before.actions))
+
+
+async def test_a_call_the_platform_refuses_gets_the_rule_it_named_and_is_recorded_failed(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    # The platform revokes the permission and its webhook is lost: wacall allows the call, the platform not.
+    await front_door.grant(permanent=True)
+    platform = platform_of(front_door)
+    webhook_url, platform.webhook_url = platform.webhook_url, ""
+    await front_door.sim.RevokePermission(sim_pb.RevokePermissionRequest(business_number=BUSINESS, user_number=USER))
+    await platform.settle()
+    platform.webhook_url = webhook_url
+    response = await refusal(front_door, tmp_path, rtp, 403)
+    assert warning_of(response).startswith("NO_PERMISSION: ")
+    call = await the_call(front_door)
+    assert call.state == pb.CALL_STATE_ENDED and call.outcome == pb.CALL_OUTCOME_FAILED
+    await wait_until(lambda: front_door.get_call(call.call_id), lambda c: c.sip.last_status == 403)
 
 
 async def test_the_call_limit_gets_480_with_the_seconds_until_the_next_allowed_call(

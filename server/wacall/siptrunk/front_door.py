@@ -189,7 +189,12 @@ class FrontDoorCalls:
             self._final(call, decision.reason, next_allowed_at=decision.next_allowed_at)
             return
         except PlatformRefusal as refused:
-            self._final(call, platform_refusal(refused.error.reason), detail=str(refused.error) or None)
+            status = self._final(call, platform_refusal(refused.error.reason), detail=str(refused.error) or None)
+            # The call was recorded (FAILED) before the platform refused it: find it by its SIP leg.
+            latest = await self.calls.list(refused.pair.business, refused.pair.user, None, 1)
+            if latest and latest[0].sip is not None and latest[0].sip.call_id == request.call_id:
+                call.call_id = latest[0].call_id
+                await self._record_status(call, status)
             return
         except MediaSetupFailed as failed:
             call.call_id = failed.call_id
