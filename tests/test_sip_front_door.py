@@ -11,9 +11,11 @@ for the call limit) and writes nothing; every ending has its status; the call is
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import shutil
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC
@@ -27,7 +29,7 @@ from test_sdp import platform_of
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
-from wacall.media.tracks import level
+from wacall.media.tracks import SAMPLE_RATE, level
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import DigestAuth
 from wacall.sip.message import Headers, Request, Response, Via, Warning
@@ -264,6 +266,72 @@ async def test_a_pbx_calls_a_granted_user_and_each_side_hears_the_others_tone(
     assert service.sip.dialog_count == 0
 
 
+# DTMF digit 5 (ITU-T Q.23): a 770 Hz and a 1336 Hz tone together.
+DIGIT_5 = (5, 770.0, 1336.0)
+
+
+def energy_at(pcm: bytes, frequency: float, rate: int = SAMPLE_RATE) -> float:
+    """How much of `frequency` the PCM16 holds (Goertzel), relative to the signal's own power."""
+    samples = struct.unpack(f"<{len(pcm) // 2}h", pcm[: len(pcm) // 2 * 2])
+    coefficient = 2 * math.cos(2 * math.pi * frequency / rate)
+    previous = before = 0.0
+    for sample in samples:
+        previous, before = sample + coefficient * previous - before, previous
+    power = previous * previous + before * before - coefficient * previous * before
+    total = sum(s * s for s in samples) or 1
+    return power / (total * len(samples) / 2)
+
+
+async def send_digit(peer: PlainRtpPeer, event: int, *, lead_in: int = 10, packets: int = 40) -> None:
+    """From the PBX's socket, one RTP stream of its own: `lead_in` packets of silence in PCMU, then RFC 4733 events
+    for one digit (20 ms apart, one timestamp, the end packet three times, §2.5.1.4). The tone stops first."""
+    assert peer.transport is not None and peer.remote is not None
+    if peer.sender is not None:
+        peer.sender.cancel()
+        await asyncio.gather(peer.sender, return_exceptions=True)
+    ssrc = 0x5EED
+    for sequence in range(lead_in):
+        header = struct.pack("!BBHII", 0x80, 0, sequence, sequence * 160, ssrc)
+        peer.transport.sendto(header + b"\xff" * 160, peer.remote)  # µ-law silence
+        await asyncio.sleep(0.02)
+    start = lead_in * 160
+    for index in range(packets):
+        end = index >= packets - 3
+        marker = 0x80 if index == 0 else 0
+        header = struct.pack("!BBHII", 0x80, marker | 101, lead_in + index, start, ssrc)
+        payload = struct.pack("!BBH", event, (0x80 if end else 0) | 10, min(index + 1, packets - 3) * 160)
+        peer.transport.sendto(header + payload, peer.remote)
+        await asyncio.sleep(0.02)
+
+
+async def test_a_dtmf_digit_from_the_pbx_reaches_the_phone_as_its_two_tones(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    """The PBX's RFC 4733 events (negotiated on its side) reach the user, whose WhatsApp leg takes no
+    telephone-event: rtpengine plays the digit in the audio, where the phone hears both of its frequencies."""
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    run = await sipp(front_door, tmp_path, "uac_call_user_hangs_up.xml", rtp_port=rtp.port)
+    toward_pbx = await wait_for_200(run)
+    assert "a=rtpmap:101 telephone-event/8000" in toward_pbx
+    rtp.send_to(toward_pbx)
+    call = await the_call(front_door)
+    heard = heard_at_the_phone(front_door, call)
+    await eventually(lambda: len(heard.frames) > 25, 15, "the PBX's tone at the phone")
+    assert energy_at(b"".join(heard.frames[-10:]), PBX_TONE) > 0.5
+
+    event, low, high = DIGIT_5
+    before = len(heard.frames)
+    await send_digit(rtp, event)
+    await asyncio.sleep(0.2)
+    during = b"".join(heard.frames[before + 5 : before + 30])
+    assert during, "the phone heard nothing while the digit was sent"
+    assert energy_at(during, low) > 0.2 and energy_at(during, high) > 0.2
+    assert energy_at(during, PBX_TONE) < 0.05
+    await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+    await run.finish()
+
+
 async def test_a_bye_from_the_pbx_ends_the_call_as_ended_by_the_business(
     front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
 ) -> None:
@@ -278,6 +346,19 @@ async def test_a_bye_from_the_pbx_ends_the_call_as_ended_by_the_business(
     assert ended.sip.last_status == 200
     phone = await front_door.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id))
     assert phone.state == "ended"
+
+
+async def test_a_service_that_stops_ends_its_front_door_calls_with_a_bye(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    run = await sipp(front_door, tmp_path, "uac_call_user_hangs_up.xml", rtp_port=rtp.port)
+    await wait_for_200(run)
+    call = await the_call(front_door)
+    assert call.state == pb.CALL_STATE_CONNECTED
+    await front_door.service.stop(grace=0.5)
+    await run.finish()  # the scenario ends with wacall's BYE, answered 200
 
 
 async def test_a_cancel_before_the_answer_gets_487_and_the_call_counts_for_nothing(
@@ -389,6 +470,23 @@ async def test_a_refused_invite_gets_its_status_and_warning_and_changes_nothing(
     assert [(c.call_id, c.state) for c in await calls_of(front_door)] == [(c.call_id, c.state) for c in calls_before]
     after = await front_door.permission()
     assert (after.state, list(after.actions)) == (permission_before.state, list(permission_before.actions))
+
+
+async def test_a_call_the_platform_refuses_gets_the_rule_it_named_and_is_recorded_failed(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    # The platform revokes the permission and its webhook is lost: wacall allows the call, the platform not.
+    await front_door.grant(permanent=True)
+    platform = platform_of(front_door)
+    webhook_url, platform.webhook_url = platform.webhook_url, ""
+    await front_door.sim.RevokePermission(sim_pb.RevokePermissionRequest(business_number=BUSINESS, user_number=USER))
+    await platform.settle()
+    platform.webhook_url = webhook_url
+    response = await refusal(front_door, tmp_path, rtp, 403)
+    assert warning_of(response).startswith("NO_PERMISSION: ")
+    call = await the_call(front_door)
+    assert call.state == pb.CALL_STATE_ENDED and call.outcome == pb.CALL_OUTCOME_FAILED
+    await wait_until(lambda: front_door.get_call(call.call_id), lambda c: c.sip.last_status == 403)
 
 
 async def test_the_call_limit_gets_480_with_the_seconds_until_the_next_allowed_call(

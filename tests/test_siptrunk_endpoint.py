@@ -5,14 +5,14 @@ ACK of a 2xx to its dialog; `wacall serve --sip-address` listens, and a call's S
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from conftest import BUSINESS, USER, Running
 from sip_stack import FAST, Stack, make_request, start_stack
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.calls.record import SipDirection, SipLeg
 from wacall.sip.message import Request, Response, Warning, response_to
 from wacall.sipio.layer import ServerRequest
 from wacall.sipio.transport import Target
@@ -121,11 +121,9 @@ async def test_requests_and_the_ack_inside_a_registered_dialog_reach_its_handler
 
 
 async def test_serve_with_a_sip_address_listens_and_shows_a_calls_sip_leg(
-    make_service: object, tmp_path: Path, pbx: Stack
+    make_service: Callable[..., Awaitable[Running]], pbx: Stack
 ) -> None:
-    from wacall.calls.record import SipDirection, SipLeg
-
-    running: Running = await make_service(sip_address="127.0.0.1:0")  # type: ignore[operator]
+    running = await make_service(sip_address="127.0.0.1:0")
     service = running.service
     assert service.sip is not None
     host, port = service.sip_addresses["UDP"]

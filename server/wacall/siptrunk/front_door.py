@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -91,10 +92,10 @@ class FrontDoorCalls:
         self.calls = calls
         self.engine_legs = engine_legs
         self.clock = clock
-        self.door = FrontDoor(
-            endpoint.trunks, nonce_secret=nonce_secret or secrets.token_bytes(32), agent=endpoint.agent
-        )
-        self._active: dict[str, _Call] = {}
+        # Replicas sharing the config must accept each other's nonces (a PBX's retry may reach another one), so
+        # the nonce key comes from the trunks' credentials unless one is given.
+        self.door = FrontDoor(endpoint.trunks, nonce_secret=nonce_secret or _nonce_key(endpoint), agent=endpoint.agent)
+        self._active: set[_Call] = set()
         endpoint.on_invite = self.invite
 
     @property
@@ -104,11 +105,11 @@ class FrontDoorCalls:
 
     async def close(self) -> None:
         """End the calls still up (the PBX hears BYE, or the refusal a shutdown gives) before the endpoint closes."""
-        for call in list(self._active.values()):
+        for call in list(self._active):
             if call.call_id:
                 with contextlib.suppress(Exception):
                     await self.calls.end(call.call_id, reason="the service is shutting down")
-        waiting = [asyncio.ensure_future(c.ended.wait()) for c in self._active.values()]
+        waiting = [asyncio.ensure_future(c.ended.wait()) for c in self._active]
         if waiting:
             await asyncio.wait(waiting, timeout=2.0)
             for task in waiting:
@@ -135,7 +136,7 @@ class FrontDoorCalls:
             return
         leg = SipLeg(decision.trunk.name, request.call_id, SipDirection.FRONT_DOOR)
         call = _Call(server, to_tag, leg)
-        self._active[request.call_id] = call
+        self._active.add(call)
         try:
             await self._place(call, decision)
         except Exception:
@@ -144,7 +145,7 @@ class FrontDoorCalls:
             if call.call_id:
                 await self.calls.end(call.call_id, reason="the SIP leg failed")
         finally:
-            self._active.pop(request.call_id, None)
+            self._active.discard(call)
             if call.dialog is not None:
                 self.endpoint.unregister_dialog(call.dialog.id)
             call.ended.set()
@@ -188,7 +189,12 @@ class FrontDoorCalls:
             self._final(call, decision.reason, next_allowed_at=decision.next_allowed_at)
             return
         except PlatformRefusal as refused:
-            self._final(call, platform_refusal(refused.error.reason), detail=str(refused.error) or None)
+            status = self._final(call, platform_refusal(refused.error.reason), detail=str(refused.error) or None)
+            # The call was recorded (FAILED) before the platform refused it: find it by its SIP leg.
+            latest = await self.calls.list(refused.pair.business, refused.pair.user, None, 1)
+            if latest and latest[0].sip is not None and latest[0].sip.call_id == request.call_id:
+                call.call_id = latest[0].call_id
+                await self._record_status(call, status)
             return
         except MediaSetupFailed as failed:
             call.call_id = failed.call_id
@@ -366,3 +372,9 @@ class FrontDoorCalls:
         scheme = "sips" if transport == "TLS" else "sip"
         suffix = ";transport=tcp" if transport == "TCP" else ""
         return f"{scheme}:wacall@{host}:{port}{suffix}"
+
+
+def _nonce_key(endpoint: SipEndpoint) -> bytes:
+    """A digest nonce key every process with the same trunks derives alike (and nobody without their passwords)."""
+    secrets_of_trunks = [f"{t.name}\0{t.username}\0{t.password}" for t in endpoint.trunks if t.requires_credentials]
+    return hashlib.sha256("\n".join(["wacall front door nonces", *secrets_of_trunks]).encode()).digest()
