@@ -19,7 +19,8 @@ from wacall.sip.dialog import Dialog
 from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
 from wacall.sip.message import Request, SipURI, Via, response_to
 from wacall.sip.transactions import TimerValues
-from wacall.sipio.layer import ServerRequest
+from wacall.sipio.layer import ServerRequest, TransactionLayer
+from wacall.sipio.transport import Transports
 from wacall.siptrunk.outbound import DialogHandler, OutboundCall, PbxRefused
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -345,4 +346,36 @@ async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() ->
         await leg.hangup()
     finally:
         await near.layer.close()
+        await far.layer.close()
+
+
+async def test_an_endpoint_on_every_interface_names_the_address_the_pbx_can_reach() -> None:
+    requests: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        requests.append(server.request)
+        server.respond(response_to(server.request, 486, to_tag="pbx1"))
+
+    far = await start_stack(pbx, timers=FAST)
+    router = Router()
+    near_transports = Transports()
+    near = TransactionLayer(near_transports, router, timers=FAST)
+    await near_transports.listen("0.0.0.0", 0)
+    try:
+        leg = OutboundCall(
+            near,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{far.target('UDP').port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_5",
+        )
+        with pytest.raises(PbxRefused):
+            await leg.invite(OFFER)
+        (invite,) = requests
+        port = near_transports.local_address("UDP")[1]
+        assert invite.headers.get("Contact") == f"<sip:wacall@127.0.0.1:{port}>"
+        assert invite.top_via.sent_by == f"127.0.0.1:{port}" and invite.from_.uri.host == "127.0.0.1"  # type: ignore[union-attr]
+    finally:
+        await near.close()
         await far.layer.close()

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -97,8 +98,8 @@ class OutboundCall:
         self.auth = auth
         self.on_bye = on_bye
         self.answer_timeout = answer_timeout
-        host = layer.transports.local_address(self._local_transport())[0]
-        self.call_id = f"{secrets.token_hex(12)}@{host}"
+        self.host = self._advertised_host()
+        self.call_id = f"{secrets.token_hex(12)}@{self.host}"
         self.last_status = 0
         self.dialog: Dialog | None = None
         self._pending: Request | None = None  # the INVITE in flight (the last one, after a challenge)
@@ -110,18 +111,34 @@ class OutboundCall:
         listening = self.layer.transports.listening
         return self.target.transport if self.target.transport in listening else "UDP"
 
+    def _advertised_host(self) -> str:
+        """The address the PBX must reach us at (From, Contact, Via): the listening one, or, when the endpoint
+        listens on every interface, the local address the system routes toward the target from."""
+        host = self.layer.transports.local_address(self._local_transport())[0]
+        if host not in ("0.0.0.0", "::", ""):
+            return host
+        family = socket.AF_INET6 if ":" in self.target.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.connect((self.target.host, self.target.port))  # sends nothing: only picks a route
+                return str(probe.getsockname()[0])
+            except OSError:
+                return socket.gethostname()
+
+    def _via(self, transport: str) -> Via:
+        return Via.parse(self.layer.via(transport, host=_host_in_uri(self.host)))
+
     def _contact(self) -> str:
         transport = self._local_transport()
-        host, port = self.layer.transports.local_address(transport)
+        port = self.layer.transports.local_address(transport)[1]
         suffix = "" if transport == "UDP" else f";transport={transport.lower()}"
-        return f"<sip:wacall@{host}:{port}{suffix}>"
+        return f"<sip:wacall@{_host_in_uri(self.host)}:{port}{suffix}>"
 
     def _invite(self, sdp: str) -> Request:
-        host = self.layer.transports.local_address(self._local_transport())[0]
         items: list[tuple[str, str]] = [
-            ("Via", self.layer.via(self.target.transport)),
+            ("Via", str(self._via(self.target.transport))),
             ("Max-Forwards", "70"),
-            ("From", f"<sip:{self.caller}@{host}>;tag={secrets.token_hex(6)}"),
+            ("From", f"<sip:{self.caller}@{_host_in_uri(self.host)}>;tag={secrets.token_hex(6)}"),
             ("To", f"<{self.callee}>"),
             ("Call-ID", self.call_id),
             ("CSeq", "1 INVITE"),
@@ -201,7 +218,7 @@ class OutboundCall:
 
     async def _send_ack(self, dialog: Dialog, seq: int) -> None:
         target = self._dialog_target(dialog)
-        ack = dialog.ack(seq, via=Via.parse(self.layer.via(target.transport)))
+        ack = dialog.ack(seq, via=self._via(target.transport))
         try:
             await self.layer.send_stateless(ack, target)
         except SipTransportError as error:
@@ -261,7 +278,7 @@ class OutboundCall:
             return
         self.router.unregister_dialog(dialog.id)
         target = self._dialog_target(dialog)
-        dialog, bye = dialog.create_request("BYE", via=Via.parse(self.layer.via(target.transport)))
+        dialog, bye = dialog.create_request("BYE", via=self._via(target.transport))
         self.dialog = None
         try:
             response = await self.layer.request(bye, target)
@@ -304,3 +321,7 @@ class OutboundCall:
         else:
             # A re-INVITE would change media the platform cannot renegotiate: refused, the call goes on as it was.
             server.respond(response_to(request, 488 if request.method == "INVITE" else 501))
+
+
+def _host_in_uri(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
