@@ -330,6 +330,8 @@ async def test_a_users_call_is_answered_when_the_pbx_answers_with_audio_both_way
     try:
         async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=phone.port) as pbx:
             wacall = await with_sip(make_service, pbx, inbound_route="sip:pbx")
+            engine = engine_of(wacall)
+            sessions_before = await engine.session_count()
             await wacall.phone(tone_hz=USER_TONE, talk=0)
             placed = await wacall.sim.PlaceUserCall(
                 sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER)
@@ -354,6 +356,8 @@ async def test_a_users_call_is_answered_when_the_pbx_answers_with_audio_both_way
             assert final.outcome == pb.CALL_OUTCOME_ANSWERED
             code, err = await pbx.outcome()
             assert code == 0, err  # the BYE reached the PBX
+            await eventually(lambda: not wacall.service.calls.sessions, what="the session released")
+            assert await engine.session_count() == sessions_before
     finally:
         await phone.close()
 
@@ -363,6 +367,8 @@ async def test_a_users_call_the_pbx_refuses_is_rejected_on_the_platform(
 ) -> None:
     async with sipp_pbx("pbx_refuses.xml", tmp_path) as pbx:
         wacall = await with_sip(make_service, pbx, inbound_route="sip:pbx")
+        engine = engine_of(wacall)
+        sessions_before = await engine.session_count()
         placed = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
         phone = await wait_until(
             lambda: wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=placed.platform_call_id)),
@@ -379,6 +385,8 @@ async def test_a_users_call_the_pbx_refuses_is_rejected_on_the_platform(
         assert call.sip.direction == pb.SIP_DIRECTION_INBOUND and call.sip.last_status == 486
         code, err = await pbx.outcome()
         assert code == 0, err
+        await eventually(lambda: not wacall.service.calls.sessions, what="the session released")
+        assert await engine.session_count() == sessions_before
 
 
 def test_an_inbound_sip_route_names_a_configured_trunk(tmp_path: Path) -> None:
