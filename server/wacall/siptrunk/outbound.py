@@ -200,7 +200,8 @@ class OutboundCall:
         try:
             dialog = Dialog.as_uac(invite, response)
         except (DialogError, SipParseError) as error:
-            # A 2xx we cannot make a dialog of: acknowledge it where it came from, then end it (§13.2.2.4, §15).
+            # A 2xx we cannot make a dialog of (no Contact, no To tag): without a dialog there is nowhere to send
+            # its ACK; the PBX stops resending it after 64*T1 and ends its side (§13.3.1.4).
             self.last_status = 502
             raise PbxRefused(502, f"Bad Gateway (the PBX's 2xx cannot make a dialog: {error})") from None
         self.dialog = dialog
