@@ -379,3 +379,43 @@ async def test_an_endpoint_on_every_interface_names_the_address_the_pbx_can_reac
     finally:
         await near.close()
         await far.layer.close()
+
+
+@pytest.mark.parametrize(
+    ("contact", "body", "status", "methods"),
+    [(False, True, 502, ["INVITE"]), (True, False, 488, ["INVITE", "BYE"])],
+    ids=["2xx without Contact", "2xx without SDP"],
+)
+async def test_a_2xx_that_cannot_carry_the_call_is_refused(
+    contact: bool, body: bool, status: int, methods: list[str]
+) -> None:
+    requests: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        requests.append(server.request)
+        headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>")] if contact else []
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        ok = response_to(server.request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode() if body else b"")
+        server.respond(ok if server.request.method == "INVITE" else response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_6",
+        )
+        with pytest.raises(PbxRefused) as refused:
+            await leg.invite(OFFER)
+        assert refused.value.status == status and leg.last_status == status
+        assert [r.method for r in requests] == methods and router.dialogs == {}
+    finally:
+        await near.layer.close()
+        await far.layer.close()

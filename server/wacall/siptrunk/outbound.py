@@ -46,7 +46,7 @@ DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
 
 class PbxRefused(Exception):
     """The PBX leg did not come up: `status` is the final status (408 for a timeout, 503 when the request could not
-    be sent, 487 after our own CANCEL)."""
+    be sent, 487 after our own CANCEL; 502 or 488 for a 2xx that cannot carry the call: no dialog, no SDP)."""
 
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(f"{status} {reason}".strip())
