@@ -205,3 +205,28 @@ async def test_bridging_before_the_platform_answered_is_refused(engine: LocalEng
     finally:
         await leg.close()
         await pbx.phone.close()
+
+
+@pytest.mark.parametrize("garbage", ["not an SDP at all", "v=0\r\nm=audio x RTP/AVP\r\n"])
+async def test_a_pbx_answer_the_engine_cannot_read_is_refused_cleanly(engine: LocalEngine, garbage: str) -> None:
+    before = await engine.client.session_count()
+    user, placed_to = AudioLeg(name="user"), AudioLeg(name="user placed to")
+
+    async def pbx(offer: str) -> str:
+        return garbage
+
+    answering = EngineSipLeg(pool_of(engine), next(call_ids), ["PCMU"], pbx)
+    placing = EngineSipLeg(pool_of(engine), next(call_ids), ["PCMU"], pbx)
+    try:
+        with pytest.raises(EngineBridgeUnavailable):
+            await answering.accept_offer(await user.create_offer())
+        await placing.apply_answer(await placed_to.accept_offer(await placing.create_offer()))
+        with pytest.raises(EngineBridgeUnavailable):
+            await placing.bridge(pbx)
+        assert not placing.bridged
+    finally:
+        for leg in (answering, placing):
+            await leg.close()
+        await user.close()
+        await placed_to.close()
+    assert await engine.client.session_count() == before
