@@ -22,6 +22,8 @@
   module. The edge itself reaches only the SIP core: no service, store, API, media or simulator.
 - The SIP front door's decisions (`wacall.sipdoor`: trunks, admission, the reasons → SIP status table) are pure:
   no event loop, socket, clock, database, media, SIP edge, nor the services' I/O; they take `now` and data.
+- The queue router (`wacall.queues.router`) is pure: it reaches only data, time arithmetic and a seeded generator
+  of the standard library; `now` is an argument.
 """
 
 from __future__ import annotations
@@ -578,6 +580,26 @@ def test_the_front_door_check_sees_io_directly_and_through_another_module() -> N
         assert {"socket", "wacall.sipio", "wacall.sipio.layer", "asyncio"} <= set(found["wacall.sipdoor.trunks"])
         assert "wacall.calls.service" in found["wacall.sipdoor.responses"]
         assert "wacall.calls.service" in found["wacall.sipdoor.admission"]  # through the responses
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The queue router is written as the rule engine is: data and `now` in, decisions out.
+QUEUE_ROUTER = "wacall.queues.router"
+QUEUE_ROUTER_IMPORTS = PURE_IMPORTS | {"collections.abc", "datetime", "enum", "random", "types"}
+
+
+def test_the_queue_router_is_pure() -> None:
+    assert QUEUE_ROUTER in MODULES
+    assert reachable(QUEUE_ROUTER) <= QUEUE_ROUTER_IMPORTS, sorted(reachable(QUEUE_ROUTER) - QUEUE_ROUTER_IMPORTS)
+
+
+def test_the_queue_router_check_sees_a_clock_read_through_another_module() -> None:
+    saved = dict(TREES)
+    try:
+        TREES[QUEUE_ROUTER] = ast.parse("from wacall.calls import service")
+        assert not reachable(QUEUE_ROUTER) <= QUEUE_ROUTER_IMPORTS
     finally:
         TREES.clear()
         TREES.update(saved)
