@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import random
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import MappingProxyType
@@ -751,29 +751,29 @@ class _Timer(enum.IntEnum):
     WRAP_UP = 2
 
 
-def _timers(w: _Working) -> list[tuple[datetime, _Timer, str]]:
-    due = [(o.expires_at, _Timer.RING_TIMEOUT, o.offer_id) for o in w.offers.values()]
-    for call in w.waiting.values():
-        queue = w.queues.get(call.queue_id)
-        if queue is not None and queue.max_wait is not None:
-            due.append((call.entered_at + queue.max_wait, _Timer.MAX_WAIT, call.call_id))
-    due += [
-        (a.wrap_up_until, _Timer.WRAP_UP, a.agent_id)
-        for a in w.agents.values()
-        if a.presence is Presence.WRAP_UP and a.wrap_up_until is not None
-    ]
-    return due
+def _timers(w: _Working) -> Iterator[tuple[datetime, _Timer, str]]:
+    for offer in w.offers.values():
+        yield offer.expires_at, _Timer.RING_TIMEOUT, offer.offer_id
+    limits = {q.queue_id: q.max_wait for q in w.queues.values() if q.max_wait is not None}
+    if limits:
+        for call in w.waiting.values():
+            limit = limits.get(call.queue_id)
+            if limit is not None:
+                yield call.entered_at + limit, _Timer.MAX_WAIT, call.call_id
+    for agent in w.agents.values():
+        if agent.presence is Presence.WRAP_UP and agent.wrap_up_until is not None:
+            yield agent.wrap_up_until, _Timer.WRAP_UP, agent.agent_id
 
 
 def _catch_up(w: _Working, now: datetime) -> None:
     """Fire every timer due by `now`, earliest first, each at its own instant and followed by the offers it frees:
     one step at a late `now` ends where waking at every deadline would have."""
     while True:
-        due = [timer for timer in _timers(w) if timer[0] <= now]
-        if not due:
+        earliest = min(_timers(w), default=None)
+        if earliest is None or earliest[0] > now:
             w.now = now
             return
-        at, kind, key = min(due)
+        at, kind, key = earliest
         w.now = at
         _FIRE[kind](w, key)
         _dispatch(w)
@@ -820,17 +820,30 @@ _FIRE: Mapping[_Timer, Callable[[_Working, str], None]] = MappingProxyType(
 def _dispatch(w: _Working) -> None:
     """Offer waiting calls to free eligible agents: highest priority first, first come first served within one."""
     holding = {o.agent_id for o in w.offers.values()}
-    free = [a for a in w.agents.values() if a.presence is Presence.AVAILABLE and a.agent_id not in holding]
-    for call in sorted(w.waiting.values(), key=lambda c: (-c.priority, c.seq)):
+    free = {a.agent_id for a in w.agents.values() if a.presence is Presence.AVAILABLE and a.agent_id not in holding}
+    if not free:
+        return
+    # Each queue's free eligible agents, found once; a queue none can serve costs its calls nothing below.
+    serving: dict[str, list[Agent]] = {}
+    for agent_id in sorted(free):
+        agent = w.agents[agent_id]
+        for queue_id in agent.queues:
+            queue = w.queues.get(queue_id)
+            if queue is not None and eligible(agent, queue):
+                serving.setdefault(queue_id, []).append(agent)
+    ringing_by_call: dict[str, list[Offer]] = {}
+    for offer in w.offers.values():
+        ringing_by_call.setdefault(offer.call_id, []).append(offer)
+    calls = sorted((c for c in w.waiting.values() if c.queue_id in serving), key=lambda c: (-c.priority, c.seq))
+    for call in calls:
         if not free:
             return
-        queue = w.queues.get(call.queue_id)
-        if queue is None:
-            continue
-        ringing = w.offers_for(call.call_id)
+        queue = w.queues[call.queue_id]
+        ringing = ringing_by_call.get(call.call_id, [])
         if ringing and queue.strategy is not Strategy.RING_ALL:
             continue
-        candidates = [a for a in free if eligible(a, queue)]
+        # Drop the agents earlier calls took, so later calls of the queue look only at those still free.
+        candidates = serving[call.queue_id] = [a for a in serving[call.queue_id] if a.agent_id in free]
         untried = [a for a in candidates if a.agent_id not in call.tried]
         if not untried:
             if ringing or not candidates:
@@ -853,7 +866,7 @@ def _dispatch(w: _Working) -> None:
             w.next_offer += 1
             w.offers[offer.offer_id] = offer
             w.decisions.append(OfferMade(offer, w.now - call.arrived_at))
-            free.remove(agent)
+            free.discard(agent.agent_id)
         w.waiting[call.call_id] = dataclasses.replace(call, offers_made=call.offers_made + len(chosen))
         if chosen:
             w.last_offered[queue.queue_id] = chosen[-1].agent_id
