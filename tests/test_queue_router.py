@@ -4,6 +4,7 @@ against a reference model over random sequences of events."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -12,6 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
+from wacall.queues import codec
 from wacall.queues.router import (
     EMPTY,
     Accept,
@@ -655,6 +657,11 @@ class RouterMachine(RuleBasedStateMachine):
     # --- what must hold after every step ---
 
     @invariant()
+    def the_state_survives_the_store(self) -> None:
+        state = self.desk.state
+        assert codec.decode(json.loads(json.dumps(codec.encode(state)))) == state
+
+    @invariant()
     def presence_agrees_with_the_model(self) -> None:
         for agent in self.members:
             assert self.desk.agent(agent).presence is self.model.presence[agent], agent
@@ -702,3 +709,8 @@ class RouterMachine(RuleBasedStateMachine):
 
 RouterMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=50, deadline=None)
 test_router_against_the_reference_model = RouterMachine.TestCase
+
+
+def test_a_state_from_another_format_is_refused() -> None:
+    with pytest.raises(ValueError, match="format"):
+        codec.decode({**codec.encode(EMPTY), "format": 99})
