@@ -28,6 +28,7 @@ from wacall.queues.router import (
     DeleteQueue,
     EndWrapUp,
     Event,
+    HoldAudio,
     LogIn,
     OfferMade,
     OfferWithdrawn,
@@ -477,7 +478,7 @@ QUEUES = {
         max_missed_offers=2,
         overflow_queue_id="q2",
     ),
-    "q2": QueueConfig("q2", Strategy.RING_ALL, ring_timeout=10 * S),
+    "q2": QueueConfig("q2", Strategy.RING_ALL, name="Anyone", hold_audio=HoldAudio(tone_hz=440), ring_timeout=10 * S),
 }
 
 
@@ -527,7 +528,7 @@ class RouterMachine(RuleBasedStateMachine):
     )
     def sign_in_agents(self, profiles: list[tuple[dict[str, int], bool]]) -> None:
         for agent, (queues, spanish) in zip(AGENT_IDS, profiles, strict=True):
-            self._do(PutAgent(agent, skills={"es": 2} if spanish else {}, queues=queues))
+            self._do(PutAgent(agent, skills={"es": 2} if spanish else {}, queues=queues, name=agent.upper()))
             self._do(LogIn(agent))
             self.model.presence[agent] = Presence.AWAY
             self.members[agent] = self.desk.agent(agent)

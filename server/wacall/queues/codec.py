@@ -11,6 +11,7 @@ from typing import Any
 from wacall.queues.router import (
     Agent,
     Assignment,
+    HoldAudio,
     Offer,
     Presence,
     QueueConfig,
@@ -35,6 +36,8 @@ def _duration(value: int) -> timedelta:
 def _queue(q: QueueConfig) -> dict[str, Any]:
     return {
         "strategy": q.strategy.value,
+        "name": q.name,
+        "hold_audio": [q.hold_audio.audio_file, q.hold_audio.tone_hz],
         "required_skills": dict(q.required_skills),
         "ring_timeout": _micros(q.ring_timeout),
         "max_wait": None if q.max_wait is None else _micros(q.max_wait),
@@ -49,6 +52,8 @@ def _queue_from(queue_id: str, d: Mapping[str, Any]) -> QueueConfig:
     return QueueConfig(
         queue_id,
         Strategy(d["strategy"]),
+        name=d["name"],
+        hold_audio=HoldAudio(*d["hold_audio"]),
         required_skills=dict(d["required_skills"]),
         ring_timeout=_duration(d["ring_timeout"]),
         max_wait=None if d["max_wait"] is None else _duration(d["max_wait"]),
@@ -61,6 +66,7 @@ def _queue_from(queue_id: str, d: Mapping[str, Any]) -> QueueConfig:
 
 def _agent(a: Agent) -> dict[str, Any]:
     return {
+        "name": a.name,
         "skills": dict(a.skills),
         "queues": dict(a.queues),
         "presence": a.presence.value,
@@ -78,6 +84,7 @@ def _agent(a: Agent) -> dict[str, Any]:
 def _agent_from(agent_id: str, d: Mapping[str, Any]) -> Agent:
     return Agent(
         agent_id,
+        name=d["name"],
         skills=dict(d["skills"]),
         queues=dict(d["queues"]),
         presence=Presence(d["presence"]),

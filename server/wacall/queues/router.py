@@ -93,9 +93,19 @@ class RoutingRefused(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class HoldAudio:
+    """What a waiting caller hears: a file in the media directory, else a tone (the router only keeps it)."""
+
+    audio_file: str = ""
+    tone_hz: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueConfig:
     queue_id: str
     strategy: Strategy = Strategy.LONGEST_IDLE
+    name: str = ""
+    hold_audio: HoldAudio = HoldAudio()
     # skill → the lowest level an agent must have (0: any level)
     required_skills: Mapping[str, int] = field(default_factory=dict)
     ring_timeout: timedelta = DEFAULT_RING_TIMEOUT
@@ -109,6 +119,7 @@ class QueueConfig:
 @dataclass(frozen=True, slots=True)
 class Agent:
     agent_id: str
+    name: str = ""
     skills: Mapping[str, int] = field(default_factory=dict)
     # queue id → penalty: agents in a lower penalty tier are offered calls first
     queues: Mapping[str, int] = field(default_factory=dict)
@@ -204,6 +215,7 @@ class PutAgent:
     agent_id: str
     skills: Mapping[str, int] = field(default_factory=dict)
     queues: Mapping[str, int] = field(default_factory=dict)
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -604,7 +616,7 @@ def _on_put_agent(w: _Working, event: PutAgent) -> None:
     if before is None:
         before = Agent(event.agent_id, added=w.next_added)
         w.next_added += 1
-    agent = dataclasses.replace(before, skills=dict(event.skills), queues=dict(event.queues))
+    agent = dataclasses.replace(before, name=event.name, skills=dict(event.skills), queues=dict(event.queues))
     w.agents[agent.agent_id] = agent
     held = w.offer_held_by(agent.agent_id)
     if held is not None and (held.queue_id not in w.queues or not eligible(agent, w.queues[held.queue_id])):
