@@ -24,6 +24,8 @@
   no event loop, socket, clock, database, media, SIP edge, nor the services' I/O; they take `now` and data.
 - The SIP trunk's edge (`wacall.siptrunk`) reaches neither the gRPC API, the simulator nor Meta's upstream; its
   endpoint reaches no call service, store or media.
+- The queue router (`wacall.queues.router`) is pure: it reaches only data, time arithmetic and a seeded generator
+  of the standard library; `now` is an argument.
 """
 
 from __future__ import annotations
@@ -622,6 +624,26 @@ def test_the_sip_trunk_check_sees_what_it_forbids() -> None:
         TREES[SIP_ENDPOINT] = ast.parse("from wacall.calls import service\nfrom wacall.api import calling")
         assert "wacall.calls.service" in reaching_outside(SIP_ENDPOINT, FORBIDDEN_IN_SIP_ENDPOINT)[SIP_ENDPOINT]
         assert "wacall.api.calling" in reaching_outside(SIP_TRUNK, FORBIDDEN_IN_SIP_TRUNK)[SIP_ENDPOINT]
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The queue router is written as the rule engine is: data and `now` in, decisions out.
+QUEUE_ROUTER = "wacall.queues.router"
+QUEUE_ROUTER_IMPORTS = PURE_IMPORTS | {"collections.abc", "datetime", "enum", "random", "types"}
+
+
+def test_the_queue_router_is_pure() -> None:
+    assert QUEUE_ROUTER in MODULES
+    assert reachable(QUEUE_ROUTER) <= QUEUE_ROUTER_IMPORTS, sorted(reachable(QUEUE_ROUTER) - QUEUE_ROUTER_IMPORTS)
+
+
+def test_the_queue_router_check_sees_a_clock_read_through_another_module() -> None:
+    saved = dict(TREES)
+    try:
+        TREES[QUEUE_ROUTER] = ast.parse("from wacall.calls import service")
+        assert not reachable(QUEUE_ROUTER) <= QUEUE_ROUTER_IMPORTS
     finally:
         TREES.clear()
         TREES.update(saved)

@@ -1,0 +1,1 @@
+"""Contact-centre routing: queues, agents, presence and offers (the pure router)."""
