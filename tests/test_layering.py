@@ -251,7 +251,9 @@ def test_the_purity_check_sees_io() -> None:
 # The ng protocol is spoken by the engine leg (a call's media in rtpengine), the local engine's supervisor and the
 # assembly that builds the pool: call control and routes see only a PlatformLeg.
 ENGINE_CLIENT = "wacall.media.rtpengine"
-ENGINE_CLIENT_USERS = frozenset({"wacall.media.engine_leg", "wacall.media.engine_process", "wacall.app"})
+ENGINE_CLIENT_USERS = frozenset(
+    {"wacall.media.engine_leg", "wacall.media.engine_sip_legs", "wacall.media.engine_process", "wacall.app"}
+)
 
 
 def test_only_the_engine_leg_and_the_assembly_speak_to_the_media_engine() -> None:
@@ -431,9 +433,9 @@ def test_the_event_kind_check_sees_a_literal_kind() -> None:
     assert event_kind_literals(reason) == []
 
 
-# What a route may use of the service: audio (tracks, legs, SDP) and the field checks. Never its services, store or
-# API: a route sees a call only through its CallLeg.
-ROUTE_MAY_IMPORT = ("wacall.media", "wacall.fields", "wacall.confinement")
+# What a route may use of the service: audio (tracks, legs, SDP), the field checks and the sans-IO SIP core (a sip
+# route reads its target URI). Never its services, store or API: a route sees a call only through its CallLeg.
+ROUTE_MAY_IMPORT = ("wacall.media", "wacall.fields", "wacall.confinement", "wacall.sip")
 
 
 def service_internals_imported_by(name: str) -> list[str]:

@@ -6,12 +6,13 @@ the assembly look routes up here and hold no per-route code.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.fields import InvalidField
-from wacall_adapters import announcement, media_stream, webrtc
+from wacall_adapters import announcement, media_stream, sip, webrtc
 from wacall_adapters.routes import InboundOptions, RoutePlan, RouteSpec, ServerFiles
 
 
@@ -27,7 +28,7 @@ def route_table(*specs: RouteSpec) -> Mapping[str, RouteSpec]:
 DEFAULT_ROUTE = "announcement"  # a Route with nothing set
 
 
-ROUTES = route_table(announcement.ROUTE, webrtc.ROUTE, media_stream.ROUTE)
+ROUTES = route_table(announcement.ROUTE, webrtc.ROUTE, media_stream.ROUTE, sip.ROUTE)
 INBOUND_ROUTES = tuple(name for name, spec in ROUTES.items() if spec.inbound is not None)
 
 
@@ -40,11 +41,13 @@ async def plan_route(route: pb.Route, files: ServerFiles) -> RoutePlan:
         raise problem.within(f"route.{kind}.") from None
 
 
-async def plan_inbound_route(name: str, options: InboundOptions, files: ServerFiles) -> RoutePlan:
-    """The plan for the configured route that answers users' calls (checked once, at start-up)."""
+async def plan_inbound_route(setting: str, options: InboundOptions, files: ServerFiles) -> RoutePlan:
+    """The plan for the configured route that answers users' calls (checked once, at start-up): `NAME` or
+    `NAME:ARGUMENT` (`sip:pbx`), the argument handed to the route as `InboundOptions.argument`."""
+    name, _, argument = setting.partition(":")
     spec = ROUTES.get(name)
     if spec is None or spec.inbound is None:
-        raise InvalidField("inbound_route", f"one of {', '.join(INBOUND_ROUTES)}, got {name!r}")
+        raise InvalidField("inbound_route", f"one of {', '.join(INBOUND_ROUTES)}, got {setting!r}")
     route = pb.Route()
-    getattr(route, name).CopyFrom(spec.inbound(options))
+    getattr(route, name).CopyFrom(spec.inbound(dataclasses.replace(options, argument=argument)))
     return await plan_route(route, files)

@@ -25,25 +25,41 @@ class ServerFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class SipDial:
+    """Where a `sip` route hands the call: a trunk by name, the target URI ("" for the trunk's own), and extra INVITE
+    headers (checked: header names and one-line values, none of the headers wacall writes)."""
+
+    trunk: str
+    target: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RoutePlan:
     """A checked route: what the call records as its route, how to build its adapter (once per call), and what
     distinguishes it from another route of the same kind when an idempotency key is reused.
 
     `engine_bridge`, when set, is the business peer's SDP offer and says that a media engine may carry the whole
     call: the WhatsApp leg and the peer's leg both in the engine, no audio through the service. Where no engine is
-    configured the call runs in process, with the adapter from `factory`."""
+    configured the call runs in process, with the adapter from `factory`.
+
+    `sip`, when set, says the call goes to a PBX on a SIP trunk: its media lives in the engine and the service
+    builds its business side (the PBX leg) itself; `factory` is not used."""
 
     name: str
     factory: Callable[[], MediaAdapter]
     fingerprint: str
     engine_bridge: str | None = None
+    sip: SipDial | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class InboundOptions:
-    """What configuration says about the route that answers users' calls."""
+    """What configuration says about the route that answers users' calls: the announcement's audio file, and what
+    follows the route's name in `--inbound-route NAME:ARGUMENT` (the trunk of `sip:pbx`)."""
 
     audio_file: str = ""
+    argument: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.service import CallService
+from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
@@ -59,7 +60,7 @@ from wacall.upstreams.meta.webhooks import (
     webhook_routes,
 )
 from wacall_adapters.registry import plan_inbound_route
-from wacall_adapters.routes import InboundOptions, RoutePlan, ServerFiles
+from wacall_adapters.routes import InboundOptions, RoutePlan, ServerFiles, SipDial
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,7 @@ class Service:
         self.media_note = ""  # how webrtc calls are bridged, logged once the service has started
         self.sip: SipEndpoint | None = None  # the SIP front door (and the sip route's endpoint), when configured
         self.sip_addresses: dict[str, tuple[str, int]] = {}
+        self.sip_routes = SipRoutes((), None)  # replaced once the media engine is known (_build_calls)
         self.front_door: FrontDoorCalls | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
@@ -179,6 +181,8 @@ class Service:
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
             await self._setup_sip(stack, calls)
+            # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
+            stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
@@ -359,16 +363,44 @@ class Service:
         def engine_bridge(call_id: str, peer_offer: str, pool: EnginePool[NgClient]) -> EngineBridgeLeg:
             return EngineBridgeLeg(pool, call_id, peer_offer)
 
+        # The SIP endpoint is started later (_setup_sip) and handed to the sip routes then.
+        self.sip_routes = SipRoutes(
+            self.settings.sip_trunks, engines, answer_timeout=self.settings.sip_answer_timeout_seconds
+        )
+        inbound_route = await self._inbound_route()
+        if inbound_route.sip is not None:
+            self._check_inbound_sip(inbound_route.sip, engines)
         return CallService(
             permissions,
             upstream,
             engine_bridges=functools.partial(engine_bridge, pool=engines) if engines is not None else None,
-            inbound_route=await self._inbound_route(),
+            sip_routes=self.sip_routes,
+            inbound_route=inbound_route,
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
             call_lease=timedelta(seconds=self.settings.call_lease_seconds),
             instance_name=self._instance_name(),
             wall_clock=self.wall_clock,
         )
+
+    async def _end_calls_with_a_pbx_leg(self) -> None:
+        calls = self.calls
+        if calls is None:
+            return
+        for call_id, session in list(calls.sessions.items()):
+            if isinstance(session.adapter, SipBridgedRoute):
+                await calls.end(call_id, reason="the service is shutting down")
+
+    def _check_inbound_sip(self, dial: SipDial, engines: EnginePool[NgClient] | None) -> None:
+        """`--inbound-route sip:<trunk>` needs that trunk, the SIP endpoint and a media engine, checked at start."""
+        setting = f"--inbound-route {self.settings.inbound_route}"
+        if not (self.settings.sip_address.strip() or self.settings.sip_tls_address.strip()):
+            raise ConfigError(f"{setting} hands users' calls to a PBX over SIP: give --sip-address too")
+        if engines is None:
+            raise ConfigError(f"{setting} bridges users' calls in rtpengine, and none runs: {self.media_note}")
+        try:
+            self.sip_routes.trunk(dial.trunk)
+        except InvalidField as problem:
+            raise ConfigError(f"{setting}: {problem.why}") from None
 
     async def _setup_calls(
         self, stack: contextlib.AsyncExitStack, permissions: PermissionService, calls: CallService
@@ -413,6 +445,7 @@ class Service:
             raise AddressUnavailable("SIP", shown, "--sip-address / --sip-tls-address", why) from None
         stack.push_async_callback(endpoint.close)
         self.sip = endpoint
+        self.sip_routes.endpoint = endpoint  # the sip route's INVITEs go out through it
         engines = self.engines
 
         def engine_leg(peer_offer: str, peer: PeerMedia) -> EngineBridgeLeg:

@@ -82,7 +82,9 @@ class Settings:
     sip_tls_address: str = ""
     sip_tls_cert: str = ""
     sip_tls_key: str = ""
-    sip_trunks: tuple[Trunk, ...] = ()  # from [[sip_trunks]]: the PBXs allowed to call through the front door
+    sip_trunks: tuple[Trunk, ...] = ()
+    # How long a PBX may ring on wacall's INVITE (sip route, inbound sip) before the leg is cancelled as a 408.
+    sip_answer_timeout_seconds: float = 60.0  # from [[sip_trunks]]: the PBXs allowed to call through the front door
 
     def load_policy(self) -> Policy:
         try:
@@ -128,6 +130,7 @@ SCALARS: Mapping[str, type] = {
     "sip_tls_address": str,
     "sip_tls_cert": str,
     "sip_tls_key": str,
+    "sip_answer_timeout_seconds": float,
 }
 
 
@@ -136,7 +139,7 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "upstream": ("sim", "meta"),
     "clock": ("system", "manual"),
     "policy": tuple(sorted(PRESETS)),
-    "inbound_route": INBOUND_ROUTES,
+    "inbound_route": tuple(r if r != "sip" else "sip:<trunk>" for r in INBOUND_ROUTES),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 
@@ -169,7 +172,10 @@ DESCRIPTIONS: Mapping[str, str] = {
         "its previous run left open at once (default: host name and gRPC port)"
     ),
     "worker_threads": "threads for audio encoding and file decoding",
-    "inbound_route": "what answers a user's call: an announcement, or a CallMedia stream program",
+    "inbound_route": (
+        "what answers a user's call: an announcement, a CallMedia stream program, or a PBX on a SIP trunk "
+        "(sip:<trunk>, answered when the PBX answers)"
+    ),
     "inbound_audio_file": "the announcement played to users who call, a file in media_dir (empty: a tone)",
     "media_dir": (
         "the directory audio files named in an RPC or in inbound_audio_file are read from (created at start); "
@@ -196,6 +202,10 @@ DESCRIPTIONS: Mapping[str, str] = {
     "sip_tls_address": "where the SIP front door listens for TLS (host:port; needs --sip-tls-cert and --sip-tls-key)",
     "sip_tls_cert": "the PEM certificate (chain) the SIP front door presents over TLS",
     "sip_tls_key": "the PEM private key of --sip-tls-cert",
+    "sip_answer_timeout_seconds": (
+        "how long a PBX may ring on wacall's INVITE (the sip route, --inbound-route sip:<trunk>) before it is "
+        "cancelled and counted as 408"
+    ),
 }
 
 
@@ -258,10 +268,7 @@ def load_settings(
     settings = Settings(**values)
     if settings.upstream not in ("sim", "meta"):
         raise ConfigError(f"upstream must be 'sim' or 'meta', got {settings.upstream!r}")
-    if settings.inbound_route not in INBOUND_ROUTES:
-        raise ConfigError(
-            f"inbound_route must be {' or '.join(repr(r) for r in INBOUND_ROUTES)}, got {settings.inbound_route!r}"
-        )
+    _check_inbound_route(settings)
     if settings.inbound_audio_file:
         try:
             audio_file = inside(settings.media_dir, settings.inbound_audio_file)
@@ -282,7 +289,7 @@ def load_settings(
         raise ConfigError("--upstream meta needs at least one [[senders]] entry in the configuration file")
     for name in ("call_lease_seconds", "webhook_max_clock_skew_seconds", "webhook_max_age_seconds",
                  "webhook_max_expiry_ahead_seconds", "http_header_timeout_seconds", "http_body_timeout_seconds",
-                 "http_idle_timeout_seconds", "http_max_connections"):  # fmt: skip
+                 "http_idle_timeout_seconds", "http_max_connections", "sip_answer_timeout_seconds"):  # fmt: skip
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     _check_sip(settings)
@@ -316,3 +323,16 @@ def _check_sip(settings: Settings) -> None:
         for name in ("sip_tls_cert", "sip_tls_key"):
             if not Path(tls[name]).is_file():
                 raise ConfigError(f"{name}: {tls[name]} is not a readable file")
+
+
+def _check_inbound_route(settings: Settings) -> None:
+    """`NAME`, or `sip:<trunk>` naming one of the [[sip_trunks]]."""
+    name, colon, argument = settings.inbound_route.partition(":")
+    if name not in INBOUND_ROUTES or (name == "sip") != bool(colon):
+        choices = " or ".join(repr(r) if r != "sip" else "'sip:<trunk>'" for r in INBOUND_ROUTES)
+        raise ConfigError(f"inbound_route must be {choices}, got {settings.inbound_route!r}")
+    if name == "sip" and argument not in {trunk.name for trunk in settings.sip_trunks}:
+        known = ", ".join(trunk.name for trunk in settings.sip_trunks) or "none in the configuration file"
+        raise ConfigError(
+            f"inbound_route {settings.inbound_route}: no [[sip_trunks]] entry is named {argument!r} (trunks: {known})"
+        )

@@ -32,6 +32,7 @@ from wacall.api.messages import CHANNEL, call_message, duration, event_message, 
 from wacall.calls.machine import CallState
 from wacall.calls.record import CallRecord
 from wacall.calls.service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
+from wacall.calls.sip_route import SipRouteUnavailable
 from wacall.fields import InvalidField
 from wacall.media.tracks import Framer, PcmResampler
 from wacall.numbers import InvalidNumber, parse_number
@@ -125,6 +126,8 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                     error.why,
                     f"call {error.call_id} failed before it was placed: {error.why}",
                 )
+            case SipRouteUnavailable():
+                await abort_precondition(context, "SIP_ROUTE_UNAVAILABLE", "route.sip", str(error), str(error))
             case CallNotFound():
                 await abort(
                     context, grpc.StatusCode.NOT_FOUND, f"no call {error}: use Call.call_id from StartCall or ListCalls"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from wacall.calls import machine
 from wacall.calls.machine import CallFacts, CallState, Direction
 from wacall.calls.record import CallRecord, PlatformError, SipLeg, encode, from_stored, to_stored
 from wacall.calls.sessions import CallSession, SessionClosed
+from wacall.calls.sip_route import SipBridgedRoute, SipRoutes, SipRouteUnavailable
 from wacall.clock import Clock, SystemClock
 from wacall.events import EventKind
 from wacall.fields import InvalidField
@@ -172,6 +174,7 @@ class CallService:
         inbound_route: RoutePlan,
         platform_legs: PlatformLegFactory = WebRtcPlatformLeg,
         engine_bridges: EngineBridges | None = None,
+        sip_routes: SipRoutes | None = None,
         media_timeout: timedelta = timedelta(seconds=20),
         call_lease: timedelta = timedelta(seconds=30),
         wall_clock: Clock | None = None,
@@ -185,6 +188,8 @@ class CallService:
         self.platform_legs = platform_legs
         # None: no media engine; a route that could be engine-bridged runs in process.
         self.engine_bridges = engine_bridges
+        # The sip route's PBX legs (None: this service has no SIP trunks; a sip route is refused).
+        self.sip_routes = sip_routes
         self.media_timeout = media_timeout
         # This process owns the calls it places and answers, and renews its lease on them (on wall time: leases say
         # whether the process is alive, whatever the rules' clock says).
@@ -266,6 +271,10 @@ class CallService:
         if len(idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidField("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters")
         pair = Pair(business.e164, user.e164)
+        if route.sip is not None:  # before anything is recorded: the trunk exists, SIP and the engine run
+            if self.sip_routes is None:
+                raise SipRouteUnavailable("the sip route needs SIP trunks: this service runs without them")
+            self.sip_routes.check(route.sip)
         account = None
         if business.region not in self.permissions.policy.denied_business_regions:
             account = self.permissions.senders.account_for(business)
@@ -330,7 +339,10 @@ class CallService:
             self.spawn(self.end(call_id, reason=reason))
 
         adapter: MediaAdapter
-        if route.engine_bridge is not None and self.engine_bridges is not None:
+        if route.sip is not None and self.sip_routes is not None:
+            record = functools.partial(self.record_sip_leg, call_id)
+            adapter = self.sip_routes.build(call_id, pair, route.sip, record)
+        elif route.engine_bridge is not None and self.engine_bridges is not None:
             adapter = EngineBridgedRoute(self.engine_bridges(call_id, route.engine_bridge))
         else:
             adapter = route.factory()
@@ -340,7 +352,7 @@ class CallService:
 
     def _platform_leg(self, session: CallSession) -> PlatformLeg:
         """The engine's leg for an engine-bridged call, else one from the injected factory (in-process audio)."""
-        if isinstance(session.adapter, EngineBridgedRoute):
+        if isinstance(session.adapter, EngineBridgedRoute | SipBridgedRoute):
             return session.adapter.leg
         return self.platform_legs(f"whatsapp {session.call_id}")
 

@@ -392,15 +392,34 @@ class MediaStreamRoute(_message.Message):
     max_duration: _duration_pb2.Duration
     def __init__(self, max_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
+class SipRoute(_message.Message):
+    __slots__ = ("trunk", "target", "headers")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    trunk: str
+    target: str
+    headers: _containers.ScalarMap[str, str]
+    def __init__(self, trunk: _Optional[str] = ..., target: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
 class Route(_message.Message):
-    __slots__ = ("announcement", "webrtc", "media_stream")
+    __slots__ = ("announcement", "webrtc", "media_stream", "sip")
     ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
     WEBRTC_FIELD_NUMBER: _ClassVar[int]
     MEDIA_STREAM_FIELD_NUMBER: _ClassVar[int]
+    SIP_FIELD_NUMBER: _ClassVar[int]
     announcement: AnnouncementRoute
     webrtc: WebRtcRoute
     media_stream: MediaStreamRoute
-    def __init__(self, announcement: _Optional[_Union[AnnouncementRoute, _Mapping]] = ..., webrtc: _Optional[_Union[WebRtcRoute, _Mapping]] = ..., media_stream: _Optional[_Union[MediaStreamRoute, _Mapping]] = ...) -> None: ...
+    sip: SipRoute
+    def __init__(self, announcement: _Optional[_Union[AnnouncementRoute, _Mapping]] = ..., webrtc: _Optional[_Union[WebRtcRoute, _Mapping]] = ..., media_stream: _Optional[_Union[MediaStreamRoute, _Mapping]] = ..., sip: _Optional[_Union[SipRoute, _Mapping]] = ...) -> None: ...
 
 class PlatformError(_message.Message):
     __slots__ = ("code", "message", "details")

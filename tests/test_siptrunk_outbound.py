@@ -1,0 +1,421 @@
+"""The PBX leg wacall places (`wacall.siptrunk.outbound.OutboundCall`) on a real SIP edge, against SIPp playing the
+PBX (scenarios in tests/assets/sipp) and against a UAS on a second SIP edge where the request itself is read:
+answered (ACK, BYE from each side), refused, ringing until our timeout (CANCEL), a digest challenge with good and
+bad credentials, no answer at all, a transport that cannot connect."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sip_stack import FAST, Stack, start_stack
+from sipp_pbx import sipp_pbx
+
+from wacall.sip.dialog import Dialog
+from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
+from wacall.sip.message import Request, SipURI, Via, response_to
+from wacall.sip.transactions import TimerValues
+from wacall.sipio.layer import ServerRequest, TransactionLayer
+from wacall.sipio.transport import Transports
+from wacall.siptrunk.outbound import DialogHandler, OutboundCall, PbxRefused
+
+OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+USER = "+34612345678"
+
+
+class Router:
+    """The part of the SIP endpoint a leg needs: requests inside a dialog go to the handler registered for it."""
+
+    def __init__(self) -> None:
+        self.dialogs: dict[tuple[str, str, str], DialogHandler] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def register_dialog(self, dialog_id: tuple[str, str, str], handler: DialogHandler) -> None:
+        self.dialogs[dialog_id] = handler
+
+    def unregister_dialog(self, dialog_id: tuple[str, str, str]) -> None:
+        self.dialogs.pop(dialog_id, None)
+
+    def __call__(self, server: ServerRequest) -> None:
+        request = server.request
+        handler = self.dialogs.get((request.call_id, request.to.tag or "", request.from_.tag or ""))
+        if handler is None:
+            server.respond(response_to(request, 481))
+            return
+        task = asyncio.ensure_future(handler(server))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+
+@pytest.fixture
+async def wacall_side() -> AsyncIterator[tuple[Stack, Router]]:
+    router = Router()
+    stack = await start_stack(router, timers=TimerValues())
+    try:
+        yield stack, router
+    finally:
+        await stack.layer.close()
+
+
+def leg_to(side: tuple[Stack, Router], uri: str, *, auth: DigestAuth | None = None, **options: object) -> OutboundCall:
+    stack, router = side
+    return OutboundCall(
+        stack.layer,
+        router,
+        target=SipURI.parse(uri),
+        caller=USER,
+        callee=uri,
+        wacall_call_id="call_0123",
+        auth=auth,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def test_an_answered_leg_returns_the_pbxs_sdp_and_ends_with_our_bye(
+    wacall_side: tuple[Stack, Router], tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=41000) as pbx:
+        leg = leg_to(wacall_side, pbx.uri)
+        answer = await leg.invite(OFFER)
+        assert "m=audio 41000 RTP/AVP 0" in answer
+        assert leg.last_status == 200 and leg.dialog is not None
+        assert list(wacall_side[1].dialogs) == [leg.dialog.id]
+        await leg.hangup()
+        assert wacall_side[1].dialogs == {}
+        code, err = await pbx.outcome()
+    assert code == 0, err  # SIPp saw X-Wacall-Call-Id, our ACK and our BYE
+
+
+async def test_a_bye_from_the_pbx_ends_the_leg(wacall_side: tuple[Stack, Router], tmp_path: Path) -> None:
+    ended = asyncio.Event()
+
+    async def on_bye() -> None:
+        ended.set()
+
+    async with sipp_pbx("pbx_hangs_up.xml", tmp_path, rtp_port=41000, hold_ms=300) as pbx:
+        leg = leg_to(wacall_side, pbx.uri, on_bye=on_bye)
+        await leg.invite(OFFER)
+        await asyncio.wait_for(ended.wait(), 10)
+        assert leg.dialog is None and wacall_side[1].dialogs == {}
+        await leg.hangup()  # nothing left to end: no second BYE
+        code, err = await pbx.outcome()
+    assert code == 0, err
+
+
+async def test_a_pbx_that_refuses_raises_its_status(wacall_side: tuple[Stack, Router], tmp_path: Path) -> None:
+    async with sipp_pbx("pbx_refuses.xml", tmp_path) as pbx:
+        leg = leg_to(wacall_side, pbx.uri)
+        with pytest.raises(PbxRefused) as refused:
+            await leg.invite(OFFER)
+        assert refused.value.status == 486 and leg.last_status == 486
+        code, err = await pbx.outcome()
+    assert code == 0, err  # the 486 was ACKed
+
+
+async def test_a_pbx_that_rings_past_our_patience_is_cancelled_as_a_timeout(
+    wacall_side: tuple[Stack, Router], tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_rings.xml", tmp_path) as pbx:
+        leg = leg_to(wacall_side, pbx.uri, answer_timeout=1.0)
+        with pytest.raises(PbxRefused) as refused:
+            await leg.invite(OFFER)
+        assert refused.value.status == 408 and leg.last_status == 408
+        code, err = await pbx.outcome()
+    assert code == 0, err  # SIPp got the CANCEL and its 487 was ACKed
+
+
+async def test_hanging_up_while_the_pbx_rings_cancels_the_invite(
+    wacall_side: tuple[Stack, Router], tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_rings.xml", tmp_path) as pbx:
+        leg = leg_to(wacall_side, pbx.uri)
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        await asyncio.sleep(0.5)
+        await leg.hangup()
+        with pytest.raises(PbxRefused) as refused:
+            await inviting
+        assert refused.value.status == 487 and leg.last_status == 487
+        code, err = await pbx.outcome()
+    assert code == 0, err
+
+
+async def test_sipps_digest_challenge_is_answered_with_the_trunks_credentials(
+    wacall_side: tuple[Stack, Router], tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_challenges.xml", tmp_path, rtp_port=41000) as pbx:
+        leg = leg_to(wacall_side, pbx.uri, auth=DigestAuth("wacall", "s3cret"))
+        await leg.invite(OFFER)
+        assert leg.last_status == 200
+        await leg.hangup()
+        code, err = await pbx.outcome()
+    assert code == 0, err  # the second INVITE carried credentials for SIPp's realm and nonce
+
+
+@pytest.mark.parametrize(("password", "status"), [("s3cret", 200), ("wrong", 403)])
+async def test_the_digest_answer_verifies_with_the_right_password_only(password: str, status: int) -> None:
+    verifier = DigestVerifier("pbx.example", b"a secret of the PBX", algorithms=("SHA-256", "MD5"))
+    seen: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        request = server.request
+        seen.append(request)
+        if request.method != "INVITE":
+            server.respond(response_to(request, 200))
+            return
+        outcome = verifier.verify(request, username="wacall", password="s3cret", now=time.time())
+        if outcome is AuthOutcome.MISSING:
+            challenges = [("Proxy-Authenticate", str(c)) for c in verifier.challenges(time.time())]
+            server.respond(response_to(request, 407, to_tag="pbx1", headers=challenges))
+        elif outcome is AuthOutcome.ACCEPTED:
+            headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+            server.respond(response_to(request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode()))
+        else:
+            server.respond(response_to(request, 403, to_tag="pbx1"))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:queue@127.0.0.1:{port}"),
+            caller=USER,
+            callee=f"sip:queue@127.0.0.1:{port}",
+            wacall_call_id="call_auth",
+            auth=DigestAuth("wacall", password),
+        )
+        if status == 200:
+            await leg.invite(OFFER)
+            await leg.hangup()
+        else:
+            with pytest.raises(PbxRefused) as refused:
+                await leg.invite(OFFER)
+            assert refused.value.status == 403
+        assert leg.last_status == status
+        invites = [r for r in seen if r.method == "INVITE"]
+        assert len(invites) == 2 and "algorithm=SHA-256" in (invites[1].headers.get("Proxy-Authorization") or "")
+        assert invites[1].cseq.seq == invites[0].cseq.seq + 1 and invites[1].call_id == invites[0].call_id
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_the_invite_says_who_calls_whom_and_carries_the_routes_headers() -> None:
+    requests: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        requests.append(server.request)
+        if server.request.method == "INVITE":
+            ok = response_to(
+                server.request,
+                200,
+                to_tag="pbx1",
+                headers=[("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")],
+                body=OFFER.encode(),
+            )
+            server.respond(ok)
+        else:
+            server.respond(response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:queue@127.0.0.1:{port}"),
+            caller=USER,
+            callee="sip:+447911123456@127.0.0.1",
+            wacall_call_id="call_abc",
+            headers=[("X-Queue", "billing"), ("User-to-User", "42;encoding=text")],
+        )
+        await leg.invite(OFFER)
+        (invite,) = requests
+        assert invite.uri == f"sip:queue@127.0.0.1:{port}"
+        assert invite.from_.uri.user == USER  # type: ignore[union-attr]
+        assert str(invite.to.uri) == "sip:+447911123456@127.0.0.1"
+        assert invite.headers.get("X-Wacall-Call-Id") == "call_abc"
+        assert invite.headers.get("X-Queue") == "billing"
+        assert invite.headers.get("User-to-User") == "42;encoding=text"
+        assert invite.body.decode() == OFFER
+        assert invite.call_id == leg.call_id
+        await leg.hangup()
+        assert [r.method for r in requests] == ["INVITE", "BYE"]
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_no_response_at_all_is_a_timeout_and_no_connection_is_unavailable() -> None:
+    router = Router()
+    near = await start_stack(router, timers=FAST)  # Timer B: 64 * 20 ms
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the INVITE and never says a word
+    silent.bind(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_1",
+        )
+        with pytest.raises(PbxRefused) as refused:
+            await leg.invite(OFFER)
+        assert refused.value.status == 408 and leg.last_status == 408
+        assert silent.recv(65535).startswith(b"INVITE ")
+        closed = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port};transport=tcp"),  # nobody listens for TCP there
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_2",
+        )
+        with pytest.raises(PbxRefused) as unreachable:
+            await closed.invite(OFFER)
+        assert unreachable.value.status == 503 and closed.last_status == 503
+    finally:
+        silent.close()
+        await near.layer.close()
+
+
+async def test_a_pbx_that_only_says_trying_is_cancelled_when_our_patience_ends() -> None:
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    trying = await start_stack(lambda server: None, timers=FAST)  # its layer says 100 Trying, its TU nothing
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{trying.target('UDP').port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_3",
+            answer_timeout=0.5,
+        )
+        with pytest.raises(PbxRefused) as refused:
+            await leg.invite(OFFER)
+        assert refused.value.status == 408 and leg.last_status == 408
+        (invite,) = trying.requests  # the CANCEL is the layer's to answer: 200, and 487 to the INVITE
+        assert invite.cancelled.is_set()
+    finally:
+        await near.layer.close()
+        await trying.layer.close()
+
+
+async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() -> None:
+    invites: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        invites.append(server.request)
+        headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+        server.respond(response_to(server.request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode()))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_4",
+        )
+        await leg.invite(OFFER)
+        # The PBX's side of the dialog, as the PBX would send inside it.
+        dialog = Dialog.as_uas(invites[0], "pbx1")
+        answers = {}
+        for method in ("OPTIONS", "INVITE", "REFER"):
+            dialog, request = dialog.create_request(method, via=Via.parse(far.layer.via("UDP")))
+            answers[method] = (await far.layer.request(request, near.target("UDP"))).status_code
+        assert answers == {"OPTIONS": 200, "INVITE": 488, "REFER": 501}
+        assert leg.dialog is not None  # the call goes on as it was
+        await leg.hangup()
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_an_endpoint_on_every_interface_names_the_address_the_pbx_can_reach() -> None:
+    requests: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        requests.append(server.request)
+        server.respond(response_to(server.request, 486, to_tag="pbx1"))
+
+    far = await start_stack(pbx, timers=FAST)
+    router = Router()
+    near_transports = Transports()
+    near = TransactionLayer(near_transports, router, timers=FAST)
+    await near_transports.listen("0.0.0.0", 0)
+    try:
+        leg = OutboundCall(
+            near,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{far.target('UDP').port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_5",
+        )
+        with pytest.raises(PbxRefused):
+            await leg.invite(OFFER)
+        (invite,) = requests
+        port = near_transports.local_address("UDP")[1]
+        assert invite.headers.get("Contact") == f"<sip:wacall@127.0.0.1:{port}>"
+        assert invite.top_via.sent_by == f"127.0.0.1:{port}" and invite.from_.uri.host == "127.0.0.1"  # type: ignore[union-attr]
+    finally:
+        await near.close()
+        await far.layer.close()
+
+
+@pytest.mark.parametrize(
+    ("contact", "body", "status", "methods"),
+    [(False, True, 502, ["INVITE"]), (True, False, 488, ["INVITE", "BYE"])],
+    ids=["2xx without Contact", "2xx without SDP"],
+)
+async def test_a_2xx_that_cannot_carry_the_call_is_refused(
+    contact: bool, body: bool, status: int, methods: list[str]
+) -> None:
+    requests: list[Request] = []
+
+    def pbx(server: ServerRequest) -> None:
+        requests.append(server.request)
+        headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>")] if contact else []
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        ok = response_to(server.request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode() if body else b"")
+        server.respond(ok if server.request.method == "INVITE" else response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer,
+            router,
+            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
+            caller=USER,
+            callee="sip:pbx@127.0.0.1",
+            wacall_call_id="call_6",
+        )
+        with pytest.raises(PbxRefused) as refused:
+            await leg.invite(OFFER)
+        assert refused.value.status == status and leg.last_status == status
+        assert [r.method for r in requests] == methods and router.dialogs == {}
+    finally:
+        await near.layer.close()
+        await far.layer.close()
