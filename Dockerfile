@@ -17,6 +17,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python . \
     && pip wheel --no-cache-dir --wheel-dir /wheels --find-links /wheels wacall
 
 FROM python:3.11-slim-bookworm
+# The media engine (README "Media engine"): rtpengine in userspace, started and supervised by wacall on loopback.
+# No recommends (rtpengine's recording daemon and utilities): wacall runs the daemon alone.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends rtpengine-daemon \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/wacall --create-home wacall
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels wacall && rm -rf /wheels

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from wacall.config import SCALARS
+from wacall.media.engine_process import INSTALL_HINT, EngineSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -74,6 +76,29 @@ def test_dockerfile_copies_what_exists_and_configures_real_settings() -> None:
     assert {env["WACALL_GRPC_ADDRESS"].rsplit(":", 1)[1], env["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1]} == exposed
     assert 'ENTRYPOINT ["wacall", "serve"]' in DOCKERFILE
     assert re.search(r"^USER wacall$", DOCKERFILE, re.MULTILINE)
+
+
+def test_dockerfile_installs_the_package_that_provides_the_media_engine_the_service_starts() -> None:
+    """The image's apt-get line installs, without recommends, the Debian package that owns the rtpengine binary the
+    local engine runs (the package INSTALL_HINT names), and `setpriv`, which starts it, comes with an Essential
+    package (every Debian image, slim ones too, carries those)."""
+    installs = re.findall(r"apt-get install -y --no-install-recommends ([a-z0-9 .+-]+?)\s*(?:\\|&&|$)", DOCKERFILE)
+    assert installs == [INSTALL_HINT.rsplit(" ", 1)[1]], installs
+    assert re.search(r"apt-get update \\\n\s+&& apt-get install", DOCKERFILE), "apt-get update runs in the same layer"
+    assert "rm -rf /var/lib/apt/lists/*" in DOCKERFILE
+
+    def owner(command: str) -> str:
+        binary = shutil.which(command)
+        assert binary is not None, f"{command} is not installed here (make test installs it)"
+        done = subprocess.run(["dpkg", "-S", os.path.realpath(binary)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split(":", 1)[0]
+
+    assert owner(EngineSettings().binary) == installs[0]
+    essential = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Essential}", owner("setpriv")], capture_output=True, text=True, timeout=30
+    )
+    assert essential.stdout == "yes"
 
 
 async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
