@@ -1,4 +1,4 @@
-# make run   - set up a virtualenv and start the service (SQLite + embedded WhatsApp simulator)
+# make run   - set up a virtualenv and start the service (SQLite + embedded WhatsApp simulator + SIP front door)
 # make test  - set up and run the whole suite (lint, types, stale-stub check, tests)
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 
 setup: $(STAMP)
 
+# deploy/dev.toml turns the SIP front door on at 127.0.0.1:5060 with a trunk for a PBX on this machine.
 run: $(STAMP) engine-deps
 	mkdir -p var
-	$(VENV)/bin/wacall serve $(ARGS)
+	$(VENV)/bin/wacall serve --config deploy/dev.toml $(ARGS)
 
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py

@@ -14,7 +14,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall.api.messages import call_message, timestamp
 from wacall.calls import record as call_record
 from wacall.calls.machine import CallFacts, CallOutcome, CallState, Direction
-from wacall.calls.record import CallRecord, PlatformError
+from wacall.calls.record import CallRecord, PlatformError, SipDirection, SipLeg
 from wacall.events import EventKind
 from wacall.media.counters import MediaCounters
 from wacall.rules.engine import PermissionState, Source
@@ -54,6 +54,27 @@ def test_a_record_survives_the_row_and_the_event_payload_unchanged() -> None:
     record = a_record()
     assert call_record.from_stored(call_record.to_stored(record)) == record
     assert call_record.decode(json.loads(json.dumps(call_record.encode(record)))) == record
+
+
+def test_a_sip_leg_survives_the_row_and_the_event_payload_and_maps_to_the_call() -> None:
+    record = a_record(route="sip", sip=SipLeg("pbx", "a84b4c76e66710@pbx", SipDirection.FRONT_DOOR, 487))
+    assert call_record.from_stored(call_record.to_stored(record)) == record
+    assert call_record.from_event_payload(json.loads(json.dumps(call_record.encode(record)))) == record
+    message = call_message(record)
+    assert message.HasField("sip") and message.route == "sip"
+    assert (message.sip.trunk, message.sip.call_id, message.sip.direction, message.sip.last_status) == (
+        "pbx",
+        "a84b4c76e66710@pbx",
+        pb.SIP_DIRECTION_FRONT_DOOR,
+        487,
+    )
+    assert not call_message(a_record()).HasField("sip")
+
+
+def test_a_row_from_before_sip_legs_reads_back_without_one() -> None:
+    stored = call_record.to_stored(a_record())
+    old = dataclasses.replace(stored, data={k: v for k, v in stored.data.items() if k != "sip"})
+    assert call_record.from_stored(old).sip is None
 
 
 def test_the_row_indexes_what_the_store_queries() -> None:

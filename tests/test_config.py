@@ -78,6 +78,11 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ('log_level = "loud"\n', {}, "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
         ("", {"WACALL_RESERVATION_GRACE_SECONDS": "soon"}, "WACALL_RESERVATION_GRACE_SECONDS must be a number"),
         ("this is not toml", {}, "wacall.toml"),
+        ('sip_address = "5060"\n', {}, "sip_address: '5060' is not host:port"),
+        ('sip_tls_address = "127.0.0.1:5061"\n', {}, "sip_tls_cert, sip_tls_key missing"),
+        ("", {"WACALL_SIP_TLS_KEY": "key.pem"}, "sip_tls_address, sip_tls_cert missing"),
+        ('[[sip_trunks]]\nname = "pbx"\nbusiness_numbers = ["*"]\n', {}, "sip_trunks 'pbx': allowed_sources"),
+        ('sip_trunks = "pbx"\n', {}, "must be an array of tables"),
     ],
 )
 def test_bad_configuration_is_refused_with_what_is_wrong(
@@ -86,6 +91,39 @@ def test_bad_configuration_is_refused_with_what_is_wrong(
     with pytest.raises(ConfigError) as refused:
         load_settings(write(tmp_path, text), {}, environ=environ)
     assert message in str(refused.value)
+
+
+TRUNK = """
+[[sip_trunks]]
+name = "pbx"
+allowed_sources = ["127.0.0.1/32"]
+business_numbers = ["+447911123456"]
+target = "sip:contact-centre@127.0.0.1:5080"
+"""
+
+
+def test_the_sip_front_door_is_off_by_default_and_reads_its_address_and_trunks(tmp_path: Path) -> None:
+    assert load_settings(None, {}, environ={}).sip_address == ""
+    path = write(tmp_path, 'sip_address = "127.0.0.1:5070"\n' + TRUNK)
+    settings = load_settings(path, {}, environ={"WACALL_SIP_ADDRESS": "127.0.0.1:5080"})
+    assert settings.sip_address == "127.0.0.1:5080"
+    (trunk,) = settings.sip_trunks
+    assert (trunk.name, trunk.business_numbers, str(trunk.target)) == (
+        "pbx",
+        ("+447911123456",),
+        "sip:contact-centre@127.0.0.1:5080",
+    )
+
+
+def test_sip_over_tls_takes_an_address_a_certificate_and_a_key(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("certificate")
+    key.write_text("key")
+    flags = {"sip_tls_address": "127.0.0.1:5061", "sip_tls_cert": str(cert), "sip_tls_key": str(key)}
+    assert load_settings(None, flags, environ={}).sip_tls_address == "127.0.0.1:5061"
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {**flags, "sip_tls_key": str(tmp_path / "missing.pem")}, environ={})
+    assert "sip_tls_key" in str(refused.value) and "missing.pem" in str(refused.value)
 
 
 def test_missing_config_file_is_reported() -> None:

@@ -22,6 +22,8 @@
   module. The edge itself reaches only the SIP core: no service, store, API, media or simulator.
 - The SIP front door's decisions (`wacall.sipdoor`: trunks, admission, the reasons → SIP status table) are pure:
   no event loop, socket, clock, database, media, SIP edge, nor the services' I/O; they take `now` and data.
+- The SIP trunk's edge (`wacall.siptrunk`) reaches neither the gRPC API, the simulator nor Meta's upstream; its
+  endpoint reaches no call service, store or media.
 """
 
 from __future__ import annotations
@@ -559,9 +561,15 @@ def test_the_sip_checks_see_the_core_reaching_its_edge_and_the_edge_reaching_a_s
 # The front door decides on data (an INVITE, its source, `now`); the edge and the call service act on the decision.
 SIP_DOOR = "wacall.sipdoor"
 # `wacall.errors`, whose advice the Warnings share, names gRPC status codes (a table, no channel), and the
-# upstream's neutral reasons; Meta's upstream itself stays out of reach.
-FORBIDDEN_IN_SIP_DOOR = tuple(t for t in FORBIDDEN_IN_SIP_CORE if t not in ("grpc", "wacall.upstreams"))
-FORBIDDEN_IN_SIP_DOOR += ("wacall.upstreams.meta",)
+# upstream's neutral reasons; Meta's upstream itself stays out of reach. The call state machine (pure, in the rule
+# core) names the outcomes the endings table maps; the rest of the call service stays out of reach.
+FORBIDDEN_IN_SIP_DOOR = tuple(t for t in FORBIDDEN_IN_SIP_CORE if t not in ("grpc", "wacall.upstreams", "wacall.calls"))
+FORBIDDEN_IN_SIP_DOOR += (
+    "wacall.upstreams.meta",
+    "wacall.calls.service",
+    "wacall.calls.sessions",
+    "wacall.calls.record",
+)
 
 
 def test_the_front_door_decisions_are_pure() -> None:
@@ -578,6 +586,40 @@ def test_the_front_door_check_sees_io_directly_and_through_another_module() -> N
         assert {"socket", "wacall.sipio", "wacall.sipio.layer", "asyncio"} <= set(found["wacall.sipdoor.trunks"])
         assert "wacall.calls.service" in found["wacall.sipdoor.responses"]
         assert "wacall.calls.service" in found["wacall.sipdoor.admission"]  # through the responses
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The SIP trunk's edge (`wacall.siptrunk`) drives the SIP edge, the front door's decisions and the call service; the
+# gRPC API, the simulator and Meta's upstream are not its business, and it reaches the store only through the call
+# service. Its endpoint knows requests and dialogs only: no call service, store or media.
+SIP_TRUNK = "wacall.siptrunk"
+FORBIDDEN_IN_SIP_TRUNK = ("wacall.api", "wacall.app", "wacall.simulator", "wacall.upstreams.meta")
+SIP_ENDPOINT = "wacall.siptrunk.endpoint"
+FORBIDDEN_IN_SIP_ENDPOINT = (
+    "wacall.calls.service",
+    "wacall.calls.sessions",
+    "wacall.calls.record",
+    "wacall.permissions",
+    "wacall.store",
+    "wacall.media",
+    "aiortc",
+)
+
+
+def test_the_sip_trunk_reaches_neither_the_api_nor_the_platform() -> None:
+    assert SIP_ENDPOINT in MODULES
+    assert reaching_outside(SIP_TRUNK, FORBIDDEN_IN_SIP_TRUNK) == {}
+    assert reaching_outside(SIP_ENDPOINT, FORBIDDEN_IN_SIP_ENDPOINT) == {}
+
+
+def test_the_sip_trunk_check_sees_what_it_forbids() -> None:
+    saved = dict(TREES)
+    try:
+        TREES[SIP_ENDPOINT] = ast.parse("from wacall.calls import service\nfrom wacall.api import calling")
+        assert "wacall.calls.service" in reaching_outside(SIP_ENDPOINT, FORBIDDEN_IN_SIP_ENDPOINT)[SIP_ENDPOINT]
+        assert "wacall.api.calling" in reaching_outside(SIP_TRUNK, FORBIDDEN_IN_SIP_TRUNK)[SIP_ENDPOINT]
     finally:
         TREES.clear()
         TREES.update(saved)

@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -31,16 +32,18 @@ from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.service import CallService
 from wacall.clock import Clock, ManualClock, SystemClock
-from wacall.config import ConfigError, Settings, engine_addresses
+from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
-from wacall.media.engine_leg import EngineBridgeLeg
+from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
 from wacall.media.rtpengine import EnginePool, NgClient
 from wacall.permissions import PermissionService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
+from wacall.siptrunk.endpoint import SipEndpoint
+from wacall.siptrunk.front_door import FrontDoorCalls
 from wacall.store import Store, open_store
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
@@ -154,6 +157,9 @@ class Service:
         self.engines: EnginePool[NgClient] | None = None  # None: webrtc calls are bridged in process
         self.local_engine: LocalEngine | None = None
         self.media_note = ""  # how webrtc calls are bridged, logged once the service has started
+        self.sip: SipEndpoint | None = None  # the SIP front door (and the sip route's endpoint), when configured
+        self.sip_addresses: dict[str, tuple[str, int]] = {}
+        self.front_door: FrontDoorCalls | None = None
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -172,11 +178,15 @@ class Service:
             dispatcher = self._setup_dispatcher(store, permissions, calls)
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
+            await self._setup_sip(stack, calls)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
         log.info("%s", self.media_note)
+        if self.sip is not None:
+            listening = ", ".join(f"{name} {host}:{port}" for name, (host, port) in self.sip_addresses.items())
+            log.info("SIP front door listening on %s (%d trunks)", listening, len(self.sip.trunks))
         return Addresses(grpc=grpc_address, http=http_address, graph=graph_address)
 
     async def stop(self, grace: float = 2.0) -> None:
@@ -375,6 +385,47 @@ class Service:
             await asyncio.gather(recovery, return_exceptions=True)
 
         stack.push_async_callback(stop_recovery)
+
+    async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
+        """The SIP endpoint and its front door when --sip-address or --sip-tls-address is set. SIP media goes
+        through rtpengine only: without one the front door answers INVITEs 503 (and says so here)."""
+        settings = self.settings
+        address = sip_address(settings.sip_address, "sip_address")
+        tls_address = sip_address(settings.sip_tls_address, "sip_tls_address")
+        if address is None and tls_address is None:
+            return
+        tls: tuple[str, int, ssl.SSLContext] | None = None
+        if tls_address is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            try:
+                context.load_cert_chain(settings.sip_tls_cert, settings.sip_tls_key)
+            except (OSError, ssl.SSLError) as error:
+                raise ConfigError(f"sip_tls_cert / sip_tls_key cannot be loaded: {error}") from None
+            tls = (*tls_address, context)
+        host = (address or tls_address or ("", 0))[0]
+        agent = host if host not in ("", "0.0.0.0", "::") else socket.gethostname()
+        endpoint = SipEndpoint(settings.sip_trunks, agent=agent)
+        try:
+            self.sip_addresses = await endpoint.start(address, tls)
+        except OSError as error:
+            why = os.strerror(error.errno) if error.errno else str(error)
+            shown = settings.sip_address or settings.sip_tls_address
+            raise AddressUnavailable("SIP", shown, "--sip-address / --sip-tls-address", why) from None
+        stack.push_async_callback(endpoint.close)
+        self.sip = endpoint
+        engines = self.engines
+
+        def engine_leg(peer_offer: str, peer: PeerMedia) -> EngineBridgeLeg:
+            assert engines is not None
+            return EngineBridgeLeg(engines, f"sip-{uuid.uuid4().hex}", peer_offer, peer)
+
+        front_door = self.front_door = FrontDoorCalls(
+            endpoint, calls, engine_legs=engine_leg if engines is not None else None, clock=self.clock
+        )
+        # Before the endpoint closes (the stack unwinds in reverse): the PBXs hear their calls end.
+        stack.push_async_callback(front_door.close)
+        if engines is None:
+            log.warning("SIP front door: no media engine (%s): INVITEs are answered 503", self.media_note)
 
     def _server_files(self) -> ServerFiles:
         return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)

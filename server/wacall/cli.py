@@ -482,8 +482,9 @@ async def serve(args: argparse.Namespace) -> int:
         await service.stop(grace=0)
         return 2
     graph = f" (simulated Graph API at {addresses.graph})" if addresses.graph else ""
+    sip = "".join(f" sip_{name.lower()}={host}:{port}" for name, (host, port) in service.sip_addresses.items())
     print(
-        f"wacall serving grpc={addresses.grpc} http={addresses.http} upstream={settings.upstream}{graph} "
+        f"wacall serving grpc={addresses.grpc} http={addresses.http}{sip} upstream={settings.upstream}{graph} "
         f"clock={settings.clock} policy={service.policy.label} db={settings.db}",
         flush=True,
     )

@@ -11,6 +11,7 @@ from typing import Any
 
 from wacall.confinement import OutsideDirectory, inside
 from wacall.rules.policy import PRESETS, Policy, PolicyError, load_policy
+from wacall.sipdoor.trunks import Trunk, TrunkConfigError, parse_trunks
 from wacall.upstreams.base import Account
 from wacall.upstreams.meta.accounts import InvalidSenderConfig, sender_from_config
 from wacall_adapters.registry import INBOUND_ROUTES
@@ -76,6 +77,12 @@ class Settings:
     http_body_timeout_seconds: float = 30.0
     http_idle_timeout_seconds: float = 75.0
     http_max_connections: int = 1000
+    # The SIP front door: UDP and TCP on one HOST:PORT ("" = off), TLS on its own with a certificate and key.
+    sip_address: str = ""
+    sip_tls_address: str = ""
+    sip_tls_cert: str = ""
+    sip_tls_key: str = ""
+    sip_trunks: tuple[Trunk, ...] = ()  # from [[sip_trunks]]: the PBXs allowed to call through the front door
 
     def load_policy(self) -> Policy:
         try:
@@ -117,6 +124,10 @@ SCALARS: Mapping[str, type] = {
     "http_body_timeout_seconds": float,
     "http_idle_timeout_seconds": float,
     "http_max_connections": int,
+    "sip_address": str,
+    "sip_tls_address": str,
+    "sip_tls_cert": str,
+    "sip_tls_key": str,
 }
 
 
@@ -178,6 +189,13 @@ DESCRIPTIONS: Mapping[str, str] = {
     "http_body_timeout_seconds": "a webhook request must send its body within this (else HTTP 408)",
     "http_idle_timeout_seconds": "an idle keep-alive webhook connection is closed after this",
     "http_max_connections": "webhook connections held at once; more are refused with HTTP 503",
+    "sip_address": (
+        "where the SIP front door listens for UDP and TCP (host:port; port 0 picks a free one; empty: no SIP); "
+        "trunks come from [[sip_trunks]] in --config"
+    ),
+    "sip_tls_address": "where the SIP front door listens for TLS (host:port; needs --sip-tls-cert and --sip-tls-key)",
+    "sip_tls_cert": "the PEM certificate (chain) the SIP front door presents over TLS",
+    "sip_tls_key": "the PEM private key of --sip-tls-cert",
 }
 
 
@@ -217,12 +235,17 @@ def load_settings(
             raise ConfigError(f"configuration file {path} not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path}: {exc}") from None
-        unknown = set(data) - set(SCALARS) - {"senders", "policy_overrides"}
+        unknown = set(data) - set(SCALARS) - {"senders", "policy_overrides", "sip_trunks"}
         if unknown:
             raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in data.items() if k in SCALARS})
         values["policy_overrides"] = data.get("policy_overrides", {})
         values["senders"] = tuple(_sender(s, i) for i, s in enumerate(data.get("senders", [])))
+        if "sip_trunks" in data:
+            try:
+                values["sip_trunks"] = parse_trunks(data["sip_trunks"])
+            except TrunkConfigError as exc:
+                raise ConfigError(f"configuration file {path}: {exc}") from None
     for name, kind in SCALARS.items():
         env = environ.get(f"WACALL_{name.upper()}")
         if env is not None:
@@ -262,5 +285,34 @@ def load_settings(
                  "http_idle_timeout_seconds", "http_max_connections"):  # fmt: skip
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
+    _check_sip(settings)
     settings.load_policy()
     return settings
+
+
+def sip_address(setting: str, name: str) -> tuple[str, int] | None:
+    """The HOST:PORT a SIP setting names (None when empty); ConfigError naming the setting when it is not one."""
+    setting = setting.strip()
+    if not setting:
+        return None
+    host, _, port = setting.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{name}: {setting!r} is not host:port, e.g. 0.0.0.0:5060")
+    return host.strip("[]"), int(port)
+
+
+def _check_sip(settings: Settings) -> None:
+    sip_address(settings.sip_address, "sip_address")
+    tls = {"sip_tls_address": settings.sip_tls_address, "sip_tls_cert": settings.sip_tls_cert,
+           "sip_tls_key": settings.sip_tls_key}  # fmt: skip
+    given = [name for name, value in tls.items() if value.strip()]
+    if given and len(given) != len(tls):
+        missing = [name for name in tls if name not in given]
+        raise ConfigError(
+            f"SIP over TLS needs sip_tls_address, sip_tls_cert and sip_tls_key: {', '.join(missing)} missing"
+        )
+    if given:
+        sip_address(settings.sip_tls_address, "sip_tls_address")
+        for name in ("sip_tls_cert", "sip_tls_key"):
+            if not Path(tls[name]).is_file():
+                raise ConfigError(f"{name}: {tls[name]} is not a readable file")

@@ -11,7 +11,7 @@ from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.calls import record as call_record
 from wacall.calls.machine import CallOutcome, CallState, Direction
-from wacall.calls.record import CallRecord
+from wacall.calls.record import CallRecord, SipDirection
 from wacall.errors import REASONS
 from wacall.events import EventKind
 from wacall.permissions import PermissionView
@@ -89,6 +89,7 @@ def view_message(view: PermissionView) -> pb.Permission:
 CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}
 CALL_OUTCOME = {o: getattr(pb, f"CALL_OUTCOME_{o.name}") for o in CallOutcome}
 CALL_DIRECTION = {d: getattr(pb, f"CALL_DIRECTION_{d.name}") for d in Direction}
+SIP_DIRECTION = {d: getattr(pb, f"SIP_DIRECTION_{d.name}") for d in SipDirection}
 
 
 def call_message(call: CallRecord) -> pb.Call:
@@ -119,6 +120,14 @@ def call_message(call: CallRecord) -> pb.Call:
             mean_level_received=call.media.mean_level_received,
         ),
         end_reason=call.end_reason,
+        sip=pb.SipCall(
+            trunk=call.sip.trunk,
+            call_id=call.sip.call_id,
+            direction=SIP_DIRECTION[call.sip.direction],
+            last_status=call.sip.last_status,
+        )
+        if call.sip is not None
+        else None,
     )
 
 

@@ -12,6 +12,7 @@ platform's call id) is read from the store's columns when a row is decoded, sinc
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,25 @@ class PlatformError:
     details: str = ""
 
 
+class SipDirection(enum.Enum):
+    """Which way a call's SIP leg was set up."""
+
+    FRONT_DOOR = "front_door"  # a PBX's INVITE to wacall's front door
+    SIP_ROUTE = "sip_route"  # wacall's INVITE to a trunk once the user answered (StartCall, route sip)
+    INBOUND = "inbound"  # a user's call handed to a trunk
+
+
+@dataclass(frozen=True, slots=True)
+class SipLeg:
+    """The PBX side of a call with a SIP leg: its trunk, the SIP Call-ID, the direction, and the last final status
+    the PBX leg got or gave (0 before it has one)."""
+
+    trunk: str
+    call_id: str
+    direction: SipDirection
+    last_status: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class CallRecord:
     call_id: str
@@ -43,6 +63,7 @@ class CallRecord:
     answer_sdp: str = ""
     end_reason: str = ""
     media: MediaCounters = field(default_factory=MediaCounters)
+    sip: SipLeg | None = None
 
     @property
     def direction(self) -> Direction:
@@ -124,7 +145,25 @@ def encode(record: CallRecord) -> dict[str, Any]:
         "answer_sdp": record.answer_sdp,
         "end_reason": record.end_reason,
         "media": dataclasses.asdict(record.media),
+        "sip": _sip_to_json(record.sip),
     }
+
+
+def _sip_to_json(leg: SipLeg | None) -> dict[str, Any] | None:
+    if leg is None:
+        return None
+    return {
+        "trunk": leg.trunk,
+        "call_id": leg.call_id,
+        "direction": leg.direction.value,
+        "last_status": leg.last_status,
+    }
+
+
+def _sip_from_json(data: Mapping[str, Any] | None) -> SipLeg | None:
+    if not data:
+        return None
+    return SipLeg(data["trunk"], data["call_id"], SipDirection(data["direction"]), data.get("last_status", 0))
 
 
 def decode(data: Mapping[str, Any]) -> CallRecord:
@@ -142,6 +181,7 @@ def decode(data: Mapping[str, Any]) -> CallRecord:
         answer_sdp=data.get("answer_sdp", ""),
         end_reason=data.get("end_reason", ""),
         media=MediaCounters(**data.get("media", {})),
+        sip=_sip_from_json(data.get("sip")),
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from wacall.calls import machine
 from wacall.calls.machine import CallFacts, CallState, Direction
-from wacall.calls.record import CallRecord, PlatformError, encode, from_stored, to_stored
+from wacall.calls.record import CallRecord, PlatformError, SipLeg, encode, from_stored, to_stored
 from wacall.calls.sessions import CallSession, SessionClosed
 from wacall.clock import Clock, SystemClock
 from wacall.events import EventKind
@@ -256,7 +256,10 @@ class CallService:
         *,
         opaque: str = "",
         idempotency_key: str = "",
+        sip: SipLeg | None = None,
     ) -> CallRecord:
+        """Place a business-initiated call on `route`, if the rules allow it (`RuleRefusal` otherwise, nothing
+        written). `sip` is the call's SIP leg when a PBX placed it, recorded with the call in the same transaction."""
         business, user = self.permissions.parse_pair(business_number, user_number)
         if len(opaque) > MAX_OPAQUE:
             raise InvalidField("biz_opaque_callback_data", f"at most {MAX_OPAQUE} characters")
@@ -284,7 +287,7 @@ class CallService:
             if not evaluation.call.allowed:
                 raise RuleRefusal(evaluation.call, evaluation, pair)
             facts = CallFacts(Direction.BUSINESS_INITIATED, now)
-            record = self._save(tx, CallRecord(call_id, pair, facts, route=route.name, opaque=opaque), now)
+            record = self._save(tx, CallRecord(call_id, pair, facts, route=route.name, opaque=opaque, sip=sip), now)
             if key:
                 tx.save_idempotent_result(IdempotentResult(pair.business, key, fingerprint, {"call_id": call_id}), now)
             return record
@@ -542,6 +545,23 @@ class CallService:
         await self.store.transaction(accepted)
         await self._connected(session)
 
+    # --- the SIP leg ----------------------------------------------------------------------------------------------
+
+    async def record_sip_leg(self, call_id: str, leg: SipLeg) -> CallRecord:
+        """Record (or update) the call's SIP leg: its trunk, SIP Call-ID, direction and last final status; a
+        `call_updated` event says so, so GetCall and WatchEvents show it. The same leg again changes nothing."""
+
+        def record(tx: Tx) -> CallRecord:
+            stored = tx.call(call_id)
+            if stored is None:
+                raise CallNotFound(call_id)
+            current = from_stored(stored)
+            if current.sip == leg:
+                return current
+            return self._save(tx, dataclasses.replace(current, sip=leg), self.clock.now())
+
+        return self._live(await self.store.transaction(record))
+
     # --- moving a live call -------------------------------------------------------------------------------------
 
     async def reroute(self, call_id: str, route: RoutePlan) -> CallRecord:
@@ -660,7 +680,7 @@ class CallService:
         while True:
             ticket = self.store.changes.ticket()
             view = await self.get(call_id)
-            key = (view.state, view.outcome, view.facts.answered_at, view.route)
+            key = (view.state, view.outcome, view.facts.answered_at, view.route, view.sip)
             if key != last:
                 last = key
                 yield view

@@ -4,7 +4,9 @@ this process.
 One rtpengine call holds both parties: the business peer (tag `business`, who offers) and the WhatsApp user (tag
 `whatsapp`). Placing a call: the peer's offer → ng `offer` toward WebRTC → our offer to the platform; the platform's
 answer (its session-level `a=ice-lite` copied into the media section, which rtpengine 10.5 only reads there) → ng
-`answer` toward WebRTC → the peer's answer. rtpengine relays the packets without decoding them.
+`answer` toward the peer → the peer's answer. A WebRTC peer (`WEBRTC_PEER`, the `webrtc` bridge) has its packets
+relayed without decoding; a plain-RTP peer (a PBX: `PLAIN_RTP_PEER`, or `PLAIN_RTP_PEER_TRANSCODED` when it offers
+no Opus and rtpengine transcodes G.711↔Opus) gets RTP/AVP without the WebRTC-only attributes.
 
 What the leg knows of the audio comes from rtpengine's `query` counters, polled: packets from the user drive the
 no-audio watchdog as frames do for an in-process leg, and a packet counts as audible when the packets of its poll
@@ -22,15 +24,18 @@ from dataclasses import dataclass
 
 from wacall.media.counters import MediaCounters
 from wacall.media.rtpengine import (
+    PLAIN_RTP_OFFER_TOWARD_WEBRTC_TRANSCODED,
+    TOWARD_PLAIN_RTP,
     TOWARD_WEBRTC,
     CallCounters,
     EngineError,
     EnginePool,
     EngineProtocolError,
     EngineTimeout,
+    Flags,
     NgClient,
 )
-from wacall.media.sdp import ice_lite_in_media_sections
+from wacall.media.sdp import ice_lite_in_media_sections, without_webrtc_attributes
 from wacall.media.tracks import AudioSource, FrameHandler, Unsubscribe
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,26 @@ class EngineBridgeUnavailable(Exception):
     """The media engine cannot carry the call (none answers, or it refused the SDP): the call is not placed."""
 
 
+@dataclass(frozen=True, slots=True)
+class PeerMedia:
+    """How the engine faces the business peer: the flags of the offer (toward the user's WebRTC leg), those of the
+    answer (toward the peer), and whether the peer speaks plain RTP (WebRTC-only attributes stripped from its
+    answer: a PBX may choke on them, and rtpengine 10.5 leaves them in)."""
+
+    offer_flags: Flags
+    answer_flags: Flags
+    plain_rtp: bool = False
+
+
+WEBRTC_PEER = PeerMedia(TOWARD_WEBRTC, TOWARD_WEBRTC)
+PLAIN_RTP_PEER = PeerMedia(TOWARD_WEBRTC, TOWARD_PLAIN_RTP, plain_rtp=True)
+# "always transcode" keeps the PBX's RFC 4733 telephone-event on its side when the WebRTC side takes none (the
+# simulator's aiortc phone does not): measured with rtpengine 10.5, without it the answer to the PBX drops it.
+PLAIN_RTP_PEER_TRANSCODED = PeerMedia(
+    {**PLAIN_RTP_OFFER_TOWARD_WEBRTC_TRANSCODED, "flags": ["always transcode"]}, TOWARD_PLAIN_RTP, plain_rtp=True
+)
+
+
 @dataclass(slots=True)
 class _Tally:
     packets_from_user: int = 0
@@ -62,8 +87,11 @@ class EngineBridgeLeg:
 
     `peer_answer()` is the SDP answer for that peer, once the platform's answer went through the engine."""
 
-    def __init__(self, pool: EnginePool[NgClient], engine_call_id: str, peer_offer: str) -> None:
+    def __init__(
+        self, pool: EnginePool[NgClient], engine_call_id: str, peer_offer: str, peer: PeerMedia = WEBRTC_PEER
+    ) -> None:
         self.engine_call_id = engine_call_id
+        self.peer = peer
         self._pool = pool
         self._peer_offer = peer_offer
         self._engine: NgClient | None = None
@@ -81,7 +109,7 @@ class EngineBridgeLeg:
     async def create_offer(self) -> str:
         engine = self._pinned()
         try:
-            offer = await engine.offer(self.engine_call_id, BUSINESS_TAG, self._peer_offer, TOWARD_WEBRTC)
+            offer = await engine.offer(self.engine_call_id, BUSINESS_TAG, self._peer_offer, self.peer.offer_flags)
         except EngineTimeout as error:
             self._pool.mark(engine, alive=False)
             raise EngineBridgeUnavailable(f"rtpengine at {_address(engine)} does not answer: {error}") from error
@@ -102,8 +130,10 @@ class EngineBridgeLeg:
     async def apply_answer(self, sdp: str) -> None:
         engine = self._pinned()
         answer = await engine.answer(
-            self.engine_call_id, BUSINESS_TAG, WHATSAPP_TAG, ice_lite_in_media_sections(sdp), TOWARD_WEBRTC
+            self.engine_call_id, BUSINESS_TAG, WHATSAPP_TAG, ice_lite_in_media_sections(sdp), self.peer.answer_flags
         )
+        if self.peer.plain_rtp:
+            answer = without_webrtc_attributes(answer)
         if not self._peer_answer.done():
             self._peer_answer.set_result(answer)
 

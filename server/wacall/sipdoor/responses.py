@@ -13,11 +13,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from wacall.calls import machine
 from wacall.errors import REASONS
 from wacall.rules.engine import Reason
 from wacall.sip.message import Request, Response, RetryAfter, Warning, response_to
+from wacall.upstreams.base import RefusalReason
 
-__all__ = ["SIP_REFUSALS", "CallOutcome", "SipRefusal", "final_response", "retry_after_seconds"]
+__all__ = [
+    "SIP_ENDINGS",
+    "SIP_REFUSALS",
+    "CallOutcome",
+    "SipRefusal",
+    "final_response",
+    "platform_refusal",
+    "retry_after_seconds",
+]
 
 # RFC 3261 §20.43: 399 is "miscellaneous warning", free text for people and tools.
 WARN_CODE = 399
@@ -35,6 +45,8 @@ class CallOutcome(enum.Enum):
     USER_DECLINED = "user_declined"
     NO_ANSWER = "no_answer"
     CANCELLED = "cancelled"
+    MEDIA_ENGINE_UNAVAILABLE = "media_engine_unavailable"
+    MEDIA_SETUP_FAILED = "media_setup_failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +87,26 @@ SIP_REFUSALS: Mapping[Reason | CallOutcome, SipRefusal] = {
     CallOutcome.USER_DECLINED: SipRefusal(603, "the user declined the call"),
     CallOutcome.NO_ANSWER: SipRefusal(480, "the user did not answer"),
     CallOutcome.CANCELLED: SipRefusal(487, "the caller cancelled the call"),
+    # SIP media goes through rtpengine only: without one the front door takes no calls.
+    CallOutcome.MEDIA_ENGINE_UNAVAILABLE: SipRefusal(
+        503, "wacall runs without a media engine: install rtpengine-daemon, or give --rtpengine, and restart"
+    ),
+    CallOutcome.MEDIA_SETUP_FAILED: SipRefusal(503, "the media engine could not set up the call; try again later"),
 }
+
+# How a placed call that ends before it was answered ends for the PBX (an answered call got its 200 OK).
+SIP_ENDINGS: Mapping[machine.CallOutcome, CallOutcome] = {
+    machine.CallOutcome.REJECTED: CallOutcome.USER_DECLINED,
+    machine.CallOutcome.UNANSWERED: CallOutcome.NO_ANSWER,
+    machine.CallOutcome.FAILED: CallOutcome.PLATFORM_FAILURE,
+    machine.CallOutcome.CANCELLED: CallOutcome.CANCELLED,
+}
+
+
+def platform_refusal(reason: RefusalReason) -> Reason | CallOutcome:
+    """What the PBX hears when the platform refused to place the call: the rule it named (it may know of a revoked
+    permission before we do), else a platform failure."""
+    return reason if isinstance(reason, Reason) and reason in SIP_REFUSALS else CallOutcome.PLATFORM_FAILURE
 
 
 def retry_after_seconds(next_allowed_at: datetime, now: datetime) -> int:

@@ -156,6 +156,8 @@ class TransactionLayer:
         self.on_request = on_request
         self.on_stray = on_stray
         self.timers = timers if timers is not None else TimerValues()
+        # The 487 a CANCEL gets its INVITE (§9.2): the TU may say why in its own words (a Warning).
+        self.cancelled_response: Callable[[Request, str], Response] = _request_terminated
         self._loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self._loop.time
         self._clients: dict[tuple[str, str], _Client] = {}
@@ -325,7 +327,7 @@ class TransactionLayer:
             return
         server.respond(response_to(cancel, 200, to_tag=_to_tag(invite)))
         if not invite.answered:
-            invite.respond(response_to(invite.request, 487, to_tag=_to_tag(invite)))
+            invite.respond(self.cancelled_response(invite.request, _to_tag(invite)))
             invite.cancelled.set()
 
     # --- Performing what the transactions ask -----------------------------------------------------------------------
@@ -433,6 +435,10 @@ class TransactionLayer:
         task = self._loop.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _request_terminated(invite: Request, to_tag: str) -> Response:
+    return response_to(invite, 487, to_tag=to_tag)
 
 
 def _to_tag(server: ServerRequest) -> str:

@@ -95,6 +95,13 @@ class CallDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CALL_DIRECTION_UNSPECIFIED: _ClassVar[CallDirection]
     CALL_DIRECTION_BUSINESS_INITIATED: _ClassVar[CallDirection]
     CALL_DIRECTION_USER_INITIATED: _ClassVar[CallDirection]
+
+class SipDirection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SIP_DIRECTION_UNSPECIFIED: _ClassVar[SipDirection]
+    SIP_DIRECTION_FRONT_DOOR: _ClassVar[SipDirection]
+    SIP_DIRECTION_SIP_ROUTE: _ClassVar[SipDirection]
+    SIP_DIRECTION_INBOUND: _ClassVar[SipDirection]
 PERMISSION_STATE_UNSPECIFIED: PermissionState
 PERMISSION_STATE_NONE: PermissionState
 PERMISSION_STATE_REQUESTED: PermissionState
@@ -153,6 +160,10 @@ CALL_OUTCOME_CANCELLED: CallOutcome
 CALL_DIRECTION_UNSPECIFIED: CallDirection
 CALL_DIRECTION_BUSINESS_INITIATED: CallDirection
 CALL_DIRECTION_USER_INITIATED: CallDirection
+SIP_DIRECTION_UNSPECIFIED: SipDirection
+SIP_DIRECTION_FRONT_DOOR: SipDirection
+SIP_DIRECTION_SIP_ROUTE: SipDirection
+SIP_DIRECTION_INBOUND: SipDirection
 
 class GetPermissionRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "reconcile")
@@ -414,7 +425,7 @@ class MediaStats(_message.Message):
     def __init__(self, frames_sent: _Optional[int] = ..., frames_received: _Optional[int] = ..., audible_frames_received: _Optional[int] = ..., mean_level_received: _Optional[float] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("call_id", "platform_call_id", "business_number", "user_number", "direction", "state", "outcome", "created_at", "answered_at", "ended_at", "duration_seconds", "route", "platform_error", "biz_opaque_callback_data", "webrtc_answer_sdp", "media", "end_reason")
+    __slots__ = ("call_id", "platform_call_id", "business_number", "user_number", "direction", "state", "outcome", "created_at", "answered_at", "ended_at", "duration_seconds", "route", "platform_error", "biz_opaque_callback_data", "webrtc_answer_sdp", "media", "end_reason", "sip")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     PLATFORM_CALL_ID_FIELD_NUMBER: _ClassVar[int]
     BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +443,7 @@ class Call(_message.Message):
     WEBRTC_ANSWER_SDP_FIELD_NUMBER: _ClassVar[int]
     MEDIA_FIELD_NUMBER: _ClassVar[int]
     END_REASON_FIELD_NUMBER: _ClassVar[int]
+    SIP_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     platform_call_id: str
     business_number: str
@@ -449,7 +461,20 @@ class Call(_message.Message):
     webrtc_answer_sdp: str
     media: MediaStats
     end_reason: str
-    def __init__(self, call_id: _Optional[str] = ..., platform_call_id: _Optional[str] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., direction: _Optional[_Union[CallDirection, str]] = ..., state: _Optional[_Union[CallState, str]] = ..., outcome: _Optional[_Union[CallOutcome, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., route: _Optional[str] = ..., platform_error: _Optional[_Union[PlatformError, _Mapping]] = ..., biz_opaque_callback_data: _Optional[str] = ..., webrtc_answer_sdp: _Optional[str] = ..., media: _Optional[_Union[MediaStats, _Mapping]] = ..., end_reason: _Optional[str] = ...) -> None: ...
+    sip: SipCall
+    def __init__(self, call_id: _Optional[str] = ..., platform_call_id: _Optional[str] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., direction: _Optional[_Union[CallDirection, str]] = ..., state: _Optional[_Union[CallState, str]] = ..., outcome: _Optional[_Union[CallOutcome, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., answered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ended_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration_seconds: _Optional[int] = ..., route: _Optional[str] = ..., platform_error: _Optional[_Union[PlatformError, _Mapping]] = ..., biz_opaque_callback_data: _Optional[str] = ..., webrtc_answer_sdp: _Optional[str] = ..., media: _Optional[_Union[MediaStats, _Mapping]] = ..., end_reason: _Optional[str] = ..., sip: _Optional[_Union[SipCall, _Mapping]] = ...) -> None: ...
+
+class SipCall(_message.Message):
+    __slots__ = ("trunk", "call_id", "direction", "last_status")
+    TRUNK_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    LAST_STATUS_FIELD_NUMBER: _ClassVar[int]
+    trunk: str
+    call_id: str
+    direction: SipDirection
+    last_status: int
+    def __init__(self, trunk: _Optional[str] = ..., call_id: _Optional[str] = ..., direction: _Optional[_Union[SipDirection, str]] = ..., last_status: _Optional[int] = ...) -> None: ...
 
 class StartCallRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "route", "biz_opaque_callback_data", "idempotency_key")

@@ -1,0 +1,188 @@
+"""wacall's SIP endpoint: the transports and the transaction layer the front door and the `sip` route share, and the
+dispatch of every request that arrives.
+
+An out-of-dialog INVITE goes to the front door (`on_invite`); OPTIONS is answered 200 (a PBX's keep-alive); a
+request inside a dialog (a To tag: BYE, re-INVITE...) goes to the handler registered for that dialog, and an
+ACK of a 2xx (which matches no transaction) and a 2xx resent to one of our INVITEs go there too; a request for a
+dialog nobody registered gets 481 and any other method 405 with Allow. Every refusal carries a Warning saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable, Sequence
+
+from wacall.sip.message import Request, Response, Warning, response_to
+from wacall.sip.transactions import TimerValues
+from wacall.sipdoor.responses import WARN_CODE, CallOutcome, final_response
+from wacall.sipdoor.trunks import Trunk
+from wacall.sipio.layer import ServerRequest, TransactionLayer
+from wacall.sipio.transport import Source, Transports
+
+__all__ = ["ALLOWED_METHODS", "DialogHandler", "DialogId", "InviteHandler", "SipEndpoint", "dialog_id_of"]
+
+log = logging.getLogger(__name__)
+
+# What the endpoint takes (RFC 3261 §20.5 Allow); CANCEL and ACK are the transaction layer's and the dialogs'.
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")
+
+DialogId = tuple[str, str, str]
+"""(Call-ID, local tag, remote tag): a dialog as `wacall.sip.dialog.Dialog.id` names it."""
+
+DialogHandler = Callable[[ServerRequest | Request | Response], Awaitable[None]]
+"""What a dialog's owner is given: a request inside it to answer, the ACK of its 2xx, or a 2xx resent to its INVITE."""
+
+InviteHandler = Callable[[ServerRequest], Awaitable[None]]
+"""The front door: takes an out-of-dialog INVITE and answers it."""
+
+
+def dialog_id_of(message: Request | Response) -> DialogId:
+    """The dialog a message received belongs to, from this side's view: a request's To tag is ours, a response's
+    From tag is ours."""
+    if isinstance(message, Request):
+        return (message.call_id, message.to.tag or "", message.from_.tag or "")
+    return (message.call_id, message.from_.tag or "", message.to.tag or "")
+
+
+class SipEndpoint:
+    """The SIP side of wacall: listens (UDP and TCP on one address, TLS on another), runs the transaction layer,
+    knows the trunks, and hands each request to whoever answers it. `agent` is the host wacall names itself in
+    Warning headers."""
+
+    def __init__(self, trunks: Sequence[Trunk], *, agent: str, timers: TimerValues | None = None) -> None:
+        self.trunks = tuple(trunks)
+        self.agent = agent
+        self.timers = timers
+        # Set by the front door; until then (or without one) an INVITE gets 503.
+        self.on_invite: InviteHandler | None = None
+        self._dialogs: dict[DialogId, DialogHandler] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._transports: Transports | None = None
+        self._layer: TransactionLayer | None = None
+
+    @property
+    def layer(self) -> TransactionLayer:
+        """The transaction layer (the `sip` route sends its INVITEs through it)."""
+        if self._layer is None:
+            raise RuntimeError("the SIP endpoint is not started")
+        return self._layer
+
+    @property
+    def transports(self) -> Transports:
+        return self.layer.transports
+
+    async def start(
+        self, address: tuple[str, int] | None, tls: tuple[str, int, ssl.SSLContext] | None = None
+    ) -> dict[str, tuple[str, int]]:
+        """Listen for UDP and TCP on `address` and for TLS on `tls` (host, port, server context); returns the bound
+        address of each transport. Raises OSError when an address cannot be bound (nothing stays open)."""
+        transports = Transports(warn_agent=self.agent)
+        self._transports = transports
+        self._layer = TransactionLayer(transports, self._request, on_stray=self._stray, timers=self.timers)
+        self._layer.cancelled_response = self._request_terminated
+        try:
+            if address is not None:
+                await transports.listen(*address)
+            if tls is not None:
+                await transports.listen_tls(*tls)
+        except BaseException:
+            await self._layer.close()
+            self._layer = None
+            raise
+        return {name: transports.local_address(name) for name in sorted(transports.listening)}
+
+    async def close(self) -> None:
+        """Stop listening, end every transaction and the tasks the endpoint runs."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._layer is not None:
+            await self._layer.close()
+        self._dialogs.clear()
+
+    # --- what can be observed (leak checks, benchmarks) -----------------------------------------------------------
+
+    @property
+    def transaction_count(self) -> int:
+        return self._layer.transaction_count if self._layer is not None else 0
+
+    @property
+    def dialog_count(self) -> int:
+        return len(self._dialogs)
+
+    @property
+    def connection_count(self) -> int:
+        return self._transports.connection_count if self._transports is not None else 0
+
+    @property
+    def task_count(self) -> int:
+        return len(self._tasks)
+
+    # --- dialogs ----------------------------------------------------------------------------------------------------
+
+    def register_dialog(self, dialog_id: DialogId, handler: DialogHandler) -> None:
+        """Send what arrives inside dialog `dialog_id` to `handler` until it is unregistered."""
+        self._dialogs[dialog_id] = handler
+
+    def unregister_dialog(self, dialog_id: DialogId) -> None:
+        self._dialogs.pop(dialog_id, None)
+
+    # --- dispatch ---------------------------------------------------------------------------------------------------
+
+    def refuse(self, server: ServerRequest, status: int, text: str, headers: Sequence[tuple[str, str]] = ()) -> None:
+        """Answer `server` with `status` and a Warning saying `text`."""
+        warning = ("Warning", str(Warning(WARN_CODE, self.agent, text)))
+        tag = server.request.to.tag or secrets.token_hex(6)
+        server.respond(response_to(server.request, status, to_tag=tag, headers=[warning, *headers]))
+
+    def _request_terminated(self, invite: Request, to_tag: str) -> Response:
+        return final_response(invite, CallOutcome.CANCELLED, agent=self.agent, to_tag=to_tag)
+
+    async def _request(self, server: ServerRequest) -> None:
+        request = server.request
+        if request.to.tag:
+            handler = self._dialogs.get(dialog_id_of(request))
+            if handler is None:
+                self.refuse(server, 481, "DIALOG_UNKNOWN: no call here has this Call-ID and these tags")
+                return
+            await handler(server)
+            return
+        if request.method == "INVITE":
+            if self.on_invite is None:
+                self.refuse(server, 503, "SIP_UNAVAILABLE: this wacall takes no calls over SIP")
+                return
+            await self.on_invite(server)
+        elif request.method == "OPTIONS":
+            allow = ("Allow", ", ".join(ALLOWED_METHODS))
+            server.respond(
+                response_to(request, 200, to_tag=secrets.token_hex(6), headers=[allow, ("Accept", "application/sdp")])
+            )
+        elif request.method in ALLOWED_METHODS:
+            # BYE outside any dialog (§15): there is no call to end.
+            self.refuse(server, 481, f"DIALOG_UNKNOWN: {request.method} must be sent inside a call's dialog")
+        else:
+            allow = ("Allow", ", ".join(ALLOWED_METHODS))
+            self.refuse(server, 405, f"METHOD_NOT_ALLOWED: wacall takes {', '.join(ALLOWED_METHODS)}", [allow])
+
+    def _stray(self, message: Request | Response, source: Source) -> None:
+        """An ACK of a 2xx (end to end, no transaction) or a 2xx resent to one of our INVITEs: its dialog's."""
+        try:
+            handler = self._dialogs.get(dialog_id_of(message))
+        except ValueError:  # a header the dialog needs does not parse: not ours
+            return
+        if handler is not None:
+            self._spawn(handler(message))
+
+    def _spawn(self, awaitable: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(awaitable)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("SIP dialog handler failed", exc_info=task.exception())

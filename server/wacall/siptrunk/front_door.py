@@ -1,0 +1,380 @@
+"""The front door's calls: a PBX's INVITE becomes a WhatsApp call, bridged in rtpengine, and the call's progress
+becomes the INVITE's responses.
+
+One INVITE, in order: 100 Trying at once; the front door's admission (`sipdoor.admission`: trunk, digest, numbers,
+codecs); for a trunk with `business_numbers = ["*"]` a sender for the number; then the decision `StartCall` makes,
+in the same transaction (`CallService.start`, route "sip", the call's SIP leg recorded with it). Its platform leg is
+an `EngineBridgeLeg` facing the PBX as a plain-RTP peer (transcoding G.711↔Opus when the PBX offers no Opus).
+Every refusal is a final response from `sipdoor.responses` with a Warning; nothing is written for one.
+
+A placed call is followed in the store: RINGING → 180, CONNECTED → 200 OK with the engine's SDP for the PBX (the
+ACK completes it), ENDED before that → the final response `SIP_ENDINGS` names. A BYE from the PBX ends the call
+(ended by the business); a call that ends otherwise once answered sends the PBX a BYE; a CANCEL before the answer
+(487, by the transaction layer) ends it CANCELLED. `Call.sip.last_status` keeps the INVITE's final status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from wacall.calls.machine import CallState
+from wacall.calls.record import SipDirection, SipLeg
+from wacall.calls.service import CallService, EngineBridgedRoute, MediaSetupFailed
+from wacall.clock import Clock
+from wacall.fields import InvalidField
+from wacall.media.engine_leg import (
+    PLAIN_RTP_PEER,
+    PLAIN_RTP_PEER_TRANSCODED,
+    EngineBridgeLeg,
+    EngineBridgeUnavailable,
+    PeerMedia,
+)
+from wacall.permissions import PlatformRefusal, RuleRefusal
+from wacall.rules.engine import Reason
+from wacall.sip.dialog import Dialog, DialogError
+from wacall.sip.message import Request, Response, SipParseError, SipURI, Via, Warning, parse_uri, response_to
+from wacall.sipdoor.admission import Admitted, Challenged, FrontDoor
+from wacall.sipdoor.responses import SIP_ENDINGS, WARN_CODE, CallOutcome, final_response, platform_refusal
+from wacall.sipio.layer import ServerRequest, TransactionTimeout, TransportFailed
+from wacall.sipio.transport import SipTransportError, Target
+from wacall.siptrunk.endpoint import ALLOWED_METHODS, SipEndpoint
+from wacall.upstreams.base import UnknownSender
+from wacall_adapters.routes import RoutePlan
+
+__all__ = ["ROUTE_NAME", "EngineLegs", "FrontDoorCalls"]
+
+log = logging.getLogger(__name__)
+
+ROUTE_NAME = "sip"
+# How long the engine may take to turn the platform's answer into the PBX's SDP once the user answered.
+PEER_ANSWER_WAIT = 10.0
+
+EngineLegs = Callable[[str, PeerMedia], EngineBridgeLeg]
+"""Builds the platform leg of a front-door call: (the PBX's SDP offer, how the engine faces the PBX)."""
+
+
+@dataclass(eq=False)
+class _Call:
+    """One front-door call while it lasts: the PBX's INVITE, our tag, the call, and what the PBX did."""
+
+    server: ServerRequest
+    to_tag: str
+    leg: SipLeg
+    call_id: str = ""
+    engine_leg: EngineBridgeLeg | None = None
+    dialog: Dialog | None = None
+    hung_up_by_pbx: bool = False
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class FrontDoorCalls:
+    """Takes the INVITEs `endpoint` receives and turns them into calls through `calls`. `engine_legs` is None when
+    there is no media engine: every INVITE that passes admission is then answered 503 saying so."""
+
+    def __init__(
+        self,
+        endpoint: SipEndpoint,
+        calls: CallService,
+        *,
+        engine_legs: EngineLegs | None,
+        clock: Clock,
+        nonce_secret: bytes | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.calls = calls
+        self.engine_legs = engine_legs
+        self.clock = clock
+        # Replicas sharing the config must accept each other's nonces (a PBX's retry may reach another one), so
+        # the nonce key comes from the trunks' credentials unless one is given.
+        self.door = FrontDoor(endpoint.trunks, nonce_secret=nonce_secret or _nonce_key(endpoint), agent=endpoint.agent)
+        self._active: set[_Call] = set()
+        endpoint.on_invite = self.invite
+
+    @property
+    def active_calls(self) -> int:
+        """Front-door calls whose INVITE is not yet over (answered and ended, or refused)."""
+        return len(self._active)
+
+    async def close(self) -> None:
+        """End the calls still up (the PBX hears BYE, or the refusal a shutdown gives) before the endpoint closes."""
+        for call in list(self._active):
+            if call.call_id:
+                with contextlib.suppress(Exception):
+                    await self.calls.end(call.call_id, reason="the service is shutting down")
+        waiting = [asyncio.ensure_future(c.ended.wait()) for c in self._active]
+        if waiting:
+            await asyncio.wait(waiting, timeout=2.0)
+            for task in waiting:
+                task.cancel()
+
+    # --- one INVITE ---------------------------------------------------------------------------------------------
+
+    async def invite(self, server: ServerRequest) -> None:
+        """Answer an out-of-dialog INVITE: refuse it, or place the call and follow it to its end."""
+        request = server.request
+        server.respond(response_to(request, 100))
+        to_tag = secrets.token_hex(8)
+        try:
+            decision = self.door.admit(request, source=server.source.host, now=self.clock.now(), to_tag=to_tag)
+        except SipParseError as error:
+            self._refuse(server, 400, to_tag, f"BAD_REQUEST: {error}")
+            return
+        if isinstance(decision, Challenged):
+            self._respond(server, decision.response)
+            return
+        if not isinstance(decision, Admitted):
+            log.info("SIP INVITE %s refused: %s", request.call_id, decision.reason.name)
+            self._respond(server, decision.response)
+            return
+        leg = SipLeg(decision.trunk.name, request.call_id, SipDirection.FRONT_DOOR)
+        call = _Call(server, to_tag, leg)
+        self._active.add(call)
+        try:
+            await self._place(call, decision)
+        except Exception:
+            log.exception("SIP call %s failed", request.call_id)
+            self._final(call, CallOutcome.MEDIA_SETUP_FAILED)
+            if call.call_id:
+                await self.calls.end(call.call_id, reason="the SIP leg failed")
+        finally:
+            self._active.discard(call)
+            if call.dialog is not None:
+                self.endpoint.unregister_dialog(call.dialog.id)
+            call.ended.set()
+
+    async def _place(self, call: _Call, admitted: Admitted) -> None:
+        request = call.server.request
+        if self.engine_legs is None:
+            self._final(call, CallOutcome.MEDIA_ENGINE_UNAVAILABLE)
+            return
+        if admitted.any_business_number:
+            try:
+                self.calls.permissions.senders.account_for(admitted.business)
+            except UnknownSender:
+                detail = f"{admitted.business.e164} has no sender here: configure it under [[senders]]"
+                self._final(call, CallOutcome.BUSINESS_NUMBER_NOT_ALLOWED, detail=detail)
+                return
+        # No Opus from the PBX: rtpengine transcodes its G.711 to the Opus the platform speaks.
+        peer = PLAIN_RTP_PEER if "opus" in admitted.codecs else PLAIN_RTP_PEER_TRANSCODED
+        engine_legs = self.engine_legs
+        offer = request.body.decode("utf-8", "replace")
+
+        def bridged() -> EngineBridgedRoute:
+            call.engine_leg = engine_legs(offer, peer)
+            return EngineBridgedRoute(call.engine_leg)
+
+        try:
+            dialog = Dialog.as_uas(request, call.to_tag)
+        except (DialogError, SipParseError) as error:
+            self._refuse(call.server, 400, call.to_tag, f"BAD_REQUEST: {error}")
+            return
+        call.dialog = dialog
+        self.endpoint.register_dialog(dialog.id, lambda message: self._in_dialog(call, message))
+        plan = RoutePlan(ROUTE_NAME, bridged, fingerprint=request.call_id)
+        if call.server.cancelled.is_set():
+            return  # cancelled while it was admitted: 487 went out, nothing was placed
+        try:
+            record = await self.calls.start(admitted.business.e164, admitted.user.e164, plan, sip=call.leg)
+        except RuleRefusal as refusal:
+            decision = refusal.decision
+            log.info("SIP INVITE %s refused by the rules: %s", request.call_id, decision.reason.name)
+            self._final(call, decision.reason, next_allowed_at=decision.next_allowed_at)
+            return
+        except PlatformRefusal as refused:
+            status = self._final(call, platform_refusal(refused.error.reason), detail=str(refused.error) or None)
+            # The call was recorded (FAILED) before the platform refused it: find it by its SIP leg.
+            latest = await self.calls.list(refused.pair.business, refused.pair.user, None, 1)
+            if latest and latest[0].sip is not None and latest[0].sip.call_id == request.call_id:
+                call.call_id = latest[0].call_id
+                await self._record_status(call, status)
+            return
+        except MediaSetupFailed as failed:
+            call.call_id = failed.call_id
+            await self._record_status(call, self._final(call, CallOutcome.MEDIA_SETUP_FAILED))
+            return
+        except UnknownSender as unknown:
+            self._final(call, CallOutcome.BUSINESS_NUMBER_NOT_ALLOWED, detail=str(unknown))
+            return
+        except InvalidField as invalid:
+            self._final(call, CallOutcome.INVALID_NUMBER, detail=str(invalid))
+            return
+        call.call_id = record.call_id
+        cancelled = asyncio.ensure_future(self._end_when_cancelled(call))
+        try:
+            await self._follow(call)
+        finally:
+            cancelled.cancel()
+            await asyncio.gather(cancelled, return_exceptions=True)
+
+    async def _end_when_cancelled(self, call: _Call) -> None:
+        """A CANCEL (answered 200, the INVITE 487, by the transaction layer) ends the call before its answer."""
+        await call.server.cancelled.wait()
+        await self.calls.end(call.call_id, reason="the PBX cancelled the call (CANCEL)")
+
+    async def _follow(self, call: _Call) -> None:
+        """The call's progress as the INVITE's responses, then the dialog until the call ends."""
+        server = call.server
+        ringing = False
+        answered = False
+        acknowledged: asyncio.Future[None] | None = None
+        async for view in self.calls.updates(call.call_id):
+            if view.state is CallState.ENDED:
+                if not answered:
+                    if server.cancelled.is_set():
+                        await self._record_status(call, 487)
+                        return
+                    outcome = SIP_ENDINGS.get(view.outcome) if view.outcome is not None else None
+                    status = self._final(call, outcome or CallOutcome.PLATFORM_FAILURE)
+                    await self._record_status(call, status)
+                    return
+                break
+            if view.state is CallState.RINGING and not ringing and not server.answered:
+                ringing = True
+                self._respond(server, response_to(server.request, 180, to_tag=call.to_tag))
+            elif view.state is CallState.CONNECTED and not answered:
+                answered = await self._answer(call)
+                if not answered:
+                    return
+                acknowledged = asyncio.ensure_future(self._end_unless_acknowledged(call))
+        if acknowledged is not None:
+            acknowledged.cancel()
+            await asyncio.gather(acknowledged, return_exceptions=True)
+        if not call.hung_up_by_pbx:
+            await self._send_bye(call)
+
+    async def _end_unless_acknowledged(self, call: _Call) -> None:
+        """§13.3.1.4: a 2xx never acknowledged within 64*T1 means the PBX is not in the call: end it (and BYE)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(call.server.acknowledged.wait(), 64 * self.endpoint.layer.timers.t1)
+            return
+        log.warning("SIP call %s: the PBX never acknowledged the 200 OK", call.call_id)
+        await self.calls.end(call.call_id, reason="the PBX never acknowledged the 200 OK (no ACK)")
+
+    async def _answer(self, call: _Call) -> bool:
+        """200 OK with the engine's SDP for the PBX; False when there is none to give (the call is ended)."""
+        server = call.server
+        assert call.engine_leg is not None
+        try:
+            sdp = await asyncio.wait_for(call.engine_leg.peer_answer(), PEER_ANSWER_WAIT)
+        except (TimeoutError, EngineBridgeUnavailable) as error:
+            log.warning("SIP call %s: no SDP for the PBX: %s", call.call_id, error)
+            await self.calls.end(call.call_id, reason=f"the media engine gave no SDP for the PBX: {error}")
+            await self._record_status(call, self._final(call, CallOutcome.MEDIA_SETUP_FAILED))
+            return False
+        if server.answered:  # cancelled while the answer was made
+            return False
+        headers = [
+            ("Contact", f"<{self._contact(server)}>"),
+            ("Allow", ", ".join(ALLOWED_METHODS)),
+            ("Content-Type", "application/sdp"),
+        ]
+        ok = response_to(server.request, 200, to_tag=call.to_tag, headers=headers, body=sdp.encode())
+        server.respond(ok)
+        await self._record_status(call, 200)
+        return True
+
+    async def _in_dialog(self, call: _Call, message: ServerRequest | Request | Response) -> None:
+        """What the PBX sends inside the call's dialog: BYE ends the call; no renegotiation (the platform has none)."""
+        if not isinstance(message, ServerRequest):
+            return  # the ACK of our 200 (the transaction layer marked it) or a stray response
+        request = message.request
+        if request.method == "BYE":
+            message.respond(response_to(request, 200))
+            call.hung_up_by_pbx = True
+            if call.call_id:
+                await self.calls.end(call.call_id, reason="the PBX hung up (BYE)")
+        elif request.method == "OPTIONS":
+            message.respond(response_to(request, 200, headers=[("Allow", ", ".join(ALLOWED_METHODS))]))
+        elif request.method in ("INVITE", "UPDATE"):
+            self.endpoint.refuse(
+                message, 488, "RENEGOTIATION_UNSUPPORTED: a WhatsApp call keeps the media of its first offer"
+            )
+        else:
+            self.endpoint.refuse(
+                message,
+                405,
+                "METHOD_NOT_ALLOWED: inside a call wacall takes BYE and OPTIONS",
+                [("Allow", "BYE, OPTIONS")],
+            )
+
+    async def _send_bye(self, call: _Call) -> None:
+        """The call ended on WhatsApp's side (or here): tell the PBX."""
+        if call.dialog is None:
+            return
+        source = call.server.source
+        layer = self.endpoint.layer
+        try:
+            via = Via.parse(layer.via(source.transport))
+            call.dialog, bye = call.dialog.create_request("BYE", via=via)
+            response = await layer.request(bye, Target(source.transport, source.host, source.port))
+            log.info("SIP call %s: BYE to the PBX answered %d", call.call_id, response.status_code)
+        except (TransactionTimeout, TransportFailed, SipTransportError, SipParseError) as error:
+            log.info("SIP call %s: BYE to the PBX failed: %s", call.call_id, error)
+
+    # --- responses ---------------------------------------------------------------------------------------------------
+
+    def _final(
+        self,
+        call: _Call,
+        reason: Reason | CallOutcome,
+        *,
+        next_allowed_at: datetime | None = None,
+        detail: str | None = None,
+    ) -> int:
+        """Refuse (or end) the INVITE for `reason` with its Warning (and Retry-After); returns the status sent."""
+        response = final_response(
+            call.server.request,
+            reason,
+            agent=self.endpoint.agent,
+            to_tag=call.to_tag,
+            now=self.clock.now() if next_allowed_at is not None else None,
+            next_allowed_at=next_allowed_at,
+            detail=detail,
+        )
+        self._respond(call.server, response)
+        return response.status_code
+
+    def _refuse(self, server: ServerRequest, status: int, to_tag: str, text: str) -> None:
+        warning = ("Warning", str(Warning(WARN_CODE, self.endpoint.agent, text)))
+        self._respond(server, response_to(server.request, status, to_tag=to_tag, headers=[warning]))
+
+    @staticmethod
+    def _respond(server: ServerRequest, response: Response) -> None:
+        """Send `response` unless the INVITE already has its final one (a CANCEL got it 487)."""
+        if not server.answered:
+            server.respond(response)
+
+    async def _record_status(self, call: _Call, status: int) -> None:
+        if not call.call_id:
+            return
+        call.leg = dataclasses.replace(call.leg, last_status=status)
+        await self.calls.record_sip_leg(call.call_id, call.leg)
+
+    def _contact(self, server: ServerRequest) -> str:
+        """Our Contact for the dialog: where the PBX reached us (the transport's address, or the Request-URI's host
+        when we listen on every interface)."""
+        transport = server.source.transport
+        host, port = self.endpoint.transports.local_address(transport)
+        if host in ("0.0.0.0", "::"):
+            with contextlib.suppress(SipParseError):
+                uri = parse_uri(server.request.uri)
+                if isinstance(uri, SipURI):
+                    host = uri.host
+        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        scheme = "sips" if transport == "TLS" else "sip"
+        suffix = ";transport=tcp" if transport == "TCP" else ""
+        return f"{scheme}:wacall@{host}:{port}{suffix}"
+
+
+def _nonce_key(endpoint: SipEndpoint) -> bytes:
+    """A digest nonce key every process with the same trunks derives alike (and nobody without their passwords)."""
+    secrets_of_trunks = [f"{t.name}\0{t.username}\0{t.password}" for t in endpoint.trunks if t.requires_credentials]
+    return hashlib.sha256("\n".join(["wacall front door nonces", *secrets_of_trunks]).encode()).digest()
