@@ -73,7 +73,13 @@ def test_dockerfile_copies_what_exists_and_configures_real_settings() -> None:
     env = dict(re.findall(r"(WACALL_[A-Z_]+)=(\S+)", DOCKERFILE))
     assert {name.removeprefix("WACALL_").lower() for name in env} <= set(SCALARS)
     exposed = set(re.findall(r"^EXPOSE (.+)$", DOCKERFILE, re.MULTILINE)[0].split())
-    assert {env["WACALL_GRPC_ADDRESS"].rsplit(":", 1)[1], env["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1]} == exposed
+    sip_port = env["WACALL_SIP_ADDRESS"].rsplit(":", 1)[1]
+    assert {
+        env["WACALL_GRPC_ADDRESS"].rsplit(":", 1)[1],
+        env["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1],
+        f"{sip_port}/udp",  # the SIP front door listens on UDP and TCP at one address
+        f"{sip_port}/tcp",
+    } == exposed
     assert 'ENTRYPOINT ["wacall", "serve"]' in DOCKERFILE
     assert re.search(r"^USER wacall$", DOCKERFILE, re.MULTILINE)
 
@@ -109,9 +115,10 @@ async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
     data.mkdir()
     environment = {
         **{k: v.replace("/var/lib/wacall", str(data)) for k, v in env_lines.items()},
-        # Loopback and free ports instead of the image's 0.0.0.0:50051 / :8080.
+        # Loopback and free ports instead of the image's 0.0.0.0:50051 / :8080 / :5060.
         "WACALL_GRPC_ADDRESS": "127.0.0.1:0",
         "WACALL_HTTP_ADDRESS": "127.0.0.1:0",
+        "WACALL_SIP_ADDRESS": "127.0.0.1:0",
         # Our wheels first; the dependencies from this environment; no site hooks (no editable install).
         "PYTHONPATH": os.pathsep.join([str(wheels["wacall"]), str(wheels["wacall_client"]),
                                        *[p for p in sys.path if p.endswith("site-packages")]]),
@@ -131,6 +138,7 @@ async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert (data / "wacall.db").exists()
         assert str(data) in banner
+        assert re.search(r"sip_tcp=127\.0\.0\.1:\d+ sip_udp=127\.0\.0\.1:\d+ ", banner), banner  # the image's SIP
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
