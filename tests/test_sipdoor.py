@@ -9,13 +9,22 @@ from typing import Any
 
 import pytest
 
+from wacall.calls import machine
 from wacall.errors import REASONS
 from wacall.rules.engine import Reason
 from wacall.sip.digest import Challenge, DigestAuth
 from wacall.sip.message import Headers, Request, Response, RetryAfter, Warning, parse_message
 from wacall.sipdoor.admission import Admitted, Challenged, FrontDoor, Rejected, offered_codecs
-from wacall.sipdoor.responses import SIP_REFUSALS, CallOutcome, final_response, retry_after_seconds
+from wacall.sipdoor.responses import (
+    SIP_ENDINGS,
+    SIP_REFUSALS,
+    CallOutcome,
+    final_response,
+    platform_refusal,
+    retry_after_seconds,
+)
 from wacall.sipdoor.trunks import parse_trunks
+from wacall.upstreams.base import UpstreamReason
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SECRET = b"nonce-secret-for-tests"
@@ -126,6 +135,8 @@ def test_every_rule_reason_has_a_sip_row() -> None:
         (CallOutcome.USER_DECLINED, 603),
         (CallOutcome.NO_ANSWER, 480),
         (CallOutcome.CANCELLED, 487),
+        (CallOutcome.MEDIA_ENGINE_UNAVAILABLE, 503),
+        (CallOutcome.MEDIA_SETUP_FAILED, 503),
     ],
 )
 def test_each_refusal_has_its_sip_status_and_a_warning_naming_the_reason(
@@ -138,6 +149,25 @@ def test_each_refusal_has_its_sip_status_and_a_warning_naming_the_reason(
     assert (found.code, found.agent) == (399, "wacall.example.com")
     assert found.text.startswith(f"{reason.name}: ")
     assert found.text == f"{reason.name}: {SIP_REFUSALS[reason].advice}"
+
+
+def test_every_way_a_placed_call_ends_unanswered_has_its_sip_status() -> None:
+    # An answered call got its 200 OK; every other outcome ends the INVITE with a final response.
+    assert set(SIP_ENDINGS) == set(machine.CallOutcome) - {machine.CallOutcome.ANSWERED}
+    statuses = {outcome: SIP_REFUSALS[ending].status for outcome, ending in SIP_ENDINGS.items()}
+    assert statuses == {
+        machine.CallOutcome.REJECTED: 603,
+        machine.CallOutcome.UNANSWERED: 480,
+        machine.CallOutcome.FAILED: 503,
+        machine.CallOutcome.CANCELLED: 487,
+    }
+
+
+def test_a_platform_refusal_keeps_the_rule_it_names_else_is_a_platform_failure() -> None:
+    assert platform_refusal(Reason.NO_PERMISSION) is Reason.NO_PERMISSION
+    assert platform_refusal(Reason.CALL_LIMIT_REACHED) is Reason.CALL_LIMIT_REACHED
+    for reason in UpstreamReason:
+        assert platform_refusal(reason) is CallOutcome.PLATFORM_FAILURE
 
 
 @pytest.mark.parametrize("reason", [r for r in Reason if r is not Reason.ALLOWED])
