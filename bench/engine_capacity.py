@@ -69,7 +69,7 @@ PLAIN_RTP_OFFER_TOWARD_PLAIN_OPUS_TRANSCODED: Flags = MappingProxyType(
 
 @dataclass(frozen=True)
 class Codec:
-    """A codec as the generators send it: its SDP name, clock rate and one second of pre-encoded 20 ms packets."""
+    """A codec as the generators send it: its name, its SDP rtpmap, its clock rate and its static payload type."""
 
     name: str
     rtpmap: str
@@ -106,7 +106,7 @@ def encoded_tone(codec: Codec, frames: int = 50) -> list[bytes]:
         start = index * samples
         pcm = [round(0.3 * 32767 * math.sin(2 * math.pi * TONE_HZ * (start + i) / rate)) for i in range(samples)]
         frame.planes[0].update(struct.pack(f"<{samples}h", *pcm))
-        packets += [bytes(packet) for packet in context.encode(frame)]  # type: ignore[attr-defined]
+        packets += [bytes(packet) for packet in context.encode(frame)]
         index += 1
     return packets[:frames]
 
