@@ -178,6 +178,11 @@ def free_port() -> int:
                 return port
 
 
+def own_ports() -> tuple[str, ...]:
+    """SIPp's media and control ports, free ones: its defaults (6000, 8888) are shared with every other SIPp."""
+    return ("-mp", str(free_port()), "-cp", str(free_port()))
+
+
 def last_stats(path: Path) -> dict[str, str]:
     """The last row of SIPp's statistics file (`-trace_stat`), by column name."""
     with path.open(newline="") as stats:
@@ -245,7 +250,7 @@ class Sipp:
             self.binary,
             *chosen,
             target,
-            *("-i", HOST, "-p", str(free_port()), "-t", "u1"),
+            *("-i", HOST, "-p", str(free_port()), "-t", "u1", *own_ports()),
             *("-r", f"{rate:g}", "-m", str(calls), "-l", str(limit)),
             *("-recv_timeout", "5000", "-timeout", f"{SIPP_TIMEOUT:g}s", "-nostdin"),
             *("-trace_stat", "-stf", str(run / "stat.csv"), "-fd", "1"),
@@ -266,7 +271,7 @@ class Sipp:
         process = await asyncio.create_subprocess_exec(
             self.binary,
             *chosen,
-            *("-i", HOST, "-p", str(port), "-t", "u1", "-nostdin"),
+            *("-i", HOST, "-p", str(port), "-t", "u1", "-nostdin", *own_ports()),
             cwd=self.directory,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -537,7 +542,8 @@ class SipMode(Mode):
         self.process = await asyncio.create_subprocess_exec(
             self.sipp.binary,
             *("-sf", str(scenario), self.target, "-inf", str(injection)),
-            *("-i", HOST, "-p", str(free_port()), "-t", "u1", "-r", "20", "-m", str(n), "-l", str(n)),
+            *("-i", HOST, "-p", str(free_port()), "-t", "u1", *own_ports()),
+            *("-r", "20", "-m", str(n), "-l", str(n)),
             *("-timeout", "300s", "-nostdin", "-trace_logs", "-log_file", str(self.log)),
             cwd=run,
             stdout=asyncio.subprocess.DEVNULL,

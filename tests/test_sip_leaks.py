@@ -64,7 +64,7 @@ async def sipp_calls(wacall: Running, tmp_path: Path, numbers: list[str], name: 
         binary,
         f"{host}:{port}",
         *("-sf", str(ASSETS / "uac_call_with_audio.xml"), "-inf", str(injection), "-set", "business", BUSINESS),
-        *("-t", "u1", "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port())),
+        *("-t", "u1", "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()), "-cp", str(free_port())),
         *("-m", str(len(numbers)), "-l", "1", "-r", "50", "-d", str(AUDIO_MS)),
         *("-nostdin", "-timeout", "300s", "-timeout_error", "-trace_stat", "-stf", str(run / "stat.csv"), "-fd", "1"),
         stdout=asyncio.subprocess.PIPE,
