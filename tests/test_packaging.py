@@ -7,6 +7,9 @@ with exactly the image's environment, and answers its health check.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
 import os
 import re
 import shutil
@@ -105,6 +108,20 @@ def test_dockerfile_installs_the_package_that_provides_the_media_engine_the_serv
         ["dpkg-query", "-W", "-f=${Essential}", owner("setpriv")], capture_output=True, text=True, timeout=30
     )
     assert essential.stdout == "yes"
+
+
+def test_dockerfile_healthcheck_is_python_that_imports_what_the_wheels_install() -> None:
+    """The HEALTHCHECK's program compiles and every module it imports is installed with the service."""
+    (command,) = re.findall(r"^\s+CMD (\[.+\])$", DOCKERFILE, re.MULTILINE)
+    program, code = json.loads(command)[0], json.loads(command)[-1]
+    assert program == "python"
+    tree = ast.parse(code)
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert modules, code
+    for module in sorted(modules):
+        assert importlib.util.find_spec(module) is not None, f"the HEALTHCHECK imports {module}, which is not installed"
+    assert "127.0.0.1:50051" in code and DOCKERFILE.count("WACALL_GRPC_ADDRESS=0.0.0.0:50051") == 1
 
 
 async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
