@@ -1,6 +1,7 @@
-"""The SIP front door under load: refusals per second and call setup time, each against a same-run baseline.
+"""The SIP front door under load: refusals per second, call setup time and concurrent transcoded calls, each against
+a same-run baseline.
 
-Run: `.venv/bin/python bench/sip_front_door.py` (about 2 minutes on 2 cores); `--quick` for a smoke run. A real
+Run: `.venv/bin/python bench/sip_front_door.py` (about 3.5 minutes on 2 cores); `--quick` for a smoke run. A real
 `wacall serve` (SQLite, the embedded simulator, its local rtpengine) runs in a subprocess with a trunk for 127.0.0.1
 and `--sip-address` on a free port; SIPp (Debian `sip-tester`) drives it over UDP.
 
@@ -14,6 +15,10 @@ and `--sip-address` on a free port; SIPp (Debian `sip-tester`) drives it over UD
 2. **Setup time**: INVITE -> 200 OK (SIPp's response-time measure, one call at a time, a fresh granted user each,
    whose simulated phone answers at once; ACK, BYE after 0.5 s) against StartCall of a `webrtc` bridge call (an
    aiortc agent's offer, bridged in rtpengine) -> CONNECTED, in the same run and the same service.
+3. **Concurrent calls**: bench/calls.py's ramp with N SIP calls at once (SIPp signals and holds each call until
+   wacall's BYE; an RTP endpoint of this process per call sends PCMU and counts what it gets back; the user is the
+   simulator's phone, rtpengine transcodes), against N webrtc passthrough calls, which hold the same simulated
+   phones: wacall's CPU with SIP calls minus with passthrough calls is the SIP calls' own share, rtpengine's apart.
 """
 
 from __future__ import annotations
