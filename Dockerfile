@@ -2,6 +2,7 @@
 # wacall: the service with its embedded simulator. Build: docker build -t wacall .
 # Run (simulator, SQLite in a volume):
 #   docker run -p 50051:50051 -p 8080:8080 -v wacall:/var/lib/wacall wacall
+# The SIP front door listens on 5060 (UDP and TCP); its media goes through rtpengine (README "Media engine").
 # WebRTC media needs reachable UDP ports (MEDIA-5): use --network=host, or narrow the ephemeral range and publish it:
 #   --sysctl net.ipv4.ip_local_port_range="40000 40100" -p 40000-40100:40000-40100/udp
 
@@ -17,6 +18,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels ./clients/python . \
     && pip wheel --no-cache-dir --wheel-dir /wheels --find-links /wheels wacall
 
 FROM python:3.11-slim-bookworm
+# The media engine (README "Media engine"): rtpengine in userspace, started and supervised by wacall on loopback.
+# No recommends (rtpengine's recording daemon and utilities): wacall runs the daemon alone.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends rtpengine-daemon \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --system --uid 10001 --home-dir /var/lib/wacall --create-home wacall
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --no-index --find-links /wheels wacall && rm -rf /wheels
@@ -24,11 +30,14 @@ USER wacall
 WORKDIR /var/lib/wacall
 ENV WACALL_GRPC_ADDRESS=0.0.0.0:50051 \
     WACALL_HTTP_ADDRESS=0.0.0.0:8080 \
+    WACALL_SIP_ADDRESS=0.0.0.0:5060 \
     WACALL_DB=sqlite:////var/lib/wacall/wacall.db \
     WACALL_SIM_STATE=/var/lib/wacall/simulator.json \
     PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/wacall"]
-EXPOSE 50051 8080
+# SIP over TLS is off until it has a certificate: set WACALL_SIP_TLS_ADDRESS (0.0.0.0:5061), WACALL_SIP_TLS_CERT and
+# WACALL_SIP_TLS_KEY, and publish 5061. The SIP front door takes calls only from the trunks in the config file.
+EXPOSE 50051 8080 5060/udp 5060/tcp
 HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
     CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:50051'); sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2).status == h.HealthCheckResponse.SERVING else 1)"]
 ENTRYPOINT ["wacall", "serve"]

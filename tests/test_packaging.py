@@ -7,8 +7,12 @@ with exactly the image's environment, and answers its health check.
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +24,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from wacall.config import SCALARS
+from wacall.media.engine_process import INSTALL_HINT, EngineSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -71,9 +76,52 @@ def test_dockerfile_copies_what_exists_and_configures_real_settings() -> None:
     env = dict(re.findall(r"(WACALL_[A-Z_]+)=(\S+)", DOCKERFILE))
     assert {name.removeprefix("WACALL_").lower() for name in env} <= set(SCALARS)
     exposed = set(re.findall(r"^EXPOSE (.+)$", DOCKERFILE, re.MULTILINE)[0].split())
-    assert {env["WACALL_GRPC_ADDRESS"].rsplit(":", 1)[1], env["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1]} == exposed
+    sip_port = env["WACALL_SIP_ADDRESS"].rsplit(":", 1)[1]
+    assert {
+        env["WACALL_GRPC_ADDRESS"].rsplit(":", 1)[1],
+        env["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1],
+        f"{sip_port}/udp",  # the SIP front door listens on UDP and TCP at one address
+        f"{sip_port}/tcp",
+    } == exposed
     assert 'ENTRYPOINT ["wacall", "serve"]' in DOCKERFILE
     assert re.search(r"^USER wacall$", DOCKERFILE, re.MULTILINE)
+
+
+def test_dockerfile_installs_the_package_that_provides_the_media_engine_the_service_starts() -> None:
+    """The image's apt-get line installs, without recommends, the Debian package that owns the rtpengine binary the
+    local engine runs (the package INSTALL_HINT names), and `setpriv`, which starts it, comes with an Essential
+    package (every Debian image, slim ones too, carries those)."""
+    installs = re.findall(r"apt-get install -y --no-install-recommends ([a-z0-9 .+-]+?)\s*(?:\\|&&|$)", DOCKERFILE)
+    assert installs == [INSTALL_HINT.rsplit(" ", 1)[1]], installs
+    assert re.search(r"apt-get update \\\n\s+&& apt-get install", DOCKERFILE), "apt-get update runs in the same layer"
+    assert "rm -rf /var/lib/apt/lists/*" in DOCKERFILE
+
+    def owner(command: str) -> str:
+        binary = shutil.which(command)
+        assert binary is not None, f"{command} is not installed here (make test installs it)"
+        done = subprocess.run(["dpkg", "-S", os.path.realpath(binary)], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split(":", 1)[0]
+
+    assert owner(EngineSettings().binary) == installs[0]
+    essential = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Essential}", owner("setpriv")], capture_output=True, text=True, timeout=30
+    )
+    assert essential.stdout == "yes"
+
+
+def test_dockerfile_healthcheck_is_python_that_imports_what_the_wheels_install() -> None:
+    """The HEALTHCHECK's program compiles and every module it imports is installed with the service."""
+    (command,) = re.findall(r"^\s+CMD (\[.+\])$", DOCKERFILE, re.MULTILINE)
+    program, code = json.loads(command)[0], json.loads(command)[-1]
+    assert program == "python"
+    tree = ast.parse(code)
+    modules = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    modules |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert modules, code
+    for module in sorted(modules):
+        assert importlib.util.find_spec(module) is not None, f"the HEALTHCHECK imports {module}, which is not installed"
+    assert "127.0.0.1:50051" in code and DOCKERFILE.count("WACALL_GRPC_ADDRESS=0.0.0.0:50051") == 1
 
 
 async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
@@ -84,9 +132,10 @@ async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
     data.mkdir()
     environment = {
         **{k: v.replace("/var/lib/wacall", str(data)) for k, v in env_lines.items()},
-        # Loopback and free ports instead of the image's 0.0.0.0:50051 / :8080.
+        # Loopback and free ports instead of the image's 0.0.0.0:50051 / :8080 / :5060.
         "WACALL_GRPC_ADDRESS": "127.0.0.1:0",
         "WACALL_HTTP_ADDRESS": "127.0.0.1:0",
+        "WACALL_SIP_ADDRESS": "127.0.0.1:0",
         # Our wheels first; the dependencies from this environment; no site hooks (no editable install).
         "PYTHONPATH": os.pathsep.join([str(wheels["wacall"]), str(wheels["wacall_client"]),
                                        *[p for p in sys.path if p.endswith("site-packages")]]),
@@ -106,6 +155,7 @@ async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         assert (data / "wacall.db").exists()
         assert str(data) in banner
+        assert re.search(r"sip_tcp=127\.0\.0\.1:\d+ sip_udp=127\.0\.0\.1:\d+ ", banner), banner  # the image's SIP
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
