@@ -23,18 +23,19 @@ from pathlib import Path
 
 import pytest
 from conftest import BUSINESS, USER, Running, duration, eventually, wait_until
-from sip_stack import FAST, make_request, self_signed_certificate, start_stack
+from sip_stack import FAST, Stack, make_request, self_signed_certificate, start_stack
 from test_rtpengine import Heard, PlainRtpPeer, pitch, pitch_at, plain_rtp_peer
 from test_sdp import platform_of
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.tracks import SAMPLE_RATE, level
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import DigestAuth
-from wacall.sip.message import Headers, Request, Response, Via, Warning
+from wacall.sip.message import Headers, Request, Response, Via, Warning, response_to
 from wacall.sipdoor.trunks import parse_trunks
-from wacall.sipio.layer import TransactionLayer
+from wacall.sipio.layer import ServerRequest, TransactionLayer, cancel_request
 from wacall.sipio.transport import Target, Transports
 
 ASSETS = Path(__file__).parent / "assets" / "sipp"
@@ -628,5 +629,161 @@ async def test_a_pbx_over_tls_places_a_call_and_hangs_up(make_service: Make, tmp
         assert (await pbx.layer.request(bye, target)).status_code == 200
         ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
         assert ended.outcome == pb.CALL_OUTCOME_ANSWERED and ended.end_reason == "the PBX hung up (BYE)"
+    finally:
+        await pbx.layer.close()
+
+
+# --- dialogs: route set, connection, ACK before BYE, CANCEL crossing the answer -------------------------------------
+
+
+async def requests_of(stack: Stack, method: str) -> list[ServerRequest]:
+    return [server for server in stack.requests if server.request.method == method]
+
+
+def bye_in(log: str) -> str:
+    """The head of the BYE SIPp received."""
+    found = re.findall(r"message received \[\d+\] bytes :\n\n(BYE .*?)\n\n", log, re.S)
+    assert found, f"SIPp received no BYE:\n{log[-3000:]}"
+    return str(found[-1])
+
+
+async def test_a_record_routed_call_keeps_its_proxies_in_the_path_both_ways(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(ring=5)
+    run = await sipp(front_door, tmp_path, "uac_call_record_routed.xml", rtp_port=rtp.port)
+    await eventually(lambda: "SIP/2.0 180 Ringing" in run.log(), 15, "the 180")
+    await front_door.advance(10)  # the user answers
+    await wait_for_200(run)
+    routes = [f"<sip:proxy@{PBX}:", "<sip:edge.invalid;lr>"]
+    for status in (180, 200):
+        # §12.1.1: every Record-Route, in order, in each response that makes a dialog; and a Contact.
+        response = run.received(status)
+        record_routes = response.headers.get_all("Record-Route")
+        assert len(record_routes) == 2
+        assert record_routes[0].startswith(routes[0]) and record_routes[1] == routes[1]
+        assert (response.headers.get("Contact") or "").startswith("<sip:wacall@127.0.0.1:")
+    call = await the_call(front_door)
+    await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+    await run.finish()  # the BYE reached SIPp, the nearer proxy, though the PBX's Contact is a dead port
+    bye = bye_in(run.log())
+    assert bye.startswith(f"BYE sip:pbx@{PBX}:9;transport=UDP SIP/2.0")  # loose routing: the remote target
+    in_bye = re.findall(r"^Route: (.*)$", bye, re.M)
+    assert len(in_bye) == 2 and in_bye[0].startswith(routes[0]) and in_bye[1] == routes[1]
+
+
+async def test_the_users_hang_up_after_a_long_quiet_tcp_call_reaches_the_pbx(
+    front_door: Running, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    endpoint = front_door.service.sip
+    assert endpoint is not None
+    endpoint.transports.idle_timeout = 0.2  # five quiet minutes, shortened
+    pbx = await start_stack(lambda server: server.respond(response_to(server.request, 200, to_tag="pbx")))
+    try:
+        host, port = front_door.service.sip_addresses["TCP"]
+        target = Target("TCP", host, port)
+        invite = make_request(pbx.layer, "INVITE", target, body=rtp.sdp().encode())
+        headers = invite.headers.replaced("From", f"<sip:{BUSINESS}@127.0.0.1>;tag=quiet")
+        invite = Request("INVITE", f"sip:{USER}@{host}:{port};transport=tcp", headers, invite.body)
+        ok = await pbx.layer.request(invite, target)
+        assert ok.status_code == 200
+        dialog = Dialog.as_uac(invite, ok)
+        await pbx.layer.send_stateless(dialog.ack(invite.cseq.seq, via=Via.parse(pbx.layer.via("TCP"))), target)
+        call = await the_call(front_door)
+        await asyncio.sleep(1.0)  # five idle timeouts without a byte on the connection
+        assert endpoint.connection_count == 1  # the dialog holds it open
+        await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+        byes = await wait_until(lambda: requests_of(pbx, "BYE"), bool, 10)
+        assert byes[0].request.call_id == invite.call_id
+        assert byes[0].source.transport == "TCP"
+        await front_door.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    finally:
+        await pbx.layer.close()
+
+
+async def pbx_invite(pbx: Stack, wacall: Running, rtp: PlainRtpPeer, transport: str = "UDP") -> tuple[Request, Target]:
+    """An INVITE from `pbx` (trunk "pbx") to the granted user, and where it goes."""
+    host, port = wacall.service.sip_addresses[transport]
+    target = Target(transport, host, port)
+    invite = make_request(pbx.layer, "INVITE", target, body=rtp.sdp().encode())
+    headers = invite.headers.replaced("From", f"<sip:{BUSINESS}@127.0.0.1>;tag=pbx{transport}")
+    return Request("INVITE", f"sip:{USER}@{host}:{port}", headers, invite.body), target
+
+
+async def test_wacalls_bye_waits_for_the_pbxs_ack_of_the_200(front_door: Running, rtp: PlainRtpPeer) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    pbx = await start_stack(lambda server: server.respond(response_to(server.request, 200, to_tag="pbx")))
+    try:
+        invite, target = await pbx_invite(pbx, front_door, rtp)
+        ok = await pbx.layer.request(invite, target)
+        assert ok.status_code == 200
+        call = await the_call(front_door)
+        # The user hangs up before the PBX's ACK came (it was slow, or lost): §15, no BYE before the ACK.
+        await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+        await front_door.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+        await asyncio.sleep(1.0)
+        assert await requests_of(pbx, "BYE") == []
+        dialog = Dialog.as_uac(invite, ok)
+        await pbx.layer.send_stateless(dialog.ack(invite.cseq.seq, via=Via.parse(pbx.layer.via("UDP"))), target)
+        byes = await wait_until(lambda: requests_of(pbx, "BYE"), bool, 10)
+        assert byes[0].request.call_id == invite.call_id and byes[0].request.to.tag == "pbxUDP"
+        # The 200 is not resent once the dialog is over.
+        resent = len(pbx.strays)
+        await asyncio.sleep(1.2)
+        assert len(pbx.strays) == resent
+    finally:
+        await pbx.layer.close()
+
+
+async def test_a_cancel_crossing_the_answer_still_ends_the_call_and_frees_the_engine(
+    front_door: Running, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    door = front_door.service.front_door
+    assert door is not None and door.engine_legs is not None
+    engine = front_door.service.engines.engines[0]  # type: ignore[union-attr]
+    sessions_before = await engine.session_count()
+    build, reached, release = door.engine_legs, asyncio.Event(), asyncio.Event()
+
+    def held_at_the_answer(offer: str, peer: PeerMedia) -> EngineBridgeLeg:
+        # The PBX's CANCEL lands while wacall builds its 200 (the engine's SDP for the PBX is on its way).
+        leg = build(offer, peer)
+        answer = leg.peer_answer
+        asked = 0
+
+        async def later() -> str:
+            nonlocal asked
+            asked += 1
+            if asked > 1:  # the first is the call's start (its record shows the SDP); then the front door's 200
+                reached.set()
+                await release.wait()
+            return await answer()
+
+        leg.peer_answer = later  # type: ignore[method-assign]
+        return leg
+
+    door.engine_legs = held_at_the_answer
+    pbx = await start_stack()
+    try:
+        invite, target = await pbx_invite(pbx, front_door, rtp)
+        inviting = asyncio.ensure_future(pbx.layer.request(invite, target))
+        await asyncio.wait_for(reached.wait(), 15)
+        call = await the_call(front_door)
+        assert call.state == pb.CALL_STATE_CONNECTED
+        assert (await pbx.layer.request(cancel_request(invite), target)).status_code == 200
+        assert (await inviting).status_code == 487
+        release.set()
+        ended = await front_door.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+        assert ended.end_reason == "the PBX cancelled the call (CANCEL)"
+        await wait_until(lambda: front_door.get_call(call.call_id), lambda c: c.sip.last_status == 487)
+        phone = await front_door.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id))
+        assert phone.state == "ended"
+        await wait_until(engine.session_count, lambda count: count == sessions_before, 10)
+        assert door.active_calls == 0 and front_door.service.sip.dialog_count == 0  # type: ignore[union-attr]
     finally:
         await pbx.layer.close()

@@ -189,7 +189,10 @@ class SipEndpoint:
         uri = NameAddr.parse(dialog.route_set[0]).uri if dialog.route_set else parse_uri(dialog.remote_target)
         if not isinstance(uri, SipURI):
             raise SipParseError(f"cannot send to {uri}: not a sip: or sips: URI")
-        target = target_of_uri(uri, transport=transport)
+        try:
+            target = target_of_uri(uri, transport=transport)
+        except ValueError as error:  # a transport wacall does not speak (sctp, ws...)
+            raise SipParseError(f"cannot send to {uri}: {error}") from None
         connection = self._dialog_connections.get(dialog.id)
         if connection is not None and connection.is_open and connection.transport_name == target.transport:
             return Target(target.transport, target.host, target.port, connection)

@@ -8,9 +8,11 @@ an `EngineBridgeLeg` facing the PBX as a plain-RTP peer (transcoding G.711↔Opu
 Every refusal is a final response from `sipdoor.responses` with a Warning; nothing is written for one.
 
 A placed call is followed in the store: RINGING → 180, CONNECTED → 200 OK with the engine's SDP for the PBX (the
-ACK completes it), ENDED before that → the final response `SIP_ENDINGS` names. A BYE from the PBX ends the call
-(ended by the business); a call that ends otherwise once answered sends the PBX a BYE; a CANCEL before the answer
-(487, by the transaction layer) ends it CANCELLED. `Call.sip.last_status` keeps the INVITE's final status.
+ACK completes it), ENDED before that → the final response `SIP_ENDINGS` names; the 180 and the 200 carry our Contact
+and the INVITE's Record-Route (§12.1.1). A BYE from the PBX ends the call (ended by the business); a call that ends
+otherwise once answered sends the PBX a BYE, after its ACK, where `SipEndpoint.dialog_target` says (the route set,
+else the PBX's Contact; the INVITE's connection while it is open); a CANCEL before the 200 went (487, by the
+transaction layer) ends it, even one that crosses the answer. `Call.sip.last_status` keeps the INVITE's final status.
 """
 
 from __future__ import annotations
@@ -177,7 +179,10 @@ class FrontDoorCalls:
             self._refuse(call.server, 400, call.to_tag, f"BAD_REQUEST: {error}")
             return
         call.dialog = dialog
-        self.endpoint.register_dialog(dialog.id, lambda message: self._in_dialog(call, message))
+        # The connection the INVITE came on stays open for the dialog: the PBX's BYE may come on it, ours goes on it.
+        self.endpoint.register_dialog(
+            dialog.id, lambda message: self._in_dialog(call, message), connection=call.server.source.connection
+        )
         plan = RoutePlan(ROUTE_NAME, bridged, fingerprint=request.call_id)
         if call.server.cancelled.is_set():
             return  # cancelled while it was admitted: 487 went out, nothing was placed
@@ -211,8 +216,13 @@ class FrontDoorCalls:
         try:
             await self._follow(call)
         finally:
-            cancelled.cancel()
-            await asyncio.gather(cancelled, return_exceptions=True)
+            if call.server.cancelled.is_set():
+                # A CANCEL that crossed the answer: the call must still end here, whatever _follow saw.
+                await asyncio.gather(cancelled, return_exceptions=True)
+                await self._record_status(call, 487)
+            else:
+                cancelled.cancel()
+                await asyncio.gather(cancelled, return_exceptions=True)
 
     async def _end_when_cancelled(self, call: _Call) -> None:
         """A CANCEL (answered 200, the INVITE 487, by the transaction layer) ends the call before its answer."""
@@ -238,7 +248,11 @@ class FrontDoorCalls:
                 break
             if view.state is CallState.RINGING and not ringing and not server.answered:
                 ringing = True
-                self._respond(server, response_to(server.request, 180, to_tag=call.to_tag))
+                # A 180 with a To tag makes an early dialog: Contact and the Record-Route copies too (§12.1.1).
+                ringing_response = response_to(
+                    server.request, 180, to_tag=call.to_tag, headers=self._dialog_headers(server)
+                )
+                self._respond(server, ringing_response)
             elif view.state is CallState.CONNECTED and not answered:
                 answered = await self._answer(call)
                 if not answered:
@@ -272,7 +286,7 @@ class FrontDoorCalls:
         if server.answered:  # cancelled while the answer was made
             return False
         headers = [
-            ("Contact", f"<{self._contact(server)}>"),
+            *self._dialog_headers(server),
             ("Allow", ", ".join(ALLOWED_METHODS)),
             ("Content-Type", "application/sdp"),
         ]
@@ -288,6 +302,7 @@ class FrontDoorCalls:
         request = message.request
         if request.method == "BYE":
             message.respond(response_to(request, 200))
+            call.server.stop_resending()  # the dialog is over: no more 2xx for an ACK that will not come
             call.hung_up_by_pbx = True
             if call.call_id:
                 await self.calls.end(call.call_id, reason="the PBX hung up (BYE)")
@@ -306,18 +321,31 @@ class FrontDoorCalls:
             )
 
     async def _send_bye(self, call: _Call) -> None:
-        """The call ended on WhatsApp's side (or here): tell the PBX."""
+        """The call ended on WhatsApp's side (or here): tell the PBX, inside the dialog, once it has ACKed our 200
+        (§15: a BYE never goes before the ACK; 64*T1 at most, then the dialog is the PBX's to time out)."""
         if call.dialog is None:
             return
-        source = call.server.source
+        server = call.server
         layer = self.endpoint.layer
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.acknowledged.wait(), 64 * layer.timers.t1)
+        server.stop_resending()
+        source = server.source
         try:
-            via = Via.parse(layer.via(source.transport))
+            target = self.endpoint.dialog_target(call.dialog, transport=source.transport)
+        except SipParseError as error:
+            log.warning(
+                "SIP call %s: the dialog's target is unusable (%s): BYE to the INVITE's source", call.call_id, error
+            )
+            target = Target(source.transport, source.host, source.port, source.connection)
+        try:
+            via = Via.parse(layer.via(target.transport, host=self._local_host(server)))
             call.dialog, bye = call.dialog.create_request("BYE", via=via)
-            response = await layer.request(bye, Target(source.transport, source.host, source.port))
+            response = await layer.request(bye, target)
             log.info("SIP call %s: BYE to the PBX answered %d", call.call_id, response.status_code)
         except (TransactionTimeout, TransportFailed, SipTransportError, SipParseError) as error:
-            log.info("SIP call %s: BYE to the PBX failed: %s", call.call_id, error)
+            # The PBX may still think the call is up: whoever runs it needs to see this.
+            log.warning("SIP call %s: BYE to the PBX at %s failed: %s", call.call_id, target, error)
 
     # --- responses ---------------------------------------------------------------------------------------------------
 
@@ -329,7 +357,8 @@ class FrontDoorCalls:
         next_allowed_at: datetime | None = None,
         detail: str | None = None,
     ) -> int:
-        """Refuse (or end) the INVITE for `reason` with its Warning (and Retry-After); returns the status sent."""
+        """Refuse (or end) the INVITE for `reason` with its Warning (and Retry-After); returns the status the INVITE
+        got (487 when a CANCEL came first)."""
         response = final_response(
             call.server.request,
             reason,
@@ -340,7 +369,7 @@ class FrontDoorCalls:
             detail=detail,
         )
         self._respond(call.server, response)
-        return response.status_code
+        return 487 if call.server.cancelled.is_set() else response.status_code
 
     def _refuse(self, server: ServerRequest, status: int, to_tag: str, text: str) -> None:
         warning = ("Warning", str(Warning(WARN_CODE, self.endpoint.agent, text)))
@@ -358,20 +387,30 @@ class FrontDoorCalls:
         call.leg = dataclasses.replace(call.leg, last_status=status)
         await self.calls.record_sip_leg(call.call_id, call.leg)
 
-    def _contact(self, server: ServerRequest) -> str:
-        """Our Contact for the dialog: where the PBX reached us (the transport's address, or the Request-URI's host
-        when we listen on every interface)."""
-        transport = server.source.transport
-        host, port = self.endpoint.transports.local_address(transport)
+    def _dialog_headers(self, server: ServerRequest) -> list[tuple[str, str]]:
+        """What each response making a dialog carries (§12.1.1): every Record-Route of the INVITE, in order, so the
+        PBX's requests keep to the proxies that asked; and our Contact."""
+        routes = [("Record-Route", value) for value in server.request.headers.get_all("Record-Route")]
+        return [*routes, ("Contact", f"<{self._contact(server)}>")]
+
+    def _local_host(self, server: ServerRequest) -> str:
+        """The host the PBX reached us at: the transport's address, or the Request-URI's host when we listen on
+        every interface (never 0.0.0.0 in a Contact or a Via)."""
+        host = self.endpoint.transports.local_address(server.source.transport)[0]
         if host in ("0.0.0.0", "::"):
             with contextlib.suppress(SipParseError):
                 uri = parse_uri(server.request.uri)
                 if isinstance(uri, SipURI):
                     host = uri.host
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+    def _contact(self, server: ServerRequest) -> str:
+        """Our Contact for the dialog: where the PBX reached us."""
+        transport = server.source.transport
+        port = self.endpoint.transports.local_address(transport)[1]
         scheme = "sips" if transport == "TLS" else "sip"
         suffix = ";transport=tcp" if transport == "TCP" else ""
-        return f"{scheme}:wacall@{host}:{port}{suffix}"
+        return f"{scheme}:wacall@{self._local_host(server)}:{port}{suffix}"
 
 
 def _nonce_key(endpoint: SipEndpoint) -> bytes:
