@@ -787,3 +787,30 @@ async def test_a_cancel_crossing_the_answer_still_ends_the_call_and_frees_the_en
         assert door.active_calls == 0 and front_door.service.sip.dialog_count == 0  # type: ignore[union-attr]
     finally:
         await pbx.layer.close()
+
+
+@pytest.mark.parametrize(
+    ("shared_secret", "second_answer"),
+    [("", "BAD_CREDENTIALS"), ("one secret for every replica", "NO_PERMISSION")],
+    ids=["no secret: each replica its own random key", "a shared secret"],
+)
+async def test_the_nonce_key_is_a_secret_of_its_own_never_the_trunks_passwords(
+    make_service: Make, secure_pbx: TransactionLayer, rtp: PlainRtpPeer, shared_secret: str, second_answer: str
+) -> None:
+    # Two replicas with the same trunks. Were the key derived from the passwords, both would sign alike, and a 407's
+    # nonce would be a test of password guesses anyone allowed to connect could run offline.
+    first, second = [
+        await make_service(rtpengine="", sip_address="127.0.0.1:0", sip_trunks=TRUNKS, sip_nonce_secret=shared_secret)
+        for _ in range(2)
+    ]
+    invite, target = invite_from(secure_pbx, first, rtp)
+    challenge = await secure_pbx.request(invite, target)
+    assert challenge.status_code == 407
+    flow = DigestAuth("pbx", "s3cret").auth_flow(invite)
+    next(flow)
+    answered = flow.send(challenge)
+    _, elsewhere = invite_from(secure_pbx, second, rtp)
+    response = await secure_pbx.request(answered, elsewhere)
+    # A shared secret: the other replica takes the answer (and the rules refuse: no permission); else the nonce,
+    # signed with another key, is not one it gave.
+    assert response.status_code == 403 and warning_of(response).startswith(f"{second_answer}: ")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable
@@ -94,9 +93,12 @@ class FrontDoorCalls:
         self.calls = calls
         self.engine_legs = engine_legs
         self.clock = clock
-        # Replicas sharing the config must accept each other's nonces (a PBX's retry may reach another one), so
-        # the nonce key comes from the trunks' credentials unless one is given.
-        self.door = FrontDoor(endpoint.trunks, nonce_secret=nonce_secret or _nonce_key(endpoint), agent=endpoint.agent)
+        # Replicas accept each other's nonces when given the same secret (a PBX's retry may reach another one);
+        # without one, a random key: never one derived from the trunks' passwords, which a nonce would expose to
+        # offline guessing.
+        self.door = FrontDoor(
+            endpoint.trunks, nonce_secret=nonce_secret or secrets.token_bytes(32), agent=endpoint.agent
+        )
         self._active: set[_Call] = set()
         endpoint.on_invite = self.invite
 
@@ -411,9 +413,3 @@ class FrontDoorCalls:
         scheme = "sips" if transport == "TLS" else "sip"
         suffix = ";transport=tcp" if transport == "TCP" else ""
         return f"{scheme}:wacall@{self._local_host(server)}:{port}{suffix}"
-
-
-def _nonce_key(endpoint: SipEndpoint) -> bytes:
-    """A digest nonce key every process with the same trunks derives alike (and nobody without their passwords)."""
-    secrets_of_trunks = [f"{t.name}\0{t.username}\0{t.password}" for t in endpoint.trunks if t.requires_credentials]
-    return hashlib.sha256("\n".join(["wacall front door nonces", *secrets_of_trunks]).encode()).digest()
