@@ -33,7 +33,7 @@ from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.tracks import SAMPLE_RATE, level
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import DigestAuth
-from wacall.sip.message import Headers, Request, Response, Via, Warning, response_to
+from wacall.sip.message import Headers, Request, Response, Via, Warning, parse_datagram, response_to
 from wacall.sipdoor.trunks import parse_trunks
 from wacall.sipio.layer import ServerRequest, TransactionLayer, cancel_request
 from wacall.sipio.transport import Target, Transports
@@ -814,3 +814,50 @@ async def test_the_nonce_key_is_a_secret_of_its_own_never_the_trunks_passwords(
     # A shared secret: the other replica takes the answer (and the rules refuse: no permission); else the nonce,
     # signed with another key, is not one it gave.
     assert response.status_code == 403 and warning_of(response).startswith(f"{second_answer}: ")
+
+
+def status_of(datagram: bytes) -> int:
+    response = parse_datagram(datagram)
+    assert isinstance(response, Response)
+    return response.status_code
+
+
+async def test_an_invite_resent_after_the_200_is_not_a_second_call(front_door: Running, rtp: PlainRtpPeer) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    host, port = front_door.service.sip_addresses["UDP"]
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pbx.bind((PBX, 0))
+    pbx.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        items = [
+            ("Via", f"SIP/2.0/UDP {PBX}:{pbx.getsockname()[1]};branch=z9hG4bKresent;rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:{BUSINESS}@{PBX}>;tag=resent"),
+            ("To", f"<sip:{USER}@{host}>"),
+            ("Call-ID", "resent-after-200"),
+            ("CSeq", "1 INVITE"),
+            ("Contact", f"<sip:pbx@{PBX}:{pbx.getsockname()[1]}>"),
+            ("Content-Type", "application/sdp"),
+        ]
+        invite = Request("INVITE", f"sip:{USER}@{host}:{port}", Headers(items), rtp.sdp().encode()).serialize()
+        pbx.sendto(invite, (host, port))
+        statuses: list[int] = []
+        while 200 not in statuses:
+            statuses.append(status_of(await asyncio.wait_for(loop.sock_recv(pbx, 65535), 15)))
+        # The 100 and 180 were lost on the way, so the PBX resends its INVITE, which crosses the 200.
+        pbx.sendto(invite, (host, port))
+        pbx.sendto(invite, (host, port))
+        await asyncio.sleep(1.2)  # the 200 is resent (no ACK yet); nothing else may come
+        while True:
+            try:
+                statuses.append(status_of(pbx.recv(65535)))
+            except BlockingIOError:
+                break
+        assert all(status < 300 for status in statuses), statuses  # no 486 CALL_IN_PROGRESS for the same call
+        call = await the_call(front_door)
+        assert call.state == pb.CALL_STATE_CONNECTED
+        assert front_door.service.front_door is not None and front_door.service.front_door.active_calls == 1
+    finally:
+        pbx.close()
