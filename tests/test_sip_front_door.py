@@ -37,6 +37,7 @@ from wacall.sip.message import Headers, Request, Response, Via, Warning, parse_d
 from wacall.sipdoor.trunks import parse_trunks
 from wacall.sipio.layer import ServerRequest, TransactionLayer, cancel_request
 from wacall.sipio.transport import Target, Transports
+from wacall.siptrunk.front_door import answer_again
 
 ASSETS = Path(__file__).parent / "assets" / "sipp"
 PBX_TONE = 1000.0
@@ -618,12 +619,27 @@ async def test_a_pbx_over_tls_places_a_call_and_hangs_up(make_service: Make, tmp
 
         call = await the_call(wacall)
         assert call.sip.call_id == invite.call_id and call.sip.last_status == 200
-        # Inside the call: OPTIONS answered, no renegotiation (the platform has none), the call goes on.
+        # Inside the call: OPTIONS answered; a session-timer refresh (re-INVITE, UPDATE) gets the media already
+        # given, the same o= version; a hold gets recvonly, one version up; the call goes on untouched.
         dialog, options = dialog.create_request("OPTIONS", via=Via.parse(pbx.layer.via("TLS")))
         assert (await pbx.layer.request(options, target)).status_code == 200
         dialog, reinvite = dialog.create_request("INVITE", via=Via.parse(pbx.layer.via("TLS")), body=invite.body)
-        refused = await pbx.layer.request(reinvite, target)
-        assert refused.status_code == 488 and warning_of(refused).startswith("RENEGOTIATION_UNSUPPORTED: ")
+        refreshed = await pbx.layer.request(reinvite, target)
+        assert refreshed.status_code == 200 and refreshed.body == ok.body
+        await pbx.layer.send_stateless(dialog.ack(reinvite.cseq.seq, via=Via.parse(pbx.layer.via("TLS"))), target)
+        dialog, update = dialog.create_request("UPDATE", via=Via.parse(pbx.layer.via("TLS")))
+        assert (await pbx.layer.request(update, target)).status_code == 200
+        hold = invite.body.replace(b"a=sendrecv", b"a=sendonly")
+        if b"a=sendonly" not in hold:
+            hold += b"a=sendonly\r\n"
+        dialog, reinvite = dialog.create_request("INVITE", via=Via.parse(pbx.layer.via("TLS")), body=hold)
+        held = await pbx.layer.request(reinvite, target)
+        await pbx.layer.send_stateless(dialog.ack(reinvite.cseq.seq, via=Via.parse(pbx.layer.via("TLS"))), target)
+        assert held.status_code == 200 and "a=recvonly" in held.body.decode()
+        assert sdp_version(held.body) == sdp_version(ok.body) + 1
+        # §12.2.2: a CSeq not above the last one gets 500.
+        stale = Request("OPTIONS", options.uri, options.headers.replaced("Via", pbx.layer.via("TLS")))
+        assert (await pbx.layer.request(stale, target)).status_code == 500
         assert (await wacall.get_call(call.call_id)).state == pb.CALL_STATE_CONNECTED
         dialog, bye = dialog.create_request("BYE", via=Via.parse(pbx.layer.via("TLS")))
         assert (await pbx.layer.request(bye, target)).status_code == 200
@@ -816,6 +832,12 @@ async def test_the_nonce_key_is_a_secret_of_its_own_never_the_trunks_passwords(
     assert response.status_code == 403 and warning_of(response).startswith(f"{second_answer}: ")
 
 
+def sdp_version(body: bytes) -> int:
+    found = re.search(r"^o=\S+ \S+ (\d+) ", body.decode(), re.M)
+    assert found is not None, body
+    return int(found.group(1))
+
+
 def status_of(datagram: bytes) -> int:
     response = parse_datagram(datagram)
     assert isinstance(response, Response)
@@ -861,3 +883,26 @@ async def test_an_invite_resent_after_the_200_is_not_a_second_call(front_door: R
         assert front_door.service.front_door is not None and front_door.service.front_door.active_calls == 1
     finally:
         pbx.close()
+
+
+GIVEN = "v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n"
+
+
+@pytest.mark.parametrize(
+    ("offer", "direction", "version"),
+    [
+        ("v=0\r\nm=audio 5000 RTP/AVP 0\r\na=sendrecv\r\n", "sendrecv", 7),  # a refresh: exactly as given
+        ("", "sendrecv", 7),  # a re-INVITE without an offer: what was given
+        ("v=0\r\nm=audio 5000 RTP/AVP 0\r\na=sendonly\r\n", "recvonly", 8),  # hold
+        ("v=0\r\nm=audio 5000 RTP/AVP 0\r\na=inactive\r\n", "inactive", 8),
+    ],
+    ids=["refresh", "no offer", "hold", "inactive"],
+)
+def test_a_new_offer_in_the_dialog_gets_the_same_media_its_direction_mirrored(
+    offer: str, direction: str, version: int
+) -> None:
+    answer = answer_again(GIVEN, offer)
+    assert f"a={direction}\r\n" in answer and answer.count("a=") == 1
+    assert sdp_version(answer.encode()) == version
+    if direction == "sendrecv":
+        assert answer == GIVEN

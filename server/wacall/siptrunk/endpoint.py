@@ -44,7 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # What the endpoint takes (RFC 3261 §20.5 Allow); CANCEL and ACK are the transaction layer's and the dialogs'.
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "UPDATE", "OPTIONS")
 
 DialogId = tuple[str, str, str]
 """(Call-ID, local tag, remote tag): a dialog as `wacall.sip.dialog.Dialog.id` names it."""

@@ -50,7 +50,7 @@ from wacall.siptrunk.endpoint import ALLOWED_METHODS, SipEndpoint
 from wacall.upstreams.base import UnknownSender
 from wacall_adapters.routes import RoutePlan
 
-__all__ = ["ROUTE_NAME", "EngineLegs", "FrontDoorCalls"]
+__all__ = ["ROUTE_NAME", "EngineLegs", "FrontDoorCalls", "answer_again"]
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class _Call:
     call_id: str = ""
     engine_leg: EngineBridgeLeg | None = None
     dialog: Dialog | None = None
+    answer_sdp: str = ""  # the SDP wacall last gave the PBX (the 200's, or a re-INVITE's answer)
     hung_up_by_pbx: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -292,16 +293,26 @@ class FrontDoorCalls:
             ("Allow", ", ".join(ALLOWED_METHODS)),
             ("Content-Type", "application/sdp"),
         ]
+        call.answer_sdp = sdp
         ok = response_to(server.request, 200, to_tag=call.to_tag, headers=headers, body=sdp.encode())
         server.respond(ok)
         await self._record_status(call, 200)
         return True
 
     async def _in_dialog(self, call: _Call, message: ServerRequest | Request | Response) -> None:
-        """What the PBX sends inside the call's dialog: BYE ends the call; no renegotiation (the platform has none)."""
+        """What the PBX sends inside the call's dialog: BYE ends the call; a re-INVITE or UPDATE (a session-timer
+        refresh, a hold) gets 200 with the media wacall already gave, the WhatsApp leg untouched (the platform has
+        no renegotiation); a CSeq out of order gets 500 (§12.2.2)."""
         if not isinstance(message, ServerRequest):
             return  # the ACK of our 200 (the transaction layer marked it) or a stray response
         request = message.request
+        if call.dialog is not None:
+            try:
+                call.dialog = call.dialog.receive(request)
+            except (DialogError, SipParseError) as error:
+                status = error.status_code if isinstance(error, DialogError) else 400
+                self.endpoint.refuse(message, status, f"BAD_REQUEST: {error}")
+                return
         if request.method == "BYE":
             message.respond(response_to(request, 200))
             call.server.stop_resending()  # the dialog is over: no more 2xx for an ACK that will not come
@@ -311,16 +322,31 @@ class FrontDoorCalls:
         elif request.method == "OPTIONS":
             message.respond(response_to(request, 200, headers=[("Allow", ", ".join(ALLOWED_METHODS))]))
         elif request.method in ("INVITE", "UPDATE"):
-            self.endpoint.refuse(
-                message, 488, "RENEGOTIATION_UNSUPPORTED: a WhatsApp call keeps the media of its first offer"
-            )
+            self._refresh(call, message)
         else:
             self.endpoint.refuse(
                 message,
                 405,
-                "METHOD_NOT_ALLOWED: inside a call wacall takes BYE and OPTIONS",
-                [("Allow", "BYE, OPTIONS")],
+                "METHOD_NOT_ALLOWED: inside a call wacall takes BYE, re-INVITE, UPDATE and OPTIONS",
+                [("Allow", "INVITE, ACK, BYE, UPDATE, OPTIONS")],
             )
+
+    def _refresh(self, call: _Call, server: ServerRequest) -> None:
+        """A re-INVITE or UPDATE: 200 with the SDP already given (its o= version moved on only if the direction the
+        offer asks for changed it, RFC 3264 §8), or without a body for an UPDATE that offers nothing."""
+        request = server.request
+        if not call.answer_sdp:
+            # Before our 200 there is nothing to keep (§14.2: a re-INVITE before the first one is answered).
+            server.respond(response_to(request, 491, headers=[("Retry-After", "1")]))
+            return
+        offer = request.body.decode("utf-8", "replace") if request.body else ""
+        headers = [*self._dialog_headers(call.server)[-1:], ("Allow", ", ".join(ALLOWED_METHODS))]
+        if request.method == "UPDATE" and not offer:
+            server.respond(response_to(request, 200, headers=headers))
+            return
+        call.answer_sdp = answer_again(call.answer_sdp, offer)
+        headers.append(("Content-Type", "application/sdp"))
+        server.respond(response_to(request, 200, headers=headers, body=call.answer_sdp.encode()))
 
     async def _send_bye(self, call: _Call) -> None:
         """The call ended on WhatsApp's side (or here): tell the PBX, inside the dialog, once it has ACKed our 200
@@ -413,3 +439,40 @@ class FrontDoorCalls:
         scheme = "sips" if transport == "TLS" else "sip"
         suffix = ";transport=tcp" if transport == "TCP" else ""
         return f"{scheme}:wacall@{self._local_host(server)}:{port}{suffix}"
+
+
+_MIRRORED = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive", "sendrecv": "sendrecv"}
+
+
+def answer_again(given: str, offer: str) -> str:
+    """The answer to a new offer in a dialog whose media do not change: the SDP `given` before, its direction the
+    mirror of the one `offer` asks for (a hold: sendonly → recvonly); when that changes anything, its o= version one
+    higher (RFC 3264 §8), else exactly as it was. An empty `offer` (a re-INVITE without SDP) gets `given`."""
+    asked = "sendrecv"
+    for line in offer.splitlines():
+        if line.startswith("a=") and line[2:].strip() in _MIRRORED:
+            asked = line[2:].strip()
+    wanted = _MIRRORED[asked]
+    lines = given.split("\r\n") if "\r\n" in given else given.split("\n")
+    changed = False
+    out: list[str] = []
+    placed = False
+    for line in lines:
+        if line.startswith("a=") and line[2:].strip() in _MIRRORED:
+            changed = changed or line[2:].strip() != wanted
+            line, placed = f"a={wanted}", True
+        out.append(line)
+    if not placed and wanted != "sendrecv":
+        # No direction written means sendrecv: say the new one in the (last) media section.
+        end = len(out) - 1 if out and out[-1] == "" else len(out)
+        out.insert(end, f"a={wanted}")
+        changed = True
+    if changed:
+        for index, line in enumerate(out):
+            if line.startswith("o="):
+                fields = line.split(" ")
+                if len(fields) >= 6 and fields[2].isdigit():
+                    fields[2] = str(int(fields[2]) + 1)
+                    out[index] = " ".join(fields)
+                break
+    return ("\r\n" if "\r\n" in given else "\n").join(out)
