@@ -906,3 +906,25 @@ def test_a_new_offer_in_the_dialog_gets_the_same_media_its_direction_mirrored(
     assert sdp_version(answer.encode()) == version
     if direction == "sendrecv":
         assert answer == GIVEN
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "reason"),
+    [("EndCall", 480, "ENDED_BY_BUSINESS"), ("shutdown", 503, "SHUTTING_DOWN")],
+    ids=["EndCall", "shutdown"],
+)
+async def test_a_ringing_call_ended_on_wacalls_side_is_not_a_487_the_pbx_never_asked_for(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer, how: str, status: int, reason: str
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(ring=3600)
+    run = await sipp(front_door, tmp_path, "uac_refused.xml", rtp_port=rtp.port, status=status)
+    call = await wait_until(lambda: the_call(front_door), lambda c: c.state == pb.CALL_STATE_RINGING, 10)
+    if how == "EndCall":
+        await front_door.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), metadata=front_door.metadata)
+    else:
+        await front_door.service.stop(grace=0.5)
+    await run.finish()
+    response = run.received(status)
+    assert warning_of(response).startswith(f"{reason}: ")  # a PBX fails over, or retries; a 487 would stop it
+    assert (response.headers.get("Retry-After") is not None) == (how == "shutdown")

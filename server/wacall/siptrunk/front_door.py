@@ -24,8 +24,10 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TypedDict
 
+from wacall.calls.machine import CallOutcome as MachineOutcome
 from wacall.calls.machine import CallState
 from wacall.calls.record import SipDirection, SipLeg
 from wacall.calls.service import CallService, EngineBridgedRoute, MediaSetupFailed
@@ -57,6 +59,14 @@ log = logging.getLogger(__name__)
 ROUTE_NAME = "sip"
 # How long the engine may take to turn the platform's answer into the PBX's SDP once the user answered.
 PEER_ANSWER_WAIT = 10.0
+# The Retry-After of a call a shutdown ended before its answer: about a restart's time.
+SHUTDOWN_RETRY = timedelta(seconds=10)
+
+
+class _Ending(TypedDict, total=False):
+    reason: Reason | CallOutcome
+    next_allowed_at: datetime
+
 
 EngineLegs = Callable[[str, PeerMedia], EngineBridgeLeg]
 """Builds the platform leg of a front-door call: (the PBX's SDP offer, how the engine faces the PBX)."""
@@ -101,6 +111,7 @@ class FrontDoorCalls:
             endpoint.trunks, nonce_secret=nonce_secret or secrets.token_bytes(32), agent=endpoint.agent
         )
         self._active: set[_Call] = set()
+        self._closing = False
         endpoint.on_invite = self.invite
 
     @property
@@ -110,6 +121,7 @@ class FrontDoorCalls:
 
     async def close(self) -> None:
         """End the calls still up (the PBX hears BYE, or the refusal a shutdown gives) before the endpoint closes."""
+        self._closing = True
         for call in list(self._active):
             if call.call_id:
                 with contextlib.suppress(Exception):
@@ -244,8 +256,7 @@ class FrontDoorCalls:
                     if server.cancelled.is_set():
                         await self._record_status(call, 487)
                         return
-                    outcome = SIP_ENDINGS.get(view.outcome) if view.outcome is not None else None
-                    status = self._final(call, outcome or CallOutcome.PLATFORM_FAILURE)
+                    status = self._final(call, **self._unanswered_ending(view.outcome))
                     await self._record_status(call, status)
                     return
                 break
@@ -266,6 +277,18 @@ class FrontDoorCalls:
             await asyncio.gather(acknowledged, return_exceptions=True)
         if not call.hung_up_by_pbx:
             await self._send_bye(call)
+
+    def _unanswered_ending(self, outcome: MachineOutcome | None) -> _Ending:
+        """How a placed call that ended before our 200 ends for the PBX (it did not CANCEL: that got 487)."""
+        if outcome is MachineOutcome.CANCELLED:
+            # Ended here, not by the PBX: so that it fails over or retries, never a 487 it did not ask for.
+            if self._closing:
+                return {"reason": CallOutcome.SHUTTING_DOWN, "next_allowed_at": self.clock.now() + SHUTDOWN_RETRY}
+            return {"reason": CallOutcome.ENDED_BY_BUSINESS}
+        if outcome is MachineOutcome.ANSWERED:
+            return {"reason": CallOutcome.ENDED_AT_ANSWER}  # the user answered and it ended before our 200
+        ending = SIP_ENDINGS.get(outcome) if outcome is not None else None
+        return {"reason": ending or CallOutcome.PLATFORM_FAILURE}
 
     async def _end_unless_acknowledged(self, call: _Call) -> None:
         """§13.3.1.4: a 2xx never acknowledged within 64*T1 means the PBX is not in the call: end it (and BYE)."""
