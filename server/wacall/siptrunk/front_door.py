@@ -83,6 +83,7 @@ class _Call:
     engine_leg: EngineBridgeLeg | None = None
     dialog: Dialog | None = None
     answer_sdp: str = ""  # the SDP wacall last gave the PBX (the 200's, or a re-INVITE's answer)
+    answered_at: float = 0.0  # when the 200 went (the event loop's clock): its ACK is due within 64*T1
     hung_up_by_pbx: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -317,6 +318,7 @@ class FrontDoorCalls:
             ("Content-Type", "application/sdp"),
         ]
         call.answer_sdp = sdp
+        call.answered_at = asyncio.get_running_loop().time()
         ok = response_to(server.request, 200, to_tag=call.to_tag, headers=headers, body=sdp.encode())
         server.respond(ok)
         await self._record_status(call, 200)
@@ -378,8 +380,9 @@ class FrontDoorCalls:
             return
         server = call.server
         layer = self.endpoint.layer
+        ack_due = call.answered_at + 64 * layer.timers.t1 - asyncio.get_running_loop().time()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(server.acknowledged.wait(), 64 * layer.timers.t1)
+            await asyncio.wait_for(server.acknowledged.wait(), max(0.0, ack_due))
         server.stop_resending()
         source = server.source
         try:
