@@ -156,6 +156,25 @@ async def test_sipps_digest_challenge_is_answered_with_the_trunks_credentials(
 
 
 @pytest.mark.parametrize(("password", "status"), [("s3cret", 200), ("wrong", 403)])
+async def test_a_challenge_without_qop_is_answered_the_rfc_2069_way(
+    wacall_side: tuple[Stack, Router], tmp_path: Path, password: str, status: int
+) -> None:
+    async with sipp_pbx("pbx_challenges_without_qop.xml", tmp_path, rtp_port=41000) as pbx:
+        leg = leg_to(wacall_side, pbx.uri, auth=DigestAuth("wacall", password))
+        if status == 200:
+            await leg.invite(OFFER)
+            await leg.hangup()
+        else:
+            with pytest.raises(PbxRefused) as refused:
+                await leg.invite(OFFER)
+            assert refused.value.status == status
+        assert leg.last_status == status
+        code, err = await pbx.outcome()
+    # SIPp verified the answer itself: the right password got the call to its end, a wrong one its 403.
+    assert (code == 0) is (status == 200), err
+
+
+@pytest.mark.parametrize(("password", "status"), [("s3cret", 200), ("wrong", 403)])
 async def test_the_digest_answer_verifies_with_the_right_password_only(password: str, status: int) -> None:
     verifier = DigestVerifier("pbx.example", b"a secret of the PBX", algorithms=("SHA-256", "MD5"))
     seen: list[Request] = []
