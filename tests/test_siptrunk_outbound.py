@@ -6,6 +6,7 @@ bad credentials, no answer at all, a transport that cannot connect."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from sipp_pbx import sipp_pbx
 
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
-from wacall.sip.message import Request, SipURI, Via, response_to
+from wacall.sip.message import Request, Response, SipURI, Via, response_to
 from wacall.sip.transactions import TimerValues
 from wacall.sipio.layer import ServerRequest, TransactionLayer
 from wacall.sipio.transport import Transports
@@ -332,7 +333,7 @@ async def test_a_pbx_that_only_says_trying_is_cancelled_when_our_patience_ends()
         await trying.layer.close()
 
 
-async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() -> None:
+async def test_inside_the_dialog_a_reinvite_or_update_gets_our_sdp_unchanged_and_options_answered() -> None:
     invites: list[Request] = []
 
     def pbx(server: ServerRequest) -> None:
@@ -344,6 +345,7 @@ async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() ->
     port = far.target("UDP").port
     router = Router()
     near = await start_stack(router, timers=FAST)
+    ours = OFFER.replace("m=audio 4000", "m=audio 4002")  # what wacall offered: the PBX must get it back as it was
     try:
         leg = OutboundCall(
             near.layer,
@@ -353,15 +355,34 @@ async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() ->
             callee="sip:pbx@127.0.0.1",
             wacall_call_id="call_4",
         )
-        await leg.invite(OFFER)
+        await leg.invite(ours)
         # The PBX's side of the dialog, as the PBX would send inside it.
         dialog = Dialog.as_uas(invites[0], "pbx1")
+
+        def via() -> Via:  # a new branch for each request
+            return Via.parse(far.layer.via("UDP"))
+
+        hold = OFFER.replace("o=- 1 1", "o=- 1 2") + "a=sendonly\r\n"
+        moved = [("Contact", f"<sip:moved@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+        dialog, reinvite = dialog.create_request("INVITE", via=via(), headers=moved, body=hold.encode())
+        answered = await far.layer.request(reinvite, near.target("UDP"))
+        await far.layer.send_stateless(dialog.ack(reinvite.cseq.seq, via=via()), near.target("UDP"))
+        # Hold or a session timer's refresh: 200 with the very SDP the PBX has (same o= version, RFC 3264 §8).
+        assert answered.status_code == 200 and answered.body.decode() == ours
+        assert answered.headers.get("Contact") is not None
+        dialog, update = dialog.create_request("UPDATE", via=via(), headers=moved[1:], body=hold.encode())
+        updated = await far.layer.request(update, near.target("UDP"))
+        assert updated.status_code == 200 and updated.body.decode() == ours
         answers = {}
-        for method in ("OPTIONS", "INVITE", "REFER"):
-            dialog, request = dialog.create_request(method, via=Via.parse(far.layer.via("UDP")))
+        for method in ("OPTIONS", "REFER"):
+            dialog, request = dialog.create_request(method, via=via())
             answers[method] = (await far.layer.request(request, near.target("UDP"))).status_code
-        assert answers == {"OPTIONS": 200, "INVITE": 488, "REFER": 501}
-        assert leg.dialog is not None  # the call goes on as it was
+        assert answers == {"OPTIONS": 200, "REFER": 501}
+        # A CSeq that is not above the last one is refused, the dialog unchanged.
+        _, stale = dataclasses.replace(dialog, local_seq=1).create_request("OPTIONS", via=via())
+        assert (await far.layer.request(stale, near.target("UDP"))).status_code == 500
+        assert leg.dialog is not None  # the call goes on as it was, its target refreshed by the 2xx'd re-INVITE
+        assert leg.dialog.remote_target == f"sip:moved@127.0.0.1:{port}"
         await leg.hangup()
     finally:
         await near.layer.close()
@@ -435,6 +456,153 @@ async def test_a_2xx_that_cannot_carry_the_call_is_refused(
             await leg.invite(OFFER)
         assert refused.value.status == status and leg.last_status == status
         assert [r.method for r in requests] == methods and router.dialogs == {}
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+def answer_200(server: ServerRequest, port: int) -> None:
+    headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+    server.respond(response_to(server.request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode()))
+
+
+async def test_a_2xx_crossing_our_cancel_is_acknowledged_and_ended_exactly_once() -> None:
+    received: list[str] = []
+
+    def pbx(server: ServerRequest) -> None:
+        received.append(f"{server.request.method} {server.request.cseq.seq}")
+        if server.request.method == "INVITE":
+            server.respond(response_to(server.request, 180, to_tag="pbx1"))
+        elif server.request.method == "BYE":
+            server.respond(response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    far.layer.on_stray = lambda message, source: received.append(f"{getattr(message, 'method', '?')} stray")
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer, router, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
+            callee="sip:pbx@127.0.0.1", wacall_call_id="call_5",
+        )  # fmt: skip
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        while not far.requests:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the 180 is in: our CANCEL may go
+        answer_200(far.requests[0], port)  # the PBX answers as we cancel: the 2xx crosses the CANCEL
+        await leg.hangup()
+        with pytest.raises(PbxRefused) as refused:
+            await inviting
+        await asyncio.sleep(0.3)  # anything sent twice would have arrived by now
+        assert refused.value.status == 487
+        assert leg.last_status == 200  # what the PBX really answered
+        assert received.count("BYE 2") == 1 and "BYE 3" not in received
+        assert received.index("ACK stray") < received.index("BYE 2")  # §15: the ACK before the BYE
+        assert router.dialogs == {}
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_a_hangup_while_the_ack_is_being_sent_byes_after_the_ack_and_leaves_no_dialog() -> None:
+    received: list[str] = []
+
+    def pbx(server: ServerRequest) -> None:
+        received.append(server.request.method)
+        if server.request.method == "INVITE":
+            answer_200(server, port)
+        elif server.request.method == "BYE":
+            server.respond(response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    far.layer.on_stray = lambda message, source: received.append(f"{getattr(message, 'method', '?')} stray")
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    acking = asyncio.Event()
+    send_stateless = near.layer.send_stateless
+
+    async def slow_ack(message: Request | Response, target: object) -> None:
+        # The ACK's send yields (as a TCP or TLS connect does): the user hangs up right then.
+        if isinstance(message, Request) and message.method == "ACK":
+            acking.set()
+            await asyncio.sleep(0.1)
+        await send_stateless(message, target)  # type: ignore[arg-type]
+
+    near.layer.send_stateless = slow_ack  # type: ignore[method-assign]
+    try:
+        leg = OutboundCall(
+            near.layer, router, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
+            callee="sip:pbx@127.0.0.1", wacall_call_id="call_6",
+        )  # fmt: skip
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        await acking.wait()
+        await leg.hangup()
+        with pytest.raises(PbxRefused):
+            await inviting
+        assert received == ["INVITE", "ACK stray", "BYE"]
+        assert router.dialogs == {} and leg.dialog is None
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_hanging_up_during_a_digest_challenge_sends_no_credentialed_invite() -> None:
+    verifier = DigestVerifier("pbx.example", b"a secret of the PBX")
+
+    def pbx(server: ServerRequest) -> None:
+        pass  # answered by the test, when it chooses
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = leg_to((near, router), f"sip:pbx@127.0.0.1:{port}", auth=DigestAuth("wacall", "s3cret"))
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        while not far.requests:
+            await asyncio.sleep(0.01)
+        hanging_up = asyncio.ensure_future(leg.hangup())
+        await asyncio.sleep(0.05)
+        challenges = [("Proxy-Authenticate", str(c)) for c in verifier.challenges(time.time())]
+        far.requests[0].respond(response_to(far.requests[0].request, 407, to_tag="pbx1", headers=challenges))
+        await hanging_up
+        with pytest.raises(PbxRefused):
+            await inviting
+        await asyncio.sleep(0.2)
+        assert [r.request.method for r in far.requests] == ["INVITE"]  # the credentialed INVITE never went out
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_hanging_up_while_the_credentialed_invite_rings_cancels_that_invite() -> None:
+    verifier = DigestVerifier("pbx.example", b"a secret of the PBX")
+
+    def pbx(server: ServerRequest) -> None:
+        if server.request.cseq.seq == 1:
+            challenges = [("Proxy-Authenticate", str(c)) for c in verifier.challenges(time.time())]
+            server.respond(response_to(server.request, 407, to_tag="pbx1", headers=challenges))
+        else:
+            server.respond(response_to(server.request, 180, to_tag="pbx2"))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = leg_to((near, router), f"sip:pbx@127.0.0.1:{port}", auth=DigestAuth("wacall", "s3cret"))
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        while len(far.requests) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # its 180 is in
+        await leg.hangup()
+        with pytest.raises(PbxRefused) as refused:
+            await inviting
+        assert refused.value.status == 487
+        first, second = far.requests
+        assert second.cancelled.is_set() and not first.cancelled.is_set()  # the CANCEL named CSeq 2, the ringing one
     finally:
         await near.layer.close()
         await far.layer.close()
