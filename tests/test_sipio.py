@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,13 @@ from wacall.sip.message import (
     response_to,
 )
 from wacall.sip.transactions import TimerValues
-from wacall.sipio.layer import ServerRequest, TransactionTimeout, TransportFailed, cancel_request
+from wacall.sipio.layer import (
+    ServerRequest,
+    TransactionAbandoned,
+    TransactionTimeout,
+    TransportFailed,
+    cancel_request,
+)
 from wacall.sipio.transport import Target
 
 SDP = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -571,4 +578,106 @@ async def test_the_2xx_to_an_invite_is_resent_over_udp_until_its_ack_comes() -> 
         assert [type(m).__name__ for m in uas.strays] == ["Request"]
     finally:
         client.close()
+        await uas.layer.close()
+
+
+async def test_a_connection_a_dialog_holds_outlives_the_idle_timeout_and_carries_the_dialogs_requests() -> None:
+    uas = await start_stack(answer_ok, idle_timeout=0.2)
+    uac = await start_stack(answer_ok)
+    try:
+        target = uas.target("TCP")
+        assert (await uac.layer.request(make_request(uac.layer, "INVITE", target), target)).status_code == 200
+        connection = uas.requests[0].source.connection
+        assert connection is not None
+        connection.hold()  # a dialog lives on it
+        await asyncio.sleep(0.6)  # three idle timeouts
+        assert connection.is_open
+        # A request inside the dialog goes back over the connection the dialog came on, not to a new one.
+        back = Target("TCP", "127.0.0.1", uac.transports.local_address("TCP")[1], connection)
+        bye = make_request(uas.layer, "BYE", back)
+        assert (await uas.layer.request(bye, back)).status_code == 200
+        assert uac.transports.connection_count == 1 and uas.transports.connection_count == 1
+        connection.release()
+        await asyncio.wait_for(connection.closed, 2.0)  # quiet again, and nothing holds it: closed
+    finally:
+        await uac.layer.close()
+        await uas.layer.close()
+
+
+async def test_an_invite_resent_after_its_2xx_is_absorbed_not_taken_as_a_new_call() -> None:
+    uas = await start_stack(answer_ok)
+    client = udp_client()
+    address = uas.transports.local_address("UDP")
+    try:
+        port = client.getsockname()[1]
+        invite = raw_options(port, "z9hG4bKaccepted").replace(b"OPTIONS", b"INVITE")
+        client.sendto(invite, address)
+        while True:
+            response = parse_datagram(await receive(client))
+            assert isinstance(response, Response)
+            if response.status_code == 200:
+                break
+        # The 100 and 180 were lost, so the PBX resends its INVITE after the 200 went (RFC 6026 §7.1: Accepted).
+        client.sendto(invite, address)
+        client.sendto(invite, address)
+        await asyncio.sleep(0.2)
+        assert len(uas.requests) == 1
+        assert uas.layer.transaction_count == 0
+    finally:
+        client.close()
+        await uas.layer.close()
+
+
+async def test_an_invite_abandoned_after_its_cancel_got_no_final_fails_its_waiter() -> None:
+    silent = await start_stack()  # takes the INVITE and never answers it, nor its CANCEL
+    uac = await start_stack(timers=TimerValues(t1=0.5, t2=4.0, t4=5.0))  # Timer B: 32 s, far beyond the test
+    try:
+        target = silent.target("TCP")
+        invite = make_request(uac.layer, "INVITE", target)
+        waiting = asyncio.ensure_future(uac.layer.request(invite, target))
+        while not silent.requests:
+            await asyncio.sleep(0.01)
+        assert uac.layer.transaction_count == 1
+        uac.layer.abandon(invite, after=0.2)
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # not yet: a final response may still come
+        with pytest.raises(TransactionAbandoned):
+            await asyncio.wait_for(waiting, 2.0)
+        assert uac.layer.transaction_count == 0
+        uac.layer.abandon(invite)  # a transaction already over: nothing happens
+    finally:
+        await uac.layer.close()
+        await silent.layer.close()
+
+
+async def test_a_host_name_for_udp_is_resolved_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    uas = await start_stack(answer_ok)
+    uac = await start_stack()
+    looked_up: list[str] = []
+    real = socket.getaddrinfo
+
+    def slow_getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        looked_up.append(host)
+        threading.Event().wait(0.3)  # a slow resolver: the event loop must keep running meanwhile
+        return real(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.01)
+
+    running = asyncio.ensure_future(ticker())
+    try:
+        target = Target("UDP", "localhost", uas.transports.local_address("UDP")[1])
+        final = await uac.layer.request(make_request(uac.layer, "OPTIONS", target), target)
+        assert final.status_code == 200
+        assert looked_up == ["localhost"]  # once: the retransmissions and the response reuse the answer
+        assert ticks > 5
+    finally:
+        running.cancel()
+        await uac.layer.close()
         await uas.layer.close()

@@ -13,7 +13,8 @@ from sip_stack import FAST, Stack, make_request, start_stack
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.calls.record import SipDirection, SipLeg
-from wacall.sip.message import Request, Response, Warning, response_to
+from wacall.sip.dialog import Dialog
+from wacall.sip.message import Request, Response, SipParseError, Via, Warning, response_to
 from wacall.sipio.layer import ServerRequest
 from wacall.sipio.transport import Target
 from wacall.siptrunk.endpoint import ALLOWED_METHODS, SipEndpoint, dialog_id_of
@@ -147,3 +148,85 @@ async def test_serve_with_a_sip_address_listens_and_shows_a_calls_sip_leg(
         pb.ListEventsRequest(business_number=BUSINESS, user_number=USER), metadata=running.metadata
     )
     assert any(e.call.sip.call_id == "abc@pbx" for e in events.events)
+
+
+def a_dialog(*, route_set: tuple[str, ...] = (), contact: str = "sip:pbx@192.0.2.7:5070") -> Dialog:
+    return Dialog(
+        call_id="c1",
+        local_tag="ours",
+        remote_tag="theirs",
+        local_uri="<sip:+447911123456@wacall.test>",
+        remote_uri="<sip:pbx@pbx.test>",
+        remote_target=contact,
+        route_set=route_set,
+    )
+
+
+async def test_a_request_inside_a_dialog_goes_to_the_first_route_else_to_the_contact(endpoint: SipEndpoint) -> None:
+    # §12.2.1.1: a record-routing proxy stays in the path; without one, the PBX's Contact, not the INVITE's source.
+    assert endpoint.dialog_target(a_dialog(), transport="UDP") == Target("UDP", "192.0.2.7", 5070)
+    routed = a_dialog(route_set=("<sip:proxy.test:5080;lr;transport=tcp>", "<sip:other.test;lr>"))
+    assert endpoint.dialog_target(routed, transport="UDP") == Target("TCP", "proxy.test", 5080)
+    # No transport parameter: the transport the dialog was made over; sips: means TLS on 5061.
+    assert endpoint.dialog_target(a_dialog(contact="sip:pbx@[2001:db8::1]"), transport="TCP") == Target(
+        "TCP", "2001:db8::1", 5060
+    )
+    assert endpoint.dialog_target(a_dialog(contact="sips:pbx@pbx.test"), transport="TLS") == Target(
+        "TLS", "pbx.test", 5061
+    )
+    with pytest.raises(SipParseError):
+        endpoint.dialog_target(a_dialog(contact="tel:+441234"), transport="UDP")
+
+
+async def test_a_dialogs_requests_reuse_the_connection_it_came_on_and_keep_it_open() -> None:
+    endpoint = SipEndpoint((), agent="wacall.test", timers=FAST)
+    await endpoint.start(("127.0.0.1", 0))
+    endpoint.transports.idle_timeout = 0.2
+    pbx = await start_stack(lambda server: server.respond(response_to(server.request, 200, to_tag="pbx")))
+    try:
+        target = door_target(endpoint, "TCP")
+        options = make_request(pbx.layer, "OPTIONS", target)
+        assert (await pbx.layer.request(options, target)).status_code == 200
+        (connection,) = endpoint.transports._connections
+        # The PBX's Contact names its listening port; the connection came from an ephemeral one.
+        dialog = a_dialog(contact=f"sip:pbx@127.0.0.1:{pbx.transports.local_address('TCP')[1]};transport=tcp")
+        endpoint.register_dialog(dialog.id, lambda message: asyncio.sleep(0), connection=connection)
+        await asyncio.sleep(0.6)  # quiet for three idle timeouts: a dialog holds the connection open
+        chosen = endpoint.dialog_target(dialog, transport="TCP")
+        assert chosen.connection is connection
+        via = Via.parse(endpoint.layer.via("TCP"))
+        dialog, bye = dialog.create_request("BYE", via=via)
+        assert (await endpoint.layer.request(bye, chosen)).status_code == 200
+        assert pbx.requests[-1].source.connection is not None
+        assert pbx.transports.connection_count == 1  # the same connection, not a new one to the Contact
+        endpoint.unregister_dialog(dialog.id)
+        await asyncio.wait_for(connection.closed, 2.0)  # nothing holds it now: closed once idle
+        assert endpoint.dialog_target(dialog, transport="TCP").connection is None
+    finally:
+        await endpoint.close()
+        await pbx.layer.close()
+
+
+async def test_a_2xx_matching_no_dialog_goes_to_its_invites_owner(endpoint: SipEndpoint, pbx: Stack) -> None:
+    target = door_target(endpoint)
+    invite = make_request(pbx.layer, "INVITE", target)  # stands for one of wacall's INVITEs: its From tag is ours
+    local_tag = invite.from_.tag or ""
+    forks: list[Response] = []
+
+    async def fork(response: Response) -> None:
+        forks.append(response)
+
+    endpoint.register_invite(invite.call_id, local_tag, fork)
+    # Two branches of a fork answer: each 2xx is a dialog of its own (different To tags).
+    for tag in ("branch-a", "branch-b"):
+        answer = response_to(invite, 200, to_tag=tag, headers=[("Contact", "<sip:pbx@127.0.0.1>")])
+        await pbx.layer.send_stateless(answer, target)
+    for _ in range(100):
+        if len(forks) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert [r.to.tag for r in forks] == ["branch-a", "branch-b"]
+    endpoint.unregister_invite(invite.call_id, local_tag)
+    await pbx.layer.send_stateless(response_to(invite, 200, to_tag="branch-c"), target)
+    await asyncio.sleep(0.1)
+    assert len(forks) == 2

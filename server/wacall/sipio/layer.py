@@ -10,13 +10,17 @@ counts in), and `TimerValues` (T1, T2, T4) set how long they are, so tests short
 What belongs to no transaction is handled as §17 and §18 say: a response matching no client transaction is dropped,
 except a 2xx to INVITE (a retransmission the dialog acknowledges), which goes to `on_stray`, as does an ACK matching
 no server transaction (the ACK of a 2xx, end to end). A 2xx the TU sends to an INVITE is resent over UDP until its
-ACK comes (§13.3.1.4: the UAS core's duty, not the transaction's), which sets `ServerRequest.acknowledged`. A CANCEL
-is answered by the layer (§9.2): 481 when it matches no INVITE, else 200, and the INVITE, if still unanswered, 487,
-its `ServerRequest.cancelled` set.
+ACK comes (§13.3.1.4: the UAS core's duty, not the transaction's), which sets `ServerRequest.acknowledged`, or until
+the TU says the dialog is over (`ServerRequest.stop_resending`). For 64*T1 after its 2xx an INVITE stays Accepted (RFC
+6026 §7.1): a retransmission of it is absorbed, never handed to the TU as a new request. A CANCEL is answered by the
+layer (§9.2): 481 when it matches no INVITE, else 200, and the INVITE, if still unanswered, 487, its
+`ServerRequest.cancelled` set.
 
 The UA API: `request()` sends a request in a new client transaction and returns its final response (provisional
 ones are reported to a callback), raising `TransactionTimeout` or `TransportFailed`; `request_with_auth()` does the
-same answering one 401/407 digest challenge (`DigestAuth.auth_flow`); `ServerRequest.respond()` answers a request.
+same answering one 401/407 digest challenge (`DigestAuth.auth_flow`); `abandon()` gives up on a client transaction
+(an INVITE whose CANCEL brought no final response, §9.1), its `request()` raising `TransactionAbandoned`;
+`ServerRequest.respond()` answers a request.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from wacall.sip.transactions import (
     Terminated,
     Timer,
     TimerValues,
+    client_key,
     server_key,
 )
 from wacall.sipio.transport import SipTransportError, Source, Target, Transports
@@ -51,6 +56,7 @@ __all__ = [
     "RequestHandler",
     "ServerRequest",
     "StrayHandler",
+    "TransactionAbandoned",
     "TransactionLayer",
     "TransactionTimeout",
     "TransportFailed",
@@ -63,6 +69,10 @@ log = logging.getLogger(__name__)
 
 class TransactionTimeout(Exception):
     """No final response came before Timer B or F fired (§8.1.3.1: the TU acts as on a 408)."""
+
+
+class TransactionAbandoned(TransactionTimeout):
+    """The TU gave up waiting for the final response (`TransactionLayer.abandon`)."""
 
 
 class TransportFailed(Exception):
@@ -115,6 +125,11 @@ class ServerRequest:
         layer._perform(self._transaction, self._transaction.respond(response, layer.now()))
         if self.request.method == "INVITE" and 200 <= response.status_code < 300:
             layer._await_ack(self, response)
+            layer._accept(self)
+
+    def stop_resending(self) -> None:
+        """Stop resending this INVITE's 2xx (the dialog is over: a BYE went or came); `acknowledged` stays as is."""
+        self._layer._forget_2xx(self)
 
 
 RequestHandler = Callable[[ServerRequest], Awaitable[None] | None]
@@ -166,6 +181,11 @@ class TransactionLayer:
         self._tasks: set[asyncio.Task[None]] = set()
         # 2xx responses to INVITE awaiting their ACK, by (Call-ID, CSeq number): the ACK carries both (§13.2.2.4).
         self._unacknowledged: dict[tuple[str, int], _Unacknowledged] = {}
+        # INVITEs answered 2xx, by server key, for 64*T1 (RFC 6026's Accepted state): their retransmissions are
+        # absorbed.
+        self._accepted: dict[tuple[str, ...], asyncio.TimerHandle] = {}
+        # Client transactions to abandon if still without a final response, by client key.
+        self._abandoning: dict[tuple[str, str], asyncio.TimerHandle] = {}
 
     @property
     def transaction_count(self) -> int:
@@ -215,6 +235,33 @@ class TransactionLayer:
             except StopIteration:
                 return response
 
+    def abandon(self, request: Request, *, after: float = 0.0) -> None:
+        """Give up on the client transaction that sent `request` if it has no final response `after` seconds from
+        now (at once by default): its timers stop, it is forgotten, and its `request()` raises
+        `TransactionAbandoned`. §9.1: an INVITE whose CANCEL got no final response is abandoned 64*T1 after the
+        CANCEL was sent. Nothing happens for a transaction already over."""
+        key = client_key(request)
+        if (previous := self._abandoning.pop(key, None)) is not None:
+            previous.cancel()
+        client = self._clients.get(key)
+        if client is None:
+            return
+        if after > 0:
+            self._abandoning[key] = self._loop.call_later(after, self._abandon_now, key, client)
+        else:
+            self._abandon_now(key, client)
+
+    def _abandon_now(self, key: tuple[str, str], client: _Client) -> None:
+        self._abandoning.pop(key, None)
+        if self._clients.get(key) is not client:
+            return
+        del self._clients[key]
+        for timer in Timer:
+            if (handle := self._timers.pop((id(client.transaction), timer), None)) is not None:
+                handle.cancel()
+        if not client.final.done():
+            client.final.set_exception(TransactionAbandoned(f"no final response from {client.target}: abandoned"))
+
     async def send_stateless(self, message: Request | Response, target: Target) -> None:
         """Send outside any transaction: the ACK of a 2xx, a 2xx the TU retransmits (§13.3.1.4). Raises
         `SipTransportError` if it cannot be sent."""
@@ -229,6 +276,10 @@ class TransactionLayer:
             if waiting.handle is not None:
                 waiting.handle.cancel()
         self._unacknowledged.clear()
+        for handle in [*self._accepted.values(), *self._abandoning.values()]:
+            handle.cancel()
+        self._accepted.clear()
+        self._abandoning.clear()
         for client in self._clients.values():
             if not client.final.done():
                 client.final.set_exception(TransportFailed("the transaction layer was closed"))
@@ -265,9 +316,13 @@ class TransactionLayer:
 
     def _request(self, request: Request, source: Source) -> None:
         now = self.now()
-        existing = self._servers.get(server_key(request))
+        key = server_key(request)
+        existing = self._servers.get(key)
         if existing is not None:
             self._perform(existing._transaction, existing._transaction.request_received(request, now))
+            return
+        if request.method == "INVITE" and key in self._accepted:
+            log.debug("SIP INVITE %s resent after its 2xx: absorbed (RFC 6026)", request.call_id)
             return
         if request.method == "ACK":
             waiting = self._unacknowledged.pop((request.call_id, request.cseq.seq), None)
@@ -299,6 +354,19 @@ class TransactionLayer:
         self._unacknowledged[key] = waiting
         delay = waiting.interval if not server.source.reliable else 64 * self.timers.t1
         waiting.handle = self._loop.call_later(delay, self._resend_2xx, key, waiting)
+
+    def _accept(self, server: ServerRequest) -> None:
+        key = server._transaction.key
+        if (previous := self._accepted.pop(key, None)) is not None:
+            previous.cancel()
+        self._accepted[key] = self._loop.call_later(64 * self.timers.t1, self._accepted.pop, key, None)
+
+    def _forget_2xx(self, server: ServerRequest) -> None:
+        for key, waiting in list(self._unacknowledged.items()):
+            if waiting.server is server:
+                del self._unacknowledged[key]
+                if waiting.handle is not None:
+                    waiting.handle.cancel()
 
     def _resend_2xx(self, key: tuple[str, int], waiting: _Unacknowledged) -> None:
         if self._unacknowledged.get(key) is not waiting:
@@ -423,6 +491,8 @@ class TransactionLayer:
                 handle.cancel()
         if isinstance(transaction, ClientTransaction):
             client = self._clients.pop(transaction.key, None)
+            if (abandoning := self._abandoning.pop(transaction.key, None)) is not None:
+                abandoning.cancel()
             if client is not None and not client.final.done():
                 if end.transport_error:
                     client.final.set_exception(TransportFailed(f"could not send to {client.target}"))

@@ -19,11 +19,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import secrets
+import socket
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import partial
 
 from wacall.sip.message import (
     MAX_BODY_BYTES,
@@ -58,6 +61,8 @@ log = logging.getLogger(__name__)
 STREAM_TRANSPORTS = frozenset({"TCP", "TLS"})
 # A UDP read larger than any datagram: what is received is what was sent.
 _MAX_DATAGRAM = 65535
+# How long a host name resolved for UDP is trusted before it is looked up again.
+RESOLVED_TTL = 60.0
 
 
 class SipTransportError(Exception):
@@ -66,11 +71,13 @@ class SipTransportError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """Where a message goes: a transport (`UDP`, `TCP`, `TLS`) and a host and port."""
+    """Where a message goes: a transport (`UDP`, `TCP`, `TLS`) and a host and port, and (stream) a connection to
+    prefer while it is open: the one a dialog came on (RFC 3261 §18.1.1 lets a request reuse it)."""
 
     transport: str
     host: str
     port: int
+    connection: Connection | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.transport not in ("UDP", *STREAM_TRANSPORTS):
@@ -105,6 +112,8 @@ class Connection(asyncio.Protocol):
         self._framer = StreamFramer()
         self._skipping = 0  # bytes still to drop: the body of a malformed message
         self._idle: asyncio.TimerHandle | None = None
+        # Dialogs that still need this connection: while any does, idleness does not close it.
+        self._holds = 0
         self.closed = asyncio.get_running_loop().create_future()
 
     @property
@@ -182,10 +191,28 @@ class Connection(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(None)
 
+    def hold(self) -> None:
+        """Keep the connection open however long it stays quiet (a dialog's requests may come or go on it), until
+        as many `release` calls."""
+        self._holds += 1
+
+    def release(self) -> None:
+        self._holds = max(0, self._holds - 1)
+
+    @property
+    def held(self) -> bool:
+        return self._holds > 0
+
     def _touch(self) -> None:
         if self._idle is not None:
             self._idle.cancel()
-        self._idle = asyncio.get_running_loop().call_later(self._owner.idle_timeout, self.close)
+        self._idle = asyncio.get_running_loop().call_later(self._owner.idle_timeout, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        if self._holds:
+            self._touch()  # a dialog still lives on it
+            return
+        self.close()
 
 
 class _Datagrams(asyncio.DatagramProtocol):
@@ -232,6 +259,9 @@ class Transports:
         # Stream connections by (transport, peer host, peer port): reused for every message to that peer.
         self._by_peer: dict[tuple[str, str, int], Connection] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[Connection]] = {}
+        # Host names resolved for UDP (name, port) -> (address, expires at): resolved off the event loop.
+        self._resolved: dict[tuple[str, int], tuple[tuple[str, int], float]] = {}
+        self._resolving: dict[tuple[str, int], asyncio.Future[tuple[str, int]]] = {}
 
     # --- Listening ------------------------------------------------------------------------------------------------
 
@@ -301,12 +331,64 @@ class Transports:
     # --- Sending --------------------------------------------------------------------------------------------------
 
     async def send(self, data: bytes, target: Target) -> None:
-        """Send `data` to `target`, over a connection to it if one is open, else a new one (stream)."""
+        """Send `data` to `target`: over `target.connection` while it is open, else over a connection to the peer if
+        one is open, else a new one (stream). A host name is resolved without blocking the event loop."""
         if target.transport == "UDP":
-            self._sendto(data, (target.host, target.port))
+            self._sendto(data, await self.resolve(target.host, target.port))
+            return
+        preferred = target.connection
+        if preferred is not None and preferred.is_open and preferred.transport_name == target.transport:
+            preferred.write(data)
             return
         connection = await self._connection_to(target)
         connection.write(data)
+
+    def open_connection(self, target: Target) -> Connection | None:
+        """The open connection messages to `target` would go over now, if any (stream transports)."""
+        connection = self._by_peer.get((target.transport, target.host, target.port))
+        return connection if connection is not None and connection.is_open else None
+
+    async def resolve(self, host: str, port: int) -> tuple[str, int]:
+        """The address a UDP datagram for `host:port` goes to: an IP literal as it is, a name looked up with
+        `loop.getaddrinfo` (in a thread, never blocking the loop) and remembered for `RESOLVED_TTL` seconds.
+        Raises `SipTransportError` when the name does not resolve."""
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            return host, port
+        except ValueError:
+            pass
+        loop = asyncio.get_running_loop()
+        cached = self._resolved.get((host, port))
+        if cached is not None and cached[1] > loop.time():
+            return cached[0]
+        pending = self._resolving.get((host, port))
+        if pending is None:
+            # One lookup at a time per name: the retransmissions sent meanwhile wait for its answer.
+            pending = asyncio.ensure_future(self._look_up(host, port))
+            self._resolving[(host, port)] = pending
+            pending.add_done_callback(partial(self._resolved_one, (host, port)))
+        return await asyncio.shield(pending)
+
+    def _resolved_one(self, key: tuple[str, int], done: asyncio.Future[tuple[str, int]]) -> None:
+        self._resolving.pop(key, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have given up
+
+    async def _look_up(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_UNSPEC
+        if self._udp is not None and (sock := self._udp.get_extra_info("socket")) is not None:
+            family = sock.family
+        try:
+            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM)
+        except OSError as error:
+            raise SipTransportError(f"cannot resolve {host}: {error}") from error
+        if not infos:
+            raise SipTransportError(f"cannot resolve {host}: no address")
+        address = (str(infos[0][4][0]), int(infos[0][4][1]))
+        self._resolved[(host, port)] = (address, loop.time() + RESOLVED_TTL)
+        return address
 
     async def send_response(self, response: Response, source: Source) -> None:
         """Send `response` to a request that came from `source` (§18.2.2): back over its connection while it is open,

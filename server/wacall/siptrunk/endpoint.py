@@ -3,8 +3,14 @@ dispatch of every request that arrives.
 
 An out-of-dialog INVITE goes to the front door (`on_invite`); OPTIONS is answered 200 (a PBX's keep-alive); a
 request inside a dialog (a To tag: BYE, re-INVITE...) goes to the handler registered for that dialog, and an
-ACK of a 2xx (which matches no transaction) and a 2xx resent to one of our INVITEs go there too; a request for a
-dialog nobody registered gets 481 and any other method 405 with Allow. Every refusal carries a Warning saying why.
+ACK of a 2xx (which matches no transaction) and a 2xx resent to one of our INVITEs go there too; a 2xx to one of
+our INVITEs that matches no dialog (a forking proxy's second answer) goes to the handler registered for that INVITE
+(Call-ID, our From tag); a request for a dialog nobody registered gets 481 and any other method 405 with Allow.
+Every refusal carries a Warning saying why.
+
+Requests wacall sends inside a dialog go where `dialog_target` says (RFC 3261 §12.2.1.1): the first Route entry,
+else the peer's Contact, over the connection the dialog came on while it is open; a connection that carries a
+registered dialog is never closed for being idle.
 """
 
 from __future__ import annotations
@@ -15,14 +21,25 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 
-from wacall.sip.message import Request, Response, Warning, response_to
+from wacall.sip.dialog import Dialog
+from wacall.sip.message import NameAddr, Request, Response, SipParseError, SipURI, Warning, parse_uri, response_to
 from wacall.sip.transactions import TimerValues
 from wacall.sipdoor.responses import WARN_CODE, CallOutcome, final_response
 from wacall.sipdoor.trunks import Trunk
 from wacall.sipio.layer import ServerRequest, TransactionLayer
-from wacall.sipio.transport import Source, Transports
+from wacall.sipio.transport import Connection, Source, Target, Transports
 
-__all__ = ["ALLOWED_METHODS", "DialogHandler", "DialogId", "InviteHandler", "SipEndpoint", "dialog_id_of"]
+__all__ = [
+    "ALLOWED_METHODS",
+    "DEFAULT_PORTS",
+    "DialogHandler",
+    "DialogId",
+    "ForkHandler",
+    "InviteHandler",
+    "SipEndpoint",
+    "dialog_id_of",
+    "target_of_uri",
+]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +54,18 @@ DialogHandler = Callable[[ServerRequest | Request | Response], Awaitable[None]]
 
 InviteHandler = Callable[[ServerRequest], Awaitable[None]]
 """The front door: takes an out-of-dialog INVITE and answers it."""
+
+ForkHandler = Callable[[Response], Awaitable[None]]
+"""The owner of one of our INVITEs, given a 2xx to it that matches no dialog (another branch of a fork answered)."""
+
+DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
+
+
+def target_of_uri(uri: SipURI, *, transport: str = "UDP") -> Target:
+    """Where requests for `uri` go (RFC 3263 without DNS SRV): its transport parameter, TLS for sips:, else
+    `transport`; its port, else the transport's default."""
+    chosen = uri.transport or ("TLS" if uri.scheme == "sips" else transport)
+    return Target(chosen, uri.host.strip("[]"), uri.port or DEFAULT_PORTS.get(chosen, 5060))
 
 
 def dialog_id_of(message: Request | Response) -> DialogId:
@@ -59,6 +88,9 @@ class SipEndpoint:
         # Set by the front door; until then (or without one) an INVITE gets 503.
         self.on_invite: InviteHandler | None = None
         self._dialogs: dict[DialogId, DialogHandler] = {}
+        # The connection each dialog came on (stream transports): held open, and reused for its requests.
+        self._dialog_connections: dict[DialogId, Connection] = {}
+        self._invites: dict[tuple[str, str], ForkHandler] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._transports: Transports | None = None
         self._layer: TransactionLayer | None = None
@@ -102,7 +134,11 @@ class SipEndpoint:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._layer is not None:
             await self._layer.close()
+        for connection in self._dialog_connections.values():
+            connection.release()
+        self._dialog_connections.clear()
         self._dialogs.clear()
+        self._invites.clear()
 
     # --- what can be observed (leak checks, benchmarks) -----------------------------------------------------------
 
@@ -124,12 +160,49 @@ class SipEndpoint:
 
     # --- dialogs ----------------------------------------------------------------------------------------------------
 
-    def register_dialog(self, dialog_id: DialogId, handler: DialogHandler) -> None:
-        """Send what arrives inside dialog `dialog_id` to `handler` until it is unregistered."""
+    def register_dialog(
+        self, dialog_id: DialogId, handler: DialogHandler, *, connection: Connection | None = None
+    ) -> None:
+        """Send what arrives inside dialog `dialog_id` to `handler` until it is unregistered. `connection` is the
+        stream connection the dialog was made over: it stays open, however quiet, until the dialog is unregistered,
+        and `dialog_target` sends the dialog's requests over it while it is open."""
         self._dialogs[dialog_id] = handler
+        previous = self._dialog_connections.pop(dialog_id, None)
+        if previous is not None:
+            previous.release()
+        if connection is not None:
+            connection.hold()
+            self._dialog_connections[dialog_id] = connection
 
     def unregister_dialog(self, dialog_id: DialogId) -> None:
         self._dialogs.pop(dialog_id, None)
+        connection = self._dialog_connections.pop(dialog_id, None)
+        if connection is not None:
+            connection.release()
+
+    def dialog_target(self, dialog: Dialog, *, transport: str) -> Target:
+        """Where a request (BYE, re-INVITE, the ACK of a 2xx) inside `dialog` goes (§12.2.1.1, RFC 3263): to the
+        first Route entry if the route set has one, else to the remote target (the peer's Contact), over the URI's
+        transport (`transport` when it names none: the one the dialog was made over). While the connection the
+        dialog was registered with is open and of that transport, the request goes over it. Raises `SipParseError`
+        when that URI is not a SIP URI wacall can send to."""
+        uri = NameAddr.parse(dialog.route_set[0]).uri if dialog.route_set else parse_uri(dialog.remote_target)
+        if not isinstance(uri, SipURI):
+            raise SipParseError(f"cannot send to {uri}: not a sip: or sips: URI")
+        target = target_of_uri(uri, transport=transport)
+        connection = self._dialog_connections.get(dialog.id)
+        if connection is not None and connection.is_open and connection.transport_name == target.transport:
+            return Target(target.transport, target.host, target.port, connection)
+        return target
+
+    def register_invite(self, call_id: str, local_tag: str, handler: ForkHandler) -> None:
+        """Send `handler` each 2xx to our INVITE (Call-ID `call_id`, From tag `local_tag`) that matches no registered
+        dialog, until `unregister_invite`: a forking proxy's further answers, each a dialog of its own to ACK and
+        end (§13.2.2.4)."""
+        self._invites[(call_id, local_tag)] = handler
+
+    def unregister_invite(self, call_id: str, local_tag: str) -> None:
+        self._invites.pop((call_id, local_tag), None)
 
     # --- dispatch ---------------------------------------------------------------------------------------------------
 
@@ -169,13 +242,20 @@ class SipEndpoint:
             self.refuse(server, 405, f"METHOD_NOT_ALLOWED: wacall takes {', '.join(ALLOWED_METHODS)}", [allow])
 
     def _stray(self, message: Request | Response, source: Source) -> None:
-        """An ACK of a 2xx (end to end, no transaction) or a 2xx resent to one of our INVITEs: its dialog's."""
+        """An ACK of a 2xx (end to end, no transaction) or a 2xx resent to one of our INVITEs: its dialog's; a 2xx of
+        a dialog nobody registered: its INVITE's owner's."""
         try:
-            handler = self._dialogs.get(dialog_id_of(message))
+            dialog_id = dialog_id_of(message)
         except ValueError:  # a header the dialog needs does not parse: not ours
             return
+        handler = self._dialogs.get(dialog_id)
         if handler is not None:
             self._spawn(handler(message))
+            return
+        if isinstance(message, Response):
+            fork = self._invites.get(dialog_id[:2])
+            if fork is not None:
+                self._spawn(fork(message))
 
     def _spawn(self, awaitable: Awaitable[None]) -> None:
         task = asyncio.ensure_future(awaitable)
