@@ -87,10 +87,12 @@ class OutboundCall:
         headers: Sequence[tuple[str, str]] = (),
         auth: DigestAuth | None = None,
         on_bye: Callable[[], Awaitable[None]] | None = None,
+        on_early_answer: Callable[[str], Awaitable[None]] | None = None,
         answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         """`caller` is the From user (the WhatsApp user's number), `callee` the To URI. `headers` must be checked
-        already (no CR/LF, nothing the leg writes itself)."""
+        already (no CR/LF, nothing the leg writes itself). `on_early_answer` is given the SDP of the first
+        provisional response that carries one (a 183 with early media)."""
         self.layer = layer
         self.router = router
         self.target_uri = target
@@ -101,6 +103,7 @@ class OutboundCall:
         self.extra_headers = tuple(headers)
         self.auth = auth
         self.on_bye = on_bye
+        self.on_early_answer = on_early_answer
         self.answer_timeout = answer_timeout
         self.host = self._advertised_host()
         self.call_id = f"{secrets.token_hex(12)}@{self.host}"
@@ -113,6 +116,8 @@ class OutboundCall:
         self._offer = b""  # our SDP as the PBX has it
         self._answer = b""  # the PBX's SDP answer
         self._ended = False
+        self._early_answered = False
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def _local_transport(self) -> str:
         listening = self.layer.transports.listening
@@ -164,13 +169,22 @@ class OutboundCall:
 
         One task owns the INVITE's outcome whoever waits for it (this call, or `hangup` while it rings), so a 2xx
         that crosses our CANCEL is acknowledged and ended exactly once."""
+        return await asyncio.shield(self.start(sdp))
+
+    def start(self, sdp: str) -> asyncio.Future[str]:
+        """What `invite` awaits, started now: the INVITE goes out as soon as the loop runs it. PbxRefused (487) at
+        once when the leg already ended; nothing is sent then."""
         if self._ended:
             raise PbxRefused(487, "the call ended before the PBX was invited")
+        if self._inviting is not None:
+            return self._inviting
         self._offer = sdp.encode()
         self._inviting = asyncio.ensure_future(self._place(self._invite(sdp)))
-        return await asyncio.shield(self._inviting)
+        return self._inviting
 
     async def _place(self, invite: Request) -> str:
+        if self._ended:  # hung up before this task first ran: the INVITE never goes out
+            raise PbxRefused(487, "the call ended before the PBX was invited")
         rounds = asyncio.ensure_future(self._send_invite(invite))
         try:
             response = await asyncio.wait_for(asyncio.shield(rounds), self.answer_timeout)
@@ -205,7 +219,7 @@ class OutboundCall:
         flow = self.auth.auth_flow(invite) if self.auth is not None else None
         outgoing = next(flow) if flow is not None else invite
         while True:
-            current = _Round(outgoing)
+            current = _Round(outgoing, self._early)
             self._round = current
             self._pending = outgoing
             try:
@@ -221,6 +235,21 @@ class OutboundCall:
                 return response
             if self._ended:  # hung up during the challenge: the credentialed INVITE is never sent
                 return response
+
+    def _early(self, response: Response) -> None:
+        """A provisional response: the first one with SDP (a 183's early answer) goes to `on_early_answer`."""
+        if self._early_answered or self.on_early_answer is None or self._ended or not _has_sdp(response):
+            return
+        self._early_answered = True
+        task = asyncio.ensure_future(self._apply_early(self.on_early_answer, response.body.decode(errors="replace")))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _apply_early(self, apply: Callable[[str], Awaitable[None]], sdp: str) -> None:
+        try:
+            await apply(sdp)
+        except Exception as error:  # early media is a nicety: the call goes on toward the final answer
+            log.warning("SIP leg %s: the early answer could not be applied: %s", self.call_id, error)
 
     async def _established(self, response: Response) -> str:
         invite = self._pending
@@ -240,8 +269,7 @@ class OutboundCall:
         if self._ended:  # hung up while the 2xx was on its way: it is ours to end
             await self._bye()
             raise PbxRefused(487, "the call ended while the PBX answered")
-        content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if content_type != "application/sdp" or not response.body:
+        if not _has_sdp(response):
             self._ended = True
             await self._bye()
             self.last_status = 488
@@ -399,6 +427,7 @@ class _Round:
     response (only then may it be cancelled, §9.1) and whether its final response came."""
 
     invite: Request
+    on_provisional: Callable[[Response], None]
     provisional_seen: bool = False
     answered: bool = False
     cancelled: bool = False
@@ -407,8 +436,14 @@ class _Round:
     def provisional(self, response: Response) -> None:
         self.provisional_seen = True
         self.heard.set()
+        self.on_provisional(response)
         if response.status_code > 100:
             log.info("SIP INVITE %s: %d %s", self.invite.call_id, response.status_code, response.reason)
+
+
+def _has_sdp(response: Response) -> bool:
+    content_type = (response.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    return content_type == "application/sdp" and bool(response.body)
 
 
 def _host_in_uri(host: str) -> str:
