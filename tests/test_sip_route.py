@@ -450,6 +450,29 @@ async def test_a_users_call_the_pbx_refuses_is_rejected_on_the_platform(
         assert await engine.session_count() == sessions_before
 
 
+async def test_a_users_call_the_sip_route_cannot_take_is_rejected_not_left_ringing(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    pbx = SippPbx(process=None, port=5999, transport="UDP")  # type: ignore[arg-type]  # never contacted
+    wacall = await with_sip(make_service, pbx, inbound_route="sip:pbx")
+    routes = wacall.service.calls.sip_routes
+    assert routes is not None
+    routes.endpoint = None  # as while serve is still bringing the SIP endpoint up
+    placed = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+    phone = await wait_until(
+        lambda: wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=placed.platform_call_id)),
+        lambda p: p.state == "ended",
+        15,
+    )
+    assert phone.state == "ended"
+    calls = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+        lambda r: len(r.calls) == 1 and r.calls[0].state == pb.CALL_STATE_ENDED,
+    )
+    assert calls.calls[0].outcome != pb.CALL_OUTCOME_ANSWERED
+    await eventually(lambda: not wacall.service.calls.sessions, what="no session left")
+
+
 def test_an_inbound_sip_route_names_a_configured_trunk(tmp_path: Path) -> None:
     config = tmp_path / "wacall.toml"
     config.write_text(
