@@ -13,12 +13,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from sip_stack import FAST, Stack, start_stack
 from sipp_pbx import sipp_pbx
 
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
-from wacall.sip.message import Request, Response, SipURI, Via, response_to
+from wacall.sip.message import Request, Response, SipURI, Via, parse_message, response_to
 from wacall.sip.transactions import TimerValues
 from wacall.sipio.layer import ServerRequest, TransactionLayer
 from wacall.sipio.transport import Transports
@@ -606,3 +607,38 @@ async def test_hanging_up_while_the_credentialed_invite_rings_cancels_that_invit
     finally:
         await near.layer.close()
         await far.layer.close()
+
+
+class RingsForever(asyncio.DatagramProtocol):
+    """A PBX that answers every INVITE 180 and nothing else: its CANCEL never brings a final response."""
+
+    transport: asyncio.DatagramTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        message = parse_message(data)
+        if isinstance(message, Request) and message.method == "INVITE":
+            self.transport.sendto(response_to(message, 180, to_tag="pbx1").serialize(), addr)
+
+
+async def test_an_invite_whose_cancel_brings_no_final_is_abandoned_and_hangup_returns() -> None:
+    transport, _pbx = await asyncio.get_running_loop().create_datagram_endpoint(
+        RingsForever, local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = leg_to((near, router), f"sip:pbx@127.0.0.1:{port}")
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        await eventually(lambda: leg.layer.transaction_count == 1, what="the INVITE ringing")
+        await asyncio.sleep(0.1)  # its 180 is in
+        await leg.hangup()  # CANCEL, no final: given up after 64*T1, not waited for forever
+        with pytest.raises(PbxRefused):
+            await inviting
+        await eventually(lambda: leg.layer.transaction_count == 0, what="no transaction left")
+    finally:
+        await near.layer.close()
+        transport.close()

@@ -340,6 +340,8 @@ class OutboundCall:
             await asyncio.wait_for(current.heard.wait(), self._give_up_after())
         if current.provisional_seen and not current.answered and not current.cancelled:
             current.cancelled = True
+            # §9.1: an INVITE whose CANCEL brings no final response is given up 64*T1 after the CANCEL.
+            self.layer.abandon(current.invite, after=self._give_up_after())
             try:
                 await self.layer.request(cancel_request(current.invite), self.target)
             except (TransactionTimeout, TransportFailed, SipTransportError) as error:
