@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,8 @@ from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
 from wacall.sip.message import Request, Response, SipURI, Via, parse_message, response_to
 from wacall.sip.transactions import TimerValues
 from wacall.sipio.layer import ServerRequest, TransactionLayer
-from wacall.sipio.transport import Transports
+from wacall.sipio.transport import Target, Transports
+from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.outbound import DialogHandler, OutboundCall, PbxRefused
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -34,6 +35,7 @@ class Router:
 
     def __init__(self) -> None:
         self.dialogs: dict[tuple[str, str, str], DialogHandler] = {}
+        self.invites: dict[tuple[str, str], Callable[[Response], Awaitable[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     def register_dialog(self, dialog_id: tuple[str, str, str], handler: DialogHandler) -> None:
@@ -41,6 +43,12 @@ class Router:
 
     def unregister_dialog(self, dialog_id: tuple[str, str, str]) -> None:
         self.dialogs.pop(dialog_id, None)
+
+    def register_invite(self, call_id: str, local_tag: str, handler: Callable[[Response], Awaitable[None]]) -> None:
+        self.invites[(call_id, local_tag)] = handler
+
+    def unregister_invite(self, call_id: str, local_tag: str) -> None:
+        self.invites.pop((call_id, local_tag), None)
 
     def __call__(self, server: ServerRequest) -> None:
         request = server.request
@@ -642,3 +650,45 @@ async def test_an_invite_whose_cancel_brings_no_final_is_abandoned_and_hangup_re
     finally:
         await near.layer.close()
         transport.close()
+
+
+async def test_a_second_2xx_from_a_forking_proxy_is_acknowledged_and_ended_and_ours_goes_on() -> None:
+    received: list[tuple[str, str]] = []
+
+    def pbx(server: ServerRequest) -> None:
+        request = server.request
+        received.append((request.method, request.to.tag or ""))
+        if request.method == "INVITE":
+            answer_200(server, port)
+        elif request.method == "BYE":
+            server.respond(response_to(request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    far.layer.on_stray = lambda message, source: received.append(
+        (getattr(message, "method", "?"), message.to.tag or "")
+    )
+    port = far.target("UDP").port
+    near = SipEndpoint((), agent="wacall-test", timers=FAST)
+    await near.start(("127.0.0.1", 0))
+    try:
+        leg = OutboundCall(
+            near.layer, near, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
+            callee="sip:pbx@127.0.0.1", wacall_call_id="call_7",
+        )  # fmt: skip
+        await leg.invite(OFFER)
+        # Another branch of the fork answers too: a dialog of its own (To tag pbx2).
+        headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+        other = response_to(far.requests[0].request, 200, to_tag="pbx2", headers=headers, body=OFFER.encode())
+        near_target = Target("UDP", "127.0.0.1", near.layer.transports.local_address("UDP")[1])
+        await far.layer.send_stateless(other, near_target)
+        await eventually(lambda: ("BYE", "pbx2") in received, what="the other branch's BYE")
+        await far.layer.send_stateless(other, near_target)  # resent: ACKed again, never BYEd twice
+        await eventually(lambda: received.count(("ACK", "pbx2")) >= 2, what="the resent 2xx ACKed")
+        assert received.index(("ACK", "pbx2")) < received.index(("BYE", "pbx2"))
+        assert received.count(("BYE", "pbx2")) == 1
+        assert leg.dialog is not None and ("BYE", "pbx1") not in received  # our call goes on
+        await leg.hangup()
+        await eventually(lambda: ("BYE", "pbx1") in received, what="our BYE")
+    finally:
+        await near.close()
+        await far.layer.close()

@@ -65,6 +65,11 @@ class DialogRouter(Protocol):
 
     def unregister_dialog(self, dialog_id: DialogId) -> None: ...
 
+    def register_invite(self, call_id: str, local_tag: str, handler: Callable[[Response], Awaitable[None]]) -> None:
+        """Send `handler` each 2xx to our INVITE that matches no registered dialog (a forking proxy's others)."""
+
+    def unregister_invite(self, call_id: str, local_tag: str) -> None: ...
+
 
 def target_of(uri: SipURI) -> Target:
     """Where requests for `uri` go: its transport parameter (UDP by default, TLS for sips:), host and port."""
@@ -118,6 +123,9 @@ class OutboundCall:
         self._ended = False
         self._early_answered = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._local_tag = ""
+        self._remote_tag: str | None = None  # the To tag of the 2xx that made our dialog
+        self._forks: set[DialogId] = set()  # the other dialogs a forking proxy made, ACKed and ended
 
     def _local_transport(self) -> str:
         listening = self.layer.transports.listening
@@ -179,8 +187,16 @@ class OutboundCall:
         if self._inviting is not None:
             return self._inviting
         self._offer = sdp.encode()
-        self._inviting = asyncio.ensure_future(self._place(self._invite(sdp)))
+        invite = self._invite(sdp)
+        self._local_tag = invite.from_.tag or ""
+        self.router.register_invite(self.call_id, self._local_tag, self._forked)
+        self._inviting = asyncio.ensure_future(self._place(invite))
+        self._inviting.add_done_callback(self._settled)
         return self._inviting
+
+    def _settled(self, inviting: asyncio.Future[str]) -> None:
+        if inviting.cancelled() or inviting.exception() is not None:
+            self.router.unregister_invite(self.call_id, self._local_tag)  # no dialog: no fork to end either
 
     async def _place(self, invite: Request) -> str:
         if self._ended:  # hung up before this task first ran: the INVITE never goes out
@@ -263,6 +279,7 @@ class OutboundCall:
             raise PbxRefused(502, f"Bad Gateway (the PBX's 2xx cannot make a dialog: {error})") from None
         # Registered before any await: a BYE from the PBX finds the dialog, and a hangup now BYEs it after the ACK.
         self.dialog = dialog
+        self._remote_tag = dialog.remote_tag
         self.router.register_dialog(dialog.id, self._in_dialog)
         await self._send_ack(dialog, invite.cseq.seq)
         self._acknowledged.set()
@@ -353,9 +370,41 @@ class OutboundCall:
             return
         self.dialog = None
         self.router.unregister_dialog(dialog.id)
+        self.router.unregister_invite(self.call_id, self._local_tag)
         # §15: never BYE before the ACK of the 2xx is out.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._acknowledged.wait(), self._give_up_after())
+        await self._send_bye(dialog)
+
+    async def _forked(self, response: Response) -> None:
+        """A 2xx to our INVITE that matches no registered dialog: a forking proxy's other branch answered (§13.2.2.4:
+        each 2xx is a dialog of its own; ours is the first), or our own 2xx resent before its dialog was registered.
+        Another branch's dialog is ACKed and ended with a BYE, once."""
+        if response.cseq.method != "INVITE" or not 200 <= response.status_code < 300:
+            return
+        inviting = self._inviting
+        if inviting is not None and not inviting.done():
+            # The first 2xx may still be on its way to becoming our dialog: wait until it is (or is not).
+            with contextlib.suppress(TimeoutError, PbxRefused):
+                await asyncio.wait_for(asyncio.shield(inviting), self._give_up_after())
+        invite = self._pending
+        if invite is None or response.to.tag == self._remote_tag:
+            if self.dialog is not None and invite is not None:
+                await self._send_ack(self.dialog, response.cseq.seq)
+            return
+        try:
+            other = Dialog.as_uac(invite, response)
+        except (DialogError, SipParseError) as error:
+            log.info("SIP leg %s: a forked 2xx cannot make a dialog: %s", self.call_id, error)
+            return
+        await self._send_ack(other, response.cseq.seq)
+        if other.id in self._forks:
+            return  # a resent 2xx of a branch already ended: the ACK was all it needed
+        self._forks.add(other.id)
+        log.info("SIP leg %s: another branch answered (To tag %s): ACK and BYE", self.call_id, other.remote_tag)
+        await self._send_bye(other)
+
+    async def _send_bye(self, dialog: Dialog) -> None:
         target = self._dialog_target(dialog)
         try:
             dialog, bye = dialog.create_request("BYE", via=self._via(target.transport))
@@ -397,6 +446,7 @@ class OutboundCall:
             self.dialog = received
             server.respond(response_to(request, 200))
             self.router.unregister_dialog(dialog.id)
+            self.router.unregister_invite(self.call_id, self._local_tag)
             self.dialog = None
             self._ended = True
             if self.on_bye is not None:
