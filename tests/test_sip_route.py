@@ -311,7 +311,17 @@ async def test_ending_the_call_while_the_pbx_rings_cancels_its_invite(
 
 
 async def test_a_user_who_never_answers_never_reaches_the_pbx(make_service: MakeService, tmp_path: Path) -> None:
-    async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=9) as pbx:
+    # The trunk's PBX is a socket that keeps whatever reaches it.
+    received: list[bytes] = []
+
+    class Keeps(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            received.append(data)
+
+    socket_pbx, _ = await asyncio.get_running_loop().create_datagram_endpoint(Keeps, local_addr=("127.0.0.1", 0))
+    port = socket_pbx.get_extra_info("sockname")[1]
+    try:
+        pbx = SippPbx(process=None, port=port, transport="UDP")  # type: ignore[arg-type]  # no SIPp: a bare socket
         wacall = await with_sip(make_service, pbx)
         await wacall.grant(permanent=True)
         await wacall.phone(on_call=sim_pb.NO_ANSWER)
@@ -319,7 +329,10 @@ async def test_a_user_who_never_answers_never_reaches_the_pbx(make_service: Make
         await wacall.advance(60)  # the platform gives up ringing
         final = await ended(wacall, call.call_id)
         assert final.outcome == pb.CALL_OUTCOME_UNANSWERED and not final.HasField("sip")
-        assert pbx.process.returncode is None  # SIPp is still waiting for its first INVITE
+        await asyncio.sleep(0.3)
+        assert received == []  # no INVITE (nor anything else) reached the PBX
+    finally:
+        socket_pbx.close()
 
 
 # --- refused before anything is recorded ----------------------------------------------------------------------------
