@@ -23,19 +23,21 @@ from pathlib import Path
 
 import pytest
 from conftest import BUSINESS, USER, Running, duration, eventually, wait_until
-from sip_stack import FAST, make_request, self_signed_certificate, start_stack
+from sip_stack import FAST, Stack, make_request, self_signed_certificate, start_stack
 from test_rtpengine import Heard, PlainRtpPeer, pitch, pitch_at, plain_rtp_peer
 from test_sdp import platform_of
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.tracks import SAMPLE_RATE, level
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import DigestAuth
-from wacall.sip.message import Headers, Request, Response, Via, Warning
+from wacall.sip.message import Headers, Request, Response, Via, Warning, parse_datagram, response_to
 from wacall.sipdoor.trunks import parse_trunks
-from wacall.sipio.layer import TransactionLayer
+from wacall.sipio.layer import ServerRequest, TransactionLayer, cancel_request
 from wacall.sipio.transport import Target, Transports
+from wacall.siptrunk.front_door import answer_again
 
 ASSETS = Path(__file__).parent / "assets" / "sipp"
 PBX_TONE = 1000.0
@@ -224,6 +226,8 @@ async def test_a_pbx_calls_a_granted_user_and_each_side_hears_the_others_tone(
 ) -> None:
     await front_door.grant(permanent=True)
     await front_door.phone(tone_hz=USER_TONE)
+    engine = front_door.service.engines.engines[0]  # type: ignore[union-attr]
+    sessions_before = await engine.session_count()
     run = await sipp(front_door, tmp_path, "uac_call_user_hangs_up.xml", rtp_port=rtp.port, transport=transport)
     toward_pbx = await wait_for_200(run)
     # Plain RTP toward the PBX: G.711 (the PBX offered no Opus), RFC 4733 events, nothing only WebRTC reads.
@@ -264,6 +268,7 @@ async def test_a_pbx_calls_a_granted_user_and_each_side_hears_the_others_tone(
     assert service.sip is not None and service.front_door is not None
     await eventually(lambda: service.front_door is not None and service.front_door.active_calls == 0, 5, "no call")
     assert service.sip.dialog_count == 0
+    await wait_until(engine.session_count, lambda count: count == sessions_before, 10)  # rtpengine's call deleted
 
 
 # DTMF digit 5 (ITU-T Q.23): a 770 Hz and a 1336 Hz tone together.
@@ -511,7 +516,7 @@ async def test_the_call_limit_gets_480_with_the_seconds_until_the_next_allowed_c
 
     response = await refusal(wacall, tmp_path, rtp, 480)
     assert warning_of(response).startswith("CALL_LIMIT_REACHED: ")
-    assert response.headers.get("Retry-After") == str(int(wait.total_seconds()))
+    assert response.headers.get("Retry-After") == str(math.ceil(wait.total_seconds()))  # retrying earlier fails
     assert len(await calls_of(wacall)) == 1
 
 
@@ -617,12 +622,27 @@ async def test_a_pbx_over_tls_places_a_call_and_hangs_up(make_service: Make, tmp
 
         call = await the_call(wacall)
         assert call.sip.call_id == invite.call_id and call.sip.last_status == 200
-        # Inside the call: OPTIONS answered, no renegotiation (the platform has none), the call goes on.
+        # Inside the call: OPTIONS answered; a session-timer refresh (re-INVITE, UPDATE) gets the media already
+        # given, the same o= version; a hold gets recvonly, one version up; the call goes on untouched.
         dialog, options = dialog.create_request("OPTIONS", via=Via.parse(pbx.layer.via("TLS")))
         assert (await pbx.layer.request(options, target)).status_code == 200
         dialog, reinvite = dialog.create_request("INVITE", via=Via.parse(pbx.layer.via("TLS")), body=invite.body)
-        refused = await pbx.layer.request(reinvite, target)
-        assert refused.status_code == 488 and warning_of(refused).startswith("RENEGOTIATION_UNSUPPORTED: ")
+        refreshed = await pbx.layer.request(reinvite, target)
+        assert refreshed.status_code == 200 and refreshed.body == ok.body
+        await pbx.layer.send_stateless(dialog.ack(reinvite.cseq.seq, via=Via.parse(pbx.layer.via("TLS"))), target)
+        dialog, update = dialog.create_request("UPDATE", via=Via.parse(pbx.layer.via("TLS")))
+        assert (await pbx.layer.request(update, target)).status_code == 200
+        hold = invite.body.replace(b"a=sendrecv", b"a=sendonly")
+        if b"a=sendonly" not in hold:
+            hold += b"a=sendonly\r\n"
+        dialog, reinvite = dialog.create_request("INVITE", via=Via.parse(pbx.layer.via("TLS")), body=hold)
+        held = await pbx.layer.request(reinvite, target)
+        await pbx.layer.send_stateless(dialog.ack(reinvite.cseq.seq, via=Via.parse(pbx.layer.via("TLS"))), target)
+        assert held.status_code == 200 and "a=recvonly" in held.body.decode()
+        assert sdp_version(held.body) == sdp_version(ok.body) + 1
+        # §12.2.2: a CSeq not above the last one gets 500.
+        stale = Request("OPTIONS", options.uri, options.headers.replaced("Via", pbx.layer.via("TLS")))
+        assert (await pbx.layer.request(stale, target)).status_code == 500
         assert (await wacall.get_call(call.call_id)).state == pb.CALL_STATE_CONNECTED
         dialog, bye = dialog.create_request("BYE", via=Via.parse(pbx.layer.via("TLS")))
         assert (await pbx.layer.request(bye, target)).status_code == 200
@@ -630,3 +650,284 @@ async def test_a_pbx_over_tls_places_a_call_and_hangs_up(make_service: Make, tmp
         assert ended.outcome == pb.CALL_OUTCOME_ANSWERED and ended.end_reason == "the PBX hung up (BYE)"
     finally:
         await pbx.layer.close()
+
+
+# --- dialogs: route set, connection, ACK before BYE, CANCEL crossing the answer -------------------------------------
+
+
+async def requests_of(stack: Stack, method: str) -> list[ServerRequest]:
+    return [server for server in stack.requests if server.request.method == method]
+
+
+def bye_in(log: str) -> str:
+    """The head of the BYE SIPp received."""
+    found = re.findall(r"message received \[\d+\] bytes :\n\n(BYE .*?)\n\n", log, re.S)
+    assert found, f"SIPp received no BYE:\n{log[-3000:]}"
+    return str(found[-1])
+
+
+async def test_a_record_routed_call_keeps_its_proxies_in_the_path_both_ways(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(ring=5)
+    run = await sipp(front_door, tmp_path, "uac_call_record_routed.xml", rtp_port=rtp.port)
+    await eventually(lambda: "SIP/2.0 180 Ringing" in run.log(), 15, "the 180")
+    await front_door.advance(10)  # the user answers
+    await wait_for_200(run)
+    routes = [f"<sip:proxy@{PBX}:", "<sip:edge.invalid;lr>"]
+    for status in (180, 200):
+        # §12.1.1: every Record-Route, in order, in each response that makes a dialog; and a Contact.
+        response = run.received(status)
+        record_routes = response.headers.get_all("Record-Route")
+        assert len(record_routes) == 2
+        assert record_routes[0].startswith(routes[0]) and record_routes[1] == routes[1]
+        assert (response.headers.get("Contact") or "").startswith("<sip:wacall@127.0.0.1:")
+    call = await the_call(front_door)
+    await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+    await run.finish()  # the BYE reached SIPp, the nearer proxy, though the PBX's Contact is a dead port
+    bye = bye_in(run.log())
+    assert bye.startswith(f"BYE sip:pbx@{PBX}:9;transport=UDP SIP/2.0")  # loose routing: the remote target
+    in_bye = re.findall(r"^Route: (.*)$", bye, re.M)
+    assert len(in_bye) == 2 and in_bye[0].startswith(routes[0]) and in_bye[1] == routes[1]
+
+
+async def test_the_users_hang_up_after_a_long_quiet_tcp_call_reaches_the_pbx(
+    front_door: Running, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    endpoint = front_door.service.sip
+    assert endpoint is not None
+    endpoint.transports.idle_timeout = 0.2  # five quiet minutes, shortened
+    pbx = await start_stack(lambda server: server.respond(response_to(server.request, 200, to_tag="pbx")))
+    try:
+        host, port = front_door.service.sip_addresses["TCP"]
+        target = Target("TCP", host, port)
+        invite = make_request(pbx.layer, "INVITE", target, body=rtp.sdp().encode())
+        headers = invite.headers.replaced("From", f"<sip:{BUSINESS}@127.0.0.1>;tag=quiet")
+        invite = Request("INVITE", f"sip:{USER}@{host}:{port};transport=tcp", headers, invite.body)
+        ok = await pbx.layer.request(invite, target)
+        assert ok.status_code == 200
+        dialog = Dialog.as_uac(invite, ok)
+        await pbx.layer.send_stateless(dialog.ack(invite.cseq.seq, via=Via.parse(pbx.layer.via("TCP"))), target)
+        call = await the_call(front_door)
+        await asyncio.sleep(1.0)  # five idle timeouts without a byte on the connection
+        assert endpoint.connection_count == 1  # the dialog holds it open
+        await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+        byes = await wait_until(lambda: requests_of(pbx, "BYE"), bool, 10)
+        assert byes[0].request.call_id == invite.call_id
+        assert byes[0].source.transport == "TCP"
+        await front_door.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    finally:
+        await pbx.layer.close()
+
+
+async def pbx_invite(pbx: Stack, wacall: Running, rtp: PlainRtpPeer, transport: str = "UDP") -> tuple[Request, Target]:
+    """An INVITE from `pbx` (trunk "pbx") to the granted user, and where it goes."""
+    host, port = wacall.service.sip_addresses[transport]
+    target = Target(transport, host, port)
+    invite = make_request(pbx.layer, "INVITE", target, body=rtp.sdp().encode())
+    headers = invite.headers.replaced("From", f"<sip:{BUSINESS}@127.0.0.1>;tag=pbx{transport}")
+    return Request("INVITE", f"sip:{USER}@{host}:{port}", headers, invite.body), target
+
+
+async def test_wacalls_bye_waits_for_the_pbxs_ack_of_the_200(front_door: Running, rtp: PlainRtpPeer) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    pbx = await start_stack(lambda server: server.respond(response_to(server.request, 200, to_tag="pbx")))
+    try:
+        invite, target = await pbx_invite(pbx, front_door, rtp)
+        ok = await pbx.layer.request(invite, target)
+        assert ok.status_code == 200
+        call = await the_call(front_door)
+        # The user hangs up before the PBX's ACK came (it was slow, or lost): §15, no BYE before the ACK.
+        await front_door.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id))
+        await front_door.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+        await asyncio.sleep(1.0)
+        assert await requests_of(pbx, "BYE") == []
+        dialog = Dialog.as_uac(invite, ok)
+        await pbx.layer.send_stateless(dialog.ack(invite.cseq.seq, via=Via.parse(pbx.layer.via("UDP"))), target)
+        byes = await wait_until(lambda: requests_of(pbx, "BYE"), bool, 10)
+        assert byes[0].request.call_id == invite.call_id and byes[0].request.to.tag == "pbxUDP"
+        # The 200 is not resent once the dialog is over.
+        resent = len(pbx.strays)
+        await asyncio.sleep(1.2)
+        assert len(pbx.strays) == resent
+    finally:
+        await pbx.layer.close()
+
+
+async def test_a_cancel_crossing_the_answer_still_ends_the_call_and_frees_the_engine(
+    front_door: Running, rtp: PlainRtpPeer
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    door = front_door.service.front_door
+    assert door is not None and door.engine_legs is not None
+    engine = front_door.service.engines.engines[0]  # type: ignore[union-attr]
+    sessions_before = await engine.session_count()
+    build, reached, release = door.engine_legs, asyncio.Event(), asyncio.Event()
+
+    def held_at_the_answer(offer: str, peer: PeerMedia) -> EngineBridgeLeg:
+        # The PBX's CANCEL lands while wacall builds its 200 (the engine's SDP for the PBX is on its way).
+        leg = build(offer, peer)
+        answer = leg.peer_answer
+        asked = 0
+
+        async def later() -> str:
+            nonlocal asked
+            asked += 1
+            if asked > 1:  # the first is the call's start (its record shows the SDP); then the front door's 200
+                reached.set()
+                await release.wait()
+            return await answer()
+
+        leg.peer_answer = later  # type: ignore[method-assign]
+        return leg
+
+    door.engine_legs = held_at_the_answer
+    pbx = await start_stack()
+    try:
+        invite, target = await pbx_invite(pbx, front_door, rtp)
+        inviting = asyncio.ensure_future(pbx.layer.request(invite, target))
+        await asyncio.wait_for(reached.wait(), 15)
+        call = await the_call(front_door)
+        assert call.state == pb.CALL_STATE_CONNECTED
+        assert (await pbx.layer.request(cancel_request(invite), target)).status_code == 200
+        assert (await inviting).status_code == 487
+        release.set()
+        ended = await front_door.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+        assert ended.end_reason == "the PBX cancelled the call (CANCEL)"
+        await wait_until(lambda: front_door.get_call(call.call_id), lambda c: c.sip.last_status == 487)
+        phone = await front_door.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id))
+        assert phone.state == "ended"
+        await wait_until(engine.session_count, lambda count: count == sessions_before, 10)
+        assert door.active_calls == 0 and front_door.service.sip.dialog_count == 0  # type: ignore[union-attr]
+    finally:
+        await pbx.layer.close()
+
+
+@pytest.mark.parametrize(
+    ("shared_secret", "second_answer"),
+    [("", "BAD_CREDENTIALS"), ("one secret for every replica", "NO_PERMISSION")],
+    ids=["no secret: each replica its own random key", "a shared secret"],
+)
+async def test_the_nonce_key_is_a_secret_of_its_own_never_the_trunks_passwords(
+    make_service: Make, secure_pbx: TransactionLayer, rtp: PlainRtpPeer, shared_secret: str, second_answer: str
+) -> None:
+    # Two replicas with the same trunks. Were the key derived from the passwords, both would sign alike, and a 407's
+    # nonce would be a test of password guesses anyone allowed to connect could run offline.
+    first, second = [
+        await make_service(rtpengine="", sip_address="127.0.0.1:0", sip_trunks=TRUNKS, sip_nonce_secret=shared_secret)
+        for _ in range(2)
+    ]
+    invite, target = invite_from(secure_pbx, first, rtp)
+    challenge = await secure_pbx.request(invite, target)
+    assert challenge.status_code == 407
+    flow = DigestAuth("pbx", "s3cret").auth_flow(invite)
+    next(flow)
+    answered = flow.send(challenge)
+    _, elsewhere = invite_from(secure_pbx, second, rtp)
+    response = await secure_pbx.request(answered, elsewhere)
+    # A shared secret: the other replica takes the answer (and the rules refuse: no permission); else the nonce,
+    # signed with another key, is not one it gave.
+    assert response.status_code == 403 and warning_of(response).startswith(f"{second_answer}: ")
+
+
+def sdp_version(body: bytes) -> int:
+    found = re.search(r"^o=\S+ \S+ (\d+) ", body.decode(), re.M)
+    assert found is not None, body
+    return int(found.group(1))
+
+
+def status_of(datagram: bytes) -> int:
+    response = parse_datagram(datagram)
+    assert isinstance(response, Response)
+    return response.status_code
+
+
+async def test_an_invite_resent_after_the_200_is_not_a_second_call(front_door: Running, rtp: PlainRtpPeer) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(tone_hz=USER_TONE)
+    host, port = front_door.service.sip_addresses["UDP"]
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    pbx.bind((PBX, 0))
+    pbx.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        items = [
+            ("Via", f"SIP/2.0/UDP {PBX}:{pbx.getsockname()[1]};branch=z9hG4bKresent;rport"),
+            ("Max-Forwards", "70"),
+            ("From", f"<sip:{BUSINESS}@{PBX}>;tag=resent"),
+            ("To", f"<sip:{USER}@{host}>"),
+            ("Call-ID", "resent-after-200"),
+            ("CSeq", "1 INVITE"),
+            ("Contact", f"<sip:pbx@{PBX}:{pbx.getsockname()[1]}>"),
+            ("Content-Type", "application/sdp"),
+        ]
+        invite = Request("INVITE", f"sip:{USER}@{host}:{port}", Headers(items), rtp.sdp().encode()).serialize()
+        pbx.sendto(invite, (host, port))
+        statuses: list[int] = []
+        while 200 not in statuses:
+            statuses.append(status_of(await asyncio.wait_for(loop.sock_recv(pbx, 65535), 15)))
+        # The 100 and 180 were lost on the way, so the PBX resends its INVITE, which crosses the 200.
+        pbx.sendto(invite, (host, port))
+        pbx.sendto(invite, (host, port))
+        await asyncio.sleep(1.2)  # the 200 is resent (no ACK yet); nothing else may come
+        while True:
+            try:
+                statuses.append(status_of(pbx.recv(65535)))
+            except BlockingIOError:
+                break
+        assert all(status < 300 for status in statuses), statuses  # no 486 CALL_IN_PROGRESS for the same call
+        call = await the_call(front_door)
+        assert call.state == pb.CALL_STATE_CONNECTED
+        assert front_door.service.front_door is not None and front_door.service.front_door.active_calls == 1
+    finally:
+        pbx.close()
+
+
+GIVEN = "v=0\r\no=- 7 7 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendrecv\r\n"
+
+
+@pytest.mark.parametrize(
+    ("offer", "direction", "version"),
+    [
+        ("v=0\r\nm=audio 5000 RTP/AVP 0\r\na=sendrecv\r\n", "sendrecv", 7),  # a refresh: exactly as given
+        ("", "sendrecv", 7),  # a re-INVITE without an offer: what was given
+        ("v=0\r\nm=audio 5000 RTP/AVP 0\r\na=sendonly\r\n", "recvonly", 8),  # hold
+        ("v=0\r\nm=audio 5000 RTP/AVP 0\r\na=inactive\r\n", "inactive", 8),
+    ],
+    ids=["refresh", "no offer", "hold", "inactive"],
+)
+def test_a_new_offer_in_the_dialog_gets_the_same_media_its_direction_mirrored(
+    offer: str, direction: str, version: int
+) -> None:
+    answer = answer_again(GIVEN, offer)
+    assert f"a={direction}\r\n" in answer and answer.count("a=") == 1
+    assert sdp_version(answer.encode()) == version
+    if direction == "sendrecv":
+        assert answer == GIVEN
+
+
+@pytest.mark.parametrize(
+    ("how", "status", "reason"),
+    [("EndCall", 480, "ENDED_BY_BUSINESS"), ("shutdown", 503, "SHUTTING_DOWN")],
+    ids=["EndCall", "shutdown"],
+)
+async def test_a_ringing_call_ended_on_wacalls_side_is_not_a_487_the_pbx_never_asked_for(
+    front_door: Running, tmp_path: Path, rtp: PlainRtpPeer, how: str, status: int, reason: str
+) -> None:
+    await front_door.grant(permanent=True)
+    await front_door.phone(ring=3600)
+    run = await sipp(front_door, tmp_path, "uac_refused.xml", rtp_port=rtp.port, status=status)
+    call = await wait_until(lambda: the_call(front_door), lambda c: c.state == pb.CALL_STATE_RINGING, 10)
+    if how == "EndCall":
+        await front_door.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), metadata=front_door.metadata)
+    else:
+        await front_door.service.stop(grace=0.5)
+    await run.finish()
+    response = run.received(status)
+    assert warning_of(response).startswith(f"{reason}: ")  # a PBX fails over, or retries; a 487 would stop it
+    assert (response.headers.get("Retry-After") is not None) == (how == "shutdown")

@@ -4,7 +4,8 @@ datagrams) go over real UDP to a running `wacall serve` with its front door and 
 Each must get a final 4xx with a Warning saying what is wrong, or, when the datagram cannot be read as a request
 (no Via to answer to, not SIP at all), no reply; never a 5xx. Nothing is written: the user has no permission, so
 even an INVITE that passes every check of the door is refused by the rules. Afterwards there is no call, no event,
-no front-door call or transaction left over, and the endpoint still answers OPTIONS.
+no front-door call or transaction left over (checked after refused INVITEs of its own too, whatever order the
+tests run in), and the endpoint still answers OPTIONS.
 
 The service runs on its own event loop in a thread so that hypothesis drives a plain blocking UDP socket.
 WACALL_FUZZ_EXAMPLES sets the number of datagrams (default 40).
@@ -25,6 +26,7 @@ import pytest
 from conftest import BUSINESS, USER, Running, settings_for, start_service, stop_service
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sip_stack import FAST
 from test_sip_front_door import TRUNKS
 from wacall_client.v1 import calling_pb2 as pb
 
@@ -69,6 +71,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     settings_ = settings_for(directory, rtpengine="", sip_address="127.0.0.1:0", sip_trunks=TRUNKS)
     running: Running = asyncio.run_coroutine_threadsafe(start_service(settings_), loop).result(60)
     served = Served(running, loop, running.service.sip_addresses["UDP"])
+    # Short timers: a refused INVITE's server transaction (no ACK ever comes) ends within seconds, not 32.
+    assert running.service.sip is not None
+    running.service.sip.layer.timers = FAST
     try:
         yield served
     finally:
@@ -162,9 +167,29 @@ def test_no_invite_raises_out_of_the_endpoint_or_changes_anything(served: Served
     assert Warning.parse(warning).text
 
 
-def test_after_the_fuzzing_nothing_was_written_or_left_over(served: Served) -> None:
-    # Runs after the fuzz test (file order): whatever it sent is refused by now.
+def invite_datagram(port: int, uri: str, body: str = SDP) -> bytes:
+    return (
+        f"INVITE {uri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{secrets.token_hex(6)};rport\r\n"
+        f"From: <sip:{BUSINESS}@127.0.0.1>;tag=a\r\nTo: <{uri}>\r\nCall-ID: {secrets.token_hex(6)}@pbx\r\n"
+        f"CSeq: 1 INVITE\r\nMax-Forwards: 70\r\nContact: <sip:pbx@127.0.0.1:{port}>\r\n"
+        f"Content-Type: application/sdp\r\nContent-Length: {len(body.encode())}\r\n\r\n{body}"
+    ).encode()
+
+
+def test_after_refused_invites_nothing_was_written_or_left_over(served: Served) -> None:
+    # Whatever the fuzz test sent (if it ran first), and these, of every kind it draws: all refused, nothing kept.
     running = served.running
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        for datagram in (
+            invite_datagram(port, f"sip:{USER}@127.0.0.1"),  # passes the door: the rules refuse (no permission)
+            invite_datagram(port, "sip:not-a-number@127.0.0.1"),
+            invite_datagram(port, f"sip:{USER}@127.0.0.1", body="v=0\r\n"),
+        ):
+            sock.sendto(datagram, served.address)
+            reply = final_reply(sock)
+            assert reply is not None and 400 <= reply.status_code < 500
 
     async def written() -> tuple[list[pb.Call], list[pb.Event]]:
         calls = await running.calling.ListCalls(pb.ListCallsRequest(business_number=BUSINESS))
@@ -175,6 +200,16 @@ def test_after_the_fuzzing_nothing_was_written_or_left_over(served: Served) -> N
     service = running.service
     assert service.front_door is not None and service.front_door.active_calls == 0
     assert service.sip is not None and service.sip.dialog_count == 0
+    endpoint = service.sip
+
+    async def transactions() -> int:
+        for _ in range(500):
+            if endpoint.transaction_count == 0:
+                break
+            await asyncio.sleep(0.02)
+        return endpoint.transaction_count
+
+    assert served.run(transactions()) == 0  # every refused INVITE's transaction ended (Timer H, short here)
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -135,6 +135,10 @@ def test_every_rule_reason_has_a_sip_row() -> None:
         (CallOutcome.USER_DECLINED, 603),
         (CallOutcome.NO_ANSWER, 480),
         (CallOutcome.CANCELLED, 487),
+        (CallOutcome.ENDED_AT_ANSWER, 480),
+        (CallOutcome.ENDED_BY_BUSINESS, 480),
+        (CallOutcome.SHUTTING_DOWN, 503),
+        (CallOutcome.EXTENSION_UNSUPPORTED, 420),
         (CallOutcome.MEDIA_ENGINE_UNAVAILABLE, 503),
         (CallOutcome.MEDIA_SETUP_FAILED, 503),
     ],
@@ -216,6 +220,17 @@ def test_a_detail_replaces_the_advice_and_survives_quotes() -> None:
         invite(), CallOutcome.INVALID_NUMBER, agent="h", to_tag="t", detail='"+1 2" is not a valid number'
     )
     assert warning(response).text == 'INVALID_NUMBER: "+1 2" is not a valid number'
+
+
+def test_a_detail_with_control_characters_or_too_long_still_makes_a_warning() -> None:
+    # A platform's own words may hold a newline (FD8): never the generic 503 a Warning that cannot be built gave.
+    response = final_response(
+        invite(), Reason.NO_PERMISSION, agent="h", to_tag="t", detail="platform error 138006:\nno\x01 permission"
+    )
+    assert response.status_code == 403
+    assert warning(response).text == "NO_PERMISSION: platform error 138006: no  permission"
+    long = final_response(invite(), CallOutcome.PLATFORM_FAILURE, agent="h", to_tag="t", detail="x" * 1000)
+    assert len(warning(long).text) == 300 and warning(long).text.endswith("...")
 
 
 # --- admission: source and digest -------------------------------------------------------------------------------

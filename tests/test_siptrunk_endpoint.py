@@ -230,3 +230,27 @@ async def test_a_2xx_matching_no_dialog_goes_to_its_invites_owner(endpoint: SipE
     await pbx.layer.send_stateless(response_to(invite, 200, to_tag="branch-c"), target)
     await asyncio.sleep(0.1)
     assert len(forks) == 2
+
+
+async def test_a_request_requiring_an_extension_wacall_lacks_gets_420_naming_it(
+    endpoint: SipEndpoint, pbx: Stack
+) -> None:
+    target = door_target(endpoint)
+    invite = make_request(pbx.layer, "INVITE", target)
+    invite = Request("INVITE", invite.uri, invite.headers.with_header("Require", "100rel, timer"), invite.body)
+    response = await pbx.layer.request(invite, target)
+    assert response.status_code == 420  # §8.2.2.3, not accepted as if nothing were required
+    assert response.headers.get("Unsupported") == "100rel, timer"
+    assert warning_text(response).startswith("EXTENSION_UNSUPPORTED: ")
+
+
+async def test_an_ipv6_agent_is_bracketed_in_the_warning(pbx: Stack) -> None:
+    endpoint = SipEndpoint((), agent="2001:db8::5", timers=FAST)
+    await endpoint.start(("127.0.0.1", 0))
+    try:
+        target = door_target(endpoint)
+        response = await pbx.layer.request(make_request(pbx.layer, "REGISTER", target), target)
+        value = response.headers.get("Warning") or ""
+        assert value.startswith('399 [2001:db8::5] "')  # §20.43: warn-agent is a hostport
+    finally:
+        await endpoint.close()

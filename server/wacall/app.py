@@ -458,7 +458,11 @@ class Service:
             return EngineBridgeLeg(engines, f"sip-{uuid.uuid4().hex}", peer_offer, peer)
 
         front_door = self.front_door = FrontDoorCalls(
-            endpoint, calls, engine_legs=engine_leg if engines is not None else None, clock=self.clock
+            endpoint,
+            calls,
+            engine_legs=engine_leg if engines is not None else None,
+            clock=self.clock,
+            nonce_secret=settings.sip_nonce_secret.encode() or None,
         )
         # Before the endpoint closes (the stack unwinds in reverse): the PBXs hear their calls end.
         stack.push_async_callback(front_door.close)

@@ -83,6 +83,9 @@ class Settings:
     sip_tls_cert: str = ""
     sip_tls_key: str = ""
     sip_trunks: tuple[Trunk, ...] = ()
+    # The key of the front door's digest nonces: the same on every replica so each accepts the others' ("" = a
+    # random one per process). Never derived from the trunks' passwords: a nonce would let anyone test guesses.
+    sip_nonce_secret: str = ""
     # How long a PBX may ring on wacall's INVITE (sip route, inbound sip) before the leg is cancelled as a 408.
     sip_answer_timeout_seconds: float = 60.0  # from [[sip_trunks]]: the PBXs allowed to call through the front door
 
@@ -131,6 +134,7 @@ SCALARS: Mapping[str, type] = {
     "sip_tls_cert": str,
     "sip_tls_key": str,
     "sip_answer_timeout_seconds": float,
+    "sip_nonce_secret": str,
 }
 
 
@@ -202,6 +206,10 @@ DESCRIPTIONS: Mapping[str, str] = {
     "sip_tls_address": "where the SIP front door listens for TLS (host:port; needs --sip-tls-cert and --sip-tls-key)",
     "sip_tls_cert": "the PEM certificate (chain) the SIP front door presents over TLS",
     "sip_tls_key": "the PEM private key of --sip-tls-cert",
+    "sip_nonce_secret": (
+        "the key the SIP front door signs its digest nonces with; give every replica the same random value "
+        "(empty: a random key per process, so a PBX's answer to one replica's challenge is challenged again elsewhere)"
+    ),
     "sip_answer_timeout_seconds": (
         "how long a PBX may ring on wacall's INVITE (the sip route, --inbound-route sip:<trunk>) before it is "
         "cancelled and counted as 408"

@@ -45,6 +45,10 @@ class CallOutcome(enum.Enum):
     USER_DECLINED = "user_declined"
     NO_ANSWER = "no_answer"
     CANCELLED = "cancelled"
+    ENDED_AT_ANSWER = "ended_at_answer"
+    ENDED_BY_BUSINESS = "ended_by_business"
+    SHUTTING_DOWN = "shutting_down"
+    EXTENSION_UNSUPPORTED = "extension_unsupported"
     MEDIA_ENGINE_UNAVAILABLE = "media_engine_unavailable"
     MEDIA_SETUP_FAILED = "media_setup_failed"
 
@@ -87,6 +91,11 @@ SIP_REFUSALS: Mapping[Reason | CallOutcome, SipRefusal] = {
     CallOutcome.USER_DECLINED: SipRefusal(603, "the user declined the call"),
     CallOutcome.NO_ANSWER: SipRefusal(480, "the user did not answer"),
     CallOutcome.CANCELLED: SipRefusal(487, "the caller cancelled the call"),
+    # Ended on wacall's side, not by the PBX: a 487 would tell the PBX it cancelled, and it would not fail over.
+    CallOutcome.ENDED_AT_ANSWER: SipRefusal(480, "the call ended as the user answered; call again"),
+    CallOutcome.ENDED_BY_BUSINESS: SipRefusal(480, "the call was ended on wacall's side (EndCall) before the answer"),
+    CallOutcome.SHUTTING_DOWN: SipRefusal(503, "this wacall is shutting down; retry, or use another", retry_after=True),
+    CallOutcome.EXTENSION_UNSUPPORTED: SipRefusal(420, "wacall supports none of the extensions in Require"),
     # SIP media goes through rtpengine only: without one the front door takes no calls.
     CallOutcome.MEDIA_ENGINE_UNAVAILABLE: SipRefusal(
         503, "wacall runs without a media engine: install rtpengine-daemon, or give --rtpengine, and restart"
@@ -130,9 +139,21 @@ def final_response(
     refusal = SIP_REFUSALS.get(reason)
     if refusal is None:
         raise ValueError(f"{reason.name} is not a refusal")
-    headers = [("Warning", str(Warning(WARN_CODE, agent, f"{reason.name}: {detail or refusal.advice}")))]
+    text = _printable(f"{reason.name}: {detail or refusal.advice}")
+    headers = [("Warning", str(Warning(WARN_CODE, agent, text)))]
     if refusal.retry_after and next_allowed_at is not None:
         if now is None:
             raise ValueError("Retry-After needs now as well as next_allowed_at")
         headers.append(("Retry-After", str(RetryAfter(retry_after_seconds(next_allowed_at, now)))))
     return response_to(request, refusal.status, to_tag=to_tag, headers=headers)
+
+
+# The longest Warning text sent: a platform's message can be long, and a PBX logs it on one line.
+MAX_WARNING_TEXT = 300
+
+
+def _printable(text: str) -> str:
+    """`text` as a Warning can carry it: control characters (a platform's own words may hold a newline) as spaces,
+    at most `MAX_WARNING_TEXT` characters."""
+    cleaned = "".join(" " if ord(c) < 0x20 or ord(c) == 0x7F else c for c in text)
+    return cleaned if len(cleaned) <= MAX_WARNING_TEXT else cleaned[: MAX_WARNING_TEXT - 3] + "..."

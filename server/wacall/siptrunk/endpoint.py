@@ -44,7 +44,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 # What the endpoint takes (RFC 3261 §20.5 Allow); CANCEL and ACK are the transaction layer's and the dialogs'.
-ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "OPTIONS")
+ALLOWED_METHODS = ("INVITE", "ACK", "CANCEL", "BYE", "UPDATE", "OPTIONS")
+
+# The option tags wacall implements (§19.2): none yet (no 100rel, no session timers as UAS).
+SUPPORTED: frozenset[str] = frozenset()
 
 DialogId = tuple[str, str, str]
 """(Call-ID, local tag, remote tag): a dialog as `wacall.sip.dialog.Dialog.id` names it."""
@@ -68,6 +71,10 @@ def target_of_uri(uri: SipURI, *, transport: str = "UDP") -> Target:
     return Target(chosen, uri.host.strip("[]"), uri.port or DEFAULT_PORTS.get(chosen, 5060))
 
 
+def _option_tags(values: Sequence[str]) -> list[str]:
+    return [tag.strip().lower() for value in values for tag in value.split(",") if tag.strip()]
+
+
 def dialog_id_of(message: Request | Response) -> DialogId:
     """The dialog a message received belongs to, from this side's view: a request's To tag is ours, a response's
     From tag is ours."""
@@ -83,7 +90,8 @@ class SipEndpoint:
 
     def __init__(self, trunks: Sequence[Trunk], *, agent: str, timers: TimerValues | None = None) -> None:
         self.trunks = tuple(trunks)
-        self.agent = agent
+        # A warn-agent is a hostport (§20.43): an IPv6 literal goes in brackets.
+        self.agent = f"[{agent}]" if ":" in agent and not agent.startswith("[") else agent
         self.timers = timers
         # Set by the front door; until then (or without one) an INVITE gets 503.
         self.on_invite: InviteHandler | None = None
@@ -189,7 +197,10 @@ class SipEndpoint:
         uri = NameAddr.parse(dialog.route_set[0]).uri if dialog.route_set else parse_uri(dialog.remote_target)
         if not isinstance(uri, SipURI):
             raise SipParseError(f"cannot send to {uri}: not a sip: or sips: URI")
-        target = target_of_uri(uri, transport=transport)
+        try:
+            target = target_of_uri(uri, transport=transport)
+        except ValueError as error:  # a transport wacall does not speak (sctp, ws...)
+            raise SipParseError(f"cannot send to {uri}: {error}") from None
         connection = self._dialog_connections.get(dialog.id)
         if connection is not None and connection.is_open and connection.transport_name == target.transport:
             return Target(target.transport, target.host, target.port, connection)
@@ -217,6 +228,18 @@ class SipEndpoint:
 
     async def _request(self, server: ServerRequest) -> None:
         request = server.request
+        unsupported = [tag for tag in _option_tags(request.headers.get_all("Require")) if tag not in SUPPORTED]
+        if unsupported and request.method not in ("ACK", "CANCEL"):
+            # §8.2.2.3: a request that requires an extension we do not have is refused, naming what is missing.
+            response = final_response(
+                request,
+                CallOutcome.EXTENSION_UNSUPPORTED,
+                agent=self.agent,
+                to_tag=request.to.tag or secrets.token_hex(6),
+            )
+            headers = response.headers.with_header("Unsupported", ", ".join(unsupported))
+            server.respond(Response(response.status_code, response.reason, headers, response.body))
+            return
         if request.to.tag:
             handler = self._dialogs.get(dialog_id_of(request))
             if handler is None:

@@ -8,9 +8,11 @@ an `EngineBridgeLeg` facing the PBX as a plain-RTP peer (transcoding G.711↔Opu
 Every refusal is a final response from `sipdoor.responses` with a Warning; nothing is written for one.
 
 A placed call is followed in the store: RINGING → 180, CONNECTED → 200 OK with the engine's SDP for the PBX (the
-ACK completes it), ENDED before that → the final response `SIP_ENDINGS` names. A BYE from the PBX ends the call
-(ended by the business); a call that ends otherwise once answered sends the PBX a BYE; a CANCEL before the answer
-(487, by the transaction layer) ends it CANCELLED. `Call.sip.last_status` keeps the INVITE's final status.
+ACK completes it), ENDED before that → the final response `SIP_ENDINGS` names; the 180 and the 200 carry our Contact
+and the INVITE's Record-Route (§12.1.1). A BYE from the PBX ends the call (ended by the business); a call that ends
+otherwise once answered sends the PBX a BYE, after its ACK, where `SipEndpoint.dialog_target` says (the route set,
+else the PBX's Contact; the INVITE's connection while it is open); a CANCEL before the 200 went (487, by the
+transaction layer) ends it, even one that crosses the answer. `Call.sip.last_status` keeps the INVITE's final status.
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TypedDict
 
+from wacall.calls.machine import CallOutcome as MachineOutcome
 from wacall.calls.machine import CallState
 from wacall.calls.record import SipDirection, SipLeg
 from wacall.calls.service import CallService, EngineBridgedRoute, MediaSetupFailed
@@ -49,13 +52,21 @@ from wacall.siptrunk.endpoint import ALLOWED_METHODS, SipEndpoint
 from wacall.upstreams.base import UnknownSender
 from wacall_adapters.routes import RoutePlan
 
-__all__ = ["ROUTE_NAME", "EngineLegs", "FrontDoorCalls"]
+__all__ = ["ROUTE_NAME", "EngineLegs", "FrontDoorCalls", "answer_again"]
 
 log = logging.getLogger(__name__)
 
 ROUTE_NAME = "sip"
 # How long the engine may take to turn the platform's answer into the PBX's SDP once the user answered.
 PEER_ANSWER_WAIT = 10.0
+# The Retry-After of a call a shutdown ended before its answer: about a restart's time.
+SHUTDOWN_RETRY = timedelta(seconds=10)
+
+
+class _Ending(TypedDict, total=False):
+    reason: Reason | CallOutcome
+    next_allowed_at: datetime
+
 
 EngineLegs = Callable[[str, PeerMedia], EngineBridgeLeg]
 """Builds the platform leg of a front-door call: (the PBX's SDP offer, how the engine faces the PBX)."""
@@ -71,6 +82,8 @@ class _Call:
     call_id: str = ""
     engine_leg: EngineBridgeLeg | None = None
     dialog: Dialog | None = None
+    answer_sdp: str = ""  # the SDP wacall last gave the PBX (the 200's, or a re-INVITE's answer)
+    answered_at: float = 0.0  # when the 200 went (the event loop's clock): its ACK is due within 64*T1
     hung_up_by_pbx: bool = False
     ended: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -92,10 +105,14 @@ class FrontDoorCalls:
         self.calls = calls
         self.engine_legs = engine_legs
         self.clock = clock
-        # Replicas sharing the config must accept each other's nonces (a PBX's retry may reach another one), so
-        # the nonce key comes from the trunks' credentials unless one is given.
-        self.door = FrontDoor(endpoint.trunks, nonce_secret=nonce_secret or _nonce_key(endpoint), agent=endpoint.agent)
+        # Replicas accept each other's nonces when given the same secret (a PBX's retry may reach another one);
+        # without one, a random key: never one derived from the trunks' passwords, which a nonce would expose to
+        # offline guessing.
+        self.door = FrontDoor(
+            endpoint.trunks, nonce_secret=nonce_secret or secrets.token_bytes(32), agent=endpoint.agent
+        )
         self._active: set[_Call] = set()
+        self._closing = False
         endpoint.on_invite = self.invite
 
     @property
@@ -105,6 +122,7 @@ class FrontDoorCalls:
 
     async def close(self) -> None:
         """End the calls still up (the PBX hears BYE, or the refusal a shutdown gives) before the endpoint closes."""
+        self._closing = True
         for call in list(self._active):
             if call.call_id:
                 with contextlib.suppress(Exception):
@@ -177,7 +195,10 @@ class FrontDoorCalls:
             self._refuse(call.server, 400, call.to_tag, f"BAD_REQUEST: {error}")
             return
         call.dialog = dialog
-        self.endpoint.register_dialog(dialog.id, lambda message: self._in_dialog(call, message))
+        # The connection the INVITE came on stays open for the dialog: the PBX's BYE may come on it, ours goes on it.
+        self.endpoint.register_dialog(
+            dialog.id, lambda message: self._in_dialog(call, message), connection=call.server.source.connection
+        )
         plan = RoutePlan(ROUTE_NAME, bridged, fingerprint=request.call_id)
         if call.server.cancelled.is_set():
             return  # cancelled while it was admitted: 487 went out, nothing was placed
@@ -211,8 +232,13 @@ class FrontDoorCalls:
         try:
             await self._follow(call)
         finally:
-            cancelled.cancel()
-            await asyncio.gather(cancelled, return_exceptions=True)
+            if call.server.cancelled.is_set():
+                # A CANCEL that crossed the answer: the call must still end here, whatever _follow saw.
+                await asyncio.gather(cancelled, return_exceptions=True)
+                await self._record_status(call, 487)
+            else:
+                cancelled.cancel()
+                await asyncio.gather(cancelled, return_exceptions=True)
 
     async def _end_when_cancelled(self, call: _Call) -> None:
         """A CANCEL (answered 200, the INVITE 487, by the transaction layer) ends the call before its answer."""
@@ -231,14 +257,17 @@ class FrontDoorCalls:
                     if server.cancelled.is_set():
                         await self._record_status(call, 487)
                         return
-                    outcome = SIP_ENDINGS.get(view.outcome) if view.outcome is not None else None
-                    status = self._final(call, outcome or CallOutcome.PLATFORM_FAILURE)
+                    status = self._final(call, **self._unanswered_ending(view.outcome))
                     await self._record_status(call, status)
                     return
                 break
             if view.state is CallState.RINGING and not ringing and not server.answered:
                 ringing = True
-                self._respond(server, response_to(server.request, 180, to_tag=call.to_tag))
+                # A 180 with a To tag makes an early dialog: Contact and the Record-Route copies too (§12.1.1).
+                ringing_response = response_to(
+                    server.request, 180, to_tag=call.to_tag, headers=self._dialog_headers(server)
+                )
+                self._respond(server, ringing_response)
             elif view.state is CallState.CONNECTED and not answered:
                 answered = await self._answer(call)
                 if not answered:
@@ -249,6 +278,18 @@ class FrontDoorCalls:
             await asyncio.gather(acknowledged, return_exceptions=True)
         if not call.hung_up_by_pbx:
             await self._send_bye(call)
+
+    def _unanswered_ending(self, outcome: MachineOutcome | None) -> _Ending:
+        """How a placed call that ended before our 200 ends for the PBX (it did not CANCEL: that got 487)."""
+        if outcome is MachineOutcome.CANCELLED:
+            # Ended here, not by the PBX: so that it fails over or retries, never a 487 it did not ask for.
+            if self._closing:
+                return {"reason": CallOutcome.SHUTTING_DOWN, "next_allowed_at": self.clock.now() + SHUTDOWN_RETRY}
+            return {"reason": CallOutcome.ENDED_BY_BUSINESS}
+        if outcome is MachineOutcome.ANSWERED:
+            return {"reason": CallOutcome.ENDED_AT_ANSWER}  # the user answered and it ended before our 200
+        ending = SIP_ENDINGS.get(outcome) if outcome is not None else None
+        return {"reason": ending or CallOutcome.PLATFORM_FAILURE}
 
     async def _end_unless_acknowledged(self, call: _Call) -> None:
         """§13.3.1.4: a 2xx never acknowledged within 64*T1 means the PBX is not in the call: end it (and BYE)."""
@@ -272,52 +313,93 @@ class FrontDoorCalls:
         if server.answered:  # cancelled while the answer was made
             return False
         headers = [
-            ("Contact", f"<{self._contact(server)}>"),
+            *self._dialog_headers(server),
             ("Allow", ", ".join(ALLOWED_METHODS)),
             ("Content-Type", "application/sdp"),
         ]
+        call.answer_sdp = sdp
+        call.answered_at = asyncio.get_running_loop().time()
         ok = response_to(server.request, 200, to_tag=call.to_tag, headers=headers, body=sdp.encode())
         server.respond(ok)
         await self._record_status(call, 200)
         return True
 
     async def _in_dialog(self, call: _Call, message: ServerRequest | Request | Response) -> None:
-        """What the PBX sends inside the call's dialog: BYE ends the call; no renegotiation (the platform has none)."""
+        """What the PBX sends inside the call's dialog: BYE ends the call; a re-INVITE or UPDATE (a session-timer
+        refresh, a hold) gets 200 with the media wacall already gave, the WhatsApp leg untouched (the platform has
+        no renegotiation); a CSeq out of order gets 500 (§12.2.2)."""
         if not isinstance(message, ServerRequest):
             return  # the ACK of our 200 (the transaction layer marked it) or a stray response
         request = message.request
+        if call.dialog is not None:
+            try:
+                call.dialog = call.dialog.receive(request)
+            except (DialogError, SipParseError) as error:
+                status = error.status_code if isinstance(error, DialogError) else 400
+                self.endpoint.refuse(message, status, f"BAD_REQUEST: {error}")
+                return
         if request.method == "BYE":
             message.respond(response_to(request, 200))
+            call.server.stop_resending()  # the dialog is over: no more 2xx for an ACK that will not come
             call.hung_up_by_pbx = True
             if call.call_id:
                 await self.calls.end(call.call_id, reason="the PBX hung up (BYE)")
         elif request.method == "OPTIONS":
             message.respond(response_to(request, 200, headers=[("Allow", ", ".join(ALLOWED_METHODS))]))
         elif request.method in ("INVITE", "UPDATE"):
-            self.endpoint.refuse(
-                message, 488, "RENEGOTIATION_UNSUPPORTED: a WhatsApp call keeps the media of its first offer"
-            )
+            self._refresh(call, message)
         else:
             self.endpoint.refuse(
                 message,
                 405,
-                "METHOD_NOT_ALLOWED: inside a call wacall takes BYE and OPTIONS",
-                [("Allow", "BYE, OPTIONS")],
+                "METHOD_NOT_ALLOWED: inside a call wacall takes BYE, re-INVITE, UPDATE and OPTIONS",
+                [("Allow", "INVITE, ACK, BYE, UPDATE, OPTIONS")],
             )
 
+    def _refresh(self, call: _Call, server: ServerRequest) -> None:
+        """A re-INVITE or UPDATE: 200 with the SDP already given (its o= version moved on only if the direction the
+        offer asks for changed it, RFC 3264 §8), or without a body for an UPDATE that offers nothing."""
+        request = server.request
+        if not call.answer_sdp:
+            # Before our 200 there is nothing to keep (§14.2: a re-INVITE before the first one is answered).
+            server.respond(response_to(request, 491, headers=[("Retry-After", "1")]))
+            return
+        offer = request.body.decode("utf-8", "replace") if request.body else ""
+        headers = [*self._dialog_headers(call.server)[-1:], ("Allow", ", ".join(ALLOWED_METHODS))]
+        if request.method == "UPDATE" and not offer:
+            server.respond(response_to(request, 200, headers=headers))
+            return
+        call.answer_sdp = answer_again(call.answer_sdp, offer)
+        headers.append(("Content-Type", "application/sdp"))
+        server.respond(response_to(request, 200, headers=headers, body=call.answer_sdp.encode()))
+
     async def _send_bye(self, call: _Call) -> None:
-        """The call ended on WhatsApp's side (or here): tell the PBX."""
+        """The call ended on WhatsApp's side (or here): tell the PBX, inside the dialog, once it has ACKed our 200
+        (§15: a BYE never goes before the ACK; 64*T1 at most, then the dialog is the PBX's to time out)."""
         if call.dialog is None:
             return
-        source = call.server.source
+        server = call.server
         layer = self.endpoint.layer
+        ack_due = call.answered_at + 64 * layer.timers.t1 - asyncio.get_running_loop().time()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.acknowledged.wait(), max(0.0, ack_due))
+        server.stop_resending()
+        source = server.source
         try:
-            via = Via.parse(layer.via(source.transport))
+            target = self.endpoint.dialog_target(call.dialog, transport=source.transport)
+        except SipParseError as error:
+            log.warning(
+                "SIP call %s: the dialog's target is unusable (%s): BYE to the INVITE's source", call.call_id, error
+            )
+            target = Target(source.transport, source.host, source.port, source.connection)
+        try:
+            via = Via.parse(layer.via(target.transport, host=self._local_host(server)))
             call.dialog, bye = call.dialog.create_request("BYE", via=via)
-            response = await layer.request(bye, Target(source.transport, source.host, source.port))
+            response = await layer.request(bye, target)
             log.info("SIP call %s: BYE to the PBX answered %d", call.call_id, response.status_code)
         except (TransactionTimeout, TransportFailed, SipTransportError, SipParseError) as error:
-            log.info("SIP call %s: BYE to the PBX failed: %s", call.call_id, error)
+            # The PBX may still think the call is up: whoever runs it needs to see this.
+            log.warning("SIP call %s: BYE to the PBX at %s failed: %s", call.call_id, target, error)
 
     # --- responses ---------------------------------------------------------------------------------------------------
 
@@ -329,7 +411,8 @@ class FrontDoorCalls:
         next_allowed_at: datetime | None = None,
         detail: str | None = None,
     ) -> int:
-        """Refuse (or end) the INVITE for `reason` with its Warning (and Retry-After); returns the status sent."""
+        """Refuse (or end) the INVITE for `reason` with its Warning (and Retry-After); returns the status the INVITE
+        got (487 when a CANCEL came first)."""
         response = final_response(
             call.server.request,
             reason,
@@ -340,7 +423,7 @@ class FrontDoorCalls:
             detail=detail,
         )
         self._respond(call.server, response)
-        return response.status_code
+        return 487 if call.server.cancelled.is_set() else response.status_code
 
     def _refuse(self, server: ServerRequest, status: int, to_tag: str, text: str) -> None:
         warning = ("Warning", str(Warning(WARN_CODE, self.endpoint.agent, text)))
@@ -358,23 +441,64 @@ class FrontDoorCalls:
         call.leg = dataclasses.replace(call.leg, last_status=status)
         await self.calls.record_sip_leg(call.call_id, call.leg)
 
-    def _contact(self, server: ServerRequest) -> str:
-        """Our Contact for the dialog: where the PBX reached us (the transport's address, or the Request-URI's host
-        when we listen on every interface)."""
-        transport = server.source.transport
-        host, port = self.endpoint.transports.local_address(transport)
+    def _dialog_headers(self, server: ServerRequest) -> list[tuple[str, str]]:
+        """What each response making a dialog carries (§12.1.1): every Record-Route of the INVITE, in order, so the
+        PBX's requests keep to the proxies that asked; and our Contact."""
+        routes = [("Record-Route", value) for value in server.request.headers.get_all("Record-Route")]
+        return [*routes, ("Contact", f"<{self._contact(server)}>")]
+
+    def _local_host(self, server: ServerRequest) -> str:
+        """The host the PBX reached us at: the transport's address, or the Request-URI's host when we listen on
+        every interface (never 0.0.0.0 in a Contact or a Via)."""
+        host = self.endpoint.transports.local_address(server.source.transport)[0]
         if host in ("0.0.0.0", "::"):
             with contextlib.suppress(SipParseError):
                 uri = parse_uri(server.request.uri)
                 if isinstance(uri, SipURI):
                     host = uri.host
-        host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+    def _contact(self, server: ServerRequest) -> str:
+        """Our Contact for the dialog: where the PBX reached us."""
+        transport = server.source.transport
+        port = self.endpoint.transports.local_address(transport)[1]
         scheme = "sips" if transport == "TLS" else "sip"
         suffix = ";transport=tcp" if transport == "TCP" else ""
-        return f"{scheme}:wacall@{host}:{port}{suffix}"
+        return f"{scheme}:wacall@{self._local_host(server)}:{port}{suffix}"
 
 
-def _nonce_key(endpoint: SipEndpoint) -> bytes:
-    """A digest nonce key every process with the same trunks derives alike (and nobody without their passwords)."""
-    secrets_of_trunks = [f"{t.name}\0{t.username}\0{t.password}" for t in endpoint.trunks if t.requires_credentials]
-    return hashlib.sha256("\n".join(["wacall front door nonces", *secrets_of_trunks]).encode()).digest()
+_MIRRORED = {"sendonly": "recvonly", "recvonly": "sendonly", "inactive": "inactive", "sendrecv": "sendrecv"}
+
+
+def answer_again(given: str, offer: str) -> str:
+    """The answer to a new offer in a dialog whose media do not change: the SDP `given` before, its direction the
+    mirror of the one `offer` asks for (a hold: sendonly → recvonly); when that changes anything, its o= version one
+    higher (RFC 3264 §8), else exactly as it was. An empty `offer` (a re-INVITE without SDP) gets `given`."""
+    asked = "sendrecv"
+    for line in offer.splitlines():
+        if line.startswith("a=") and line[2:].strip() in _MIRRORED:
+            asked = line[2:].strip()
+    wanted = _MIRRORED[asked]
+    lines = given.split("\r\n") if "\r\n" in given else given.split("\n")
+    changed = False
+    out: list[str] = []
+    placed = False
+    for line in lines:
+        if line.startswith("a=") and line[2:].strip() in _MIRRORED:
+            changed = changed or line[2:].strip() != wanted
+            line, placed = f"a={wanted}", True
+        out.append(line)
+    if not placed and wanted != "sendrecv":
+        # No direction written means sendrecv: say the new one in the (last) media section.
+        end = len(out) - 1 if out and out[-1] == "" else len(out)
+        out.insert(end, f"a={wanted}")
+        changed = True
+    if changed:
+        for index, line in enumerate(out):
+            if line.startswith("o="):
+                fields = line.split(" ")
+                if len(fields) >= 6 and fields[2].isdigit():
+                    fields[2] = str(int(fields[2]) + 1)
+                    out[index] = " ".join(fields)
+                break
+    return ("\r\n" if "\r\n" in given else "\n").join(out)
