@@ -8,6 +8,7 @@ holds must not change."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from collections.abc import AsyncIterator
@@ -28,6 +29,7 @@ from wacall.media.engine_sip_legs import (
     webrtc_identity,
 )
 from wacall.media.leg import AudioLeg
+from wacall.media.rtp_tone import RINGBACK_HZ
 from wacall.media.rtpengine import EnginePool, NgClient
 from wacall.media.sdp import lines, with_crlf
 from wacall.media.tracks import ToneSource, level
@@ -177,16 +179,20 @@ async def test_a_business_call_bridges_the_pbx_after_pickup_without_changing_the
         offer = await leg.create_offer()
         assert "opus/48000" in offer and "PCMU" not in offer and "a=fingerprint:sha-256" in offer
         await leg.apply_answer(with_session_ice_lite(await user.accept_offer(offer)))
-        # The user picks up and talks: the engine hears them before any PBX exists.
+        # The user picks up and talks: the engine hears them before any PBX exists, and they hear ringback
+        # (the platform drops a call without media), from the placeholder's own RTP source.
         assert await leg.first_audio()
-        assert not pbx.offers and not heard_by_user.frames
+        assert not pbx.offers
+        await eventually(lambda: len(heard_by_user.frames) > 20, what="ringback")
+        assert pitch(b"".join(heard_by_user.frames[-20:])) == pytest.approx(RINGBACK_HZ, rel=0.03)
 
         await leg.bridge(pbx.answer)
         (pbx_offer,) = pbx.offers
         assert "RTP/AVP 0 8" in pbx_offer and "a=candidate" not in pbx_offer
+        assert not leg.ringback.sending  # the PBX's media takes over
         await hear_each_other(heard_by_user, pbx.phone, 700, 400)
-        # What the platform holds still describes the engine's WebRTC side, and it is the one carrying the audio.
-        assert webrtc_identity(offer) and leg.bridged
+        # The platform's side was kept across the re-offer (bridge() raises WebRtcSideChanged else).
+        assert leg.bridged
     finally:
         await leg.close()
         await pbx.phone.close()
@@ -200,11 +206,52 @@ async def test_bridging_before_the_platform_answered_is_refused(engine: LocalEng
     try:
         await leg.create_offer()
         with pytest.raises(EngineBridgeUnavailable, match="has not answered"):
-            await leg.bridge(pbx.answer)
+            await leg.bridge(pbx.answer, answer_wait=0.2)
         assert not pbx.offers
     finally:
         await leg.close()
         await pbx.phone.close()
+
+
+async def test_a_pickup_seen_before_the_platforms_answer_bridges_once_the_answer_is_in(engine: LocalEngine) -> None:
+    pbx = Pbx(await plain_rtp_peer(400))
+    user = AudioLeg(name="user", source=ToneSource(700))
+    leg = EngineSipLeg(pool_of(engine), next(call_ids), ["PCMU"], pbx.answer)
+    try:
+        offer = await leg.create_offer()
+        bridging = asyncio.ensure_future(leg.bridge(pbx.answer))  # CONNECT handled before ACCEPTED (HOOK-2)
+        await asyncio.sleep(0.1)
+        assert not bridging.done() and not pbx.offers
+        await leg.apply_answer(with_session_ice_lite(await user.accept_offer(offer)))
+        await bridging
+        assert len(pbx.offers) == 1 and leg.bridged
+    finally:
+        await leg.close()
+        await pbx.phone.close()
+        await user.close()
+
+
+@pytest.mark.parametrize("codec", ["PCMU", "PCMA"])
+async def test_ringback_reaches_the_user_in_the_trunks_codec_until_the_call_ends(
+    engine: LocalEngine, codec: str
+) -> None:
+    heard_by_user = Heard()
+    user = AudioLeg(name="user", handlers=[heard_by_user])
+
+    async def no_dial(offer: str) -> str:
+        raise AssertionError("no PBX in this test")
+
+    leg = EngineSipLeg(pool_of(engine), next(call_ids), [codec], no_dial)
+    try:
+        offer = await leg.create_offer()
+        assert f"RTP/AVP {8 if codec == 'PCMA' else 0}" in placeholder_offer([codec], leg.ringback.address)
+        await leg.apply_answer(with_session_ice_lite(await user.accept_offer(offer)))
+        await eventually(lambda: len(heard_by_user.frames) > 20, what="ringback")
+        assert pitch(b"".join(heard_by_user.frames[-20:])) == pytest.approx(RINGBACK_HZ, rel=0.03)
+    finally:
+        await leg.close()
+        await user.close()
+    assert not leg.ringback.sending
 
 
 @pytest.mark.parametrize("garbage", ["not an SDP at all", "v=0\r\nm=audio x RTP/AVP\r\n"])

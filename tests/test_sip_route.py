@@ -39,6 +39,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall.app import Service
 from wacall.calls.sip_route import SipBridgedRoute
 from wacall.config import ConfigError, load_settings
+from wacall.media.rtp_tone import RINGBACK_HZ
 from wacall.media.tracks import level
 from wacall.sip.message import SipURI
 from wacall.sipdoor.trunks import Trunk
@@ -158,6 +159,56 @@ async def test_the_pbx_is_invited_at_pickup_and_each_side_hears_the_other(
         await phone.close()
 
 
+async def test_the_user_hears_ringback_while_the_pbx_rings_past_the_platforms_no_media_window(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_rings.xml", tmp_path) as pbx:
+        # The platform drops a call with no media for 3 s here (20 s for real); the PBX rings for longer.
+        wacall = await with_sip(make_service, pbx, sip_answer_timeout_seconds=30, sim_no_media_at_start_seconds=3)
+        await wacall.grant(permanent=True)
+        await wacall.phone(tone_hz=USER_TONE)
+        call = await wacall.start_call(route=sip_route())
+        heard_by_user = await phone_heard(wacall, call.platform_call_id)
+        await wait_until(lambda: wacall.get_call(call.call_id), lambda c: bool(c.sip.call_id), 15)
+        await asyncio.sleep(5)  # longer than the platform's window, the PBX still ringing
+        ringing = await wacall.get_call(call.call_id)
+        assert ringing.state == pb.CALL_STATE_CONNECTED and ringing.sip.last_status == 0, ringing.end_reason
+        assert len(heard_by_user.frames) >= 40  # ringback's 1 s bursts
+        assert pitch(b"".join(heard_by_user.frames[-20:])) == pytest.approx(RINGBACK_HZ, rel=0.03)
+        await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
+        await wait_until(lambda: wacall.get_call(call.call_id), lambda c: c.sip.last_status == 487, 15)
+        code, err = await pbx.outcome()
+        assert code == 0, err  # the CANCEL came when the business ended the call, not before
+
+
+async def test_the_pbxs_early_media_reaches_the_user_before_it_answers(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    phone = await pbx_phone()
+    try:
+        async with sipp_pbx("pbx_answers_early.xml", tmp_path, rtp_port=phone.port, hold_ms=4000) as pbx:
+            wacall = await with_sip(make_service, pbx, sip_answer_timeout_seconds=30)
+            await wacall.grant(permanent=True)
+            await wacall.phone(tone_hz=USER_TONE)
+            call = await wacall.start_call(route=sip_route())
+            heard_by_user = await phone_heard(wacall, call.platform_call_id)
+            await wait_until(lambda: wacall.get_call(call.call_id), lambda c: bool(c.sip.call_id), 15)
+            # The 183's SDP went into the engine: the PBX's tone reaches the user while the INVITE is unanswered.
+            await eventually(
+                lambda: len([f for f in heard_by_user.frames[-20:] if abs(pitch(f) - PBX_TONE) < 20]) >= 15,
+                10,
+                "the PBX's early media",
+            )
+            assert (await wacall.get_call(call.call_id)).sip.last_status == 0
+            await wait_until(lambda: wacall.get_call(call.call_id), lambda c: c.sip.last_status == 200, 15)
+            await hear_each_other(heard_by_user, phone)
+            await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
+            code, err = await pbx.outcome()
+            assert code == 0, err
+    finally:
+        await phone.close()
+
+
 async def test_the_user_hanging_up_sends_bye_to_the_pbx(make_service: MakeService, tmp_path: Path) -> None:
     async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=9) as pbx:
         wacall = await with_sip(make_service, pbx)
@@ -260,7 +311,17 @@ async def test_ending_the_call_while_the_pbx_rings_cancels_its_invite(
 
 
 async def test_a_user_who_never_answers_never_reaches_the_pbx(make_service: MakeService, tmp_path: Path) -> None:
-    async with sipp_pbx("pbx_answers.xml", tmp_path, rtp_port=9) as pbx:
+    # The trunk's PBX is a socket that keeps whatever reaches it.
+    received: list[bytes] = []
+
+    class Keeps(asyncio.DatagramProtocol):
+        def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+            received.append(data)
+
+    socket_pbx, _ = await asyncio.get_running_loop().create_datagram_endpoint(Keeps, local_addr=("127.0.0.1", 0))
+    port = socket_pbx.get_extra_info("sockname")[1]
+    try:
+        pbx = SippPbx(process=None, port=port, transport="UDP")  # type: ignore[arg-type]  # no SIPp: a bare socket
         wacall = await with_sip(make_service, pbx)
         await wacall.grant(permanent=True)
         await wacall.phone(on_call=sim_pb.NO_ANSWER)
@@ -268,7 +329,10 @@ async def test_a_user_who_never_answers_never_reaches_the_pbx(make_service: Make
         await wacall.advance(60)  # the platform gives up ringing
         final = await ended(wacall, call.call_id)
         assert final.outcome == pb.CALL_OUTCOME_UNANSWERED and not final.HasField("sip")
-        assert pbx.process.returncode is None  # SIPp is still waiting for its first INVITE
+        await asyncio.sleep(0.3)
+        assert received == []  # no INVITE (nor anything else) reached the PBX
+    finally:
+        socket_pbx.close()
 
 
 # --- refused before anything is recorded ----------------------------------------------------------------------------
@@ -281,11 +345,21 @@ async def test_a_user_who_never_answers_never_reaches_the_pbx(make_service: Make
         (pb.SipRoute(trunk="nope"), "route.sip.trunk"),
         (pb.SipRoute(trunk="pbx", target="http://pbx.example"), "route.sip.target"),
         (pb.SipRoute(trunk="pbx", target="sip:q@pbx.example;transport=sctp"), "route.sip.target"),
+        # Another host (or port, or transport) than the trunk's: no INVITE, and no credentials, go there.
+        (pb.SipRoute(trunk="pbx", target="sip:x@203.0.113.9"), "route.sip.target"),
+        (pb.SipRoute(trunk="pbx", target="sip:x@127.0.0.1:5998"), "route.sip.target"),
+        (pb.SipRoute(trunk="pbx", target="sip:x@127.0.0.1:5999;transport=tcp"), "route.sip.target"),
         (pb.SipRoute(trunk="pbx", headers={"X-Evil": "a\r\nVia: x"}), "route.sip.headers['X-Evil']"),
         (pb.SipRoute(trunk="pbx", headers={"Via": "SIP/2.0/UDP h"}), "route.sip.headers['Via']"),
         (pb.SipRoute(trunk="pbx", headers={"content-type": "text/plain"}), "route.sip.headers['content-type']"),
         (pb.SipRoute(trunk="pbx", headers={"Bad Name": "x"}), "route.sip.headers['Bad Name']"),
         (pb.SipRoute(trunk="pbx", headers={"X-Empty": " "}), "route.sip.headers['X-Empty']"),
+        # A trailing newline is not part of a token: "Via\n" would otherwise slip past the reserved names.
+        (pb.SipRoute(trunk="pbx", headers={"Via\n": "SIP/2.0/UDP h"}), "route.sip.headers['Via\\n']"),
+        (pb.SipRoute(trunk="pbx", headers={"Require": "100rel"}), "route.sip.headers['Require']"),
+        (pb.SipRoute(trunk="pbx", headers={"k": "timer"}), "route.sip.headers['k']"),
+        (pb.SipRoute(trunk="pbx", headers={"Session-Expires": "90"}), "route.sip.headers['Session-Expires']"),
+        (pb.SipRoute(trunk="pbx", headers={"Replaces": "a;to-tag=b;from-tag=c"}), "route.sip.headers['Replaces']"),
     ],
 )
 async def test_bad_route_fields_are_refused_naming_the_field_and_nothing_is_recorded(
@@ -387,6 +461,29 @@ async def test_a_users_call_the_pbx_refuses_is_rejected_on_the_platform(
         assert code == 0, err
         await eventually(lambda: not wacall.service.calls.sessions, what="the session released")
         assert await engine.session_count() == sessions_before
+
+
+async def test_a_users_call_the_sip_route_cannot_take_is_rejected_not_left_ringing(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    pbx = SippPbx(process=None, port=5999, transport="UDP")  # type: ignore[arg-type]  # never contacted
+    wacall = await with_sip(make_service, pbx, inbound_route="sip:pbx")
+    routes = wacall.service.calls.sip_routes
+    assert routes is not None
+    routes.endpoint = None  # as while serve is still bringing the SIP endpoint up
+    placed = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+    phone = await wait_until(
+        lambda: wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=placed.platform_call_id)),
+        lambda p: p.state == "ended",
+        15,
+    )
+    assert phone.state == "ended"
+    calls = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+        lambda r: len(r.calls) == 1 and r.calls[0].state == pb.CALL_STATE_ENDED,
+    )
+    assert calls.calls[0].outcome != pb.CALL_OUTCOME_ANSWERED
+    await eventually(lambda: not wacall.service.calls.sessions, what="no session left")
 
 
 def test_an_inbound_sip_route_names_a_configured_trunk(tmp_path: Path) -> None:

@@ -6,21 +6,24 @@ bad credentials, no answer at all, a transport that cannot connect."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 from sip_stack import FAST, Stack, start_stack
 from sipp_pbx import sipp_pbx
 
 from wacall.sip.dialog import Dialog
 from wacall.sip.digest import AuthOutcome, DigestAuth, DigestVerifier
-from wacall.sip.message import Request, SipURI, Via, response_to
+from wacall.sip.message import Request, Response, SipURI, Via, parse_message, response_to
 from wacall.sip.transactions import TimerValues
 from wacall.sipio.layer import ServerRequest, TransactionLayer
-from wacall.sipio.transport import Transports
+from wacall.sipio.transport import Target, Transports
+from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.outbound import DialogHandler, OutboundCall, PbxRefused
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
@@ -32,6 +35,7 @@ class Router:
 
     def __init__(self) -> None:
         self.dialogs: dict[tuple[str, str, str], DialogHandler] = {}
+        self.invites: dict[tuple[str, str], Callable[[Response], Awaitable[None]]] = {}
         self.tasks: set[asyncio.Task[None]] = set()
 
     def register_dialog(self, dialog_id: tuple[str, str, str], handler: DialogHandler) -> None:
@@ -39,6 +43,12 @@ class Router:
 
     def unregister_dialog(self, dialog_id: tuple[str, str, str]) -> None:
         self.dialogs.pop(dialog_id, None)
+
+    def register_invite(self, call_id: str, local_tag: str, handler: Callable[[Response], Awaitable[None]]) -> None:
+        self.invites[(call_id, local_tag)] = handler
+
+    def unregister_invite(self, call_id: str, local_tag: str) -> None:
+        self.invites.pop((call_id, local_tag), None)
 
     def __call__(self, server: ServerRequest) -> None:
         request = server.request
@@ -153,6 +163,25 @@ async def test_sipps_digest_challenge_is_answered_with_the_trunks_credentials(
         await leg.hangup()
         code, err = await pbx.outcome()
     assert code == 0, err  # the second INVITE carried credentials for SIPp's realm and nonce
+
+
+@pytest.mark.parametrize(("password", "status"), [("s3cret", 200), ("wrong", 403)])
+async def test_a_challenge_without_qop_is_answered_the_rfc_2069_way(
+    wacall_side: tuple[Stack, Router], tmp_path: Path, password: str, status: int
+) -> None:
+    async with sipp_pbx("pbx_challenges_without_qop.xml", tmp_path, rtp_port=41000) as pbx:
+        leg = leg_to(wacall_side, pbx.uri, auth=DigestAuth("wacall", password))
+        if status == 200:
+            await leg.invite(OFFER)
+            await leg.hangup()
+        else:
+            with pytest.raises(PbxRefused) as refused:
+                await leg.invite(OFFER)
+            assert refused.value.status == status
+        assert leg.last_status == status
+        code, err = await pbx.outcome()
+    # SIPp verified the answer itself: the right password got the call to its end, a wrong one its 403.
+    assert (code == 0) is (status == 200), err
 
 
 @pytest.mark.parametrize(("password", "status"), [("s3cret", 200), ("wrong", 403)])
@@ -313,7 +342,7 @@ async def test_a_pbx_that_only_says_trying_is_cancelled_when_our_patience_ends()
         await trying.layer.close()
 
 
-async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() -> None:
+async def test_inside_the_dialog_a_reinvite_or_update_gets_our_sdp_unchanged_and_options_answered() -> None:
     invites: list[Request] = []
 
     def pbx(server: ServerRequest) -> None:
@@ -325,6 +354,7 @@ async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() ->
     port = far.target("UDP").port
     router = Router()
     near = await start_stack(router, timers=FAST)
+    ours = OFFER.replace("m=audio 4000", "m=audio 4002")  # what wacall offered: the PBX must get it back as it was
     try:
         leg = OutboundCall(
             near.layer,
@@ -334,15 +364,34 @@ async def test_inside_the_dialog_a_reinvite_is_refused_and_options_answered() ->
             callee="sip:pbx@127.0.0.1",
             wacall_call_id="call_4",
         )
-        await leg.invite(OFFER)
+        await leg.invite(ours)
         # The PBX's side of the dialog, as the PBX would send inside it.
         dialog = Dialog.as_uas(invites[0], "pbx1")
+
+        def via() -> Via:  # a new branch for each request
+            return Via.parse(far.layer.via("UDP"))
+
+        hold = OFFER.replace("o=- 1 1", "o=- 1 2") + "a=sendonly\r\n"
+        moved = [("Contact", f"<sip:moved@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+        dialog, reinvite = dialog.create_request("INVITE", via=via(), headers=moved, body=hold.encode())
+        answered = await far.layer.request(reinvite, near.target("UDP"))
+        await far.layer.send_stateless(dialog.ack(reinvite.cseq.seq, via=via()), near.target("UDP"))
+        # Hold or a session timer's refresh: 200 with the very SDP the PBX has (same o= version, RFC 3264 §8).
+        assert answered.status_code == 200 and answered.body.decode() == ours
+        assert answered.headers.get("Contact") is not None
+        dialog, update = dialog.create_request("UPDATE", via=via(), headers=moved[1:], body=hold.encode())
+        updated = await far.layer.request(update, near.target("UDP"))
+        assert updated.status_code == 200 and updated.body.decode() == ours
         answers = {}
-        for method in ("OPTIONS", "INVITE", "REFER"):
-            dialog, request = dialog.create_request(method, via=Via.parse(far.layer.via("UDP")))
+        for method in ("OPTIONS", "REFER"):
+            dialog, request = dialog.create_request(method, via=via())
             answers[method] = (await far.layer.request(request, near.target("UDP"))).status_code
-        assert answers == {"OPTIONS": 200, "INVITE": 488, "REFER": 501}
-        assert leg.dialog is not None  # the call goes on as it was
+        assert answers == {"OPTIONS": 200, "REFER": 501}
+        # A CSeq that is not above the last one is refused, the dialog unchanged.
+        _, stale = dataclasses.replace(dialog, local_seq=1).create_request("OPTIONS", via=via())
+        assert (await far.layer.request(stale, near.target("UDP"))).status_code == 500
+        assert leg.dialog is not None  # the call goes on as it was, its target refreshed by the 2xx'd re-INVITE
+        assert leg.dialog.remote_target == f"sip:moved@127.0.0.1:{port}"
         await leg.hangup()
     finally:
         await near.layer.close()
@@ -418,4 +467,228 @@ async def test_a_2xx_that_cannot_carry_the_call_is_refused(
         assert [r.method for r in requests] == methods and router.dialogs == {}
     finally:
         await near.layer.close()
+        await far.layer.close()
+
+
+def answer_200(server: ServerRequest, port: int) -> None:
+    headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+    server.respond(response_to(server.request, 200, to_tag="pbx1", headers=headers, body=OFFER.encode()))
+
+
+async def test_a_2xx_crossing_our_cancel_is_acknowledged_and_ended_exactly_once() -> None:
+    received: list[str] = []
+
+    def pbx(server: ServerRequest) -> None:
+        received.append(f"{server.request.method} {server.request.cseq.seq}")
+        if server.request.method == "INVITE":
+            server.respond(response_to(server.request, 180, to_tag="pbx1"))
+        elif server.request.method == "BYE":
+            server.respond(response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    far.layer.on_stray = lambda message, source: received.append(f"{getattr(message, 'method', '?')} stray")
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = OutboundCall(
+            near.layer, router, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
+            callee="sip:pbx@127.0.0.1", wacall_call_id="call_5",
+        )  # fmt: skip
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        while not far.requests:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # the 180 is in: our CANCEL may go
+        answer_200(far.requests[0], port)  # the PBX answers as we cancel: the 2xx crosses the CANCEL
+        await leg.hangup()
+        with pytest.raises(PbxRefused) as refused:
+            await inviting
+        await asyncio.sleep(0.3)  # anything sent twice would have arrived by now
+        assert refused.value.status == 487
+        assert leg.last_status == 200  # what the PBX really answered
+        assert received.count("BYE 2") == 1 and "BYE 3" not in received
+        assert received.index("ACK stray") < received.index("BYE 2")  # §15: the ACK before the BYE
+        assert router.dialogs == {}
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_a_hangup_while_the_ack_is_being_sent_byes_after_the_ack_and_leaves_no_dialog() -> None:
+    received: list[str] = []
+
+    def pbx(server: ServerRequest) -> None:
+        received.append(server.request.method)
+        if server.request.method == "INVITE":
+            answer_200(server, port)
+        elif server.request.method == "BYE":
+            server.respond(response_to(server.request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    far.layer.on_stray = lambda message, source: received.append(f"{getattr(message, 'method', '?')} stray")
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    acking = asyncio.Event()
+    send_stateless = near.layer.send_stateless
+
+    async def slow_ack(message: Request | Response, target: object) -> None:
+        # The ACK's send yields (as a TCP or TLS connect does): the user hangs up right then.
+        if isinstance(message, Request) and message.method == "ACK":
+            acking.set()
+            await asyncio.sleep(0.1)
+        await send_stateless(message, target)  # type: ignore[arg-type]
+
+    near.layer.send_stateless = slow_ack  # type: ignore[method-assign]
+    try:
+        leg = OutboundCall(
+            near.layer, router, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
+            callee="sip:pbx@127.0.0.1", wacall_call_id="call_6",
+        )  # fmt: skip
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        await acking.wait()
+        await leg.hangup()
+        with pytest.raises(PbxRefused):
+            await inviting
+        assert received == ["INVITE", "ACK stray", "BYE"]
+        assert router.dialogs == {} and leg.dialog is None
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_hanging_up_during_a_digest_challenge_sends_no_credentialed_invite() -> None:
+    verifier = DigestVerifier("pbx.example", b"a secret of the PBX")
+
+    def pbx(server: ServerRequest) -> None:
+        pass  # answered by the test, when it chooses
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = leg_to((near, router), f"sip:pbx@127.0.0.1:{port}", auth=DigestAuth("wacall", "s3cret"))
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        while not far.requests:
+            await asyncio.sleep(0.01)
+        hanging_up = asyncio.ensure_future(leg.hangup())
+        await asyncio.sleep(0.05)
+        challenges = [("Proxy-Authenticate", str(c)) for c in verifier.challenges(time.time())]
+        far.requests[0].respond(response_to(far.requests[0].request, 407, to_tag="pbx1", headers=challenges))
+        await hanging_up
+        with pytest.raises(PbxRefused):
+            await inviting
+        await asyncio.sleep(0.2)
+        assert [r.request.method for r in far.requests] == ["INVITE"]  # the credentialed INVITE never went out
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+async def test_hanging_up_while_the_credentialed_invite_rings_cancels_that_invite() -> None:
+    verifier = DigestVerifier("pbx.example", b"a secret of the PBX")
+
+    def pbx(server: ServerRequest) -> None:
+        if server.request.cseq.seq == 1:
+            challenges = [("Proxy-Authenticate", str(c)) for c in verifier.challenges(time.time())]
+            server.respond(response_to(server.request, 407, to_tag="pbx1", headers=challenges))
+        else:
+            server.respond(response_to(server.request, 180, to_tag="pbx2"))
+
+    far = await start_stack(pbx, timers=FAST)
+    port = far.target("UDP").port
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = leg_to((near, router), f"sip:pbx@127.0.0.1:{port}", auth=DigestAuth("wacall", "s3cret"))
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        while len(far.requests) < 2:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # its 180 is in
+        await leg.hangup()
+        with pytest.raises(PbxRefused) as refused:
+            await inviting
+        assert refused.value.status == 487
+        first, second = far.requests
+        assert second.cancelled.is_set() and not first.cancelled.is_set()  # the CANCEL named CSeq 2, the ringing one
+    finally:
+        await near.layer.close()
+        await far.layer.close()
+
+
+class RingsForever(asyncio.DatagramProtocol):
+    """A PBX that answers every INVITE 180 and nothing else: its CANCEL never brings a final response."""
+
+    transport: asyncio.DatagramTransport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a datagram endpoint's
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        message = parse_message(data)
+        if isinstance(message, Request) and message.method == "INVITE":
+            self.transport.sendto(response_to(message, 180, to_tag="pbx1").serialize(), addr)
+
+
+async def test_an_invite_whose_cancel_brings_no_final_is_abandoned_and_hangup_returns() -> None:
+    transport, _pbx = await asyncio.get_running_loop().create_datagram_endpoint(
+        RingsForever, local_addr=("127.0.0.1", 0)
+    )
+    port = transport.get_extra_info("sockname")[1]
+    router = Router()
+    near = await start_stack(router, timers=FAST)
+    try:
+        leg = leg_to((near, router), f"sip:pbx@127.0.0.1:{port}")
+        inviting = asyncio.ensure_future(leg.invite(OFFER))
+        await eventually(lambda: leg.layer.transaction_count == 1, what="the INVITE ringing")
+        await asyncio.sleep(0.1)  # its 180 is in
+        await leg.hangup()  # CANCEL, no final: given up after 64*T1, not waited for forever
+        with pytest.raises(PbxRefused):
+            await inviting
+        await eventually(lambda: leg.layer.transaction_count == 0, what="no transaction left")
+    finally:
+        await near.layer.close()
+        transport.close()
+
+
+async def test_a_second_2xx_from_a_forking_proxy_is_acknowledged_and_ended_and_ours_goes_on() -> None:
+    received: list[tuple[str, str]] = []
+
+    def pbx(server: ServerRequest) -> None:
+        request = server.request
+        received.append((request.method, request.to.tag or ""))
+        if request.method == "INVITE":
+            answer_200(server, port)
+        elif request.method == "BYE":
+            server.respond(response_to(request, 200))
+
+    far = await start_stack(pbx, timers=FAST)
+    far.layer.on_stray = lambda message, source: received.append(
+        (getattr(message, "method", "?"), message.to.tag or "")
+    )
+    port = far.target("UDP").port
+    near = SipEndpoint((), agent="wacall-test", timers=FAST)
+    await near.start(("127.0.0.1", 0))
+    try:
+        leg = OutboundCall(
+            near.layer, near, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
+            callee="sip:pbx@127.0.0.1", wacall_call_id="call_7",
+        )  # fmt: skip
+        await leg.invite(OFFER)
+        # Another branch of the fork answers too: a dialog of its own (To tag pbx2).
+        headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]
+        other = response_to(far.requests[0].request, 200, to_tag="pbx2", headers=headers, body=OFFER.encode())
+        near_target = Target("UDP", "127.0.0.1", near.layer.transports.local_address("UDP")[1])
+        await far.layer.send_stateless(other, near_target)
+        await eventually(lambda: ("BYE", "pbx2") in received, what="the other branch's BYE")
+        await far.layer.send_stateless(other, near_target)  # resent: ACKed again, never BYEd twice
+        await eventually(lambda: received.count(("ACK", "pbx2")) >= 2, what="the resent 2xx ACKed")
+        assert received.index(("ACK", "pbx2")) < received.index(("BYE", "pbx2"))
+        assert received.count(("BYE", "pbx2")) == 1
+        assert leg.dialog is not None and ("BYE", "pbx1") not in received  # our call goes on
+        await leg.hangup()
+        await eventually(lambda: ("BYE", "pbx1") in received, what="our BYE")
+    finally:
+        await near.close()
         await far.layer.close()

@@ -24,7 +24,7 @@ MAX_URI = 1024
 MAX_HEADERS = 16
 MAX_HEADER_VALUE = 1024
 # RFC 3261 §25.1 token characters.
-_TOKEN = re.compile(r"^[A-Za-z0-9\-.!%*_+`'~]+$")
+_TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 # What wacall writes in its INVITE (or what the transaction, the dialog, digest or the body need): not for a route.
 RESERVED_HEADERS = frozenset(
     name.lower()
@@ -47,6 +47,16 @@ RESERVED_HEADERS = frozenset(
         "Proxy-Authorization",
         "X-Wacall-Call-Id",
         "Allow",
+        # Extensions the leg would have to honour (RFC 3262, 3311, 4028, 3891, 3911): a route cannot promise them.
+        "Require",
+        "Proxy-Require",
+        "Supported",
+        "Session-Expires",
+        "Min-SE",
+        "RSeq",
+        "RAck",
+        "Replaces",
+        "Join",
         # Compact forms (RFC 3261 §7.3.3) of the above.
         "v",
         "f",
@@ -56,6 +66,8 @@ RESERVED_HEADERS = frozenset(
         "c",
         "l",
         "e",
+        "k",
+        "x",
     )
 )
 
@@ -68,10 +80,10 @@ def check_headers(headers: dict[str, str]) -> tuple[tuple[str, str], ...]:
     for name in sorted(headers):
         value = headers[name]
         field = f"headers[{name!r}]" if len(name) <= 64 else "headers"
-        if not _TOKEN.match(name) or len(name) > 64:
+        if not _TOKEN.fullmatch(name) or len(name) > 64:
             raise InvalidField(field, "a header name is a token (letters, digits, - . ! % * _ + ` ' ~), 64 at most")
         if name.lower() in RESERVED_HEADERS:
-            raise InvalidField(field, f"{name} is written by wacall itself and cannot be set by a route")
+            raise InvalidField(field, f"{name} is wacall's to write (or an extension it lacks): not for a route")
         bounded_text(value, field, max_chars=MAX_HEADER_VALUE)  # no CR, LF or other control characters
         if not value.strip():
             raise InvalidField(field, "a header needs a value")

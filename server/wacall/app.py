@@ -386,9 +386,14 @@ class Service:
         calls = self.calls
         if calls is None:
             return
-        for call_id, session in list(calls.sessions.items()):
-            if isinstance(session.adapter, SipBridgedRoute):
-                await calls.end(call_id, reason="the service is shutting down")
+        # Together: each may wait on its PBX (a BYE's answer, a CANCEL's final) for up to 64*T1.
+        ending = [call_id for call_id, s in calls.sessions.items() if isinstance(s.adapter, SipBridgedRoute)]
+        results = await asyncio.gather(
+            *(calls.end(call_id, reason="the service is shutting down") for call_id in ending), return_exceptions=True
+        )
+        for call_id, result in zip(ending, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("call %s could not be ended at shutdown: %s", call_id, result)
 
     def _check_inbound_sip(self, dial: SipDial, engines: EnginePool[NgClient] | None) -> None:
         """`--inbound-route sip:<trunk>` needs that trunk, the SIP endpoint and a media engine, checked at start."""

@@ -357,10 +357,16 @@ class CallService:
         return self.platform_legs(f"whatsapp {session.call_id}")
 
     async def _fail_setup(
-        self, call_id: str, error: Exception, *, platform_action: CallAction | None = None
+        self,
+        call_id: str,
+        error: Exception,
+        *,
+        platform_action: CallAction | None = None,
+        account: Account | None = None,
     ) -> CallRecord:
         """End the call FAILED with the error as its reason; `platform_action` (terminate, reject) tells the
-        platform when the call exists there. A call that already ended keeps its ending."""
+        platform when the call exists there, through the session's account (`account` when there is no session
+        yet). A call that already ended keeps its ending."""
         refusal = error if isinstance(error, UpstreamRefusal) and error.platform_code else None
         code = int(refusal.platform_code) if refusal is not None and refusal.platform_code.isdigit() else None
         platform_error = PlatformError(code, refusal.message, refusal.detail) if refusal is not None else None
@@ -394,9 +400,10 @@ class CallService:
 
         record = await self.store.transaction(fail)
         session = self.sessions.get(call_id)
-        if platform_action is not None and record.platform_call_id and session is not None:
+        acting_for = session.account if session is not None else account
+        if platform_action is not None and record.platform_call_id and acting_for is not None:
             try:
-                await self.upstream.call_action(session.account, record.platform_call_id, platform_action)
+                await self.upstream.call_action(acting_for, record.platform_call_id, platform_action)
             except UpstreamRefusal as refused:
                 log.info("%s for %s: %s", platform_action.value, call_id, refused)
         await self._close_session(call_id)
@@ -530,15 +537,17 @@ class CallService:
         stored = await self.store.transaction(lambda tx: tx.call(call_id))
         assert stored is not None and stored.platform_call_id
         account = self.permissions.senders.account_for(self.permissions.parse_pair(business, stored.pair.user)[0])
-        session = self._new_session(call_id, stored.pair, account, self.inbound_route)
         try:
+            # Inside the try: a route that cannot run here (a sip route before the SIP endpoint is up) refuses the
+            # call on the platform rather than leaving it ringing.
+            session = self._new_session(call_id, stored.pair, account, self.inbound_route)
             check_sdp(offer_sdp, "offer", "the platform's")
             session.platform = self._platform_leg(session)
             await session.attach_adapter()
             answer = check_sdp(await session.platform.accept_offer(offer_sdp), "answer", "our")
         except Exception as error:  # nothing was sent yet: refuse the call on the platform
             log.warning("cannot answer user call %s: %s", call_id, error)
-            await self._fail_setup(call_id, error, platform_action=CallAction.REJECT)
+            await self._fail_setup(call_id, error, platform_action=CallAction.REJECT, account=account)
             return
         try:
             await self.upstream.call_action(account, stored.platform_call_id, CallAction.PRE_ACCEPT, answer)

@@ -32,7 +32,7 @@ from wacall.sip.digest import DigestAuth
 from wacall.sip.message import SipURI
 from wacall.sipdoor.trunks import Trunk
 from wacall.siptrunk.endpoint import SipEndpoint
-from wacall.siptrunk.outbound import ANSWER_TIMEOUT, OutboundCall, PbxRefused
+from wacall.siptrunk.outbound import ANSWER_TIMEOUT, OutboundCall, PbxRefused, target_of
 from wacall.store import Pair
 from wacall_adapters.base import CallLeg, MediaAdapter
 from wacall_adapters.routes import SipDial
@@ -50,6 +50,16 @@ RecordSipLeg = Callable[[SipLeg], Awaitable[object]]
 
 class SipRouteUnavailable(Exception):
     """This wacall cannot run a `sip` route: no SIP endpoint, or no media engine. Nothing is recorded."""
+
+
+def check_target_on_trunk(target: SipURI, trunk: Trunk) -> None:
+    """InvalidField on `route.sip.target` unless `target` is on the trunk's own host, port and transport: a route
+    picks the user (a queue, an extension) at the trunk's PBX, never another host, since the trunk's credentials
+    answer the challenges of whatever the INVITE reaches (and wacall would INVITE any host a client names)."""
+    mine, trunks = target_of(target), target_of(trunk.target)
+    if (mine.transport, mine.host.lower(), mine.port) != (trunks.transport, trunks.host.lower(), trunks.port):
+        where = f"{trunks.host}:{trunks.port} over {trunks.transport}"
+        raise InvalidField("route.sip.target", f"must name a user at the trunk's PBX ({where}), not another host")
 
 
 @dataclass
@@ -71,12 +81,14 @@ class SipRoutes:
         raise InvalidField("trunk", f"no [[sip_trunks]] entry is named {name!r} (trunks: {known})")
 
     def check(self, dial: SipDial) -> None:
-        """Raises what stops `dial` from running here: InvalidField for an unknown trunk, else SipRouteUnavailable
-        without the SIP endpoint or a media engine."""
+        """Raises what stops `dial` from running here: InvalidField for an unknown trunk or a target off the trunk's
+        host, else SipRouteUnavailable without the SIP endpoint or a media engine."""
         try:
-            self.trunk(dial.trunk)
+            trunk = self.trunk(dial.trunk)
         except InvalidField as problem:
             raise problem.within("route.sip.") from None
+        if dial.target:
+            check_target_on_trunk(SipURI.parse(dial.target), trunk)
         if self.endpoint is None:
             raise SipRouteUnavailable("the sip route needs wacall's SIP endpoint: start wacall with --sip-address")
         if self.engines is None:
@@ -150,6 +162,7 @@ class SipBridgedRoute(MediaAdapter):
             headers=self.headers if direction is SipDirection.SIP_ROUTE else (),
             auth=auth,
             on_bye=self._pbx_hung_up,
+            on_early_answer=self.leg.early_answer if direction is SipDirection.SIP_ROUTE else None,
             answer_timeout=self.answer_timeout,
         )
         self.outbound = outbound
@@ -165,11 +178,14 @@ class SipBridgedRoute(MediaAdapter):
             log.exception("call %s: the SIP leg could not be recorded", self.call_id)
 
     async def _invite(self, outbound: OutboundCall, sdp: str) -> str:
+        """The leg is recorded once its INVITE is on its way (never for a PBX that was not contacted), then with
+        the PBX's real final status (a 200 that crossed our CANCEL stays a 200)."""
+        inviting = outbound.start(sdp)  # PbxRefused when the call already ended: nothing recorded
         await self._record()
         try:
-            answer = await outbound.invite(sdp)
+            answer = await asyncio.shield(inviting)
         except PbxRefused as refused:
-            await self._record(refused.status)
+            await self._record(outbound.last_status or refused.status)
             raise
         await self._record(outbound.last_status)
         return answer

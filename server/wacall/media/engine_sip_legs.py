@@ -15,6 +15,11 @@ in, both proven against rtpengine 10.5 (tests/test_engine_sip_legs.py):
   toward plain RTP → an early-offer INVITE to the PBX → its answer → ng `answer` toward WebRTC, whose SDP is only
   compared with what the platform holds: the platform cannot be re-offered, and rtpengine keeps the WebRTC side's
   port, ICE credentials and fingerprint across the re-offer (checked on every bridge: `WebRtcSideChanged`).
+  The placeholder is a real RTP source on loopback (`RtpTone`): from the platform's answer until the PBX's media
+  takes over, the user hears ringback, since the platform drops a call that carries no media for 20 s. A PBX's
+  early answer (a 183 with SDP, `early_answer`) goes into the engine at once, so its early media replaces the
+  ringback; its final answer is applied as well. `bridge` waits (a while) for the platform's answer when the
+  pickup is seen before it.
 
 Pickup evidence, the no-audio watchdog's counters and `close` (the engine call deleted on every path) are the engine
 bridge's (`EngineBridgeLeg`), which these legs extend.
@@ -30,6 +35,7 @@ from types import MappingProxyType
 
 from wacall.media.bencode import Encodable
 from wacall.media.engine_leg import BUSINESS_TAG, WHATSAPP_TAG, EngineBridgeLeg, EngineBridgeUnavailable
+from wacall.media.rtp_tone import RtpTone
 from wacall.media.rtpengine import (
     TOWARD_PLAIN_RTP,
     TOWARD_WEBRTC,
@@ -50,9 +56,12 @@ Dial = Callable[[str], Awaitable[str]]
 # Static RTP payload types (RFC 3551) and the dynamic ones this leg offers a PBX.
 _PAYLOADS = {"PCMU": (0, "PCMU/8000"), "PCMA": (8, "PCMA/8000"), "opus": (96, "opus/48000/2")}
 _G711 = ("PCMU", "PCMA")
-# Where the placeholder business party "is" until the PBX answers: the discard port on loopback. The engine sends
-# the user's transcoded audio there meanwhile, which nobody hears.
+# Where the placeholder business party "is" when no ringback source stands for it: the discard port on loopback.
 PLACEHOLDER_ADDRESS = ("127.0.0.1", 9)
+# How long `bridge` waits for the platform's answer to reach the engine when the pickup is seen first (HOOK-2).
+PLATFORM_ANSWER_WAIT = 10.0
+_CONNECTION = re.compile(r"^c=IN IP[46] (\S+)", re.MULTILINE)
+_AUDIO_PORT = re.compile(r"^m=audio (\d+) ", re.MULTILINE)
 
 # What identifies the WebRTC side toward the platform: its port (from the m= line) and these attribute lines must
 # survive a re-offer unchanged.
@@ -86,10 +95,15 @@ PLACEHOLDER_TOWARD_WEBRTC: Flags = MappingProxyType(
 )
 
 
-def placeholder_offer(codecs: Sequence[str]) -> str:
-    """A plain-RTP offer with the trunk's G.711 codecs (PCMU when it has none) at the discard address."""
-    g711 = [c for c in _trunk_codecs(codecs) if c in _G711] or ["PCMU"]
-    host, port = PLACEHOLDER_ADDRESS
+def placeholder_codecs(codecs: Sequence[str]) -> list[str]:
+    """The trunk's G.711 codecs in its order (PCMU when it has none): what the placeholder offers."""
+    return [c for c in _trunk_codecs(codecs) if c in _G711] or ["PCMU"]
+
+
+def placeholder_offer(codecs: Sequence[str], address: tuple[str, int] = PLACEHOLDER_ADDRESS) -> str:
+    """A plain-RTP offer with the trunk's G.711 codecs (PCMU when it has none) at `address`."""
+    g711 = placeholder_codecs(codecs)
+    host, port = address
     payloads = [_PAYLOADS[c] for c in g711]
     return with_crlf(
         [
@@ -104,6 +118,14 @@ def placeholder_offer(codecs: Sequence[str]) -> str:
             "a=sendrecv",
         ]
     )
+
+
+def _media_address(sdp: str) -> tuple[str, int] | None:
+    """Where the audio of `sdp` goes: its connection address and audio port (None when it names no such thing)."""
+    address, port = _CONNECTION.search(sdp), _AUDIO_PORT.search(sdp)
+    if address is None or port is None:
+        return None
+    return address.group(1), int(port.group(1))
 
 
 def webrtc_identity(sdp: str) -> list[str]:
@@ -126,12 +148,16 @@ class EngineSipLeg(EngineBridgeLeg):
     WhatsApp side alone; `bridge(dial)` invites the PBX once the user has picked up."""
 
     def __init__(self, pool: EnginePool[NgClient], engine_call_id: str, codecs: Sequence[str], dial: Dial) -> None:
-        super().__init__(pool, engine_call_id, placeholder_offer(codecs))
+        self.ringback = RtpTone(placeholder_codecs(codecs)[0])
+        super().__init__(pool, engine_call_id, placeholder_offer(codecs, self.ringback.address))
         self.codecs = tuple(codecs)
         self._dial = dial
         self._toward_platform = ""  # our SDP the platform holds (offer or answer)
         self._platform_answer = ""  # the platform's answer to our offer, as the engine was given it
+        self._platform_answered = asyncio.Event()
+        self._offered_pbx = False  # the engine's offer toward the PBX is made: its (early) answers may come
         self.bridged = False
+        self.early_media = False
 
     async def _engine_request(self, command: str, fields: Mapping[str, Encodable]) -> str:
         """One ng offer/answer; the SDP it returns. Failures become EngineBridgeUnavailable (a dead engine is taken
@@ -169,18 +195,28 @@ class EngineSipLeg(EngineBridgeLeg):
         return offer
 
     async def apply_answer(self, sdp: str) -> None:
+        """The platform's answer into the engine; ringback starts toward the user until the PBX's media comes."""
         answer = ice_lite_in_media_sections(sdp)
-        await self._engine_request(
+        toward_placeholder = await self._engine_request(
             "answer", {**TOWARD_PLAIN_RTP, "from-tag": BUSINESS_TAG, "to-tag": WHATSAPP_TAG, "sdp": answer}
         )
         self._platform_answer = answer
+        self._platform_answered.set()
+        engine_side = _media_address(toward_placeholder)
+        if engine_side is not None and not self._closed and not self.bridged and not self.early_media:
+            self.ringback.start(engine_side)
 
-    async def bridge(self, dial: Dial) -> str:
+    async def bridge(self, dial: Dial, *, answer_wait: float = PLATFORM_ANSWER_WAIT) -> str:
         """Invite the PBX (the user has picked up): our offer for it through `dial`, its answer into the engine.
-        Returns the PBX's answer. Raises what `dial` raises when the PBX does not answer, EngineBridgeUnavailable
-        when the engine cannot carry it (WebRtcSideChanged if the platform's side would change)."""
-        if not self._platform_answer:
-            raise EngineBridgeUnavailable("the platform has not answered: there is no WhatsApp side to bridge")
+        Returns the PBX's answer. Waits up to `answer_wait` s for the platform's answer when the pickup came
+        first. Raises what `dial` raises when the PBX does not answer, EngineBridgeUnavailable when the engine
+        cannot carry it (WebRtcSideChanged if the platform's side would change)."""
+        try:
+            await asyncio.wait_for(self._platform_answered.wait(), answer_wait)
+        except TimeoutError:
+            raise EngineBridgeUnavailable(
+                "the platform has not answered: there is no WhatsApp side to bridge"
+            ) from None
         offer = await self._engine_request(
             "offer",
             {
@@ -190,14 +226,31 @@ class EngineSipLeg(EngineBridgeLeg):
                 "sdp": self._platform_answer,
             },
         )
+        self._offered_pbx = True
         pbx_answer = await dial(without_webrtc_attributes(offer))
+        await self._pbx_answered(pbx_answer)
+        self.bridged = True
+        return pbx_answer
+
+    async def _pbx_answered(self, pbx_answer: str) -> None:
         toward_platform = await self._engine_request(
             "answer", {**TOWARD_WEBRTC, "from-tag": WHATSAPP_TAG, "to-tag": BUSINESS_TAG, "sdp": pbx_answer}
         )
+        self.ringback.stop()  # the PBX's media reaches the user from here on
         if webrtc_identity(toward_platform) != webrtc_identity(self._toward_platform):
             raise WebRtcSideChanged("rtpengine changed the WhatsApp side when the PBX was bridged")
-        self.bridged = True
-        return pbx_answer
+
+    async def early_answer(self, pbx_answer: str) -> None:
+        """A PBX's early answer (a 183's SDP) for a business call being bridged: into the engine now, so the PBX's
+        early media (its ringback, announcements) replaces ours. Ignored when nothing awaits the PBX's answer."""
+        if not self._offered_pbx or self.bridged or self._closed:
+            return
+        await self._pbx_answered(pbx_answer)
+        self.early_media = True
+
+    async def close(self) -> None:
+        self.ringback.close()
+        await super().close()
 
     # --- a user's call: the PBX answers for the business ----------------------------------------------------------
 

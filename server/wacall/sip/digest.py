@@ -60,14 +60,17 @@ def digest_response(
     cnonce: str,
     qop: str = "auth",
 ) -> str:
-    """The `response` value of RFC 7616 §3.4.1 for qop=auth (hex)."""
-    if qop != "auth":
+    """The `response` value of RFC 7616 §3.4.1 for qop=auth (hex); with `qop=""`, the RFC 2069 form
+    H(HA1:nonce:HA2) that challenges without qop (RFC 2617 §3.2.2.1) call for."""
+    if qop not in ("auth", ""):
         raise SipParseError(f"unsupported qop {qop[:20]!r}")
     h = _hash_for(algorithm)
     ha1 = h(f"{username}:{realm}:{password}".encode())
     if algorithm.upper().endswith("-SESS"):
         ha1 = h(f"{ha1}:{nonce}:{cnonce}".encode())
     ha2 = h(f"{method}:{uri}".encode())
+    if not qop:
+        return h(f"{ha1}:{nonce}:{ha2}".encode())
     return h(f"{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}".encode())
 
 
@@ -361,21 +364,24 @@ class DigestAuth:
 
     @staticmethod
     def _pick(values: list[str]) -> Challenge | None:
-        """The first challenge (the server's preference) whose algorithm and qop this client supports."""
+        """The first challenge (the server's preference) whose algorithm and qop this client supports: qop=auth,
+        or no qop at all (RFC 2069-style challenges, still common in PBXs and SBCs)."""
         for value in values:
             try:
                 challenge = Challenge.parse(value)
             except SipParseError:
                 continue
             qops = [q.strip() for q in challenge.qop.split(",")]
-            if challenge.algorithm.upper() in ALGORITHMS and "auth" in qops:
+            if challenge.algorithm.upper() in ALGORITHMS and ("auth" in qops or not challenge.qop.strip()):
                 return challenge
         return None
 
     def authorize(self, request: Request, challenge: Challenge, header: str = "Proxy-Authorization") -> Request:
-        """`request` as a new transaction carrying credentials for `challenge`."""
-        cnonce = self._make_token()
-        nc = "00000001"
+        """`request` as a new transaction carrying credentials for `challenge` (qop=auth when it offers it, else
+        the RFC 2069 response without qop, nc and cnonce)."""
+        qop = "auth" if "auth" in [q.strip() for q in challenge.qop.split(",")] else ""
+        cnonce = self._make_token() if qop else None
+        nc = "00000001" if qop else None
         response = digest_response(
             algorithm=challenge.algorithm,
             username=self.username,
@@ -384,8 +390,9 @@ class DigestAuth:
             method=request.method,
             uri=request.uri,
             nonce=challenge.nonce,
-            nc=nc,
-            cnonce=cnonce,
+            nc=nc or "",
+            cnonce=cnonce or "",
+            qop=qop,
         )
         credentials = Credentials(
             username=self.username,
@@ -394,7 +401,7 @@ class DigestAuth:
             uri=request.uri,
             response=response,
             algorithm=challenge.algorithm,
-            qop="auth",
+            qop=qop or None,
             nc=nc,
             cnonce=cnonce,
             opaque=challenge.opaque,
