@@ -730,3 +730,27 @@ async def test_queues_and_agents_survive_a_restart(make_service: Callable[..., A
     queue = await stub(second).GetQueue(cc.GetQueueRequest(queue_id="sales"), metadata=second.metadata)
     assert queue.ring_timeout.seconds == 45
     assert dict((await agent_state(second, "ann")).skills) == {"spanish": 1}
+
+
+async def test_deleting_an_agent_ends_its_session_with_a_reason(wacall: Running) -> None:
+    await put_agent(wacall, "ann")
+    ann = Agent(wacall, "ann")
+    await ann.sign_in()
+    await stub(wacall).DeleteAgent(cc.DeleteAgentRequest(agent_id="ann"), metadata=wacall.metadata)
+    assert (await ann.expect("error")).error.code == "agent_deleted"
+    with pytest.raises(StopAsyncIteration):
+        await ann.next()
+
+
+async def test_with_auth_on_a_session_needs_the_bearer_token_like_every_rpc(
+    make_service: Callable[..., Awaitable[Running]],
+) -> None:
+    wacall = await make_service(auth_token="s3cret-token")
+    await put_agent(wacall, "ann")
+    anonymous = stub(wacall).AgentSession(iter([R(login=R.Login(agent_id="ann"))]))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await anext(aiter(anonymous))
+    assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    ann = Agent(wacall, "ann")  # with the running service's metadata: the token
+    await ann.sign_in()
+    ann.close()

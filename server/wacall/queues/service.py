@@ -319,6 +319,8 @@ class QueueService:
 
     def _deliver(self, decisions: tuple[Decision, ...], event: router.Event, before: RouterState) -> None:
         """Hand each decision to whoever acts on it (synchronously for sessions, so their order is commit order)."""
+        if isinstance(event, DeleteAgent) and event.agent_id in self.sessions:
+            self.sessions.pop(event.agent_id).end_with("agent_deleted", f"agent {event.agent_id!r} was deleted")
         if isinstance(event, CallGone) and event.call_id in before.assigned:
             agent_id = before.assigned[event.call_id].agent_id
             session = self.sessions.get(agent_id)

@@ -158,11 +158,13 @@ class AgentSession:
 
     def replaced(self) -> None:
         """A newer session of the same agent took over: this one ends, the agent's presence is the new one's."""
+        self.end_with(SESSION_REPLACED, "the agent signed in from another session; this one is closed")
+
+    def end_with(self, code: str, message: str) -> None:
+        """End the session with a last error event saying why (its agent's presence is left as it is)."""
         if not self.ended:
             self.ended = True
-            self._items.put_nowait(
-                SessionError(SESSION_REPLACED, "the agent signed in from another session; this one is closed")
-            )
+            self._items.put_nowait(SessionError(code, message))
             self._items.put_nowait(_End())
 
     # --- what the agent sees ------------------------------------------------------------------------------------------
