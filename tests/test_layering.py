@@ -703,9 +703,10 @@ def test_the_contact_centre_check_sees_a_transport_through_another_module() -> N
         found = reaching_outside_except_through(QUEUES, FORBIDDEN_IN_QUEUES, STATUS_TABLES)
         assert "wacall.api.contact_center" in found["wacall.queues.sessions"]
         TREES["wacall.queues.sessions"] = ast.parse("import grpc")
-        assert "grpc" in reaching_outside_except_through(QUEUES, FORBIDDEN_IN_QUEUES, STATUS_TABLES)[
-            "wacall.queues.sessions"
-        ]
+        assert (
+            "grpc"
+            in reaching_outside_except_through(QUEUES, FORBIDDEN_IN_QUEUES, STATUS_TABLES)["wacall.queues.sessions"]
+        )
     finally:
         TREES.clear()
         TREES.update(saved)
