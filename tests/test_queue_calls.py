@@ -454,6 +454,31 @@ async def test_an_agent_places_a_call_within_the_permission_rules_and_is_busy_fo
     ann.close()
 
 
+async def test_an_agent_places_a_call_from_a_webrtc_softphone_and_hears_the_user(wacall: Running) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    ann = await signed_in(wacall, "ann")
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=USER_HZ)
+    agent_ear = Heard()
+    agent = AudioLeg(name="agent", source=ToneSource(AGENT_HZ, amplitude=0.3), handlers=[agent_ear])
+    try:
+        offer_sdp = await agent.create_offer()
+        call = await wacall.start_call(route=pb.Route(agent=pb.AgentRoute(agent_id="ann", offer_sdp=offer_sdp)))
+        assert call.route == "agent" and "a=fingerprint:sha-256" in call.webrtc_answer_sdp
+        await agent.apply_answer(call.webrtc_answer_sdp)
+        assert (await ann.expect("presence")).presence.state == m.AGENT_PRESENCE_BUSY
+        await wacall.wait_call(call.call_id, pb.CALL_STATE_CONNECTED)
+        ear = await phone_ear(wacall, call.platform_call_id)
+        await hears(ear, AGENT_HZ, after=5, what="ann's softphone at the phone")
+        await hears(agent_ear, USER_HZ, what="the user at ann's softphone")
+    finally:
+        await agent.close()
+    await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), metadata=wacall.metadata)
+    assert (await until(ann, "call_ended")).call_ended.outcome == pb.CALL_OUTCOME_ANSWERED
+    ann.close()
+
+
 # --- users' calls ---------------------------------------------------------------------------------------------------
 
 
