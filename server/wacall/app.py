@@ -31,6 +31,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
@@ -62,7 +63,7 @@ from wacall.upstreams.meta.webhooks import (
     webhook_routes,
 )
 from wacall_adapters.registry import plan_inbound_route
-from wacall_adapters.routes import InboundOptions, RoutePlan, ServerFiles, SipDial
+from wacall_adapters.routes import InboundOptions, RoutePlan, RouteRefused, ServerFiles, SipDial
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,8 @@ class Service:
         self.sip_routes = SipRoutes((), None)  # replaced once the media engine is known (_build_calls)
         self.front_door: FrontDoorCalls | None = None
         self.queues: QueueService | None = None  # the contact centre
+        # The queue and agent routes' side of the contact centre (built with the calls, joined to it later).
+        self.queue_calls = QueueCalls(settings.media_dir)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -184,9 +187,9 @@ class Service:
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
             await self._setup_sip(stack, calls)
+            queues = await self._setup_queues(stack, store, permissions, calls)
             # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
-            queues = await self._setup_queues(stack, store, permissions, calls)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
@@ -371,15 +374,20 @@ class Service:
         self.sip_routes = SipRoutes(
             self.settings.sip_trunks, engines, answer_timeout=self.settings.sip_answer_timeout_seconds
         )
-        inbound_route = await self._inbound_route()
-        if inbound_route.sip is not None:
-            self._check_inbound_sip(inbound_route.sip, engines)
+        inbound_route = await self._inbound_route(self.settings.inbound_route)
+        inbound_routes = {
+            business: await self._inbound_route(setting) for business, setting in self.settings.inbound_routes
+        }
+        for plan in (inbound_route, *inbound_routes.values()):
+            if plan.sip is not None:
+                self._check_inbound_sip(plan.sip, engines)
         return CallService(
             permissions,
             upstream,
             engine_bridges=functools.partial(engine_bridge, pool=engines) if engines is not None else None,
             sip_routes=self.sip_routes,
             inbound_route=inbound_route,
+            inbound_routes=inbound_routes,
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
             call_lease=timedelta(seconds=self.settings.call_lease_seconds),
             instance_name=self._instance_name(),
@@ -432,6 +440,7 @@ class Service:
     ) -> QueueService:
         """The contact centre: its router state, timers and agent sessions (closed before the calls are)."""
         queues = self.queues = QueueService(store, self.clock, permissions, calls)
+        self.queue_calls.bind(calls, queues)
         await queues.start()
         stack.push_async_callback(queues.close)
         return queues
@@ -483,17 +492,17 @@ class Service:
             log.warning("SIP front door: no media engine (%s): INVITEs are answered 503", self.media_note)
 
     def _server_files(self) -> ServerFiles:
-        return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)
+        return ServerFiles(
+            media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir, queues=self.queue_calls
+        )
 
-    async def _inbound_route(self) -> RoutePlan:
-        """What answers a user's call: the configured route, checked once here."""
+    async def _inbound_route(self, setting: str) -> RoutePlan:
+        """What answers a user's call: a configured route, checked once here."""
         options = InboundOptions(audio_file=self.settings.inbound_audio_file)
         try:
-            return await plan_inbound_route(self.settings.inbound_route, options, self._server_files())
-        except InvalidField as problem:
-            raise ConfigError(
-                f"the inbound route ({self.settings.inbound_route}) cannot answer calls: {problem}"
-            ) from None
+            return await plan_inbound_route(setting, options, self._server_files())
+        except (InvalidField, RouteRefused) as problem:
+            raise ConfigError(f"the inbound route ({setting}) cannot answer calls: {problem}") from None
 
     async def _setup_grpc(
         self,
