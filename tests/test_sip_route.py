@@ -5,8 +5,9 @@ phones), a local rtpengine, wacall's SIP endpoint, and SIPp playing the PBX (tes
 StartCall with `route { sip {...} }`: the PBX is invited once the user picks up; audio both ways; the call ends from
 wacall, from the user or from the PBX (BYE each way); the PBX's digest challenge is answered; a PBX that refuses or
 never answers ends the answered call with its SIP status recorded. A user's call with `--inbound-route sip:<trunk>`
-is answered when the PBX answers and rejected when it refuses. Bad route fields, and a service without SIP or
-without a media engine, are refused before anything is recorded; so is a bad inbound setting at start-up."""
+is answered when the PBX answers and rejected when it refuses or rings past the bound on users' calls (its INVITE
+cancelled). Bad route fields, and a service without SIP or without a media engine, are refused before anything is
+recorded; so is a bad inbound setting at start-up."""
 
 from __future__ import annotations
 
@@ -463,6 +464,51 @@ async def test_a_users_call_the_pbx_refuses_is_rejected_on_the_platform(
         assert await engine.session_count() == sessions_before
 
 
+async def test_a_users_call_the_pbx_lets_ring_is_cancelled_and_rejected_before_the_platform_gives_up(
+    make_service: MakeService, tmp_path: Path
+) -> None:
+    async with sipp_pbx("pbx_rings.xml", tmp_path) as pbx:
+        # The sip route's own wait is long: only the bound on users' calls can end this one.
+        wacall = await with_sip(
+            make_service,
+            pbx,
+            inbound_route="sip:pbx",
+            sip_answer_timeout_seconds=30,
+            sip_inbound_answer_timeout_seconds=1.5,
+        )
+        engine = engine_of(wacall)
+        endpoint = wacall.service.sip
+        assert endpoint is not None
+        sessions_before, dialogs_before = await engine.session_count(), endpoint.dialog_count
+        placed = await wacall.sim.PlaceUserCall(sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER))
+        ringing = await wait_until(
+            lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+            lambda r: len(r.calls) == 1 and bool(r.calls[0].sip.call_id),
+            15,
+        )
+        assert ringing.calls[0].sip.last_status == 0  # the PBX was invited and has not answered yet
+        phone = await wait_until(
+            lambda: wacall.sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=placed.platform_call_id)),
+            lambda p: p.state == "ended",
+            15,
+        )
+        assert not phone.HasField("answered_at") and phone.audible_frames_received == 0  # rejected, never accepted
+        calls = await wait_until(
+            lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER)),
+            lambda r: len(r.calls) == 1 and r.calls[0].state == pb.CALL_STATE_ENDED,
+        )
+        call = calls.calls[0]
+        assert call.outcome != pb.CALL_OUTCOME_ANSWERED
+        assert call.sip.direction == pb.SIP_DIRECTION_INBOUND and call.sip.last_status == 408
+        assert call.end_reason == "setup failed: 408 Request Timeout (no answer from the PBX within 1.5 s)"
+        code, err = await pbx.outcome()
+        assert code == 0, err  # SIPp got the CANCEL, answered 487 and had it ACKed
+        await eventually(lambda: not wacall.service.calls.sessions, what="the session released")
+        assert await engine.session_count() == sessions_before
+        assert endpoint.dialog_count == dialogs_before
+        await eventually(lambda: endpoint.task_count == 0, what="the SIP endpoint's tasks done")
+
+
 async def test_a_users_call_the_sip_route_cannot_take_is_rejected_not_left_ringing(
     make_service: MakeService, tmp_path: Path
 ) -> None:
@@ -497,6 +543,18 @@ def test_an_inbound_sip_route_names_a_configured_trunk(tmp_path: Path) -> None:
         load_settings(str(config), {"inbound_route": "sip:other"}, environ={})
     with pytest.raises(ConfigError, match="'sip:<trunk>'"):
         load_settings(str(config), {"inbound_route": "sip"}, environ={})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "30.5", "60", "nan"])
+def test_the_wait_for_a_pbx_on_a_users_call_is_bounded_by_the_platforms_window(value: str) -> None:
+    environ = {"WACALL_SIP_INBOUND_ANSWER_TIMEOUT_SECONDS": value}
+    with pytest.raises(ConfigError, match="sip_inbound_answer_timeout_seconds must be greater than 0 and at most 30 "):
+        load_settings(None, {}, environ=environ)
+    assert load_settings(None, {}, environ={}).sip_inbound_answer_timeout_seconds == 25
+    assert (
+        load_settings(None, {"sip_inbound_answer_timeout_seconds": 30.0}, environ={}).sip_inbound_answer_timeout_seconds
+        == 30
+    )
 
 
 @pytest.mark.parametrize(

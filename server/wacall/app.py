@@ -372,7 +372,10 @@ class Service:
 
         # The SIP endpoint is started later (_setup_sip) and handed to the sip routes then.
         self.sip_routes = SipRoutes(
-            self.settings.sip_trunks, engines, answer_timeout=self.settings.sip_answer_timeout_seconds
+            self.settings.sip_trunks,
+            engines,
+            answer_timeout=self.settings.sip_answer_timeout_seconds,
+            inbound_answer_timeout=self.settings.sip_inbound_answer_timeout_seconds,
         )
         inbound_route = await self._inbound_route(self.settings.inbound_route)
         inbound_routes = {

@@ -94,8 +94,11 @@ class Settings:
     # The key of the front door's digest nonces: the same on every replica so each accepts the others' ("" = a
     # random one per process). Never derived from the trunks' passwords: a nonce would let anyone test guesses.
     sip_nonce_secret: str = ""
-    # How long a PBX may ring on wacall's INVITE (sip route, inbound sip) before the leg is cancelled as a 408.
+    # How long a PBX may ring on wacall's INVITE (the sip route) before the leg is cancelled as a 408.
     sip_answer_timeout_seconds: float = 60.0  # from [[sip_trunks]]: the PBXs allowed to call through the front door
+    # How long a PBX may ring on a user's call (inbound sip) before it is cancelled and the call rejected: the
+    # platform ends a user's call it has not seen accepted within about 30 s, so never longer than that.
+    sip_inbound_answer_timeout_seconds: float = 25.0
 
     def load_policy(self) -> Policy:
         try:
@@ -103,6 +106,9 @@ class Settings:
         except PolicyError as exc:
             raise ConfigError(str(exc)) from None
 
+
+# The platform ends a user's call it has not seen accepted within roughly 30-60 s: a PBX rings no longer than this.
+MAX_SIP_INBOUND_ANSWER_TIMEOUT = 30.0
 
 # Settings that can come from the environment and the command line (name → type).
 SCALARS: Mapping[str, type] = {
@@ -142,6 +148,7 @@ SCALARS: Mapping[str, type] = {
     "sip_tls_cert": str,
     "sip_tls_key": str,
     "sip_answer_timeout_seconds": float,
+    "sip_inbound_answer_timeout_seconds": float,
     "sip_nonce_secret": str,
 }
 
@@ -220,8 +227,13 @@ DESCRIPTIONS: Mapping[str, str] = {
         "(empty: a random key per process, so a PBX's answer to one replica's challenge is challenged again elsewhere)"
     ),
     "sip_answer_timeout_seconds": (
-        "how long a PBX may ring on wacall's INVITE (the sip route, --inbound-route sip:<trunk>) before it is "
-        "cancelled and counted as 408"
+        "how long a PBX may ring on wacall's INVITE for the sip route before it is cancelled and counted as 408 "
+        "(users' calls: --sip-inbound-answer-timeout-seconds)"
+    ),
+    "sip_inbound_answer_timeout_seconds": (
+        "how long a PBX may ring on a user's call (--inbound-route sip:<trunk>) before it is cancelled (408) and the "
+        f"call rejected on the platform; at most {MAX_SIP_INBOUND_ANSWER_TIMEOUT:g}, since the platform ends a "
+        "user's call not accepted within about 30 s"
     ),
 }
 
@@ -311,6 +323,12 @@ def load_settings(
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     _check_sip(settings)
+    if not 0 < settings.sip_inbound_answer_timeout_seconds <= MAX_SIP_INBOUND_ANSWER_TIMEOUT:
+        raise ConfigError(
+            "sip_inbound_answer_timeout_seconds must be greater than 0 and at most "
+            f"{MAX_SIP_INBOUND_ANSWER_TIMEOUT:g} (the platform ends a user's call not accepted within about 30 s), "
+            f"got {settings.sip_inbound_answer_timeout_seconds!r}"
+        )
     settings.load_policy()
     return settings
 

@@ -8,8 +8,9 @@ call's platform leg (`EngineSipLeg`, both legs in the engine) and the PBX leg (`
   target (From: the user; To: the target) through `EngineSipLeg.bridge`. A PBX that refuses or does not answer ends
   the call (still answered: the user picked up);
 - a user's call (`--inbound-route sip:<trunk>`): the platform's offer makes the leg dial the trunk's target (From:
-  the user; To: the business number) while the call is being answered; a PBX that refuses fails the answer, and the
-  service rejects the call on the platform.
+  the user; To: the business number) while the call is being answered; a PBX that refuses, or rings past
+  `inbound_answer_timeout` (then its INVITE is cancelled, as a 408), fails the answer, and the service rejects the
+  call on the platform before the platform would end it unanswered.
 
 Either way the call's record gets its SIP leg (trunk, SIP Call-ID, direction, last final status) as it changes, a
 BYE from the PBX ends the WhatsApp call, and the end of the call (either side) ends the PBX leg: BYE, or CANCEL
@@ -32,7 +33,7 @@ from wacall.sip.digest import DigestAuth
 from wacall.sip.message import SipURI
 from wacall.sipdoor.trunks import Trunk
 from wacall.siptrunk.endpoint import SipEndpoint
-from wacall.siptrunk.outbound import ANSWER_TIMEOUT, OutboundCall, PbxRefused, target_of
+from wacall.siptrunk.outbound import ANSWER_TIMEOUT, INBOUND_ANSWER_TIMEOUT, OutboundCall, PbxRefused, target_of
 from wacall.store import Pair
 from wacall_adapters.base import CallLeg, MediaAdapter
 from wacall_adapters.routes import SipDial
@@ -65,12 +66,14 @@ def check_target_on_trunk(target: SipURI, trunk: Trunk) -> None:
 @dataclass
 class SipRoutes:
     """The trunks, the SIP endpoint and the media engines a `sip` route needs (either may be missing: `check`
-    says so). `answer_timeout` is how long a PBX may ring before its leg is cancelled as a 408."""
+    says so). `answer_timeout` is how long a PBX may ring on a business call before its leg is cancelled as a 408,
+    `inbound_answer_timeout` the same on a user's call (shorter: the platform ends one not accepted in about 30 s)."""
 
     trunks: Sequence[Trunk]
     engines: EnginePool[NgClient] | None
     endpoint: SipEndpoint | None = None
     answer_timeout: float = ANSWER_TIMEOUT
+    inbound_answer_timeout: float = INBOUND_ANSWER_TIMEOUT
 
     def trunk(self, name: str) -> Trunk:
         """The trunk named `name`; InvalidField on `trunk` when there is none."""
@@ -111,6 +114,7 @@ class SipRoutes:
             engines=self.engines,
             record=record,
             answer_timeout=self.answer_timeout,
+            inbound_answer_timeout=self.inbound_answer_timeout,
         )
 
 
@@ -129,6 +133,7 @@ class SipBridgedRoute(MediaAdapter):
         engines: EnginePool[NgClient],
         record: RecordSipLeg,
         answer_timeout: float,
+        inbound_answer_timeout: float,
     ) -> None:
         self.call_id = call_id
         self.pair = pair
@@ -138,6 +143,7 @@ class SipBridgedRoute(MediaAdapter):
         self.endpoint = endpoint
         self.record = record
         self.answer_timeout = answer_timeout
+        self.inbound_answer_timeout = inbound_answer_timeout
         self.leg = EngineSipLeg(engines, call_id, trunk.codecs, self._answer_users_call)
         self.outbound: OutboundCall | None = None
         self.direction = SipDirection.SIP_ROUTE
@@ -163,7 +169,7 @@ class SipBridgedRoute(MediaAdapter):
             auth=auth,
             on_bye=self._pbx_hung_up,
             on_early_answer=self.leg.early_answer if direction is SipDirection.SIP_ROUTE else None,
-            answer_timeout=self.answer_timeout,
+            answer_timeout=self.answer_timeout if direction is SipDirection.SIP_ROUTE else self.inbound_answer_timeout,
         )
         self.outbound = outbound
         self.direction = direction

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Longest wait for the PBX's final response once the INVITE is out (it may ring): then CANCEL, as a 408.
 ANSWER_TIMEOUT = 60.0
+# The same for a user's call: the platform ends one that is not accepted within about 30 s.
+INBOUND_ANSWER_TIMEOUT = 25.0
 WACALL_CALL_ID_HEADER = "X-Wacall-Call-Id"
 DEFAULT_PORTS = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
 
@@ -217,7 +219,9 @@ class OutboundCall:
                 with contextlib.suppress(PbxRefused):
                     await self._established(crossing)
             self.last_status = 408
-            raise PbxRefused(408, "Request Timeout (no answer from the PBX)") from None
+            raise PbxRefused(
+                408, f"Request Timeout (no answer from the PBX within {self.answer_timeout:g} s)"
+            ) from None
         except TransactionTimeout:
             self.last_status = 408
             raise PbxRefused(408, "Request Timeout (no final response)") from None
