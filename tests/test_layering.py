@@ -26,6 +26,8 @@
   endpoint reaches no call service, store or media.
 - The queue router (`wacall.queues.router`) is pure: it reaches only data, time arithmetic and a seeded generator
   of the standard library; `now` is an argument.
+- The contact centre's service and agent sessions (the rest of `wacall.queues`) speak no transport: no gRPC, proto
+  stubs, HTTP, the API or the assembly, so the gRPC stream and the softphone's WebSocket drive the same session.
 """
 
 from __future__ import annotations
@@ -644,6 +646,35 @@ def test_the_queue_router_check_sees_a_clock_read_through_another_module() -> No
     try:
         TREES[QUEUE_ROUTER] = ast.parse("from wacall.calls import service")
         assert not reachable(QUEUE_ROUTER) <= QUEUE_ROUTER_IMPORTS
+    finally:
+        TREES.clear()
+        TREES.update(saved)
+
+
+# The contact centre's service and sessions are transport-neutral: the gRPC servicer and the WebSocket mirror both
+# drive them.
+QUEUES = "wacall.queues"
+FORBIDDEN_IN_QUEUES = (
+    "grpc",
+    "wacall_client",
+    "aiohttp",
+    "wacall.api",
+    "wacall.app",
+    "wacall.simulator",
+    "wacall.upstreams.meta",
+)
+
+
+def test_the_contact_centre_speaks_no_transport() -> None:
+    assert {"wacall.queues.service", "wacall.queues.sessions", "wacall.queues.actions"} <= set(MODULES)
+    assert reaching_outside(QUEUES, FORBIDDEN_IN_QUEUES) == {}
+
+
+def test_the_contact_centre_check_sees_a_transport_through_another_module() -> None:
+    saved = dict(TREES)
+    try:
+        TREES["wacall.queues.sessions"] = ast.parse("from wacall.api import contact_center")
+        assert "wacall.api.contact_center" in reaching_outside(QUEUES, FORBIDDEN_IN_QUEUES)["wacall.queues.sessions"]
     finally:
         TREES.clear()
         TREES.update(saved)

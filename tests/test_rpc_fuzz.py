@@ -39,7 +39,9 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
-from wacall_client.v1 import calling_pb2_grpc
+from wacall_client.v1 import calling_pb2_grpc, contact_center_pb2_grpc
+from wacall_client.v1 import contact_center_model_pb2 as model_pb
+from wacall_client.v1 import contact_center_pb2 as cc_pb
 
 from wacall.media.leg import AudioLeg
 
@@ -82,6 +84,7 @@ class Served:
     sim: simulator_pb2_grpc.SimulatorServiceStub
     clock: clock_pb2_grpc.ClockServiceStub
     health: health_pb2_grpc.HealthStub
+    contact_center: contact_center_pb2_grpc.ContactCenterServiceStub
     files: dict[str, str]
     agent_offer: str
     cursor: int = 0
@@ -146,6 +149,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         simulator_pb2_grpc.SimulatorServiceStub(channel),
         clock_pb2_grpc.ClockServiceStub(channel),
         health_pb2_grpc.HealthStub(channel),
+        contact_center_pb2_grpc.ContactCenterServiceStub(channel),
         _write_files(directory),
         run(agent_offer()),
     )
@@ -155,6 +159,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served.sim.SetUserBehavior(
         sim_pb.SetUserBehaviorRequest(user_number=USER, on_call=sim_pb.NO_ANSWER, ring_duration=_duration(3600))
     )
+    # A queue and an agent the fuzz's ids sometimes name (so that requests get past "not found").
+    served.contact_center.PutQueue(model_pb.Queue(queue_id="fuzz_queue"))
+    served.contact_center.PutAgent(model_pb.Agent(agent_id="fuzz_agent", queue_ids=["fuzz_queue"]))
     served.quiet()
     try:
         yield served
@@ -517,6 +524,149 @@ def test_call_media(served: Served, data: st.DataObject) -> None:
     still_healthy(served)
 
 
+# --- ContactCenterService ---------------------------------------------------------------------------------------
+
+KNOWN_IDS = ["fuzz_queue", "fuzz_agent", "q1", "a.b-c_d"]
+ids = st.one_of(st.sampled_from(KNOWN_IDS), st.from_regex(r"[A-Za-z0-9._-]{0,70}", fullmatch=True), texts)
+levels = st.dictionaries(st.one_of(ids, texts), st.one_of(st.integers(-2, 1002), INT32), max_size=40)
+optional_durations = st.one_of(st.none(), durations)
+
+
+def hold_audio(served: Served) -> st.SearchStrategy[model_pb.HoldAudio | None]:
+    return st.one_of(
+        st.none(),
+        st.builds(lambda path: model_pb.HoldAudio(audio_file=path), server_paths(served)),
+        st.builds(lambda hz: model_pb.HoldAudio(tone_hz=hz), st.one_of(st.integers(-1, 20001), INT32)),
+    )
+
+
+def queues(served: Served) -> st.SearchStrategy[model_pb.Queue]:
+    return st.builds(
+        lambda queue_id, name, strategy, skills, ring, wait, wrap, level, missed, overflow, hold: model_pb.Queue(
+            queue_id=queue_id,
+            name=name,
+            strategy=strategy,
+            required_skills=skills,
+            ring_timeout=ring,
+            max_wait=wait,
+            wrap_up=wrap,
+            service_level=level,
+            max_missed_offers=missed,
+            overflow_queue_id=overflow,
+            hold_audio=hold,
+        ),
+        st.one_of(st.just("q1"), ids),
+        optional_texts,
+        enum_values,
+        levels,
+        optional_durations,
+        optional_durations,
+        optional_durations,
+        optional_durations,
+        st.one_of(st.integers(-2, 1002), INT32),
+        st.one_of(st.just(""), ids),
+        hold_audio(served),
+    )
+
+
+agents = st.builds(
+    lambda agent_id, name, skills, queue_ids, penalties, presence, handled: model_pb.Agent(
+        agent_id=agent_id,
+        name=name,
+        skills=skills,
+        queue_ids=queue_ids,
+        queue_penalties=penalties,
+        presence=presence,
+        calls_handled=handled,
+    ),
+    st.one_of(st.just("a1"), ids),
+    optional_texts,
+    levels,
+    st.lists(ids, max_size=70),
+    levels,
+    enum_values,
+    INT32,
+)
+
+
+@FUZZ
+@given(st.data())
+def test_put_queue(served: Served, data: st.DataObject) -> None:
+    queue = data.draw(queues(served))
+    code, _ = outcome(served, "PutQueue", lambda: served.contact_center.PutQueue(queue, timeout=10))
+    refused_changes_nothing(served, code)
+    still_healthy(served)
+
+
+@FUZZ
+@given(agents)
+def test_put_agent(served: Served, agent: model_pb.Agent) -> None:
+    code, _ = outcome(served, "PutAgent", lambda: served.contact_center.PutAgent(agent, timeout=10))
+    refused_changes_nothing(served, code)
+    still_healthy(served)
+
+
+@FUZZ
+@given(st.data())
+def test_contact_center_reads_and_deletes(served: Served, data: st.DataObject) -> None:
+    stub = served.contact_center
+    queue_id, agent_id = data.draw(ids), data.draw(ids)
+    calls: dict[str, Callable[[], object]] = {
+        "GetQueue": lambda: stub.GetQueue(cc_pb.GetQueueRequest(queue_id=queue_id), timeout=10),
+        "ListQueues": lambda: stub.ListQueues(cc_pb.ListQueuesRequest(), timeout=10),
+        "GetAgent": lambda: stub.GetAgent(cc_pb.GetAgentRequest(agent_id=agent_id), timeout=10),
+        "ListAgents": lambda: stub.ListAgents(cc_pb.ListAgentsRequest(queue_id=queue_id), timeout=10),
+        "GetQueueStats": lambda: stub.GetQueueStats(cc_pb.GetQueueStatsRequest(queue_id=queue_id), timeout=10),
+        # The fuzz's own queue and agent stay (a refusal or a deletion of anything else is fine).
+        "DeleteQueue": lambda: stub.DeleteQueue(
+            cc_pb.DeleteQueueRequest(queue_id="" if queue_id == "fuzz_queue" else queue_id), timeout=10
+        ),
+        "DeleteAgent": lambda: stub.DeleteAgent(
+            cc_pb.DeleteAgentRequest(agent_id="" if agent_id == "fuzz_agent" else agent_id), timeout=10
+        ),
+    }
+    rpc = data.draw(st.sampled_from(sorted(calls)))
+    code, _ = outcome(served, rpc, calls[rpc])
+    refused_changes_nothing(served, code)
+    still_healthy(served)
+
+
+R = cc_pb.AgentSessionRequest
+session_requests = st.one_of(
+    st.builds(lambda agent_id: R(login=R.Login(agent_id=agent_id)), ids),
+    st.builds(lambda presence: R(set_presence=R.SetPresence(presence=presence)), enum_values),
+    st.builds(lambda offer_id: R(accept=R.Accept(offer_id=offer_id, media_stream=R.MediaStreamMedia())), texts),
+    st.builds(
+        lambda offer_id, sdp: R(accept=R.Accept(offer_id=offer_id, webrtc=R.WebRtcMedia(offer_sdp=sdp))), texts, texts
+    ),
+    st.builds(lambda offer_id: R(accept=R.Accept(offer_id=offer_id)), texts),
+    st.builds(lambda offer_id: R(decline=R.Decline(offer_id=offer_id)), texts),
+    st.builds(lambda call_id: R(hang_up=R.HangUp(call_id=call_id)), call_ids),
+    st.just(R(end_wrap_up=R.EndWrapUp())),
+    st.just(R()),
+)
+
+
+@FUZZ
+@given(st.data())
+def test_agent_session(served: Served, data: st.DataObject) -> None:
+    first = data.draw(st.one_of(st.just(R(login=R.Login(agent_id="fuzz_agent"))), session_requests))
+    rest = data.draw(st.lists(session_requests, max_size=8))
+    code, _ = outcome(
+        served, "AgentSession", lambda: streamed(served.contact_center.AgentSession(iter([first, *rest])), 0.3)
+    )
+    refused_changes_nothing(served, code)
+    still_healthy(served)
+    # However the session went, it has ended: the agent is OFFLINE again, so the next example starts alike.
+    agent = served.contact_center.GetAgent(cc_pb.GetAgentRequest(agent_id="fuzz_agent"), timeout=10)
+    deadline = time.monotonic() + 5
+    while agent.presence != model_pb.AGENT_PRESENCE_OFFLINE and time.monotonic() < deadline:
+        time.sleep(0.02)
+        agent = served.contact_center.GetAgent(cc_pb.GetAgentRequest(agent_id="fuzz_agent"), timeout=10)
+    assert agent.presence == model_pb.AGENT_PRESENCE_OFFLINE
+    served.quiet()
+
+
 # --- SimulatorService -------------------------------------------------------------------------------------------
 
 
@@ -648,6 +798,15 @@ UNARY_METHODS: list[tuple[str, Message]] = [
     ("/wacall.sim.v1.SimulatorService/GetPhoneCall", sim_pb.GetPhoneCallRequest(platform_call_id="x")),
     ("/wacall.sim.v1.SimulatorService/HangUp", sim_pb.HangUpRequest(platform_call_id="x")),
     ("/wacall.testing.v1.ClockService/Advance", clock_pb2.AdvanceRequest()),
+    ("/wacall.v1.ContactCenterService/PutQueue", model_pb.Queue(queue_id="q1")),
+    ("/wacall.v1.ContactCenterService/GetQueue", cc_pb.GetQueueRequest(queue_id="q1")),
+    ("/wacall.v1.ContactCenterService/ListQueues", cc_pb.ListQueuesRequest()),
+    ("/wacall.v1.ContactCenterService/DeleteQueue", cc_pb.DeleteQueueRequest(queue_id="q1")),
+    ("/wacall.v1.ContactCenterService/PutAgent", model_pb.Agent(agent_id="a1")),
+    ("/wacall.v1.ContactCenterService/GetAgent", cc_pb.GetAgentRequest(agent_id="a1")),
+    ("/wacall.v1.ContactCenterService/ListAgents", cc_pb.ListAgentsRequest(queue_id="q1")),
+    ("/wacall.v1.ContactCenterService/DeleteAgent", cc_pb.DeleteAgentRequest(agent_id="a1")),
+    ("/wacall.v1.ContactCenterService/GetQueueStats", cc_pb.GetQueueStatsRequest(queue_id="q1")),
 ]
 # Field 1 of every request above that has fields is a string: these bytes make it invalid UTF-8 (a lone surrogate
 # encoded as UTF-8 would be, CESU-style) or truncate the wire format.
@@ -686,9 +845,10 @@ def test_a_broken_string_is_invalid_argument_on_every_method_including_streams(s
     with pytest.raises(grpc.RpcError) as caught:
         list(watch(BROKEN_FIELDS[0], timeout=10))
     assert caught.value.code() is C.INVALID_ARGUMENT  # type: ignore[attr-defined]
-    media = served.channel.stream_stream("/wacall.v1.CallingService/CallMedia", None, None)
-    with pytest.raises(grpc.RpcError) as caught:
-        list(media(iter([BROKEN_FIELDS[0]]), timeout=10))
-    assert caught.value.code() is C.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    for stream in ("/wacall.v1.CallingService/CallMedia", "/wacall.v1.ContactCenterService/AgentSession"):
+        media = served.channel.stream_stream(stream, None, None)
+        with pytest.raises(grpc.RpcError) as caught:
+            list(media(iter([BROKEN_FIELDS[0]]), timeout=10))
+        assert caught.value.code() is C.INVALID_ARGUMENT, stream  # type: ignore[attr-defined]
     assert served.new_events() == []
     still_healthy(served)

@@ -750,6 +750,50 @@ async def test_an_expired_call_is_claimed_by_exactly_one_of_several_stores(backe
     assert sorted(claimed) == sorted(f"call_{index}" for index in range(12))
 
 
+# --- the contact centre's router state --------------------------------------------------------------------------------
+
+
+async def test_the_router_state_starts_absent_and_each_save_replaces_it_under_the_next_version(
+    backend: Backend,
+) -> None:
+    store = backend.open()
+    assert await store.transaction(lambda tx: (tx.router_version(), tx.router_state())) == (0, None)
+    assert await store.transaction(lambda tx: tx.save_router_state('{"a": 1}')) == 1
+    assert await store.transaction(lambda tx: tx.save_router_state('{"a": 2}')) == 2
+    assert await store.transaction(lambda tx: (tx.router_version(), tx.router_state())) == (2, (2, '{"a": 2}'))
+    # Another store on the same database (another process) reads the same version and state.
+    assert await backend.open().transaction(lambda tx: tx.router_state()) == (2, '{"a": 2}')
+
+
+async def test_a_router_state_save_that_rolls_back_keeps_the_version_and_state_before_it(store: Store) -> None:
+    await store.transaction(lambda tx: tx.save_router_state("kept"))
+
+    def save_then_fail(tx: Tx) -> None:
+        tx.save_router_state("lost")
+        raise RuntimeError("the step failed")
+
+    with pytest.raises(RuntimeError):
+        await store.transaction(save_then_fail)
+    assert await store.transaction(lambda tx: tx.router_state()) == (1, "kept")
+
+
+async def test_concurrent_router_steps_from_several_stores_each_see_the_version_the_last_one_saved(
+    backend: Backend,
+) -> None:
+    stores = [backend.open() for _ in range(3)]
+
+    def step(tx: Tx) -> int:
+        version = tx.router_version()
+        state = tx.router_state()
+        count = int(state[1]) if state is not None else 0
+        assert state is None or state[0] == version
+        return tx.save_router_state(str(count + 1))
+
+    versions = await asyncio.gather(*(s.transaction(step) for s in stores for _ in range(5)))
+    assert sorted(versions) == list(range(1, 16))
+    assert await stores[0].transaction(lambda tx: tx.router_state()) == (15, "15")
+
+
 # --- the suite covers the interface ----------------------------------------------------------------------------------
 
 

@@ -25,10 +25,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
-from wacall_client.v1 import calling_pb2, calling_pb2_grpc
+from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
 
 from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
+from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
@@ -41,6 +42,7 @@ from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
 from wacall.media.rtpengine import EnginePool, NgClient
 from wacall.permissions import PermissionService
+from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
@@ -162,6 +164,7 @@ class Service:
         self.sip_addresses: dict[str, tuple[str, int]] = {}
         self.sip_routes = SipRoutes((), None)  # replaced once the media engine is known (_build_calls)
         self.front_door: FrontDoorCalls | None = None
+        self.queues: QueueService | None = None  # the contact centre
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -183,7 +186,8 @@ class Service:
             await self._setup_sip(stack, calls)
             # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
-            grpc_address, names = await self._setup_grpc(stack, store, permissions, calls)
+            queues = await self._setup_queues(stack, store, permissions, calls)
+            grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
@@ -418,6 +422,15 @@ class Service:
 
         stack.push_async_callback(stop_recovery)
 
+    async def _setup_queues(
+        self, stack: contextlib.AsyncExitStack, store: Store, permissions: PermissionService, calls: CallService
+    ) -> QueueService:
+        """The contact centre: its router state, timers and agent sessions (closed before the calls are)."""
+        queues = self.queues = QueueService(store, self.clock, permissions, calls)
+        await queues.start()
+        stack.push_async_callback(queues.close)
+        return queues
+
     async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
         """The SIP endpoint and its front door when --sip-address or --sip-tls-address is set. SIP media goes
         through rtpengine only: without one the front door answers INVITEs 503 (and says so here)."""
@@ -474,7 +487,12 @@ class Service:
             ) from None
 
     async def _setup_grpc(
-        self, stack: contextlib.AsyncExitStack, store: Store, permissions: PermissionService, calls: CallService
+        self,
+        stack: contextlib.AsyncExitStack,
+        store: Store,
+        permissions: PermissionService,
+        calls: CallService,
+        queues: QueueService,
     ) -> tuple[str, list[str]]:
         """The gRPC API (and the simulator's and manual clock's services when they run); the bound address and the
         service names health reports on."""
@@ -493,6 +511,10 @@ class Service:
             CallingServicer(permissions, calls, self._server_files()), server
         )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
+        contact_center_pb2_grpc.add_ContactCenterServiceServicer_to_server(
+            ContactCenterServicer(queues, settings.media_dir), server
+        )
+        names.append(contact_center_pb2.DESCRIPTOR.services_by_name["ContactCenterService"].full_name)
         if self.platform is not None:
             simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
                 SimulatorServicer(self.platform, settings.media_dir), server

@@ -32,6 +32,17 @@ class EventKind(enum.StrEnum):
     USER_PROMPTED = "user_prompted"
     CALL_UPDATED = "call_updated"
     BUSINESS_RESTRICTION_CHANGED = "business_restriction_changed"
+    # The contact centre (wacall.queues.service writes them; the change itself is the "contact_center" attribute).
+    QUEUE_CHANGED = "queue_changed"
+    AGENT_CHANGED = "agent_changed"
+    AGENT_PRESENCE_CHANGED = "agent_presence_changed"
+    CALL_QUEUED = "call_queued"
+    OFFER_MADE = "offer_made"
+    OFFER_WITHDRAWN = "offer_withdrawn"
+    CALL_ASSIGNED = "call_assigned"
+    CALL_OVERFLOWED = "call_overflowed"
+    QUEUE_TIMED_OUT = "queue_timed_out"
+    QUEUE_MISSING = "queue_missing"
 
 
 def describe(event: LedgerEvent) -> tuple[EventKind, Source, dict[str, str]]:

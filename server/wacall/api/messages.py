@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 from wacall_client.v1 import calling_pb2 as pb
 
+from wacall.api.queue_messages import change_message
 from wacall.calls import record as call_record
 from wacall.calls.machine import CallOutcome, CallState, Direction
 from wacall.calls.record import CallRecord, SipDirection
@@ -134,6 +135,7 @@ def call_message(call: CallRecord) -> pb.Call:
 def event_message(record: EventRecord) -> pb.Event:
     attributes = dict(record.attributes)
     snapshot = attributes.pop("call", None)
+    change = attributes.pop("contact_center", None)
     return pb.Event(
         cursor=str(record.cursor),
         kind=EVENT_KIND.get(record.kind, pb.EVENT_KIND_UNSPECIFIED),
@@ -145,6 +147,7 @@ def event_message(record: EventRecord) -> pb.Event:
         permission_state=STATE[record.state_after],
         attributes=attributes,
         call=call_message(call_record.from_event_payload(json.loads(snapshot))) if snapshot else None,
+        contact_center=change_message(change) if change else None,
     )
 
 

@@ -146,6 +146,24 @@ def _counters_from(d: Mapping[str, Any]) -> QueueCounters:
     )
 
 
+def queue_json(config: QueueConfig) -> dict[str, Any]:
+    """One queue's configuration as JSON (with its id), as the event log records a change."""
+    return {"queue_id": config.queue_id, **_queue(config)}
+
+
+def queue_from_json(data: Mapping[str, Any]) -> QueueConfig:
+    return _queue_from(data["queue_id"], data)
+
+
+def agent_json(agent: Agent) -> dict[str, Any]:
+    """One agent as JSON (with its id), as the event log records a change."""
+    return {"agent_id": agent.agent_id, **_agent(agent)}
+
+
+def agent_from_json(data: Mapping[str, Any]) -> Agent:
+    return _agent_from(data["agent_id"], data)
+
+
 def encode(state: RouterState) -> dict[str, Any]:
     return {
         "format": FORMAT,

@@ -261,6 +261,19 @@ class Tx(Protocol):
         """When the newest event was recorded (None: no events yet)."""
         ...
 
+    def router_version(self) -> int:
+        """The version of the contact centre's router state (0: never saved). Every save increments it, so a reader
+        that holds the state of a version need not read the state again while the version is unchanged."""
+        ...
+
+    def router_state(self) -> tuple[int, str] | None:
+        """The router state as saved (its version and the JSON `wacall.queues.codec` wrote); None: never saved."""
+        ...
+
+    def save_router_state(self, state: str) -> int:
+        """Replace the router state with `state` (the codec's JSON); returns its new version."""
+        ...
+
 
 class Store(Protocol):
     """The durable ledger. Every method may be called concurrently from one event loop, and several stores (in one

@@ -166,6 +166,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX open_calls_by_lease ON calls (lease_expires_at) WHERE active = 1",
         ),
     ),
+    Migration(
+        5,
+        "the contact centre's router state: one row, its version and the router codec's JSON",
+        _statements(
+            """CREATE TABLE router_state (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                version INTEGER NOT NULL,
+                state TEXT NOT NULL
+            )"""
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

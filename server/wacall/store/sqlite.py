@@ -354,6 +354,23 @@ class _SqliteTx:
         row = self._db.execute("SELECT MAX(recorded_at) FROM events").fetchone()
         return optional_datetime(row[0])
 
+    def router_version(self) -> int:
+        row = self._db.execute("SELECT version FROM router_state WHERE id = 1").fetchone()
+        return int(row[0]) if row else 0
+
+    def router_state(self) -> tuple[int, str] | None:
+        row = self._db.execute("SELECT version, state FROM router_state WHERE id = 1").fetchone()
+        return (int(row[0]), str(row[1])) if row else None
+
+    def save_router_state(self, state: str) -> int:
+        version = self.router_version() + 1
+        self._db.execute(
+            "INSERT INTO router_state (id, version, state) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET version = excluded.version, state = excluded.state",
+            (version, state),
+        )
+        return version
+
     def keep_refused_webhook(self, body: bytes, now: datetime, reason: str) -> None:
         self._db.execute(
             "INSERT INTO refused_webhooks (received_at, reason, body) VALUES (?, ?, ?)",

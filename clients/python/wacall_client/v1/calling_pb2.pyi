@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from wacall_client.v1 import contact_center_model_pb2 as _contact_center_model_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -72,6 +73,16 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_USER_PROMPTED: _ClassVar[EventKind]
     EVENT_KIND_CALL_UPDATED: _ClassVar[EventKind]
     EVENT_KIND_BUSINESS_RESTRICTION_CHANGED: _ClassVar[EventKind]
+    EVENT_KIND_QUEUE_CHANGED: _ClassVar[EventKind]
+    EVENT_KIND_AGENT_CHANGED: _ClassVar[EventKind]
+    EVENT_KIND_AGENT_PRESENCE_CHANGED: _ClassVar[EventKind]
+    EVENT_KIND_CALL_QUEUED: _ClassVar[EventKind]
+    EVENT_KIND_OFFER_MADE: _ClassVar[EventKind]
+    EVENT_KIND_OFFER_WITHDRAWN: _ClassVar[EventKind]
+    EVENT_KIND_CALL_ASSIGNED: _ClassVar[EventKind]
+    EVENT_KIND_CALL_OVERFLOWED: _ClassVar[EventKind]
+    EVENT_KIND_QUEUE_TIMED_OUT: _ClassVar[EventKind]
+    EVENT_KIND_QUEUE_MISSING: _ClassVar[EventKind]
 
 class CallState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -146,6 +157,16 @@ EVENT_KIND_CALL_UNANSWERED: EventKind
 EVENT_KIND_USER_PROMPTED: EventKind
 EVENT_KIND_CALL_UPDATED: EventKind
 EVENT_KIND_BUSINESS_RESTRICTION_CHANGED: EventKind
+EVENT_KIND_QUEUE_CHANGED: EventKind
+EVENT_KIND_AGENT_CHANGED: EventKind
+EVENT_KIND_AGENT_PRESENCE_CHANGED: EventKind
+EVENT_KIND_CALL_QUEUED: EventKind
+EVENT_KIND_OFFER_MADE: EventKind
+EVENT_KIND_OFFER_WITHDRAWN: EventKind
+EVENT_KIND_CALL_ASSIGNED: EventKind
+EVENT_KIND_CALL_OVERFLOWED: EventKind
+EVENT_KIND_QUEUE_TIMED_OUT: EventKind
+EVENT_KIND_QUEUE_MISSING: EventKind
 CALL_STATE_UNSPECIFIED: CallState
 CALL_STATE_DIALING: CallState
 CALL_STATE_RINGING: CallState
@@ -278,7 +299,7 @@ class WatchEventsRequest(_message.Message):
     def __init__(self, business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., after_cursor: _Optional[str] = ..., only_new: _Optional[bool] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("cursor", "kind", "business_number", "user_number", "occurred_at", "recorded_at", "source", "permission_state", "attributes", "call")
+    __slots__ = ("cursor", "kind", "business_number", "user_number", "occurred_at", "recorded_at", "source", "permission_state", "attributes", "call", "contact_center")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +317,7 @@ class Event(_message.Message):
     PERMISSION_STATE_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     CALL_FIELD_NUMBER: _ClassVar[int]
+    CONTACT_CENTER_FIELD_NUMBER: _ClassVar[int]
     cursor: str
     kind: EventKind
     business_number: str
@@ -306,7 +328,8 @@ class Event(_message.Message):
     permission_state: PermissionState
     attributes: _containers.ScalarMap[str, str]
     call: Call
-    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, str]] = ..., permission_state: _Optional[_Union[PermissionState, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., call: _Optional[_Union[Call, _Mapping]] = ...) -> None: ...
+    contact_center: _contact_center_model_pb2.ContactCenterChange
+    def __init__(self, cursor: _Optional[str] = ..., kind: _Optional[_Union[EventKind, str]] = ..., business_number: _Optional[str] = ..., user_number: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[_Union[EventSource, str]] = ..., permission_state: _Optional[_Union[PermissionState, str]] = ..., attributes: _Optional[_Mapping[str, str]] = ..., call: _Optional[_Union[Call, _Mapping]] = ..., contact_center: _Optional[_Union[_contact_center_model_pb2.ContactCenterChange, _Mapping]] = ...) -> None: ...
 
 class ListEventsRequest(_message.Message):
     __slots__ = ("business_number", "user_number", "page_size", "after_cursor")
