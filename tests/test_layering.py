@@ -665,16 +665,47 @@ FORBIDDEN_IN_QUEUES = (
 )
 
 
+# The call service reaches `wacall.errors` (our reasons' gRPC status codes, also read by the SIP front door's table
+# of SIP statuses): a table of codes, not a transport, so what it imports does not count against the contact centre.
+STATUS_TABLES = frozenset({"wacall.errors"})
+
+
+def reaching_outside_except_through(
+    package: str, forbidden: tuple[str, ...], tables: frozenset[str]
+) -> dict[str, list[str]]:
+    """`reaching_outside`, not following imports made by the modules in `tables`."""
+    found = {}
+    for name in MODULES:
+        if not _within(name, (package,)):
+            continue
+        seen: set[str] = set()
+        pending = [name]
+        while pending:
+            for target in imported(pending.pop()):
+                if target not in seen:
+                    seen.add(target)
+                    if target in MODULES and target not in tables:
+                        pending.append(target)
+        if offending := sorted(t for t in seen if _within(t, forbidden)):
+            found[name] = offending
+    return found
+
+
 def test_the_contact_centre_speaks_no_transport() -> None:
     assert {"wacall.queues.service", "wacall.queues.sessions", "wacall.queues.actions"} <= set(MODULES)
-    assert reaching_outside(QUEUES, FORBIDDEN_IN_QUEUES) == {}
+    assert reaching_outside_except_through(QUEUES, FORBIDDEN_IN_QUEUES, STATUS_TABLES) == {}
 
 
 def test_the_contact_centre_check_sees_a_transport_through_another_module() -> None:
     saved = dict(TREES)
     try:
         TREES["wacall.queues.sessions"] = ast.parse("from wacall.api import contact_center")
-        assert "wacall.api.contact_center" in reaching_outside(QUEUES, FORBIDDEN_IN_QUEUES)["wacall.queues.sessions"]
+        found = reaching_outside_except_through(QUEUES, FORBIDDEN_IN_QUEUES, STATUS_TABLES)
+        assert "wacall.api.contact_center" in found["wacall.queues.sessions"]
+        TREES["wacall.queues.sessions"] = ast.parse("import grpc")
+        assert "grpc" in reaching_outside_except_through(QUEUES, FORBIDDEN_IN_QUEUES, STATUS_TABLES)[
+            "wacall.queues.sessions"
+        ]
     finally:
         TREES.clear()
         TREES.update(saved)

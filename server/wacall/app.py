@@ -186,9 +186,9 @@ class Service:
             http_address = await self._setup_http(stack, dispatcher, senders)
             await self._setup_calls(stack, permissions, calls)
             await self._setup_sip(stack, calls)
+            queues = await self._setup_queues(stack, store, permissions, calls)
             # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
-            queues = await self._setup_queues(stack, store, permissions, calls)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
             self._setup_softphone(stack, queues, grpc_address)
             await self._setup_health(stack, names)
