@@ -238,6 +238,14 @@
     }
   }
 
+  function decline(offerId) {
+    // A decline passes the call on and is not answered with a withdrawal: the offer goes from the page at once.
+    send({ decline: { offerId } });
+    state.offers.delete(offerId);
+    log("offer declined");
+    render();
+  }
+
   // --- the customer panel (the gRPC API's calls as JSON: /agent/api/{method}) --------------------------------------------
 
   async function api(method, body) {
@@ -335,7 +343,7 @@
     yes.setAttribute("aria-label", `Accept the call from ${offer.customerNumber}`);
     no.setAttribute("aria-label", `Decline the call from ${offer.customerNumber}`);
     yes.addEventListener("click", () => accept(offer.offerId));
-    no.addEventListener("click", () => send({ decline: { offerId: offer.offerId } }));
+    no.addEventListener("click", () => decline(offer.offerId));
     buttons.append(yes, no);
     item.append(title, facts, ring, left, buttons);
     return item;
