@@ -16,8 +16,8 @@ Run: `.venv/bin/python bench/router.py` (`--quick` for a smoke run).
    `set_presence AWAY` to its `presence` event on the same stream (a session round trip through one router step,
    without an offer). The service's durable state is seeded with `--service-agents` offline agents and
    `--service-waiting` calls waiting in another queue, so each step carries a realistic state (each step saves the
-   whole state). The measured calls are ids the store does not know: the offer skips the permission lookup a real
-   call's offer makes (one more read transaction).
+   whole state); an empty contact centre is measured first, for comparison. The measured calls are ids the store
+   does not know: the offer skips the permission lookup a real call's offer makes (one more read transaction).
 """
 
 from __future__ import annotations
@@ -303,7 +303,9 @@ def main() -> None:
         args.service_agents, args.service_waiting, args.samples = 50, 200, 10
     print(f"python {platform.python_version()} on {platform.machine()}")
     bench_router(args.agents, args.waiting, args.steps, args.rounds)
-    asyncio.run(bench_service(args.service_agents, args.service_waiting, args.samples))
+    # An empty contact centre first (the floor of a step through the service), then the seeded one.
+    for agents, waiting in ((0, 0), (args.service_agents, args.service_waiting)):
+        asyncio.run(bench_service(agents, waiting, args.samples))
     sys.stdout.flush()
 
 

@@ -22,6 +22,16 @@ STORED_KINDS = {
     "user_prompted": pb.EVENT_KIND_USER_PROMPTED,
     "call_updated": pb.EVENT_KIND_CALL_UPDATED,
     "business_restriction_changed": pb.EVENT_KIND_BUSINESS_RESTRICTION_CHANGED,
+    "queue_changed": pb.EVENT_KIND_QUEUE_CHANGED,
+    "agent_changed": pb.EVENT_KIND_AGENT_CHANGED,
+    "agent_presence_changed": pb.EVENT_KIND_AGENT_PRESENCE_CHANGED,
+    "call_queued": pb.EVENT_KIND_CALL_QUEUED,
+    "offer_made": pb.EVENT_KIND_OFFER_MADE,
+    "offer_withdrawn": pb.EVENT_KIND_OFFER_WITHDRAWN,
+    "call_assigned": pb.EVENT_KIND_CALL_ASSIGNED,
+    "call_overflowed": pb.EVENT_KIND_CALL_OVERFLOWED,
+    "queue_timed_out": pb.EVENT_KIND_QUEUE_TIMED_OUT,
+    "queue_missing": pb.EVENT_KIND_QUEUE_MISSING,
 }
 
 
