@@ -5,6 +5,7 @@ socket closing, auth, and the lookup's answers and errors."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -278,3 +279,36 @@ async def test_a_plain_request_to_the_socket_is_a_client_error(wacall: Running) 
     # No upgrade: not a WebSocket, answered as the client's mistake, never a 5xx.
     async with aiohttp.ClientSession() as client, client.get(http_url(wacall, "/agent/ws")) as response:
         assert 400 <= response.status < 500
+
+
+async def test_nothing_a_page_sends_before_sign_in_closes_the_socket_or_escapes_as_an_exception(
+    wacall: Running, pages: Callable[[], Awaitable[Page]]
+) -> None:
+    # Random JSON of every shape, built around the request kinds: each gets exactly one error event.
+    await put_agent(wacall, "ann")
+    generator = random.Random(9)
+    kinds = ["login", "setPresence", "accept", "decline", "hangUp", "endWrapUp", "token", "agentId", "webrtc", ""]
+
+    def value(depth: int) -> object:
+        choice = generator.randrange(7 if depth < 3 else 5)
+        if choice == 0:
+            return generator.choice([None, True, False])
+        if choice == 1:
+            return generator.choice([0, -1, 2**63, 1.5, float("1e308")])
+        if choice == 2:
+            return generator.choice(["", "ann", "x" * 300, "AGENT_PRESENCE_AVAILABLE", "\u0000", "💬"])
+        if choice in (3, 4):
+            return generator.choice(kinds)
+        if choice == 5:
+            return [value(depth + 1) for _ in range(generator.randrange(3))]
+        return {generator.choice(kinds): value(depth + 1) for _ in range(generator.randrange(1, 3))}
+
+    page = await pages()
+    for _ in range(300):
+        message = value(0)
+        if isinstance(message, dict) and message.get("login") == {"agentId": "ann"}:
+            continue  # the one valid sign-in
+        await page.ws.send_str(json.dumps(message))
+        event = await page.expect("error")
+        assert event["code"] in {"invalid_argument", "not_logged_in", "unknown_agent", "unauthenticated"}, message
+    await page.sign_in("ann")
