@@ -4,6 +4,7 @@ socket closing, auth, and the lookup's answers and errors."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -312,3 +313,17 @@ async def test_nothing_a_page_sends_before_sign_in_closes_the_socket_or_escapes_
         event = await page.expect("error")
         assert event["code"] in {"invalid_argument", "not_logged_in", "unknown_agent", "unauthenticated"}, message
     await page.sign_in("ann")
+
+
+async def test_stopping_the_service_closes_the_agents_sockets_at_once(
+    wacall: Running, pages: Callable[[], Awaitable[Page]]
+) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    signed_in, not_yet = await pages(), await pages()
+    await signed_in.sign_in("ann")
+    # Open sockets must not hold the HTTP server's shutdown until its timeout.
+    await asyncio.wait_for(wacall.service.stop(), 10)
+    for page in (signed_in, not_yet):
+        closed = await page.ws.receive(5)
+        assert closed.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING), closed

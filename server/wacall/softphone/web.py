@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2  # noqa: F401  (registers the detail types the JSON errors name)
@@ -90,6 +90,7 @@ class SoftphoneBackend:
     queues: QueueService | None = None
     calling: calling_pb2_grpc.CallingServiceStub | None = None
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
+    sockets: set[web.WebSocketResponse] = field(default_factory=set, repr=False)
 
     def connect(self, grpc_address: str) -> None:
         """Open the loopback channel to the service's own gRPC API (bound to every interface: dial loopback)."""
@@ -100,6 +101,12 @@ class SoftphoneBackend:
         self.calling = calling_pb2_grpc.CallingServiceStub(self._channel)
 
     async def close(self) -> None:
+        """Close every agent's socket (their sessions end) and the loopback channel: open WebSockets would otherwise
+        hold the HTTP server's shutdown until its timeout."""
+        await asyncio.gather(
+            *(ws.close(code=WSCloseCode.GOING_AWAY, message=b"service stopping") for ws in list(self.sockets)),
+            return_exceptions=True,
+        )
         self.calling = None
         if self._channel is not None:
             await self._channel.close()
@@ -194,6 +201,7 @@ async def agent_socket(backend: SoftphoneBackend, request: web.Request) -> web.S
         raise web.HTTPServiceUnavailable(text="the contact centre is starting")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_SOCKET_MESSAGE)
     await ws.prepare(request)
+    backend.sockets.add(ws)
     session: AgentSession | None = None
     writer: asyncio.Task[None] | None = None
     try:
@@ -214,6 +222,7 @@ async def agent_socket(backend: SoftphoneBackend, request: web.Request) -> web.S
             if session is not None:
                 writer = asyncio.create_task(_write_events(ws, session), name=f"agent-socket-{session.agent_id}")
     finally:
+        backend.sockets.discard(ws)
         if writer is not None:
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
