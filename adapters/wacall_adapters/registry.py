@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.fields import InvalidField
-from wacall_adapters import announcement, media_stream, sip, webrtc
-from wacall_adapters.routes import InboundOptions, RoutePlan, RouteSpec, ServerFiles
+from wacall_adapters import agent, announcement, media_stream, queue, sip, webrtc
+from wacall_adapters.routes import InboundOptions, RoutePlan, RouteRefused, RouteSpec, ServerFiles
 
 
 def route_table(*specs: RouteSpec) -> Mapping[str, RouteSpec]:
@@ -28,17 +28,20 @@ def route_table(*specs: RouteSpec) -> Mapping[str, RouteSpec]:
 DEFAULT_ROUTE = "announcement"  # a Route with nothing set
 
 
-ROUTES = route_table(announcement.ROUTE, webrtc.ROUTE, media_stream.ROUTE, sip.ROUTE)
+ROUTES = route_table(announcement.ROUTE, webrtc.ROUTE, media_stream.ROUTE, sip.ROUTE, queue.ROUTE, agent.ROUTE)
 INBOUND_ROUTES = tuple(name for name, spec in ROUTES.items() if spec.inbound is not None)
 
 
 async def plan_route(route: pb.Route, files: ServerFiles) -> RoutePlan:
-    """The checked plan for a `Route`; InvalidField names the field from the Route (`route.webrtc.offer_sdp`)."""
+    """The checked plan for a `Route`; InvalidField names the field from the Route (`route.webrtc.offer_sdp`), and so
+    does RouteRefused (something the route names is not there or not ready: `route.queue.queue_id`)."""
     kind = route.WhichOneof("kind") or DEFAULT_ROUTE
     try:
         return await ROUTES[kind].build(getattr(route, kind), files)
     except InvalidField as problem:
         raise problem.within(f"route.{kind}.") from None
+    except RouteRefused as refused:
+        raise RouteRefused(refused.reason, f"route.{kind}.{refused.field}".rstrip("."), refused.message) from None
 
 
 async def plan_inbound_route(setting: str, options: InboundOptions, files: ServerFiles) -> RoutePlan:
@@ -50,4 +53,4 @@ async def plan_inbound_route(setting: str, options: InboundOptions, files: Serve
         raise InvalidField("inbound_route", f"one of {', '.join(INBOUND_ROUTES)}, got {setting!r}")
     route = pb.Route()
     getattr(route, name).CopyFrom(spec.inbound(dataclasses.replace(options, argument=argument)))
-    return await plan_route(route, files)
+    return await plan_route(route, dataclasses.replace(files, users_calls=True))

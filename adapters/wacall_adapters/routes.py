@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
@@ -16,12 +16,56 @@ from wacall_adapters.base import MediaAdapter
 MAX_CALL_LENGTH = timedelta(hours=24)
 
 
+class RouteRefused(Exception):
+    """The route names something that is not there or not ready now (a queue, an agent): nothing is recorded.
+    `reason` is a stable code (UNKNOWN_QUEUE, AGENT_NOT_READY...), `field` the field inside the route message."""
+
+    def __init__(self, reason: str, field: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class HoldSound:
+    """What a queue's waiting callers hear: a file named in the media directory (checked when played), else a
+    tone."""
+
+    audio_file: str = ""
+    tone_hz: float = 0.0
+
+
+class CallQueues(Protocol):
+    """The contact centre as the `queue` and `agent` routes see it (the service implements it)."""
+
+    async def hold_sound(self, queue_id: str) -> HoldSound | None:
+        """The queue's hold audio; None when there is no such queue."""
+        ...
+
+    async def enqueue(self, call_id: str, queue_id: str, priority: int) -> None:
+        """The answered call enters the queue (a queue gone by now ends the call, with the reason evented)."""
+        ...
+
+    async def check_agent_call(self, agent_id: str) -> None:
+        """Raise `RouteRefused` unless the agent could place a call now (signed in, not on a call)."""
+        ...
+
+    async def agent_call_started(self, agent_id: str, call_id: str) -> None:
+        """The agent's call exists: the agent is BUSY until it ends. Raises when the agent is no longer free."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class ServerFiles:
-    """The configured directories server-side files named in a route must lie in (--media-dir, --recordings-dir)."""
+    """What a route is built with: the configured directories server-side files named in a route must lie in
+    (--media-dir, --recordings-dir), the contact centre (None: a route needing it is refused), and whether the plan
+    answers users' calls from configuration (checked at start-up: a queue it names may be created later)."""
 
     media_dir: str
     recordings_dir: str
+    queues: CallQueues | None = None
+    users_calls: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
@@ -63,7 +64,7 @@ from wacall.upstreams.meta.webhooks import (
     webhook_routes,
 )
 from wacall_adapters.registry import plan_inbound_route
-from wacall_adapters.routes import InboundOptions, RoutePlan, ServerFiles, SipDial
+from wacall_adapters.routes import InboundOptions, RoutePlan, RouteRefused, ServerFiles, SipDial
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,8 @@ class Service:
         self.front_door: FrontDoorCalls | None = None
         self.queues: QueueService | None = None  # the contact centre
         self.softphone = SoftphoneBackend(settings.auth_token)  # the agent page's handlers, filled in as it starts
+        # The queue and agent routes' side of the contact centre (built with the calls, joined to it later).
+        self.queue_calls = QueueCalls(settings.media_dir)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._stack = contextlib.AsyncExitStack()
@@ -375,15 +378,20 @@ class Service:
         self.sip_routes = SipRoutes(
             self.settings.sip_trunks, engines, answer_timeout=self.settings.sip_answer_timeout_seconds
         )
-        inbound_route = await self._inbound_route()
-        if inbound_route.sip is not None:
-            self._check_inbound_sip(inbound_route.sip, engines)
+        inbound_route = await self._inbound_route(self.settings.inbound_route)
+        inbound_routes = {
+            business: await self._inbound_route(setting) for business, setting in self.settings.inbound_routes
+        }
+        for plan in (inbound_route, *inbound_routes.values()):
+            if plan.sip is not None:
+                self._check_inbound_sip(plan.sip, engines)
         return CallService(
             permissions,
             upstream,
             engine_bridges=functools.partial(engine_bridge, pool=engines) if engines is not None else None,
             sip_routes=self.sip_routes,
             inbound_route=inbound_route,
+            inbound_routes=inbound_routes,
             media_timeout=timedelta(seconds=self.settings.media_timeout_seconds),
             call_lease=timedelta(seconds=self.settings.call_lease_seconds),
             instance_name=self._instance_name(),
@@ -431,6 +439,7 @@ class Service:
     ) -> QueueService:
         """The contact centre: its router state, timers and agent sessions (closed before the calls are)."""
         queues = self.queues = QueueService(store, self.clock, permissions, calls)
+        self.queue_calls.bind(calls, queues)
         await queues.start()
         stack.push_async_callback(queues.close)
         return queues
@@ -484,17 +493,17 @@ class Service:
             log.warning("SIP front door: no media engine (%s): INVITEs are answered 503", self.media_note)
 
     def _server_files(self) -> ServerFiles:
-        return ServerFiles(media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir)
+        return ServerFiles(
+            media_dir=self.settings.media_dir, recordings_dir=self.settings.recordings_dir, queues=self.queue_calls
+        )
 
-    async def _inbound_route(self) -> RoutePlan:
-        """What answers a user's call: the configured route, checked once here."""
+    async def _inbound_route(self, setting: str) -> RoutePlan:
+        """What answers a user's call: a configured route, checked once here."""
         options = InboundOptions(audio_file=self.settings.inbound_audio_file)
         try:
-            return await plan_inbound_route(self.settings.inbound_route, options, self._server_files())
-        except InvalidField as problem:
-            raise ConfigError(
-                f"the inbound route ({self.settings.inbound_route}) cannot answer calls: {problem}"
-            ) from None
+            return await plan_inbound_route(setting, options, self._server_files())
+        except (InvalidField, RouteRefused) as problem:
+            raise ConfigError(f"the inbound route ({setting}) cannot answer calls: {problem}") from None
 
     async def _setup_grpc(
         self,

@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from wacall.confinement import OutsideDirectory, inside
+from wacall.numbers import InvalidNumber, parse_number
 from wacall.rules.policy import PRESETS, Policy, PolicyError, load_policy
 from wacall.sipdoor.trunks import Trunk, TrunkConfigError, parse_trunks
 from wacall.upstreams.base import Account
 from wacall.upstreams.meta.accounts import InvalidSenderConfig, sender_from_config
+from wacall_adapters.queue import IDENTIFIER as QUEUE_ID
 from wacall_adapters.registry import INBOUND_ROUTES
+
+# The inbound routes written NAME:ARGUMENT, as they are shown.
+ROUTE_SETTING_FORMS: Mapping[str, str] = {"sip": "sip:<trunk>", "queue": "queue:<queue_id>"}
 
 
 class ConfigError(ValueError):
@@ -59,6 +64,9 @@ class Settings:
     # attaches with CallMedia after seeing the call in WatchEvents).
     inbound_route: str = "announcement"
     inbound_audio_file: str = ""
+    # Per business number (E.164), the route its users' calls take instead of inbound_route ([inbound_routes] in
+    # the configuration file, e.g. "+447911123456" = "queue:sales").
+    inbound_routes: tuple[tuple[str, str], ...] = ()
     # The only directories files named in an RPC may be read from (audio) and written to (recordings).
     media_dir: str = "var/media"
     recordings_dir: str = "var/recordings"
@@ -139,7 +147,7 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "upstream": ("sim", "meta"),
     "clock": ("system", "manual"),
     "policy": tuple(sorted(PRESETS)),
-    "inbound_route": tuple(r if r != "sip" else "sip:<trunk>" for r in INBOUND_ROUTES),
+    "inbound_route": tuple(ROUTE_SETTING_FORMS.get(r, r) for r in INBOUND_ROUTES),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
 }
 
@@ -173,8 +181,9 @@ DESCRIPTIONS: Mapping[str, str] = {
     ),
     "worker_threads": "threads for audio encoding and file decoding",
     "inbound_route": (
-        "what answers a user's call: an announcement, a CallMedia stream program, or a PBX on a SIP trunk "
-        "(sip:<trunk>, answered when the PBX answers)"
+        "what answers a user's call: an announcement, a CallMedia stream program, a PBX on a SIP trunk "
+        "(sip:<trunk>, answered when the PBX answers), or a contact-centre queue (queue:<queue_id>: answered at "
+        "once, hold audio until an agent takes it); per business number in [inbound_routes] of --config"
     ),
     "inbound_audio_file": "the announcement played to users who call, a file in media_dir (empty: a tone)",
     "media_dir": (
@@ -245,12 +254,13 @@ def load_settings(
             raise ConfigError(f"configuration file {path} not found") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"configuration file {path}: {exc}") from None
-        unknown = set(data) - set(SCALARS) - {"senders", "policy_overrides", "sip_trunks"}
+        unknown = set(data) - set(SCALARS) - {"senders", "policy_overrides", "sip_trunks", "inbound_routes"}
         if unknown:
             raise ConfigError(f"unknown settings in {path}: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in data.items() if k in SCALARS})
         values["policy_overrides"] = data.get("policy_overrides", {})
         values["senders"] = tuple(_sender(s, i) for i, s in enumerate(data.get("senders", [])))
+        values["inbound_routes"] = _inbound_routes(data.get("inbound_routes", {}), path)
         if "sip_trunks" in data:
             try:
                 values["sip_trunks"] = parse_trunks(data["sip_trunks"])
@@ -326,13 +336,38 @@ def _check_sip(settings: Settings) -> None:
 
 
 def _check_inbound_route(settings: Settings) -> None:
-    """`NAME`, or `sip:<trunk>` naming one of the [[sip_trunks]]."""
-    name, colon, argument = settings.inbound_route.partition(":")
-    if name not in INBOUND_ROUTES or (name == "sip") != bool(colon):
-        choices = " or ".join(repr(r) if r != "sip" else "'sip:<trunk>'" for r in INBOUND_ROUTES)
-        raise ConfigError(f"inbound_route must be {choices}, got {settings.inbound_route!r}")
+    _check_route_setting(settings.inbound_route, "inbound_route", settings)
+    for business, route in settings.inbound_routes:
+        _check_route_setting(route, f"inbound_routes {business!r}", settings)
+
+
+def _check_route_setting(route: str, where: str, settings: Settings) -> None:
+    """`NAME`, `sip:<trunk>` naming one of the [[sip_trunks]], or `queue:<queue_id>` (the queue itself may be
+    created later through the API)."""
+    name, colon, argument = route.partition(":")
+    if name not in INBOUND_ROUTES or (name in ROUTE_SETTING_FORMS) != bool(colon):
+        choices = " or ".join(repr(ROUTE_SETTING_FORMS.get(r, r)) for r in INBOUND_ROUTES)
+        raise ConfigError(f"{where} must be {choices}, got {route!r}")
     if name == "sip" and argument not in {trunk.name for trunk in settings.sip_trunks}:
         known = ", ".join(trunk.name for trunk in settings.sip_trunks) or "none in the configuration file"
-        raise ConfigError(
-            f"inbound_route {settings.inbound_route}: no [[sip_trunks]] entry is named {argument!r} (trunks: {known})"
-        )
+        raise ConfigError(f"{where} {route}: no [[sip_trunks]] entry is named {argument!r} (trunks: {known})")
+    if name == "queue" and not QUEUE_ID.fullmatch(argument):
+        raise ConfigError(f"{where} {route}: a queue id is 1 to 64 letters, digits, '.', '_' or '-'")
+
+
+def _inbound_routes(table: Any, path: str) -> tuple[tuple[str, str], ...]:
+    """`[inbound_routes]`: business number → route setting, the numbers in E.164 (the routes checked later)."""
+    if not isinstance(table, dict):
+        raise ConfigError(f'configuration file {path}: [inbound_routes] must be a table of number = "route"')
+    routes: dict[str, str] = {}
+    for number, route in table.items():
+        try:
+            business = parse_number(number, "business number").e164
+        except InvalidNumber as error:
+            raise ConfigError(f"configuration file {path}: [inbound_routes] {number!r}: {error}") from None
+        if not isinstance(route, str):
+            raise ConfigError(f"configuration file {path}: [inbound_routes] {number!r} must be a route name")
+        if business in routes:
+            raise ConfigError(f"configuration file {path}: [inbound_routes] names {business} twice")
+        routes[business] = route
+    return tuple(sorted(routes.items()))

@@ -50,7 +50,7 @@ from wacall.permissions import (
 from wacall.store import to_micros
 from wacall.upstreams.base import TemplateRef, UnknownSender
 from wacall_adapters.registry import plan_route
-from wacall_adapters.routes import ServerFiles
+from wacall_adapters.routes import RouteRefused, ServerFiles
 
 MAX_PAGE = 1000
 # Event cursors and page-token times are ASCII digits (str.isdigit also takes "²") within SQLite's INTEGER.
@@ -128,6 +128,12 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                 )
             case SipRouteUnavailable():
                 await abort_precondition(context, "SIP_ROUTE_UNAVAILABLE", "route.sip", str(error), str(error))
+            case RouteRefused(reason=reason, field=field, message=message):
+                # Something the route names does not exist (a queue, an agent), or is not ready for it.
+                status = grpc.StatusCode.NOT_FOUND if reason.startswith("UNKNOWN_") else None
+                await abort_precondition(
+                    context, reason, field, message, message, status=status or grpc.StatusCode.FAILED_PRECONDITION
+                )
             case CallNotFound():
                 await abort(
                     context, grpc.StatusCode.NOT_FOUND, f"no call {error}: use Call.call_id from StartCall or ListCalls"

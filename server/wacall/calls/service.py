@@ -172,6 +172,7 @@ class CallService:
         upstream: Upstream,
         *,
         inbound_route: RoutePlan,
+        inbound_routes: Mapping[str, RoutePlan] | None = None,
         platform_legs: PlatformLegFactory = WebRtcPlatformLeg,
         engine_bridges: EngineBridges | None = None,
         sip_routes: SipRoutes | None = None,
@@ -185,6 +186,8 @@ class CallService:
         self.clock: Clock = permissions.clock
         self.upstream = upstream
         self.inbound_route = inbound_route
+        # Business number (E.164) → the route its users' calls take instead of `inbound_route`.
+        self.inbound_routes: Mapping[str, RoutePlan] = inbound_routes or {}
         self.platform_legs = platform_legs
         # None: no media engine; a route that could be engine-bridged runs in process.
         self.engine_bridges = engine_bridges
@@ -250,6 +253,10 @@ class CallService:
             )
         )
         return record
+
+    def inbound_route_for(self, business: str) -> RoutePlan:
+        """The route that answers users' calls to this business number."""
+        return self.inbound_routes.get(business, self.inbound_route)
 
     # --- placing a call -----------------------------------------------------------------------------------------
 
@@ -438,7 +445,7 @@ class CallService:
                     call_id,
                     pair,
                     CallFacts(Direction.USER_INITIATED, item.timestamp),
-                    route=self.inbound_route.name,
+                    route=self.inbound_route_for(pair.business).name,
                     platform_call_id=item.call_id,
                     opaque=item.opaque,
                 )
@@ -530,7 +537,7 @@ class CallService:
         stored = await self.store.transaction(lambda tx: tx.call(call_id))
         assert stored is not None and stored.platform_call_id
         account = self.permissions.senders.account_for(self.permissions.parse_pair(business, stored.pair.user)[0])
-        session = self._new_session(call_id, stored.pair, account, self.inbound_route)
+        session = self._new_session(call_id, stored.pair, account, self.inbound_route_for(stored.pair.business))
         try:
             check_sdp(offer_sdp, "offer", "the platform's")
             session.platform = self._platform_leg(session)

@@ -432,17 +432,37 @@ class SipRoute(_message.Message):
     headers: _containers.ScalarMap[str, str]
     def __init__(self, trunk: _Optional[str] = ..., target: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
+class QueueRoute(_message.Message):
+    __slots__ = ("queue_id", "priority")
+    QUEUE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    queue_id: str
+    priority: int
+    def __init__(self, queue_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class AgentRoute(_message.Message):
+    __slots__ = ("agent_id", "offer_sdp")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFER_SDP_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    offer_sdp: str
+    def __init__(self, agent_id: _Optional[str] = ..., offer_sdp: _Optional[str] = ...) -> None: ...
+
 class Route(_message.Message):
-    __slots__ = ("announcement", "webrtc", "media_stream", "sip")
+    __slots__ = ("announcement", "webrtc", "media_stream", "sip", "queue", "agent")
     ANNOUNCEMENT_FIELD_NUMBER: _ClassVar[int]
     WEBRTC_FIELD_NUMBER: _ClassVar[int]
     MEDIA_STREAM_FIELD_NUMBER: _ClassVar[int]
     SIP_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_FIELD_NUMBER: _ClassVar[int]
     announcement: AnnouncementRoute
     webrtc: WebRtcRoute
     media_stream: MediaStreamRoute
     sip: SipRoute
-    def __init__(self, announcement: _Optional[_Union[AnnouncementRoute, _Mapping]] = ..., webrtc: _Optional[_Union[WebRtcRoute, _Mapping]] = ..., media_stream: _Optional[_Union[MediaStreamRoute, _Mapping]] = ..., sip: _Optional[_Union[SipRoute, _Mapping]] = ...) -> None: ...
+    queue: QueueRoute
+    agent: AgentRoute
+    def __init__(self, announcement: _Optional[_Union[AnnouncementRoute, _Mapping]] = ..., webrtc: _Optional[_Union[WebRtcRoute, _Mapping]] = ..., media_stream: _Optional[_Union[MediaStreamRoute, _Mapping]] = ..., sip: _Optional[_Union[SipRoute, _Mapping]] = ..., queue: _Optional[_Union[QueueRoute, _Mapping]] = ..., agent: _Optional[_Union[AgentRoute, _Mapping]] = ...) -> None: ...
 
 class PlatformError(_message.Message):
     __slots__ = ("code", "message", "details")
