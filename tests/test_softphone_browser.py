@@ -6,15 +6,18 @@ tests/artifacts/softphone/ (git-ignored) to look at after a run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from conftest import USER, Running, duration, wait_until
+from conftest import BUSINESS, USER, Running, duration, wait_until
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 from test_browser import browser, in_browser  # noqa: F401  (the Chromium fixture, shared)
-from test_contact_center import agent_state, put_agent, put_queue, queued_call
+from test_contact_center import agent_state, put_agent, put_queue
+from test_queue_calls import HOLD_HZ, USER_HZ, hears, phone_ear
+from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import contact_center_model_pb2 as m
 
 ARTIFACTS = Path(__file__).parent / "artifacts" / "softphone"
@@ -51,7 +54,7 @@ class AgentPage:
         return str(await self.run(lambda d: d.find_element(By.CSS_SELECTOR, selector).text))
 
     async def shown(self, selector: str) -> bool:
-        return bool(await self.run(lambda d: d.find_element(By.CSS_SELECTOR, selector).is_displayed()))
+        return bool(await self.run(lambda d: any(e.is_displayed() for e in d.find_elements(By.CSS_SELECTOR, selector))))
 
     async def wait_text(self, selector: str, wanted: str, timeout: float = 15.0) -> str:
         return await wait_until(lambda: self.text(selector), lambda text: wanted in text, timeout)
@@ -83,13 +86,24 @@ async def open_pages(wacall: Running, driver: webdriver.Chrome, names: tuple[str
     return pages
 
 
-async def test_two_agents_in_chromium_one_declines_the_other_takes_the_call_hangs_up_and_ends_wrap_up(
-    wacall: Running,
+async def page_stats(page: AgentPage) -> dict[str, Any]:
+    return await page.script("window.agentPage.stats()")  # type: ignore[no-any-return]
+
+
+async def test_two_agents_in_chromium_a_users_call_declined_by_one_taken_by_the_other_with_audio_both_ways(
+    make_service: Callable[..., Awaitable[Running]],
     browser: webdriver.Chrome,  # noqa: F811
 ) -> None:
+    wacall = await make_service(inbound_route="queue:support")  # users' calls wait in queue "support"
     # LONGEST_IDLE: the agent free the longest gets the call. Ann is put first (LINEAR would pick her) but Bob has
     # been available 5 s longer, so the call goes to Bob first.
-    await put_queue(wacall, "support", strategy=m.STRATEGY_LONGEST_IDLE, wrap_up=duration(60))
+    await put_queue(
+        wacall,
+        "support",
+        strategy=m.STRATEGY_LONGEST_IDLE,
+        wrap_up=duration(60),
+        hold_audio=m.HoldAudio(tone_hz=HOLD_HZ),
+    )
     await put_agent(wacall, "ann", ("support",), name="Ann")
     await put_agent(wacall, "bob", ("support",), name="Bob")
     ann, bob = await open_pages(wacall, browser, ("ann", "bob"))
@@ -98,34 +112,69 @@ async def test_two_agents_in_chromium_one_declines_the_other_takes_the_call_hang
     await ann.sign_in("ann")
     await ann.screenshot("1-signed-in")
 
-    call_id = await queued_call(wacall, "support")
-    await bob.wait_shown(f"li.offer[data-call-id='{call_id}']")
-    offer_text = await bob.text("li.offer")
+    # The simulated user calls the business; their phone speaks 880 Hz, and hears the hold tone while waiting.
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=USER_HZ)
+    phone_call = await wacall.sim.PlaceUserCall(
+        sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER), metadata=wacall.metadata
+    )
+    ear = await phone_ear(wacall, phone_call.platform_call_id)
+    await hears(ear, HOLD_HZ, what="hold audio")
+
+    offer_card = "li.offer"
+    await bob.wait_shown(offer_card)
+    call_id = await bob.run(lambda d: d.find_element(By.CSS_SELECTOR, offer_card).get_attribute("data-call-id"))
+    offer_text = await bob.text(offer_card)
     assert USER in offer_text and "Queue support" in offer_text and "Granted (permanent)" in offer_text
     assert "s to answer" in offer_text  # the ring timer
-    assert not await ann.run(lambda d: d.find_elements(By.CSS_SELECTOR, "li.offer"))
+    assert not await ann.run(lambda d: d.find_elements(By.CSS_SELECTOR, offer_card))
     await bob.screenshot("2-offered")
 
     await bob.click("li.offer button.decline")
     await ann.wait_shown(f"li.offer[data-call-id='{call_id}']")
-    await wait_until(lambda: bob.run(lambda d: d.find_elements(By.CSS_SELECTOR, "li.offer")), lambda found: not found)
+    await wait_until(lambda: bob.run(lambda d: d.find_elements(By.CSS_SELECTOR, offer_card)), lambda found: not found)
     await ann.screenshot("3-offered-after-decline")
 
     await ann.click("li.offer button.accept")
     await ann.wait_shown("#call-panel")
     assert USER in await ann.text("#call-title")
     assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_BUSY
+
+    # The user's voice in the page: WebRTC packets in, and the Web Audio analyser hears 880 Hz.
+    stats = await wait_until(
+        lambda: page_stats(ann),
+        lambda s: s.get("packetsReceived", 0) > 100 and s.get("peakLevel", 0) > 0.05 and s.get("remoteHz", 0) > 0,
+        20,
+    )
+    assert stats["connectionState"] == "connected"
+    assert abs(stats["remoteHz"] - USER_HZ) < USER_HZ * 0.05, stats
+    # The page's microphone (Chromium's fake device beeps about once a second) at the phone: the simulator reports
+    # audible frames again once the hold tone has stopped; muting the page silences them.
+    heard = await phone_of(wacall, phone_call.platform_call_id)
+    await wait_until(
+        lambda: phone_of(wacall, phone_call.platform_call_id),
+        lambda p: p.audible_frames_received >= heard.audible_frames_received + 10,
+        20,
+    )
+    assert (await wacall.get_call(call_id)).route == "webrtc"  # the hold route is gone: what it hears is the page
     await ann.click("#mute")
     assert await ann.run(lambda d: d.find_element(By.ID, "mute").get_attribute("aria-pressed")) == "true"
+    await asyncio.sleep(0.5)  # what was on its way when the button was pressed
+    muted = await phone_of(wacall, phone_call.platform_call_id)
+    await asyncio.sleep(3)  # three of the fake microphone's beeps would have come through
+    still = await phone_of(wacall, phone_call.platform_call_id)
+    assert still.frames_received > muted.frames_received + 50  # the call goes on...
+    assert still.audible_frames_received == muted.audible_frames_received  # ...in silence
+    await ann.screenshot("4-on-call-muted")
     await ann.click("#mute")
-    await ann.screenshot("4-on-call")
 
     await ann.click("#hang-up")
     await ann.wait_shown("#wrap-up-panel")
     await ann.wait_text("#presence", "Wrapping up")
     assert not await ann.shown("#call-panel")
     ended = await wacall.get_call(call_id)
-    assert ended.outcome != 0
+    assert ended.state == pb.CALL_STATE_ENDED and ended.outcome == pb.CALL_OUTCOME_ANSWERED
+    await wait_until(lambda: phone_of(wacall, phone_call.platform_call_id), lambda p: p.state == "ended")
     await ann.screenshot("5-wrap-up")
 
     await ann.click("#end-wrap-up")
@@ -133,10 +182,16 @@ async def test_two_agents_in_chromium_one_declines_the_other_takes_the_call_hang
     assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_AVAILABLE
     assert (await agent_state(wacall, "bob")).presence == m.AGENT_PRESENCE_AVAILABLE
 
-    # The customer panel: the number looked up through the page, its next allowed time shown as local time.
+    # The customer panel: the number looked up through the page.
     await ann.run(lambda d: d.find_element(By.ID, "customer-number").clear())
     await ann.run(lambda d: d.find_element(By.ID, "customer-number").send_keys(USER))
     await ann.run(lambda d: d.find_element(By.CSS_SELECTOR, "#lookup button[type=submit]").click())
     await ann.wait_text("#customer-state", "Granted (permanent)")
     assert await ann.shown("#customer-actions")
     await ann.screenshot("6-customer")
+
+
+async def phone_of(wacall: Running, platform_call_id: str) -> sim_pb.PhoneCall:
+    return await wacall.sim.GetPhoneCall(
+        sim_pb.GetPhoneCallRequest(platform_call_id=platform_call_id), metadata=wacall.metadata
+    )

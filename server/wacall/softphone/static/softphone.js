@@ -36,6 +36,7 @@
     muted: false,
     remoteLevel: 0,
     peakLevel: 0,
+    remoteHz: 0,
     levelTimer: 0,
   };
 
@@ -200,14 +201,23 @@
     audio.play().catch(() => {});
     const context = new AudioContext();
     const analyser = context.createAnalyser();
+    analyser.fftSize = 8192; // about 6 Hz a bin at 48 kHz
     context.createMediaStreamSource(remote).connect(analyser);
     const samples = new Float32Array(analyser.fftSize);
+    const spectrum = new Float32Array(analyser.frequencyBinCount);
     clearInterval(state.levelTimer);
     state.levelTimer = setInterval(() => {
       analyser.getFloatTimeDomainData(samples);
       state.remoteLevel = Math.sqrt(samples.reduce((sum, x) => sum + x * x, 0) / samples.length);
       state.peakLevel = Math.max(state.peakLevel, state.remoteLevel);
       $("remote-level").value = state.remoteLevel;
+      if (state.remoteLevel > 0.02) {
+        // The loudest frequency while the customer is audible: what the page hears, for a test or a support check.
+        analyser.getFloatFrequencyData(spectrum);
+        let loudest = 1;
+        for (let bin = 1; bin < spectrum.length; bin++) if (spectrum[bin] > spectrum[loudest]) loudest = bin;
+        state.remoteHz = (loudest * context.sampleRate) / analyser.fftSize;
+      }
     }, 50);
   }
 
@@ -312,12 +322,26 @@
   }
 
   async function callBack() {
+    // An agent-initiated call: the page's WebRTC offer goes in the agent route, the answer comes back in the call.
     try {
-      const call = await api("StartCall", { ...pair(), route: { agent: { agentId: state.agentId } } });
-      $("customer-message").textContent = `Calling ${call.userNumber || pair().userNumber}…`;
+      const offerSdp = await prepareMedia();
+      const call = await api("StartCall", { ...pair(), route: { agent: { agentId: state.agentId, offerSdp } } });
+      state.call = {
+        callId: call.callId,
+        customer: call.userNumber || pair().userNumber,
+        business: call.businessNumber || pair().businessNumber,
+        queue: "",
+        connectedAt: performance.now(),
+      };
+      if (call.webrtcAnswerSdp && state.pc) await state.pc.setRemoteDescription({ type: "answer", sdp: call.webrtcAnswerSdp });
+      $("call-media").textContent = "Calling…";
+      $("customer-message").textContent = `Calling ${state.call.customer}…`;
+      log(`calling ${state.call.customer}`);
     } catch (error) {
+      endMedia();
       $("customer-message").textContent = String(error.message || error);
     }
+    render();
   }
 
   // --- what the page shows ----------------------------------------------------------------------------------------------
@@ -423,7 +447,12 @@
   // What a test (or a curious agent in the console) can read: the call's audio as the page measures it.
   window.agentPage = {
     async stats() {
-      const out = { remoteLevel: state.remoteLevel, peakLevel: state.peakLevel, presence: state.presence };
+      const out = {
+        remoteLevel: state.remoteLevel,
+        peakLevel: state.peakLevel,
+        remoteHz: state.remoteHz,
+        presence: state.presence,
+      };
       if (!state.pc) return out;
       out.connectionState = state.pc.connectionState;
       (await state.pc.getStats()).forEach((s) => {
