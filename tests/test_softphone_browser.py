@@ -195,3 +195,46 @@ async def phone_of(wacall: Running, platform_call_id: str) -> sim_pb.PhoneCall:
     return await wacall.sim.GetPhoneCall(
         sim_pb.GetPhoneCallRequest(platform_call_id=platform_call_id), metadata=wacall.metadata
     )
+
+
+async def test_an_agent_calls_a_customer_back_from_the_page_with_audio_both_ways(
+    wacall: Running,
+    browser: webdriver.Chrome,  # noqa: F811
+) -> None:
+    await put_queue(wacall, "support")
+    await put_agent(wacall, "ann", ("support",), name="Ann")
+    (ann,) = await open_pages(wacall, browser, ("ann",))
+    await ann.sign_in("ann")
+    await ann.run(lambda d: d.find_element(By.ID, "business-number").send_keys(BUSINESS))
+    await ann.run(lambda d: d.find_element(By.ID, "customer-number").send_keys(USER))
+
+    # Without permission the page says so and offers to ask: call back stays disabled.
+    await ann.click("#lookup button[type=submit]")
+    await ann.wait_text("#customer-state", "No permission")
+    assert await ann.run(lambda d: d.find_element(By.ID, "call-back").get_attribute("disabled")) == "true"
+
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=USER_HZ)
+    await ann.click("#lookup button[type=submit]")
+    await ann.wait_text("#customer-state", "Granted (permanent)")
+    await ann.click("#call-back")
+    await ann.wait_shown("#call-panel")
+    call_id = await ann.run(lambda d: d.find_element(By.ID, "call-panel").get_attribute("data-call-id"))
+    call = await wacall.wait_call(call_id, pb.CALL_STATE_CONNECTED)
+    assert call.route == "agent" and call.user_number == USER
+    assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_BUSY
+
+    stats = await wait_until(
+        lambda: page_stats(ann),
+        lambda s: s.get("packetsReceived", 0) > 100 and s.get("remoteHz", 0) > 0,
+        20,
+    )
+    assert abs(stats["remoteHz"] - USER_HZ) < USER_HZ * 0.05, stats
+    await wait_until(lambda: phone_of(wacall, call.platform_call_id), lambda p: p.audible_frames_received > 10, 20)
+    await ann.screenshot("7-call-back")
+
+    await ann.click("#hang-up")
+    await ann.wait_text("#presence", "Available")  # a call the agent placed belongs to no queue: no wrap-up
+    assert not await ann.shown("#call-panel")
+    ended = await wacall.get_call(call_id)
+    assert ended.state == pb.CALL_STATE_ENDED and ended.outcome == pb.CALL_OUTCOME_ANSWERED
