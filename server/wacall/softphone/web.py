@@ -23,7 +23,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -48,7 +47,17 @@ log = logging.getLogger(__name__)
 PAGE_PATH = "/agent/"
 SOCKET_PATH = "/agent/ws"
 LOOKUP_PATH = "/agent/api/{method}"
-STATIC = Path(str(resources.files("wacall.softphone") / "static"))
+# The page's files, read from the package (a wheel may run from a zip: no directory to serve from), by name.
+STATIC_TYPES = {
+    "index.html": "text/html",
+    "softphone.js": "text/javascript",
+    "softphone.css": "text/css",
+}
+
+
+def _static(name: str) -> bytes:
+    return (resources.files("wacall.softphone") / "static" / name).read_bytes()
+
 
 # A request with a browser's SDP offer (at most 64 KiB, as the gRPC API takes it) fits with room to spare.
 MAX_SOCKET_MESSAGE = 128 * 1024
@@ -122,8 +131,18 @@ class SoftphoneBackend:
 def softphone_routes(backend: SoftphoneBackend) -> list[web.AbstractRouteDef]:
     """The page, its static files, the WebSocket and the lookup."""
 
+    files = {name: _static(name) for name in STATIC_TYPES}
+
     async def page(request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(STATIC / "index.html", headers=_PAGE_HEADERS)
+        return web.Response(body=files["index.html"], content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS)
+
+    async def static(request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        if name == "index.html" or name not in files:
+            raise web.HTTPNotFound(text=f"no file {name!r} in the agent page")
+        return web.Response(
+            body=files[name], content_type=STATIC_TYPES[name], charset="utf-8", headers={"Cache-Control": "no-cache"}
+        )
 
     async def to_page(request: web.Request) -> web.StreamResponse:
         raise web.HTTPPermanentRedirect(PAGE_PATH)
@@ -137,7 +156,7 @@ def softphone_routes(backend: SoftphoneBackend) -> list[web.AbstractRouteDef]:
     return [
         web.get("/agent", to_page),
         web.get(PAGE_PATH, page),
-        web.static("/agent/static", STATIC),
+        web.get("/agent/static/{name}", static),
         web.get(SOCKET_PATH, socket),
         web.post(LOOKUP_PATH, lookup),
     ]
