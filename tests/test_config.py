@@ -72,6 +72,11 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ('upstream = "meta"\n' + SENDER.replace("447911123456", "12"), {}, "business_number"),
         ("", {"WACALL_MAX_WEBHOOK_BYTES": "lots"}, "WACALL_MAX_WEBHOOK_BYTES must be an integer"),
         ('inbound_route = "queue"\n', {}, "inbound_route must be"),
+        ('inbound_route = "queue:no spaces"\n', {}, "inbound_route queue:no spaces: a queue id is"),
+        ('[inbound_routes]\n"+447911123456" = "queue"\n', {}, "inbound_routes '+447911123456' must be"),
+        ('[inbound_routes]\n"12" = "queue:sales"\n', {}, "[inbound_routes] '12'"),
+        ('[inbound_routes]\n"+447911123456" = 5\n', {}, "must be a route name"),
+        ('[inbound_routes]\n"+447911123456" = "sip:pbx"\n', {}, "no [[sip_trunks]] entry is named 'pbx'"),
         ("reservation_grace_seconds = 0\n", {}, "reservation_grace_seconds must be positive"),
         ("call_lease_seconds = 0\n", {}, "call_lease_seconds must be greater than 0, got 0"),
         ("", {"WACALL_CALL_LEASE_SECONDS": "-5"}, "call_lease_seconds must be greater than 0, got -5.0"),
@@ -137,6 +142,18 @@ def test_every_setting_has_a_description_and_listed_choices_are_the_accepted_one
     assert set(CHOICES["policy"]) == set(PRESETS)
     for name, choices in CHOICES.items():
         for choice in choices:
-            # meta needs senders (covered above), sip:<trunk> a trunk (tests/test_sip_route.py)
-            if (name, choice) not in {("upstream", "meta"), ("inbound_route", "sip:<trunk>")}:
+            # meta needs senders (covered above), sip:<trunk> a trunk (tests/test_sip_route.py), queue:<queue_id> an id
+            if (name, choice) not in {
+                ("upstream", "meta"),
+                ("inbound_route", "sip:<trunk>"),
+                ("inbound_route", "queue:<queue_id>"),
+            }:
                 assert getattr(load_settings(None, {name: choice}, environ={}), name) == choice
+
+
+def test_users_calls_to_a_business_number_can_go_to_a_queue_created_later(tmp_path: Path) -> None:
+    config = tmp_path / "wacall.toml"
+    config.write_text('inbound_route = "queue:support"\n[inbound_routes]\n"447911123456" = "queue:sales"\n')
+    settings = load_settings(str(config), {}, environ={})
+    assert settings.inbound_route == "queue:support"
+    assert settings.inbound_routes == (("+447911123456", "queue:sales"),)  # the number in E.164

@@ -8,15 +8,25 @@ calls, and users' calls answered by a queue.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import Any
 
 import grpc
-import pytest
-from conftest import BUSINESS, USER, Running, eventually, refused, wait_until
+from conftest import BUSINESS, OTHER_USER, USER, Running, duration, eventually, refused, wait_until
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from test_contact_center import Agent, agent_state, contact_center_events, put_agent, put_queue, queues_of, stub
+from test_contact_center import (
+    Agent,
+    agent_state,
+    bad_request_field,
+    contact_center_events,
+    put_agent,
+    put_queue,
+    queues_of,
+    stub,
+)
 from test_media_routes import phone_of, tone_frame
 from test_rtpengine import pitch, pitch_at
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
@@ -24,6 +34,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2 as cc
 
+from wacall.calls.queue_route import CLOSING_TONE_HZ
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import FRAME_BYTES, ToneSource, level
 from wacall.simulator.phone import PhoneCall
@@ -33,7 +44,6 @@ RATE = 16000
 HOLD_HZ = 425
 USER_HZ = 880
 AGENT_HZ = 300
-SECOND_USER = "+447700900456"
 
 
 # --- measuring audio -----------------------------------------------------------------------------------------------
@@ -204,3 +214,295 @@ async def test_a_queued_caller_hears_hold_audio_then_a_media_stream_agent_with_a
         await program.stop()
     assert await waiting(wacall) == 0
     ann.close()
+
+
+class Arrivals:
+    """When each frame (audible or not) reached the phone: the longest pause in the media, in frames."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def __call__(self, frame: bytes) -> None:
+        self.times.append(time.monotonic())
+
+    def longest_pause_frames(self, since: float) -> float:
+        times = [t for t in self.times if t >= since]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0) / 0.02
+
+
+async def test_a_webrtc_agent_takes_a_queued_call_and_audio_flows_both_ways_without_a_pause_at_the_phone(
+    wacall: Running,
+) -> None:
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    await put_agent(wacall, "bob")
+    call = await queue_call(wacall)
+    ear = await phone_ear(wacall, call.platform_call_id)
+    arrivals = Arrivals()
+    platform = wacall.service.platform
+    assert platform is not None
+    leg = platform.calls[call.platform_call_id].leg
+    assert leg is not None and leg.consumer is not None
+    leg.consumer.handlers.append(arrivals)
+    await hears(ear, HOLD_HZ, what="hold audio")
+
+    bob = await signed_in(wacall, "bob")
+    offer = await bob.offer()
+    agent_ear = Heard()
+    agent = AudioLeg(name="agent", source=ToneSource(AGENT_HZ, amplitude=0.3), handlers=[agent_ear])
+    try:
+        accepted_at = time.monotonic()
+        bob.send(
+            R(accept=R.Accept(offer_id=offer.offer_id, webrtc=R.WebRtcMedia(offer_sdp=await agent.create_offer())))
+        )
+        connected = (await until(bob, "connected")).connected
+        assert connected.call_id == call.call_id and "a=fingerprint:sha-256" in connected.webrtc_answer_sdp
+        switched = len(ear.frames)
+        await agent.apply_answer(connected.webrtc_answer_sdp)
+
+        await hears(ear, AGENT_HZ, after=switched + 10, what="the WebRTC agent at the phone")
+        await hears(agent_ear, USER_HZ, what="the user at the WebRTC agent")
+        rerouted = await wacall.get_call(call.call_id)
+        assert rerouted.route == "webrtc" and rerouted.platform_call_id == call.platform_call_id
+        # The media reaching the phone never paused for more than a few frames across the move.
+        pause = arrivals.longest_pause_frames(accepted_at)
+        print(f"longest pause at the phone across the move to a WebRTC agent: {pause:.1f} frames")
+        assert pause < 10, f"the phone heard nothing for {pause:.1f} frames"
+    finally:
+        await agent.close()
+    bob.send(R(hang_up=R.HangUp(call_id=call.call_id)))
+    ended = (await until(bob, "call_ended")).call_ended
+    assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
+    assert (await wacall.get_call(call.call_id)).end_reason == "hung up by the agent"
+    bob.close()
+
+
+async def test_an_agent_media_that_cannot_be_attached_ends_the_call_with_the_reason(wacall: Running) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    call = await queue_call(wacall)
+    ann = await signed_in(wacall, "ann")
+    offer = await ann.offer()
+    ann.send(R(accept=R.Accept(offer_id=offer.offer_id, webrtc=R.WebRtcMedia(offer_sdp="v=0\r\n"))))
+    error = (await until(ann, "error")).error
+    assert error.code == "media_failed" and "SDP offer" in error.message
+    ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    assert ended.end_reason.startswith("the agent's media failed")
+    assert (await until(ann, "call_ended")).call_ended.call_id == call.call_id
+    ann.close()
+
+
+# --- maximum wait, abandoned calls, dropped sessions ----------------------------------------------------------------
+
+
+async def test_a_caller_waiting_the_maximum_overflows_then_hears_the_closing_announcement_and_is_hung_up(
+    wacall: Running,
+) -> None:
+    await put_queue(wacall, "billing", hold_audio=m.HoldAudio(tone_hz=500), max_wait=duration(120))
+    await put_queue(
+        wacall, "sales", hold_audio=m.HoldAudio(tone_hz=HOLD_HZ), max_wait=duration(60), overflow_queue_id="billing"
+    )
+    call = await queue_call(wacall)
+    ear = await phone_ear(wacall, call.platform_call_id)
+    await hears(ear, HOLD_HZ, what="the first queue's hold audio")
+
+    await wacall.advance(59)
+    assert await waiting(wacall, "sales") == 1  # not yet
+    await wacall.advance(2)
+    await wait_until(lambda: waiting(wacall, "billing"), lambda n: n == 1)
+    assert await waiting(wacall, "sales") == 0
+    mark = len(ear.frames)
+    await hears(ear, 500, after=mark + 10, what="the overflow queue's hold audio")
+
+    await wacall.advance(121)
+    mark = len(ear.frames)
+    await hears(ear, CLOSING_TONE_HZ, after=mark + 10, frames=30, what="the closing announcement")
+    ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    assert ended.outcome == pb.CALL_OUTCOME_ANSWERED and ended.end_reason == "announcement finished"
+    kinds = [e.kind for e in await contact_center_events(wacall)]
+    assert pb.EVENT_KIND_CALL_OVERFLOWED in kinds and pb.EVENT_KIND_QUEUE_TIMED_OUT in kinds
+    assert await waiting(wacall, "billing") == 0
+
+
+async def test_a_caller_who_hangs_up_while_waiting_is_abandoned_and_offered_to_no_one(wacall: Running) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    call = await queue_call(wacall)
+    await wait_until(lambda: waiting(wacall), lambda n: n == 1)
+    await wacall.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=call.platform_call_id), metadata=wacall.metadata)
+    await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    stats = await wait_until(
+        lambda: stub(wacall).GetQueueStats(cc.GetQueueStatsRequest(queue_id="sales"), metadata=wacall.metadata),
+        lambda s: s.abandoned == 1,
+    )
+    assert stats.waiting == 0
+    ann = await signed_in(wacall, "ann")
+    await ann.quiet()
+    ann.close()
+
+
+async def test_an_agent_whose_session_drops_while_offered_passes_the_call_to_another_who_gets_the_audio(
+    wacall: Running,
+) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    await put_agent(wacall, "bob")
+    ann = await signed_in(wacall, "ann")
+    call = await queue_call(wacall)
+    assert (await ann.offer()).call_id == call.call_id
+    bob = await signed_in(wacall, "bob")
+    await bob.quiet()  # the call is ringing for ann
+    ann.close()  # ann's softphone goes away: OFFLINE, and the call goes to the next agent
+    offer = await bob.offer()
+    assert offer.call_id == call.call_id
+    assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_OFFLINE
+    ear = await phone_ear(wacall, call.platform_call_id)
+    bob.accept(offer.offer_id)
+    await until(bob, "connected")
+    mark = len(ear.frames)
+    program = AgentProgram(wacall, call.call_id)
+    try:
+        await hears(ear, AGENT_HZ, after=mark + 10, what="bob at the phone")
+        await program.hears(USER_HZ)
+    finally:
+        await program.stop()
+    bob.close()
+
+
+# --- the permission rules, and routes that name nothing ---------------------------------------------------------
+
+
+async def test_a_business_call_through_a_queue_obeys_the_permission_rules(wacall: Running) -> None:
+    await put_queue(wacall)
+    await wacall.phone(tone_hz=USER_HZ)
+    error = await refused(wacall.start_call(route=pb.Route(queue=pb.QueueRoute(queue_id="sales"))))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION  # no permission to call this user
+    assert not (await wacall.calling.ListCalls(pb.ListCallsRequest(), metadata=wacall.metadata)).calls
+    assert await waiting(wacall) == 0
+    assert pb.EVENT_KIND_CALL_QUEUED not in [e.kind for e in await contact_center_events(wacall)]
+
+    call = await queue_call(wacall)  # with permission
+    await wait_until(lambda: waiting(wacall), lambda n: n == 1)
+    assert (await wacall.get_call(call.call_id)).route == "queue"
+
+
+async def test_a_queue_route_naming_no_queue_or_with_bad_fields_is_refused_and_nothing_is_recorded(
+    wacall: Running,
+) -> None:
+    await wacall.grant(permanent=True)
+    error = await refused(wacall.start_call(route=pb.Route(queue=pb.QueueRoute(queue_id="nowhere"))))
+    assert error.code() is grpc.StatusCode.NOT_FOUND and "no queue 'nowhere'" in (error.details() or "")
+    violation = precondition(error)
+    assert violation.type == "UNKNOWN_QUEUE" and violation.subject == "route.queue.queue_id"
+    for route, field in (
+        (pb.QueueRoute(queue_id="no spaces"), "route.queue.queue_id"),
+        (pb.QueueRoute(queue_id=""), "route.queue.queue_id"),
+        (pb.QueueRoute(queue_id="sales", priority=5000), "route.queue.priority"),
+    ):
+        error = await refused(wacall.start_call(route=pb.Route(queue=route)))
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT and bad_request_field(error) == field
+    assert not (await wacall.calling.ListCalls(pb.ListCallsRequest(), metadata=wacall.metadata)).calls
+
+
+# --- agent-initiated calls -----------------------------------------------------------------------------------------
+
+
+async def test_an_agent_places_a_call_within_the_permission_rules_and_is_busy_for_its_duration(
+    wacall: Running,
+) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    await put_agent(wacall, "bob")
+    ann = await signed_in(wacall, "ann")
+    await wacall.phone(tone_hz=USER_HZ)
+    by_ann = pb.Route(agent=pb.AgentRoute(agent_id="ann"))
+
+    # Refused by the rules (no permission): nothing recorded, ann as she was.
+    error = await refused(wacall.start_call(route=by_ann))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_AVAILABLE
+    assert not (await wacall.calling.ListCalls(pb.ListCallsRequest(), metadata=wacall.metadata)).calls
+    await ann.quiet()
+
+    # An agent who is not signed in cannot place calls; one that does not exist is not found.
+    await wacall.grant(permanent=True)
+    error = await refused(wacall.start_call(route=pb.Route(agent=pb.AgentRoute(agent_id="bob"))))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and precondition(error).type == "AGENT_NOT_READY"
+    error = await refused(wacall.start_call(route=pb.Route(agent=pb.AgentRoute(agent_id="nobody"))))
+    assert error.code() is grpc.StatusCode.NOT_FOUND and precondition(error).subject == "route.agent.agent_id"
+
+    # Allowed: ann is BUSY for the call, and talks with the user through her program.
+    call = await wacall.start_call(route=by_ann)
+    assert call.route == "agent"
+    busy = (await ann.expect("presence")).presence
+    assert busy.state == m.AGENT_PRESENCE_BUSY
+    await wacall.wait_call(call.call_id, pb.CALL_STATE_CONNECTED)
+    ear = await phone_ear(wacall, call.platform_call_id)
+    program = AgentProgram(wacall, call.call_id)
+    try:
+        await hears(ear, AGENT_HZ, after=5, what="ann at the phone")
+        await program.hears(USER_HZ)
+        # A caller in ann's queue is not offered to her while she is on her own call.
+        await queue_call(wacall, user=OTHER_USER)
+        await ann.quiet()
+    finally:
+        await program.stop()
+    ann.send(R(hang_up=R.HangUp(call_id=call.call_id)))
+    assert (await until(ann, "call_ended")).call_ended.call_id == call.call_id
+    assert (await wacall.get_call(call.call_id)).end_reason == "hung up by the agent"
+    # Free again, she is offered the waiting caller.
+    assert (await until(ann, "offer")).offer.customer_number == OTHER_USER
+    ann.close()
+
+
+# --- users' calls ---------------------------------------------------------------------------------------------------
+
+
+async def user_call(wacall: Running) -> tuple[sim_pb.PhoneCall, pb.Call]:
+    await wacall.phone(tone_hz=USER_HZ)
+    phone = await wacall.sim.PlaceUserCall(
+        sim_pb.PlaceUserCallRequest(business_number=BUSINESS, user_number=USER), metadata=wacall.metadata
+    )
+    calls = await wait_until(
+        lambda: wacall.calling.ListCalls(pb.ListCallsRequest(user_number=USER), metadata=wacall.metadata),
+        lambda r: len(r.calls) == 1,
+    )
+    return phone, calls.calls[0]
+
+
+async def test_a_users_call_to_a_queue_is_answered_at_once_and_taken_by_an_agent(make_service: Any) -> None:
+    wacall: Running = await make_service(inbound_route="queue:sales")
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))  # created after the start: found at the call
+    await put_agent(wacall, "ann")
+    phone, call = await user_call(wacall)
+    assert call.route == "queue" and call.direction == pb.CALL_DIRECTION_USER_INITIATED
+    await wacall.wait_call(call.call_id, pb.CALL_STATE_CONNECTED)
+    ear = await phone_ear(wacall, phone.platform_call_id)
+    await hears(ear, HOLD_HZ, what="hold audio on a user's call")
+    await wait_until(lambda: waiting(wacall), lambda n: n == 1)
+
+    ann = await signed_in(wacall, "ann")
+    offer = await ann.offer()
+    assert offer.call_id == call.call_id and offer.customer_number == USER and offer.business_number == BUSINESS
+    ann.accept(offer.offer_id)
+    await until(ann, "connected")
+    mark = len(ear.frames)
+    program = AgentProgram(wacall, call.call_id)
+    try:
+        await hears(ear, AGENT_HZ, after=mark + 10, what="ann at the phone")
+        await program.hears(USER_HZ)
+    finally:
+        await program.stop()
+    ann.close()
+
+
+async def test_a_users_call_to_a_business_number_whose_queue_does_not_exist_is_ended_with_the_reason_evented(
+    make_service: Any,
+) -> None:
+    # The announcement answers other business numbers; this one's users' calls go to a queue nobody created.
+    wacall: Running = await make_service(inbound_routes=((BUSINESS, "queue:nowhere"),))
+    _, call = await user_call(wacall)
+    assert call.route == "queue"
+    ended = await wacall.wait_call(call.call_id, pb.CALL_STATE_ENDED)
+    assert ended.end_reason == "no queue 'nowhere'"
+    missing = [e for e in await contact_center_events(wacall) if e.kind == pb.EVENT_KIND_QUEUE_MISSING]
+    assert len(missing) == 1 and missing[0].contact_center.call_id == call.call_id
