@@ -239,7 +239,7 @@ async def test_the_lookup_asks_a_customer_for_permission(wacall: Running) -> Non
         # A call back the permission rules refuse (no permission yet).
         ("StartCall", {"businessNumber": BUSINESS, "userNumber": USER}, 409, "FAILED_PRECONDITION"),
         ("EndCall", {"callId": "x"}, 404, "NOT_FOUND"),
-        ("GetPermission", "x" * 20_000, 413, "INVALID_ARGUMENT"),
+        ("GetPermission", "x" * 100_000, 413, "INVALID_ARGUMENT"),
     ],
 )
 async def test_a_bad_lookup_gets_a_clear_error(

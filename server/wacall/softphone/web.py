@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
@@ -42,8 +41,6 @@ from wacall.queues.router import RoutingRefused
 from wacall.queues.service import QueueService
 from wacall.queues.sessions import AgentSession
 
-log = logging.getLogger(__name__)
-
 PAGE_PATH = "/agent/"
 SOCKET_PATH = "/agent/ws"
 LOOKUP_PATH = "/agent/api/{method}"
@@ -61,7 +58,7 @@ def _static(name: str) -> bytes:
 
 # A request with a browser's SDP offer (at most 64 KiB, as the gRPC API takes it) fits with room to spare.
 MAX_SOCKET_MESSAGE = 128 * 1024
-MAX_LOOKUP_BODY = 16 * 1024
+MAX_LOOKUP_BODY = 96 * 1024  # a call back carries the page's SDP offer
 LOOKUP_TIMEOUT = 30.0
 
 # The calling methods the customer panel uses: look a customer up, ask for permission, call back.
