@@ -258,12 +258,14 @@ class ContactCenterServicer(contact_center_pb2_grpc.ContactCenterServiceServicer
             await abort_routing(context, refused)
 
         async def read_requests() -> None:
-            async for request in requests:
-                await drive_request(session, request)
+            try:
+                async for request in requests:
+                    await drive_request(session, request)
+            finally:
+                # The client closing its side (or the stream dropping) ends the session.
+                await asyncio.shield(session.close())
 
         reader = asyncio.create_task(read_requests(), name=f"agent-session-{agent_id}")
-        # The client closing its side (or the stream dropping) ends the session.
-        reader.add_done_callback(lambda _: asyncio.ensure_future(session.close()))
         try:
             async for event in session.events():
                 yield session_event(event)

@@ -21,12 +21,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from wacall.calls.machine import CallState
+from wacall.calls.machine import CallOutcome, CallState
 from wacall.calls.record import from_stored
 from wacall.calls.service import CallNotFound, CallService
 from wacall.clock import Clock
@@ -213,6 +213,7 @@ class QueueService:
         self._timer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
         self._followed: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -227,10 +228,14 @@ class QueueService:
         """End every session of this process (their agents go OFFLINE) and stop the timer."""
         for session in list(self.sessions.values()):
             await session.close()
-        tasks = [t for t in (self._timer, *self._followed.values(), *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self._closing = True
+        pending = {t for t in (self._timer, *self._followed.values(), *self._background) if t is not None}
+        while pending:
+            # Cancelled again until done: a cancel that lands as `asyncio.wait_for` returns (a call's updates wait
+            # with a timeout) can be lost on Python 3.11.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
 
     def set_call_actions(self, actions: CallActions) -> None:
         """Install what happens to calls' media (the `queue`/`agent` routes do)."""
@@ -271,7 +276,11 @@ class QueueService:
         if stored is None:
             return CallParties("", "", None)
         pair = stored.pair
-        view = await self.permissions.get(pair.business, pair.user)
+        try:
+            view = await self.permissions.get(pair.business, pair.user)
+        except Exception:  # the offer still goes out, without the summary (the agent can look the number up)
+            log.exception("permission summary for call %s", call_id)
+            view = None
         return CallParties(pair.business, pair.user, view)
 
     # --- the step -------------------------------------------------------------------------------------------------
@@ -345,7 +354,7 @@ class QueueService:
                 case Assigned():
                     pass  # the accepting session connects the agent's media (it holds the media the agent chose)
 
-    def _spawn(self, work: Any) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -406,6 +415,8 @@ class QueueService:
             async for record in self.calls.updates(call_id):
                 if record.state is CallState.ENDED:
                     break
+                if self._closing:
+                    return
         except CallNotFound:
             return  # not a call of this service: whoever queued it says when it is gone
         await self.call_gone(call_id)
@@ -415,7 +426,7 @@ class QueueService:
         await end_call(self.calls, call_id, reason)
         await self.call_gone(call_id)
 
-    async def call_outcome(self, call_id: str) -> Any:
+    async def call_outcome(self, call_id: str) -> CallOutcome | None:
         """The call's outcome as recorded (None while unknown)."""
         stored = await self.store.transaction(lambda tx: tx.call(call_id))
         return from_stored(stored).outcome if stored is not None else None
@@ -454,8 +465,3 @@ class QueueService:
 def _log_failure(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("contact centre: %s failed", task.get_name(), exc_info=task.exception())
-
-
-def offers_for(state: RouterState, agent_id: str) -> list[router.Offer]:
-    """The offers ringing for an agent now."""
-    return [o for o in state.offers.values() if o.agent_id == agent_id]
