@@ -710,3 +710,20 @@ def test_the_contact_centre_check_sees_a_transport_through_another_module() -> N
     finally:
         TREES.clear()
         TREES.update(saved)
+
+
+# The agent page is an HTTP edge beside the gRPC one: only the assembly mounts it, and it reaches the contact centre
+# and the API's mapping, never the simulator or Meta's upstream (the platform is reached through the service only).
+SOFTPHONE = "wacall.softphone"
+FORBIDDEN_IN_SOFTPHONE = ("wacall.simulator", "wacall.upstreams.meta", "wacall.app")
+
+
+def test_only_the_assembly_mounts_the_agent_page_and_the_page_reaches_no_platform() -> None:
+    assert {"wacall.softphone.web"} <= set(MODULES)
+    mounting = {name for name in MODULES if not _within(name, (SOFTPHONE,)) and _within_any(imported(name), SOFTPHONE)}
+    assert mounting == {"wacall.app"}
+    assert reaching_outside(SOFTPHONE, FORBIDDEN_IN_SOFTPHONE) == {}
+
+
+def _within_any(names: set[str], package: str) -> bool:
+    return any(_within(name, (package,)) for name in names)

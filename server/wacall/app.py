@@ -48,6 +48,7 @@ from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_f
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
+from wacall.softphone.web import SoftphoneBackend, softphone_routes
 from wacall.store import Store, open_store
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
@@ -166,6 +167,7 @@ class Service:
         self.sip_routes = SipRoutes((), None)  # replaced once the media engine is known (_build_calls)
         self.front_door: FrontDoorCalls | None = None
         self.queues: QueueService | None = None  # the contact centre
+        self.softphone = SoftphoneBackend(settings.auth_token)  # the agent page's handlers, filled in as it starts
         # The queue and agent routes' side of the contact centre (built with the calls, joined to it later).
         self.queue_calls = QueueCalls(settings.media_dir)
         self._grpc: grpc.aio.Server | None = None
@@ -191,6 +193,7 @@ class Service:
             # Run before the SIP endpoint closes (the stack unwinds in reverse): a PBX leg still hears its BYE.
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
+            self._setup_softphone(stack, queues, grpc_address)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
@@ -306,6 +309,7 @@ class Service:
                 webhook_limits(settings),
             )
         )
+        http_app.add_routes(softphone_routes(self.softphone))
         runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -447,6 +451,12 @@ class Service:
         await queues.start()
         stack.push_async_callback(queues.close)
         return queues
+
+    def _setup_softphone(self, stack: contextlib.AsyncExitStack, queues: QueueService, grpc_address: str) -> None:
+        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API."""
+        self.softphone.queues = queues
+        self.softphone.connect(grpc_address)
+        stack.push_async_callback(self.softphone.close)
 
     async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
         """The SIP endpoint and its front door when --sip-address or --sip-tls-address is set. SIP media goes

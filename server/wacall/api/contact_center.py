@@ -112,8 +112,9 @@ def session_event(event: SessionEvent) -> pb.AgentSessionEvent:
     raise AssertionError(f"unhandled session event {event!r}")  # pragma: no cover
 
 
-async def _drive(session: AgentSession, request: pb.AgentSessionRequest) -> None:
-    """One request after login: checked, then handed to the session (which reports any refusal as an event)."""
+async def drive_request(session: AgentSession, request: pb.AgentSessionRequest) -> None:
+    """One request after login: checked, then handed to the session (which reports any refusal as an event). The
+    gRPC stream and the softphone's WebSocket both use it."""
     kind = request.WhichOneof("kind")
     try:
         match kind:
@@ -259,7 +260,7 @@ class ContactCenterServicer(contact_center_pb2_grpc.ContactCenterServiceServicer
         async def read_requests() -> None:
             try:
                 async for request in requests:
-                    await _drive(session, request)
+                    await drive_request(session, request)
             finally:
                 # The client closing its side (or the stream dropping) ends the session.
                 await asyncio.shield(session.close())
