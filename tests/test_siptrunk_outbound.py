@@ -24,7 +24,7 @@ from wacall.sip.transactions import TimerValues
 from wacall.sipio.layer import ServerRequest, TransactionLayer
 from wacall.sipio.transport import Target, Transports
 from wacall.siptrunk.endpoint import SipEndpoint
-from wacall.siptrunk.outbound import DialogHandler, OutboundCall, PbxRefused
+from wacall.siptrunk.outbound import DialogHandler, DialogRouter, OutboundCall, PbxRefused
 
 OFFER = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 USER = "+34612345678"
@@ -71,18 +71,30 @@ async def wacall_side() -> AsyncIterator[tuple[Stack, Router]]:
         await stack.layer.close()
 
 
-def leg_to(side: tuple[Stack, Router], uri: str, *, auth: DigestAuth | None = None, **options: object) -> OutboundCall:
-    stack, router = side
+def pbx_leg(
+    layer: TransactionLayer,
+    router: DialogRouter,
+    target: str,
+    wacall_call_id: str,
+    *,
+    callee: str = "sip:pbx@127.0.0.1",
+    **options: object,
+) -> OutboundCall:
+    """wacall's leg toward the PBX at `target`, calling from the test's user."""
     return OutboundCall(
-        stack.layer,
+        layer,
         router,
-        target=SipURI.parse(uri),
+        target=SipURI.parse(target),
         caller=USER,
-        callee=uri,
-        wacall_call_id="call_0123",
-        auth=auth,
+        callee=callee,
+        wacall_call_id=wacall_call_id,
         **options,  # type: ignore[arg-type]
     )
+
+
+def leg_to(side: tuple[Stack, Router], uri: str, *, auth: DigestAuth | None = None, **options: object) -> OutboundCall:
+    stack, router = side
+    return pbx_leg(stack.layer, router, uri, "call_0123", callee=uri, auth=auth, **options)
 
 
 async def test_an_answered_leg_returns_the_pbxs_sdp_and_ends_with_our_bye(
@@ -210,13 +222,12 @@ async def test_the_digest_answer_verifies_with_the_right_password_only(password:
     router = Router()
     near = await start_stack(router, timers=FAST)
     try:
-        leg = OutboundCall(
+        leg = pbx_leg(
             near.layer,
             router,
-            target=SipURI.parse(f"sip:queue@127.0.0.1:{port}"),
-            caller=USER,
+            f"sip:queue@127.0.0.1:{port}",
+            "call_auth",
             callee=f"sip:queue@127.0.0.1:{port}",
-            wacall_call_id="call_auth",
             auth=DigestAuth("wacall", password),
         )
         if status == 200:
@@ -257,13 +268,12 @@ async def test_the_invite_says_who_calls_whom_and_carries_the_routes_headers() -
     router = Router()
     near = await start_stack(router, timers=FAST)
     try:
-        leg = OutboundCall(
+        leg = pbx_leg(
             near.layer,
             router,
-            target=SipURI.parse(f"sip:queue@127.0.0.1:{port}"),
-            caller=USER,
+            f"sip:queue@127.0.0.1:{port}",
+            "call_abc",
             callee="sip:+447911123456@127.0.0.1",
-            wacall_call_id="call_abc",
             headers=[("X-Queue", "billing"), ("User-to-User", "42;encoding=text")],
         )
         await leg.invite(OFFER)
@@ -290,26 +300,14 @@ async def test_no_response_at_all_is_a_timeout_and_no_connection_is_unavailable(
     silent.bind(("127.0.0.1", 0))
     port = silent.getsockname()[1]
     try:
-        leg = OutboundCall(
-            near.layer,
-            router,
-            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
-            caller=USER,
-            callee="sip:pbx@127.0.0.1",
-            wacall_call_id="call_1",
-        )
+        leg = pbx_leg(near.layer, router, f"sip:pbx@127.0.0.1:{port}", "call_1")
         with pytest.raises(PbxRefused) as refused:
             await leg.invite(OFFER)
         assert refused.value.status == 408 and leg.last_status == 408
         assert silent.recv(65535).startswith(b"INVITE ")
-        closed = OutboundCall(
-            near.layer,
-            router,
-            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port};transport=tcp"),  # nobody listens for TCP there
-            caller=USER,
-            callee="sip:pbx@127.0.0.1",
-            wacall_call_id="call_2",
-        )
+        closed = pbx_leg(
+            near.layer, router, f"sip:pbx@127.0.0.1:{port};transport=tcp", "call_2"
+        )  # nobody listens for TCP there
         with pytest.raises(PbxRefused) as unreachable:
             await closed.invite(OFFER)
         assert unreachable.value.status == 503 and closed.last_status == 503
@@ -323,14 +321,8 @@ async def test_a_pbx_that_only_says_trying_is_cancelled_when_our_patience_ends()
     near = await start_stack(router, timers=FAST)
     trying = await start_stack(lambda server: None, timers=FAST)  # its layer says 100 Trying, its TU nothing
     try:
-        leg = OutboundCall(
-            near.layer,
-            router,
-            target=SipURI.parse(f"sip:pbx@127.0.0.1:{trying.target('UDP').port}"),
-            caller=USER,
-            callee="sip:pbx@127.0.0.1",
-            wacall_call_id="call_3",
-            answer_timeout=0.5,
+        leg = pbx_leg(
+            near.layer, router, f"sip:pbx@127.0.0.1:{trying.target('UDP').port}", "call_3", answer_timeout=0.5
         )
         with pytest.raises(PbxRefused) as refused:
             await leg.invite(OFFER)
@@ -356,14 +348,7 @@ async def test_inside_the_dialog_a_reinvite_or_update_gets_our_sdp_unchanged_and
     near = await start_stack(router, timers=FAST)
     ours = OFFER.replace("m=audio 4000", "m=audio 4002")  # what wacall offered: the PBX must get it back as it was
     try:
-        leg = OutboundCall(
-            near.layer,
-            router,
-            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
-            caller=USER,
-            callee="sip:pbx@127.0.0.1",
-            wacall_call_id="call_4",
-        )
+        leg = pbx_leg(near.layer, router, f"sip:pbx@127.0.0.1:{port}", "call_4")
         await leg.invite(ours)
         # The PBX's side of the dialog, as the PBX would send inside it.
         dialog = Dialog.as_uas(invites[0], "pbx1")
@@ -411,14 +396,7 @@ async def test_an_endpoint_on_every_interface_names_the_address_the_pbx_can_reac
     near = TransactionLayer(near_transports, router, timers=FAST)
     await near_transports.listen("0.0.0.0", 0)
     try:
-        leg = OutboundCall(
-            near,
-            router,
-            target=SipURI.parse(f"sip:pbx@127.0.0.1:{far.target('UDP').port}"),
-            caller=USER,
-            callee="sip:pbx@127.0.0.1",
-            wacall_call_id="call_5",
-        )
+        leg = pbx_leg(near, router, f"sip:pbx@127.0.0.1:{far.target('UDP').port}", "call_5")
         with pytest.raises(PbxRefused):
             await leg.invite(OFFER)
         (invite,) = requests
@@ -453,14 +431,7 @@ async def test_a_2xx_that_cannot_carry_the_call_is_refused(
     router = Router()
     near = await start_stack(router, timers=FAST)
     try:
-        leg = OutboundCall(
-            near.layer,
-            router,
-            target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"),
-            caller=USER,
-            callee="sip:pbx@127.0.0.1",
-            wacall_call_id="call_6",
-        )
+        leg = pbx_leg(near.layer, router, f"sip:pbx@127.0.0.1:{port}", "call_6")
         with pytest.raises(PbxRefused) as refused:
             await leg.invite(OFFER)
         assert refused.value.status == status and leg.last_status == status
@@ -491,10 +462,7 @@ async def test_a_2xx_crossing_our_cancel_is_acknowledged_and_ended_exactly_once(
     router = Router()
     near = await start_stack(router, timers=FAST)
     try:
-        leg = OutboundCall(
-            near.layer, router, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
-            callee="sip:pbx@127.0.0.1", wacall_call_id="call_5",
-        )  # fmt: skip
+        leg = pbx_leg(near.layer, router, f"sip:pbx@127.0.0.1:{port}", "call_5")
         inviting = asyncio.ensure_future(leg.invite(OFFER))
         while not far.requests:
             await asyncio.sleep(0.01)
@@ -541,10 +509,7 @@ async def test_a_hangup_while_the_ack_is_being_sent_byes_after_the_ack_and_leave
 
     near.layer.send_stateless = slow_ack  # type: ignore[method-assign]
     try:
-        leg = OutboundCall(
-            near.layer, router, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
-            callee="sip:pbx@127.0.0.1", wacall_call_id="call_6",
-        )  # fmt: skip
+        leg = pbx_leg(near.layer, router, f"sip:pbx@127.0.0.1:{port}", "call_6")
         inviting = asyncio.ensure_future(leg.invite(OFFER))
         await acking.wait()
         await leg.hangup()
@@ -671,10 +636,7 @@ async def test_a_second_2xx_from_a_forking_proxy_is_acknowledged_and_ended_and_o
     near = SipEndpoint((), agent="wacall-test", timers=FAST)
     await near.start(("127.0.0.1", 0))
     try:
-        leg = OutboundCall(
-            near.layer, near, target=SipURI.parse(f"sip:pbx@127.0.0.1:{port}"), caller=USER,
-            callee="sip:pbx@127.0.0.1", wacall_call_id="call_7",
-        )  # fmt: skip
+        leg = pbx_leg(near.layer, near, f"sip:pbx@127.0.0.1:{port}", "call_7")
         await leg.invite(OFFER)
         # Another branch of the fork answers too: a dialog of its own (To tag pbx2).
         headers = [("Contact", f"<sip:pbx@127.0.0.1:{port}>"), ("Content-Type", "application/sdp")]

@@ -43,6 +43,7 @@ from wacall.queues.router import (
     DeleteAgent,
     DeleteQueue,
     LogIn,
+    Offer,
     OfferMade,
     OfferWithdrawn,
     Overflowed,
@@ -94,6 +95,13 @@ def _micros(value: timedelta) -> int:
     return value // timedelta(microseconds=1)
 
 
+def _offer_change(offer: Offer, **more: Any) -> dict[str, str]:
+    """An offer's attributes in the event log, with what the entry adds."""
+    return _change(
+        offer_id=offer.offer_id, call_id=offer.call_id, agent_id=offer.agent_id, queue_id=offer.queue_id, **more
+    )
+
+
 def _decision_entry(decision: Decision) -> tuple[EventKind, str, dict[str, str]]:
     """(kind, the call it is about or "", attributes) of a decision's event-log entry."""
     match decision:
@@ -101,25 +109,13 @@ def _decision_entry(decision: Decision) -> tuple[EventKind, str, dict[str, str]]
             return (
                 EventKind.OFFER_MADE,
                 offer.call_id,
-                _change(
-                    offer_id=offer.offer_id,
-                    call_id=offer.call_id,
-                    agent_id=offer.agent_id,
-                    queue_id=offer.queue_id,
-                    waited=_micros(waited),
-                ),
+                _offer_change(offer, waited=_micros(waited)),
             )
         case OfferWithdrawn(offer=offer, why=why):
             return (
                 EventKind.OFFER_WITHDRAWN,
                 offer.call_id,
-                _change(
-                    offer_id=offer.offer_id,
-                    call_id=offer.call_id,
-                    agent_id=offer.agent_id,
-                    queue_id=offer.queue_id,
-                    withdrawn_why=why.value,
-                ),
+                _offer_change(offer, withdrawn_why=why.value),
             )
         case Assigned():
             return (
