@@ -22,13 +22,18 @@ run: $(STAMP) engine-deps
 
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/gen_sync_client.py
 
 check-proto: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/gen_sync_client.py --check
+
+# The Python client's hand-written modules (the stubs are generated).
+CLIENT_SOURCES := clients/python/wacall_client/__init__.py $(wildcard clients/python/wacall_client/_[a-z]*.py)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server adapters tests bench scripts clients/python/wacall_client/_client.py
-	$(VENV)/bin/ruff format --check server adapters tests bench scripts clients/python/wacall_client/_client.py
+	$(VENV)/bin/ruff check server adapters tests bench scripts $(CLIENT_SOURCES)
+	$(VENV)/bin/ruff format --check server adapters tests bench scripts $(CLIENT_SOURCES)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
