@@ -1,5 +1,6 @@
 // Runs against a real wacall service (embedded simulator, manual clock): tests/test_node_client.py starts one and
-// gives its address in WACALL_ADDRESS (and its token in WACALL_TOKEN).
+// gives its address in WACALL_ADDRESS (and its token in WACALL_TOKEN). The tests run in order and share the service:
+// the second request is refused because the first was sent.
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
 
@@ -86,4 +87,15 @@ test("a call without permission is FAILED_PRECONDITION with a PreconditionFailur
   assert.equal(refused.code, status.FAILED_PRECONDITION);
   assert.deepEqual(refused.preconditionViolations.map((v) => v.type), ["NO_PERMISSION"]);
   assert.equal(refused.retryDelay, null);
+});
+
+test("asking for TLS makes the client speak TLS (this service's port is plaintext, so the handshake fails)", async () => {
+  const secure = new Client(address, { tls: true, token: process.env.WACALL_TOKEN, deadlineMs: 5_000 });
+  try {
+    const err = await rejection(secure.getPolicy());
+    assert.equal(err.code, status.UNAVAILABLE);
+  } finally {
+    secure.close();
+  }
+  assert.equal((await client.getPolicy()).name, "seed");
 });
