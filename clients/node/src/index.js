@@ -274,6 +274,15 @@ export class Client {
     return this.unary(this.clock, "Advance", { duration: duration(seconds) });
   }
 
+  /**
+   * `errorDetails(err)` with this client's proto directory.
+   * @param {grpc.ServiceError} err
+   * @returns {ErrorDetails}
+   */
+  errorDetails(err) {
+    return errorDetails(err, { protoDir: this.protoDir });
+  }
+
   /** Closes the channel. */
   close() {
     this.calling.close();

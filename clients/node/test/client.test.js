@@ -77,7 +77,7 @@ test("a bad field comes back as BadRequest naming it; an unknown queue as ErrorI
   const bad = errorDetails(await rejection(client.requestPermission(BUSINESS, OTHER_USER, { idempotencyKey: "k".repeat(200) })));
   assert.equal(bad.code, status.INVALID_ARGUMENT);
   assert.deepEqual(bad.fieldViolations.map((v) => v.field), ["idempotency_key"]);
-  const missing = errorDetails(await rejection(client.unary(client.contactCenter, "GetQueue", { queueId: "nowhere" })));
+  const missing = client.errorDetails(await rejection(client.unary(client.contactCenter, "GetQueue", { queueId: "nowhere" })));
   assert.equal(missing.code, status.NOT_FOUND);
   assert.equal(missing.errorInfo.reason, "unknown_queue");
 });
