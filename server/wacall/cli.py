@@ -24,7 +24,7 @@ from wacall_client.v1 import calling_pb2_grpc
 from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, Settings, load_settings
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
-METAVARS = {"db": "URL", "sim_state": "FILE", "rtpengine": "ADDR[,ADDR...]|off"}
+METAVARS = {"db": "URL", "sim_state": "FILE", "sim_address": "HOST:PORT", "rtpengine": "ADDR[,ADDR...]|off"}
 REQUEST_ANSWERS = ["accept_temporary", "accept_permanent", "reject", "ignore"]
 
 
