@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from aiohttp import web
 from conftest import BUSINESS, duration, wait_until
@@ -124,7 +125,7 @@ def calling_stub(channel: grpc.aio.Channel) -> calling_pb2_grpc.CallingServiceSt
 def pair(processes: list[Process], tmp_path: Path) -> tuple[Process, Process]:
     """A standalone simulator delivering to one replica's webhook URL, and that replica."""
     http_port = free_port()
-    simulator = simulate(processes, tmp_path, webhook_url(http_port))
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), extra=("--webhook-verify-token", "sim-verify"))
     return simulator, replica(processes, tmp_path, simulator.field("grpc"), http_port)
 
 
@@ -164,6 +165,17 @@ async def test_a_permission_request_is_answered_through_the_standalone_simulator
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await sim_stub(channel).GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=user))
         assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_the_replica_answers_the_webhook_handshake_with_the_simulators_verify_token(pair) -> None:  # type: ignore[no-untyped-def]
+    _, service = pair
+    url = f"http://{service.field('http')}{WEBHOOK_PATH}"
+    async with httpx.AsyncClient() as client:
+        query = {"hub.mode": "subscribe", "hub.challenge": "1158201444"}
+        verified = await client.get(url, params={**query, "hub.verify_token": "sim-verify"})
+        assert (verified.status_code, verified.text) == (200, "1158201444")
+        wrong = await client.get(url, params={**query, "hub.verify_token": "guess"})
+        assert wrong.status_code == 403
 
 
 async def test_a_call_placed_by_the_replica_is_answered_by_the_simulators_phone_with_audio_both_ways(pair) -> None:  # type: ignore[no-untyped-def]
