@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
+from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
@@ -421,3 +423,54 @@ async def test_two_replicas_on_one_database_share_the_simulator_and_its_accounts
         # One account for the number, the one both replicas derived.
         config = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
         assert [(a.business_number, a.phone_number_id) for a in config.accounts] == [("+447911123458", "1447911123458")]
+
+
+async def test_a_manual_clock_moves_the_simulators_users_and_resumes_after_a_restart(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    user = "+34612345631"
+    http_port = free_port()
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), extra=("--clock", "manual"))
+    service = start(
+        "serve", "--grpc-address", "127.0.0.1:0", "--http-address", f"127.0.0.1:{http_port}",
+        "--db", f"sqlite:///{tmp_path / 'm.db'}", "--sim-address", simulator.field("grpc"), "--clock", "manual",
+        "--rtpengine", "off",
+    )  # fmt: skip
+    processes.append(service)
+    async with (
+        grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+        grpc.aio.insecure_channel(service.field("grpc")) as channel,
+    ):
+        sim, calling = sim_stub(sim_channel), calling_stub(channel)
+        sim_clock, service_clock = (
+            clock_pb2_grpc.ClockServiceStub(sim_channel),
+            clock_pb2_grpc.ClockServiceStub(channel),
+        )
+        await sim.SetUserBehavior(
+            sim_pb.SetUserBehaviorRequest(
+                user_number=user, on_permission_request=sim_pb.ACCEPT_TEMPORARY, reply_delay=duration(3600)
+            )
+        )
+        await calling.RequestPermission(
+            pb.RequestPermissionRequest(
+                business_number=BUSINESS,
+                user_number=user,
+                template=pb.Template(name="call_permission_request", language="en"),
+            )
+        )
+        request = pb.GetPermissionRequest(business_number=BUSINESS, user_number=user)
+        await asyncio.sleep(0.5)
+        assert (await calling.GetPermission(request)).state == pb.PERMISSION_STATE_REQUESTED
+        # Both clocks move an hour (the service's first, so the answer's timestamp is not ahead of it): the user
+        # answers on the simulator's clock, and Advance returns once the answer is delivered.
+        await service_clock.Advance(clock_pb2.AdvanceRequest(duration=duration(3600)))
+        moved = await sim_clock.Advance(clock_pb2.AdvanceRequest(duration=duration(3600)))
+        permission = await calling.GetPermission(request)
+        assert permission.state == pb.PERMISSION_STATE_TEMPORARY
+        assert permission.expires_at.ToDatetime() == moved.now.ToDatetime() + timedelta(days=7)
+    assert simulator.stop() == 0
+
+    again = simulate(processes, tmp_path, webhook_url(http_port), extra=("--clock", "manual"))
+    async with grpc.aio.insecure_channel(again.field("grpc")) as sim_channel:
+        resumed = await clock_pb2_grpc.ClockServiceStub(sim_channel).Now(clock_pb2.NowRequest())
+        assert resumed.now.ToDatetime() >= moved.now.ToDatetime()
