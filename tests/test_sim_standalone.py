@@ -382,6 +382,16 @@ def test_sim_address_is_a_host_and_port_and_needs_the_simulated_upstream() -> No
         load_settings(None, {"sim_address": "127.0.0.1:50052", "upstream": "meta"}, environ={})
 
 
+def test_sim_address_refuses_senders_only_an_embedded_simulator_registers(tmp_path: Path) -> None:
+    config = tmp_path / "wacall.toml"
+    config.write_text(
+        'sim_address = "127.0.0.1:50052"\n[[senders]]\nbusiness_number = "+447911123456"\nphone_number_id = "1"\n'
+        'waba_id = "2"\naccess_token = "t"\napp_secret = "s"\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[\[senders\]\] are registered with the embedded simulator only"):
+        load_settings(str(config), {}, environ={})
+
+
 async def test_two_replicas_on_one_database_share_the_simulator_and_its_accounts(
     processes: list[Process], tmp_path: Path
 ) -> None:

@@ -270,10 +270,7 @@ class Service:
         """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
         (waiting a while for one started at the same time); its SimulatorService is not served here."""
         remote = await fetch_platform_config(address)
-        accounts = {a.business_number: a for a in (*remote.accounts, *self.settings.senders)}
-        senders = ProvisioningSenders(
-            accounts.values(), remote.provision, number_for_phone_number_id, remote.app_secret
-        )
+        senders = ProvisioningSenders(remote.accounts, remote.provision, number_for_phone_number_id, remote.app_secret)
         self.sim_verify_token = remote.webhook_verify_token
         log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
         return remote.graph_root, senders
