@@ -319,7 +319,8 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
     assert first.stop() == 0
     assert first.proc.stdout is not None and "stopped" in first.proc.stdout.read()
 
-    second = simulate(processes, tmp_path, nowhere)
+    # Behind a proxy or in a container network, services are told the Graph URL given.
+    second = simulate(processes, tmp_path, nowhere, extra=("--graph-base-url", "http://simulator:8081/v23.0"))
     async with grpc.aio.insecure_channel(second.field("grpc")) as channel:
         sim = sim_stub(channel)
         behavior = await sim.GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=user))
@@ -327,12 +328,14 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
         after = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
         # The secret the replicas verify signatures with, and the templates approved, are the same after a restart.
         assert (after.app_secret, after.access_token) == (before.app_secret, before.access_token)
+        assert after.graph_base_url == "http://simulator:8081/v23.0"
         account = await sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=BUSINESS))
         assert sorted(account.templates) == ["call_permission_request/en", "callback/es"]
-    # The CLI's sim commands and grpcurl (through reflection) reach it at its own address.
+    # The CLI's sim commands (at WACALL_SIM_ADDRESS, as serve reads it) and grpcurl (through reflection) reach it.
     shown = subprocess.run(
-        [str(BIN / "wacall"), "sim", "phone", "--address", second.field("grpc"), user, "decline"],
+        [str(BIN / "wacall"), "sim", "phone", user, "decline"],
         capture_output=True, text=True, timeout=60,
+        env={**os.environ, "WACALL_SIM_ADDRESS": second.field("grpc"), "WACALL_ADDRESS": "127.0.0.1:1"},
     )  # fmt: skip
     assert shown.returncode == 0 and "requests REJECT; calls: DECLINE" in shown.stdout, shown.stderr
     grpcurl = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
@@ -368,6 +371,8 @@ def test_simulate_refuses_settings_that_cannot_work() -> None:
     assert missing.returncode == 2 and "--webhook-url is required" in missing.stderr
     bad_url = run("--webhook-url", "ftp://x/webhooks")
     assert bad_url.returncode == 2 and "is not an http(s) URL" in bad_url.stderr
+    bad_graph = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--graph-base-url", "http://sim:8081")
+    assert bad_graph.returncode == 2 and "ending in /v23.0" in bad_graph.stderr
     bad_number = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--business-number", "12")
     assert bad_number.returncode == 2 and "--business-number '12'" in bad_number.stderr
 

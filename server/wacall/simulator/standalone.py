@@ -56,6 +56,7 @@ class SimulatorSettings:
     sim_state: str = ""  # "" = in memory only
     app_secret: str = ""  # "" = a random one (kept in sim_state)
     webhook_verify_token: str = ""
+    graph_base_url: str = ""  # "" = http://HOST:PORT/v23.0 of http_address
     business_numbers: tuple[PhoneNumber, ...] = ()
     templates: tuple[TemplateRef, ...] = ()  # approved for every business number given
     policy: str = "seed"
@@ -92,6 +93,13 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
             raise SimulatorConfigError(
                 f"--webhook-url {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8080{WEBHOOK_PATH}"
             )
+    if args.graph_base_url:
+        parts = urlsplit(args.graph_base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.path.endswith(f"/{GRAPH_VERSION}"):
+            raise SimulatorConfigError(
+                f"--graph-base-url {args.graph_base_url!r} is not an http(s) URL ending in /{GRAPH_VERSION}, "
+                f"e.g. http://simulator:8081/{GRAPH_VERSION}"
+            )
     _host_port(args.grpc_address, "--grpc-address")
     _host_port(args.http_address, "--http-address")
     numbers = []
@@ -121,6 +129,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
         sim_state=args.sim_state,
         app_secret=args.app_secret,
         webhook_verify_token=args.webhook_verify_token,
+        graph_base_url=args.graph_base_url,
         business_numbers=tuple(numbers),
         templates=tuple(templates),
         policy=args.policy,
@@ -189,7 +198,7 @@ class StandaloneSimulator:
         # Services reach the Graph endpoints at this URL: a wildcard address is reached by the host's name.
         shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        self.platform.graph_base_url = f"http://{shown}:{bound}/{GRAPH_VERSION}"
+        self.platform.graph_base_url = self.settings.graph_base_url or f"http://{shown}:{bound}/{GRAPH_VERSION}"
         return f"{host}:{bound}"
 
     async def _serve_grpc(self, stack: contextlib.AsyncExitStack) -> str:
@@ -273,6 +282,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--app-secret",
         default=env("WACALL_SIM_APP_SECRET", ""),
         help="the secret webhooks are signed with (default: a random one, kept in --sim-state)",
+    )
+    simulate.add_argument(
+        "--graph-base-url",
+        default=env("WACALL_SIM_GRAPH_BASE_URL", ""),
+        metavar="URL",
+        help=f"the Graph base URL services are told to use (default: http://HOST:PORT/{GRAPH_VERSION} of "
+        "--http-address, a wildcard host replaced by this host's name); for a proxy or a container network",
     )
     simulate.add_argument(
         "--webhook-verify-token",
