@@ -36,6 +36,10 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.config import ConfigError, load_settings
+from wacall.numbers import parse_number
+from wacall.simulator.remote import SimulatorUnreachable, remote_platform
+from wacall.upstreams.base import TemplateRef
+from wacall.upstreams.meta.accounts import meta_part
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH
 
 BIN = Path(sys.executable).parent
@@ -489,3 +493,40 @@ async def test_a_manual_clock_moves_the_simulators_users_and_resumes_after_a_res
     async with grpc.aio.insecure_channel(again.field("grpc")) as sim_channel:
         resumed = await clock_pb2_grpc.ClockServiceStub(sim_channel).Now(clock_pb2.NowRequest())
         assert resumed.now.ToDatetime() >= moved.now.ToDatetime()
+
+
+def test_a_services_view_of_the_simulators_config_is_checked() -> None:
+    good = sim_pb.PlatformConfig(
+        graph_base_url="http://sim:8081/v23.0",
+        app_secret="secret",
+        access_token="token",
+        accounts=[
+            sim_pb.BusinessAccount(
+                business_number=BUSINESS,
+                phone_number_id="1447911123456",
+                waba_id="2447911123456",
+                default_template_name="call_permission_request",
+                default_template_language="en",
+            )
+        ],
+    )
+    remote = remote_platform("sim:50052", good)
+    assert remote.graph_root == "http://sim:8081"
+    [account] = remote.accounts
+    assert meta_part(account).app_secret == "secret" and account.default_template == TemplateRef(
+        "call_permission_request", "en"
+    )
+    # A number provisioned on the fly is named as the simulator names it, on every replica.
+    derived = remote.provision(parse_number("+447911123459"))
+    assert (meta_part(derived).phone_number_id, meta_part(derived).waba_id) == ("1447911123459", "2447911123459")
+
+    other_version = sim_pb.PlatformConfig()
+    other_version.CopyFrom(good)
+    other_version.graph_base_url = "http://sim:8081/v19.0"
+    with pytest.raises(SimulatorUnreachable, match=r"this service speaks v23\.0"):
+        remote_platform("sim:50052", other_version)
+    other_ids = sim_pb.PlatformConfig()
+    other_ids.CopyFrom(good)
+    other_ids.accounts[0].phone_number_id = "999"
+    with pytest.raises(SimulatorUnreachable, match="by ids this service does not derive"):
+        remote_platform("sim:50052", other_ids)
