@@ -327,34 +327,43 @@ class MediaStreamSetup(SetupRoute):
 
     def __init__(self, stubs: Stubs) -> None:
         super().__init__(stubs)
-        self.tasks: list[asyncio.Task[None]] = []
         self.frame = RepeatingTone().frame
+        self.outgoing: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
+        self.stream: grpc.aio.StreamStreamCall | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def requests(self) -> AsyncIterator[pb.CallMediaRequest]:
+        while (item := await self.outgoing.get()) is not None:
+            yield item
+
+    async def talk(self) -> None:
+        began = time.monotonic()
+        for index in itertools.count(1):
+            self.outgoing.put_nowait(pb.CallMediaRequest(audio=self.frame))
+            await asyncio.sleep(max(0.0, began + index * FRAME_SECONDS - time.monotonic()))
+
+    async def listen(self, stream: grpc.aio.StreamStreamCall) -> None:
+        async for _ in stream:
+            pass
 
     async def place(self, number: str) -> pb.Call:
         call = await self.start_call(number, pb.Route(media_stream=pb.MediaStreamRoute()))
-        outgoing: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
-        outgoing.put_nowait(pb.CallMediaRequest(call_id=call.call_id))
-
-        async def requests() -> AsyncIterator[pb.CallMediaRequest]:
-            while (item := await outgoing.get()) is not None:
-                yield item
-
-        async def talk() -> None:
-            began = time.monotonic()
-            for index in itertools.count(1):
-                outgoing.put_nowait(pb.CallMediaRequest(audio=self.frame))
-                await asyncio.sleep(max(0.0, began + index * FRAME_SECONDS - time.monotonic()))
-
-        async def listen() -> None:
-            async for _ in self.stubs.calling.CallMedia(requests()):
-                pass
-
-        self.tasks = [asyncio.create_task(listen()), asyncio.create_task(talk())]
+        self.outgoing.put_nowait(pb.CallMediaRequest(call_id=call.call_id))
+        self.stream = self.stubs.calling.CallMedia(self.requests())
+        self.tasks = [asyncio.create_task(self.listen(self.stream)), asyncio.create_task(self.talk())]
         return call
 
     async def close(self) -> None:
-        for task in self.tasks:
+        """Stop talking, end the request stream, and let the response stream end with the call."""
+        for task in self.tasks[1:]:
             task.cancel()
+        self.outgoing.put_nowait(None)
+        if self.tasks:
+            try:
+                await asyncio.wait_for(self.tasks[0], RPC_TIMEOUT)
+            except (grpc.aio.AioRpcError, TimeoutError):
+                if self.stream is not None:
+                    self.stream.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
