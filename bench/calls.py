@@ -258,6 +258,7 @@ class SetupResult:
     answered: list[float] = field(default_factory=list)  # seconds, StartCall issued → first poll: phone connected
     first_frame: list[float] = field(default_factory=list)  # seconds, → first poll: any frame (silence too) received
     failed: int = 0
+    cpu_wait: float | None = None  # share of the calls' wall time during which some task waited for a CPU (PSI)
 
 
 class SetupRoute:
@@ -404,6 +405,7 @@ async def bench_setup(
 ) -> SetupResult:
     numbers = await users.take(calls + warmup)
     result = SetupResult(placer().label)
+    began, waited = time.perf_counter(), cpu_pressure_seconds()
     for i, number in enumerate(numbers):
         route = placer()
         try:
@@ -413,6 +415,9 @@ async def bench_setup(
             print(f"  setup call {i} ({result.route}) failed: {error}", file=sys.stderr)
         finally:
             await route.close()
+    now_waited = cpu_pressure_seconds()
+    if waited is not None and now_waited is not None:
+        result.cpu_wait = (now_waited - waited) / (time.perf_counter() - began)
     return result
 
 
@@ -441,6 +446,11 @@ def print_setup(result: SetupResult, section: str, calls: int, warmup: int) -> N
             f"  (found by polling GetPhoneCall every {SETUP_POLL * 1000:.0f} ms: each figure is an upper bound; the "
             f"first audible frame was seen on\n  average {statistics.mean(result.bracket) * 1000:.1f} ms after the "
             "last poll that still saw none)"
+        )
+    if result.cpu_wait is not None:
+        print(
+            f"  CPU wait during these calls: {result.cpu_wait:.0%} (/proc/pressure/cpu: some runnable task of the "
+            "machine waited for a core;\n  high = the figures above include queueing behind other work)"
         )
     if result.failed:
         print(f"  failed calls: {result.failed}")
