@@ -14,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from conftest import BUSINESS, USER, Running
+from conftest import BUSINESS, USER, Running, settings_for
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,6 +22,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from wacall_client import Client
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
+
+from wacall.app import Service
+from wacall.config import ConfigError
 
 BIN = Path(sys.executable).parent
 GRPCURL = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
@@ -207,3 +210,14 @@ async def test_the_agent_pages_lookup_still_reaches_the_api_when_it_requires_mut
         # The private path still asks for the token.
         async with http.post(url, data=body, headers={"Authorization": "Bearer wrong"}) as response:
             assert response.status == 401
+
+
+async def test_a_certificate_that_is_not_pem_stops_the_start_with_a_message_naming_it(tmp_path: Path, pki) -> None:  # type: ignore[no-untyped-def]
+    _, server, _, _, _ = pki
+    garbage = tmp_path / "not-a-certificate.pem"
+    garbage.write_text("this is not a certificate")
+    service = Service(settings_for(tmp_path, grpc_tls_cert=str(garbage), grpc_tls_key=str(server.key)))
+    with pytest.raises(ConfigError) as refused:
+        await service.start()
+    assert "grpc_tls_cert" in str(refused.value)
+    await service.stop(grace=0)
