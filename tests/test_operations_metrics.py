@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +22,12 @@ from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2_grpc
 
 from wacall.metrics import LiveState, Metrics
+from wacall.operations import InstrumentedStore, InstrumentedUpstream
 from wacall.store import open_store
+from wacall.upstreams.base import UpstreamUnavailable
+from wacall.upstreams.meta.accounts import MetaAccount
+from wacall.upstreams.meta.graph import GraphClient
+from wacall.upstreams.meta.upstream import MetaUpstream
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
 GET_PERMISSION = "/wacall.v1.CallingService/GetPermission"
@@ -106,6 +112,50 @@ async def test_rule_decisions_count_by_action_outcome_and_reason_and_upstream_re
     assert value(samples, "wacall_upstream_errors_total", operation="send_permission_request", kind="refused") == 0
 
 
+async def test_an_unreachable_platform_counts_as_upstream_errors_by_operation() -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    metrics = Metrics()
+    upstream = InstrumentedUpstream(MetaUpstream(GraphClient(f"http://127.0.0.1:{port}/v23.0")), metrics)
+    account = MetaAccount(BUSINESS, "1447911123456", "2447911123456", "token", "secret").account()
+    with pytest.raises(UpstreamUnavailable):
+        await upstream.call_permissions(account, USER[1:])
+    await upstream.close()
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+    }
+    assert value(samples, "wacall_upstream_errors_total", operation="call_permissions", kind="unavailable") == 1
+    assert value(samples, "wacall_upstream_request_duration_seconds_count", operation="call_permissions") == 1
+
+
+async def test_store_failures_count_by_error_type_but_a_refusal_inside_a_transaction_does_not(
+    tmp_path: Path,
+) -> None:
+    metrics = Metrics()
+    store = InstrumentedStore(open_store(f"sqlite:///{tmp_path / 'ledger.db'}"), metrics)
+
+    def refuse(tx: object) -> None:
+        raise LookupError("the rules say no")
+
+    with pytest.raises(LookupError):
+        await store.transaction(refuse)
+    assert await store.transaction(lambda tx: 42) == 42
+    await store.close()
+    with pytest.raises(Exception) as failed:
+        await store.last_cursor()  # closed: the backend cannot answer
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+    }
+    assert value(samples, "wacall_store_errors_total", error=type(failed.value).__name__) == 1
+    assert total(samples, "wacall_store_errors_total") == 1
+    assert value(samples, "wacall_store_transaction_duration_seconds_count") == 2
+
+
 async def test_webhooks_count_by_kind_and_result_including_refused_ones(wacall: Running) -> None:
     await wacall.behave(USER, sim_pb.ACCEPT_TEMPORARY)
     await wacall.request()
@@ -143,8 +193,11 @@ async def test_a_call_placed_and_ended_counts_by_route_and_outcome_with_its_medi
     await eventually_async(counted)
     samples = await scrape(wacall)
     assert value(samples, "wacall_calls_active", route="announcement") == 0
-    assert value(samples, "wacall_call_media_frames_total", direction="sent") >= ended.media.frames_sent > 0
-    assert value(samples, "wacall_call_media_frames_total", direction="received") >= 1
+    # The frames the call carried, as stored once its media closed.
+    stored = (await wacall.get_call(call.call_id)).media
+    assert stored.frames_sent > 0 and stored.frames_received > 0
+    assert value(samples, "wacall_call_media_frames_total", direction="sent") == stored.frames_sent
+    assert value(samples, "wacall_call_media_frames_total", direction="received") == stored.frames_received
     assert value(samples, "wacall_upstream_request_duration_seconds_count", operation="connect_call") == 1
 
 

@@ -27,7 +27,7 @@ from google.protobuf.message import DecodeError, Message
 from wacall.ingest import Dispatcher, IngestResult
 from wacall.media.counters import MediaCounters
 from wacall.metrics import Metrics
-from wacall.store import CallInProgress, ChangeNotifier, EventRecord, Store, StoredCall, StoreError, Tx
+from wacall.store import ChangeNotifier, EventRecord, Store, StoredCall, Tx
 from wacall.upstreams.base import (
     Account,
     CallAction,
@@ -242,8 +242,8 @@ _CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
 class InstrumentedStore:
-    """A `Store` that times each transaction and counts the database's failures (not the refusals a transaction's
-    function raises, which are the rules speaking)."""
+    """A `Store` that times each transaction and counts the store's failures by error type: what the database or
+    the backend raised, not what a transaction's function raised (a rule refusal, a conflict)."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self.inner = store
@@ -255,15 +255,26 @@ class InstrumentedStore:
         return self.inner.changes
 
     def _failed(self, error: BaseException) -> None:
-        if isinstance(error, (StoreError, TimeoutError, OSError)) and not isinstance(error, CallInProgress):
-            self._errors.labels(type(error).__name__).inc()
+        self._errors.labels(type(error).__name__).inc()
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        raised_by_fn = False
+
+        def run(tx: Tx) -> T:
+            nonlocal raised_by_fn
+            raised_by_fn = False  # a backend may retry the function from scratch
+            try:
+                return fn(tx)
+            except BaseException:
+                raised_by_fn = True
+                raise
+
         started = time.perf_counter()
         try:
-            return await self.inner.transaction(fn)
+            return await self.inner.transaction(run)
         except Exception as error:
-            self._failed(error)
+            if not raised_by_fn:
+                self._failed(error)
             raise
         finally:
             self._seconds.observe(time.perf_counter() - started)
