@@ -89,8 +89,7 @@ class RpcObserver(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-        self._counters: dict[tuple[str, grpc.StatusCode], Any] = {}
-        self._timers: dict[str, Any] = {}
+        self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
         self._request_types: dict[str, type[Message] | None] = {}
 
     async def intercept_service(
@@ -109,14 +108,12 @@ class RpcObserver(grpc.aio.ServerInterceptor):
 
     def _done(self, method: str, code: grpc.StatusCode, started: float, request: Any) -> None:
         elapsed = time.perf_counter() - started
-        counter = self._counters.get((method, code))
-        if counter is None:
-            counter = self._counters[(method, code)] = self._metrics.rpcs.labels(method, code.name)
-        counter.inc()
-        timer = self._timers.get(method)
-        if timer is None:
-            timer = self._timers[method] = self._metrics.rpc_seconds.labels(method)
-        timer.observe(elapsed)
+        children = self._children.get((method, code))
+        if children is None:  # label lookups once per method and code: the hot path only increments
+            children = (self._metrics.rpcs.labels(method, code.name), self._metrics.rpc_seconds.labels(method))
+            self._children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(elapsed)
         if rpc_log.isEnabledFor(logging.INFO):
             business, user = self._pair(method, request)
             pair = f" {business} -> {user}" if business or user else ""
@@ -169,24 +166,6 @@ class RpcObserver(grpc.aio.ServerInterceptor):
             "response_serializer": handler.response_serializer,
         }
 
-        async def finish(behaviour: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            started = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                result = behaviour(request, context)
-                if inspect.isawaitable(result):
-                    result = await result
-                code = _code(context)
-                return result
-            except asyncio.CancelledError:
-                code = grpc.StatusCode.CANCELLED
-                raise
-            except grpc.aio.AbortError:
-                code = _code(context, grpc.StatusCode.UNKNOWN)
-                raise
-            finally:
-                done(method, code, started, request)
-
         def wrap(behaviour: Any) -> Any:
             if inspect.isasyncgenfunction(behaviour):
                 # An async generator function itself: grpc tells generator handlers apart by the function's kind.
@@ -208,8 +187,25 @@ class RpcObserver(grpc.aio.ServerInterceptor):
 
                 return streaming
 
+            awaited = inspect.iscoroutinefunction(behaviour)
+
             async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                return await finish(behaviour, request, context)
+                started = time.perf_counter()
+                code = grpc.StatusCode.UNKNOWN
+                try:
+                    result = behaviour(request, context)
+                    if awaited or inspect.isawaitable(result):
+                        result = await result
+                    code = _code(context)
+                    return result
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except grpc.aio.AbortError:
+                    code = _code(context, grpc.StatusCode.UNKNOWN)
+                    raise
+                finally:
+                    done(method, code, started, request)
 
             return unary
 
