@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import time
@@ -25,6 +26,7 @@ from wacall.metrics import LiveState, Metrics
 from wacall.operations import InstrumentedStore, InstrumentedUpstream
 from wacall.store import open_store
 from wacall.upstreams.base import UpstreamUnavailable
+from wacall.upstreams.meta import wire
 from wacall.upstreams.meta.accounts import MetaAccount
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.upstream import MetaUpstream
@@ -163,12 +165,21 @@ async def test_webhooks_count_by_kind_and_result_including_refused_ones(wacall: 
     url = f"http://{wacall.addresses.http}{WEBHOOK_PATH}"
     assert wacall.service.platform is not None
     secret = wacall.service.platform.app_secret.encode()
+    digits = BUSINESS[1:]
+    account = MetaAccount(BUSINESS, "1" + digits, "2" + digits, "", secret.decode())
+    message = json.dumps(wire.text_message(account, USER[1:], "wamid.METRICS1", await wacall.now(), "hi")).encode()
     async with httpx.AsyncClient() as http:
         unsigned = await http.post(url, content=b"{}", headers={SIGNATURE_HEADER: "sha256=" + "0" * 64})
         garbage = b'{"object": "whatsapp_business_account", "entry": 7}'
         malformed = await http.post(url, content=garbage, headers={SIGNATURE_HEADER: sign(secret, garbage)})
+        for _ in range(2):  # the platform retries: the second delivery applies nothing new
+            delivered = await http.post(url, content=message, headers={SIGNATURE_HEADER: sign(secret, message)})
+            assert delivered.status_code == 200
     assert (unsigned.status_code, malformed.status_code) == (401, 400)
     samples = await scrape(wacall)
+    assert value(samples, "wacall_webhook_deliveries_total", result="duplicate") == 1
+    assert value(samples, "wacall_webhook_items_total", kind="inbound_message", result="ok") == 1
+    assert value(samples, "wacall_webhook_items_total", kind="inbound_message", result="duplicate") == 1
     assert value(samples, "wacall_webhook_deliveries_total", result="ok") >= 1
     assert value(samples, "wacall_webhook_items_total", kind="permission_reply", result="ok") >= 1
     assert value(samples, "wacall_webhook_deliveries_total", result="refused-signature") == 1
