@@ -30,7 +30,7 @@ from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
 
 from wacall.api.calling import CallingServicer
-from wacall.api.clock import ClockServicer, restore_position
+from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.queue_route import QueueCalls
@@ -57,6 +57,7 @@ from wacall.operations import (
 from wacall.permissions import PermissionService
 from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
+from wacall.simulator.remote import fetch_platform_config
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
@@ -167,6 +168,7 @@ class Service:
         self.wall_clock: Clock = wall_clock or SystemClock()
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
+        self.sim_verify_token = ""  # a standalone simulator's webhook verify token (--sim-address)
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
@@ -256,6 +258,8 @@ class Service:
         settings = self.settings
         if settings.upstream != "sim":
             return None, ConfiguredSenders(settings.senders)
+        if settings.sim_address.strip():
+            return await self._use_remote_simulator(settings.sim_address.strip())
         platform = self.platform = SimulatedPlatform(
             self.clock,
             self.policy,
@@ -272,12 +276,22 @@ class Service:
         site = web.TCPSite(sim_runner, "127.0.0.1", 0)
         await site.start()
         port = sim_runner.addresses[0][1]
+        platform.graph_base_url = f"http://127.0.0.1:{port}/{GRAPH_VERSION}"
         for account in settings.senders:
             platform.register(account)
         senders = ProvisioningSenders(
             settings.senders, platform.sender, number_for_phone_number_id, platform.app_secret
         )
         return f"http://127.0.0.1:{port}", senders
+
+    async def _use_remote_simulator(self, address: str) -> tuple[str, MetaSenderDirectory]:
+        """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
+        (waiting a while for one started at the same time); its SimulatorService is not served here."""
+        remote = await fetch_platform_config(address)
+        senders = ProvisioningSenders(remote.accounts, remote.provision, number_for_phone_number_id, remote.app_secret)
+        self.sim_verify_token = remote.webhook_verify_token
+        log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
+        return remote.graph_root, senders
 
     async def _setup_upstream(self, stack: contextlib.AsyncExitStack, graph_address: str | None) -> MetaUpstream:
         # The service talks to the simulator over HTTP, exactly as to Meta.
@@ -321,7 +335,7 @@ class Service:
             webhook_routes(
                 dispatcher,
                 senders,
-                lambda: settings.webhook_verify_token or None,
+                lambda: settings.webhook_verify_token or self.sim_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
             )
@@ -577,7 +591,9 @@ class Service:
             names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
         if isinstance(self.clock, ManualClock):
             settle = self.platform.settle if self.platform is not None else _nothing
-            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, store), server)
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(
+                ClockServicer(self.clock, settle, functools.partial(save_position, store)), server
+            )
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
