@@ -426,6 +426,25 @@ class _Queued:
     error: BaseException | None = None
 
 
+@dataclass(slots=True)
+class _Stop:
+    """Close the connection once the transactions queued before this are done, then resolve `closed`."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    closed: asyncio.Future[None] | None = None
+
+    def done(self) -> None:
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._resolve)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting
+
+    def _resolve(self) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+
 def _deliver(batch: list[_Queued]) -> None:
     """On a caller's loop: answer every caller of one committed (or failed) batch."""
     for job in batch:
@@ -450,7 +469,7 @@ class SqliteStore:
         # Commits (each one fsync) made so far, each holding one or more transactions: what group commit saves.
         self.commits = 0
         self._closed = False
-        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued | _Stop] = queue.SimpleQueue()
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         # The read connection is used by whichever thread reads (one loop's, normally): one read at a time.
@@ -462,7 +481,7 @@ class SqliteStore:
         try:
             self._reader = self._open_reader()
         except BaseException:
-            self._queue.put(None)
+            self._queue.put(_Stop())
             self._thread.join()
             raise
 
@@ -489,11 +508,13 @@ class SqliteStore:
             return
         self._db = db
         opened.set_result(None)
+        stop: _Stop | None = None
         try:
-            while True:
+            while stop is None:
                 first = self._queue.get()
-                if first is None:
-                    return
+                if isinstance(first, _Stop):
+                    stop = first
+                    break
                 batch = [first]
                 # Whatever queued while the last commit was being fsynced joins this one: one fsync for all.
                 while len(batch) < self.max_group:
@@ -501,14 +522,16 @@ class SqliteStore:
                         job = self._queue.get_nowait()
                     except queue.Empty:
                         break
-                    if job is None:
-                        self._queue.put(None)  # stop after this batch
+                    if isinstance(job, _Stop):
+                        stop = job  # after this batch
                         break
                     batch.append(job)
                 self._commit_group(db, batch)
         finally:
             self._db = None
             db.close()
+            if stop is not None:
+                stop.done()
 
     def _commit_group(self, db: sqlite3.Connection, batch: list[_Queued]) -> None:
         """Run each queued function in its own savepoint of one transaction, commit once, then answer them all.
@@ -655,8 +678,11 @@ class SqliteStore:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
-        self._queue.put(None)  # after the transactions already queued
-        await asyncio.to_thread(self._thread.join)
+        loop = asyncio.get_running_loop()
+        stop = _Stop(loop, loop.create_future())
+        self._queue.put(stop)  # after the transactions already queued
+        assert stop.closed is not None
+        await stop.closed
 
 
 def open_sqlite(url: str) -> Store:
