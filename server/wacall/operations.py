@@ -242,8 +242,8 @@ _CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
 class InstrumentedStore:
-    """A `Store` that times each transaction and counts the database's failures (not the refusals a transaction's
-    function raises, which are the rules speaking)."""
+    """A `Store` that times each transaction and snapshot read, and counts the database's failures (not the
+    refusals a transaction's function raises, which are the rules speaking)."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self.inner = store
@@ -262,6 +262,16 @@ class InstrumentedStore:
         started = time.perf_counter()
         try:
             return await self.inner.transaction(fn)
+        except Exception as error:
+            self._failed(error)
+            raise
+        finally:
+            self._seconds.observe(time.perf_counter() - started)
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await self.inner.read(fn)
         except Exception as error:
             self._failed(error)
             raise
