@@ -286,8 +286,8 @@ class MalformedRequestGuard:
 
     It stands in for the server where services are registered (the generated `add_*_to_server` functions take it
     as their server): every method handler is wrapped there, once, to parse its own requests. Not an interceptor:
-    grpc runs an interceptor chain as coroutines on every call, which cost GetPermission about 40 us of CPU per
-    call (bench/run.py), and the wrapping never changes after registration."""
+    grpc runs an interceptor chain as coroutines on every call, and this wrapping never changes after
+    registration."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self.server = server
