@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
@@ -572,10 +572,10 @@ class Service:
         # Made before the server's stop is entered, so it is removed after the server stopped.
         private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
-        server = grpc.aio.server(
-            interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
-        )
-        stack.push_async_callback(lambda: server.stop(self._grace))
+        grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        stack.push_async_callback(lambda: grpc_server.stop(self._grace))
+        # Services are registered through the guard (every method parses its own requests); the port on the server.
+        server = MalformedRequestGuard(grpc_server)
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
             CallingServicer(permissions, calls, self._server_files()), server
         )
@@ -597,21 +597,21 @@ class Service:
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
         try:
             if credentials is None:
-                bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+                bound = grpc_server.add_insecure_port(f"{grpc_host}:{grpc_port}")
             else:
-                bound = server.add_secure_port(f"{grpc_host}:{grpc_port}", credentials)
+                bound = grpc_server.add_secure_port(f"{grpc_host}:{grpc_port}", credentials)
         except RuntimeError:
             bound = 0
         if bound == 0 or (grpc_port and bound != grpc_port):
             raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
         if private_directory is not None:
             self._softphone_address = f"unix:{private_directory}/api.sock"
-            server.add_insecure_port(self._softphone_address)
-        await server.start()
-        self._grpc = server
+            grpc_server.add_insecure_port(self._softphone_address)
+        await grpc_server.start()
+        self._grpc = grpc_server
         return f"{grpc_host}:{bound}", names
 
     def _private_directory(self, stack: contextlib.AsyncExitStack) -> str:

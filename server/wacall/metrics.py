@@ -95,7 +95,7 @@ class Metrics:
         )
         self.store_seconds = Histogram(
             "wacall_store_transaction_duration_seconds",
-            "Store transaction duration (queueing for the database included)",
+            "Store transaction and snapshot read duration (queueing for the database included)",
             buckets=FAST_BUCKETS,
             registry=r,
         )

@@ -238,8 +238,8 @@ _CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
 class InstrumentedStore:
-    """A `Store` that times each transaction and counts the store's failures by error type: what the database or
-    the backend raised, not what a transaction's function raised (a rule refusal, a conflict)."""
+    """A `Store` that times each transaction and snapshot read, and counts the store's failures by error type: what
+    the database or the backend raised, not what a transaction's function raised (a rule refusal, a conflict)."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self.inner = store
@@ -268,6 +268,28 @@ class InstrumentedStore:
         started = time.perf_counter()
         try:
             return await self.inner.transaction(run)
+        except Exception as error:
+            if not raised_by_fn:
+                self._failed(error)
+            raise
+        finally:
+            self._seconds.observe(time.perf_counter() - started)
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        raised_by_fn = False
+
+        def run(tx: Tx) -> T:
+            nonlocal raised_by_fn
+            raised_by_fn = False
+            try:
+                return fn(tx)
+            except BaseException:
+                raised_by_fn = True
+                raise
+
+        started = time.perf_counter()
+        try:
+            return await self.inner.read(run)
         except Exception as error:
             if not raised_by_fn:
                 self._failed(error)

@@ -185,7 +185,7 @@ class PermissionService:
 
     async def platform_wa_id(self, user: PhoneNumber) -> str:
         """How to name the user to the platform: the wa_id it gave us for them (HOOK-8), else the number's digits."""
-        known = await self.store.transaction(lambda tx: tx.wa_id_of(user.e164))
+        known = await self.store.read(lambda tx: tx.wa_id_of(user.e164))
         return known or user.digits
 
     def _template_available(self, business: PhoneNumber, given: TemplateRef | None) -> bool:
@@ -273,7 +273,8 @@ class PermissionService:
     async def get(self, business_number: str, user_number: str) -> PermissionView:
         business, user = self.parse_pair(business_number, user_number)
         pair = Pair(business.e164, user.e164)
-        return await self.store.transaction(lambda tx: self._view(tx, pair, business, self.clock.now()))
+        # Decides nothing and writes nothing: a snapshot, not the write lock (what a transaction would answer).
+        return await self.store.read(lambda tx: self._view(tx, pair, business, self.clock.now()))
 
     async def reconcile(self, business_number: str, user_number: str) -> PermissionView:
         """Align the ledger's permission with the platform's own view (GET call_permissions).
