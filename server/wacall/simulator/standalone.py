@@ -203,8 +203,10 @@ class StandaloneSimulator:
 
     async def _serve_grpc(self, stack: contextlib.AsyncExitStack) -> str:
         host, port = _host_port(self.settings.grpc_address, "--grpc-address")
-        server = grpc.aio.server(interceptors=[MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)])
-        stack.push_async_callback(lambda: server.stop(2.0))
+        grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        stack.push_async_callback(lambda: grpc_server.stop(2.0))
+        # Services are registered through the guard (it wraps each handler); the port and start are the server's.
+        server = MalformedRequestGuard(grpc_server)
         simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
             SimulatorServicer(self.platform, self.settings.media_dir), server
         )
@@ -227,12 +229,12 @@ class StandaloneSimulator:
         ]
         reflection.enable_server_reflection(names, server)
         try:
-            bound = server.add_insecure_port(f"{host}:{port}")
+            bound = grpc_server.add_insecure_port(f"{host}:{port}")
         except RuntimeError:
             bound = 0
         if bound == 0 or (port and bound != port):
             raise SimulatorConfigError(f"--grpc-address {host}:{port}: cannot listen (address already in use)")
-        await server.start()
+        await grpc_server.start()
         stack.push_async_callback(self._health.enter_graceful_shutdown)
         for name in ("", *names):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
