@@ -162,8 +162,11 @@ async def read_back(store: SqliteStore) -> None:
     assert [c.call_id for c in listed] == ["call_open", "call_ended"]
 
 
-def test_the_migrations_are_numbered_one_after_another() -> None:
-    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+def test_the_migrations_are_numbered_in_the_order_they_run() -> None:
+    # Numbers are never reused or reordered: a database records the last one it ran. (A number may be held by a
+    # change not merged yet, so the list can skip one.)
+    versions = [m.version for m in MIGRATIONS]
+    assert versions[0] == 1 and versions == sorted(set(versions))
     assert MIGRATIONS[-1].version == SCHEMA_VERSION
     assert all(m.summary for m in MIGRATIONS)
 
