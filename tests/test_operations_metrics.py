@@ -25,6 +25,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2_grpc
 
+from wacall.health import start_following_readiness
 from wacall.metrics import LiveState, Metrics
 from wacall.operations import InstrumentedStore, InstrumentedUpstream
 from wacall.store import CallInProgress, Pair, StoredCall, open_store
@@ -288,6 +289,23 @@ async def test_healthz_answers_without_the_store_and_readyz_and_grpc_health_foll
             wacall.service.store = working
         assert (await http.get(f"{base}/readyz")).status_code == 200
         await eventually_async(lambda: grpc_serving(health_pb2.HealthCheckResponse.SERVING))
+
+
+async def test_grpc_health_is_not_serving_until_a_readiness_check_has_passed() -> None:
+    for problem, expected in [("store unavailable (StoreError)", [False]), (None, [False, True])]:
+        told: list[bool] = []
+
+        async def set_serving(serving: bool, told: list[bool] = told) -> None:
+            told.append(serving)
+
+        async def check(problem: str | None = problem) -> str | None:
+            return problem
+
+        following = await start_following_readiness([check], set_serving, interval=3600)
+        assert told == expected  # as the service starts: the first check has run before anything else
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        assert told == expected  # and the loop says nothing it already said
 
 
 async def eventually_async(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:

@@ -76,13 +76,32 @@ def health_routes(metrics: Metrics, checks: Sequence[ReadinessCheck]) -> list[we
     return [web.get("/healthz", healthz), web.get("/readyz", readyz), web.get("/metrics", scrape)]
 
 
+async def start_following_readiness(
+    checks: Sequence[ReadinessCheck],
+    set_serving: Callable[[bool], Awaitable[None]],
+    interval: float = READINESS_INTERVAL,
+) -> asyncio.Task[None]:
+    """Set the gRPC health service NOT_SERVING, run the first readiness check now (SERVING only if it passes), and
+    return the task that keeps it in step from then on (cancel it to stop). Never SERVING before a check passed."""
+    await set_serving(False)
+    problem = await first_problem(checks)
+    ready = problem is None
+    if ready:
+        await set_serving(True)
+        log.info("ready")
+    else:
+        log.warning("not ready: %s", problem)
+    return asyncio.create_task(follow_readiness(checks, set_serving, interval, ready), name="wacall-ready")
+
+
 async def follow_readiness(
     checks: Sequence[ReadinessCheck],
     set_serving: Callable[[bool], Awaitable[None]],
     interval: float = READINESS_INTERVAL,
+    serving: bool | None = None,
 ) -> None:
-    """Keep the gRPC health service in step with readiness (checked every `interval`); runs until cancelled."""
-    serving: bool | None = None
+    """Keep the gRPC health service in step with readiness (checked every `interval`), which was `serving` (None:
+    unknown); runs until cancelled."""
     while True:
         problem = await first_problem(checks)
         if (problem is None) != serving:
