@@ -31,6 +31,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.api.forwarding import OwnerForwarding
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
@@ -537,9 +538,11 @@ class Service:
         server = grpc.aio.server(
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
         )
+        forwarding = OwnerForwarding(calls)  # closed after the server stops: forwarded calls finish first
+        stack.push_async_callback(forwarding.close)
         stack.push_async_callback(lambda: server.stop(self._grace))
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
-            CallingServicer(permissions, calls, self._server_files()), server
+            CallingServicer(permissions, calls, self._server_files(), forwarding), server
         )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         contact_center_pb2_grpc.add_ContactCenterServiceServicer_to_server(
@@ -566,12 +569,21 @@ class Service:
             raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
         await server.start()
         self._grpc = server
+        await calls.advertise(self.settings.advertise_address or advertised_address(grpc_host, bound))
         return f"{grpc_host}:{bound}", names
 
     async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
         stack.push_async_callback(self._health.enter_graceful_shutdown)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def advertised_address(host: str, port: int) -> str:
+    """Where other replicas reach a gRPC server bound to host:port: that address, or on a wildcard address the
+    host name (which other hosts resolve; set advertise_address where they do not)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
