@@ -43,6 +43,8 @@ class Settings:
     senders: tuple[Account, ...] = ()  # from [[senders]]: Meta's accounts
     # Where the simulator keeps its state between runs ("" = in memory only).
     sim_state: str = "var/simulator.json"
+    # The gRPC address of a simulator running on its own (`wacall simulate`); "" = the embedded simulator.
+    sim_address: str = ""
     # The simulated client drops a call with no audio from the business for this long at start / mid-call.
     sim_no_media_at_start_seconds: float = 20.0
     sim_no_media_mid_call_seconds: float = 30.0
@@ -126,6 +128,7 @@ SCALARS: Mapping[str, type] = {
     "graph_base_url": str,
     "max_webhook_bytes": int,
     "sim_state": str,
+    "sim_address": str,
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
@@ -179,6 +182,11 @@ DESCRIPTIONS: Mapping[str, str] = {
     "graph_base_url": "Meta's Graph API base URL, with version (--upstream meta)",
     "max_webhook_bytes": "largest webhook body accepted (bigger ones get HTTP 413)",
     "sim_state": "file where the simulator keeps its state between runs (empty: memory only)",
+    "sim_address": (
+        "with --upstream sim: the gRPC address (host:port) of a simulator started with wacall simulate, whose "
+        "accounts, app secret and Graph URL are used instead of an embedded simulator's; this process then serves "
+        "no SimulatorService (empty: the embedded simulator)"
+    ),
     "sim_no_media_at_start_seconds": "the simulated phone drops a call with no audio from the business this long",
     "sim_no_media_mid_call_seconds": "the simulated phone drops a call whose business audio stops this long mid-call",
     "media_timeout_seconds": "end a call after this long without audio from the user",
@@ -317,6 +325,7 @@ def load_settings(
                 f"inbound_audio_file {settings.inbound_audio_file} does not exist in {settings.media_dir}"
             )
     engine_addresses(settings.rtpengine)
+    _check_sim_address(settings)
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
     if settings.reservation_grace_seconds <= 0:
@@ -364,6 +373,16 @@ def _check_advertise_address(address: str) -> None:
             f"advertise_address must be host:port that other replicas can dial (a port 1-65535, not a wildcard "
             f"host), got {address!r}"
         )
+
+
+def _check_sim_address(settings: Settings) -> None:
+    if not settings.sim_address.strip():
+        return
+    if settings.upstream != "sim":
+        raise ConfigError("sim_address names a simulator: it needs --upstream sim")
+    host, _, port = settings.sim_address.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"sim_address: {settings.sim_address!r} is not host:port (wacall simulate's gRPC address)")
 
 
 def _check_sip(settings: Settings) -> None:
