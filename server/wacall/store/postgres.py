@@ -353,6 +353,9 @@ class _PostgresTx:
         return found[0] if found else None
 
     def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None:
+        # A webhook that finds no call parks its event; the call's binding takes the parked events. Both hold this
+        # lock first, so each sees the other's commit: no event is parked after its call took the parked ones.
+        self._lock("platform_call", platform_call_id)
         found = self._calls("platform_call_id = %s", (platform_call_id,), lock=True)
         return found[0] if found else None
 
@@ -404,6 +407,7 @@ class _PostgresTx:
         )
 
     def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]:
+        self._lock("platform_call", platform_call_id)
         rows = self._db.execute(
             "DELETE FROM parked_call_events WHERE platform_call_id = %s RETURNING id, event", (platform_call_id,)
         ).fetchall()
