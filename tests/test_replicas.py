@@ -444,6 +444,21 @@ async def test_a_postgresql_restart_mid_load_gives_unavailable_and_503_then_reco
     cluster: Cluster, stubs: Stubs
 ) -> None:
     config = await stubs.sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+    # A live call across the outage: every lease runs out while the database is down, and its owner, alive, must
+    # keep it (other replicas wait a lease after the database is back before ending anybody's calls).
+    user = "+34612340006"
+    await stubs.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(
+            user_number=user, on_call=sim_pb.ANSWER, ring_duration=duration(0), talk_duration=duration(0), tone_hz=330
+        )
+    )
+    await grant(stubs, user)
+    talking = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(600),
+                                                         max_duration=duration(600)))  # fmt: skip
+    live = await stubs.a.StartCall(
+        pb.StartCallRequest(business_number=BUSINESS, user_number=user, route=talking), timeout=DEADLINE
+    )
+    await wait_until(partial(get_call, stubs.a, live.call_id), lambda c: c.media.frames_received > 0, timeout=20)
     business = await stubs.sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=BUSINESS))
     account = MetaAccount(BUSINESS, business.phone_number_id, business.waba_id, config.access_token,
                           config.app_secret)  # fmt: skip
@@ -515,6 +530,15 @@ async def test_a_postgresql_restart_mid_load_gives_unavailable_and_503_then_reco
                                           timeout=DEADLINE)  # fmt: skip
         sent = [e.attributes["message_id"] for e in events.events if e.kind == pb.EVENT_KIND_PERMISSION_REQUEST_SENT]
         assert sent == [message_id], (user, sent)
+    # The living owner's call was never touched: several lease periods after the database came back it is up,
+    # its audio flowing.
+    before = await get_call(stubs.a, live.call_id)
+    await asyncio.sleep(2 * LEASE_SECONDS)
+    after = await get_call(stubs.a, live.call_id)
+    for view in (before, after, await get_call(stubs.b, live.call_id)):
+        assert view.state == pb.CALL_STATE_CONNECTED and not view.end_reason, view
+    assert after.media.frames_received - before.media.frames_received >= 2 * LEASE_SECONDS * 40
+    await stubs.b.EndCall(pb.EndCallRequest(call_id=live.call_id), timeout=DEADLINE)
     # Both replicas still serve, unrestarted.
     for replica in (cluster.a, cluster.b):
         assert replica.process.proc.poll() is None

@@ -51,6 +51,7 @@ from wacall.store import (
     Pair,
     Replica,
     StoredCall,
+    StoreError,
     Tx,
     from_micros,
     optional_datetime,
@@ -756,13 +757,24 @@ class CallService:
 
     async def _keep_leases(self) -> None:
         """Renew this process's leases three times per lease (two missed renewals still leave it valid), and end
-        the calls of any process that stopped renewing: a process sharing the database was killed or cut off."""
+        the calls of any process that stopped renewing: a process sharing the database was killed or cut off.
+
+        Other processes' calls are ended only once this one has reached the store for a whole lease without a
+        failure: while the database was unreachable every owner's leases ran out together, and a living owner
+        needs its next renewal (within a third of a lease) to say it is alive."""
+        reachable_since: datetime | None = self.wall_clock.now()
         while True:
             await self.wall_clock.sleep(self.call_lease / 3)
             try:
                 await self.store.transaction(self._renew)
-                await self._end_orphans("the process holding the call stopped renewing its lease")
+                reachable_since = reachable_since or self.wall_clock.now()
+                if self.wall_clock.now() - reachable_since >= self.call_lease:
+                    await self._end_orphans("the process holding the call stopped renewing its lease")
                 await self._release_calls_ended_elsewhere()
+            except StoreError as error:
+                if reachable_since is not None:
+                    log.warning("renewing call leases failed (%s); trying again every %s", error, self.call_lease / 3)
+                reachable_since = None
             except Exception:
                 log.exception("renewing call leases failed; trying again")
 
@@ -816,10 +828,16 @@ class CallService:
         replica, which applies it in the store; the owner reads the change here and does the media work (apply the
         platform's answer, start the route at pickup, close at the end). When this process ingested the webhook
         itself, the work is done already and nothing happens twice."""
+        failing = False
         while True:
             ticket = self.store.changes.ticket()
             try:
                 await self._catch_up_held_calls()
+                failing = False
+            except StoreError as error:
+                if not failing:  # once per outage, not five times a second
+                    log.warning("reading this process's calls back from the store failed (%s); trying again", error)
+                failing = True
             except Exception:
                 log.exception("reading this process's calls back from the store failed; trying again")
             with contextlib.suppress(TimeoutError):
