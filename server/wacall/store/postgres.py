@@ -180,6 +180,8 @@ class _PostgresTx:
 
     def _lock(self, *name: str) -> None:
         # Held until commit or rollback; the name's parts are joined with a separator no E.164 number contains.
+        # A statement of its own: READ COMMITTED takes each statement's snapshot when it starts, so a read in the
+        # same statement as the lock would miss what the lock's previous holder committed while this one waited.
         self._db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(name),))
 
     def _lock_pair(self, pair: Pair) -> None:
