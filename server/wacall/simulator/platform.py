@@ -152,6 +152,8 @@ class SimulatedPlatform:
         self.state = PlatformState()
         # Deliveries go round-robin over these; a failed one is tried on the next URL at once.
         self.webhook_urls: list[str] = []
+        # The token the platform's webhook verification handshake presents (shared with services that use it).
+        self.webhook_verify_token = ""
         # Where its Graph endpoints are served, version included (set by whoever serves `routes()`).
         self.graph_base_url: str | None = None
         self._next_url = 0
@@ -160,6 +162,8 @@ class SimulatedPlatform:
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accounts: dict[str, MetaAccount] = {}
+        # The clock's position in the state file, if it holds one (read by _load).
+        self.saved_clock_position: datetime | None = None
         self.calls: dict[str, PhoneCall] = {}
         self._load()
 
@@ -854,6 +858,10 @@ class SimulatedPlatform:
 
     # --- persistence --------------------------------------------------------------------------------------------
 
+    async def save(self) -> None:
+        """Write the state file now (the clock's position included); it is otherwise written as the state changes."""
+        self._save()
+
     def _save(self) -> None:
         if self.state_path is None:
             return
@@ -886,6 +894,8 @@ class SimulatedPlatform:
             ],
             "templates": {waba: sorted(pairs) for waba, pairs in self.state.templates.items()},
             "restrictions": {b: to_micros(until) for b, until in self.state.restrictions.items()},
+            # Where the clock stood: a standalone simulator on a manual clock resumes there.
+            "clock_us": to_micros(self.clock.now()),
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -927,6 +937,7 @@ class SimulatedPlatform:
             )
         self.state.templates = {waba: {tuple(p) for p in pairs} for waba, pairs in data["templates"].items()}
         self.state.restrictions = {b: from_micros(t) for b, t in data.get("restrictions", {}).items()}
+        self.saved_clock_position = from_micros(data["clock_us"]) if "clock_us" in data else None
 
 
 def _wamid() -> str:
