@@ -73,6 +73,8 @@ PEER_ANSWER_WAIT = timedelta(seconds=10)
 # late (138007). MIN_FOLLOW_GAP coalesces the wake-ups of a burst of commits into one read.
 FOLLOW_POLL = timedelta(seconds=0.2)
 MIN_FOLLOW_GAP = timedelta(seconds=0.02)
+# A process whose heartbeat expired this long ago is gone from the replica registry (its calls were ended long since).
+FORGET_REPLICAS_AFTER = timedelta(hours=1)
 
 EngineBridges = Callable[[str, str], EngineBridgeLeg]
 """Builds the platform leg of a call bridged in the media engine: (call id, the business peer's SDP offer)."""
@@ -784,6 +786,7 @@ class CallService:
         tx.renew_call_leases(self.instance, until)
         if self.advertised_address:
             tx.save_replica(Replica(self.instance, self.advertised_address, until))
+            tx.forget_replicas(until - FORGET_REPLICAS_AFTER)
 
     # --- several replicas: the registry, call owners, and following the store ---------------------------------------
 

@@ -247,6 +247,11 @@ class Tx(Protocol):
         """The process recorded under `instance` (a call's `owner`), if it ever recorded itself."""
         ...
 
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        """Remove the processes whose heartbeat expired before `heartbeat_before` (each run records itself anew, so
+        the registry would otherwise keep every run ever); returns how many."""
+        ...
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         """Keep an event for a call id we do not know yet (its webhook beat our own record of it)."""
         ...

@@ -403,6 +403,11 @@ class _PostgresTx:
         row = self._one("SELECT instance, address, heartbeat_expires_at FROM replicas WHERE instance = %s", (instance,))
         return Replica(row[0], row[1], from_micros(row[2])) if row else None
 
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        return self._db.execute(
+            "DELETE FROM replicas WHERE heartbeat_expires_at < %s", (to_micros(heartbeat_before),)
+        ).rowcount
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
             "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (%s, %s, %s)",

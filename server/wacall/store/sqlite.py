@@ -284,6 +284,11 @@ class _SqliteTx:
         ).fetchone()
         return Replica(row[0], row[1], from_micros(row[2])) if row else None
 
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        return self._db.execute(
+            "DELETE FROM replicas WHERE heartbeat_expires_at < ?", (to_micros(heartbeat_before),)
+        ).rowcount
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
             "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (?, ?, ?)",
