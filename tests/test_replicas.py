@@ -366,6 +366,40 @@ async def test_call_media_through_a_replica_that_does_not_own_the_call_is_proxie
     owner.process.stop()
 
 
+async def test_the_user_hanging_up_reaches_an_owner_that_receives_no_webhooks_and_it_releases_the_media(
+    cluster: Cluster, stubs: Stubs
+) -> None:
+    owner = cluster.replica("replica-e")  # not on the simulator's webhook list: it learns of the end from the store
+    user = "+34612340007"
+    await stubs.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(
+            user_number=user, on_call=sim_pb.ANSWER, ring_duration=duration(0), talk_duration=duration(0), tone_hz=330
+        )
+    )
+    await grant(stubs, user)
+    talking = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(600),
+                                                         max_duration=duration(600)))  # fmt: skip
+    async with grpc.aio.insecure_channel(owner.grpc) as channel:
+        owners = calling_pb2_grpc.CallingServiceStub(channel)
+        call = await owners.StartCall(
+            pb.StartCallRequest(business_number=BUSINESS, user_number=user, route=talking), timeout=DEADLINE
+        )
+        live = await wait_until(partial(get_call, owners, call.call_id), lambda c: c.media.frames_received > 25,
+                                timeout=20)  # fmt: skip
+        await stubs.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=live.platform_call_id))
+        # The terminate webhook lands on another replica; the owner closes the call's media and stores what it
+        # carried (only the owner knows it), which every replica then reads.
+        ended = await wait_until(
+            partial(get_call, stubs.a, call.call_id),
+            lambda c: c.state == pb.CALL_STATE_ENDED and c.media.frames_received > 0,
+            timeout=10,
+        )
+        assert ended.outcome == pb.CALL_OUTCOME_ANSWERED and ended.end_reason.startswith("ended by the platform")
+        assert ended.media.frames_received >= live.media.frames_received
+        assert ended.media.frames_sent > 25  # the announcement played until the user hung up
+    owner.process.stop()
+
+
 async def test_a_killed_owners_call_is_refused_until_its_lease_ends_then_ended_while_a_living_owners_call_stays(
     cluster: Cluster, stubs: Stubs
 ) -> None:
