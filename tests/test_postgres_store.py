@@ -327,8 +327,15 @@ async def test_while_postgresql_is_down_rpcs_are_unavailable_webhooks_503_and_th
     assert platform is not None
     account = platform.provision(parse_number(PAIR.business))
     now = await on_postgres.now()
+    watch = on_postgres.calling.WatchEvents(pb.WatchEventsRequest(), metadata=on_postgres.metadata, timeout=120)
+    assert isinstance(await watch.read(), pb.Event)  # the stream is open and reading the ledger
     postgres_server.stop()
     try:
+        # A stream that needs the ledger ends UNAVAILABLE too (never UNKNOWN), at its next read of the store.
+        with pytest.raises(grpc.aio.AioRpcError) as watch_ended:
+            while True:
+                assert await asyncio.wait_for(watch.read(), 30) is not grpc.aio.EOF
+        assert watch_ended.value.code() == grpc.StatusCode.UNAVAILABLE
         error = await refused(on_postgres.calling.GetPermission(
             pb.GetPermissionRequest(business_number=PAIR.business, user_number=USER),
             metadata=on_postgres.metadata, timeout=20,
