@@ -173,16 +173,21 @@ class _PostgresTx:
         # Events or calls written: other stores and this process's listeners are told after the commit.
         self.wrote_changes = False
         self._xid: int | None = None
+        self._held: set[str] = set()  # the advisory locks this transaction holds
         self._events = 0
 
     def _one(self, query: Any, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         return self._db.execute(query, params).fetchone()
 
     def _lock(self, *name: str) -> None:
-        # Held until commit or rollback; the name's parts are joined with a separator no E.164 number contains.
-        # A statement of its own: READ COMMITTED takes each statement's snapshot when it starts, so a read in the
-        # same statement as the lock would miss what the lock's previous holder committed while this one waited.
-        self._db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(name),))
+        # Held until commit or rollback, so taken once per transaction; the name's parts are joined with a
+        # separator no E.164 number contains. A statement of its own: READ COMMITTED takes each statement's
+        # snapshot when it starts, so a read in the lock's own statement would miss what the lock's previous
+        # holder committed while this one waited.
+        key = "\x1f".join(name)
+        if key not in self._held:
+            self._db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+            self._held.add(key)
 
     def _lock_pair(self, pair: Pair) -> None:
         self._lock("pair", pair.business, pair.user)
