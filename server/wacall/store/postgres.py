@@ -8,12 +8,13 @@ pool and the thread pool have the same size. asyncpg is async-only: it would nee
 **Isolation: READ COMMITTED, and every read that a decision depends on locks what it read** (strict two-phase
 locking: locks are held to the commit, so transactions are serialisable for everything the services read and then
 write). A pair's ledger and its call in progress take the pair's lock, idempotency keys the (business, key) lock,
-a pause the business's, settings their name's, the router state the router's: transaction-scoped advisory locks on
-a 64-bit hash of the name (a collision only makes two unrelated transactions wait for each other). A call read by
-id is locked `FOR UPDATE`; reservations are claimed `FOR UPDATE SKIP LOCKED`; expired calls with `UPDATE … RETURNING`
-(whose re-check of the row under lock makes the claim exclusive); a key with `INSERT … ON CONFLICT DO NOTHING`.
-Deadlocks and serialisation failures roll back and run `fn` again from scratch (base.py allows it), a bounded
-number of times with a little jitter.
+a pause the business's (shared to read it, as every decision of the business does; exclusive to write it),
+settings their name's, the router state the router's: transaction-scoped advisory locks on a 64-bit hash of the
+name (a collision only makes two unrelated transactions wait for each other). A call read by id is locked `FOR
+UPDATE`; reservations are claimed `FOR UPDATE SKIP LOCKED`; expired calls with `UPDATE … RETURNING` (whose re-check
+of the row under lock makes the claim exclusive); a key with `INSERT … ON CONFLICT DO NOTHING`. Deadlocks and
+serialisation failures roll back and run `fn` again from scratch (base.py allows it), a bounded number of times
+with a little jitter.
 
 **Event cursors in commit order without serialising writers: reads stop below the snapshot horizon.** An event's
 cursor is `(transaction id << 20) + its index in the transaction`: unique, below 2**63, known at insert (so
@@ -174,16 +175,24 @@ class _PostgresTx:
         # Events or calls written: other stores and this process's listeners are told after the commit.
         self.wrote_changes = False
         self._xid: int | None = None
+        self._held: dict[str, bool] = {}  # the advisory locks this transaction holds: name → shared
         self._events = 0
 
     def _one(self, query: Any, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         return self._db.execute(query, params).fetchone()
 
-    def _lock(self, *name: str) -> None:
-        # Held until commit or rollback; the name's parts are joined with a separator no E.164 number contains.
-        # A statement of its own: READ COMMITTED takes each statement's snapshot when it starts, so a read in the
-        # same statement as the lock would miss what the lock's previous holder committed while this one waited.
-        self._db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(name),))
+    def _lock(self, *name: str, shared: bool = False) -> None:
+        # Held until commit or rollback, so taken once per transaction (a shared one may become exclusive); the
+        # name's parts are joined with a separator no E.164 number contains. A statement of its own: READ
+        # COMMITTED takes each statement's snapshot when it starts, so a read in the lock's own statement would
+        # miss what the lock's previous holder committed while this one waited.
+        key = "\x1f".join(name)
+        held = self._held.get(key)
+        if held is False or (held is True and shared):
+            return
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        self._db.execute(f"SELECT {function}(hashtextextended(%s, 0))", (key,))
+        self._held[key] = shared
 
     def _lock_pair(self, pair: Pair) -> None:
         self._lock("pair", pair.business, pair.user)
@@ -296,7 +305,9 @@ class _PostgresTx:
         return [(from_micros(at), str(reason), bytes(body)) for at, reason, body in rows]
 
     def restriction(self, business: str) -> Restriction | None:
-        self._lock("restriction", business)
+        # Shared: every decision of the business reads its pause, and they must not wait for each other; a write of
+        # the pause (exclusive) waits for them, and they for it.
+        self._lock("restriction", business, shared=True)
         row = self._one("SELECT until FROM restrictions WHERE business = %s", (business,))
         return Restriction(optional_datetime(row[0])) if row else None
 
