@@ -33,6 +33,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.api.forwarding import OwnerForwarding
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
@@ -573,11 +574,15 @@ class Service:
         private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
         grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        # Calls for another replica's calls go to their owner; closed after the server stops: forwarded calls finish
+        # first.
+        forwarding = OwnerForwarding(calls, replica_channel_credentials(settings))
+        stack.push_async_callback(forwarding.close)
         stack.push_async_callback(lambda: grpc_server.stop(self._grace))
         # Services are registered through the guard (every method parses its own requests); the port on the server.
         server = MalformedRequestGuard(grpc_server)
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
-            CallingServicer(permissions, calls, self._server_files()), server
+            CallingServicer(permissions, calls, self._server_files(), forwarding), server
         )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         contact_center_pb2_grpc.add_ContactCenterServiceServicer_to_server(
@@ -612,6 +617,7 @@ class Service:
             grpc_server.add_insecure_port(self._softphone_address)
         await grpc_server.start()
         self._grpc = grpc_server
+        await calls.advertise(self.settings.advertise_address or advertised_address(grpc_host, bound))
         return f"{grpc_host}:{bound}", names
 
     def _private_directory(self, stack: contextlib.AsyncExitStack) -> str:
@@ -673,6 +679,14 @@ class Service:
         self.metrics.live = LiveState(active_calls, queue_depths, agents)
 
 
+def advertised_address(host: str, port: int) -> str:
+    """Where other replicas reach a gRPC server bound to host:port: that address, or on a wildcard address the
+    host name (which other hosts resolve; set advertise_address where they do not)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
     """The dispatch table: which service applies each kind of inbound item (the rest are ignored)."""
     return [
@@ -719,6 +733,21 @@ def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise ConfigError(f"grpc_tls_cert / grpc_tls_key / grpc_tls_client_ca cannot be loaded: {error}") from None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def replica_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """How this replica reaches another one when it forwards a call to the call's owner (None: plaintext, as the API
+    is served). With TLS, the other replica's certificate is checked against the client CA when one is set (the
+    replicas' certificates then come from the CA that signs clients too), else against the system's roots; the
+    replica shows its own certificate, which mutual TLS requires."""
+    if not settings.grpc_tls_cert:
+        return None
+    client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=client_ca,
+        private_key=Path(settings.grpc_tls_key).read_bytes(),
+        certificate_chain=Path(settings.grpc_tls_cert).read_bytes(),
     )
 
 
