@@ -396,6 +396,9 @@ def test_simulate_refuses_settings_that_cannot_work() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "wacall"), "simulate", *args], capture_output=True, text=True, timeout=60)
 
+    shown = run("--help")
+    # The one rule round-robin depends on, where an operator reads it.
+    assert "The URLs of one group must be replicas of one service on one database" in " ".join(shown.stdout.split())
     missing = run("--grpc-address", "127.0.0.1:0")
     assert missing.returncode == 2 and "--webhook-url (or --webhook-route) is required" in missing.stderr
     bad_route = run("--webhook-route", "http://127.0.0.1:1/webhooks/whatsapp")

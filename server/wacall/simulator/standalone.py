@@ -353,6 +353,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     simulate.add_argument(
         "--auth-token",
         default=env("WACALL_SIM_AUTH_TOKEN", ""),
+        metavar="TOKEN",
         help="require 'authorization: Bearer TOKEN' on every gRPC call but health (wacall serve sends it with "
         "--sim-auth-token); needed off loopback, where anyone could read the app secret",
     )
