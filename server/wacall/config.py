@@ -50,6 +50,8 @@ class Settings:
     sim_state: str = "var/simulator.json"
     # The gRPC address of a simulator running on its own (`wacall simulate`); "" = the embedded simulator.
     sim_address: str = ""
+    # The bearer token sent to that simulator (its own --auth-token); "" = none.
+    sim_auth_token: str = ""
     # The simulated client drops a call with no audio from the business for this long at start / mid-call.
     sim_no_media_at_start_seconds: float = 20.0
     sim_no_media_mid_call_seconds: float = 30.0
@@ -138,6 +140,7 @@ SCALARS: Mapping[str, type] = {
     "max_webhook_bytes": int,
     "sim_state": str,
     "sim_address": str,
+    "sim_auth_token": str,
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
@@ -204,6 +207,7 @@ DESCRIPTIONS: Mapping[str, str] = {
         "accounts, app secret and Graph URL are used instead of an embedded simulator's; this process then serves "
         "no SimulatorService (empty: the embedded simulator)"
     ),
+    "sim_auth_token": "the bearer token sent to the simulator at sim_address (its wacall simulate --auth-token)",
     "sim_no_media_at_start_seconds": "the simulated phone drops a call with no audio from the business this long",
     "sim_no_media_mid_call_seconds": "the simulated phone drops a call whose business audio stops this long mid-call",
     "media_timeout_seconds": "end a call after this long without audio from the user",
