@@ -45,6 +45,7 @@ from wacall.media.rtpengine import EnginePool, NgClient
 from wacall.permissions import PermissionService
 from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
+from wacall.simulator.remote import fetch_platform_config
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
@@ -238,6 +239,8 @@ class Service:
         settings = self.settings
         if settings.upstream != "sim":
             return None, ConfiguredSenders(settings.senders)
+        if settings.sim_address.strip():
+            return await self._use_remote_simulator(settings.sim_address.strip())
         platform = self.platform = SimulatedPlatform(
             self.clock,
             self.policy,
@@ -254,12 +257,24 @@ class Service:
         site = web.TCPSite(sim_runner, "127.0.0.1", 0)
         await site.start()
         port = sim_runner.addresses[0][1]
+        platform.graph_base_url = f"http://127.0.0.1:{port}/{GRAPH_VERSION}"
         for account in settings.senders:
             platform.register(account)
         senders = ProvisioningSenders(
             settings.senders, platform.sender, number_for_phone_number_id, platform.app_secret
         )
         return f"http://127.0.0.1:{port}", senders
+
+    async def _use_remote_simulator(self, address: str) -> tuple[str, MetaSenderDirectory]:
+        """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
+        (waiting a while for one started at the same time); its SimulatorService is not served here."""
+        remote = await fetch_platform_config(address)
+        accounts = {a.business_number: a for a in (*remote.accounts, *self.settings.senders)}
+        senders = ProvisioningSenders(
+            accounts.values(), remote.provision, number_for_phone_number_id, remote.app_secret
+        )
+        log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
+        return remote.graph_root, senders
 
     async def _setup_upstream(self, stack: contextlib.AsyncExitStack, graph_address: str | None) -> MetaUpstream:
         # The service talks to the simulator over HTTP, exactly as to Meta.

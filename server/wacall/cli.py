@@ -22,6 +22,8 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, Settings, load_settings
+from wacall.simulator.standalone import add_parser as simulate_parser
+from wacall.simulator.standalone import run as simulate
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 METAVARS = {"db": "URL", "sim_state": "FILE", "sim_address": "HOST:PORT", "rtpengine": "ADDR[,ADDR...]|off"}
@@ -392,7 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--after", help="resume after this cursor")
     watch.add_argument("--only-new", action="store_true")
 
-    sim = commands.add_parser("sim", help="drive the embedded WhatsApp simulator")
+    sim = commands.add_parser(
+        "sim",
+        help="drive the WhatsApp simulator (--address: the service's, or wacall simulate's --grpc-address)",
+    )
     sim_sub = sim.add_subparsers(dest="subcommand", required=True)
     behavior = client(sim_sub.add_parser("behavior", help="how a simulated user answers permission requests"))
     behavior.add_argument("user")
@@ -447,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--business")
     listing.add_argument("--user")
 
+    simulate_parser(commands)
+
     clock = commands.add_parser("clock", help="the manual clock (serve --clock manual)")
     clock_sub = clock.add_subparsers(dest="subcommand", required=True)
     client(clock_sub.add_parser("now"))
@@ -457,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def serve(args: argparse.Namespace) -> int:
     from wacall.app import AddressUnavailable, Service
+    from wacall.simulator.remote import SimulatorUnreachable
 
     try:
         settings = load_settings(args.config, {name: getattr(args, name) for name in SCALARS})
@@ -473,7 +481,7 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         addresses = await service.start()
-    except AddressUnavailable as exc:
+    except (AddressUnavailable, SimulatorUnreachable) as exc:
         print(f"wacall: {exc}", file=sys.stderr)
         await service.stop(grace=0)
         return 1
@@ -498,6 +506,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return asyncio.run(serve(args))
+    if args.command == "simulate":
+        return asyncio.run(simulate(args))
     return asyncio.run(run_client(args))
 
 
