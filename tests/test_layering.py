@@ -64,7 +64,12 @@ PURE_IMPORTS = frozenset({"__future__", "collections", "typing", "dataclasses"})
 
 # The store: the interface every backend shares, the modules of one backend, and what talks to a database.
 STORE_INTERFACE = ("wacall.store.base", "wacall.store.codecs")
-STORE_BACKENDS = ("wacall.store.sqlite", "wacall.store.migrations")
+STORE_BACKENDS = (
+    "wacall.store.sqlite",
+    "wacall.store.migrations",
+    "wacall.store.postgres",
+    "wacall.store.postgres_schema",
+)
 DATABASE_DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "sqlalchemy")
 
 # Where Meta's own vocabulary belongs.
@@ -281,6 +286,8 @@ def test_only_the_store_package_imports_a_database_driver_or_a_backend() -> None
     # The check itself: the SQLite backend does import its driver, and the package's entry point the backend.
     assert _database_imports(imported("wacall.store.sqlite")) == ["sqlite3", "wacall.store.migrations"]
     assert "wacall.store.sqlite" in imported("wacall.store")
+    assert {"psycopg", "psycopg_pool"} <= set(_database_imports(imported("wacall.store.postgres")))
+    assert "wacall.store.postgres" in imported("wacall.store")
 
 
 def _outside_platform() -> list[str]:

@@ -1,6 +1,7 @@
 """What every store backend must do, checked through the `Store`/`Tx` interface alone (wacall/store/base.py).
 
-Each test runs once per backend (`BACKENDS` below: SQLite on a real file today). `backend.open()` gives another
+Each test runs once per backend (`BACKENDS` below: SQLite on a real file, and a real PostgreSQL server on loopback,
+a fresh database per test). `backend.open()` gives another
 store on the same database, as a second process would have: claims, cursors and isolation are checked across
 stores, with transactions made to overlap on purpose rather than by luck.
 """
@@ -34,9 +35,10 @@ from wacall.store import (
     to_micros,
 )
 
-# Backend name → how to open a store on the test's database (every call: another store on the same database).
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: open_store(f"sqlite:///{tmp / 'contract.db'}"),
+# Backend name → the URL of a fresh database for one test (each `open()`: another store on that database).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp: f"sqlite:///{tmp / 'contract.db'}",
+    "postgresql": lambda request, tmp: request.getfixturevalue("postgres_server").create_database(),
 }
 
 AT = datetime(2026, 12, 1, 12, 0, 0, 123_456, tzinfo=UTC)
@@ -50,18 +52,18 @@ ELSEWHERE = Pair(OTHER_BUSINESS, "+34612345678")
 @dataclass
 class Backend:
     name: str
-    tmp: Path
+    url: str
     opened: list[Store] = field(default_factory=list)
 
     def open(self) -> Store:
-        store = BACKENDS[self.name](self.tmp)
+        store = open_store(self.url)
         self.opened.append(store)
         return store
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    opened = Backend(request.param, tmp_path)
+    opened = Backend(request.param, BACKENDS[request.param](request, tmp_path))
     yield opened
     for store in opened.opened:
         await store.close()
