@@ -28,6 +28,9 @@
   of the standard library; `now` is an argument.
 - The contact centre's service and agent sessions (the rest of `wacall.queues`) speak no transport: no gRPC, proto
   stubs, HTTP, the API or the assembly, so the gRPC stream and the softphone's WebSocket drive the same session.
+- Metrics are defined in one module: only `wacall.metrics` imports prometheus_client, and only the operations edge
+  (`wacall.operations`, `wacall.health`) and the assembly import it. The services report through `wacall.observe`
+  and reach neither metrics nor the operations edge, directly or through another module.
 """
 
 from __future__ import annotations
@@ -734,3 +737,41 @@ def test_only_the_assembly_mounts_the_agent_page_and_the_page_reaches_no_platfor
 
 def _within_any(names: set[str], package: str) -> bool:
     return any(_within(name, (package,)) for name in names)
+
+
+OPERATIONS_EDGE = ("wacall.operations", "wacall.health")
+
+
+def metrics_layering_breaches() -> list[str]:
+    found = [
+        f"{n} imports prometheus_client" for n in GRAPH if n != "wacall.metrics" and "prometheus_client" in imported(n)
+    ]
+    found += [
+        f"{n} imports wacall.metrics"
+        for n in GRAPH
+        if "wacall.metrics" in GRAPH[n] and not _within(n, (*OPERATIONS_EDGE, *ASSEMBLY))
+    ]
+    for service in SERVICES:
+        found += [
+            f"{service} reaches {t}"
+            for t in sorted(graph_reachable(service))
+            if t in ("wacall.metrics", *OPERATIONS_EDGE)
+        ]
+    return found
+
+
+def test_metrics_live_in_one_module_and_the_services_report_through_the_observer() -> None:
+    assert "prometheus_client" in imported("wacall.metrics")
+    assert "wacall.observe" in GRAPH["wacall.permissions"] and "wacall.observe" in GRAPH["wacall.calls.service"]
+    assert metrics_layering_breaches() == []
+
+
+def test_the_metrics_check_sees_a_service_reaching_metrics() -> None:
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.permissions"].add("wacall.operations")
+        assert "wacall.permissions reaches wacall.metrics" in metrics_layering_breaches()
+        assert "wacall.calls.service reaches wacall.operations" in metrics_layering_breaches()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)

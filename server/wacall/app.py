@@ -11,7 +11,9 @@ import os
 import shutil
 import socket
 import ssl
+import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,11 +39,21 @@ from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
+from wacall.health import ReadinessCheck, follow_readiness, health_routes, store_answers
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
 from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
 from wacall.media.rtpengine import EnginePool, NgClient
+from wacall.metrics import LiveState, Metrics
+from wacall.operations import (
+    InstrumentedStore,
+    InstrumentedUpstream,
+    ObservedDispatcher,
+    Operations,
+    RpcObserver,
+    webhook_middleware,
+)
 from wacall.permissions import PermissionService
 from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
@@ -51,6 +63,7 @@ from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
 from wacall.softphone.web import SoftphoneBackend, softphone_routes
 from wacall.store import Store, open_store
+from wacall.upstreams.base import Upstream
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
 from wacall.upstreams.meta.senders import ConfiguredSenders, MetaSenderDirectory, ProvisioningSenders
@@ -173,16 +186,20 @@ class Service:
         self.queue_calls = QueueCalls(settings.media_dir)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        # Metrics, and one log line per RPC, webhook and decision (wacall.operations).
+        self.metrics = Metrics()
+        self.operations = Operations(self.metrics)
         self._stack = contextlib.AsyncExitStack()
         self._grace = 2.0
+        self._softphone_address: str | None = None  # the agent page's way to the API when it differs
 
     async def start(self) -> Addresses:
         async with contextlib.AsyncExitStack() as stack:
             self._setup_executor(stack)
             self._setup_files()
-            store = await self._setup_store(stack)
+            store = self.store = InstrumentedStore(await self._setup_store(stack), self.metrics)
             graph_address, senders = await self._setup_platform(stack)
-            upstream = await self._setup_upstream(stack, graph_address)
+            upstream = InstrumentedUpstream(await self._setup_upstream(stack, graph_address), self.metrics)
             permissions = self._setup_permissions(store, senders, upstream)
             engines = await self._setup_media_engine(stack)
             calls = await self._build_calls(permissions, upstream, engines)
@@ -195,6 +212,7 @@ class Service:
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
             self._setup_softphone(stack, queues, grpc_address)
+            self._setup_live_metrics(calls, queues)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
@@ -283,9 +301,7 @@ class Service:
         stack.push_async_callback(upstream.close)
         return upstream
 
-    def _setup_permissions(
-        self, store: Store, senders: MetaSenderDirectory, upstream: MetaUpstream
-    ) -> PermissionService:
+    def _setup_permissions(self, store: Store, senders: MetaSenderDirectory, upstream: Upstream) -> PermissionService:
         self.permissions = PermissionService(
             store,
             self.clock,
@@ -294,6 +310,7 @@ class Service:
             upstream,
             reservation_grace=timedelta(seconds=self.settings.reservation_grace_seconds),
             instance=f"{self._instance_name()}/{uuid.uuid4().hex[:16]}".lstrip("/"),
+            observer=self.operations,
         )
         return self.permissions
 
@@ -306,7 +323,7 @@ class Service:
 
     def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
         """Inbound deliveries, each item to the service that applies it."""
-        self.dispatcher = Dispatcher(store, self.clock, dispatch_table(permissions, calls))
+        self.dispatcher = ObservedDispatcher(store, self.clock, dispatch_table(permissions, calls))
         return self.dispatcher
 
     async def _setup_http(
@@ -325,6 +342,8 @@ class Service:
             )
         )
         http_app.add_routes(softphone_routes(self.softphone))
+        http_app.add_routes(health_routes(self.metrics, self._readiness_checks()))
+        http_app.middlewares.append(webhook_middleware(WEBHOOK_PATH, self.metrics))
         runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -382,7 +401,7 @@ class Service:
         return engines
 
     async def _build_calls(
-        self, permissions: PermissionService, upstream: MetaUpstream, engines: EnginePool[NgClient] | None
+        self, permissions: PermissionService, upstream: Upstream, engines: EnginePool[NgClient] | None
     ) -> CallService:
         """Call control: built before the webhook endpoint (which dispatches call events to it), started after."""
 
@@ -468,9 +487,10 @@ class Service:
         return queues
 
     def _setup_softphone(self, stack: contextlib.AsyncExitStack, queues: QueueService, grpc_address: str) -> None:
-        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API."""
+        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API (over TLS, its
+        private Unix socket: see _setup_grpc)."""
         self.softphone.queues = queues
-        self.softphone.connect(grpc_address)
+        self.softphone.connect(self._softphone_address or grpc_address)
         stack.push_async_callback(self.softphone.close)
 
     async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
@@ -545,9 +565,10 @@ class Service:
         settings = self.settings
         grpc_host, grpc_port = _split(settings.grpc_address)
         _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
-        interceptors: list[grpc.aio.ServerInterceptor] = (
-            [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
-        )
+        # The RPC observer outermost: calls refused by the token or the malformed-request guard count too.
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcObserver(self.metrics)]
+        if settings.auth_token:
+            interceptors.append(BearerTokenInterceptor(settings.auth_token))
         # No port sharing: a second service on the same port must fail, not take half of the calls.
         server = grpc.aio.server(
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
@@ -574,7 +595,12 @@ class Service:
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         try:
-            bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+            credentials = grpc_tls_credentials(settings)
+            if credentials is None:
+                bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+            else:
+                bound = server.add_secure_port(f"{grpc_host}:{grpc_port}", credentials)
+                self._softphone_address = self._private_socket(stack, server)
         except RuntimeError:
             bound = 0
         if bound == 0 or (grpc_port and bound != grpc_port):
@@ -583,10 +609,65 @@ class Service:
         self._grpc = server
         return f"{grpc_host}:{bound}", names
 
+    def _private_socket(self, stack: contextlib.AsyncExitStack, server: grpc.aio.Server) -> str:
+        """With TLS on, the agent page reaches the API over a Unix socket in a directory only this user can enter:
+        it holds no client certificate for mutual TLS, and the socket is reachable by nothing but this host's user.
+        The bearer token still applies there."""
+        directory = tempfile.TemporaryDirectory(prefix="wacall-grpc-")  # mode 0700
+        stack.callback(directory.cleanup)
+        address = f"unix:{directory.name}/api.sock"
+        server.add_insecure_port(address)
+        return address
+
     async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
+        """gRPC health: SERVING while ready (the same checks as /readyz, every few seconds), NOT_SERVING otherwise."""
         stack.push_async_callback(self._health.enter_graceful_shutdown)
-        for name in ["", *names]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        async def set_serving(serving: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ["", *names]:
+                await self._health.set(name, status)
+
+        await set_serving(True)
+        following = asyncio.create_task(follow_readiness(self._readiness_checks(), set_serving), name="wacall-ready")
+
+        async def stop_following() -> None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+
+        stack.push_async_callback(stop_following)
+
+    def _readiness_checks(self) -> list[ReadinessCheck]:
+        """Ready: the store answers, the platform is configured, and a media engine is alive when one is used."""
+
+        async def platform() -> str | None:
+            return None if self.upstream is not None else "platform (upstream) not configured"
+
+        async def media_engine() -> str | None:
+            engines = self.engines
+            if engines is None or any(engines.alive(engine) for engine in engines.engines):
+                return None
+            return "no media engine alive"
+
+        return [store_answers(lambda: self.store), platform, media_engine]
+
+    def _setup_live_metrics(self, calls: CallService, queues: QueueService) -> None:
+        """What /metrics reads at scrape time: live calls by route, queue depths, agents by presence."""
+
+        def active_calls() -> dict[str, int]:
+            return dict(Counter(s.route_name for s in calls.sessions.values() if not s.closed))
+
+        def queue_depths() -> dict[str, int]:
+            state = queues.state
+            depths = dict.fromkeys(state.queues, 0)
+            for waiting in state.waiting.values():
+                depths[waiting.queue_id] = depths.get(waiting.queue_id, 0) + 1
+            return depths
+
+        def agents() -> dict[str, int]:
+            return dict(Counter(agent.presence.value for agent in queues.state.agents.values()))
+
+        self.metrics.live = LiveState(active_calls, queue_depths, agents)
 
 
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
@@ -615,6 +696,22 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         header_timeout=timedelta(seconds=settings.http_header_timeout_seconds),
         idle_timeout=timedelta(seconds=settings.http_idle_timeout_seconds),
         max_connections=settings.http_max_connections,
+    )
+
+
+def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC API's TLS credentials (None: plaintext); with a client CA, client certificates are required and
+    verified against it (mutual TLS)."""
+    if not settings.grpc_tls_cert:
+        return None
+    try:
+        key = Path(settings.grpc_tls_key).read_bytes()
+        chain = Path(settings.grpc_tls_cert).read_bytes()
+        client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+    except OSError as error:
+        raise ConfigError(f"gRPC TLS files cannot be read: {error}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
 
 

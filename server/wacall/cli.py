@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, Settings, load_settings
+from wacall.logs import configure_logging
 from wacall.simulator.standalone import add_parser as simulate_parser
 from wacall.simulator.standalone import run as simulate
 
@@ -471,8 +471,7 @@ async def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     service = Service(settings)
     # Handlers first: a supervisor may signal as soon as it reads the banner.
     stop = asyncio.Event()

@@ -29,6 +29,7 @@ from wacall.inbound import (
 )
 from wacall.ingest import Outcome, Skipped
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
+from wacall.observe import NOT_OBSERVED, Observer
 from wacall.rules import engine
 from wacall.rules.engine import (
     ActionDecision,
@@ -162,8 +163,10 @@ class PermissionService:
         upstream: Upstream,
         reservation_grace: timedelta = timedelta(seconds=60),
         instance: str = "",
+        observer: Observer = NOT_OBSERVED,
     ) -> None:
         self.store = store
+        self.observer = observer  # told every limit-consuming decision (metrics, logs)
         self.clock = clock
         self.policy = policy
         self.senders = senders
@@ -416,6 +419,12 @@ class PermissionService:
         for _ in range(2):
             try:
                 reserved = await self.store.transaction(reserve)
+            except RuleRefusal as refusal:
+                self._in_flight.discard(reservation_id)
+                self.observer.decision(
+                    "request", pair.business, pair.user, allowed=False, reason=refusal.decision.reason.value
+                )
+                raise
             except BaseException:
                 self._in_flight.discard(reservation_id)
                 raise
@@ -427,6 +436,7 @@ class PermissionService:
             raise RequestInFlight(self.clock.now() + self.reservation_grace)
         if isinstance(reserved, RequestResult):
             return reserved
+        self.observer.decision("request", pair.business, pair.user, allowed=True, reason="")
         assert account is not None
         try:
             return await self._send_reserved(reserved, business, user, account, body_text, template)
