@@ -72,6 +72,7 @@ STORE_BACKENDS = (
     "wacall.store.migrations",
     "wacall.store.postgres",
     "wacall.store.postgres_schema",
+    "wacall.store.operations",
 )
 DATABASE_DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "sqlalchemy")
 

@@ -185,7 +185,8 @@ DESCRIPTIONS: Mapping[str, str] = {
         "mutual TLS: the PEM CA certificate(s) gRPC clients' certificates must be signed by (needs --grpc-tls-cert)"
     ),
     "http_address": "where the webhook endpoint listens (host:port)",
-    "db": "the ledger's database URL (sqlite:///relative.db or sqlite:////absolute.db)",
+    "db": "the ledger's database URL (sqlite:///relative.db, sqlite:////absolute.db or "
+    "postgresql://USER:PASS@HOST:PORT/DB)",
     "upstream": "the WhatsApp platform: the embedded simulator, or Meta's Graph API (needs [[senders]] in --config)",
     "clock": "real time, or a manual clock moved with wacall clock advance / ClockService (resumes across restarts)",
     "policy": "the named rule set (limits, windows, country deny-list); override numbers in [policy_overrides]",

@@ -34,6 +34,7 @@ from wacall.store.codecs import (
     to_micros,
 )
 from wacall.store.migrations import SCHEMA_VERSION, SchemaTooNew
+from wacall.store.operations import migrate_database
 from wacall.store.postgres import PostgresStore, open_postgres
 from wacall.store.sqlite import SqliteStore, open_sqlite
 
@@ -79,6 +80,7 @@ __all__ = [
     "from_micros",
     "ledger_from_json",
     "ledger_to_json",
+    "migrate_database",
     "open_store",
     "optional_datetime",
     "optional_micros",

@@ -85,6 +85,8 @@ log = logging.getLogger(__name__)
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
+# URL schemes this backend opens.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 CHANNEL = "wacall_changes"
 # Bits of a cursor that number the events of one transaction.
 EVENT_INDEX_BITS = 20
@@ -110,6 +112,7 @@ class PostgresOptions:
     connect_timeout_seconds: int = 3
     checkout_timeout_seconds: float = 4.0
     statement_timeout_ms: int = 5000
+    reconnect_give_up_seconds: float = 2.0
     # Deadlocks and serialisation failures: how many runs of `fn` in all.
     attempts: int = 10
     # A read held back by the horizon wakes `changes` again after this long.
@@ -502,7 +505,7 @@ class PostgresStore:
         self.url = url
         self.options = options = options or PostgresOptions()
         self.changes = ChangeNotifier()
-        self._where = _redacted(url)
+        self._where = redacted(url)
         self._conninfo = url
         self._connect_options: dict[str, Any] = {
             "connect_timeout": options.connect_timeout_seconds,
@@ -526,8 +529,9 @@ class PostgresStore:
             min_size=options.pool_size,
             max_size=options.pool_size,
             timeout=options.checkout_timeout_seconds,
-            # An outage ends when the server is back: keep trying to reconnect, never give a slot up for good.
-            reconnect_timeout=24 * 3600,
+            # The pool backs off exponentially while it reconnects a slot; giving the slot up soon and growing again
+            # on demand (at once) keeps the wait after an outage short.
+            reconnect_timeout=options.reconnect_give_up_seconds,
             max_lifetime=3600,
             name="wacall",
             open=True,
@@ -743,7 +747,7 @@ class PostgresStore:
             self._listener.join(timeout=5)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """The URL without its password, for messages and logs."""
     parts = urlparse(url)
     if parts.password is None:
@@ -756,5 +760,5 @@ def open_postgres(url: str) -> Store:
     """`postgresql://USER[:PASS]@HOST:PORT/DB` (or `postgres://`): migrated to the current schema when opened."""
     parts = urlparse(url)
     if not parts.hostname or not parts.path.strip("/"):
-        raise StoreError(f"no host or database in {_redacted(url)!r}; use postgresql://USER:PASS@HOST:5432/DB")
+        raise StoreError(f"no host or database in {redacted(url)!r}; use postgresql://USER:PASS@HOST:5432/DB")
     return PostgresStore(url)

@@ -532,10 +532,15 @@ class SqliteStore:
         self._executor.shutdown(wait=True)
 
 
-def open_sqlite(url: str) -> Store:
-    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+def sqlite_path(url: str) -> Path:
+    """The file of `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
     path = urlparse(url).path
     path = path[1:] if path.startswith("/") else path
     if not path:
         raise StoreError(f"no database file in {url!r}; use sqlite:///var/wacall.db")
-    return SqliteStore(Path(path))
+    return Path(path)
+
+
+def open_sqlite(url: str) -> Store:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+    return SqliteStore(sqlite_path(url))
