@@ -168,6 +168,7 @@ class Service:
         self.wall_clock: Clock = wall_clock or SystemClock()
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
+        self.sim_verify_token = ""  # a standalone simulator's webhook verify token (--sim-address)
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
@@ -291,6 +292,7 @@ class Service:
         senders = ProvisioningSenders(
             accounts.values(), remote.provision, number_for_phone_number_id, remote.app_secret
         )
+        self.sim_verify_token = remote.webhook_verify_token
         log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
         return remote.graph_root, senders
 
@@ -336,7 +338,7 @@ class Service:
             webhook_routes(
                 dispatcher,
                 senders,
-                lambda: settings.webhook_verify_token or None,
+                lambda: settings.webhook_verify_token or self.sim_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
             )

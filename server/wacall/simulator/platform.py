@@ -152,6 +152,8 @@ class SimulatedPlatform:
         self.state = PlatformState()
         # Deliveries go round-robin over these; a failed one is tried on the next URL at once.
         self.webhook_urls: list[str] = []
+        # The token the platform's webhook verification handshake presents (shared with services that use it).
+        self.webhook_verify_token = ""
         # Where its Graph endpoints are served, version included (set by whoever serves `routes()`).
         self.graph_base_url: str | None = None
         self._next_url = 0

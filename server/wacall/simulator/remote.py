@@ -41,6 +41,7 @@ class RemotePlatform:
     app_secret: str
     access_token: str
     accounts: tuple[Account, ...]
+    webhook_verify_token: str = ""
 
     def provision(self, business: PhoneNumber) -> Account:
         """The account the simulator gives the number on first use (the same on every replica)."""
@@ -76,6 +77,7 @@ def remote_platform(address: str, config: pb.PlatformConfig) -> RemotePlatform:
         app_secret=config.app_secret,
         access_token=config.access_token,
         accounts=tuple(accounts),
+        webhook_verify_token=config.webhook_verify_token,
     )
 
 

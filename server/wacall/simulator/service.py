@@ -242,6 +242,7 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             access_token=platform.access_token,
             accounts=[self._account_message(account) for account in platform.accounts()],
             webhook_urls=platform.webhook_urls,
+            webhook_verify_token=platform.webhook_verify_token,
         )
 
     async def ProvisionBusiness(self, request: pb.ProvisionBusinessRequest, context: Context) -> pb.BusinessAccount:

@@ -52,6 +52,7 @@ class SimulatorSettings:
     webhook_urls: tuple[str, ...] = ()
     sim_state: str = ""  # "" = in memory only
     app_secret: str = ""  # "" = a random one (kept in sim_state)
+    webhook_verify_token: str = ""
     business_numbers: tuple[PhoneNumber, ...] = ()
     templates: tuple[TemplateRef, ...] = ()  # approved for every business number given
     policy: str = "seed"
@@ -113,6 +114,7 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
         webhook_urls=tuple(args.webhook_url),
         sim_state=args.sim_state,
         app_secret=args.app_secret,
+        webhook_verify_token=args.webhook_verify_token,
         business_numbers=tuple(numbers),
         templates=tuple(templates),
         policy=args.policy,
@@ -148,6 +150,7 @@ class StandaloneSimulator:
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(platform.close)
             platform.webhook_urls = list(settings.webhook_urls)
+            platform.webhook_verify_token = settings.webhook_verify_token
             for business in settings.business_numbers:
                 account = platform.provision(business)
                 for template in settings.templates:
@@ -248,6 +251,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--app-secret",
         default=env("WACALL_SIM_APP_SECRET", ""),
         help="the secret webhooks are signed with (default: a random one, kept in --sim-state)",
+    )
+    simulate.add_argument(
+        "--webhook-verify-token",
+        default=env("WACALL_SIM_WEBHOOK_VERIFY_TOKEN", ""),
+        help="the verification token handed to services whose own --webhook-verify-token is empty",
     )
     simulate.add_argument(
         "--business-number",
