@@ -184,7 +184,15 @@ def test_dockerfile_healthcheck_is_python_that_imports_what_the_wheels_install()
     assert modules, code
     for module in sorted(modules):
         assert importlib.util.find_spec(module) is not None, f"the HEALTHCHECK imports {module}, which is not installed"
-    assert "127.0.0.1:50051" in code and DOCKERFILE.count("WACALL_GRPC_ADDRESS=0.0.0.0:50051") == 1
+    http_port = dict(re.findall(r"(WACALL_[A-Z_]+)=(\S+)", DOCKERFILE))["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1]
+    assert f"'http://127.0.0.1:{http_port}/readyz'" in code  # the image's HTTP address, where readiness answers
+
+
+def healthcheck_program(http_address: str) -> str:
+    """The HEALTHCHECK's Python, asking `http_address` instead of the image's."""
+    (command,) = re.findall(r"^\s+CMD (\[.+\])$", DOCKERFILE, re.MULTILINE)
+    code: str = json.loads(command)[-1]
+    return re.sub(r"127\.0\.0\.1:\d+", http_address, code)
 
 
 async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
@@ -219,6 +227,14 @@ async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
         assert (data / "wacall.db").exists()
         assert str(data) in banner
         assert re.search(r"sip_tcp=127\.0\.0\.1:\d+ sip_udp=127\.0\.0\.1:\d+ ", banner), banner  # the image's SIP
+        http = re.search(r"http=(\S+)", banner)
+        assert http, banner
+        # The image's HEALTHCHECK passes against the running service (its /readyz answers 200).
+        check = [sys.executable, "-c", healthcheck_program(http.group(1))]
+        healthy = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        assert healthy.returncode == 0, healthy.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
+    # And fails once nothing answers there.
+    assert subprocess.run(check, capture_output=True, timeout=30).returncode != 0
