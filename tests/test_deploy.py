@@ -12,22 +12,35 @@ broken on purpose, so a check that could not fail would show.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import copy
 import inspect
 import io
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
+import httpx
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from conftest import BUSINESS, wait_until
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
+from postgres_server import PostgresServer
+from prometheus_client.parser import text_string_to_metric_families
+from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.sim.v1 import simulator_pb2_grpc
 
 from wacall.app import Service
 from wacall.cli import build_parser
@@ -727,3 +740,137 @@ def test_every_wacall_variable_named_in_deploy_and_the_dockerfile_is_a_setting()
     assert any("WACALL_INSTANCE_NAME" in text for text in texts.values())
     broken(variable_problems, texts, _set(["deploy/k8s/configmap.yaml"], "  WACALL_GRPC_ADRESS: x"), "GRPC_ADRESS")
     broken(variable_problems, texts, _set(["Dockerfile"], "ENV WACALL_SIM_STATES=/x"), "WACALL_SIM_STATES")
+
+
+# --- the compose stack's own commands, run here ------------------------------------------------------------------
+
+WACALL = Path(sys.executable).parent / "wacall"
+STARTUP = 60.0  # seconds a process may take to print its banner on a loaded machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def localised(argv: list[str], moves: Mapping[str, str]) -> list[str]:
+    """`argv` with each compose address (`service:port`, `0.0.0.0:port`, a URL) moved where this test runs it."""
+    for old, new in moves.items():
+        argv = [arg.replace(old, new) for arg in argv]
+    return argv
+
+
+def launch(argv: list[str], environ: Mapping[str, str], started: list[subprocess.Popen[str]]) -> str:
+    """Start `wacall …` and return its banner line."""
+    process = subprocess.Popen(
+        [str(WACALL), *argv[1:]], env={**os.environ, **environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    started.append(process)
+    assert process.stdout is not None
+    banner = process.stdout.readline()
+    if not banner.startswith("wacall s"):
+        process.kill()
+        raise AssertionError(f"{argv} did not start: {banner!r} {process.communicate(timeout=10)[1][-2000:]}")
+    return banner
+
+
+def healthcheck_passes(service: Mapping[str, Any], moves: Mapping[str, str], environ: Mapping[str, str]) -> bool:
+    """The service's compose healthcheck (`python -c …`), aimed where this test runs the service, exits 0."""
+    _cmd, _python, flag, program = service["healthcheck"]["test"]
+    argv = [sys.executable, flag, *localised([program], moves)]
+    return subprocess.run(argv, env={**os.environ, **environ}, capture_output=True, timeout=30).returncode == 0
+
+
+def webhooks_received(http_address: str) -> float:
+    text = httpx.get(f"http://{http_address}/metrics", timeout=10).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "wacall_webhook_deliveries"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("result") == "ok"
+    )
+
+
+@pytest.mark.slow
+async def test_the_compose_stacks_commands_run_here_migrate_serve_simulate_and_deliver_to_both_replicas(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The compose file's own commands and environments as processes on loopback (each `service:port` moved to
+    127.0.0.1 and a free port, the database to the test's PostgreSQL): the migration exits 0, the simulator and
+    both replicas start and pass their compose healthchecks, and the simulator's webhooks reach each replica."""
+    compose = compose_file()
+    stack = Stack(compose)
+    assert stack.problems == [] and len(stack.replicas) == 2 and len(stack.simulators) == 1
+    ((migration, migration_args),) = stack.migrations.items()
+    ((simulator, simulator_args),) = stack.simulators.items()
+    database = postgres_server.create_database()
+    sim_grpc, sim_http = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    moves = {
+        migration_args.db: database,
+        simulator_args.grpc_address: sim_grpc,
+        simulator_args.http_address: sim_http,
+        f"{simulator}:{port_of(simulator_args.grpc_address)}": sim_grpc,
+        "127.0.0.1:" + str(port_of(simulator_args.grpc_address)): sim_grpc,
+        "/var/lib/wacall": str(tmp_path),
+    }
+    addresses = {}
+    for name, settings in stack.replicas.items():
+        grpc_address, http_address = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        addresses[name] = grpc_address, http_address
+        moves[f"{name}:{port_of(settings.http_address)}"] = http_address
+    started: list[subprocess.Popen[str]] = []
+    services = compose["services"]
+    try:
+        done = subprocess.run(
+            [str(WACALL), *localised(compose_argv(services[migration]), moves)[1:]],
+            env={**os.environ, **compose_environ(services[migration], {})}, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        launch(localised(compose_argv(services[simulator]), moves), {}, started)
+        for name, (grpc_address, http_address) in addresses.items():
+            environ = {
+                **{k: v.replace("/var/lib/wacall", str(tmp_path)) for k, v in IMAGE_ENVIRONMENT.items()},
+                **compose_environ(services[name], {}),
+                "WACALL_GRPC_ADDRESS": grpc_address,
+                "WACALL_HTTP_ADDRESS": http_address,
+                "WACALL_SIP_ADDRESS": "127.0.0.1:0",
+                "WACALL_MEDIA_DIR": str(tmp_path / name / "media"),
+                "WACALL_RECORDINGS_DIR": str(tmp_path / name / "recordings"),
+            }
+            banner = launch(localised(compose_argv(services[name]), moves), environ, started)
+            assert f"grpc={grpc_address} http={http_address}" in banner, banner
+        for name, (_grpc, http_address) in addresses.items():
+            readiness = {f"127.0.0.1:{port_of(stack.replicas[name].http_address)}": http_address}
+            assert await wait_until(
+                lambda name=name, readiness=readiness: asyncio.to_thread(
+                    healthcheck_passes, services[name], readiness, {}
+                ),
+                bool,
+                timeout=STARTUP,
+            ), f"{name} never became ready"
+        assert healthcheck_passes(services[simulator], moves, {})
+        async with grpc.aio.insecure_channel(sim_grpc) as channel:
+            sim = simulator_pb2_grpc.SimulatorServiceStub(channel)
+            for index in range(4):  # four deliveries, round-robin across the replicas' webhook URLs
+                await sim.SendUserMessage(
+                    sim_pb.SendUserMessageRequest(
+                        business_number=BUSINESS, user_number=f"+3461234563{index}", text="hi"
+                    )
+                )
+        # Each replica got its share (a delivery that failed on one would have moved on to the other).
+        received = {name: await asyncio.to_thread(webhooks_received, http) for name, (_, http) in addresses.items()}
+        assert sum(received.values()) == 4 and min(received.values()) >= 1, received
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
