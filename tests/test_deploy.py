@@ -20,6 +20,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,8 @@ from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall.app import Service
 from wacall.cli import build_parser
 from wacall.config import SCALARS, ConfigError, Settings, load_settings
+from wacall.media.engine_process import free_port_range, free_udp_port
+from wacall.media.rtpengine import NgClient
 from wacall.upstreams.meta.webhooks import WEBHOOK_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -874,3 +877,29 @@ async def test_the_compose_stacks_commands_run_here_migrate_serve_simulate_and_d
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+async def test_the_compose_rtpengine_command_starts_the_installed_rtpengine_and_answers_ping(tmp_path: Path) -> None:
+    """The media profile's rtpengine command line, as compose runs it (its interface eth0 is loopback here, its ng
+    port and RTP range moved to free ones), starts this machine's rtpengine, which answers an ng ping."""
+    (argv,) = [compose_argv(s) for s in compose_file()["services"].values() if compose_argv(s)[:1] == ["rtpengine"]]
+    options = dict(arg.removeprefix("--").split("=", 1) for arg in argv[1:] if "=" in arg)
+    ng_port, first = free_udp_port("127.0.0.1"), free_port_range("127.0.0.1", 16)
+    moves = {
+        f"--interface={options['interface']}": "--interface=lo",
+        f"--listen-ng={options['listen-ng']}": f"--listen-ng=127.0.0.1:{ng_port}",
+        f"--port-min={options['port-min']}": f"--port-min={first}",
+        f"--port-max={options['port-max']}": f"--port-max={first + 15}",
+    }
+    engine = subprocess.Popen(
+        [shutil.which(argv[0]) or argv[0], *localised(argv[1:], moves), f"--pidfile={tmp_path / 'rtpengine.pid'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    client = await NgClient.connect(("127.0.0.1", ng_port))
+    try:
+        await asyncio.wait_for(client.ping(), 10)
+        assert engine.poll() is None
+    finally:
+        await client.close()
+        engine.terminate()
+        assert engine.wait(timeout=10) == 0, engine.communicate()[1]
