@@ -37,6 +37,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import BUSINESS, wait_until
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 from postgres_server import PostgresServer
 from prometheus_client.parser import text_string_to_metric_families
@@ -903,3 +904,76 @@ async def test_the_compose_rtpengine_command_starts_the_installed_rtpengine_and_
         await client.close()
         engine.terminate()
         assert engine.wait(timeout=10) == 0, engine.communicate()[1]
+
+
+def probe_answers(http_address: str, path: str) -> bool:
+    try:
+        return httpx.get(f"http://{http_address}{path}", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.slow
+async def test_the_kubernetes_containers_run_here_the_job_migrates_and_the_probes_answer(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """The migration Job's, the simulator's and a replica's containers as processes on loopback, with the
+    environment the manifests give them (image, ConfigMap, Secret, the pod's name; the ConfigMap's database and
+    simulator address pointed here, the listening addresses moved to free ports): the Job exits 0, the simulator
+    answers gRPC health and the replica's readiness, liveness and startup probes answer 200."""
+    files = manifests()
+    sim_grpc, sim_http, grpc_address, http_address = (f"127.0.0.1:{free_port()}" for _ in range(4))
+    config = files["configmap.yaml"][0]["data"]
+    config.update(WACALL_DB=postgres_server.create_database(), WACALL_SIM_ADDRESS=sim_grpc)
+    cluster = Cluster(files)
+    job = _one_container(cluster.get("Job", "wacall-migrate"))
+    simulator = _one_container(cluster.get("Deployment", "wacall-simulator"))
+    server = _one_container(cluster.get("Deployment", "wacall"))
+    sim_argv = cluster.argv(simulator)
+    sim_args = parse_wacall(sim_argv) if isinstance(sim_argv, list) else sim_argv
+    assert not isinstance(sim_args, str), sim_args
+    moves: dict[str, str] = {
+        sim_args.grpc_address: sim_grpc,
+        sim_args.http_address: sim_http,
+        "/var/lib/wacall": str(tmp_path),
+        f"wacall:{port_of(config['WACALL_HTTP_ADDRESS'])}": http_address,  # the replicas' Service
+    }
+
+    def argv(container: Mapping[str, Any]) -> list[str]:
+        found = cluster.argv(container)
+        assert isinstance(found, list), found
+        return localised(found, moves)
+
+    def environ(container: Mapping[str, Any]) -> dict[str, str]:
+        given = {key: localised([value], moves)[0] for key, value in cluster.environ(container).items()}
+        return {**given, "WACALL_INSTANCE_NAME": "wacall-5d8f7c9b4-x2x7q"}  # the downward API's pod name
+
+    started: list[subprocess.Popen[str]] = []
+    try:
+        done = subprocess.run(
+            [str(WACALL), *argv(job)[1:]], env={**os.environ, **environ(job)}, capture_output=True, text=True,
+            timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        launch(argv(simulator), {}, started)
+        listening = {"WACALL_GRPC_ADDRESS": grpc_address, "WACALL_HTTP_ADDRESS": http_address,
+                     "WACALL_SIP_ADDRESS": "127.0.0.1:0"}  # fmt: skip
+        banner = launch(argv(server), {**environ(server), **listening}, started)
+        assert f"grpc={grpc_address} http={http_address}" in banner, banner
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            path = server[probe]["httpGet"]["path"]
+            assert await wait_until(
+                lambda path=path: asyncio.to_thread(probe_answers, http_address, path), bool, timeout=STARTUP
+            ), f"{probe} {path}"
+        async with grpc.aio.insecure_channel(sim_grpc) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        for process in started:
+            process.send_signal(signal.SIGTERM)
+        for process in started:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
