@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -30,6 +31,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
+from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
@@ -317,7 +319,8 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
     assert first.stop() == 0
     assert first.proc.stdout is not None and "stopped" in first.proc.stdout.read()
 
-    second = simulate(processes, tmp_path, nowhere)
+    # Behind a proxy or in a container network, services are told the Graph URL given.
+    second = simulate(processes, tmp_path, nowhere, extra=("--graph-base-url", "http://simulator:8081/v23.0"))
     async with grpc.aio.insecure_channel(second.field("grpc")) as channel:
         sim = sim_stub(channel)
         behavior = await sim.GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=user))
@@ -325,12 +328,14 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
         after = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
         # The secret the replicas verify signatures with, and the templates approved, are the same after a restart.
         assert (after.app_secret, after.access_token) == (before.app_secret, before.access_token)
+        assert after.graph_base_url == "http://simulator:8081/v23.0"
         account = await sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=BUSINESS))
         assert sorted(account.templates) == ["call_permission_request/en", "callback/es"]
-    # The CLI's sim commands and grpcurl (through reflection) reach it at its own address.
+    # The CLI's sim commands (at WACALL_SIM_ADDRESS, as serve reads it) and grpcurl (through reflection) reach it.
     shown = subprocess.run(
-        [str(BIN / "wacall"), "sim", "phone", "--address", second.field("grpc"), user, "decline"],
+        [str(BIN / "wacall"), "sim", "phone", user, "decline"],
         capture_output=True, text=True, timeout=60,
+        env={**os.environ, "WACALL_SIM_ADDRESS": second.field("grpc"), "WACALL_ADDRESS": "127.0.0.1:1"},
     )  # fmt: skip
     assert shown.returncode == 0 and "requests REJECT; calls: DECLINE" in shown.stdout, shown.stderr
     grpcurl = shutil.which("grpcurl", path=str(BIN)) or shutil.which("grpcurl")
@@ -366,6 +371,8 @@ def test_simulate_refuses_settings_that_cannot_work() -> None:
     assert missing.returncode == 2 and "--webhook-url is required" in missing.stderr
     bad_url = run("--webhook-url", "ftp://x/webhooks")
     assert bad_url.returncode == 2 and "is not an http(s) URL" in bad_url.stderr
+    bad_graph = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--graph-base-url", "http://sim:8081")
+    assert bad_graph.returncode == 2 and "ending in /v23.0" in bad_graph.stderr
     bad_number = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--business-number", "12")
     assert bad_number.returncode == 2 and "--business-number '12'" in bad_number.stderr
 
@@ -378,6 +385,16 @@ def test_sim_address_is_a_host_and_port_and_needs_the_simulated_upstream() -> No
         load_settings(None, {"sim_address": "localhost"}, environ={})
     with pytest.raises(ConfigError, match="needs --upstream sim"):
         load_settings(None, {"sim_address": "127.0.0.1:50052", "upstream": "meta"}, environ={})
+
+
+def test_sim_address_refuses_senders_only_an_embedded_simulator_registers(tmp_path: Path) -> None:
+    config = tmp_path / "wacall.toml"
+    config.write_text(
+        'sim_address = "127.0.0.1:50052"\n[[senders]]\nbusiness_number = "+447911123456"\nphone_number_id = "1"\n'
+        'waba_id = "2"\naccess_token = "t"\napp_secret = "s"\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[\[senders\]\] are registered with the embedded simulator only"):
+        load_settings(str(config), {}, environ={})
 
 
 async def test_two_replicas_on_one_database_share_the_simulator_and_its_accounts(
@@ -421,3 +438,54 @@ async def test_two_replicas_on_one_database_share_the_simulator_and_its_accounts
         # One account for the number, the one both replicas derived.
         config = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
         assert [(a.business_number, a.phone_number_id) for a in config.accounts] == [("+447911123458", "1447911123458")]
+
+
+async def test_a_manual_clock_moves_the_simulators_users_and_resumes_after_a_restart(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    user = "+34612345631"
+    http_port = free_port()
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), extra=("--clock", "manual"))
+    service = start(
+        "serve", "--grpc-address", "127.0.0.1:0", "--http-address", f"127.0.0.1:{http_port}",
+        "--db", f"sqlite:///{tmp_path / 'm.db'}", "--sim-address", simulator.field("grpc"), "--clock", "manual",
+        "--rtpengine", "off",
+    )  # fmt: skip
+    processes.append(service)
+    async with (
+        grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+        grpc.aio.insecure_channel(service.field("grpc")) as channel,
+    ):
+        sim, calling = sim_stub(sim_channel), calling_stub(channel)
+        sim_clock, service_clock = (
+            clock_pb2_grpc.ClockServiceStub(sim_channel),
+            clock_pb2_grpc.ClockServiceStub(channel),
+        )
+        await sim.SetUserBehavior(
+            sim_pb.SetUserBehaviorRequest(
+                user_number=user, on_permission_request=sim_pb.ACCEPT_TEMPORARY, reply_delay=duration(3600)
+            )
+        )
+        await calling.RequestPermission(
+            pb.RequestPermissionRequest(
+                business_number=BUSINESS,
+                user_number=user,
+                template=pb.Template(name="call_permission_request", language="en"),
+            )
+        )
+        request = pb.GetPermissionRequest(business_number=BUSINESS, user_number=user)
+        await asyncio.sleep(0.5)
+        assert (await calling.GetPermission(request)).state == pb.PERMISSION_STATE_REQUESTED
+        # Both clocks move an hour (the service's first, so the answer's timestamp is not ahead of it): the user
+        # answers on the simulator's clock, and Advance returns once the answer is delivered.
+        await service_clock.Advance(clock_pb2.AdvanceRequest(duration=duration(3600)))
+        moved = await sim_clock.Advance(clock_pb2.AdvanceRequest(duration=duration(3600)))
+        permission = await calling.GetPermission(request)
+        assert permission.state == pb.PERMISSION_STATE_TEMPORARY
+        assert permission.expires_at.ToDatetime() == moved.now.ToDatetime() + timedelta(days=7)
+    assert simulator.stop() == 0
+
+    again = simulate(processes, tmp_path, webhook_url(http_port), extra=("--clock", "manual"))
+    async with grpc.aio.insecure_channel(again.field("grpc")) as sim_channel:
+        resumed = await clock_pb2_grpc.ClockServiceStub(sim_channel).Now(clock_pb2.NowRequest())
+        assert resumed.now.ToDatetime() >= moved.now.ToDatetime()

@@ -30,7 +30,7 @@ from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
 
 from wacall.api.calling import CallingServicer
-from wacall.api.clock import ClockServicer, restore_position
+from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.queue_route import QueueCalls
@@ -288,10 +288,7 @@ class Service:
         """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
         (waiting a while for one started at the same time); its SimulatorService is not served here."""
         remote = await fetch_platform_config(address)
-        accounts = {a.business_number: a for a in (*remote.accounts, *self.settings.senders)}
-        senders = ProvisioningSenders(
-            accounts.values(), remote.provision, number_for_phone_number_id, remote.app_secret
-        )
+        senders = ProvisioningSenders(remote.accounts, remote.provision, number_for_phone_number_id, remote.app_secret)
         self.sim_verify_token = remote.webhook_verify_token
         log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
         return remote.graph_root, senders
@@ -591,7 +588,9 @@ class Service:
             names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
         if isinstance(self.clock, ManualClock):
             settle = self.platform.settle if self.platform is not None else _nothing
-            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, store), server)
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(
+                ClockServicer(self.clock, settle, functools.partial(save_position, store)), server
+            )
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]

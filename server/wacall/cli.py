@@ -381,6 +381,16 @@ def build_parser() -> argparse.ArgumentParser:
         )
         return p
 
+    def sim_client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        # A standalone simulator has its own address (the one `serve --sim-address` names); else the service's.
+        p.add_argument(
+            "--address",
+            default=os.environ.get("WACALL_SIM_ADDRESS") or os.environ.get("WACALL_ADDRESS", DEFAULT_ADDRESS),
+            help="gRPC address of the simulator: wacall simulate's --grpc-address, or the service embedding it "
+            "(env WACALL_SIM_ADDRESS, else WACALL_ADDRESS)",
+        )
+        return p
+
     permission = commands.add_parser("permission", help="read or request a user's call permission")
     permission_sub = permission.add_subparsers(dest="subcommand", required=True)
     get = client(permission_sub.add_parser("get", help="what the pair may do now"))
@@ -408,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="drive the WhatsApp simulator (--address: the service's, or wacall simulate's --grpc-address)",
     )
     sim_sub = sim.add_subparsers(dest="subcommand", required=True)
-    behavior = client(sim_sub.add_parser("behavior", help="how a simulated user answers permission requests"))
+    behavior = sim_client(sim_sub.add_parser("behavior", help="how a simulated user answers permission requests"))
     behavior.add_argument("user")
     behavior.add_argument("on_request", choices=REQUEST_ANSWERS)
     behavior.add_argument("--delay", help="reply delay, e.g. 30s or 2h (default: keep; at once for a new user)")
@@ -417,20 +427,20 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="the user's app is too old for call permission requests: they fail with 131026 (default: keep)",
     )
-    message = client(sim_sub.add_parser("message", help="the user writes to the business (opens the window)"))
+    message = sim_client(sim_sub.add_parser("message", help="the user writes to the business (opens the window)"))
     message.add_argument("business")
     message.add_argument("user")
     message.add_argument("text", nargs="?", default="Hello")
     for verb in ("grant", "revoke"):
-        p = client(sim_sub.add_parser(verb, help=f"the user {verb}s permission from the business profile"))
+        p = sim_client(sim_sub.add_parser(verb, help=f"the user {verb}s permission from the business profile"))
         p.add_argument("business")
         p.add_argument("user")
         if verb == "grant":
             p.add_argument("--permanent", action="store_true")
-    messages = client(sim_sub.add_parser("messages", help="what the business sent to a user"))
+    messages = sim_client(sim_sub.add_parser("messages", help="what the business sent to a user"))
     messages.add_argument("user")
 
-    phone = client(sim_sub.add_parser("phone", help="how a simulated user's phone behaves when called"))
+    phone = sim_client(sim_sub.add_parser("phone", help="how a simulated user's phone behaves when called"))
     phone.add_argument("user")
     phone.add_argument("on_call", choices=["answer", "no_answer", "decline"])
     phone.add_argument("--ring", help="ring time before acting, e.g. 3s (default: keep; 3s for a new user)")
@@ -439,7 +449,7 @@ def build_parser() -> argparse.ArgumentParser:
     phone.add_argument(
         "--on-request", choices=REQUEST_ANSWERS, help="how they answer permission requests (default: keep)"
     )
-    call_me = client(sim_sub.add_parser("call-business", help="the user calls the business"))
+    call_me = sim_client(sim_sub.add_parser("call-business", help="the user calls the business"))
     call_me.add_argument("business")
     call_me.add_argument("user")
 

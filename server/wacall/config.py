@@ -382,6 +382,11 @@ def _check_sim_address(settings: Settings) -> None:
     host, _, port = settings.sim_address.strip().rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"sim_address: {settings.sim_address!r} is not host:port (wacall simulate's gRPC address)")
+    if settings.senders:
+        raise ConfigError(
+            "[[senders]] are registered with the embedded simulator only: a simulator given by sim_address "
+            "provisions its own accounts (wacall simulate --business-number)"
+        )
 
 
 def _check_sip(settings: Settings) -> None:

@@ -162,6 +162,8 @@ class SimulatedPlatform:
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accounts: dict[str, MetaAccount] = {}
+        # The clock's position in the state file, if it holds one (read by _load).
+        self.saved_clock_position: datetime | None = None
         self.calls: dict[str, PhoneCall] = {}
         self._load()
 
@@ -856,6 +858,10 @@ class SimulatedPlatform:
 
     # --- persistence --------------------------------------------------------------------------------------------
 
+    async def save(self) -> None:
+        """Write the state file now (the clock's position included); it is otherwise written as the state changes."""
+        self._save()
+
     def _save(self) -> None:
         if self.state_path is None:
             return
@@ -888,6 +894,8 @@ class SimulatedPlatform:
             ],
             "templates": {waba: sorted(pairs) for waba, pairs in self.state.templates.items()},
             "restrictions": {b: to_micros(until) for b, until in self.state.restrictions.items()},
+            # Where the clock stood: a standalone simulator on a manual clock resumes there.
+            "clock_us": to_micros(self.clock.now()),
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -929,6 +937,7 @@ class SimulatedPlatform:
             )
         self.state.templates = {waba: {tuple(p) for p in pairs} for waba, pairs in data["templates"].items()}
         self.state.restrictions = {b: from_micros(t) for b, t in data.get("restrictions", {}).items()}
+        self.saved_clock_position = from_micros(data["clock_us"]) if "clock_us" in data else None
 
 
 def _wamid() -> str:

@@ -19,6 +19,7 @@ from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.simulator.platform import DEFAULT_TEMPLATE, GRAPH_VERSION, provisioned_account
 from wacall.upstreams.base import Account, TemplateRef
+from wacall.upstreams.meta.webhooks import WEBHOOK_PATH
 
 # How long `wacall serve` waits for a simulator started beside it (a compose file starts both at once).
 DEFAULT_WAIT = timedelta(seconds=10)
@@ -102,7 +103,7 @@ async def fetch_platform_config(address: str, wait: timedelta = DEFAULT_WAIT) ->
             if loop.time() + _RETRY_PAUSE > deadline:
                 raise SimulatorUnreachable(
                     f"no simulator answered at {address} within {wait.total_seconds():g} s ({last}): start one with "
-                    f"wacall simulate --grpc-address {address} --webhook-url http://HOST:PORT/webhooks, or leave "
+                    f"wacall simulate --grpc-address {address} --webhook-url http://HOST:PORT{WEBHOOK_PATH}, or leave "
                     "--sim-address empty for the embedded simulator"
                 )
             await asyncio.sleep(_RETRY_PAUSE)

@@ -17,7 +17,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,14 +26,17 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
+from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 
+from wacall.api.clock import ClockServicer
 from wacall.api.errors import MalformedRequestGuard
-from wacall.clock import SystemClock
+from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.rules.policy import PRESETS, PolicyError, load_policy
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform
 from wacall.simulator.service import SimulatorServicer
 from wacall.upstreams.base import TemplateRef
+from wacall.upstreams.meta.webhooks import WEBHOOK_PATH
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +56,11 @@ class SimulatorSettings:
     sim_state: str = ""  # "" = in memory only
     app_secret: str = ""  # "" = a random one (kept in sim_state)
     webhook_verify_token: str = ""
+    graph_base_url: str = ""  # "" = http://HOST:PORT/v23.0 of http_address
     business_numbers: tuple[PhoneNumber, ...] = ()
     templates: tuple[TemplateRef, ...] = ()  # approved for every business number given
     policy: str = "seed"
+    clock: str = "system"  # system | manual (ClockService on the gRPC address)
     no_media_at_start_seconds: float = 20.0
     no_media_mid_call_seconds: float = 30.0
     media_dir: str = "var/media"
@@ -79,12 +84,21 @@ def _host_port(address: str, flag: str) -> tuple[str, int]:
 def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
     """The flags checked into settings; SimulatorConfigError names the first one that cannot work."""
     if not args.webhook_url:
-        raise SimulatorConfigError("--webhook-url is required: the /webhooks URL of each service sharing the simulator")
+        raise SimulatorConfigError(
+            f"--webhook-url is required: the {WEBHOOK_PATH} URL of each service sharing the simulator"
+        )
     for url in args.webhook_url:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise SimulatorConfigError(
-                f"--webhook-url {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8080/webhooks"
+                f"--webhook-url {url!r} is not an http(s) URL, e.g. http://127.0.0.1:8080{WEBHOOK_PATH}"
+            )
+    if args.graph_base_url:
+        parts = urlsplit(args.graph_base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.path.endswith(f"/{GRAPH_VERSION}"):
+            raise SimulatorConfigError(
+                f"--graph-base-url {args.graph_base_url!r} is not an http(s) URL ending in /{GRAPH_VERSION}, "
+                f"e.g. http://simulator:8081/{GRAPH_VERSION}"
             )
     _host_port(args.grpc_address, "--grpc-address")
     _host_port(args.http_address, "--http-address")
@@ -115,9 +129,11 @@ def settings_from_args(args: argparse.Namespace) -> SimulatorSettings:
         sim_state=args.sim_state,
         app_secret=args.app_secret,
         webhook_verify_token=args.webhook_verify_token,
+        graph_base_url=args.graph_base_url,
         business_numbers=tuple(numbers),
         templates=tuple(templates),
         policy=args.policy,
+        clock=args.clock,
         no_media_at_start_seconds=args.no_media_at_start_seconds,
         no_media_mid_call_seconds=args.no_media_mid_call_seconds,
         media_dir=args.media_dir,
@@ -130,14 +146,18 @@ class StandaloneSimulator:
 
     def __init__(self, settings: SimulatorSettings) -> None:
         self.settings = settings
+        self.clock: Clock = ManualClock() if settings.clock == "manual" else SystemClock()
         self.platform = SimulatedPlatform(
-            SystemClock(),
+            self.clock,
             load_policy(settings.policy, {}),
             app_secret=settings.app_secret or None,
             state_path=Path(settings.sim_state) if settings.sim_state else None,
             no_media_at_start=timedelta(seconds=settings.no_media_at_start_seconds),
             no_media_mid_call=timedelta(seconds=settings.no_media_mid_call_seconds),
         )
+        if isinstance(self.clock, ManualClock) and self.platform.saved_clock_position is not None:
+            # A manual clock resumes where the last run left it, as the service's does.
+            self.clock.restore(self.platform.saved_clock_position)
         if settings.app_secret:
             # Given on the command line: it wins over the one a saved state holds.
             self.platform.app_secret = settings.app_secret
@@ -178,7 +198,7 @@ class StandaloneSimulator:
         # Services reach the Graph endpoints at this URL: a wildcard address is reached by the host's name.
         shown = socket.gethostname() if host in ("0.0.0.0", "::", "") else host
         shown = f"[{shown}]" if ":" in shown else shown
-        self.platform.graph_base_url = f"http://{shown}:{bound}/{GRAPH_VERSION}"
+        self.platform.graph_base_url = self.settings.graph_base_url or f"http://{shown}:{bound}/{GRAPH_VERSION}"
         return f"{host}:{bound}"
 
     async def _serve_grpc(self, stack: contextlib.AsyncExitStack) -> str:
@@ -189,7 +209,18 @@ class StandaloneSimulator:
             SimulatorServicer(self.platform, self.settings.media_dir), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        names = [
+        names = []
+        if isinstance(self.clock, ManualClock):
+            platform = self.platform
+
+            async def save_position(now: datetime) -> None:
+                await platform.save()
+
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(
+                ClockServicer(self.clock, platform.settle, save_position), server
+            )
+            names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
+        names += [
             simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
@@ -239,7 +270,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--webhook-url",
         action="append",
         metavar="URL",
-        help="a service's webhook URL, e.g. http://127.0.0.1:8080/webhooks (repeat for replicas)",
+        help=f"a service's webhook URL, e.g. http://127.0.0.1:8080{WEBHOOK_PATH} (repeat for replicas)",
     )
     simulate.add_argument(
         "--sim-state",
@@ -251,6 +282,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--app-secret",
         default=env("WACALL_SIM_APP_SECRET", ""),
         help="the secret webhooks are signed with (default: a random one, kept in --sim-state)",
+    )
+    simulate.add_argument(
+        "--graph-base-url",
+        default=env("WACALL_SIM_GRAPH_BASE_URL", ""),
+        metavar="URL",
+        help=f"the Graph base URL services are told to use (default: http://HOST:PORT/{GRAPH_VERSION} of "
+        "--http-address, a wildcard host replaced by this host's name); for a proxy or a container network",
     )
     simulate.add_argument(
         "--webhook-verify-token",
@@ -268,6 +306,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="append",
         metavar="NAME/LANGUAGE",
         help="a template approved for every --business-number, besides call_permission_request/en",
+    )
+    simulate.add_argument(
+        "--clock",
+        default="system",
+        choices=["system", "manual"],
+        help="real time, or a manual clock moved with wacall.testing.v1.ClockService on --grpc-address "
+        "(resumes across restarts with --sim-state)",
     )
     simulate.add_argument("--policy", default="seed", choices=sorted(PRESETS), help="the platform's rule set")
     simulate.add_argument(
