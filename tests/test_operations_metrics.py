@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -12,12 +13,14 @@ import httpx
 import pytest
 from conftest import BUSINESS, US_BUSINESS, USER, Running, duration
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import Counter, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2_grpc
 
+from wacall.metrics import LiveState, Metrics
 from wacall.store import open_store
 from wacall.upstreams.meta.webhooks import SIGNATURE_HEADER, WEBHOOK_PATH, sign
 
@@ -202,3 +205,26 @@ async def eventually_async(check: Callable[[], Awaitable[bool]], timeout: float 
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.05)
+
+
+def test_the_readme_lists_every_metric_with_its_labels() -> None:
+    """The operations table in the README is the metrics' documentation: the same names and label sets."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    documented: dict[str, set[str]] = {}
+    for line in readme.splitlines():
+        if line.startswith("| `wacall_"):
+            name, _, labels = (cell.strip() for cell in line.strip("|").split("|")[:3])
+            # Label names are the backticked words outside parentheses (the values are listed inside them).
+            words = (word.rstrip(",:;") for word in re.sub(r"\([^)]*\)", "", labels).split())
+            documented[name.strip("`")] = {w.strip("`") for w in words if w.startswith("`") and w.endswith("`")}
+    exposed: dict[str, set[str]] = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, Counter | Histogram):
+            name = metric._name + ("_total" if isinstance(metric, Counter) else "")
+            exposed[name] = set(metric._labelnames)
+    # Read at scrape time: the collector's families and their label names, with a sample each.
+    live = LiveState(lambda: {"webrtc": 1}, lambda: {"sales": 0}, lambda: {"available": 1})
+    for family in Metrics(live=live).registry.collect():
+        if family.type == "gauge":
+            exposed[family.name] = {label for sample in family.samples for label in sample.labels}
+    assert documented == exposed

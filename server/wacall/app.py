@@ -568,6 +568,9 @@ class Service:
         interceptors: list[grpc.aio.ServerInterceptor] = [RpcObserver(self.metrics)]
         if settings.auth_token:
             interceptors.append(BearerTokenInterceptor(settings.auth_token))
+        credentials = grpc_tls_credentials(settings)
+        # Made before the server's stop is entered, so it is removed after the server stopped.
+        private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
         server = grpc.aio.server(
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
@@ -596,29 +599,28 @@ class Service:
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         try:
-            credentials = grpc_tls_credentials(settings)
             if credentials is None:
                 bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
             else:
                 bound = server.add_secure_port(f"{grpc_host}:{grpc_port}", credentials)
-                self._softphone_address = self._private_socket(stack, server)
         except RuntimeError:
             bound = 0
         if bound == 0 or (grpc_port and bound != grpc_port):
             raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
+        if private_directory is not None:
+            self._softphone_address = f"unix:{private_directory}/api.sock"
+            server.add_insecure_port(self._softphone_address)
         await server.start()
         self._grpc = server
         return f"{grpc_host}:{bound}", names
 
-    def _private_socket(self, stack: contextlib.AsyncExitStack, server: grpc.aio.Server) -> str:
-        """With TLS on, the agent page reaches the API over a Unix socket in a directory only this user can enter:
-        it holds no client certificate for mutual TLS, and the socket is reachable by nothing but this host's user.
-        The bearer token still applies there."""
-        directory = tempfile.TemporaryDirectory(prefix="wacall-grpc-")  # mode 0700
+    def _private_directory(self, stack: contextlib.AsyncExitStack) -> str:
+        """With TLS on, the agent page reaches the API over a Unix socket in this directory, which only this user
+        can enter (mode 0700): it holds no client certificate for mutual TLS, and a loopback TCP port would be open
+        to every local user. The bearer token still applies there."""
+        directory = tempfile.TemporaryDirectory(prefix="wacall-grpc-")
         stack.callback(directory.cleanup)
-        address = f"unix:{directory.name}/api.sock"
-        server.add_insecure_port(address)
-        return address
+        return directory.name
 
     async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
         """gRPC health: SERVING while ready (the same checks as /readyz, every few seconds), NOT_SERVING otherwise."""
@@ -709,8 +711,12 @@ def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         key = Path(settings.grpc_tls_key).read_bytes()
         chain = Path(settings.grpc_tls_cert).read_bytes()
         client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
-    except OSError as error:
-        raise ConfigError(f"gRPC TLS files cannot be read: {error}") from None
+        # grpc reports bad PEM only as a failure to bind: check them here, for a message that names them.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key)
+        if client_ca is not None:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+    except (OSError, ssl.SSLError, ValueError) as error:
+        raise ConfigError(f"grpc_tls_cert / grpc_tls_key / grpc_tls_client_ca cannot be loaded: {error}") from None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )

@@ -182,8 +182,31 @@ def _metadata() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token else []
 
 
+def client_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel to the service: plaintext, or TLS when --tls, --ca or --cert is given (the system's roots when no
+    --ca; a client certificate for mutual TLS with --cert and --key)."""
+    if not (args.tls or args.ca or args.cert):
+        return grpc.aio.insecure_channel(args.address)
+    if bool(args.cert) != bool(args.key):
+        raise SystemExit("--cert and --key go together (the client certificate for mutual TLS and its key)")
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as error:
+            raise SystemExit(f"cannot read {path}: {error.strerror}") from None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca), private_key=read(args.key), certificate_chain=read(args.cert)
+    )
+    return grpc.aio.secure_channel(args.address, credentials)
+
+
 async def run_client(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with client_channel(args) as channel:
         calling = calling_pb2_grpc.CallingServiceStub(channel)
         md = _metadata()
         try:
@@ -379,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("WACALL_ADDRESS", DEFAULT_ADDRESS),
             help="gRPC address of the service (env WACALL_ADDRESS)",
         )
+        p.add_argument("--tls", action="store_true", help="connect over TLS (implied by --ca and --cert)")
+        p.add_argument(
+            "--ca", metavar="FILE", default=os.environ.get("WACALL_CA"), help="PEM CA that signed the service's "
+            "certificate (default: the system's; env WACALL_CA)"
+        )  # fmt: skip
+        p.add_argument("--cert", metavar="FILE", help="PEM client certificate, for a service requiring mutual TLS")
+        p.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
         return p
 
     def sim_client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

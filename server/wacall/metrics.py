@@ -89,7 +89,8 @@ class Metrics:
         )
         self.media_timeouts = Counter(
             "wacall_call_media_timeouts_total",
-            "Calls ended because the user's audio stopped for media_timeout_seconds",
+            "Calls ended because the user's audio stopped for media_timeout_seconds, by route",
+            ["route"],
             registry=r,
         )
         self.store_seconds = Histogram(

@@ -75,7 +75,7 @@ class Operations:
         self.metrics.media_frames.labels("received").inc(media.frames_received)
 
     def media_timed_out(self, route: str) -> None:
-        self.metrics.media_timeouts.inc()
+        self.metrics.media_timeouts.labels(route).inc()
 
 
 # --- gRPC ------------------------------------------------------------------------------------------------------------

@@ -49,8 +49,15 @@ def error_details(error: grpc.aio.AioRpcError) -> ErrorDetails:
 class Client:
     """A thin async wrapper over CallingService; `stub` gives the full generated API."""
 
-    def __init__(self, address: str, *, token: str | None = None) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+    def __init__(
+        self, address: str, *, token: str | None = None, tls: bool = False, root_certificates: bytes | None = None
+    ) -> None:
+        # TLS with `tls` or a CA given (None: the system's roots); plaintext otherwise.
+        if tls or root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=root_certificates)
+            self._channel = grpc.aio.secure_channel(address, credentials)
+        else:
+            self._channel = grpc.aio.insecure_channel(address)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.stub = calling_pb2_grpc.CallingServiceStub(self._channel)
 
