@@ -36,19 +36,22 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import BUSINESS, wait_until
+from conftest import BUSINESS, USER, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from kubernetes_validate.utils import SchemaNotFoundError, latest_version
 from postgres_server import PostgresServer
 from prometheus_client.parser import text_string_to_metric_families
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
+from wacall_client.v1 import calling_pb2 as pb
+from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.app import Service
 from wacall.cli import build_parser
 from wacall.config import SCALARS, ConfigError, Settings, load_settings
 from wacall.media.engine_process import free_port_range, free_udp_port
 from wacall.media.rtpengine import NgClient
+from wacall.simulator.platform import GRAPH_VERSION
 from wacall.upstreams.meta.webhooks import WEBHOOK_PATH
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,8 +233,9 @@ def compose_wiring_problems(compose: Mapping[str, Any]) -> Problems:
             problems.append(
                 f"{name} delivers webhooks to {args.webhook_url}, the replicas listen at {sorted(expected)}"
             )
-        if services[name].get("hostname") != name:
-            problems.append(f"{name}'s host name (its Graph URL) is not the name the replicas reach it by, {name}")
+        graph = f"http://{name}:{port_of(args.http_address)}/{GRAPH_VERSION}"
+        if args.graph_base_url != graph:
+            problems.append(f"{name} tells the replicas its Graph URL is {args.graph_base_url!r}, not {graph}")
         for replica, settings in stack.replicas.items():
             if settings.sim_address != f"{name}:{port_of(args.grpc_address)}":
                 problems.append(f"{replica} looks for the simulator at {settings.sim_address!r}, not {name}")
@@ -495,9 +499,9 @@ def kubernetes_companion_problems(files: Mapping[str, list[dict[str, Any]]]) -> 
     sim_grpc = _service_port(sim_service, sim_container, grpc_port)
     if settings.sim_address != f"wacall-simulator:{sim_grpc}":
         problems.append(f"the replicas look for the simulator at {settings.sim_address!r}, its Service has {sim_grpc}")
-    hostname = simulator["spec"]["template"]["spec"].get("hostname")
-    if hostname != "wacall-simulator" or _service_port(sim_service, sim_container, http_port) != http_port:
-        problems.append("the simulator's Graph URL (its host name and HTTP port) is not reached through its Service")
+    graph = f"http://wacall-simulator:{_service_port(sim_service, sim_container, http_port)}/{GRAPH_VERSION}"
+    if args.graph_base_url != graph:
+        problems.append(f"the simulator's Graph URL {args.graph_base_url!r} is not its HTTP port's Service, {graph}")
     http = _service_port(cluster.get("Service", "wacall"), container, port_of(settings.http_address))
     if args.webhook_url != [f"http://wacall:{http}{WEBHOOK_PATH}"]:
         problems.append(f"the simulator delivers to {args.webhook_url}, the replicas' Service is wacall:{http}")
@@ -633,7 +637,8 @@ def test_compose_ports_and_healthchecks_match_the_settings(mutate: Callable[[Any
         (_set([*SIMULATOR, "command", 7], "http://replica-2:8081/webhooks/whatsapp"), "delivers webhooks to"),
         (_set([*SIMULATOR, "command", 5], "http://replica-1:8080/webhooks"), "delivers webhooks to"),
         (_set([*REPLICA_1, "environment"], {"WACALL_HTTP_ADDRESS": "0.0.0.0:8082"}), "delivers webhooks to"),
-        (_set([*SIMULATOR, "hostname"], DELETE), "host name"),
+        (_set([*SIMULATOR, "command", 11], "http://0.0.0.0:8090/v23.0"), "Graph URL"),
+        (_set([*SIMULATOR, "command", 11], "http://simulator:8090/v22.0"), "Graph URL"),
         (_set([*REPLICA_1, "command", 5], "simulator:50051"), "looks for the simulator"),
         (_set([*REPLICA_1, "command", 1], "postgresql://wacall@postgres:5432/other"), "different databases"),
         (_set([*REPLICA_1, "depends_on", "migrate", "condition"], "service_started"), "complete successfully"),
@@ -722,7 +727,8 @@ SIM = ["simulator.yaml", 0, "spec", "template", "spec", "containers", 0]
         (_set([*SIM, "args", 1], "0.0.0.0:50053"), "container ports"),
         (_set([*SIM, "args", 5], "http://wacall:8081/webhooks/whatsapp"), "delivers to"),
         (_set([*CONFIG, "WACALL_SIM_ADDRESS"], "wacall-simulator:8090"), "look for the simulator"),
-        (_set(["simulator.yaml", 0, "spec", "template", "spec", "hostname"], "simulator"), "Graph URL"),
+        (_set([*SIM, "args", 9], "http://wacall-simulator:50052/v23.0"), "Graph URL"),
+        (_set(["simulator.yaml", 1, "spec", "ports", 1, "port"], 80), "Graph URL"),
         (_set([*SIM, "readinessProbe", "grpc", "port"], 8090), "readinessProbe"),
         (_set([*SIM, "command"], ["wacall", "serve"]), "does not run wacall simulate"),
     ],
@@ -805,7 +811,9 @@ async def test_the_compose_stacks_commands_run_here_migrate_serve_simulate_and_d
 ) -> None:
     """The compose file's own commands and environments as processes on loopback (each `service:port` moved to
     127.0.0.1 and a free port, the database to the test's PostgreSQL): the migration exits 0, the simulator and
-    both replicas start and pass their compose healthchecks, and the simulator's webhooks reach each replica."""
+    both replicas start and pass their compose healthchecks, the simulator's webhooks reach each replica, and a
+    permission request made through one replica (Graph requests to the URL the simulator announces) is granted and
+    read through the other."""
     compose = compose_file()
     stack = Stack(compose)
     assert stack.problems == [] and len(stack.replicas) == 2 and len(stack.simulators) == 1
@@ -818,6 +826,7 @@ async def test_the_compose_stacks_commands_run_here_migrate_serve_simulate_and_d
         simulator_args.grpc_address: sim_grpc,
         simulator_args.http_address: sim_http,
         f"{simulator}:{port_of(simulator_args.grpc_address)}": sim_grpc,
+        f"{simulator}:{port_of(simulator_args.http_address)}": sim_http,
         "127.0.0.1:" + str(port_of(simulator_args.grpc_address)): sim_grpc,
         "/var/lib/wacall": str(tmp_path),
     }
@@ -869,6 +878,35 @@ async def test_the_compose_stacks_commands_run_here_migrate_serve_simulate_and_d
         # Each replica got its share (a delivery that failed on one would have moved on to the other).
         received = {name: await asyncio.to_thread(webhooks_received, http) for name, (_, http) in addresses.items()}
         assert sum(received.values()) == 4 and min(received.values()) >= 1, received
+        # A permission request through one replica reaches the simulator at the Graph URL it announced; the user's
+        # grant, a signed webhook, is read from the other replica (one database).
+        (first, (first_grpc, _)), (_second, (second_grpc, _)) = addresses.items()
+        token = [("authorization", f"Bearer {compose_environ(services[first], {})['WACALL_AUTH_TOKEN']}")]
+        async with (
+            grpc.aio.insecure_channel(sim_grpc) as sim_channel,
+            grpc.aio.insecure_channel(first_grpc) as first_channel,
+            grpc.aio.insecure_channel(second_grpc) as second_channel,
+        ):
+            await simulator_pb2_grpc.SimulatorServiceStub(sim_channel).SetUserBehavior(
+                sim_pb.SetUserBehaviorRequest(user_number=USER, on_permission_request=sim_pb.ACCEPT_PERMANENT)
+            )
+            await calling_pb2_grpc.CallingServiceStub(first_channel).RequestPermission(
+                pb.RequestPermissionRequest(
+                    business_number=BUSINESS,
+                    user_number=USER,
+                    template=pb.Template(name="call_permission_request", language="en"),
+                ),
+                metadata=token,
+            )
+            second = calling_pb2_grpc.CallingServiceStub(second_channel)
+            permission = await wait_until(
+                lambda: second.GetPermission(
+                    pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER), metadata=token
+                ),
+                lambda p: p.state == pb.PERMISSION_STATE_PERMANENT,
+                timeout=30,
+            )
+            assert permission.state == pb.PERMISSION_STATE_PERMANENT
     finally:
         for process in started:
             process.send_signal(signal.SIGTERM)
@@ -937,6 +975,7 @@ async def test_the_kubernetes_containers_run_here_the_job_migrates_and_the_probe
         sim_args.http_address: sim_http,
         "/var/lib/wacall": str(tmp_path),
         f"wacall:{port_of(config['WACALL_HTTP_ADDRESS'])}": http_address,  # the replicas' Service
+        f"wacall-simulator:{port_of(sim_args.http_address)}": sim_http,  # the simulator's
     }
 
     def argv(container: Mapping[str, Any]) -> list[str]:
