@@ -402,6 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("WACALL_ADDRESS", DEFAULT_ADDRESS),
             help="gRPC address of the service (env WACALL_ADDRESS)",
         )
+        return tls_options(p)
+
+    def tls_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--tls", action="store_true", help="connect over TLS (implied by --ca and --cert)")
         p.add_argument(
             "--ca", metavar="FILE", default=os.environ.get("WACALL_CA"), help="PEM CA that signed the service's "
@@ -419,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="gRPC address of the simulator: wacall simulate's --grpc-address, or the service embedding it "
             "(env WACALL_SIM_ADDRESS, else WACALL_ADDRESS)",
         )
-        return p
+        return tls_options(p)  # the service embedding it may serve TLS
 
     permission = commands.add_parser("permission", help="read or request a user's call permission")
     permission_sub = permission.add_subparsers(dest="subcommand", required=True)
