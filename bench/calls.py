@@ -1061,7 +1061,6 @@ async def run_all(
             result = await bench_setup(route_stubs, route_users, placer, sizes.setup_calls, sizes.setup_warmup)
             print_setup(result, f"1{'abcd'[index]}", sizes.setup_calls, sizes.setup_warmup)
             results.append(result)
-        talk_delays = await run_talk_delays(stubs, users, aiortc_stubs, aiortc_users, sizes)
         idle = CpuSample.take(service.process.pid)
         await asyncio.sleep(sizes.window)
         at_rest = idle.until(CpuSample.take(service.process.pid))
@@ -1083,6 +1082,7 @@ async def run_all(
             await ramp(PassthroughMode(stubs, users), service, sizes),
             await ramp(PairsMode(stubs, users), service, sizes),
         ]
+        talk_delays = await run_talk_delays(stubs, users, aiortc_stubs, aiortc_users, sizes)
     return results, talk_delays, ramps
 
 
