@@ -155,6 +155,35 @@ async def test_decisions_for_two_pairs_of_one_business_do_not_wait_for_each_othe
     assert await other.transaction(lambda tx: tx.restriction(PAIR.business)) == Restriction(None)
 
 
+async def test_a_transaction_chosen_as_a_deadlock_victim_is_run_again_and_both_commit(
+    stores: Callable[[], Store],
+) -> None:
+    """Two transactions lock two pairs in opposite orders: PostgreSQL aborts one (40P01), the store runs its function
+    again from scratch, and both increments are kept."""
+    first, second = stores(), stores()
+    both_hold_one = threading.Barrier(2, timeout=10)
+    runs: list[str] = []
+
+    def count_both(name: str, pairs: tuple[Pair, Pair]) -> Callable[[Tx], None]:
+        def count(tx: Tx) -> None:
+            runs.append(name)
+            ledgers = [tx.ledger(pairs[0])]
+            if runs.count(name) == 1:
+                both_hold_one.wait()  # the first run of each holds one pair's lock and asks for the other's
+            ledgers.append(tx.ledger(pairs[1]))
+            for pair, ledger in zip(pairs, ledgers, strict=True):
+                tx.save_ledger(pair, replace(ledger, consecutive_unanswered=ledger.consecutive_unanswered + 1), AT)
+
+        return count
+
+    await asyncio.gather(
+        first.transaction(count_both("first", (PAIR, OTHER))), second.transaction(count_both("second", (OTHER, PAIR)))
+    )
+    assert sorted(runs) in (["first", "first", "second"], ["first", "second", "second"])
+    counts = await first.transaction(lambda tx: (tx.ledger(PAIR), tx.ledger(OTHER)))
+    assert [ledger.consecutive_unanswered for ledger in counts] == [2, 2]
+
+
 async def test_one_active_call_per_pair_holds_across_stores(stores: Callable[[], Store]) -> None:
     first, second = stores(), stores()
 
