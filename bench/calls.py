@@ -2,10 +2,11 @@
 
 Run: `.venv/bin/python bench/calls.py` (or `make bench-calls`); `--quick` for a smoke run. The wacall service (with
 its embedded WhatsApp simulator, whose simulated users' phones are real aiortc peers) runs in a subprocess; the
-benchmark's own aiortc agents and the gRPC client run in this process. Setup times are measured against the
-StartCall RPC latency of the same run; the concurrency ramps against a same-run baseline of bare aiortc leg pairs.
-The webrtc bridge is measured twice in the same run: through rtpengine (the service's default when rtpengine is
-installed; its CPU is measured apart) and in process with aiortc (a second service with `--rtpengine off`).
+benchmark's own aiortc agents and the gRPC client run in this process. Setup times are measured per route
+(announcement, webrtc through each bridge, media_stream) against the StartCall RPC latency of the same run; the
+concurrency ramps against a same-run baseline of bare aiortc leg pairs. The webrtc bridge is measured twice in the
+same run: through rtpengine (the service's default when rtpengine is installed; its CPU is measured apart) and in
+process with aiortc (a second service with `--rtpengine off`).
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import itertools
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -249,21 +251,127 @@ class Users:
 
 @dataclass
 class SetupResult:
+    route: str  # the route measured, as printed
     setup: list[float] = field(default_factory=list)  # seconds, StartCall issued → first poll that saw audio
     rpc: list[float] = field(default_factory=list)  # seconds, StartCall RPC alone
     bracket: list[float] = field(default_factory=list)  # seconds, uncertainty of each setup figure (polling)
     answered: list[float] = field(default_factory=list)  # seconds, StartCall issued → first poll: phone connected
     first_frame: list[float] = field(default_factory=list)  # seconds, → first poll: any frame (silence too) received
     failed: int = 0
+    cpu_wait: float | None = None  # share of the calls' wall time during which some task waited for a CPU (PSI)
 
 
-async def one_setup(stubs: Stubs, number: str, result: SetupResult | None) -> None:
-    route = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(5)))
+class SetupRoute:
+    """One call of a route, as its client places it: `prepare` (not timed: e.g. an agent's offer made in advance),
+    `place` (timed: StartCall and whatever the client does at once with its reply), `close`."""
+
+    label = ""
+    rpc_seconds = 0.0  # set by `place`: the StartCall RPC alone
+
+    def __init__(self, stubs: Stubs) -> None:
+        self.stubs = stubs
+
+    async def prepare(self) -> None:
+        """Whatever the client has ready before it calls."""
+
+    async def start_call(self, number: str, route: pb.Route) -> pb.Call:
+        began = time.perf_counter()
+        call = await self.stubs.calling.StartCall(
+            pb.StartCallRequest(business_number=BUSINESS, user_number=number, route=route), timeout=RPC_TIMEOUT
+        )
+        self.rpc_seconds = time.perf_counter() - began
+        return call
+
+    async def place(self, number: str) -> pb.Call:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Release the client's side (the call itself is ended by the caller)."""
+
+
+class AnnouncementSetup(SetupRoute):
+    label = "announcement route (440 Hz tone)"
+
+    async def place(self, number: str) -> pb.Call:
+        route = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(5)))
+        return await self.start_call(number, route)
+
+
+class WebRtcSetup(SetupRoute):
+    """An agent whose offer is ready, talking (a 300 Hz tone) from the moment its leg connects."""
+
+    def __init__(self, stubs: Stubs, label: str) -> None:
+        super().__init__(stubs)
+        self.label = label
+        self.agent = AudioLeg(name="agent", source=RepeatingTone())
+        self.offer = ""
+
+    async def prepare(self) -> None:
+        self.offer = await self.agent.create_offer()
+
+    async def place(self, number: str) -> pb.Call:
+        call = await self.start_call(number, pb.Route(webrtc=pb.WebRtcRoute(offer_sdp=self.offer)))
+        if not call.webrtc_answer_sdp:
+            raise RuntimeError("the bridged call came back without the agent's answer SDP")
+        await self.agent.apply_answer(call.webrtc_answer_sdp)
+        return call
+
+    async def close(self) -> None:
+        await self.agent.close()
+
+
+class MediaStreamSetup(SetupRoute):
+    """A program that attaches to the call's CallMedia stream as soon as StartCall returns and talks (a 300 Hz
+    tone, 20 ms frames paced in real time) from then on."""
+
+    label = "media_stream route (a CallMedia client)"
+
+    def __init__(self, stubs: Stubs) -> None:
+        super().__init__(stubs)
+        self.frame = RepeatingTone().frame
+        self.outgoing: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
+        self.stream: grpc.aio.StreamStreamCall | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def requests(self) -> AsyncIterator[pb.CallMediaRequest]:
+        while (item := await self.outgoing.get()) is not None:
+            yield item
+
+    async def talk(self) -> None:
+        began = time.monotonic()
+        for index in itertools.count(1):
+            self.outgoing.put_nowait(pb.CallMediaRequest(audio=self.frame))
+            await asyncio.sleep(max(0.0, began + index * FRAME_SECONDS - time.monotonic()))
+
+    async def listen(self, stream: grpc.aio.StreamStreamCall) -> None:
+        async for _ in stream:
+            pass
+
+    async def place(self, number: str) -> pb.Call:
+        call = await self.start_call(number, pb.Route(media_stream=pb.MediaStreamRoute()))
+        self.outgoing.put_nowait(pb.CallMediaRequest(call_id=call.call_id))
+        self.stream = self.stubs.calling.CallMedia(self.requests())
+        self.tasks = [asyncio.create_task(self.listen(self.stream)), asyncio.create_task(self.talk())]
+        return call
+
+    async def close(self) -> None:
+        """Stop talking, end the request stream, and let the response stream end with the call."""
+        for task in self.tasks[1:]:
+            task.cancel()
+        self.outgoing.put_nowait(None)
+        if self.tasks:
+            try:
+                await asyncio.wait_for(self.tasks[0], RPC_TIMEOUT)
+            except (grpc.aio.AioRpcError, TimeoutError):
+                if self.stream is not None:
+                    self.stream.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def one_setup(stubs: Stubs, number: str, placer: SetupRoute, result: SetupResult | None) -> None:
+    await placer.prepare()
     started = time.perf_counter()
-    call = await stubs.calling.StartCall(
-        pb.StartCallRequest(business_number=BUSINESS, user_number=number, route=route), timeout=RPC_TIMEOUT
-    )
-    placed = time.perf_counter()
+    call = await placer.place(number)
     request = sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id)
     silent_until = started  # the server answered "no audio yet" to a poll sent at this moment (lower bound)
     answered = first_frame = None
@@ -286,30 +394,39 @@ async def one_setup(stubs: Stubs, number: str, result: SetupResult | None) -> No
         await stubs.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), timeout=RPC_TIMEOUT)
     if result is not None:
         result.setup.append(heard - started)
-        result.rpc.append(placed - started)
+        result.rpc.append(placer.rpc_seconds)
         result.bracket.append(heard - silent_until)
         result.answered.append((answered or heard) - started)
         result.first_frame.append((first_frame or heard) - started)
 
 
-async def bench_setup(stubs: Stubs, users: Users, calls: int, warmup: int) -> SetupResult:
+async def bench_setup(
+    stubs: Stubs, users: Users, placer: Callable[[], SetupRoute], calls: int, warmup: int
+) -> SetupResult:
     numbers = await users.take(calls + warmup)
-    result = SetupResult()
+    result = SetupResult(placer().label)
+    began, waited = time.perf_counter(), cpu_pressure_seconds()
     for i, number in enumerate(numbers):
+        route = placer()
         try:
-            await one_setup(stubs, number, result if i >= warmup else None)
+            await one_setup(stubs, number, route, result if i >= warmup else None)
         except (grpc.aio.AioRpcError, RuntimeError, TimeoutError) as error:
             result.failed += 1
-            print(f"  setup call {i} failed: {error}", file=sys.stderr)
+            print(f"  setup call {i} ({result.route}) failed: {error}", file=sys.stderr)
+        finally:
+            await route.close()
+    now_waited = cpu_pressure_seconds()
+    if waited is not None and now_waited is not None:
+        result.cpu_wait = (now_waited - waited) / (time.perf_counter() - began)
     return result
 
 
-def print_setup(result: SetupResult, calls: int, warmup: int) -> None:
+def print_setup(result: SetupResult, section: str, calls: int, warmup: int) -> None:
     def ms(values: list[float]) -> list[float]:
         return [v * 1000 for v in values]
 
     print(
-        f"\n1. Call setup, announcement route (440 Hz tone), user answers at once: {calls} sequential calls "
+        f"\n{section}. Call setup, {result.route}, user answers at once: {calls} sequential calls "
         f"(+{warmup} warmup), one fresh user each"
     )
     print(f"  {'from StartCall issued to':<60} {'n':>4} {'median ms':>10} {'p95 ms':>8} {'min ms':>8} {'max ms':>8}")
@@ -330,18 +447,23 @@ def print_setup(result: SetupResult, calls: int, warmup: int) -> None:
             f"first audible frame was seen on\n  average {statistics.mean(result.bracket) * 1000:.1f} ms after the "
             "last poll that still saw none)"
         )
+    if result.cpu_wait is not None:
+        print(
+            f"  CPU wait during these calls: {result.cpu_wait:.0%} (/proc/pressure/cpu: some runnable task of the "
+            "machine waited for a core;\n  high = the figures above include queueing behind other work)"
+        )
     if result.failed:
         print(f"  failed calls: {result.failed}")
 
 
 def setup_summary(result: SetupResult) -> str:
     if not result.setup:
-        return "call setup: no call reached the phone's ear"
+        return f"call setup, {result.route}: no call reached the phone's ear"
     median, p95 = statistics.median(result.setup) * 1000, percentile(result.setup, 95) * 1000
     rpc_median, rpc_p95 = statistics.median(result.rpc) * 1000, percentile(result.rpc, 95) * 1000
     return (
-        f"call setup (StartCall -> first audible frame at the phone): median {median:.0f} ms, p95 {p95:.0f} ms; "
-        f"StartCall RPC alone: median {rpc_median:.1f} ms, p95 {rpc_p95:.1f} ms; "
+        f"call setup (StartCall -> first audible frame at the phone), {result.route}: median {median:.0f} ms, "
+        f"p95 {p95:.0f} ms; StartCall RPC alone: median {rpc_median:.1f} ms, p95 {rpc_p95:.1f} ms; "
         f"setup/RPC {median / rpc_median:.1f}x (median)"
     )
 
@@ -700,15 +822,32 @@ QUICK = Sizes(
 )
 
 
-async def run_all(service: Child, aiortc_service: Child, sizes: Sizes, cores: int) -> tuple[SetupResult, list[Ramp]]:
+async def run_all(
+    service: Child, aiortc_service: Child, sizes: Sizes, cores: int
+) -> tuple[list[SetupResult], list[Ramp]]:
     async with (
         grpc.aio.insecure_channel(service.grpc) as channel,
         grpc.aio.insecure_channel(aiortc_service.grpc) as aiortc_channel,
     ):
         stubs = Stubs(calling_pb2_grpc.CallingServiceStub(channel), simulator_pb2_grpc.SimulatorServiceStub(channel))
         users = Users(stubs)
-        setup = await bench_setup(stubs, users, sizes.setup_calls, sizes.setup_warmup)
-        print_setup(setup, sizes.setup_calls, sizes.setup_warmup)
+        aiortc_stubs = Stubs(
+            calling_pb2_grpc.CallingServiceStub(aiortc_channel), simulator_pb2_grpc.SimulatorServiceStub(aiortc_channel)
+        )
+        aiortc_users = Users(aiortc_stubs)
+        # Announcement and media_stream calls hold the WhatsApp leg in process whatever the bridge; the webrtc route
+        # is measured through each bridge.
+        setups: list[tuple[Stubs, Users, Callable[[], SetupRoute]]] = [
+            (stubs, users, lambda: AnnouncementSetup(stubs)),
+            (aiortc_stubs, aiortc_users, lambda: WebRtcSetup(aiortc_stubs, "webrtc route, aiortc bridge in process")),
+            (stubs, users, lambda: WebRtcSetup(stubs, "webrtc route, bridged through rtpengine")),
+            (stubs, users, lambda: MediaStreamSetup(stubs)),
+        ]
+        results = []
+        for index, (route_stubs, route_users, placer) in enumerate(setups):
+            result = await bench_setup(route_stubs, route_users, placer, sizes.setup_calls, sizes.setup_warmup)
+            print_setup(result, f"1{'abcd'[index]}", sizes.setup_calls, sizes.setup_warmup)
+            results.append(result)
         idle = CpuSample.take(service.process.pid)
         await asyncio.sleep(sizes.window)
         at_rest = idle.until(CpuSample.take(service.process.pid))
@@ -724,16 +863,13 @@ async def run_all(service: Child, aiortc_service: Child, sizes: Sizes, cores: in
             f"{fmt_cpu(at_rest.host, 0)}% of all cores (/proc/stat),\n   CPU wait {fmt_cpu(at_rest.waiting, 0)}% "
             "(other tenants of this machine show here)."
         )
-        aiortc_stubs = Stubs(
-            calling_pb2_grpc.CallingServiceStub(aiortc_channel), simulator_pb2_grpc.SimulatorServiceStub(aiortc_channel)
-        )
         ramps = [
             await ramp(BridgeMode(stubs, users), service, sizes),
-            await ramp(AiortcBridgeMode(aiortc_stubs, Users(aiortc_stubs)), aiortc_service, sizes),
+            await ramp(AiortcBridgeMode(aiortc_stubs, aiortc_users), aiortc_service, sizes),
             await ramp(PassthroughMode(stubs, users), service, sizes),
             await ramp(PairsMode(stubs, users), service, sizes),
         ]
-    return setup, ramps
+    return results, ramps
 
 
 async def start_service(name: str, directory: Path, *flags: str) -> Child:
@@ -790,7 +926,7 @@ async def main(args: argparse.Namespace) -> int:
               f"--rtpengine off pid {aiortc_service.process.pid}, benchmark (gRPC client + agents + baseline pairs) "
               f"pid {os.getpid()}")  # fmt: skip
         try:
-            setup, ramps = await run_all(service, aiortc_service, sizes, cores)
+            setups, ramps = await run_all(service, aiortc_service, sizes, cores)
         finally:
             await service.stop()
             await aiortc_service.stop()
@@ -811,13 +947,15 @@ async def main(args: argparse.Namespace) -> int:
         "agents run in this benchmark process."
     )
     print("\nSummary")
-    print(f"  {setup_summary(setup)}")
+    for setup in setups:
+        print(f"  {setup_summary(setup)}")
     for r in ramps:
         print(f"  {ramp_summary(r, cores)}")
     print(f"total wall time: {time.perf_counter() - started:.1f} s")
     problems = []
-    if not setup.setup:
-        problems.append("no setup-time call carried audio")
+    for setup in setups:
+        if not setup.setup:
+            problems.append(f"call setup, {setup.route}: no call carried audio")
     for r in ramps:
         if not any(s.flowing for s in r.steps):
             problems.append(f"{r.mode.label}: audio never flowed on any call")

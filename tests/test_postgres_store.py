@@ -373,7 +373,8 @@ async def on_postgres(database: str, tmp_path: Path) -> AsyncIterator[Running]:
 
 
 async def test_a_permission_request_is_granted_end_to_end_on_postgresql(on_postgres: Running) -> None:
-    assert isinstance(on_postgres.service.store, PostgresStore)
+    store = on_postgres.service.store
+    assert isinstance(getattr(store, "inner", store), PostgresStore)  # under the metrics' instrumented store
     await on_postgres.behave(USER, sim_pb.ACCEPT_TEMPORARY)
     sent = await on_postgres.request()
     assert sent.channel in (pb.CHANNEL_TEMPLATE, pb.CHANNEL_INTERACTIVE)

@@ -11,7 +11,9 @@ import os
 import shutil
 import socket
 import ssl
+import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,13 +24,13 @@ from typing import Any
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
 
 from wacall.api.calling import CallingServicer
-from wacall.api.clock import ClockServicer, restore_position
+from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
 from wacall.calls.queue_route import QueueCalls
@@ -37,19 +39,31 @@ from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
+from wacall.health import ReadinessCheck, follow_readiness, health_routes, store_answers
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
 from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
 from wacall.media.rtpengine import EnginePool, NgClient
+from wacall.metrics import LiveState, Metrics
+from wacall.operations import (
+    InstrumentedStore,
+    InstrumentedUpstream,
+    ObservedDispatcher,
+    Operations,
+    RpcObserver,
+    webhook_middleware,
+)
 from wacall.permissions import PermissionService
 from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
+from wacall.simulator.remote import fetch_platform_config
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
 from wacall.softphone.web import SoftphoneBackend, softphone_routes
 from wacall.store import Store, open_store
+from wacall.upstreams.base import Upstream
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
 from wacall.upstreams.meta.senders import ConfiguredSenders, MetaSenderDirectory, ProvisioningSenders
@@ -154,6 +168,7 @@ class Service:
         self.wall_clock: Clock = wall_clock or SystemClock()
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
+        self.sim_verify_token = ""  # a standalone simulator's webhook verify token (--sim-address)
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
@@ -172,16 +187,20 @@ class Service:
         self.queue_calls = QueueCalls(settings.media_dir)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        # Metrics, and one log line per RPC, webhook and decision (wacall.operations).
+        self.metrics = Metrics()
+        self.operations = Operations(self.metrics)
         self._stack = contextlib.AsyncExitStack()
         self._grace = 2.0
+        self._softphone_address: str | None = None  # the agent page's way to the API when it differs
 
     async def start(self) -> Addresses:
         async with contextlib.AsyncExitStack() as stack:
             self._setup_executor(stack)
             self._setup_files()
-            store = await self._setup_store(stack)
+            store = self.store = InstrumentedStore(await self._setup_store(stack), self.metrics)
             graph_address, senders = await self._setup_platform(stack)
-            upstream = await self._setup_upstream(stack, graph_address)
+            upstream = InstrumentedUpstream(await self._setup_upstream(stack, graph_address), self.metrics)
             permissions = self._setup_permissions(store, senders, upstream)
             engines = await self._setup_media_engine(stack)
             calls = await self._build_calls(permissions, upstream, engines)
@@ -194,6 +213,7 @@ class Service:
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
             self._setup_softphone(stack, queues, grpc_address)
+            self._setup_live_metrics(calls, queues)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
@@ -238,6 +258,8 @@ class Service:
         settings = self.settings
         if settings.upstream != "sim":
             return None, ConfiguredSenders(settings.senders)
+        if settings.sim_address.strip():
+            return await self._use_remote_simulator(settings.sim_address.strip())
         platform = self.platform = SimulatedPlatform(
             self.clock,
             self.policy,
@@ -254,12 +276,22 @@ class Service:
         site = web.TCPSite(sim_runner, "127.0.0.1", 0)
         await site.start()
         port = sim_runner.addresses[0][1]
+        platform.graph_base_url = f"http://127.0.0.1:{port}/{GRAPH_VERSION}"
         for account in settings.senders:
             platform.register(account)
         senders = ProvisioningSenders(
             settings.senders, platform.sender, number_for_phone_number_id, platform.app_secret
         )
         return f"http://127.0.0.1:{port}", senders
+
+    async def _use_remote_simulator(self, address: str) -> tuple[str, MetaSenderDirectory]:
+        """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
+        (waiting a while for one started at the same time); its SimulatorService is not served here."""
+        remote = await fetch_platform_config(address)
+        senders = ProvisioningSenders(remote.accounts, remote.provision, number_for_phone_number_id, remote.app_secret)
+        self.sim_verify_token = remote.webhook_verify_token
+        log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
+        return remote.graph_root, senders
 
     async def _setup_upstream(self, stack: contextlib.AsyncExitStack, graph_address: str | None) -> MetaUpstream:
         # The service talks to the simulator over HTTP, exactly as to Meta.
@@ -268,9 +300,7 @@ class Service:
         stack.push_async_callback(upstream.close)
         return upstream
 
-    def _setup_permissions(
-        self, store: Store, senders: MetaSenderDirectory, upstream: MetaUpstream
-    ) -> PermissionService:
+    def _setup_permissions(self, store: Store, senders: MetaSenderDirectory, upstream: Upstream) -> PermissionService:
         self.permissions = PermissionService(
             store,
             self.clock,
@@ -279,6 +309,7 @@ class Service:
             upstream,
             reservation_grace=timedelta(seconds=self.settings.reservation_grace_seconds),
             instance=f"{self._instance_name()}/{uuid.uuid4().hex[:16]}".lstrip("/"),
+            observer=self.operations,
         )
         return self.permissions
 
@@ -291,7 +322,7 @@ class Service:
 
     def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
         """Inbound deliveries, each item to the service that applies it."""
-        self.dispatcher = Dispatcher(store, self.clock, dispatch_table(permissions, calls))
+        self.dispatcher = ObservedDispatcher(store, self.clock, dispatch_table(permissions, calls))
         return self.dispatcher
 
     async def _setup_http(
@@ -304,12 +335,14 @@ class Service:
             webhook_routes(
                 dispatcher,
                 senders,
-                lambda: settings.webhook_verify_token or None,
+                lambda: settings.webhook_verify_token or self.sim_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
             )
         )
         http_app.add_routes(softphone_routes(self.softphone))
+        http_app.add_routes(health_routes(self.metrics, self._readiness_checks()))
+        http_app.middlewares.append(webhook_middleware(WEBHOOK_PATH, self.metrics))
         runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -367,7 +400,7 @@ class Service:
         return engines
 
     async def _build_calls(
-        self, permissions: PermissionService, upstream: MetaUpstream, engines: EnginePool[NgClient] | None
+        self, permissions: PermissionService, upstream: Upstream, engines: EnginePool[NgClient] | None
     ) -> CallService:
         """Call control: built before the webhook endpoint (which dispatches call events to it), started after."""
 
@@ -453,9 +486,10 @@ class Service:
         return queues
 
     def _setup_softphone(self, stack: contextlib.AsyncExitStack, queues: QueueService, grpc_address: str) -> None:
-        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API."""
+        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API (over TLS, its
+        private Unix socket: see _setup_grpc)."""
         self.softphone.queues = queues
-        self.softphone.connect(grpc_address)
+        self.softphone.connect(self._softphone_address or grpc_address)
         stack.push_async_callback(self.softphone.close)
 
     async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
@@ -530,14 +564,18 @@ class Service:
         settings = self.settings
         grpc_host, grpc_port = _split(settings.grpc_address)
         _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
-        interceptors: list[grpc.aio.ServerInterceptor] = (
-            [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
-        )
+        # The RPC observer outermost: calls refused by the token or the malformed-request guard count too.
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcObserver(self.metrics)]
+        if settings.auth_token:
+            interceptors.append(BearerTokenInterceptor(settings.auth_token))
+        credentials = grpc_tls_credentials(settings)
+        # Made before the server's stop is entered, so it is removed after the server stopped.
+        private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
-        server = grpc.aio.server(
-            interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
-        )
-        stack.push_async_callback(lambda: server.stop(self._grace))
+        grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        stack.push_async_callback(lambda: grpc_server.stop(self._grace))
+        # Services are registered through the guard (every method parses its own requests); the port on the server.
+        server = MalformedRequestGuard(grpc_server)
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
             CallingServicer(permissions, calls, self._server_files()), server
         )
@@ -553,25 +591,86 @@ class Service:
             names.append(simulator_pb2.DESCRIPTOR.services_by_name["SimulatorService"].full_name)
         if isinstance(self.clock, ManualClock):
             settle = self.platform.settle if self.platform is not None else _nothing
-            clock_pb2_grpc.add_ClockServiceServicer_to_server(ClockServicer(self.clock, settle, store), server)
+            clock_pb2_grpc.add_ClockServiceServicer_to_server(
+                ClockServicer(self.clock, settle, functools.partial(save_position, store)), server
+            )
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
         try:
-            bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+            if credentials is None:
+                bound = grpc_server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+            else:
+                bound = grpc_server.add_secure_port(f"{grpc_host}:{grpc_port}", credentials)
         except RuntimeError:
             bound = 0
         if bound == 0 or (grpc_port and bound != grpc_port):
             raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
-        await server.start()
-        self._grpc = server
+        if private_directory is not None:
+            self._softphone_address = f"unix:{private_directory}/api.sock"
+            grpc_server.add_insecure_port(self._softphone_address)
+        await grpc_server.start()
+        self._grpc = grpc_server
         return f"{grpc_host}:{bound}", names
 
+    def _private_directory(self, stack: contextlib.AsyncExitStack) -> str:
+        """With TLS on, the agent page reaches the API over a Unix socket in this directory, which only this user
+        can enter (mode 0700): it holds no client certificate for mutual TLS, and a loopback TCP port would be open
+        to every local user. The bearer token still applies there."""
+        directory = tempfile.TemporaryDirectory(prefix="wacall-grpc-")
+        stack.callback(directory.cleanup)
+        return directory.name
+
     async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
+        """gRPC health: SERVING while ready (the same checks as /readyz, every few seconds), NOT_SERVING otherwise."""
         stack.push_async_callback(self._health.enter_graceful_shutdown)
-        for name in ["", *names]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        async def set_serving(serving: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ["", *names]:
+                await self._health.set(name, status)
+
+        await set_serving(True)
+        following = asyncio.create_task(follow_readiness(self._readiness_checks(), set_serving), name="wacall-ready")
+
+        async def stop_following() -> None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+
+        stack.push_async_callback(stop_following)
+
+    def _readiness_checks(self) -> list[ReadinessCheck]:
+        """Ready: the store answers, the platform is configured, and a media engine is alive when one is used."""
+
+        async def platform() -> str | None:
+            return None if self.upstream is not None else "platform (upstream) not configured"
+
+        async def media_engine() -> str | None:
+            engines = self.engines
+            if engines is None or any(engines.alive(engine) for engine in engines.engines):
+                return None
+            return "no media engine alive"
+
+        return [store_answers(lambda: self.store), platform, media_engine]
+
+    def _setup_live_metrics(self, calls: CallService, queues: QueueService) -> None:
+        """What /metrics reads at scrape time: live calls by route, queue depths, agents by presence."""
+
+        def active_calls() -> dict[str, int]:
+            return dict(Counter(s.route_name for s in calls.sessions.values() if not s.closed))
+
+        def queue_depths() -> dict[str, int]:
+            state = queues.state
+            depths = dict.fromkeys(state.queues, 0)
+            for waiting in state.waiting.values():
+                depths[waiting.queue_id] = depths.get(waiting.queue_id, 0) + 1
+            return depths
+
+        def agents() -> dict[str, int]:
+            return dict(Counter(agent.presence.value for agent in queues.state.agents.values()))
+
+        self.metrics.live = LiveState(active_calls, queue_depths, agents)
 
 
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
@@ -600,6 +699,26 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         header_timeout=timedelta(seconds=settings.http_header_timeout_seconds),
         idle_timeout=timedelta(seconds=settings.http_idle_timeout_seconds),
         max_connections=settings.http_max_connections,
+    )
+
+
+def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC API's TLS credentials (None: plaintext); with a client CA, client certificates are required and
+    verified against it (mutual TLS)."""
+    if not settings.grpc_tls_cert:
+        return None
+    try:
+        key = Path(settings.grpc_tls_key).read_bytes()
+        chain = Path(settings.grpc_tls_cert).read_bytes()
+        client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+        # grpc reports bad PEM only as a failure to bind: check them here, for a message that names them.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key)
+        if client_ca is not None:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+    except (OSError, ssl.SSLError, ValueError) as error:
+        raise ConfigError(f"grpc_tls_cert / grpc_tls_key / grpc_tls_client_ca cannot be loaded: {error}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
     )
 
 

@@ -29,6 +29,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     grpc_address: str = "127.0.0.1:50051"
+    # gRPC over TLS: a PEM certificate (chain) and its key, both or neither; with a client CA, mutual TLS (clients
+    # must present a certificate that CA signed).
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_client_ca: str = ""
     http_address: str = "127.0.0.1:8080"
     db: str = "sqlite:///var/wacall.db"
     upstream: str = "sim"  # sim | meta
@@ -43,6 +48,8 @@ class Settings:
     senders: tuple[Account, ...] = ()  # from [[senders]]: Meta's accounts
     # Where the simulator keeps its state between runs ("" = in memory only).
     sim_state: str = "var/simulator.json"
+    # The gRPC address of a simulator running on its own (`wacall simulate`); "" = the embedded simulator.
+    sim_address: str = ""
     # The simulated client drops a call with no audio from the business for this long at start / mid-call.
     sim_no_media_at_start_seconds: float = 20.0
     sim_no_media_mid_call_seconds: float = 30.0
@@ -71,6 +78,7 @@ class Settings:
     media_dir: str = "var/media"
     recordings_dir: str = "var/recordings"
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one object per line, for log pipelines)
     # The media engine bridging `webrtc` calls: "" = a local rtpengine when one is installed (else in process),
     # "host:port,..." = external rtpengines' ng ports, "off" = always in process (aiortc).
     rtpengine: str = ""
@@ -113,6 +121,9 @@ MAX_SIP_INBOUND_ANSWER_TIMEOUT = 30.0
 # Settings that can come from the environment and the command line (name → type).
 SCALARS: Mapping[str, type] = {
     "grpc_address": str,
+    "grpc_tls_cert": str,
+    "grpc_tls_key": str,
+    "grpc_tls_client_ca": str,
     "http_address": str,
     "db": str,
     "upstream": str,
@@ -123,6 +134,7 @@ SCALARS: Mapping[str, type] = {
     "graph_base_url": str,
     "max_webhook_bytes": int,
     "sim_state": str,
+    "sim_address": str,
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
@@ -135,6 +147,7 @@ SCALARS: Mapping[str, type] = {
     "media_dir": str,
     "recordings_dir": str,
     "log_level": str,
+    "log_format": str,
     "rtpengine": str,
     "webhook_max_clock_skew_seconds": float,
     "webhook_max_age_seconds": float,
@@ -160,11 +173,17 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "policy": tuple(sorted(PRESETS)),
     "inbound_route": tuple(ROUTE_SETTING_FORMS.get(r, r) for r in INBOUND_ROUTES),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log_format": ("text", "json"),
 }
 
 # What each setting does, for `wacall serve --help`.
 DESCRIPTIONS: Mapping[str, str] = {
     "grpc_address": "where the gRPC API listens (host:port; port 0 picks a free one)",
+    "grpc_tls_cert": "the PEM certificate (chain) the gRPC API presents over TLS (empty: plaintext)",
+    "grpc_tls_key": "the PEM private key of --grpc-tls-cert",
+    "grpc_tls_client_ca": (
+        "mutual TLS: the PEM CA certificate(s) gRPC clients' certificates must be signed by (needs --grpc-tls-cert)"
+    ),
     "http_address": "where the webhook endpoint listens (host:port)",
     "db": "the ledger's database URL (sqlite:///relative.db, sqlite:////absolute.db or "
     "postgresql://USER:PASS@HOST:PORT/DB)",
@@ -176,6 +195,11 @@ DESCRIPTIONS: Mapping[str, str] = {
     "graph_base_url": "Meta's Graph API base URL, with version (--upstream meta)",
     "max_webhook_bytes": "largest webhook body accepted (bigger ones get HTTP 413)",
     "sim_state": "file where the simulator keeps its state between runs (empty: memory only)",
+    "sim_address": (
+        "with --upstream sim: the gRPC address (host:port) of a simulator started with wacall simulate, whose "
+        "accounts, app secret and Graph URL are used instead of an embedded simulator's; this process then serves "
+        "no SimulatorService (empty: the embedded simulator)"
+    ),
     "sim_no_media_at_start_seconds": "the simulated phone drops a call with no audio from the business this long",
     "sim_no_media_mid_call_seconds": "the simulated phone drops a call whose business audio stops this long mid-call",
     "media_timeout_seconds": "end a call after this long without audio from the user",
@@ -204,6 +228,7 @@ DESCRIPTIONS: Mapping[str, str] = {
     ),
     "recordings_dir": "the directory record_to files are written in (created at start); nothing outside it is written",
     "log_level": "how much to log",
+    "log_format": "text lines for people, or json: one object per line (time, level, logger, message, fields)",
     "rtpengine": (
         "the media engine that bridges webrtc calls: external rtpengines' ng addresses (host:port, comma-separated; "
         "each call pinned to one, a dead one out of rotation), 'off' to bridge in this process (aiortc), or empty "
@@ -310,10 +335,13 @@ def load_settings(
                 f"inbound_audio_file {settings.inbound_audio_file} does not exist in {settings.media_dir}"
             )
     engine_addresses(settings.rtpengine)
+    _check_sim_address(settings)
     if settings.clock not in ("system", "manual"):
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
     if settings.reservation_grace_seconds <= 0:
         raise ConfigError(f"reservation_grace_seconds must be positive, got {settings.reservation_grace_seconds}")
+    if settings.log_format not in CHOICES["log_format"]:
+        raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.log_level.upper() not in CHOICES["log_level"]:
         raise ConfigError(f"log_level must be one of {', '.join(CHOICES['log_level'])}, got {settings.log_level!r}")
     if settings.upstream == "meta" and not settings.senders:
@@ -324,6 +352,7 @@ def load_settings(
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     _check_sip(settings)
+    _check_grpc_tls(settings)
     if not 0 < settings.sip_inbound_answer_timeout_seconds <= MAX_SIP_INBOUND_ANSWER_TIMEOUT:
         raise ConfigError(
             "sip_inbound_answer_timeout_seconds must be greater than 0 and at most "
@@ -345,6 +374,21 @@ def sip_address(setting: str, name: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
+def _check_sim_address(settings: Settings) -> None:
+    if not settings.sim_address.strip():
+        return
+    if settings.upstream != "sim":
+        raise ConfigError("sim_address names a simulator: it needs --upstream sim")
+    host, _, port = settings.sim_address.strip().rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"sim_address: {settings.sim_address!r} is not host:port (wacall simulate's gRPC address)")
+    if settings.senders:
+        raise ConfigError(
+            "[[senders]] are registered with the embedded simulator only: a simulator given by sim_address "
+            "provisions its own accounts (wacall simulate --business-number)"
+        )
+
+
 def _check_sip(settings: Settings) -> None:
     sip_address(settings.sip_address, "sip_address")
     tls = {"sip_tls_address": settings.sip_tls_address, "sip_tls_cert": settings.sip_tls_cert,
@@ -360,6 +404,20 @@ def _check_sip(settings: Settings) -> None:
         for name in ("sip_tls_cert", "sip_tls_key"):
             if not Path(tls[name]).is_file():
                 raise ConfigError(f"{name}: {tls[name]} is not a readable file")
+
+
+def _check_grpc_tls(settings: Settings) -> None:
+    """A certificate and its key, both or neither; a client CA only on top of them; every file readable."""
+    cert, key, client_ca = settings.grpc_tls_cert.strip(), settings.grpc_tls_key.strip(), settings.grpc_tls_client_ca
+    if bool(cert) != bool(key):
+        missing = "grpc_tls_key" if cert else "grpc_tls_cert"
+        raise ConfigError(f"gRPC over TLS needs both grpc_tls_cert and grpc_tls_key: {missing} missing")
+    if client_ca.strip() and not cert:
+        raise ConfigError("grpc_tls_client_ca (mutual TLS) needs grpc_tls_cert and grpc_tls_key too")
+    for name in ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"):
+        path = getattr(settings, name).strip()
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}: {path} is not a readable file")
 
 
 def _check_inbound_route(settings: Settings) -> None:

@@ -37,6 +37,7 @@ from wacall.ingest import Outcome, Skipped
 from wacall.media.engine_leg import EngineBridgeLeg, EngineBridgeUnavailable
 from wacall.media.platform_leg import PlatformLeg, PlatformLegFactory, WebRtcPlatformLeg
 from wacall.media.sdp import SdpType, platform_problems
+from wacall.observe import Observer
 from wacall.permissions import (
     IdempotencyConflict,
     PermissionService,
@@ -201,6 +202,7 @@ class CallService:
         self._earlier_runs = f"{instance_name}/" if instance_name else None
         self.call_lease = call_lease
         self.wall_clock: Clock = wall_clock or SystemClock()
+        self.observer: Observer = permissions.observer  # the same recorder as the permission decisions'
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -308,7 +310,15 @@ class CallService:
                 tx.save_idempotent_result(IdempotentResult(pair.business, key, fingerprint, {"call_id": call_id}), now)
             return record
 
-        record = await self.store.transaction(reserve)
+        try:
+            record = await self.store.transaction(reserve)
+        except RuleRefusal as refusal:
+            self.observer.decision(
+                "call", pair.business, pair.user, allowed=False, reason=refusal.decision.reason.value
+            )
+            raise
+        if record.call_id == call_id:  # not an idempotent replay: the rules allowed this call
+            self.observer.decision("call", pair.business, pair.user, allowed=True, reason="")
         if record.call_id != call_id:  # an idempotent replay
             return self._live(record)
         assert account is not None
@@ -670,15 +680,19 @@ class CallService:
             counters = await session.close()
             answer_sdp = session.adapter.answer_sdp()
 
-            def keep_media(tx: Tx) -> None:
+            def keep_media(tx: Tx) -> CallRecord | None:
                 # What the live session knew is read here, on the event loop, and only stored in the transaction.
                 stored = tx.call(call_id)
-                if stored is not None:
-                    record = from_stored(stored)
-                    kept = dataclasses.replace(record, media=counters, answer_sdp=record.answer_sdp or answer_sdp)
-                    tx.save_call(to_stored(kept))
+                if stored is None:
+                    return None
+                record = from_stored(stored)
+                kept = dataclasses.replace(record, media=counters, answer_sdp=record.answer_sdp or answer_sdp)
+                tx.save_call(to_stored(kept))
+                return kept
 
-            await self.store.transaction(keep_media)
+            kept = await self.store.transaction(keep_media)
+            if kept is not None:
+                self.observer.call_ended(kept.route, kept.outcome.value if kept.outcome else "", counters)
         finally:
             # Popped once the media is stored: until then a read still finds the counters in the session.
             self.sessions.pop(call_id, None)
@@ -817,6 +831,7 @@ class CallService:
             elif now - session.last_progress > self.media_timeout.total_seconds():
                 session.last_progress = now
                 log.warning("call %s: no media from the user for %s", session.call_id, self.media_timeout)
+                self.observer.media_timed_out(session.route_name)
                 self.spawn(
                     self.end(
                         session.call_id,

@@ -117,6 +117,18 @@ def number_for_phone_number_id(phone_number_id: str) -> PhoneNumber | None:
         return None
 
 
+def provisioned_account(business: PhoneNumber, access_token: str, app_secret: str) -> MetaAccount:
+    """The account the simulator provisions for a number: its ids derive from the number alone, so a service using
+    a simulator in another process (and every replica of it) names the same account without asking."""
+    return MetaAccount(
+        business_number=business.e164,
+        phone_number_id=phone_number_id_for(business),
+        waba_id="2" + business.digits,
+        access_token=access_token,
+        app_secret=app_secret,
+    )
+
+
 class SimulatedPlatform:
     def __init__(
         self,
@@ -138,12 +150,20 @@ class SimulatedPlatform:
         self.access_token = "sim-token-" + secrets.token_hex(8)
         self.state_path = state_path
         self.state = PlatformState()
-        self.webhook_url: str | None = None
+        # Deliveries go round-robin over these; a failed one is tried on the next URL at once.
+        self.webhook_urls: list[str] = []
+        # The token the platform's webhook verification handshake presents (shared with services that use it).
+        self.webhook_verify_token = ""
+        # Where its Graph endpoints are served, version included (set by whoever serves `routes()`).
+        self.graph_base_url: str | None = None
+        self._next_url = 0
         # One idle connection kept: deliveries may overlap, but the simulator holds no pool of idle sockets.
         self._http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=1))
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accounts: dict[str, MetaAccount] = {}
+        # The clock's position in the state file, if it holds one (read by _load).
+        self.saved_clock_position: datetime | None = None
         self.calls: dict[str, PhoneCall] = {}
         self._load()
 
@@ -154,17 +174,31 @@ class SimulatedPlatform:
         approved for it)."""
         account = self._accounts.get(business.e164)
         if account is None:
-            account = MetaAccount(
-                business_number=business.e164,
-                phone_number_id=phone_number_id_for(business),
-                waba_id="2" + business.digits,
-                access_token=self.access_token,
-                app_secret=self.app_secret,
-            )
+            account = provisioned_account(business, self.access_token, self.app_secret)
             self._accounts[business.e164] = account
             templates = self.state.templates.setdefault(account.waba_id, set())
             templates.add((DEFAULT_TEMPLATE.name, DEFAULT_TEMPLATE.language))
         return account
+
+    @property
+    def webhook_url(self) -> str | None:
+        return self.webhook_urls[0] if self.webhook_urls else None
+
+    @webhook_url.setter
+    def webhook_url(self, url: str | None) -> None:
+        self.webhook_urls = [url] if url else []
+
+    def accounts(self) -> list[MetaAccount]:
+        """The business accounts provisioned or registered so far, by number."""
+        return [self._accounts[number] for number in sorted(self._accounts)]
+
+    def templates_of(self, account: MetaAccount) -> list[TemplateRef]:
+        """The templates approved for the account's WABA, sorted."""
+        return [TemplateRef(name, language) for name, language in sorted(self.state.templates.get(account.waba_id, ()))]
+
+    def approve_template(self, account: MetaAccount, template: TemplateRef) -> None:
+        self.state.templates.setdefault(account.waba_id, set()).add((template.name, template.language))
+        self._save()
 
     def sender(self, business: PhoneNumber) -> Account:
         """A number nobody configured, as the service's sender directory sees it: provisioned on first use, with
@@ -772,25 +806,37 @@ class SimulatedPlatform:
         if task is not None:
             self._in_flight.add(task)
         try:
-            if not self.webhook_url:
+            urls = list(self.webhook_urls)
+            if not urls:
                 log.warning("simulator has no webhook URL; dropping a delivery")
                 return
             raw = json.dumps(body, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.app_secret.encode(), raw)}
+            # Round-robin: each delivery starts at the next URL, so replicas behind no load balancer share the load.
+            first = self._next_url % len(urls)
+            self._next_url = first + 1
             for attempt in range(attempts):
-                try:
-                    response = await self._http.post(self.webhook_url, content=raw, headers=headers)
-                    if response.status_code < 300:
+                # A failure moves on to the next URL at once; only a whole round of failures waits (backoff).
+                for url in urls[first:] + urls[:first]:
+                    if await self._post(url, raw, headers):
                         return
-                    log.warning("webhook delivery got HTTP %s: %s", response.status_code, response.text[:200])
-                    if 400 <= response.status_code < 500:
-                        return  # the platform does not retry a refused delivery forever; neither do we
-                except httpx.HTTPError as exc:
-                    log.warning("webhook delivery failed (%s), retrying", exc)
                 await asyncio.sleep(0.05 * 2**attempt)
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+
+    async def _post(self, url: str, raw: bytes, headers: dict[str, str]) -> bool:
+        """One delivery attempt to one URL: True when it is done with (acknowledged, or refused for good)."""
+        try:
+            response = await self._http.post(url, content=raw, headers=headers)
+        except httpx.HTTPError as exc:
+            log.warning("webhook delivery to %s failed (%s), retrying", url, exc)
+            return False
+        if response.status_code < 300:
+            return True
+        log.warning("webhook delivery to %s got HTTP %s: %s", url, response.status_code, response.text[:200])
+        # The platform does not retry a refused delivery forever; neither do we.
+        return 400 <= response.status_code < 500
 
     async def settle(self) -> None:
         """Wait for every delivery that is due (not those sleeping on the clock) to finish."""
@@ -811,6 +857,10 @@ class SimulatedPlatform:
         await self._http.aclose()
 
     # --- persistence --------------------------------------------------------------------------------------------
+
+    async def save(self) -> None:
+        """Write the state file now (the clock's position included); it is otherwise written as the state changes."""
+        self._save()
 
     def _save(self) -> None:
         if self.state_path is None:
@@ -844,6 +894,8 @@ class SimulatedPlatform:
             ],
             "templates": {waba: sorted(pairs) for waba, pairs in self.state.templates.items()},
             "restrictions": {b: to_micros(until) for b, until in self.state.restrictions.items()},
+            # Where the clock stood: a standalone simulator on a manual clock resumes there.
+            "clock_us": to_micros(self.clock.now()),
         }
         tmp = self.state_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data))
@@ -885,6 +937,7 @@ class SimulatedPlatform:
             )
         self.state.templates = {waba: {tuple(p) for p in pairs} for waba, pairs in data["templates"].items()}
         self.state.restrictions = {b: from_micros(t) for b, t in data.get("restrictions", {}).items()}
+        self.saved_clock_position = from_micros(data["clock_us"]) if "clock_us" in data else None
 
 
 def _wamid() -> str:

@@ -25,7 +25,14 @@ from wacall.media.tracks import audio_problem
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.rules.engine import PermissionState, effective_state
 from wacall.simulator.phone import OnCall, PhoneCall
-from wacall.simulator.platform import OnPermissionRequest, SimMessage, SimulatedPlatform, SimUser
+from wacall.simulator.platform import (
+    DEFAULT_TEMPLATE,
+    OnPermissionRequest,
+    SimMessage,
+    SimulatedPlatform,
+    SimUser,
+)
+from wacall.upstreams.meta.accounts import MetaAccount
 
 BEHAVIOR = {b: getattr(pb, b.name) for b in OnPermissionRequest}
 BEHAVIOR_BY_PB = {v: k for k, v in BEHAVIOR.items()}
@@ -223,6 +230,34 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         duration = await duration_field(context, request.duration, "duration", minimum=timedelta(0), maximum=MAX_DELAY)
         until = await self.platform.restrict_business(business, duration)
         return pb.RestrictBusinessResponse(restricted_until=timestamp(until))
+
+    async def GetPlatformConfig(self, request: pb.GetPlatformConfigRequest, context: Context) -> pb.PlatformConfig:
+        """The simulator's Graph URL, secret, token and accounts: development and tests only (it holds the secret)."""
+        platform = self.platform
+        if platform.graph_base_url is None:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, "the simulator's Graph endpoints are not served")
+        return pb.PlatformConfig(
+            graph_base_url=platform.graph_base_url,
+            app_secret=platform.app_secret,
+            access_token=platform.access_token,
+            accounts=[self._account_message(account) for account in platform.accounts()],
+            webhook_urls=platform.webhook_urls,
+            webhook_verify_token=platform.webhook_verify_token,
+        )
+
+    async def ProvisionBusiness(self, request: pb.ProvisionBusinessRequest, context: Context) -> pb.BusinessAccount:
+        business = await self._number(context, request.business_number, "business_number")
+        return self._account_message(self.platform.provision(business))
+
+    def _account_message(self, account: MetaAccount) -> pb.BusinessAccount:
+        return pb.BusinessAccount(
+            business_number=account.business_number,
+            phone_number_id=account.phone_number_id,
+            waba_id=account.waba_id,
+            default_template_name=DEFAULT_TEMPLATE.name,
+            default_template_language=DEFAULT_TEMPLATE.language,
+            templates=[f"{t.name}/{t.language}" for t in self.platform.templates_of(account)],
+        )
 
 
 def phone_call_message(call: PhoneCall) -> pb.PhoneCall:

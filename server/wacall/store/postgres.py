@@ -169,8 +169,10 @@ def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
 class _PostgresTx:
     """One transaction's reads and writes, on one worker thread and one pooled connection."""
 
-    def __init__(self, db: Connection) -> None:
+    def __init__(self, db: Connection, locking: bool = True) -> None:
         self._db = db
+        # False in a snapshot read (`Store.read`): it locks nothing, and PostgreSQL refuses FOR UPDATE there.
+        self._locking = locking
         # Events or calls written: other stores and this process's listeners are told after the commit.
         self.wrote_changes = False
         self._xid: int | None = None
@@ -185,6 +187,8 @@ class _PostgresTx:
         # name's parts are joined with a separator no E.164 number contains. A statement of its own: READ
         # COMMITTED takes each statement's snapshot when it starts, so a read in the lock's own statement would
         # miss what the lock's previous holder committed while this one waited.
+        if not self._locking:
+            return
         key = "\x1f".join(name)
         held = self._held.get(key)
         if held is False or (held is True and shared):
@@ -356,7 +360,7 @@ class _PostgresTx:
     def _calls(self, where: str, params: tuple[Any, ...], lock: bool = False) -> list[StoredCall]:
         rows = self._db.execute(
             f"SELECT {CALL_COLUMNS} FROM calls WHERE {where} ORDER BY created_at, call_id"
-            + (" FOR UPDATE" if lock else ""),
+            + (" FOR UPDATE" if lock and self._locking else ""),
             params,
         ).fetchall()
         return [_row_to_call(row) for row in rows]
@@ -430,7 +434,8 @@ class _PostgresTx:
 
     def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None:
         row = self._one(
-            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = %s AND idempotency_key = %s FOR UPDATE",
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = %s AND idempotency_key = %s"
+            + (" FOR UPDATE" if self._locking else ""),
             (business, idempotency_key),
         )
         return _row_to_reservation(row) if row else None
@@ -607,29 +612,41 @@ class PostgresStore:
         if self._closed:
             raise StoreError("the store is closed")
 
-    def _attempt(self, fn: Callable[[Tx], T]) -> tuple[T, bool]:
+    def _attempt(self, fn: Callable[[Tx], T], snapshot: bool) -> tuple[T, bool]:
         with self._pool.connection() as db:
-            tx = _PostgresTx(db)
+            if snapshot:
+                # One BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY: one snapshot for all of fn's reads.
+                db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+                db.read_only = True
             try:
-                result = fn(tx)
-            except BaseException as error:
-                if db.broken or db.closed:
-                    if isinstance(error, psycopg.OperationalError):
-                        raise _RunAgain from error
-                    raise
-                db.rollback()
+                return self._attempt_on(db, fn, snapshot)
+            finally:
+                if snapshot and not (db.broken or db.closed):
+                    db.isolation_level = None
+                    db.read_only = None
+
+    def _attempt_on(self, db: Connection, fn: Callable[[Tx], T], snapshot: bool) -> tuple[T, bool]:
+        tx = _PostgresTx(db, locking=not snapshot)
+        try:
+            result = fn(tx)
+        except BaseException as error:
+            if db.broken or db.closed:
+                if isinstance(error, psycopg.OperationalError):
+                    raise _RunAgain from error
                 raise
-            try:
-                db.commit()
-            except psycopg.OperationalError as error:
-                if isinstance(error, _RETRYABLE):
-                    raise  # refused at commit: rolled back, so it may run again
-                raise StoreUnavailable(
-                    f"the database {self._where} went away during a commit: the outcome is unknown; retry"
-                ) from error
-            if tx.wrote_changes:
-                self._notify_others(db)
-            return result, tx.wrote_changes
+            db.rollback()
+            raise
+        try:
+            db.commit()
+        except psycopg.OperationalError as error:
+            if isinstance(error, _RETRYABLE):
+                raise  # refused at commit: rolled back, so it may run again
+            raise StoreUnavailable(
+                f"the database {self._where} went away during a commit: the outcome is unknown; retry"
+            ) from error
+        if tx.wrote_changes:
+            self._notify_others(db)
+        return result, tx.wrote_changes
 
     def _notify_others(self, db: Connection) -> None:
         """Tell the other stores' listeners, after the commit and in a transaction of its own. A NOTIFY inside the
@@ -645,12 +662,12 @@ class PostgresStore:
         except psycopg.Error as error:
             log.warning("committed, but could not notify the other stores: %s", error)
 
-    def _run(self, fn: Callable[[Tx], T]) -> T:
+    def _run(self, fn: Callable[[Tx], T], snapshot: bool = False) -> T:
         self._check_open()
         attempts = self.options.attempts
         for attempt in range(1, attempts + 1):
             try:
-                result, wrote_changes = self._attempt(fn)
+                result, wrote_changes = self._attempt(fn, snapshot)
             except _RETRYABLE:
                 if attempt == attempts:
                     raise
@@ -662,6 +679,8 @@ class PostgresStore:
                 continue
             except PoolTimeout as error:
                 raise StoreUnavailable(f"the database {self._where} is unreachable: {error}") from error
+            except psycopg.errors.ReadOnlySqlTransaction as error:
+                raise StoreError(f"a snapshot read cannot write: {error}") from error
             except psycopg.OperationalError as error:
                 # A statement timeout, an administrator's shutdown, a server that cannot accept connections now.
                 raise StoreUnavailable(f"the database {self._where} did not answer in time: {error}") from error
@@ -678,6 +697,9 @@ class PostgresStore:
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
         return await self._on_thread(self._run, fn)
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        return await self._on_thread(self._run, fn, True)
 
     # --- reads outside transactions ----------------------------------------------------------------------------
 

@@ -251,3 +251,45 @@ class RestrictBusinessResponse(_message.Message):
     RESTRICTED_UNTIL_FIELD_NUMBER: _ClassVar[int]
     restricted_until: _timestamp_pb2.Timestamp
     def __init__(self, restricted_until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetPlatformConfigRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BusinessAccount(_message.Message):
+    __slots__ = ("business_number", "phone_number_id", "waba_id", "default_template_name", "default_template_language", "templates")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PHONE_NUMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    WABA_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPLATE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPLATE_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    phone_number_id: str
+    waba_id: str
+    default_template_name: str
+    default_template_language: str
+    templates: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, business_number: _Optional[str] = ..., phone_number_id: _Optional[str] = ..., waba_id: _Optional[str] = ..., default_template_name: _Optional[str] = ..., default_template_language: _Optional[str] = ..., templates: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PlatformConfig(_message.Message):
+    __slots__ = ("graph_base_url", "app_secret", "access_token", "accounts", "webhook_urls", "webhook_verify_token")
+    GRAPH_BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    APP_SECRET_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_URLS_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_VERIFY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    graph_base_url: str
+    app_secret: str
+    access_token: str
+    accounts: _containers.RepeatedCompositeFieldContainer[BusinessAccount]
+    webhook_urls: _containers.RepeatedScalarFieldContainer[str]
+    webhook_verify_token: str
+    def __init__(self, graph_base_url: _Optional[str] = ..., app_secret: _Optional[str] = ..., access_token: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[BusinessAccount, _Mapping]]] = ..., webhook_urls: _Optional[_Iterable[str]] = ..., webhook_verify_token: _Optional[str] = ...) -> None: ...
+
+class ProvisionBusinessRequest(_message.Message):
+    __slots__ = ("business_number",)
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    def __init__(self, business_number: _Optional[str] = ...) -> None: ...

@@ -89,6 +89,16 @@ class SimulatorServiceStub:
                 request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformPermissionRequest.SerializeToString,
                 response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.SimPermission.FromString,
                 _registered_method=True)
+        self.GetPlatformConfig = channel.unary_unary(
+                '/wacall.sim.v1.SimulatorService/GetPlatformConfig',
+                request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformConfigRequest.SerializeToString,
+                response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PlatformConfig.FromString,
+                _registered_method=True)
+        self.ProvisionBusiness = channel.unary_unary(
+                '/wacall.sim.v1.SimulatorService/ProvisionBusiness',
+                request_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.ProvisionBusinessRequest.SerializeToString,
+                response_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.BusinessAccount.FromString,
+                _registered_method=True)
 
 
 class SimulatorServiceServicer:
@@ -172,6 +182,23 @@ class SimulatorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPlatformConfig(self, request, context):
+        """What a service needs to use this simulator as its platform (`wacall serve --upstream sim --sim-address`): the
+        Graph API base URL, the app secret webhooks are signed with, the access token and the business accounts
+        provisioned so far. It exposes the simulator's secret: for development and tests only, never for Meta.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProvisionBusiness(self, request, context):
+        """Provisions a business number (idempotent): its phone number id and WABA id, with the default template
+        approved. Any valid number is also provisioned on first use, with the same ids.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SimulatorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +256,16 @@ def add_SimulatorServiceServicer_to_server(servicer, server):
                     servicer.GetPlatformPermission,
                     request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformPermissionRequest.FromString,
                     response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.SimPermission.SerializeToString,
+            ),
+            'GetPlatformConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPlatformConfig,
+                    request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformConfigRequest.FromString,
+                    response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.PlatformConfig.SerializeToString,
+            ),
+            'ProvisionBusiness': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProvisionBusiness,
+                    request_deserializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.ProvisionBusinessRequest.FromString,
+                    response_serializer=wacall_dot_sim_dot_v1_dot_simulator__pb2.BusinessAccount.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -528,6 +565,60 @@ class SimulatorService:
             '/wacall.sim.v1.SimulatorService/GetPlatformPermission',
             wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformPermissionRequest.SerializeToString,
             wacall_dot_sim_dot_v1_dot_simulator__pb2.SimPermission.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPlatformConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.sim.v1.SimulatorService/GetPlatformConfig',
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.GetPlatformConfigRequest.SerializeToString,
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.PlatformConfig.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProvisionBusiness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/wacall.sim.v1.SimulatorService/ProvisionBusiness',
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.ProvisionBusinessRequest.SerializeToString,
+            wacall_dot_sim_dot_v1_dot_simulator__pb2.BusinessAccount.FromString,
             options,
             channel_credentials,
             insecure,
