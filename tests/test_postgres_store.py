@@ -111,7 +111,7 @@ def _decide_in_a_process(url: str, start_at: float, attempts: int) -> int:
 
 
 async def test_two_processes_deciding_for_one_pair_at_once_use_its_limit_exactly_once(database: str) -> None:
-    open_store(database)  # migrated before the processes race (they would wait on the migration lock anyway)
+    migrate_database(database)  # before the processes race (they would wait on the migration lock anyway)
     start_at = time.time() + 3
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
