@@ -258,6 +258,13 @@ def test_wire_formats_are_pure(module: str) -> None:
     assert reachable(module) <= PURE_IMPORTS, f"{module} imports {sorted(reachable(module) - PURE_IMPORTS)}"
 
 
+def test_call_ownership_is_data_and_arithmetic_on_times() -> None:
+    # Who owns a call and when another replica may take it over: decided on data, so the API, the lease keeper and
+    # the tests all read the same facts; dialling the owner is api/forwarding.py's business.
+    allowed = PURE_IMPORTS | {"datetime"}
+    assert reachable("wacall.calls.ownership") <= allowed, sorted(reachable("wacall.calls.ownership") - allowed)
+
+
 def test_the_purity_check_sees_io() -> None:
     assert not reachable("wacall.media.rtpengine") <= PURE_IMPORTS  # the ng client is an I/O edge
 

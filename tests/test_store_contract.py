@@ -27,6 +27,7 @@ from wacall.store import (
     EventRecord,
     IdempotentResult,
     Pair,
+    Replica,
     Reservation,
     Store,
     StoredCall,
@@ -845,6 +846,46 @@ async def test_an_expired_call_is_claimed_by_exactly_one_of_several_stores(backe
     )
     claimed = [c.call_id for batch in results for c in batch]
     assert sorted(claimed) == sorted(f"call_{index}" for index in range(12))
+
+
+# --- the replica registry --------------------------------------------------------------------------------------------
+
+LATER = timedelta(seconds=15)
+
+
+async def test_a_replica_is_found_by_instance_and_its_latest_address_and_heartbeat_replace_the_earlier(
+    backend: Backend,
+) -> None:
+    first, second = backend.open(), backend.open()
+    assert await first.transaction(lambda tx: tx.replica("host-a/1")) is None
+    await first.transaction(lambda tx: tx.save_replica(Replica("host-a/1", "10.0.0.1:50051", AT)))
+    await first.transaction(lambda tx: tx.save_replica(Replica("host-b/2", "10.0.0.2:50051", AT)))
+    renewed = Replica("host-a/1", "10.0.0.9:50051", AT + timedelta(seconds=15, microseconds=7))
+    await second.transaction(lambda tx: tx.save_replica(renewed))
+    # Another store (another process) reads what the last save wrote, to the microsecond; the others stay.
+    assert await first.transaction(lambda tx: tx.replica("host-a/1")) == renewed
+    assert await second.transaction(lambda tx: tx.replica("host-b/2")) == Replica("host-b/2", "10.0.0.2:50051", AT)
+
+
+async def test_replicas_whose_heartbeat_expired_before_a_time_are_forgotten(store: Store) -> None:
+    def record(tx: Tx) -> None:
+        for index, expires in enumerate((AT - timedelta(hours=2), AT - timedelta(microseconds=1), AT, AT + LATER)):
+            tx.save_replica(Replica(f"host/{index}", f"10.0.0.{index}:50051", expires))
+
+    await store.transaction(record)
+    assert await store.transaction(lambda tx: tx.forget_replicas(AT)) == 2
+    kept = await store.transaction(lambda tx: [tx.replica(f"host/{index}") for index in range(4)])
+    assert [r.instance if r else None for r in kept] == [None, None, "host/2", "host/3"]
+
+
+async def test_a_replica_saved_in_a_transaction_that_raises_is_not_kept(store: Store) -> None:
+    def save_then_fail(tx: Tx) -> None:
+        tx.save_replica(Replica("host-a/1", "10.0.0.1:50051", AT))
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await store.transaction(save_then_fail)
+    assert await store.transaction(lambda tx: tx.replica("host-a/1")) is None
 
 
 # --- the contact centre's router state --------------------------------------------------------------------------------

@@ -106,6 +106,18 @@ class StoredCall:
     lease_expires_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One process among those sharing the database, as it recorded itself: its instance (the name its calls' `owner`
+    holds), the gRPC address other processes reach it at, and until when it is known to be alive (wall time). It
+    saves this with every renewal of its call leases, so a replica that forwards a call's control to the call's
+    owner knows where to send it, and whether anybody is still there."""
+
+    instance: str
+    address: str
+    heartbeat_expires_at: datetime
+
+
 class StoreError(RuntimeError):
     """The store cannot be opened or used (a bad URL, a database from a newer wacall, a closed store)."""
 
@@ -226,6 +238,19 @@ class Tx(Protocol):
         """Take over every open call whose owner's lease expired at or before `now` (wall time), or that has no
         owner, other than the claimant's own: from now on `claimant` owns them, with a lease until `lease_until`,
         so no other process claims them too. Returns them as claimed, oldest first."""
+        ...
+
+    def save_replica(self, replica: Replica) -> None:
+        """Record (or renew) a process in the replica registry: its address and heartbeat replace any earlier ones."""
+        ...
+
+    def replica(self, instance: str) -> Replica | None:
+        """The process recorded under `instance` (a call's `owner`), if it ever recorded itself."""
+        ...
+
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        """Remove the processes whose heartbeat expired before `heartbeat_before` (each run records itself anew, so
+        the registry would otherwise keep every run ever); returns how many."""
         ...
 
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:

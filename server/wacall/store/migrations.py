@@ -177,6 +177,17 @@ MIGRATIONS: tuple[Migration, ...] = (
             )"""
         ),
     ),
+    Migration(
+        6,
+        "the replica registry: each process's gRPC address and heartbeat, so call control reaches a call's owner",
+        _statements(
+            """CREATE TABLE replicas (
+                instance TEXT PRIMARY KEY,
+                address TEXT NOT NULL,
+                heartbeat_expires_at INTEGER NOT NULL
+            )"""
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -65,6 +65,7 @@ from wacall.store.base import (
     EventRecord,
     IdempotentResult,
     Pair,
+    Replica,
     Reservation,
     Store,
     StoredCall,
@@ -169,10 +170,10 @@ def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
 class _PostgresTx:
     """One transaction's reads and writes, on one worker thread and one pooled connection."""
 
-    def __init__(self, db: Connection, locking: bool = True) -> None:
+    def __init__(self, db: Connection, *, snapshot: bool = False) -> None:
         self._db = db
-        # False in a snapshot read (`Store.read`): it locks nothing, and PostgreSQL refuses FOR UPDATE there.
-        self._locking = locking
+        # A snapshot read (`Store.read`): REPEATABLE READ, READ ONLY; it decides nothing, so it locks nothing.
+        self._snapshot = snapshot
         # Events or calls written: other stores and this process's listeners are told after the commit.
         self.wrote_changes = False
         self._xid: int | None = None
@@ -187,7 +188,7 @@ class _PostgresTx:
         # name's parts are joined with a separator no E.164 number contains. A statement of its own: READ
         # COMMITTED takes each statement's snapshot when it starts, so a read in the lock's own statement would
         # miss what the lock's previous holder committed while this one waited.
-        if not self._locking:
+        if self._snapshot:
             return
         key = "\x1f".join(name)
         held = self._held.get(key)
@@ -360,7 +361,7 @@ class _PostgresTx:
     def _calls(self, where: str, params: tuple[Any, ...], lock: bool = False) -> list[StoredCall]:
         rows = self._db.execute(
             f"SELECT {CALL_COLUMNS} FROM calls WHERE {where} ORDER BY created_at, call_id"
-            + (" FOR UPDATE" if lock and self._locking else ""),
+            + (" FOR UPDATE" if lock and not self._snapshot else ""),
             params,
         ).fetchall()
         return [_row_to_call(row) for row in rows]
@@ -370,6 +371,9 @@ class _PostgresTx:
         return found[0] if found else None
 
     def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None:
+        # A webhook that finds no call parks its event; the call's binding takes the parked events. Both hold this
+        # lock first, so each sees the other's commit: no event is parked after its call took the parked ones.
+        self._lock("platform_call", platform_call_id)
         found = self._calls("platform_call_id = %s", (platform_call_id,), lock=True)
         return found[0] if found else None
 
@@ -403,6 +407,22 @@ class _PostgresTx:
         ).fetchall()
         return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
 
+    def save_replica(self, replica: Replica) -> None:
+        self._db.execute(
+            "INSERT INTO replicas (instance, address, heartbeat_expires_at) VALUES (%s, %s, %s) ON CONFLICT (instance)"
+            " DO UPDATE SET address = excluded.address, heartbeat_expires_at = excluded.heartbeat_expires_at",
+            (replica.instance, replica.address, to_micros(replica.heartbeat_expires_at)),
+        )
+
+    def replica(self, instance: str) -> Replica | None:
+        row = self._one("SELECT instance, address, heartbeat_expires_at FROM replicas WHERE instance = %s", (instance,))
+        return Replica(row[0], row[1], from_micros(row[2])) if row else None
+
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        return self._db.execute(
+            "DELETE FROM replicas WHERE heartbeat_expires_at < %s", (to_micros(heartbeat_before),)
+        ).rowcount
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
             "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (%s, %s, %s)",
@@ -410,6 +430,7 @@ class _PostgresTx:
         )
 
     def take_parked_call_events(self, platform_call_id: str) -> list[Mapping[str, Any]]:
+        self._lock("platform_call", platform_call_id)
         rows = self._db.execute(
             "DELETE FROM parked_call_events WHERE platform_call_id = %s RETURNING id, event", (platform_call_id,)
         ).fetchall()
@@ -435,7 +456,7 @@ class _PostgresTx:
     def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None:
         row = self._one(
             f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = %s AND idempotency_key = %s"
-            + (" FOR UPDATE" if self._locking else ""),
+            + ("" if self._snapshot else " FOR UPDATE"),
             (business, idempotency_key),
         )
         return _row_to_reservation(row) if row else None
@@ -612,41 +633,29 @@ class PostgresStore:
         if self._closed:
             raise StoreError("the store is closed")
 
-    def _attempt(self, fn: Callable[[Tx], T], snapshot: bool) -> tuple[T, bool]:
+    def _attempt(self, fn: Callable[[Tx], T]) -> tuple[T, bool]:
         with self._pool.connection() as db:
-            if snapshot:
-                # One BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY: one snapshot for all of fn's reads.
-                db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-                db.read_only = True
+            tx = _PostgresTx(db)
             try:
-                return self._attempt_on(db, fn, snapshot)
-            finally:
-                if snapshot and not (db.broken or db.closed):
-                    db.isolation_level = None
-                    db.read_only = None
-
-    def _attempt_on(self, db: Connection, fn: Callable[[Tx], T], snapshot: bool) -> tuple[T, bool]:
-        tx = _PostgresTx(db, locking=not snapshot)
-        try:
-            result = fn(tx)
-        except BaseException as error:
-            if db.broken or db.closed:
-                if isinstance(error, psycopg.OperationalError):
-                    raise _RunAgain from error
+                result = fn(tx)
+            except BaseException as error:
+                if db.broken or db.closed:
+                    if isinstance(error, psycopg.OperationalError):
+                        raise _RunAgain from error
+                    raise
+                db.rollback()
                 raise
-            db.rollback()
-            raise
-        try:
-            db.commit()
-        except psycopg.OperationalError as error:
-            if isinstance(error, _RETRYABLE):
-                raise  # refused at commit: rolled back, so it may run again
-            raise StoreUnavailable(
-                f"the database {self._where} went away during a commit: the outcome is unknown; retry"
-            ) from error
-        if tx.wrote_changes:
-            self._notify_others(db)
-        return result, tx.wrote_changes
+            try:
+                db.commit()
+            except psycopg.OperationalError as error:
+                if isinstance(error, _RETRYABLE):
+                    raise  # refused at commit: rolled back, so it may run again
+                raise StoreUnavailable(
+                    f"the database {self._where} went away during a commit: the outcome is unknown; retry"
+                ) from error
+            if tx.wrote_changes:
+                self._notify_others(db)
+            return result, tx.wrote_changes
 
     def _notify_others(self, db: Connection) -> None:
         """Tell the other stores' listeners, after the commit and in a transaction of its own. A NOTIFY inside the
@@ -662,12 +671,12 @@ class PostgresStore:
         except psycopg.Error as error:
             log.warning("committed, but could not notify the other stores: %s", error)
 
-    def _run(self, fn: Callable[[Tx], T], snapshot: bool = False) -> T:
+    def _run(self, fn: Callable[[Tx], T]) -> T:
         self._check_open()
         attempts = self.options.attempts
         for attempt in range(1, attempts + 1):
             try:
-                result, wrote_changes = self._attempt(fn, snapshot)
+                result, wrote_changes = self._attempt(fn)
             except _RETRYABLE:
                 if attempt == attempts:
                     raise
@@ -679,8 +688,6 @@ class PostgresStore:
                 continue
             except PoolTimeout as error:
                 raise StoreUnavailable(f"the database {self._where} is unreachable: {error}") from error
-            except psycopg.errors.ReadOnlySqlTransaction as error:
-                raise StoreError(f"a snapshot read cannot write: {error}") from error
             except psycopg.OperationalError as error:
                 # A statement timeout, an administrator's shutdown, a server that cannot accept connections now.
                 raise StoreUnavailable(f"the database {self._where} did not answer in time: {error}") from error
@@ -698,8 +705,27 @@ class PostgresStore:
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
         return await self._on_thread(self._run, fn)
 
+    def _run_snapshot(self, fn: Callable[[Tx], T]) -> T:
+        self._check_open()
+        try:
+            with self._pool.connection() as db:
+                try:
+                    db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    return fn(_PostgresTx(db, snapshot=True))
+                except psycopg.errors.ReadOnlySqlTransaction as error:
+                    raise StoreError("a snapshot read wrote: use a transaction") from error
+                finally:
+                    if not (db.broken or db.closed):
+                        db.rollback()
+        except PoolTimeout as error:
+            raise StoreUnavailable(f"the database {self._where} is unreachable: {error}") from error
+        except psycopg.OperationalError as error:
+            raise StoreUnavailable(f"the database {self._where} did not answer in time: {error}") from error
+
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        return await self._on_thread(self._run, fn, True)
+        """`fn` on one snapshot (REPEATABLE READ, READ ONLY) without locks: it decides nothing, so it need not wait
+        for the decisions in progress; it sees every commit acknowledged before it began."""
+        return await self._on_thread(self._run_snapshot, fn)
 
     # --- reads outside transactions ----------------------------------------------------------------------------
 

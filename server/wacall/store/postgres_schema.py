@@ -155,6 +155,17 @@ MIGRATIONS: tuple[PostgresMigration, ...] = (
             )""",
         ),
     ),
+    PostgresMigration(
+        6,
+        "the replica registry: each process's gRPC address and heartbeat, so call control reaches a call's owner",
+        (
+            """CREATE TABLE replicas (
+                instance text PRIMARY KEY,
+                address text NOT NULL,
+                heartbeat_expires_at bigint NOT NULL
+            )""",
+        ),
+    ),
 )
 
 # Every process that migrates takes this lock first (a transaction-scoped advisory lock: released at commit).
