@@ -32,7 +32,7 @@ def _free_port() -> int:
 class PostgresServer:
     """One cluster in a temporary directory; `url(dbname)` names a database on it."""
 
-    def __init__(self, max_connections: int = 300) -> None:
+    def __init__(self, max_connections: int = 300, shared_buffers: str = "32MB") -> None:
         if not (BIN / "initdb").exists():
             raise RuntimeError(f"{BIN / 'initdb'} is missing: run `make system-deps` (installs postgresql-15)")
         self.root = Path(tempfile.mkdtemp(prefix="wacall-pg-"))
@@ -41,6 +41,7 @@ class PostgresServer:
         self.sockets.mkdir()
         self.port = _free_port()
         self.max_connections = max_connections
+        self.shared_buffers = shared_buffers
         self._as_user: list[str] = []
         if os.geteuid() == 0:
             owner = pwd.getpwnam("postgres")
@@ -59,7 +60,7 @@ class PostgresServer:
     def start(self) -> None:
         options = (
             f"-p {self.port} -k {self.sockets} -c listen_addresses=127.0.0.1 -c fsync=on "
-            f"-c max_connections={self.max_connections} -c shared_buffers=32MB"
+            f"-c max_connections={self.max_connections} -c shared_buffers={self.shared_buffers}"
         )
         self._run(BIN / "pg_ctl", "start", "-w", "-t", "60", "-D", self.data, "-l", self.root / "log", "-o", options)
 

@@ -111,7 +111,7 @@ def _decide_in_a_process(url: str, start_at: float, attempts: int) -> int:
 
 
 async def test_two_processes_deciding_for_one_pair_at_once_use_its_limit_exactly_once(database: str) -> None:
-    open_store(database)  # migrated before the processes race (they would wait on the migration lock anyway)
+    migrate_database(database)  # before the processes race (they would wait on the migration lock anyway)
     start_at = time.time() + 3
     context = multiprocessing.get_context("spawn")
     with context.Pool(2) as pool:
@@ -153,6 +153,35 @@ async def test_decisions_for_two_pairs_of_one_business_do_not_wait_for_each_othe
     assert await held
     await asyncio.wait_for(pause, 10)
     assert await other.transaction(lambda tx: tx.restriction(PAIR.business)) == Restriction(None)
+
+
+async def test_a_transaction_chosen_as_a_deadlock_victim_is_run_again_and_both_commit(
+    stores: Callable[[], Store],
+) -> None:
+    """Two transactions lock two pairs in opposite orders: PostgreSQL aborts one (40P01), the store runs its function
+    again from scratch, and both increments are kept."""
+    first, second = stores(), stores()
+    both_hold_one = threading.Barrier(2, timeout=10)
+    runs: list[str] = []
+
+    def count_both(name: str, pairs: tuple[Pair, Pair]) -> Callable[[Tx], None]:
+        def count(tx: Tx) -> None:
+            runs.append(name)
+            ledgers = [tx.ledger(pairs[0])]
+            if runs.count(name) == 1:
+                both_hold_one.wait()  # the first run of each holds one pair's lock and asks for the other's
+            ledgers.append(tx.ledger(pairs[1]))
+            for pair, ledger in zip(pairs, ledgers, strict=True):
+                tx.save_ledger(pair, replace(ledger, consecutive_unanswered=ledger.consecutive_unanswered + 1), AT)
+
+        return count
+
+    await asyncio.gather(
+        first.transaction(count_both("first", (PAIR, OTHER))), second.transaction(count_both("second", (OTHER, PAIR)))
+    )
+    assert sorted(runs) in (["first", "first", "second"], ["first", "second", "second"])
+    counts = await first.transaction(lambda tx: (tx.ledger(PAIR), tx.ledger(OTHER)))
+    assert [ledger.consecutive_unanswered for ledger in counts] == [2, 2]
 
 
 async def test_one_active_call_per_pair_holds_across_stores(stores: Callable[[], Store]) -> None:
@@ -344,7 +373,8 @@ async def on_postgres(database: str, tmp_path: Path) -> AsyncIterator[Running]:
 
 
 async def test_a_permission_request_is_granted_end_to_end_on_postgresql(on_postgres: Running) -> None:
-    assert isinstance(on_postgres.service.store, PostgresStore)
+    store = on_postgres.service.store
+    assert isinstance(getattr(store, "inner", store), PostgresStore)  # under the metrics' instrumented store
     await on_postgres.behave(USER, sim_pb.ACCEPT_TEMPORARY)
     sent = await on_postgres.request()
     assert sent.channel in (pb.CHANNEL_TEMPLATE, pb.CHANNEL_INTERACTIVE)
