@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import os
 import shutil
@@ -14,7 +13,6 @@ import ssl
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,7 +30,7 @@ from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, 
 from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
-from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.api.serving import ServedMethods
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
@@ -82,42 +80,8 @@ from wacall_adapters.routes import InboundOptions, RoutePlan, RouteRefused, Serv
 
 log = logging.getLogger(__name__)
 
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.",)
 WORKER_PREFIX = "wacall-worker"
 ENGINE_CHECK_INTERVAL = 5.0  # seconds between pings of every media engine
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` metadata on every call except health checks."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-
-        async def deny(request: Any, context: Context) -> None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
-            )
-
-        self._deny_unary: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(deny)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method or ""
-        if method.startswith(UNAUTHENTICATED_PREFIXES):
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", ""))
-        if hmac.compare_digest(given.encode(), self._expected.encode()):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is not None and handler.response_streaming:
-            return self._deny_stream
-        return self._deny_unary
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -564,18 +528,15 @@ class Service:
         settings = self.settings
         grpc_host, grpc_port = _split(settings.grpc_address)
         _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
-        # The RPC observer outermost: calls refused by the token or the malformed-request guard count too.
-        interceptors: list[grpc.aio.ServerInterceptor] = [RpcObserver(self.metrics)]
-        if settings.auth_token:
-            interceptors.append(BearerTokenInterceptor(settings.auth_token))
         credentials = grpc_tls_credentials(settings)
         # Made before the server's stop is entered, so it is removed after the server stopped.
         private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
-        grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         stack.push_async_callback(lambda: grpc_server.stop(self._grace))
-        # Services are registered through the guard (every method parses its own requests); the port on the server.
-        server = MalformedRequestGuard(grpc_server)
+        # Services are registered through ServedMethods (each method checks the token, parses its own requests and
+        # is recorded, with no interceptor); the port on the server.
+        server = ServedMethods(grpc_server, bearer_token=settings.auth_token, recorder=RpcObserver(self.metrics))
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
             CallingServicer(permissions, calls, self._server_files()), server
         )

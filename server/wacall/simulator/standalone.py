@@ -29,7 +29,7 @@ from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 
 from wacall.api.clock import ClockServicer
-from wacall.api.errors import MalformedRequestGuard
+from wacall.api.serving import ServedMethods
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.rules.policy import PRESETS, PolicyError, load_policy
@@ -205,8 +205,8 @@ class StandaloneSimulator:
         host, port = _host_port(self.settings.grpc_address, "--grpc-address")
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         stack.push_async_callback(lambda: grpc_server.stop(2.0))
-        # Services are registered through the guard (it wraps each handler); the port and start are the server's.
-        server = MalformedRequestGuard(grpc_server)
+        # Services are registered through ServedMethods (it wraps each handler); the port and start are the server's.
+        server = ServedMethods(grpc_server)
         simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
             SimulatorServicer(self.platform, self.settings.media_dir), server
         )
