@@ -171,3 +171,33 @@ async def test_a_stream_is_recorded_when_it_ends_not_when_it_starts(served: tupl
     assert recorded.rpcs == []
     stream.cancel()
     assert await recorded.next() == (f"/{SERVICE}/Repeat", grpc.StatusCode.CANCELLED, REQUEST)
+
+
+def sync_echo(request: pb.GetPermissionRequest, context: grpc.ServicerContext) -> pb.Permission:
+    return pb.Permission(user_number=request.user_number)
+
+
+SYNC_HANDLERS = {
+    "Echo": grpc.unary_unary_rpc_method_handler(
+        sync_echo, pb.GetPermissionRequest.FromString, pb.Permission.SerializeToString
+    )
+}
+
+
+async def test_a_synchronous_handler_is_served_on_grpcs_thread_and_still_needs_the_token() -> None:
+    server = grpc.aio.server()
+    ServedMethods(server, bearer_token=TOKEN, recorder=Recorded()).add_registered_method_handlers(
+        SERVICE, SYNC_HANDLERS
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary(f"/{SERVICE}/Echo")
+            reply = await echo(REQUEST.SerializeToString(), metadata=AUTHORIZED)
+            assert pb.Permission.FromString(reply).user_number == USER
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await echo(REQUEST.SerializeToString())
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(None)

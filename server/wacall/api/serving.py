@@ -68,8 +68,12 @@ class ServedMethods:
         )
 
     def serve(self, method: str, handler: Handler) -> Handler:
-        """The handler wrapped: token, parse, record."""
+        """The handler wrapped: token, parse, record. A synchronous handler, which grpc runs on a thread (a
+        generated base class's unimplemented method, the synchronous reflection servicer), gets the token check
+        only: it is neither parsed here nor recorded."""
         expected = None if method.startswith(UNAUTHENTICATED_PREFIXES) else self._expected
+        if not _asynchronous(handler):
+            return handler if expected is None else _token_checked(handler, expected)
         return _wrapped(method, handler, expected, self._recorder)
 
 
@@ -92,10 +96,11 @@ class _ServedGenericHandler(grpc.GenericRpcHandler):
         return wrapped[1]
 
 
+UNAUTHENTICATED_DETAILS = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
+
+
 async def _refuse_unauthenticated(context: Context) -> NoReturn:
-    await context.abort(
-        grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'"
-    )
+    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
 
 def _authorized(context: Context, expected: bytes) -> bool:
@@ -121,6 +126,36 @@ def _code(context: Context, otherwise: grpc.StatusCode = grpc.StatusCode.OK) -> 
 
 
 _CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
+
+
+def _token_checked(handler: Handler, expected: bytes) -> Handler:
+    behaviour: Any = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+    def checked(request: Any, context: grpc.ServicerContext) -> Any:
+        given: str | bytes = ""
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                given = value
+        if not hmac.compare_digest(given.encode() if isinstance(given, str) else given, expected):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+        return behaviour(request, context)
+
+    kwargs: dict[str, Any] = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(checked, **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(checked, **kwargs)
+    if handler.stream_unary is not None:
+        return grpc.stream_unary_rpc_method_handler(checked, **kwargs)
+    return grpc.stream_stream_rpc_method_handler(checked, **kwargs)
+
+
+def _asynchronous(handler: Handler) -> bool:
+    behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return inspect.iscoroutinefunction(behaviour) or inspect.isasyncgenfunction(behaviour)
 
 
 def _parses_itself(handler: Handler) -> bool:
