@@ -282,7 +282,13 @@ REFUSED_DELIVERIES: Mapping[int, str] = {
 
 def item_kind(item: object) -> str:
     """An inbound item's kind, from its type: PermissionReply → permission_reply."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(item).__name__).lower()
+    kind = _KINDS.get(type(item))
+    if kind is None:
+        kind = _KINDS[type(item)] = re.sub(r"(?<!^)(?=[A-Z])", "_", type(item).__name__).lower()
+    return kind
+
+
+_KINDS: dict[type, str] = {}
 
 
 class ObservedDispatcher(Dispatcher):
@@ -300,6 +306,7 @@ class ObservedDispatcher(Dispatcher):
 
 def webhook_middleware(path: str, metrics: Metrics) -> Any:
     """Counts and logs each POST to the webhook `path`: its result, and its items by kind."""
+    counters = _DeliveryCounters(metrics)
 
     @web.middleware
     async def observe(
@@ -319,20 +326,41 @@ def webhook_middleware(path: str, metrics: Metrics) -> Any:
             raise
         finally:
             _delivery.reset(token)
-            _count_delivery(metrics, status, note)
+            _count_delivery(counters, status, note)
 
     return observe
 
 
-def _count_delivery(metrics: Metrics, status: int, note: _Delivery) -> None:
+class _DeliveryCounters:
+    """The delivery metrics' children, looked up once per label set: a delivery only increments."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._deliveries: dict[str, Any] = {}
+        self._items: dict[tuple[str, str], Any] = {}
+
+    def delivery(self, result: str) -> Any:
+        child = self._deliveries.get(result)
+        if child is None:
+            child = self._deliveries[result] = self._metrics.webhooks.labels(result)
+        return child
+
+    def items(self, kind: str, result: str) -> Any:
+        child = self._items.get((kind, result))
+        if child is None:
+            child = self._items[(kind, result)] = self._metrics.webhook_items.labels(kind, result)
+        return child
+
+
+def _count_delivery(counters: _DeliveryCounters, status: int, note: _Delivery) -> None:
     if status == 200:
         applied_nothing = note.result is not None and note.result.applied == 0 and note.result.duplicates > 0
         result = "duplicate" if applied_nothing else "ok"
     else:
         result = REFUSED_DELIVERIES.get(status, "error")
-    metrics.webhooks.labels(result).inc()
+    counters.delivery(result).inc()
     for kind, count in note.kinds.items():
-        metrics.webhook_items.labels(kind, result).inc(count)
+        counters.items(kind, result).inc(count)
     if webhook_log.isEnabledFor(logging.INFO):
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(note.kinds.items())) or "no items read"
         webhook_log.info(
