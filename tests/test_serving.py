@@ -16,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.api.serving import ServedMethods
+from wacall.store import StoreUnavailable
 
 TOKEN = "s3cret"
 SERVICE = "test.Pairs"
@@ -58,7 +59,16 @@ async def count(
         yield pb.Permission(user_number=request.user_number)
 
 
+async def unreachable(
+    request: pb.GetPermissionRequest, context: grpc.aio.ServicerContext[object, object]
+) -> pb.Permission:
+    raise StoreUnavailable("connection refused")
+
+
 HANDLERS = {
+    "Unreachable": grpc.unary_unary_rpc_method_handler(
+        unreachable, pb.GetPermissionRequest.FromString, pb.Permission.SerializeToString
+    ),
     "Echo": grpc.unary_unary_rpc_method_handler(
         echo, pb.GetPermissionRequest.FromString, pb.Permission.SerializeToString
     ),
@@ -161,6 +171,21 @@ async def test_a_malformed_message_in_a_request_stream_is_invalid_argument(
         await stream.read()
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert await recorded.next() == (f"/{SERVICE}/Count", grpc.StatusCode.INVALID_ARGUMENT, None)
+
+
+async def test_a_store_that_cannot_reach_its_database_is_unavailable_with_retry_info(
+    served: tuple[grpc.aio.Channel, Recorded],
+) -> None:
+    channel, recorded = served
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await channel.unary_unary(f"/{SERVICE}/Unreachable")(REQUEST.SerializeToString(), metadata=AUTHORIZED)
+    assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    details = dict(refused.value.trailing_metadata() or ())["grpc-status-details-bin"]
+    assert isinstance(details, bytes)
+    retry = error_details_pb2.RetryInfo()
+    assert any(detail.Unpack(retry) for detail in status_pb2.Status.FromString(details).details)
+    assert retry.retry_delay.seconds > 0
+    assert await recorded.next() == (f"/{SERVICE}/Unreachable", grpc.StatusCode.UNAVAILABLE, REQUEST)
 
 
 async def test_a_stream_is_recorded_when_it_ends_not_when_it_starts(served: tuple[grpc.aio.Channel, Recorded]) -> None:

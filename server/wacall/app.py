@@ -30,6 +30,7 @@ from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, 
 from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
+from wacall.api.forwarding import OwnerForwarding
 from wacall.api.serving import ServedMethods
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
@@ -55,7 +56,7 @@ from wacall.operations import (
 from wacall.permissions import PermissionService
 from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
-from wacall.simulator.remote import fetch_platform_config
+from wacall.simulator.remote import RemotePlatform, SimulatorLink, fetch_platform_config, webhook_url_listed
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
@@ -133,6 +134,7 @@ class Service:
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
         self.sim_verify_token = ""  # a standalone simulator's webhook verify token (--sim-address)
+        self.sim_link: SimulatorLink | None = None  # a standalone simulator's configuration, kept current
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
@@ -223,7 +225,7 @@ class Service:
         if settings.upstream != "sim":
             return None, ConfiguredSenders(settings.senders)
         if settings.sim_address.strip():
-            return await self._use_remote_simulator(settings.sim_address.strip())
+            return await self._use_remote_simulator(stack, settings.sim_address.strip())
         platform = self.platform = SimulatedPlatform(
             self.clock,
             self.policy,
@@ -248,19 +250,33 @@ class Service:
         )
         return f"http://127.0.0.1:{port}", senders
 
-    async def _use_remote_simulator(self, address: str) -> tuple[str, MetaSenderDirectory]:
+    async def _use_remote_simulator(
+        self, stack: contextlib.AsyncExitStack, address: str
+    ) -> tuple[str, MetaSenderDirectory]:
         """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
-        (waiting a while for one started at the same time); its SimulatorService is not served here."""
-        remote = await fetch_platform_config(address)
+        (waiting a while for one started at the same time), and asked again when it restarts with others; its
+        SimulatorService is not served here."""
+        token = self.settings.sim_auth_token
+        remote = await fetch_platform_config(address, token=token)
         senders = ProvisioningSenders(remote.accounts, remote.provision, number_for_phone_number_id, remote.app_secret)
         self.sim_verify_token = remote.webhook_verify_token
+
+        def use(fresh: RemotePlatform) -> None:
+            senders.replace(fresh.accounts, fresh.provision, fresh.app_secret)
+            self.sim_verify_token = fresh.webhook_verify_token
+
+        self.sim_link = SimulatorLink(remote, use, token=token)
+        stack.push_async_callback(self.sim_link.close)
         log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
         return remote.graph_root, senders
 
     async def _setup_upstream(self, stack: contextlib.AsyncExitStack, graph_address: str | None) -> MetaUpstream:
         # The service talks to the simulator over HTTP, exactly as to Meta.
         base_url = f"{graph_address}/{GRAPH_VERSION}" if graph_address is not None else self.settings.graph_base_url
-        upstream = self.upstream = MetaUpstream(GraphClient(base_url))
+        graph = GraphClient(base_url)
+        if self.sim_link is not None:
+            graph.on_unauthorized = self.sim_link.suspect
+        upstream = self.upstream = MetaUpstream(graph)
         stack.push_async_callback(upstream.close)
         return upstream
 
@@ -302,6 +318,7 @@ class Service:
                 lambda: settings.webhook_verify_token or self.sim_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
+                on_bad_signature=self.sim_link.suspect if self.sim_link is not None else None,
             )
         )
         http_app.add_routes(softphone_routes(self.softphone))
@@ -320,6 +337,19 @@ class Service:
         http_address = f"{http_host}:{server.sockets[0].getsockname()[1]}"
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
+        link = self.sim_link
+        if link is not None and not webhook_url_listed(
+            list(link.current.webhook_urls), int(http_address.rpartition(":")[2])
+        ):
+            log.warning(
+                "the simulator at %s delivers webhooks to %s, none of which is this service's (port %s, path %s): "
+                "this service will get no webhooks; add its URL to wacall simulate --webhook-url (replicas of one "
+                "service on one database) or --webhook-route NUMBER=URL (another stack)",
+                link.current.address,
+                ", ".join(link.current.webhook_urls) or "no URL",
+                http_address.rpartition(":")[2],
+                WEBHOOK_PATH,
+            )
         return http_address
 
     async def _setup_media_engine(self, stack: contextlib.AsyncExitStack) -> EnginePool[NgClient] | None:
@@ -533,12 +563,16 @@ class Service:
         private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        # Calls for another replica's calls go to their owner; closed after the server stops: forwarded calls finish
+        # first.
+        forwarding = OwnerForwarding(calls, replica_channel_credentials(settings))
+        stack.push_async_callback(forwarding.close)
         stack.push_async_callback(lambda: grpc_server.stop(self._grace))
         # Services are registered through ServedMethods (each method checks the token, parses its own requests and
         # is recorded, with no interceptor); the port on the server.
         server = ServedMethods(grpc_server, bearer_token=settings.auth_token, recorder=RpcObserver(self.metrics))
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
-            CallingServicer(permissions, calls, self._server_files()), server
+            CallingServicer(permissions, calls, self._server_files(), forwarding), server
         )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         contact_center_pb2_grpc.add_ContactCenterServiceServicer_to_server(
@@ -559,21 +593,25 @@ class Service:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+        # gRPC wants an IPv6 host in brackets.
+        grpc_target = f"[{grpc_host}]:{grpc_port}" if ":" in grpc_host else f"{grpc_host}:{grpc_port}"
         try:
             if credentials is None:
-                bound = grpc_server.add_insecure_port(f"{grpc_host}:{grpc_port}")
+                bound = grpc_server.add_insecure_port(grpc_target)
             else:
-                bound = grpc_server.add_secure_port(f"{grpc_host}:{grpc_port}", credentials)
-        except RuntimeError:
-            bound = 0
+                bound = grpc_server.add_secure_port(grpc_target, credentials)
+        except RuntimeError as error:
+            raise AddressUnavailable("gRPC", grpc_target, "--grpc-address", str(error)) from None
         if bound == 0 or (grpc_port and bound != grpc_port):
-            raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
+            why = "Address already in use" if bound == 0 else f"gRPC bound port {bound} instead"
+            raise AddressUnavailable("gRPC", grpc_target, "--grpc-address", why)
         if private_directory is not None:
             self._softphone_address = f"unix:{private_directory}/api.sock"
             grpc_server.add_insecure_port(self._softphone_address)
         await grpc_server.start()
         self._grpc = grpc_server
-        return f"{grpc_host}:{bound}", names
+        await calls.advertise(self.settings.advertise_address or advertised_address(grpc_host, bound))
+        return (f"[{grpc_host}]:{bound}" if ":" in grpc_host else f"{grpc_host}:{bound}"), names
 
     def _private_directory(self, stack: contextlib.AsyncExitStack) -> str:
         """With TLS on, the agent page reaches the API over a Unix socket in this directory, which only this user
@@ -634,6 +672,14 @@ class Service:
         self.metrics.live = LiveState(active_calls, queue_depths, agents)
 
 
+def advertised_address(host: str, port: int) -> str:
+    """Where other replicas reach a gRPC server bound to host:port: that address, or on a wildcard address the
+    host name (which other hosts resolve; set advertise_address where they do not)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:
     """The dispatch table: which service applies each kind of inbound item (the rest are ignored)."""
     return [
@@ -680,6 +726,21 @@ def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         raise ConfigError(f"grpc_tls_cert / grpc_tls_key / grpc_tls_client_ca cannot be loaded: {error}") from None
     return grpc.ssl_server_credentials(
         [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def replica_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """How this replica reaches another one when it forwards a call to the call's owner (None: plaintext, as the API
+    is served). With TLS, the other replica's certificate is checked against the client CA when one is set (the
+    replicas' certificates then come from the CA that signs clients too), else against the system's roots; the
+    replica shows its own certificate, which mutual TLS requires."""
+    if not settings.grpc_tls_cert:
+        return None
+    client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=client_ca,
+        private_key=Path(settings.grpc_tls_key).read_bytes(),
+        certificate_chain=Path(settings.grpc_tls_cert).read_bytes(),
     )
 
 

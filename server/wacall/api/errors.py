@@ -1,7 +1,8 @@
 """Rich gRPC errors (google.rpc details) for refusals, platform errors and bad input. Messages say what to do.
 
 Also the readers of request fields that refuse what the service cannot take (over-long or control-character text,
-Durations out of range). A request that does not even parse is refused where methods are served (`serving.py`).
+Durations out of range). A request that does not even parse, and a store that cannot reach its database, are
+answered where methods are served (`serving.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from wacall.api.messages import action_detail, duration
 from wacall.errors import REASONS, refusal_status
 from wacall.fields import InvalidField
 from wacall.permissions import PlatformRefusal, RuleRefusal
+from wacall.store.base import StoreUnavailable
 from wacall.upstreams.base import UpstreamUnavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -150,6 +152,22 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
         grpc.StatusCode.UNAVAILABLE,
         f"the platform could not be reached: {error}; {hint}",
         error_details_pb2.RetryInfo(retry_delay=duration(timedelta(seconds=5))),
+    )
+
+
+# How long a client is asked to wait before it retries while the database is unreachable.
+STORE_RETRY_DELAY = timedelta(seconds=3)
+
+
+async def abort_store_unavailable(context: Context, error: StoreUnavailable) -> NoReturn:
+    """UNAVAILABLE with RetryInfo and the ErrorInfo reason STORE_UNAVAILABLE: nothing was decided; retry (with the
+    same idempotency key, so a request whose commit was cut off is not made twice)."""
+    await abort(
+        context,
+        grpc.StatusCode.UNAVAILABLE,
+        f"the ledger's database is unavailable: {error}; retry later with the same idempotency key",
+        error_details_pb2.RetryInfo(retry_delay=duration(STORE_RETRY_DELAY)),
+        error_details_pb2.ErrorInfo(reason="STORE_UNAVAILABLE", domain="wacall"),
     )
 
 

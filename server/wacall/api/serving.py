@@ -8,7 +8,8 @@ and none of this changes after registration. In each call, in this order:
 1. the bearer token (every method but health checks, when a token is set): missing or wrong → UNAUTHENTICATED;
 2. the request parsed here, so that one that is not a valid message of its type (corrupt wire format, a string
    field that is not UTF-8, e.g. a lone surrogate) is INVALID_ARGUMENT with a BadRequest, not grpc's UNKNOWN;
-3. the method itself;
+3. the method itself: a store that cannot reach its database (`StoreUnavailable`, from any method) is UNAVAILABLE
+   with RetryInfo;
 4. the RPC handed to the `RpcRecorder` with its final status, its duration and the parsed request (None when it
    never parsed), so refused calls are recorded too; a stream when it ends.
 """
@@ -25,7 +26,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 import grpc
 from google.protobuf.message import DecodeError, Message
 
-from wacall.api.errors import Context, abort_bad_request
+from wacall.api.errors import Context, abort_bad_request, abort_store_unavailable
+from wacall.store import StoreUnavailable
 
 if TYPE_CHECKING:  # generic only in the type stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -205,9 +207,12 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                         request = parse(raw)
                     except DecodeError as error:
                         await _refuse_malformed(context, error)
-                result = behaviour(request, context)
-                if awaited or inspect.isawaitable(result):
-                    result = await result
+                try:
+                    result = behaviour(request, context)
+                    if awaited or inspect.isawaitable(result):
+                        result = await result
+                except StoreUnavailable as error:
+                    await abort_store_unavailable(context, error)
                 code = _code(context)
                 return result
             except asyncio.CancelledError:
@@ -232,9 +237,12 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                 try:
                     if expected is not None and not _authorized(context, expected):
                         await _refuse_unauthenticated(context)
-                    result = behaviour(request, context)
-                    if inspect.isawaitable(result):
-                        result = await result
+                    try:
+                        result = behaviour(request, context)
+                        if inspect.isawaitable(result):
+                            result = await result
+                    except StoreUnavailable as error:
+                        await abort_store_unavailable(context, error)
                     code = _code(context)
                     return result
                 except asyncio.CancelledError:
@@ -262,8 +270,11 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                         request = parse(raw)
                     except DecodeError as error:
                         await _refuse_malformed(context, error)
-                async for response in behaviour(request, context):
-                    yield response
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except StoreUnavailable as error:
+                    await abort_store_unavailable(context, error)
                 code = _code(context)
             except (asyncio.CancelledError, GeneratorExit):
                 code = grpc.StatusCode.CANCELLED
@@ -285,9 +296,12 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
             try:
                 if expected is not None and not _authorized(context, expected):
                     await _refuse_unauthenticated(context)
-                result = behaviour(requests(raw_requests, context), context)
-                if inspect.isawaitable(result):
-                    result = await result
+                try:
+                    result = behaviour(requests(raw_requests, context), context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except StoreUnavailable as error:
+                    await abort_store_unavailable(context, error)
                 code = _code(context)
                 return result
             except asyncio.CancelledError:
@@ -309,8 +323,11 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
         try:
             if expected is not None and not _authorized(context, expected):
                 await _refuse_unauthenticated(context)
-            async for response in behaviour(requests(raw_requests, context), context):
-                yield response
+            try:
+                async for response in behaviour(requests(raw_requests, context), context):
+                    yield response
+            except StoreUnavailable as error:
+                await abort_store_unavailable(context, error)
             code = _code(context)
         except (asyncio.CancelledError, GeneratorExit):
             code = grpc.StatusCode.CANCELLED
