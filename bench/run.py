@@ -1,6 +1,7 @@
 """wacall benchmarks: GetPermission over gRPC and signed webhook ingestion, each against a bare same-run baseline.
 
-Run: `.venv/bin/python bench/run.py` (or `make bench`); `--quick` for a smoke run. Servers run in subprocesses
+Run: `.venv/bin/python bench/run.py` (or `make bench`); `--quick` for a smoke run; `--log-level INFO` to measure
+with the per-RPC and per-webhook log lines on (written to a file). Servers run in subprocesses
 (the wacall service via `python -m wacall.cli serve`, the baselines via this script's `--serve-baseline` mode), the
 load generator in this process, so client and server never share an event loop.
 """
@@ -505,7 +506,7 @@ async def main(args: argparse.Namespace) -> int:
         f"sizes: gRPC {sizes.grpc_calls} calls x {sizes.grpc_concurrency} concurrent (+{sizes.grpc_warmup} warmup), "
         f"then {sizes.half_load_seconds:.0f} s each at half the echo's rate; {sizes.seeded_pairs} seeded pairs;\n"
         f"       webhooks {sizes.webhooks} x {sizes.webhook_concurrency} concurrent (+{sizes.webhook_warmup} warmup); "
-        f"{sizes.rounds} interleaved rounds per target"
+        f"{sizes.rounds} interleaved rounds per target; service log level {args.log_level}"
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wacall-bench-") as tmp_dir:
@@ -529,7 +530,7 @@ async def main(args: argparse.Namespace) -> int:
                 "--clock",
                 "system",
                 "--log-level",
-                "WARNING",
+                args.log_level,
             ],
             tmp / "wacall.stderr",
         )
@@ -577,6 +578,9 @@ async def main(args: argparse.Namespace) -> int:
             for child in (baseline, service):
                 if child is not None:
                     await child.stop()
+        log_lines = (tmp / "wacall.stderr").read_text(errors="replace").splitlines()
+        rpc_lines = sum(1 for line in log_lines if " rpc /wacall.v1.CallingService/GetPermission " in line)
+        print(f"service log: {len(log_lines)} lines, {rpc_lines} of them GetPermission RPCs")
     print(f"total wall time: {time.perf_counter() - started:.1f} s")
     if verified != posted:
         print("FAIL: some accepted webhooks are missing from the ledger", file=sys.stderr)
@@ -590,6 +594,12 @@ async def main(args: argparse.Namespace) -> int:
 def cli() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="the service's log level (INFO: one line per RPC and per webhook, to a file; default WARNING)",
+    )
     parser.add_argument("--serve-baseline", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:

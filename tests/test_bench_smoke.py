@@ -1,4 +1,5 @@
-"""The benchmark script runs end to end (`bench/run.py --quick`) and loses no webhook. No timing thresholds."""
+"""The benchmark script runs end to end (`bench/run.py --quick --log-level INFO`), logs every RPC and loses no
+webhook. No timing thresholds."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.slow
-def test_quick_benchmark_runs_and_every_webhook_reaches_the_ledger() -> None:
+def test_quick_benchmark_runs_at_info_logging_each_rpc_and_every_webhook_reaches_the_ledger() -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick"],
+        # At INFO, as `--log-level INFO` measures the per-RPC log line: the service logs one per call.
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--log-level", "INFO"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -33,3 +35,6 @@ def test_quick_benchmark_runs_and_every_webhook_reaches_the_ledger() -> None:
     found, posted = map(int, verified.groups())
     assert posted > 0
     assert found == posted, output
+    logged = re.search(r"service log: \d+ lines, (\d+) of them GetPermission RPCs", output)
+    assert logged is not None, output
+    assert int(logged.group(1)) >= 300, output  # the quick run's measured GetPermission calls, each logged

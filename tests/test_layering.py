@@ -32,7 +32,8 @@
   only gRPC, protobuf, the google.rpc types and its own stubs.
 - Metrics are defined in one module: only `wacall.metrics` imports prometheus_client, and only the operations edge
   (`wacall.operations`, `wacall.health`) and the assembly import it. The services report through `wacall.observe`
-  and reach neither metrics nor the operations edge, directly or through another module.
+  and reach neither metrics nor the operations edge, directly or through another module; nor does the gRPC API
+  (`wacall.api`), which tells the `RpcRecorder` it is given of every RPC.
 """
 
 from __future__ import annotations
@@ -818,6 +819,32 @@ def test_the_metrics_check_sees_a_service_reaching_metrics() -> None:
         GRAPH["wacall.permissions"].add("wacall.operations")
         assert "wacall.permissions reaches wacall.metrics" in metrics_layering_breaches()
         assert "wacall.calls.service reaches wacall.operations" in metrics_layering_breaches()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)
+
+
+def api_modules_reaching_operations() -> list[str]:
+    return [
+        f"{name} reaches {target}"
+        for name in GRAPH
+        if _within(name, ("wacall.api",))
+        for target in sorted(graph_reachable(name))
+        if target in ("wacall.metrics", *OPERATIONS_EDGE)
+    ]
+
+
+def test_the_api_records_its_rpcs_through_the_recorder_it_is_given() -> None:
+    # ServedMethods tells an RpcRecorder; the assembly hands it the operations edge's RpcObserver.
+    assert "wacall.api.errors" in GRAPH["wacall.api.serving"]
+    assert api_modules_reaching_operations() == []
+
+
+def test_the_api_check_sees_the_api_reaching_the_operations_edge() -> None:
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.api.serving"].add("wacall.operations")
+        assert "wacall.api.serving reaches wacall.metrics" in api_modules_reaching_operations()
     finally:
         GRAPH.clear()
         GRAPH.update(saved)

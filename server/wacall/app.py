@@ -27,12 +27,11 @@ from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
 
-from wacall.api.auth import BearerTokenInterceptor
 from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
-from wacall.api.errors import MalformedRequestGuard
 from wacall.api.forwarding import OwnerForwarding
+from wacall.api.serving import ServedMethods
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
@@ -563,23 +562,20 @@ class Service:
         settings = self.settings
         grpc_host, grpc_port = _split(settings.grpc_address)
         _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
-        # The RPC observer outermost: calls refused by the token or the malformed-request guard count too.
-        interceptors: list[grpc.aio.ServerInterceptor] = [RpcObserver(self.metrics)]
-        if settings.auth_token:
-            interceptors.append(BearerTokenInterceptor(settings.auth_token))
         credentials = grpc_tls_credentials(settings)
         # Made before the server's stop is entered, so it is removed after the server stopped.
         private = credentials is not None and not lookup_refusal(settings)
         private_directory = self._private_directory(stack) if private else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
-        grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         # Calls for another replica's calls go to their owner; closed after the server stops: forwarded calls finish
         # first.
         forwarding = OwnerForwarding(calls, replica_channel_credentials(settings))
         stack.push_async_callback(forwarding.close)
         stack.push_async_callback(lambda: grpc_server.stop(self._grace))
-        # Services are registered through the guard (every method parses its own requests); the port on the server.
-        server = MalformedRequestGuard(grpc_server)
+        # Services are registered through ServedMethods (each method checks the token, parses its own requests and
+        # is recorded, with no interceptor); the port on the server.
+        server = ServedMethods(grpc_server, bearer_token=settings.auth_token, recorder=RpcObserver(self.metrics))
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
             CallingServicer(permissions, calls, self._server_files(), forwarding), server
         )

@@ -74,6 +74,8 @@ def bounded_text(value: str, field: str, *, max_chars: int, multiline: bool = Fa
     (NUL and the like; free text may keep line breaks and tabs)."""
     if len(value) > max_chars:
         raise InvalidField(field, f"at most {max_chars} characters (got {len(value)})")
+    if value.isprintable():  # no control character at all (str.isprintable is False for every Cc): the common case
+        return value
     if _control_characters(value, "\n\r\t" if multiline else ""):
         raise InvalidField(field, "control characters (such as NUL) are not allowed")
     return value

@@ -1,28 +1,26 @@
 """The operations surface around the services: metrics and one log line per RPC, webhook delivery and decision.
 
-Everything here wraps what the assembly builds — the gRPC server (an interceptor), the `Store`, the `Upstream`, the
-webhook `Dispatcher` and its HTTP route (a middleware) — so no service or backend changes to be measured. The
-services report their decisions and ended calls through `wacall.observe.Observer`, which `Operations` implements.
+Everything here wraps what the assembly builds — the gRPC methods (the recorder their wrapper tells), the `Store`,
+the `Upstream`, the webhook `Dispatcher` and its HTTP route (a middleware) — so no service or backend changes to be
+measured. The services report their decisions and ended calls through `wacall.observe.Observer`, which
+`Operations` implements.
 Log lines carry their facts twice: in the message for people, and as `extra` fields the JSON format emits.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
-import inspect
 import logging
 import re
 import time
 from collections import Counter as Tally
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from aiohttp import web
-from google.protobuf import descriptor_pool, message_factory
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 
 from wacall.ingest import Dispatcher, IngestResult
 from wacall.media.counters import MediaCounters
@@ -81,157 +79,43 @@ class Operations:
 # --- gRPC ------------------------------------------------------------------------------------------------------------
 
 
-class RpcObserver(grpc.aio.ServerInterceptor):
-    """Counts and times every call by method and final status code, and logs one line per call (method, status,
-    duration, and the pair when the request names one). The outermost interceptor, so that calls refused by the
-    bearer token or the malformed-request guard are counted too; streams are counted when they end."""
+class RpcObserver:
+    """Counts and times every RPC by method and final status code, and logs one line per RPC (method, status,
+    duration, and the pair when the request names one): the `RpcRecorder` of `wacall.api.serving.ServedMethods`,
+    which tells it of calls refused by the bearer token or as malformed too, and of streams when they end."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
         self._children: dict[tuple[str, grpc.StatusCode], tuple[Any, Any]] = {}
-        self._request_types: dict[str, type[Message] | None] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method or ""
-        wrapped = self._wrapped.get(method)
-        if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped[method] = (handler, self._observing(method, handler))
-        return wrapped[1]
-
-    def _done(self, method: str, code: grpc.StatusCode, started: float, request: Any) -> None:
-        elapsed = time.perf_counter() - started
+    def rpc_done(self, method: str, code: grpc.StatusCode, seconds: float, request: Message | None) -> None:
         children = self._children.get((method, code))
         if children is None:  # label lookups once per method and code: the hot path only increments
             children = (self._metrics.rpcs.labels(method, code.name), self._metrics.rpc_seconds.labels(method))
             self._children[(method, code)] = children
         children[0].inc()
-        children[1].observe(elapsed)
+        children[1].observe(seconds)
         if rpc_log.isEnabledFor(logging.INFO):
-            business, user = self._pair(method, request)
+            # The request as the method got it, parsed once: its pair, when it names one.
+            business = getattr(request, "business_number", "")
+            user = getattr(request, "user_number", "")
+            business = business if isinstance(business, str) else ""
+            user = user if isinstance(user, str) else ""
             pair = f" {business} -> {user}" if business or user else ""
             rpc_log.info(
                 "rpc %s %s %.1f ms%s",
                 method,
                 code.name,
-                elapsed * 1000,
+                seconds * 1000,
                 pair,
                 extra={
                     "method": method,
                     "code": code.name,
-                    "duration_ms": round(elapsed * 1000, 3),
+                    "duration_ms": round(seconds * 1000, 3),
                     "business": business,
                     "user": user,
                 },
             )
-
-    def _pair(self, method: str, request: Any) -> tuple[str, str]:
-        """The request's business and user numbers, when it has them (the request may still be raw bytes here: the
-        malformed-request guard parses inside)."""
-        if isinstance(request, bytes):
-            request_type = self._request_type(method)
-            if request_type is None:
-                return "", ""
-            try:
-                request = request_type.FromString(request)
-            except DecodeError:
-                return "", ""
-        business = getattr(request, "business_number", "")
-        user = getattr(request, "user_number", "")
-        return (business if isinstance(business, str) else "", user if isinstance(user, str) else "")
-
-    def _request_type(self, method: str) -> type[Message] | None:
-        if method not in self._request_types:
-            request_type: type[Message] | None = None
-            service, _, name = method.strip("/").partition("/")
-            try:
-                found = descriptor_pool.Default().FindServiceByName(service).FindMethodByName(name)
-                request_type = message_factory.GetMessageClass(found.input_type) if found is not None else None
-            except KeyError:
-                pass
-            self._request_types[method] = request_type
-        return self._request_types[method]
-
-    def _observing(self, method: str, handler: Handler) -> Handler:
-        done = self._done
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-
-        def wrap(behaviour: Any) -> Any:
-            if inspect.isasyncgenfunction(behaviour):
-                # An async generator function itself: grpc tells generator handlers apart by the function's kind.
-                async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
-                    started = time.perf_counter()
-                    code = grpc.StatusCode.UNKNOWN
-                    try:
-                        async for response in behaviour(request, context):
-                            yield response
-                        code = _code(context)
-                    except (asyncio.CancelledError, GeneratorExit):
-                        code = grpc.StatusCode.CANCELLED
-                        raise
-                    except grpc.aio.AbortError:
-                        code = _code(context, grpc.StatusCode.UNKNOWN)
-                        raise
-                    finally:
-                        done(method, code, started, request)
-
-                return streaming
-
-            awaited = inspect.iscoroutinefunction(behaviour)
-
-            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                started = time.perf_counter()
-                code = grpc.StatusCode.UNKNOWN
-                try:
-                    result = behaviour(request, context)
-                    if awaited or inspect.isawaitable(result):
-                        result = await result
-                    code = _code(context)
-                    return result
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except grpc.aio.AbortError:
-                    code = _code(context, grpc.StatusCode.UNKNOWN)
-                    raise
-                finally:
-                    done(method, code, started, request)
-
-            return unary
-
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(wrap(handler.unary_unary), **kwargs)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(wrap(handler.unary_stream), **kwargs)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(wrap(handler.stream_unary), **kwargs)
-        assert handler.stream_stream is not None
-        return grpc.stream_stream_rpc_method_handler(wrap(handler.stream_stream), **kwargs)
-
-
-def _code(
-    context: grpc.aio.ServicerContext[Any, Any], otherwise: grpc.StatusCode = grpc.StatusCode.OK
-) -> grpc.StatusCode:
-    """The status the handler set (by abort or set_code); `otherwise` when it set none."""
-    code: Any = context.code()
-    if isinstance(code, grpc.StatusCode):
-        return code
-    if isinstance(code, int):
-        return _CODES_BY_NUMBER.get(code, otherwise)
-    return otherwise
-
-
-_CODES_BY_NUMBER = {status.value[0]: status for status in grpc.StatusCode}
 
 
 # --- the store and the platform -----------------------------------------------------------------------------------
@@ -376,7 +260,13 @@ REFUSED_DELIVERIES: Mapping[int, str] = {
 
 def item_kind(item: object) -> str:
     """An inbound item's kind, from its type: PermissionReply → permission_reply."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(item).__name__).lower()
+    kind = _KINDS.get(type(item))
+    if kind is None:
+        kind = _KINDS[type(item)] = re.sub(r"(?<!^)(?=[A-Z])", "_", type(item).__name__).lower()
+    return kind
+
+
+_KINDS: dict[type, str] = {}
 
 
 class ObservedDispatcher(Dispatcher):
@@ -394,6 +284,7 @@ class ObservedDispatcher(Dispatcher):
 
 def webhook_middleware(path: str, metrics: Metrics) -> Any:
     """Counts and logs each POST to the webhook `path`: its result, and its items by kind."""
+    counters = _DeliveryCounters(metrics)
 
     @web.middleware
     async def observe(
@@ -413,20 +304,41 @@ def webhook_middleware(path: str, metrics: Metrics) -> Any:
             raise
         finally:
             _delivery.reset(token)
-            _count_delivery(metrics, status, note)
+            _count_delivery(counters, status, note)
 
     return observe
 
 
-def _count_delivery(metrics: Metrics, status: int, note: _Delivery) -> None:
+class _DeliveryCounters:
+    """The delivery metrics' children, looked up once per label set: a delivery only increments."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._deliveries: dict[str, Any] = {}
+        self._items: dict[tuple[str, str], Any] = {}
+
+    def delivery(self, result: str) -> Any:
+        child = self._deliveries.get(result)
+        if child is None:
+            child = self._deliveries[result] = self._metrics.webhooks.labels(result)
+        return child
+
+    def items(self, kind: str, result: str) -> Any:
+        child = self._items.get((kind, result))
+        if child is None:
+            child = self._items[(kind, result)] = self._metrics.webhook_items.labels(kind, result)
+        return child
+
+
+def _count_delivery(counters: _DeliveryCounters, status: int, note: _Delivery) -> None:
     if status == 200:
         applied_nothing = note.result is not None and note.result.applied == 0 and note.result.duplicates > 0
         result = "duplicate" if applied_nothing else "ok"
     else:
         result = REFUSED_DELIVERIES.get(status, "error")
-    metrics.webhooks.labels(result).inc()
+    counters.delivery(result).inc()
     for kind, count in note.kinds.items():
-        metrics.webhook_items.labels(kind, result).inc(count)
+        counters.items(kind, result).inc(count)
     if webhook_log.isEnabledFor(logging.INFO):
         kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(note.kinds.items())) or "no items read"
         webhook_log.info(

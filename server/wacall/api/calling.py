@@ -12,7 +12,7 @@ import base64
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import grpc
 from google.rpc import error_details_pb2
@@ -35,7 +35,7 @@ from wacall.calls.ownership import CallOwnerUnreachable
 from wacall.calls.record import CallRecord
 from wacall.calls.service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
 from wacall.calls.sip_route import SipRouteUnavailable
-from wacall.fields import InvalidField
+from wacall.fields import InvalidField, bounded_text
 from wacall.media.tracks import Framer, PcmResampler
 from wacall.numbers import InvalidNumber, parse_number
 from wacall.permissions import (
@@ -77,10 +77,22 @@ MAX_TEMPLATE_LANGUAGE = 32
 MAX_TEMPLATE_PARAMETER = 1024
 
 
-async def numbers(context: Context, request: object) -> None:
+class NumberFields(Protocol):
+    """A request naming a pair (or filtering by one)."""
+
+    @property
+    def business_number(self) -> str: ...
+    @property
+    def user_number(self) -> str: ...
+
+
+async def numbers(context: Context, request: NumberFields) -> None:
     """Bound the number fields before anything parses them."""
-    for name in ("business_number", "user_number"):
-        await text_field(context, getattr(request, name), name, max_chars=MAX_NUMBER_CHARS)
+    try:
+        bounded_text(request.business_number, "business_number", max_chars=MAX_NUMBER_CHARS)
+        bounded_text(request.user_number, "user_number", max_chars=MAX_NUMBER_CHARS)
+    except InvalidField as error:
+        await abort_bad_request(context, error.field, error.why)
 
 
 def _page_token(view: CallRecord) -> str:

@@ -1,19 +1,18 @@
 """Rich gRPC errors (google.rpc details) for refusals, platform errors and bad input. Messages say what to do.
 
 Also the readers of request fields that refuse what the service cannot take (over-long or control-character text,
-Durations out of range) and the guard that answers a request that does not even parse with INVALID_ARGUMENT.
+Durations out of range). A request that does not even parse, and a store that cannot reach its database, are
+answered where methods are served (`serving.py`).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -207,125 +206,3 @@ async def server_file_field(context: Context, value: str, field: str, directory:
         return fields.server_file(value, field, directory, max_chars=max_chars)
     except InvalidField as error:
         await abort_bad_request(context, error.field, error.why)
-
-
-# --- requests that do not parse -----------------------------------------------------------------------------------
-
-if TYPE_CHECKING:  # generic only in the type stubs
-    Handler = grpc.RpcMethodHandler[Any, Any]
-
-
-async def _parse(deserialize: Callable[[bytes], Any], raw: bytes, context: Context) -> Any:
-    try:
-        return deserialize(raw)
-    except DecodeError as error:
-        await abort_bad_request(context, "request", f"not a valid message of this method's request type: {error}")
-
-
-def _parsing(handler: Handler) -> Handler:
-    """The same handler, reading raw bytes and parsing them itself, so that a parse failure is INVALID_ARGUMENT."""
-    deserialize = handler.request_deserializer
-    assert deserialize is not None
-    serialize = handler.response_serializer
-
-    async def requests(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        async for raw in raw_requests:
-            yield await _parse(deserialize, raw, context)
-
-    if not handler.request_streaming and not handler.response_streaming:
-        unary: Any = handler.unary_unary  # grpc's stubs type the behaviours as synchronous
-        assert unary is not None
-
-        async def unary_unary(raw: bytes, context: Context) -> Any:
-            try:
-                result = unary(await _parse(deserialize, raw, context), context)
-                return await result if inspect.isawaitable(result) else result
-            except StoreUnavailable as error:
-                await abort_store_unavailable(context, error)
-
-        return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
-    if not handler.request_streaming:
-        streaming: Any = handler.unary_stream
-        assert streaming is not None
-
-        async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            try:
-                async for response in streaming(await _parse(deserialize, raw, context), context):
-                    yield response
-            except StoreUnavailable as error:
-                await abort_store_unavailable(context, error)
-
-        return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
-    if not handler.response_streaming:
-        collecting: Any = handler.stream_unary
-        assert collecting is not None
-
-        async def stream_unary(raw_requests: AsyncIterator[bytes], context: Context) -> Any:
-            try:
-                return await collecting(requests(raw_requests, context), context)
-            except StoreUnavailable as error:
-                await abort_store_unavailable(context, error)
-
-        return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
-    bidirectional: Any = handler.stream_stream
-    assert bidirectional is not None
-
-    async def stream_stream(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        try:
-            async for response in bidirectional(requests(raw_requests, context), context):
-                yield response
-        except StoreUnavailable as error:
-            await abort_store_unavailable(context, error)
-
-    return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
-
-
-def _wrappable(handler: Handler) -> bool:
-    if handler.request_deserializer is None:
-        return False
-    # Streaming responses: only generator-style handlers (ours); those that write through the context keep theirs.
-    return not handler.response_streaming or inspect.isasyncgenfunction(handler.unary_stream or handler.stream_stream)
-
-
-def _guarded(handler: Handler) -> Handler:
-    return _parsing(handler) if _wrappable(handler) else handler
-
-
-class _ParsingGenericHandler(grpc.GenericRpcHandler):
-    """A generic handler whose method handlers parse their own requests (each wrapped once, then reused)."""
-
-    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
-        self._inner = inner
-        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
-
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
-        handler: Handler | None = self._inner.service(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method or ""
-        wrapped = self._wrapped.get(method)
-        if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped[method] = (handler, _guarded(handler))
-        return wrapped[1]
-
-
-class MalformedRequestGuard:
-    """A request that is not a valid message (corrupt wire format, a string field that is not UTF-8, e.g. a lone
-    surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails; and a
-    store that cannot reach its database (`StoreUnavailable`, from any method) is UNAVAILABLE with RetryInfo.
-
-    It stands in for the server where services are registered (the generated `add_*_to_server` functions take it
-    as their server): every method handler is wrapped there, once, to parse its own requests. Not an interceptor:
-    grpc runs an interceptor chain as coroutines on every call, and this wrapping never changes after
-    registration."""
-
-    def __init__(self, server: grpc.aio.Server) -> None:
-        self.server = server
-
-    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self.server.add_generic_rpc_handlers(tuple(_ParsingGenericHandler(h) for h in generic_rpc_handlers))
-
-    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Handler]) -> None:
-        self.server.add_registered_method_handlers(
-            service_name, {name: _guarded(handler) for name, handler in method_handlers.items()}
-        )

@@ -59,38 +59,47 @@ def action_detail(decision: ActionDecision) -> str:
     return advice
 
 
-def action_status(decision: ActionDecision) -> pb.ActionStatus:
-    return pb.ActionStatus(
-        action=ACTION[decision.action],
-        allowed=decision.allowed,
-        reason=REASON[decision.reason],
-        next_allowed_at=timestamp(decision.next_allowed_at),
-        limits=[
-            pb.Limit(
-                window=duration(u.window), max_allowed=u.max_allowed, used=u.used, resets_at=timestamp(u.resets_at)
-            )
-            for u in decision.limits
-        ],
-        channel=CHANNEL[decision.channel] if decision.channel else pb.CHANNEL_UNSPECIFIED,
-        detail=action_detail(decision),
-    )
+def _put_timestamp(target: timestamp_pb2.Timestamp, value: datetime | None) -> None:
+    """`target` set as `timestamp(value)` would make it; left unset for None."""
+    if value is not None:
+        since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - EPOCH
+        target.seconds = since.days * 86400 + since.seconds
+        target.nanos = since.microseconds * 1000
+
+
+def _put_action_status(status: pb.ActionStatus, decision: ActionDecision) -> None:
+    # Filled in place (`add` on the repeated fields, then each field): building every part as its own message and
+    # passing it in copies it once more, and a Permission is mostly action statuses.
+    status.action = ACTION[decision.action]
+    status.allowed = decision.allowed
+    status.reason = REASON[decision.reason]
+    _put_timestamp(status.next_allowed_at, decision.next_allowed_at)
+    for usage in decision.limits:
+        limit = status.limits.add(max_allowed=usage.max_allowed, used=usage.used)
+        limit.window.CopyFrom(duration(usage.window))
+        _put_timestamp(limit.resets_at, usage.resets_at)
+    if decision.channel:
+        status.channel = CHANNEL[decision.channel]
+    status.detail = action_detail(decision)
 
 
 def view_message(view: PermissionView) -> pb.Permission:
     """The Permission message: the one place a permission view's fields are written for the API."""
     evaluation = view.evaluation
-    return pb.Permission(
+    message = pb.Permission(
         business_number=view.pair.business,
         user_number=view.pair.user,
         state=STATE[evaluation.state],
-        expires_at=timestamp(evaluation.expires_at),
         consecutive_unanswered_calls=evaluation.consecutive_unanswered,
         user_prompted=evaluation.user_prompted,
-        service_window_expires_at=timestamp(evaluation.service_window_expires_at),
-        actions=[action_status(d) for d in evaluation.actions],
-        updated_at=timestamp(view.updated_at),
         policy=view.policy.label,
     )
+    _put_timestamp(message.expires_at, evaluation.expires_at)
+    _put_timestamp(message.service_window_expires_at, evaluation.service_window_expires_at)
+    _put_timestamp(message.updated_at, view.updated_at)
+    for decision in evaluation.actions:
+        _put_action_status(message.actions.add(), decision)
+    return message
 
 
 CALL_STATE = {s: getattr(pb, f"CALL_STATE_{s.name}") for s in CallState}

@@ -32,9 +32,8 @@ from grpc_reflection.v1alpha import reflection
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 
-from wacall.api.auth import BearerTokenInterceptor
 from wacall.api.clock import ClockServicer
-from wacall.api.errors import MalformedRequestGuard
+from wacall.api.serving import ServedMethods
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.rules.policy import PRESETS, PolicyError, load_policy
@@ -263,12 +262,11 @@ class StandaloneSimulator:
 
     async def _serve_grpc(self, stack: contextlib.AsyncExitStack) -> str:
         host, port = _host_port(self.settings.grpc_address, "--grpc-address")
-        token = self.settings.auth_token
-        interceptors: list[grpc.aio.ServerInterceptor] = [BearerTokenInterceptor(token)] if token else []
-        grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         stack.push_async_callback(lambda: grpc_server.stop(2.0))
-        # Services are registered through the guard (it wraps each handler); the port and start are the server's.
-        server = MalformedRequestGuard(grpc_server)
+        # Services are registered through ServedMethods (it wraps each handler: the token, the parse); the port and
+        # start are the server's.
+        server = ServedMethods(grpc_server, bearer_token=self.settings.auth_token)
         simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
             SimulatorServicer(self.platform, self.settings.media_dir), server
         )
