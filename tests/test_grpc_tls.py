@@ -8,6 +8,7 @@ import ipaddress
 import json
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,6 +211,54 @@ async def test_the_agent_pages_lookup_still_reaches_the_api_when_it_requires_mut
         # The private path still asks for the token.
         async with http.post(url, data=body, headers={"Authorization": "Bearer wrong"}) as response:
             assert response.status == 401
+
+
+async def test_with_mutual_tls_and_no_token_the_agent_pages_lookup_is_off_so_it_cannot_bypass_the_certificates(
+    make_service, pki
+) -> None:  # type: ignore[no-untyped-def]
+    ca, server, client, _, _ = pki
+    running: Running = await make_service(
+        grpc_tls_cert=str(server.cert), grpc_tls_key=str(server.key), grpc_tls_client_ca=str(ca.pem)
+    )
+    base = f"http://{running.addresses.http}/agent/api"
+    async with aiohttp.ClientSession() as http:
+        for method, body in [
+            ("StartCall", {"businessNumber": BUSINESS, "userNumber": USER}),
+            ("RequestPermission", {"businessNumber": BUSINESS, "userNumber": USER}),
+            ("GetPermission", {"businessNumber": BUSINESS, "userNumber": USER}),
+        ]:
+            async with http.post(f"{base}/{method}", data=json.dumps(body)) as response:
+                assert response.status == 403, method
+                answer = await response.json()
+                assert answer["code"] == "PERMISSION_DENIED" and "auth_token" in answer["message"], answer
+    # Nothing was asked of the platform or stored; the API itself still serves clients with a certificate.
+    async with secure_channel(running.addresses.grpc, ca.pem, client) as channel:
+        assert (await get_permission(channel)).business_number == BUSINESS
+        calls = await calling_pb2_grpc.CallingServiceStub(channel).ListCalls(pb.ListCallsRequest())
+    assert list(calls.calls) == []
+
+
+async def test_the_agent_pages_private_socket_is_bound_even_under_a_temporary_directory_too_deep_for_one(
+    make_service, pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    ca, server, _, _, _ = pki
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # a Unix socket's path is at most 107 bytes
+    deep.mkdir(parents=True)
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    running: Running = await make_service(
+        grpc_tls_cert=str(server.cert),
+        grpc_tls_key=str(server.key),
+        grpc_tls_client_ca=str(ca.pem),
+        auth_token="desk-token",
+    )
+    url = f"http://{running.addresses.http}/agent/api/GetPermission"
+    body = json.dumps({"businessNumber": BUSINESS, "userNumber": USER})
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=body, headers={"Authorization": "Bearer desk-token"}) as response,
+    ):
+        assert response.status == 200
+        assert (await response.json())["businessNumber"] == BUSINESS
 
 
 async def test_a_certificate_that_is_not_pem_stops_the_start_with_a_message_naming_it(tmp_path: Path, pki) -> None:  # type: ignore[no-untyped-def]

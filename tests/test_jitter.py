@@ -6,11 +6,14 @@ In memory, packet by packet (as aiortc's receiver feeds it), then wired into a r
 from __future__ import annotations
 
 import asyncio
+import random
 
+import pytest
+from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 
-from wacall.media.jitter import CAPACITY, AudioJitterBuffer
+from wacall.media.jitter import GIVE_UP_AFTER, RECEIVER_ATTRIBUTE, AudioJitterBuffer, hand_on_complete_frames
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import FRAME_SAMPLES, ToneSource
 
@@ -61,14 +64,66 @@ def test_a_packet_older_than_what_was_handed_on_is_dropped() -> None:
     assert handed_on(buffer, 1) == [None]
 
 
-def test_a_lost_packet_holds_the_audio_back_until_the_buffer_gives_up_on_it() -> None:
-    buffer = AudioJitterBuffer()
-    assert handed_on(buffer, 0) == [0]
-    # Packet 1 never comes: the buffer waits for it while later packets fill its capacity...
-    assert handed_on(buffer, *range(2, CAPACITY + 1)) == [None] * (CAPACITY - 1)
-    # ...then skips the gap and carries on with what it holds, in order.
-    assert handed_on(buffer, CAPACITY + 1) == [2]
-    assert handed_on(buffer, CAPACITY + 2) == [3]
+def lags(buffer: JitterBuffer, indexes: list[int]) -> list[int | None]:
+    """After each packet, how many frames behind the packet just arrived the frame handed on is (None: nothing)."""
+    return [
+        None if frame is None else index - frame
+        for index, frame in zip(indexes, handed_on(buffer, *indexes), strict=True)
+    ]
+
+
+def test_a_lost_packet_is_given_up_on_once_two_later_packets_wait_and_the_lag_stays_at_most_one_frame() -> None:
+    arriving = [n for n in range(40) if n != 5]  # packet 5 is lost: aiortc has no retransmission for audio
+    assert GIVE_UP_AFTER == 2
+    lag = lags(AudioJitterBuffer(), arriving)
+    assert lag[:5] == [0] * 5
+    assert lag[5] is None  # packet 6 waits: 5 may only be late
+    assert lag[6:] == [1] * len(lag[6:])  # from packet 7 on, one frame behind, for the rest of the call
+    assert max(lag[5 + 1 + 10 :]) <= 1  # ten packets after the loss, as at any time after it
+
+
+def held_after_each(buffer: JitterBuffer, indexes: list[int]) -> list[int]:
+    """How many packets the buffer holds after each one arrives: the delay it carries into what follows."""
+    held = []
+    for index in indexes:
+        buffer.add(packet(index))
+        held.append(sum(stored is not None for stored in buffer._packets))
+    return held
+
+
+def test_reordered_packets_do_not_add_up_to_lasting_delay() -> None:
+    arriving = list(range(200))
+    for k in range(10, 190, 10):  # a swap of neighbours every ten packets
+        arriving[k], arriving[k + 1] = arriving[k + 1], arriving[k]
+    assert max(held_after_each(AudioJitterBuffer(), arriving)) <= 1
+    assert lags(AudioJitterBuffer(), arriving)[-10:] == [1] * 10  # after 18 reorders: one frame, as after the first
+    handed = [frame for frame in handed_on(AudioJitterBuffer(), *arriving) if frame is not None]
+    assert handed == list(range(199))  # every frame, in order (the last still waits for the next packet)
+
+
+def test_under_random_loss_and_reordering_the_buffer_never_holds_more_than_one_frame() -> None:
+    chance = random.Random(7)
+    arriving = [n for n in range(3000) if chance.random() > 0.05]  # 5 % lost
+    for k in range(len(arriving) - 1):
+        if chance.random() < 0.05:  # 5 % arrive after their successor
+            arriving[k], arriving[k + 1] = arriving[k + 1], arriving[k]
+    assert max(held_after_each(AudioJitterBuffer(), arriving)) <= 1
+    handed = [frame for frame in handed_on(AudioJitterBuffer(), *arriving) if frame is not None]
+    assert handed == sorted(set(handed))
+    assert len(handed) > 0.9 * len(arriving)  # giving up on gaps costs few of the packets that did arrive
+
+
+async def test_the_buffer_is_replaced_only_where_aiortc_keeps_one() -> None:
+    transport = RTCDtlsTransport(RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()])
+    receiver = RTCRtpReceiver("audio", transport)
+    original = getattr(receiver, RECEIVER_ATTRIBUTE)
+    assert isinstance(original, JitterBuffer) and not isinstance(original, AudioJitterBuffer)
+    replaced = hand_on_complete_frames(receiver)
+    assert getattr(receiver, RECEIVER_ATTRIBUTE) is replaced
+    delattr(receiver, RECEIVER_ATTRIBUTE)  # as if aiortc renamed its attribute
+    with pytest.raises(RuntimeError, match="aiortc changed"):
+        hand_on_complete_frames(receiver)
+    await receiver.stop()
 
 
 async def test_a_leg_pairs_receivers_are_fed_through_the_audio_jitter_buffer() -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 import socket
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -22,9 +25,10 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2_grpc
 
+from wacall.health import start_following_readiness
 from wacall.metrics import LiveState, Metrics
 from wacall.operations import InstrumentedStore, InstrumentedUpstream
-from wacall.store import open_store
+from wacall.store import CallInProgress, Pair, StoredCall, open_store
 from wacall.upstreams.base import UpstreamUnavailable
 from wacall.upstreams.meta import wire
 from wacall.upstreams.meta.accounts import MetaAccount
@@ -231,6 +235,32 @@ async def test_each_service_has_its_own_registry(make_service) -> None:  # type:
     assert value(await scrape(second), "wacall_grpc_requests_total", **ok) == 0
 
 
+async def test_database_errors_raised_inside_a_transactions_function_count_and_a_second_active_call_does_not(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ledger.db"
+    metrics = Metrics()
+    store = InstrumentedStore(open_store(f"sqlite:///{path}"), metrics)
+    call = StoredCall("call-1", Pair(BUSINESS, USER), "outbound", datetime(2026, 12, 1, tzinfo=UTC), "ringing", {})
+    await store.transaction(lambda tx: tx.save_call(call))
+    with pytest.raises(CallInProgress):  # a domain outcome, raised by the store's interface
+        await store.transaction(lambda tx: tx.save_call(dataclasses.replace(call, call_id="call-2")))
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE settings")  # the database breaks under the service
+    with pytest.raises(sqlite3.OperationalError):
+        await store.read(lambda tx: tx.setting("paused"))  # a query inside the read's function
+    with pytest.raises(sqlite3.OperationalError):
+        await store.transaction(lambda tx: tx.save_setting("paused", "1"))  # and inside a transaction's
+    await store.close()
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(metrics.exposition().decode())
+        for s in family.samples
+    }
+    assert value(samples, "wacall_store_errors_total", error="OperationalError") == 2
+    assert total(samples, "wacall_store_errors_total") == 2
+
+
 async def test_healthz_answers_without_the_store_and_readyz_and_grpc_health_follow_the_store(
     wacall: Running,
 ) -> None:
@@ -259,6 +289,23 @@ async def test_healthz_answers_without_the_store_and_readyz_and_grpc_health_foll
             wacall.service.store = working
         assert (await http.get(f"{base}/readyz")).status_code == 200
         await eventually_async(lambda: grpc_serving(health_pb2.HealthCheckResponse.SERVING))
+
+
+async def test_grpc_health_is_not_serving_until_a_readiness_check_has_passed() -> None:
+    for problem, expected in [("store unavailable (StoreError)", [False]), (None, [False, True])]:
+        told: list[bool] = []
+
+        async def set_serving(serving: bool, told: list[bool] = told) -> None:
+            told.append(serving)
+
+        async def check(problem: str | None = problem) -> str | None:
+            return problem
+
+        following = await start_following_readiness([check], set_serving, interval=3600)
+        assert told == expected  # as the service starts: the first check has run before anything else
+        following.cancel()
+        await asyncio.gather(following, return_exceptions=True)
+        assert told == expected  # and the loop says nothing it already said
 
 
 async def eventually_async(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import pytest
 
+from wacall.health import store_answers
 from wacall.rules.engine import PermissionState
-from wacall.store import ChangeNotifier, EventRecord, Pair, SqliteStore, Tx
+from wacall.store import ChangeNotifier, EventRecord, Pair, SqliteStore, StoreError, Tx
+from wacall.store import sqlite as sqlite_backend
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 PAIR = Pair("+447911123456", "+34612345678")
@@ -157,6 +159,88 @@ async def test_close_answers_every_transaction_queued_before_it(tmp_path: Path) 
     assert len(committed_settings(tmp_path / "closing.db")) == 10
 
 
+async def test_a_function_raising_stop_iteration_gets_a_runtime_error_and_the_rest_of_its_group_its_answers(
+    store: SqliteStore,
+) -> None:
+    def bug(tx: Tx) -> None:
+        next(iter([]))  # StopIteration: a future refuses it as an exception
+
+    holder, release = await hold_the_thread(store)
+    failing = asyncio.ensure_future(store.transaction(bug))
+    queued = [asyncio.ensure_future(store.transaction(write(n))) for n in range(5)]
+    await asyncio.sleep(0.05)
+    release.set()
+    await holder
+    _, pending = await asyncio.wait([failing, *queued], timeout=10)
+    assert pending == set()
+    assert isinstance(failing.exception(), RuntimeError)
+    assert isinstance(failing.exception().__cause__, StopIteration)  # type: ignore[union-attr]
+    assert len({job.result() for job in queued}) == 5
+    assert committed_settings(store.path) == {f"n{n}": str(n) for n in range(5)}
+
+
+async def test_a_writer_whose_connection_breaks_answers_its_group_then_refuses_at_once_and_readiness_sees_it(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "broken.db")
+
+    def break_the_connection(tx: Tx) -> None:
+        # The connection becomes unusable mid-group (as after a failed COMMIT whose ROLLBACK fails too).
+        tx._db.close()  # type: ignore[attr-defined]
+
+    assert await store_answers(lambda: store)() is None
+    holder, release = await hold_the_thread(store)
+    queued = [asyncio.ensure_future(store.transaction(write(n))) for n in range(3)]
+    breaking = asyncio.ensure_future(store.transaction(break_the_connection))
+    behind = [asyncio.ensure_future(store.transaction(write(n))) for n in range(3, 6)]
+    await asyncio.sleep(0.05)
+    release.set()
+    _, pending = await asyncio.wait([holder, *queued, breaking, *behind], timeout=10)
+    assert pending == set()
+    assert all(isinstance(job.exception(), StoreError) for job in [*queued, breaking, *behind])
+    with pytest.raises(StoreError, match="writer failed"):
+        await asyncio.wait_for(store.transaction(write(9)), 1)  # at once, not after a deadline
+    problem = await store_answers(lambda: store)()
+    assert problem == "store unavailable (StoreError)"
+    await asyncio.wait_for(store.close(), 5)
+    assert committed_settings(tmp_path / "broken.db") == {}
+
+
+async def test_a_transaction_whose_caller_stopped_waiting_before_it_ran_is_not_run(store: SqliteStore) -> None:
+    holder, release = await hold_the_thread(store)
+    abandoned = asyncio.ensure_future(store.transaction(write(1)))
+    kept = asyncio.ensure_future(store.transaction(write(2)))
+    await asyncio.sleep(0.05)
+    abandoned.cancel()  # its deadline passed while it queued
+    release.set()
+    await holder
+    await kept
+    assert committed_settings(store.path) == {"n2": "2"}
+
+
+async def test_when_a_group_fails_each_caller_gets_its_own_copy_of_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_backend, "WRITER_BUSY_TIMEOUT_MS", 500)
+    store = SqliteStore(tmp_path / "locked.db")
+    # Another process holds the write lock throughout: every group's BEGIN IMMEDIATE fails after the busy timeout.
+    other = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        first = asyncio.ensure_future(store.transaction(write(0)))
+        await asyncio.sleep(0.05)  # the first group is waiting for the lock; the next three queue behind it
+        queued = [asyncio.ensure_future(store.transaction(write(n))) for n in range(1, 4)]
+        await asyncio.wait([first], timeout=10)
+        errors = await asyncio.gather(*queued, return_exceptions=True)
+    finally:
+        other.close()
+    assert isinstance(first.exception(), sqlite3.OperationalError)
+    assert all(isinstance(error, sqlite3.OperationalError) for error in errors)
+    assert len({id(error) for error in errors}) == 3  # a copy each: one raise does not grow another's traceback
+    assert len({id(error.__cause__) for error in errors}) == 1  # of the one error their shared commit met
+    await store.close()
+
+
 WRITER = textwrap.dedent(
     """
     import asyncio, sys
@@ -179,7 +263,10 @@ WRITER = textwrap.dedent(
 )
 
 
-async def test_kill_nine_loses_no_acknowledged_transaction(tmp_path: Path) -> None:
+async def test_after_a_kill_nine_every_acknowledged_transaction_is_in_the_file(tmp_path: Path) -> None:
+    """Proves that a caller is answered only after the COMMIT holding its writes: what a crash of the process
+    cannot undo. It does not prove durability against power loss: the OS page cache survives kill -9, so this
+    passes with `synchronous=OFF` too; that guarantee rests on `synchronous=FULL`."""
     path = tmp_path / "killed.db"
     writer = subprocess.Popen(
         [sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -38,7 +38,7 @@ from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
-from wacall.health import ReadinessCheck, follow_readiness, health_routes, store_answers
+from wacall.health import ReadinessCheck, health_routes, start_following_readiness, store_answers
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
 from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
@@ -481,10 +481,14 @@ class Service:
 
     def _setup_softphone(self, stack: contextlib.AsyncExitStack, queues: QueueService, grpc_address: str) -> None:
         """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API (over TLS, its
-        private Unix socket: see _setup_grpc)."""
+        private Unix socket: see _setup_grpc), unless mutual TLS guards the API and no token does."""
         self.softphone.queues = queues
-        self.softphone.connect(self._softphone_address or grpc_address)
         stack.push_async_callback(self.softphone.close)
+        if refusal := lookup_refusal(self.settings):
+            self.softphone.lookup_refusal = refusal
+            log.warning("the agent page's customer lookup (/agent/api) is off: %s", self.softphone.lookup_refusal)
+            return
+        self.softphone.connect(self._softphone_address or grpc_address)
 
     async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
         """The SIP endpoint and its front door when --sip-address or --sip-tls-address is set. SIP media goes
@@ -560,7 +564,8 @@ class Service:
         _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
         credentials = grpc_tls_credentials(settings)
         # Made before the server's stop is entered, so it is removed after the server stopped.
-        private_directory = self._private_directory(stack) if credentials is not None else None
+        private = credentials is not None and not lookup_refusal(settings)
+        private_directory = self._private_directory(stack) if private else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         # Calls for another replica's calls go to their owner; closed after the server stops: forwarded calls finish
@@ -607,7 +612,15 @@ class Service:
             raise AddressUnavailable("gRPC", grpc_target, "--grpc-address", why)
         if private_directory is not None:
             self._softphone_address = f"unix:{private_directory}/api.sock"
-            grpc_server.add_insecure_port(self._softphone_address)
+            try:
+                socket_bound = grpc_server.add_insecure_port(self._softphone_address)
+            except RuntimeError:
+                socket_bound = 0
+            if socket_bound == 0:
+                raise ConfigError(
+                    f"the agent page's private socket {self._softphone_address[5:]} cannot be bound (a Unix socket's "
+                    f"path is at most {UNIX_PATH_MAX - 1} bytes): set TMPDIR to a shorter directory"
+                )
         await grpc_server.start()
         self._grpc = grpc_server
         await calls.advertise(self.settings.advertise_address or advertised_address(grpc_host, bound))
@@ -617,7 +630,7 @@ class Service:
         """With TLS on, the agent page reaches the API over a Unix socket in this directory, which only this user
         can enter (mode 0700): it holds no client certificate for mutual TLS, and a loopback TCP port would be open
         to every local user. The bearer token still applies there."""
-        directory = tempfile.TemporaryDirectory(prefix="wacall-grpc-")
+        directory = tempfile.TemporaryDirectory(prefix="wacall-", dir=_short_temporary_root())
         stack.callback(directory.cleanup)
         return directory.name
 
@@ -630,8 +643,7 @@ class Service:
             for name in ["", *names]:
                 await self._health.set(name, status)
 
-        await set_serving(True)
-        following = asyncio.create_task(follow_readiness(self._readiness_checks(), set_serving), name="wacall-ready")
+        following = await start_following_readiness(self._readiness_checks(), set_serving)
 
         async def stop_following() -> None:
             following.cancel()
@@ -707,6 +719,30 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         idle_timeout=timedelta(seconds=settings.http_idle_timeout_seconds),
         max_connections=settings.http_max_connections,
     )
+
+
+# The longest Unix socket path Linux takes, its terminating NUL included (sun_path).
+UNIX_PATH_MAX = 108
+# Room the private directory's own name and "api.sock" take below its root.
+_PRIVATE_SOCKET_NAME_ROOM = len("/wacall-XXXXXXXX/api.sock")
+
+
+def _short_temporary_root() -> str | None:
+    """Where the private socket's directory goes: the usual temporary directory, or /tmp when that one's path is too
+    long for a Unix socket (a deep TMPDIR, as on macOS or in CI). None: the usual one."""
+    usual = tempfile.gettempdir()
+    if len(os.fsencode(usual)) + _PRIVATE_SOCKET_NAME_ROOM < UNIX_PATH_MAX or not os.path.isdir("/tmp"):
+        return None
+    return "/tmp"
+
+
+def lookup_refusal(settings: Settings) -> str:
+    """Why the agent page's customer lookup is off ("" when it is on). The lookup calls the API from the HTTP port
+    (StartCall included) with the bearer token the page sends: with mutual TLS and no token, it would be the one way
+    into the API without a client certificate."""
+    if settings.grpc_tls_client_ca.strip() and not settings.auth_token:
+        return "the gRPC API requires client certificates (grpc_tls_client_ca) and no auth_token is set"
+    return ""
 
 
 def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:

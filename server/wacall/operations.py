@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from wacall.ingest import Dispatcher, IngestResult
 from wacall.media.counters import MediaCounters
 from wacall.metrics import Metrics
-from wacall.store import ChangeNotifier, EventRecord, Store, StoredCall, Tx
+from wacall.store import ChangeNotifier, EventRecord, Store, StoredCall, Tx, is_database_failure
 from wacall.upstreams.base import (
     Account,
     CallAction,
@@ -123,7 +123,8 @@ class RpcObserver:
 
 class InstrumentedStore:
     """A `Store` that times each transaction and snapshot read, and counts the store's failures by error type: what
-    the database or the backend raised, not what a transaction's function raised (a rule refusal, a conflict)."""
+    the database or the backend raised (`is_database_failure`), wherever it was raised — a query inside a
+    transaction's function included — and never a domain outcome (a rule refusal, a conflict)."""
 
     def __init__(self, store: Store, metrics: Metrics) -> None:
         self.inner = store
@@ -135,48 +136,25 @@ class InstrumentedStore:
         return self.inner.changes
 
     def _failed(self, error: BaseException) -> None:
-        self._errors.labels(type(error).__name__).inc()
+        if is_database_failure(error):
+            self._errors.labels(type(error).__name__).inc()
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
-        raised_by_fn = False
-
-        def run(tx: Tx) -> T:
-            nonlocal raised_by_fn
-            raised_by_fn = False  # a backend may retry the function from scratch
-            try:
-                return fn(tx)
-            except BaseException:
-                raised_by_fn = True
-                raise
-
         started = time.perf_counter()
         try:
-            return await self.inner.transaction(run)
+            return await self.inner.transaction(fn)
         except Exception as error:
-            if not raised_by_fn:
-                self._failed(error)
+            self._failed(error)
             raise
         finally:
             self._seconds.observe(time.perf_counter() - started)
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        raised_by_fn = False
-
-        def run(tx: Tx) -> T:
-            nonlocal raised_by_fn
-            raised_by_fn = False
-            try:
-                return fn(tx)
-            except BaseException:
-                raised_by_fn = True
-                raise
-
         started = time.perf_counter()
         try:
-            return await self.inner.read(run)
+            return await self.inner.read(fn)
         except Exception as error:
-            if not raised_by_fn:
-                self._failed(error)
+            self._failed(error)
             raise
         finally:
             self._seconds.observe(time.perf_counter() - started)

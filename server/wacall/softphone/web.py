@@ -93,6 +93,8 @@ class SoftphoneBackend:
     request that arrives before is answered 503)."""
 
     auth_token: str = ""
+    # Why the customer lookup is off ("": on); the assembly decides (see app.lookup_refusal).
+    lookup_refusal: str = ""
     queues: QueueService | None = None
     calling: calling_pb2_grpc.CallingServiceStub | None = None
     _channel: grpc.aio.Channel | None = field(default=None, repr=False)
@@ -300,6 +302,8 @@ async def customer_lookup(backend: SoftphoneBackend, request: web.Request) -> we
     known = LOOKUP_METHODS.get(method)
     if known is None:
         return _json_error(404, "NOT_FOUND", f"no lookup {method!r}: one of {', '.join(LOOKUP_METHODS)}")
+    if backend.lookup_refusal:
+        return _json_error(403, "PERMISSION_DENIED", f"the customer lookup is off: {backend.lookup_refusal}")
     if backend.calling is None:
         return _json_error(503, "UNAVAILABLE", "the service is starting")
     if request.content_length is not None and request.content_length > MAX_LOOKUP_BODY:

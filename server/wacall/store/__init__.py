@@ -36,7 +36,9 @@ from wacall.store.codecs import (
 )
 from wacall.store.migrations import SCHEMA_VERSION, SchemaTooNew
 from wacall.store.operations import migrate_database
+from wacall.store.postgres import DRIVER_ERRORS as POSTGRES_ERRORS
 from wacall.store.postgres import PostgresStore, open_postgres
+from wacall.store.sqlite import DRIVER_ERRORS as SQLITE_ERRORS
 from wacall.store.sqlite import SqliteStore, open_sqlite
 
 # URL scheme → the backend that opens such a URL.
@@ -45,6 +47,15 @@ BACKENDS: Mapping[str, Callable[[str], Store]] = {
     "postgresql": open_postgres,
     "postgres": open_postgres,
 }
+
+# Every backend's driver errors, and the store's own: what the database raised, wherever it was raised.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (StoreError, *SQLITE_ERRORS, *POSTGRES_ERRORS)
+
+
+def is_database_failure(error: BaseException) -> bool:
+    """Whether `error` is the database's (a driver error, a closed or failed store), not the domain's: a second
+    active call (`CallInProgress`) or a transaction function's own exception (a rule refusal) is not a failure."""
+    return isinstance(error, DATABASE_ERRORS) and not isinstance(error, CallInProgress)
 
 
 def open_store(url: str) -> Store:
@@ -62,6 +73,7 @@ def open_store(url: str) -> Store:
 
 __all__ = [
     "BACKENDS",
+    "DATABASE_ERRORS",
     "LEGACY_REQUEST_LIFETIME",
     "SCHEMA_VERSION",
     "CallInProgress",
@@ -80,6 +92,7 @@ __all__ = [
     "StoredCall",
     "Tx",
     "from_micros",
+    "is_database_failure",
     "ledger_from_json",
     "ledger_to_json",
     "migrate_database",

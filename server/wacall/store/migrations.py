@@ -188,6 +188,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             )"""
         ),
     ),
+    Migration(
+        7,
+        "one business's events in cursor order and calls newest first are index ranges, not sorts",
+        _statements(
+            # events_after(cursor, business=...): every WatchEvents stream of one business polls this.
+            "CREATE INDEX events_by_business ON events (business, cursor)",
+            # list_calls, newest first and paged by (created_at, call_id): by business, by pair, or all.
+            "CREATE INDEX calls_by_business ON calls (business, created_at, call_id)",
+            "CREATE INDEX calls_by_pair_newest ON calls (business, user_number, created_at, call_id)",
+            "CREATE INDEX calls_by_time ON calls (created_at, call_id)",
+        ),
+    ),
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

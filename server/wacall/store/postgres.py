@@ -90,6 +90,8 @@ Connection = psycopg.Connection[tuple[Any, ...]]
 
 # URL schemes this backend opens.
 POSTGRES_SCHEMES = ("postgresql", "postgres")
+# The errors of this backend's driver: what the store's metrics count as database failures.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (psycopg.Error, PoolTimeout)
 CHANNEL = "wacall_changes"
 # Bits of a cursor that number the events of one transaction.
 EVENT_INDEX_BITS = 20

@@ -166,6 +166,16 @@ MIGRATIONS: tuple[PostgresMigration, ...] = (
             )""",
         ),
     ),
+    PostgresMigration(
+        7,
+        "one business's events in cursor order and calls newest first are index ranges, not sorts",
+        (
+            # As SQLite's migration 7; calls_by_time (created_at, call_id) is in migration 1 here already.
+            "CREATE INDEX events_by_business ON events (business, cursor)",
+            "CREATE INDEX calls_by_business ON calls (business, created_at, call_id)",
+            "CREATE INDEX calls_by_pair_newest ON calls (business, user_number, created_at, call_id)",
+        ),
+    ),
 )
 
 # Every process that migrates takes this lock first (a transaction-scoped advisory lock: released at commit).

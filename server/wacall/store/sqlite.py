@@ -4,20 +4,27 @@ One writer at a time (across every process on the file) makes transactions seria
 in commit order; `synchronous=FULL` makes a commit durable before it is acknowledged. Group commit: the thread takes
 every transaction queued while it was busy and runs them one after another, each in its own savepoint, in one
 `BEGIN IMMEDIATE` ... `COMMIT`, so many callers share one fsync and each is answered once the commit holding its
-writes is durable. Reads that write nothing (`Store.read`) take a snapshot on a second, read-only connection.
+writes is durable. If that thread ever dies, every caller it held and every later one gets a `StoreError` at once.
+
+Reads take snapshots on read-only connections, off the writer's thread. `Store.read` (a decision's few point
+lookups) runs on the caller's thread, with no busy wait: if the database is locked it goes to the reader thread
+instead. The reads that can be long (`events_after`, `list_calls`, `last_cursor`) always run on the reader thread,
+so a large log never stalls the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import json
+import logging
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,9 +56,17 @@ from wacall.store.codecs import (
 )
 from wacall.store.migrations import migrate
 
+log = logging.getLogger(__name__)
+
+# The errors of this backend's driver: what the store's metrics count as database failures.
+DRIVER_ERRORS: tuple[type[Exception], ...] = (sqlite3.Error,)
+
 # The most transactions one commit (one fsync) holds: a bound on how long the first of them waits for its answer.
 MAX_GROUP_COMMIT = 256
-# How long a read waits for a lock before failing: in WAL mode only a crashed writer's recovery holds readers up.
+# How long the writer waits for another process's write lock before its BEGIN IMMEDIATE fails.
+WRITER_BUSY_TIMEOUT_MS = 5000
+# How long a read on the reader thread waits for a lock before failing: in WAL mode only a crashed writer's recovery
+# (or another process's exclusive lock) holds readers up. The caller's-thread connection never waits (0).
 READER_BUSY_TIMEOUT_MS = 1000
 
 # Column lists in the order the _row_to_* functions read them.
@@ -109,6 +124,41 @@ def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
         attributes=json.loads(attributes),
         cursor=cursor,
     )
+
+
+def events_after_query(cursor: int, business: str | None, user: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """`events_after`'s query: a range of `events_by_business` or `events_by_pair` when filtered (migration 7)."""
+    clauses: list[str] = ["cursor > ?"]
+    params: list[Any] = [cursor]
+    if business:
+        clauses.append("business = ?")
+        params.append(business)
+    if user:
+        clauses.append("user_number = ?")
+        params.append(user)
+    sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?"
+    return sql, (*params, limit)
+
+
+def list_calls_query(
+    business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+) -> tuple[str, tuple[Any, ...]]:
+    """`list_calls`' query, newest first: a business's calls are a range of `calls_by_business` (migration 7)."""
+    clauses: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if business:
+        clauses.append("business = ?")
+        params.append(business)
+    if user:
+        clauses.append("user_number = ?")
+        params.append(user)
+    if before:
+        clauses.append("(created_at, call_id) < (?, ?)")
+        params.extend([before[0], before[1]])
+    sql = (
+        f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(clauses)} ORDER BY created_at DESC, call_id DESC LIMIT ?"
+    )
+    return sql, (*params, limit)
 
 
 class _SqliteTx:
@@ -465,20 +515,48 @@ class _Stop:
 
 
 def _deliver(batch: list[_Queued]) -> None:
-    """On a caller's loop: answer every caller of one committed (or failed) batch."""
+    """On a caller's loop: answer every caller of one committed (or failed) batch. One answer that cannot be
+    delivered never keeps the others from theirs."""
     for job in batch:
         if job.future.done():
             continue  # the caller stopped waiting; its commit stands
-        if job.error is not None:
-            job.future.set_exception(job.error)
-        else:
-            job.future.set_result(job.result)
+        try:
+            if job.error is not None:
+                job.future.set_exception(job.error)
+            else:
+                job.future.set_result(job.result)
+        except BaseException as error:  # whatever it is, the caller gets an answer
+            log.exception("a transaction's answer could not be delivered")
+            if not job.future.done():
+                job.future.set_exception(StoreError(f"the transaction's answer could not be delivered: {error!r}"))
+
+
+def _as_raisable(error: BaseException) -> BaseException:
+    """What a caller awaiting a future can be given: a future refuses StopIteration (it would end the caller's
+    coroutine silently), so, as a coroutine does, it becomes a RuntimeError."""
+    if isinstance(error, StopIteration | StopAsyncIteration):
+        wrapped = RuntimeError(f"a transaction's function raised {type(error).__name__}")
+        wrapped.__cause__ = error
+        return wrapped
+    return error
+
+
+def _own_copy(error: BaseException) -> BaseException:
+    """A copy of an error shared by a whole group (a failed COMMIT), for one caller: raising one instance in every
+    caller would chain each caller's traceback onto the others'."""
+    try:
+        own = copy.copy(error)
+    except Exception:  # an exception type that cannot be copied: wrap it instead
+        own = StoreError(f"the commit failed: {error!r}")
+    # The copy has no traceback of its own yet; the shared original, never raised again, keeps the one it had.
+    own.__cause__ = error
+    return own
 
 
 class SqliteStore:
     """SQLite in WAL mode. Writes: every transaction on one thread, serialised, and grouped into one commit (one
-    fsync) with whatever other transactions queued meanwhile. Reads (`read`, `events_after`, `last_cursor`,
-    `list_calls`): a second, read-only connection used on the caller's thread, each read one snapshot."""
+    fsync) with whatever other transactions queued meanwhile. Reads: each one snapshot on a read-only connection;
+    `read` on the caller's thread unless the database is locked, the others on a reader thread."""
 
     def __init__(self, path: Path, max_group: int = MAX_GROUP_COMMIT) -> None:
         self.path = path
@@ -489,19 +567,27 @@ class SqliteStore:
         self.commits = 0
         self._closed = False
         self._queue: queue.SimpleQueue[_Queued | _Stop] = queue.SimpleQueue()
+        # Why the writer thread died, once it has: from then on every transaction fails at once.
+        self._failure: BaseException | None = None
+        # Held while queueing, and while the dying writer records its failure: no job slips in behind a dead thread.
+        self._submit_lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
-        # The read connection is used by whichever thread reads (one loop's, normally): one read at a time.
+        # The caller's-thread read connection serves one read at a time; a read that finds it in use goes to the
+        # reader thread rather than wait on a lock with the event loop stopped.
         self._read_lock = threading.Lock()
+        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="wacall-sqlite-reader")
+        self._thread_reader: sqlite3.Connection | None = None  # opened on the reader thread, used only there
         opened: Future[None] = Future()
         self._thread = threading.Thread(target=self._serve, args=(opened,), name="wacall-sqlite", daemon=True)
         self._thread.start()
         opened.result()
         try:
-            self._reader = self._open_reader()
+            self._reader = self._open_reader(busy_timeout_ms=0)
         except BaseException:
             self._queue.put(_Stop())
             self._thread.join()
+            self._reader_thread.shutdown()
             raise
 
     # --- the store's thread: writes --------------------------------------------------------------------------
@@ -512,7 +598,7 @@ class SqliteStore:
             _switch_to_wal(db)
             # FULL: a commit survives power loss before we acknowledge it.
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA busy_timeout={WRITER_BUSY_TIMEOUT_MS:d}")
             migrate(db, str(self.path))
         except BaseException:
             db.close()
@@ -545,12 +631,44 @@ class SqliteStore:
                         stop = job  # after this batch
                         break
                     batch.append(job)
-                self._commit_group(db, batch)
+                # A caller that has already stopped waiting (a cancelled RPC) gets nothing run: a job cancelled
+                # after this check commits, as any job already running does.
+                batch = [job for job in batch if not job.future.cancelled()]
+                if not batch:
+                    continue
+                try:
+                    self._commit_group(db, batch)
+                except BaseException as error:  # the thread dies: nobody may be left waiting
+                    log.exception("the SQLite writer failed; the store refuses every transaction from now on")
+                    self._fail(batch, error)
+                    return
         finally:
             self._db = None
-            db.close()
-            if stop is not None:
-                stop.done()
+            try:
+                db.close()
+            finally:
+                if stop is not None:
+                    stop.done()
+
+    def _fail(self, batch: list[_Queued], error: BaseException) -> None:
+        """The writer thread is dying: answer its batch and everything queued, and refuse every later call."""
+        failure = StoreError(f"the store's writer failed: {error!r}")
+        failure.__cause__ = error
+        with self._submit_lock:
+            self._failure = failure
+        waiting: list[_Queued] = list(batch)
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(job, _Stop):
+                job.done()
+            else:
+                waiting.append(job)
+        for job in waiting:
+            job.error = _own_copy(failure)
+        self._answer(waiting, wrote_changes=False)
 
     def _commit_group(self, db: sqlite3.Connection, batch: list[_Queued]) -> None:
         """Run each queued function in its own savepoint of one transaction, commit once, then answer them all.
@@ -566,7 +684,7 @@ class SqliteStore:
                 try:
                     job.result = job.fn(tx)
                 except BaseException as error:
-                    job.error = error
+                    job.error = _as_raisable(error)
                     db.execute("ROLLBACK TO fn")
                 else:
                     wrote_changes |= tx.wrote_changes
@@ -574,13 +692,17 @@ class SqliteStore:
             db.execute("COMMIT")
             self.commits += 1
         except BaseException as error:
-            # BEGIN or COMMIT failed (a busy database, a full disk): nothing of the batch is kept.
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            # BEGIN or COMMIT failed (a busy database, a full disk): nothing of the batch is kept. Each caller gets
+            # its own copy of the error before a failing ROLLBACK (the connection is unusable) ends the thread.
             wrote_changes = False
             for job in batch:
                 if job.error is None:
-                    job.error = error
+                    job.error = _own_copy(error)
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        self._answer(batch, wrote_changes)
+
+    def _answer(self, batch: list[_Queued], wrote_changes: bool) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[_Queued]] = {}
         for job in batch:
             by_loop.setdefault(job.loop, []).append(job)
@@ -599,93 +721,94 @@ class SqliteStore:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
         job = _Queued(fn, loop, loop.create_future())
-        self._queue.put(job)
+        with self._submit_lock:
+            if self._failure is not None:
+                raise _own_copy(self._failure)
+            self._queue.put(job)
         result: T = await job.future
         return result
 
     # --- the read connection: on the caller's thread -----------------------------------------------------------
 
-    def _open_reader(self) -> sqlite3.Connection:
+    def _open_reader(self, busy_timeout_ms: int) -> sqlite3.Connection:
         reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             # A reader in WAL mode waits for no writer; query_only makes a write in a read fail instead of commit.
             reader.execute("PRAGMA query_only=ON")
-            reader.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+            reader.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
         except BaseException:
             reader.close()
             raise
         return reader
 
-    def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run `fn` in one read transaction on the read connection: every query it makes sees one snapshot."""
-        with self._read_lock:
-            reader = self._reader
-            if reader is None or self._closed:
-                raise StoreError("the store is closed")
-            reader.execute("BEGIN")
-            try:
-                return fn(reader)
-            except sqlite3.OperationalError as error:
-                if error.sqlite_errorcode == sqlite3.SQLITE_READONLY:
-                    raise StoreError("a read tried to write: writes belong in a transaction") from error
-                raise
-            finally:
-                reader.execute("COMMIT")
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    @staticmethod
+    def _in_snapshot(reader: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one read transaction: every query it makes sees one snapshot."""
+        reader.execute("BEGIN")
+        try:
+            return fn(reader)
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode == sqlite3.SQLITE_READONLY:
+                raise StoreError("a read tried to write: writes belong in a transaction") from error
+            raise
+        finally:
+            reader.execute("COMMIT")
+
+    def _snapshot_on_reader_thread(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        # Runs on the reader thread only: its connection is that thread's alone, so it needs no lock.
+        self._check_open()
+        if self._thread_reader is None:
+            self._thread_reader = self._open_reader(busy_timeout_ms=READER_BUSY_TIMEOUT_MS)
+        return self._in_snapshot(self._thread_reader, fn)
+
+    async def _snapshot_off_loop(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reader_thread, self._snapshot_on_reader_thread, fn)
+        except RuntimeError as error:
+            if self._closed:  # the reader thread was shut down by close()
+                raise StoreError("the store is closed") from error
+            raise
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
-        # No thread hop: a WAL reader does not wait for the writer, and a decision's reads are a few index lookups.
-        return self._snapshot(lambda reader: fn(_SqliteTx(reader)))
-
-    def _events_after(
-        self, reader: sqlite3.Connection, cursor: int, business: str | None, user: str | None, limit: int
-    ) -> list[EventRecord]:
-        clauses, params = ["cursor > ?"], [cursor]
-        if business:
-            clauses.append("business = ?")
-            params.append(business)  # type: ignore[arg-type]
-        if user:
-            clauses.append("user_number = ?")
-            params.append(user)  # type: ignore[arg-type]
-        rows = reader.execute(
-            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
-            (*params, limit),
-        ).fetchall()
-        return [_row_to_event(row) for row in rows]
+        # On the caller's thread, with no thread hop: a WAL reader does not wait for the writer, and a decision's
+        # reads are a few index lookups. A locked database (another process's exclusive lock, a crashed writer's
+        # recovery) answers BUSY at once on this connection; the reader thread then waits for it, not the loop.
+        self._check_open()
+        if self._read_lock.acquire(blocking=False):
+            try:
+                reader = self._reader
+                if reader is None:
+                    raise StoreError("the store is closed")
+                return self._in_snapshot(reader, lambda db: fn(_SqliteTx(db)))
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+            finally:
+                self._read_lock.release()
+        return await self._snapshot_off_loop(lambda db: fn(_SqliteTx(db)))
 
     async def events_after(
         self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
     ) -> list[EventRecord]:
-        return self._snapshot(lambda reader: self._events_after(reader, cursor, business, user, limit))
-
-    @staticmethod
-    def _list_calls(
-        reader: sqlite3.Connection, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
-    ) -> list[StoredCall]:
-        clauses: list[str] = ["1 = 1"]
-        params: list[Any] = []
-        if business:
-            clauses.append("business = ?")
-            params.append(business)
-        if user:
-            clauses.append("user_number = ?")
-            params.append(user)
-        if before:
-            clauses.append("(created_at, call_id) < (?, ?)")
-            params.extend([before[0], before[1]])
-        rows = reader.execute(
-            f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(clauses)} "
-            "ORDER BY created_at DESC, call_id DESC LIMIT ?",
-            (*params, limit),
-        ).fetchall()
-        return [_row_to_call(row) for row in rows]
+        sql, params = events_after_query(cursor, business, user, limit)
+        rows = await self._snapshot_off_loop(lambda reader: reader.execute(sql, params).fetchall())
+        return [_row_to_event(row) for row in rows]
 
     async def list_calls(
         self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
     ) -> list[StoredCall]:
-        return self._snapshot(lambda reader: self._list_calls(reader, business, user, before, limit))
+        sql, params = list_calls_query(business, user, before, limit)
+        rows = await self._snapshot_off_loop(lambda reader: reader.execute(sql, params).fetchall())
+        return [_row_to_call(row) for row in rows]
 
     async def last_cursor(self) -> int:
-        return self._snapshot(
+        return await self._snapshot_off_loop(
             lambda reader: int(reader.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0])
         )
 
@@ -698,10 +821,21 @@ class SqliteStore:
                 self._reader.close()
                 self._reader = None
         loop = asyncio.get_running_loop()
+        # Reads already running finish; then the reader thread's connection closes on that thread.
+        await loop.run_in_executor(self._reader_thread, self._close_thread_reader)
+        self._reader_thread.shutdown(wait=False)
         stop = _Stop(loop, loop.create_future())
-        self._queue.put(stop)  # after the transactions already queued
+        with self._submit_lock:
+            if self._failure is not None:
+                return  # the writer thread is gone and has closed its connection
+            self._queue.put(stop)  # after the transactions already queued
         assert stop.closed is not None
         await stop.closed
+
+    def _close_thread_reader(self) -> None:
+        if self._thread_reader is not None:
+            self._thread_reader.close()
+            self._thread_reader = None
 
 
 def sqlite_path(url: str) -> Path:
