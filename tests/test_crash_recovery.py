@@ -320,7 +320,12 @@ async def test_a_send_nobody_waited_for_is_released_once_the_platform_proves_it_
     assert [u.used for u in request_action(await wacall.permission()).limits] == [1, 1]  # counted meanwhile
     meta.hang = False
     await wacall.advance(61)
-    # The platform counts no request: it never arrived. Released, and the key sends anew, once.
+    # The platform counts no request: it never arrived. The recovery pass (woken by the clock) releases it — a
+    # retry while it does so is told to wait — and the key sends anew, once.
+    await wait_until(
+        lambda: wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER)),
+        lambda reply: bool(events_of(reply.events, outcome="not_sent", settled_by="recovery")),
+    )
     retried = await wacall.request(idempotency_key="order-1")
     assert retried.message_id == meta.sent[0] and not retried.replayed
     again = await wacall.request(idempotency_key="order-1")
@@ -338,6 +343,12 @@ async def test_a_send_the_platform_may_have_counted_stays_counted_and_its_key_sa
     await give_up_on_a_hanging_send(wacall, idempotency_key="order-2")
     meta.usage = 1  # ours, or another writer's: the platform cannot say which
     await wacall.advance(61)
+    # The recovery pass, woken by the clock, may be settling it right now (a retry meanwhile is told to wait):
+    # the answers below are the settled ones, whoever settled it.
+    await wait_until(
+        lambda: wacall.calling.ListEvents(pb.ListEventsRequest(user_number=USER)),
+        lambda reply: bool(events_of(reply.events, may_have_been_sent="true", counted="true")),
+    )
     first = await refused(wacall.request(idempotency_key="order-2"))
     second = await refused(wacall.request(idempotency_key="order-2"))
     for answer in (first, second):
