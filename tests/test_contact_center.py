@@ -25,6 +25,7 @@ from wacall_client.v1 import contact_center_pb2 as cc
 from wacall_client.v1 import contact_center_pb2_grpc
 
 from wacall.api.contact_center import REFUSAL_STATUS
+from wacall.queues import router
 from wacall.queues.service import QueueService
 
 R = cc.AgentSessionRequest
@@ -172,12 +173,23 @@ async def test_a_queue_is_created_read_listed_replaced_and_deleted_with_the_defa
     assert created.ring_timeout.ToTimedelta() == timedelta(seconds=20)  # unset: 20 s
     assert not created.HasField("max_wait")  # unset: no limit
     assert created.wrap_up.ToTimedelta() == timedelta(0)
+    # Unset: a declined call rings the same agent again after 10 s, one that rang out after 5 s.
+    assert created.decline_delay.ToTimedelta() == timedelta(seconds=10)
+    assert created.no_answer_delay.ToTimedelta() == timedelta(seconds=5)
     assert created.hold_audio.tone_hz == 425 and dict(created.required_skills) == {"spanish": 2}
     got = await stub(wacall).GetQueue(cc.GetQueueRequest(queue_id="sales"), metadata=wacall.metadata)
     assert got == created
 
-    replaced = await put_queue(wacall, strategy=m.STRATEGY_RING_ALL, max_wait=duration(300), wrap_up=duration(30))
+    replaced = await put_queue(
+        wacall,
+        strategy=m.STRATEGY_RING_ALL,
+        max_wait=duration(300),
+        wrap_up=duration(30),
+        decline_delay=duration(0),
+        no_answer_delay=duration(60),
+    )
     assert replaced.strategy == m.STRATEGY_RING_ALL and replaced.max_wait.seconds == 300
+    assert (replaced.decline_delay.seconds, replaced.no_answer_delay.seconds) == (0, 60)
     assert replaced.name == "" and not replaced.required_skills  # Put replaces the whole queue
     await put_queue(wacall, "billing", overflow_queue_id="sales")
     listed = await stub(wacall).ListQueues(cc.ListQueuesRequest(), metadata=wacall.metadata)
@@ -231,6 +243,8 @@ BAD_QUEUES = [
     ("required_skills", m.Queue(queue_id="q", required_skills={f"s{i}": 1 for i in range(33)})),
     ("required_skills[spanish]", m.Queue(queue_id="q", required_skills={"spanish": -1})),
     ("max_missed_offers", m.Queue(queue_id="q", max_missed_offers=-1)),
+    ("decline_delay", m.Queue(queue_id="q", decline_delay=duration(-1))),
+    ("no_answer_delay", m.Queue(queue_id="q", no_answer_delay=duration(7200))),
     ("hold_audio.tone_hz", m.Queue(queue_id="q", hold_audio=m.HoldAudio(tone_hz=0))),
     ("hold_audio.audio_file", m.Queue(queue_id="q", hold_audio=m.HoldAudio(audio_file="/etc/passwd"))),
     ("name", m.Queue(queue_id="q", name="a\x00b")),
@@ -275,6 +289,49 @@ def test_every_refusal_code_the_router_raises_has_a_status() -> None:
     source = (Path(__file__).parent.parent / "server/wacall/queues/router.py").read_text()
     codes = set(re.findall(r'RoutingRefused\(\s*"([a-z_]+)"', source))
     assert len(codes) >= 8 and codes <= set(REFUSAL_STATUS)
+
+
+async def test_an_overflow_queue_must_exist_and_cannot_be_deleted_while_another_overflows_into_it(
+    wacall: Running,
+) -> None:
+    error = await refused(put_queue(wacall, overflow_queue_id="nowhere"))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(error).reason == "unknown_overflow_queue"
+    assert not (await stub(wacall).ListQueues(cc.ListQueuesRequest(), metadata=wacall.metadata)).queues
+    await put_queue(wacall, "anyone")
+    await put_queue(wacall, overflow_queue_id="anyone")
+    error = await refused(stub(wacall).DeleteQueue(cc.DeleteQueueRequest(queue_id="anyone"), metadata=wacall.metadata))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(error).reason == "queue_in_use"
+
+
+async def test_too_many_agents_is_resource_exhausted_with_a_quota_failure(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router, "MAX_AGENTS", 2)
+    await put_agent(wacall, "ann")
+    await put_agent(wacall, "bob")
+    error = await refused(put_agent(wacall, "cat"))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and error_info(error).reason == "too_many_agents"
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    quota = error_details_pb2.QuotaFailure()
+    assert next(d for d in status.details if d.Is(quota.DESCRIPTOR)).Unpack(quota)
+    assert quota.violations[0].subject == "agents"
+
+
+async def test_a_delete_racing_a_put_of_the_same_id_answers_what_it_deleted_never_unknown(wacall: Running) -> None:
+    # Each round: a delete of a queue that does not exist yet races its put; either order is a clear answer.
+    for round_number in range(20):
+        queue_id = f"q{round_number}"
+        put, deleted = await asyncio.gather(
+            put_queue(wacall, queue_id),
+            stub(wacall).DeleteQueue(cc.DeleteQueueRequest(queue_id=queue_id), metadata=wacall.metadata),
+            return_exceptions=True,
+        )
+        assert isinstance(put, m.Queue), put
+        if isinstance(deleted, grpc.aio.AioRpcError):
+            assert deleted.code() is grpc.StatusCode.NOT_FOUND, deleted
+        else:
+            assert isinstance(deleted, m.Queue) and deleted.queue_id == queue_id
 
 
 async def test_a_queue_with_waiting_calls_and_an_agent_on_a_call_cannot_be_deleted(wacall: Running) -> None:
@@ -555,6 +612,8 @@ async def test_missed_offers_in_a_row_pause_the_agent_with_a_presence_event(waca
     await ann.offer()
     await wacall.advance(10)
     assert (await ann.expect("offer_withdrawn")).offer_withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT
+    await ann.quiet()  # not straight back: the queue's no-answer delay (5 s by default) first
+    await wacall.advance(5)
     await ann.offer()  # a new round: the only agent gets the call again
     await wacall.advance(10)
     assert (await ann.expect("offer_withdrawn")).offer_withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT

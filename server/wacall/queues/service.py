@@ -386,10 +386,10 @@ class QueueService:
         self._follow(call_id)
         return step
 
-    async def call_gone(self, call_id: str) -> Step:
-        """The call ended: withdrawn from its queue (abandoned), or its agent's call is over. Harmless for a call
-        the router does not hold."""
-        return await self.apply(CallGone(call_id))
+    async def call_gone(self, call_id: str, *, answered: bool = True) -> Step:
+        """The call ended: withdrawn from its queue (abandoned), or its agent's call is over (see `CallGone` for
+        `answered`). Harmless for a call the router does not hold."""
+        return await self.apply(CallGone(call_id, answered))
 
     async def agent_call_started(self, agent_id: str, call_id: str) -> Step:
         """The agent placed a call itself: BUSY for its duration. Raises `RoutingRefused` when it cannot."""
@@ -407,20 +407,23 @@ class QueueService:
         task.add_done_callback(_log_failure)
 
     async def _until_ended(self, call_id: str) -> None:
+        answered = True
         try:
             async for record in self.calls.updates(call_id):
                 if record.state is CallState.ENDED:
+                    answered = record.outcome is CallOutcome.ANSWERED
                     break
                 if self._closing:
                     return
         except CallNotFound:
             return  # not a call of this service: whoever queued it says when it is gone
-        await self.call_gone(call_id)
+        await self.call_gone(call_id, answered=answered)
 
     async def end_call(self, call_id: str, reason: str) -> None:
         """End a routed call (an agent hung up): the call service ends it, and the router hears it is gone."""
         await end_call(self.calls, call_id, reason)
-        await self.call_gone(call_id)
+        outcome = await self.call_outcome(call_id)
+        await self.call_gone(call_id, answered=outcome in (None, CallOutcome.ANSWERED))
 
     async def call_outcome(self, call_id: str) -> CallOutcome | None:
         """The call's outcome as recorded (None while unknown)."""
