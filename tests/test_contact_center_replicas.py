@@ -10,13 +10,14 @@ the call and its phone is measured), and two on one real PostgreSQL for the race
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Running, duration, refused, settings_for, start_service, stop_service, wait_until
+from conftest import OTHER_USER, Running, duration, refused, settings_for, start_service, stop_service, wait_until
 from postgres_server import PostgresServer
 from test_contact_center import Agent, put_agent, put_queue, queues_of
 from test_queue_calls import AGENT_HZ, HOLD_HZ, USER_HZ, Heard, hears, phone_ear, queue_call, until
@@ -30,6 +31,7 @@ from wacall_client.v1 import contact_center_pb2 as cc
 from wacall.calls.queue_route import CLOSING_TONE_HZ
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import ToneSource
+from wacall.store import Pair, Tx
 
 R = cc.AgentSessionRequest
 TOKEN = "a-token-both-replicas-know"
@@ -213,3 +215,38 @@ async def test_two_agents_on_two_replicas_on_postgresql_accepting_one_ring_all_c
         bob.close()
     finally:
         await stop_replicas(a, b)
+
+
+async def test_an_accept_whose_call_owner_cannot_be_reached_fails_the_agents_media_and_the_call_is_ended(
+    replicas: tuple[Running, Running],
+) -> None:
+    a, b = replicas
+    await put_queue(a)
+    await put_agent(a, "ann")
+    ann = await signed_in(b, "ann")
+    # A call left by a replica that never registered an address (its media, if anywhere, is out of reach).
+    await a.grant(permanent=True)
+    await a.phone(ring=600)
+    template = await a.wait_call((await a.start_call()).call_id, pb.CALL_STATE_RINGING)
+    ghost = "call_" + "f" * 32
+    lease = datetime.now(UTC) + timedelta(seconds=60)
+
+    def left_by_a_ghost(tx: Tx) -> None:
+        stored = tx.call(template.call_id)
+        assert stored is not None
+        tx.save_call(dataclasses.replace(stored, call_id=ghost, pair=Pair(stored.pair.business, OTHER_USER),
+                                         platform_call_id=None, owner="ghost/1", lease_expires_at=lease))  # fmt: skip
+
+    assert b.service.store is not None
+    await b.service.store.transaction(left_by_a_ghost)
+    await queues_of(b).enqueue(ghost, "sales")
+    offer = await ann.offer()
+    ann.accept(offer.offer_id)
+    error = (await until(ann, "error")).error
+    assert error.code == "media_failed" and "ghost/1" in error.message
+    # Ended, not queued again: no replica can carry media the owner holds (no renegotiation with the platform).
+    ended = await b.wait_call(ghost, pb.CALL_STATE_ENDED)
+    assert ended.end_reason.startswith("the agent's media failed")
+    assert (await until(ann, "call_ended")).call_ended.call_id == ghost
+    assert ghost not in (await queues_of(a).read()).waiting
+    ann.close()
