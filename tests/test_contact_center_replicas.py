@@ -19,7 +19,7 @@ import grpc
 import pytest
 from conftest import OTHER_USER, Running, duration, refused, settings_for, start_service, stop_service, wait_until
 from postgres_server import PostgresServer
-from test_contact_center import Agent, put_agent, put_queue, queues_of
+from test_contact_center import Agent, contact_center_events, put_agent, put_queue, queues_of
 from test_queue_calls import AGENT_HZ, HOLD_HZ, USER_HZ, Heard, hears, phone_ear, queue_call, until
 from wacall_client.internal.v1 import replicas_pb2 as rp
 from wacall_client.internal.v1 import replicas_pb2_grpc
@@ -250,3 +250,34 @@ async def test_an_accept_whose_call_owner_cannot_be_reached_fails_the_agents_med
     assert (await until(ann, "call_ended")).call_ended.call_id == ghost
     assert ghost not in (await queues_of(a).read()).waiting
     ann.close()
+
+
+async def test_both_replicas_ticking_at_one_ring_timeout_withdraw_the_offer_once_and_offer_the_call_on(
+    replicas: tuple[Running, Running],
+) -> None:
+    a, b = replicas
+    await put_queue(a, ring_timeout=duration(20))
+    await put_agent(a, "ann")
+    ann = await signed_in(b, "ann")
+    # Both clocks at one time, so both timers reach the deadline.
+    behind = (await a.now() - await b.now()).total_seconds()
+    await (b.advance(behind) if behind > 0 else a.advance(-behind))
+    call_id = "call_" + "1" * 32  # a call no service knows: the router alone is exercised
+    await queues_of(a).enqueue(call_id, "sales")
+    offer = await ann.offer()
+    await put_agent(b, "bob")
+    bob = await signed_in(a, "bob")
+    await asyncio.gather(a.advance(21), b.advance(21))
+    withdrawn = (await until(ann, "offer_withdrawn")).offer_withdrawn
+    assert withdrawn.offer_id == offer.offer_id and withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT
+    assert (await bob.offer()).call_id == call_id
+    await ann.quiet()
+    await bob.quiet()
+    timed_out = [
+        e
+        for e in await contact_center_events(b)
+        if e.kind == pb.EVENT_KIND_OFFER_WITHDRAWN and e.contact_center.offer_id == offer.offer_id
+    ]
+    assert len(timed_out) == 1
+    ann.close()
+    bob.close()

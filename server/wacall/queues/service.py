@@ -344,7 +344,7 @@ class QueueService:
                 if guard is not None:
                     guard(before)
                 step = router.step(before, event, now)
-                if not step.decisions and step.state == before:
+                if not step.decisions and step.state == before and not _event_entries(event, before, step.state):
                     # Nothing changed (another replica's tick at the same deadline did the work): nothing written.
                     return version, before, step, False
                 self._log(tx, event, before, step, now, version + 1)
