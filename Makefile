@@ -62,6 +62,15 @@ system-deps: engine-deps
 	    echo "the test suite needs Chromium: sudo apt-get install chromium chromium-driver"; exit 1; \
 	  fi; \
 	fi
+	@# PostgreSQL 15's binaries only: the tests start their own server (initdb on loopback), no cluster is created.
+	@if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 \
+	      && { pg_dropcluster --stop 15 main 2>/dev/null || true; }; \
+	  else \
+	    echo "the test suite needs PostgreSQL 15: sudo apt-get install postgresql-15"; exit 1; \
+	  fi; \
+	fi
 	@if ! command -v sipp >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; \

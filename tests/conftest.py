@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import TypeVar
 import grpc
 import pytest
 from google.protobuf import duration_pb2
+from postgres_server import PostgresServer
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
@@ -228,3 +229,13 @@ MINUTE = 60
 HOUR = 3600
 DAY = 24 * HOUR
 MARGIN = 2  # every preset's boundary_margin, in seconds: a window limit frees this long after the platform's instant
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL 15 on loopback for the session (tests/postgres_server.py); `create_database()` per test."""
+    server = PostgresServer()
+    try:
+        yield server
+    finally:
+        server.close()

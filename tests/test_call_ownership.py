@@ -104,7 +104,7 @@ async def test_a_second_process_leaves_a_live_call_alone_and_ends_it_once_its_ow
 # --- in one process, with the wall clocks driven by the test --------------------------------------------------------
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-LEASE = timedelta(seconds=30)  # the default --call-lease-seconds
+LEASE = timedelta(seconds=15)  # the default --call-lease-seconds
 KILLED = "call_" + "d" * 32  # left ringing by a process that was killed
 UNOWNED = "call_" + "e" * 32  # left open before calls had owners
 
@@ -131,7 +131,7 @@ async def test_start_up_and_the_lease_keeper_end_only_calls_whose_owner_stopped_
 
         def leave_behind(tx: Tx) -> None:
             # Its lease runs out after the first process's next renewal, before the second's clock stops below.
-            tx.save_call(left_behind(KILLED, OTHER_USER, "a-killed-process", T0 + timedelta(seconds=20)))
+            tx.save_call(left_behind(KILLED, OTHER_USER, "a-killed-process", T0 + timedelta(seconds=10)))
             tx.save_call(left_behind(UNOWNED, "+4915112345678", "", None))
 
         await store.transaction(leave_behind)
@@ -159,7 +159,7 @@ async def test_start_up_and_the_lease_keeper_end_only_calls_whose_owner_stopped_
             await second_wall.advance(timedelta(seconds=1))
             await asyncio.sleep(0.05)  # real time for the lease keeper this step woke
         ended = await second.wait_call(KILLED, pb.CALL_STATE_ENDED)
-        assert ended.end_reason == LEASE_ENDED and second_wall.now() >= T0 + timedelta(seconds=20)
+        assert ended.end_reason == LEASE_ENDED and second_wall.now() >= T0 + timedelta(seconds=10)
         for running in (first, second):
             still = await running.get_call(live.call_id)
             assert still.state == pb.CALL_STATE_RINGING and not still.end_reason

@@ -80,6 +80,8 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ("reservation_grace_seconds = 0\n", {}, "reservation_grace_seconds must be positive"),
         ("call_lease_seconds = 0\n", {}, "call_lease_seconds must be greater than 0, got 0"),
         ("", {"WACALL_CALL_LEASE_SECONDS": "-5"}, "call_lease_seconds must be greater than 0, got -5.0"),
+        ('advertise_address = "0.0.0.0:50051"\n', {}, "advertise_address must be host:port that other replicas"),
+        ("", {"WACALL_ADVERTISE_ADDRESS": "wacall-1"}, "advertise_address must be host:port that other replicas"),
         ('log_level = "loud"\n', {}, "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
         ("", {"WACALL_RESERVATION_GRACE_SECONDS": "soon"}, "WACALL_RESERVATION_GRACE_SECONDS must be a number"),
         ("this is not toml", {}, "wacall.toml"),
@@ -96,6 +98,17 @@ def test_bad_configuration_is_refused_with_what_is_wrong(
     with pytest.raises(ConfigError) as refused:
         load_settings(write(tmp_path, text), {}, environ=environ)
     assert message in str(refused.value)
+
+
+def test_calls_are_leased_for_15_seconds_and_the_advertised_address_comes_from_a_flag_or_the_environment(
+    tmp_path: Path,
+) -> None:
+    defaults = load_settings(None, {}, environ={})
+    assert (defaults.call_lease_seconds, defaults.advertise_address) == (15.0, "")
+    from_env = load_settings(None, {}, environ={"WACALL_ADVERTISE_ADDRESS": "wacall-1.internal:50051"})
+    assert from_env.advertise_address == "wacall-1.internal:50051"
+    flagged = load_settings(None, {"advertise_address": "[fd00::1]:50051"}, environ={})
+    assert flagged.advertise_address == "[fd00::1]:50051"
 
 
 TRUNK = """

@@ -67,7 +67,13 @@ PURE_IMPORTS = frozenset({"__future__", "collections", "typing", "dataclasses"})
 
 # The store: the interface every backend shares, the modules of one backend, and what talks to a database.
 STORE_INTERFACE = ("wacall.store.base", "wacall.store.codecs")
-STORE_BACKENDS = ("wacall.store.sqlite", "wacall.store.migrations")
+STORE_BACKENDS = (
+    "wacall.store.sqlite",
+    "wacall.store.migrations",
+    "wacall.store.postgres",
+    "wacall.store.postgres_schema",
+    "wacall.store.operations",
+)
 DATABASE_DRIVERS = ("sqlite3", "aiosqlite", "psycopg", "psycopg2", "psycopg_pool", "asyncpg", "sqlalchemy")
 
 # Where Meta's own vocabulary belongs.
@@ -249,6 +255,13 @@ def test_wire_formats_are_pure(module: str) -> None:
     assert reachable(module) <= PURE_IMPORTS, f"{module} imports {sorted(reachable(module) - PURE_IMPORTS)}"
 
 
+def test_call_ownership_is_data_and_arithmetic_on_times() -> None:
+    # Who owns a call and when another replica may take it over: decided on data, so the API, the lease keeper and
+    # the tests all read the same facts; dialling the owner is api/forwarding.py's business.
+    allowed = PURE_IMPORTS | {"datetime"}
+    assert reachable("wacall.calls.ownership") <= allowed, sorted(reachable("wacall.calls.ownership") - allowed)
+
+
 def test_the_purity_check_sees_io() -> None:
     assert not reachable("wacall.media.rtpengine") <= PURE_IMPORTS  # the ng client is an I/O edge
 
@@ -284,6 +297,8 @@ def test_only_the_store_package_imports_a_database_driver_or_a_backend() -> None
     # The check itself: the SQLite backend does import its driver, and the package's entry point the backend.
     assert _database_imports(imported("wacall.store.sqlite")) == ["sqlite3", "wacall.store.migrations"]
     assert "wacall.store.sqlite" in imported("wacall.store")
+    assert {"psycopg", "psycopg_pool"} <= set(_database_imports(imported("wacall.store.postgres")))
+    assert "wacall.store.postgres" in imported("wacall.store")
 
 
 def _outside_platform() -> list[str]:

@@ -1,6 +1,7 @@
 """What every store backend must do, checked through the `Store`/`Tx` interface alone (wacall/store/base.py).
 
-Each test runs once per backend (`BACKENDS` below: SQLite on a real file today). `backend.open()` gives another
+Each test runs once per backend (`BACKENDS` below: SQLite on a real file, and a real PostgreSQL server on loopback,
+a fresh database per test). `backend.open()` gives another
 store on the same database, as a second process would have: claims, cursors and isolation are checked across
 stores, with transactions made to overlap on purpose rather than by luck.
 """
@@ -26,6 +27,7 @@ from wacall.store import (
     EventRecord,
     IdempotentResult,
     Pair,
+    Replica,
     Reservation,
     Store,
     StoredCall,
@@ -34,9 +36,10 @@ from wacall.store import (
     to_micros,
 )
 
-# Backend name → how to open a store on the test's database (every call: another store on the same database).
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: open_store(f"sqlite:///{tmp / 'contract.db'}"),
+# Backend name → the URL of a fresh database for one test (each `open()`: another store on that database).
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "sqlite": lambda request, tmp: f"sqlite:///{tmp / 'contract.db'}",
+    "postgresql": lambda request, tmp: request.getfixturevalue("postgres_server").create_database(),
 }
 
 AT = datetime(2026, 12, 1, 12, 0, 0, 123_456, tzinfo=UTC)
@@ -50,18 +53,18 @@ ELSEWHERE = Pair(OTHER_BUSINESS, "+34612345678")
 @dataclass
 class Backend:
     name: str
-    tmp: Path
+    url: str
     opened: list[Store] = field(default_factory=list)
 
     def open(self) -> Store:
-        store = BACKENDS[self.name](self.tmp)
+        store = open_store(self.url)
         self.opened.append(store)
         return store
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    opened = Backend(request.param, tmp_path)
+    opened = Backend(request.param, BACKENDS[request.param](request, tmp_path))
     yield opened
     for store in opened.opened:
         await store.close()
@@ -748,6 +751,33 @@ async def test_an_expired_call_is_claimed_by_exactly_one_of_several_stores(backe
     )
     claimed = [c.call_id for batch in results for c in batch]
     assert sorted(claimed) == sorted(f"call_{index}" for index in range(12))
+
+
+# --- the replica registry --------------------------------------------------------------------------------------------
+
+
+async def test_a_replica_is_found_by_instance_and_its_latest_address_and_heartbeat_replace_the_earlier(
+    backend: Backend,
+) -> None:
+    first, second = backend.open(), backend.open()
+    assert await first.transaction(lambda tx: tx.replica("host-a/1")) is None
+    await first.transaction(lambda tx: tx.save_replica(Replica("host-a/1", "10.0.0.1:50051", AT)))
+    await first.transaction(lambda tx: tx.save_replica(Replica("host-b/2", "10.0.0.2:50051", AT)))
+    renewed = Replica("host-a/1", "10.0.0.9:50051", AT + timedelta(seconds=15, microseconds=7))
+    await second.transaction(lambda tx: tx.save_replica(renewed))
+    # Another store (another process) reads what the last save wrote, to the microsecond; the others stay.
+    assert await first.transaction(lambda tx: tx.replica("host-a/1")) == renewed
+    assert await second.transaction(lambda tx: tx.replica("host-b/2")) == Replica("host-b/2", "10.0.0.2:50051", AT)
+
+
+async def test_a_replica_saved_in_a_transaction_that_raises_is_not_kept(store: Store) -> None:
+    def save_then_fail(tx: Tx) -> None:
+        tx.save_replica(Replica("host-a/1", "10.0.0.1:50051", AT))
+        raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        await store.transaction(save_then_fail)
+    assert await store.transaction(lambda tx: tx.replica("host-a/1")) is None
 
 
 # --- the contact centre's router state --------------------------------------------------------------------------------

@@ -327,7 +327,9 @@ async def test_open_store_picks_the_backend_by_the_urls_scheme(tmp_path: Path) -
     store = open_store(f"sqlite:///{tmp_path / 'by-url.db'}")
     assert isinstance(store, SqliteStore) and store.path == tmp_path / "by-url.db"
     await store.close()
-    with pytest.raises(StoreError, match=r"unsupported database URL 'postgresql://db/wacall' \(this wacall stores"):
-        open_store("postgresql://db/wacall")
+    with pytest.raises(StoreError, match=r"unsupported database URL 'mysql://db/wacall' \(this wacall stores in "):
+        open_store("mysql://db/wacall")
+    with pytest.raises(StoreError, match="no host or database in 'postgresql://db'"):
+        open_store("postgresql://db")
     with pytest.raises(StoreError, match="no database file in 'sqlite://'"):
         open_store("sqlite://")

@@ -23,6 +23,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from wacall_client.internal.v1 import replicas_pb2_grpc
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
@@ -31,6 +32,8 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.api.forwarding import OwnerForwarding
+from wacall.api.replicas import OwnerCalls, ReplicaServicer
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
@@ -551,15 +554,21 @@ class Service:
         server = grpc.aio.server(
             interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
         )
+        # Closed after the server stops: forwarded calls finish first.
+        forwarding = OwnerForwarding(calls, token=settings.auth_token)
+        stack.push_async_callback(forwarding.close)
         stack.push_async_callback(lambda: server.stop(self._grace))
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
-            CallingServicer(permissions, calls, self._server_files()), server
+            CallingServicer(permissions, calls, self._server_files(), forwarding), server
         )
         names = [calling_pb2.DESCRIPTOR.services_by_name["CallingService"].full_name]
         contact_center_pb2_grpc.add_ContactCenterServiceServicer_to_server(
             ContactCenterServicer(queues, settings.media_dir), server
         )
         names.append(contact_center_pb2.DESCRIPTOR.services_by_name["ContactCenterService"].full_name)
+        # Between replicas (an agent here, a call's media there): served, but not announced by reflection.
+        replicas_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(queues), server)
+        queues.set_owner_actions(OwnerCalls(forwarding))
         if self.platform is not None:
             simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
                 SimulatorServicer(self.platform, settings.media_dir), server
@@ -582,12 +591,21 @@ class Service:
             raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
         await server.start()
         self._grpc = server
+        await calls.advertise(self.settings.advertise_address or advertised_address(grpc_host, bound))
         return f"{grpc_host}:{bound}", names
 
     async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
         stack.push_async_callback(self._health.enter_graceful_shutdown)
         for name in ["", *names]:
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+def advertised_address(host: str, port: int) -> str:
+    """Where other replicas reach a gRPC server bound to host:port: that address, or on a wildcard address the
+    host name (which other hosts resolve; set advertise_address where they do not)."""
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def dispatch_table(permissions: PermissionService, calls: CallService) -> list[Handler[Any]]:

@@ -364,6 +364,15 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{DESCRIPTIONS[name]} (default: {shown}; env WACALL_{name.upper()})",
         )
 
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply the database's schema migrations and exit",
+        description="Bring the database to this wacall's schema (serve does it too when it starts), for operators "
+        "who apply migrations separately. The URL comes from --db, else WACALL_DB, else --config.",
+    )
+    migrate.add_argument("--config", metavar="FILE", help="TOML configuration file (env WACALL_CONFIG)")
+    migrate.add_argument("--db", metavar="URL", default=None, help=f"{DESCRIPTIONS['db']} (env WACALL_DB)")
+
     def client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument(
             "--address",
@@ -512,12 +521,34 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def migrate(args: argparse.Namespace) -> int:
+    from wacall.store import StoreError, migrate_database
+
+    try:
+        settings = load_settings(args.config, {"db": args.db})
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        before, after = migrate_database(settings.db)
+    except StoreError as exc:
+        print(f"wacall migrate: {exc}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"schema version {after}: already current, nothing to do", flush=True)
+    else:
+        print(f"migrated the schema from version {before} to version {after}", flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return asyncio.run(serve(args))
     if args.command == "simulate":
         return asyncio.run(simulate(args))
+    if args.command == "migrate":
+        return migrate(args)
     return asyncio.run(run_client(args))
 
 

@@ -55,11 +55,14 @@ class Settings:
     reservation_grace_seconds: float = 60.0
     # A call's owner (the process running its media) renews its lease on the call a few times per lease; calls
     # whose owner stopped renewing for this long are ended by another process, or at start-up.
-    call_lease_seconds: float = 30.0
+    call_lease_seconds: float = 15.0
     # This process's name among those sharing the database. A process that starts again under the same name ends
     # the calls its previous run left open at once, without waiting for their leases. Empty: the host name and the
     # gRPC port (none when the port is picked at random: then only the lease tells).
     instance_name: str = ""
+    # The gRPC address other replicas reach this process at, to forward call control for the calls it owns. Empty:
+    # the bound gRPC address, or the host name and the bound port when it listens on a wildcard address.
+    advertise_address: str = ""
     # Threads for audio encoding and file decoding (the event loop's default executor).
     worker_threads: int = 8
     # Where calls from users go: "announcement" (inbound_audio_file, or a tone) or "media_stream" (a program
@@ -132,6 +135,7 @@ SCALARS: Mapping[str, type] = {
     "reservation_grace_seconds": float,
     "call_lease_seconds": float,
     "instance_name": str,
+    "advertise_address": str,
     "worker_threads": int,
     "inbound_route": str,
     "inbound_audio_file": str,
@@ -169,7 +173,8 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
 DESCRIPTIONS: Mapping[str, str] = {
     "grpc_address": "where the gRPC API listens (host:port; port 0 picks a free one)",
     "http_address": "where the webhook endpoint listens (host:port)",
-    "db": "the ledger's database URL (sqlite:///relative.db or sqlite:////absolute.db)",
+    "db": "the ledger's database URL (sqlite:///relative.db, sqlite:////absolute.db or "
+    "postgresql://USER:PASS@HOST:PORT/DB)",
     "upstream": "the WhatsApp platform: the embedded simulator, or Meta's Graph API (needs [[senders]] in --config)",
     "clock": "real time, or a manual clock moved with wacall clock advance / ClockService (resumes across restarts)",
     "policy": "the named rule set (limits, windows, country deny-list); override numbers in [policy_overrides]",
@@ -197,6 +202,10 @@ DESCRIPTIONS: Mapping[str, str] = {
     "instance_name": (
         "this process's name among those sharing the database; restarted under the same name, it ends the calls "
         "its previous run left open at once (default: host name and gRPC port)"
+    ),
+    "advertise_address": (
+        "the gRPC address (host:port) other replicas reach this process at to forward control of the calls it "
+        "owns (default: the bound gRPC address; the host name and port when it listens on a wildcard address)"
     ),
     "worker_threads": "threads for audio encoding and file decoding",
     "inbound_route": (
@@ -332,6 +341,7 @@ def load_settings(
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     _check_sip(settings)
+    _check_advertise_address(settings.advertise_address)
     if not 0 < settings.sip_inbound_answer_timeout_seconds <= MAX_SIP_INBOUND_ANSWER_TIMEOUT:
         raise ConfigError(
             "sip_inbound_answer_timeout_seconds must be greater than 0 and at most "
@@ -351,6 +361,19 @@ def sip_address(setting: str, name: str) -> tuple[str, int] | None:
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{name}: {setting!r} is not host:port, e.g. 0.0.0.0:5060")
     return host.strip("[]"), int(port)
+
+
+def _check_advertise_address(address: str) -> None:
+    """Another replica dials it: a host and a real port (a wildcard host or port 0 reaches nobody)."""
+    if not address:
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or host in ("0.0.0.0", "::") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"advertise_address must be host:port that other replicas can dial (a port 1-65535, not a wildcard "
+            f"host), got {address!r}"
+        )
 
 
 def _check_sim_address(settings: Settings) -> None:

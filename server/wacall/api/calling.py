@@ -28,8 +28,10 @@ from wacall.api.errors import (
     abort_refusal,
     text_field,
 )
+from wacall.api.forwarding import OwnerForwarding
 from wacall.api.messages import CHANNEL, call_message, duration, event_message, policy_message, view_message
 from wacall.calls.machine import CallState
+from wacall.calls.ownership import CallOwnerUnreachable
 from wacall.calls.record import CallRecord
 from wacall.calls.service import MAX_OPAQUE, CallNotFound, CallService, MediaSetupFailed
 from wacall.calls.sip_route import SipRouteUnavailable
@@ -100,10 +102,18 @@ def _parse_page_token(token: str) -> tuple[int, str] | None:
 
 
 class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
-    def __init__(self, permissions: PermissionService, calls: CallService, files: ServerFiles) -> None:
+    def __init__(
+        self,
+        permissions: PermissionService,
+        calls: CallService,
+        files: ServerFiles,
+        forwarding: OwnerForwarding | None = None,
+    ) -> None:
         self.permissions = permissions
         self.calls = calls
         self.files = files
+        # Control of a call another replica owns goes there (api/forwarding.py).
+        self.forwarding = forwarding or OwnerForwarding(calls)
         self._stream_readers: set[asyncio.Task[None]] = set()
 
     async def _guard(self, context: Context, error: Exception) -> NoReturn:
@@ -136,6 +146,18 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                 status = grpc.StatusCode.NOT_FOUND if reason.startswith("UNKNOWN_") else None
                 await abort_precondition(
                     context, reason, field, message, message, status=status or grpc.StatusCode.FAILED_PRECONDITION
+                )
+            case CallOwnerUnreachable(owner=owner, retry_after=retry_after):
+                await abort(
+                    context,
+                    grpc.StatusCode.UNAVAILABLE,
+                    str(error),
+                    error_details_pb2.ErrorInfo(
+                        reason="CALL_OWNER_UNREACHABLE",
+                        domain="wacall",
+                        metadata={"call_id": owner.call_id, "owner": owner.instance, "owner_address": owner.address},
+                    ),
+                    error_details_pb2.RetryInfo(retry_delay=duration(retry_after)),
                 )
             case CallNotFound():
                 await abort(
@@ -307,8 +329,11 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
     async def EndCall(self, request: pb.EndCallRequest, context: Context) -> pb.Call:
         call_id = await self._call_id(context, request.call_id)
         try:
+            owner = await self.calls.owner_elsewhere(call_id)
+            if owner is not None:
+                return await self.forwarding.end_call(owner, request, context)
             return call_message(await self.calls.end(call_id))
-        except CallNotFound as error:
+        except (CallNotFound, CallOwnerUnreachable) as error:
             await self._guard(context, error)
 
     async def ListCalls(self, request: pb.ListCallsRequest, context: Context) -> pb.ListCallsResponse:
@@ -338,8 +363,13 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
         if rate not in SAMPLE_RATES:
             await abort_bad_request(context, "sample_rate", f"one of {', '.join(map(str, SAMPLE_RATES))}")
         try:
+            owner = await self.calls.owner_elsewhere(first.call_id)
+            if owner is not None:
+                async for response in self.forwarding.call_media(owner, first, request_iterator, context):
+                    yield response
+                return
             view = await self.calls.get(first.call_id)
-        except CallNotFound as error:
+        except (CallNotFound, CallOwnerUnreachable) as error:
             await self._guard(context, error)
         session = self.calls.session(first.call_id)
         stream = session.adapter.audio_stream() if session is not None else None

@@ -22,6 +22,7 @@ from wacall.api.messages import action_detail, duration
 from wacall.errors import REASONS, refusal_status
 from wacall.fields import InvalidField
 from wacall.permissions import PlatformRefusal, RuleRefusal
+from wacall.store.base import StoreUnavailable
 from wacall.upstreams.base import UpstreamUnavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -155,6 +156,22 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
     )
 
 
+# How long a client is asked to wait before it retries while the database is unreachable.
+STORE_RETRY_DELAY = timedelta(seconds=3)
+
+
+async def abort_store_unavailable(context: Context, error: StoreUnavailable) -> NoReturn:
+    """UNAVAILABLE with RetryInfo and the ErrorInfo reason STORE_UNAVAILABLE: nothing was decided; retry (with the
+    same idempotency key, so a request whose commit was cut off is not made twice)."""
+    await abort(
+        context,
+        grpc.StatusCode.UNAVAILABLE,
+        f"the ledger's database is unavailable: {error}; retry later with the same idempotency key",
+        error_details_pb2.RetryInfo(retry_delay=duration(STORE_RETRY_DELAY)),
+        error_details_pb2.ErrorInfo(reason="STORE_UNAVAILABLE", domain="wacall"),
+    )
+
+
 # --- reading request fields ---------------------------------------------------------------------------------------
 
 
@@ -220,8 +237,11 @@ def _parsing(handler: Handler) -> Handler:
         assert unary is not None
 
         async def unary_unary(raw: bytes, context: Context) -> Any:
-            result = unary(await _parse(deserialize, raw, context), context)
-            return await result if inspect.isawaitable(result) else result
+            try:
+                result = unary(await _parse(deserialize, raw, context), context)
+                return await result if inspect.isawaitable(result) else result
+            except StoreUnavailable as error:
+                await abort_store_unavailable(context, error)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
     if not handler.request_streaming:
@@ -229,8 +249,11 @@ def _parsing(handler: Handler) -> Handler:
         assert streaming is not None
 
         async def unary_stream(raw: bytes, context: Context) -> AsyncIterator[Any]:
-            async for response in streaming(await _parse(deserialize, raw, context), context):
-                yield response
+            try:
+                async for response in streaming(await _parse(deserialize, raw, context), context):
+                    yield response
+            except StoreUnavailable as error:
+                await abort_store_unavailable(context, error)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
     if not handler.response_streaming:
@@ -238,15 +261,21 @@ def _parsing(handler: Handler) -> Handler:
         assert collecting is not None
 
         async def stream_unary(raw_requests: AsyncIterator[bytes], context: Context) -> Any:
-            return await collecting(requests(raw_requests, context), context)
+            try:
+                return await collecting(requests(raw_requests, context), context)
+            except StoreUnavailable as error:
+                await abort_store_unavailable(context, error)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
     bidirectional: Any = handler.stream_stream
     assert bidirectional is not None
 
     async def stream_stream(raw_requests: AsyncIterator[bytes], context: Context) -> AsyncIterator[Any]:
-        async for response in bidirectional(requests(raw_requests, context), context):
-            yield response
+        try:
+            async for response in bidirectional(requests(raw_requests, context), context):
+                yield response
+        except StoreUnavailable as error:
+            await abort_store_unavailable(context, error)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
 
@@ -260,7 +289,8 @@ def _wrappable(handler: Handler) -> bool:
 
 class MalformedRequestGuard(grpc.aio.ServerInterceptor):
     """A request that is not a valid message (corrupt wire format, a string field that is not UTF-8, e.g. a lone
-    surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails."""
+    surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails; and a
+    store that cannot reach its database (`StoreUnavailable`, from any method) is UNAVAILABLE with RetryInfo."""
 
     def __init__(self) -> None:
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}

@@ -64,6 +64,9 @@ class CallRecord:
     end_reason: str = ""
     media: MediaCounters = field(default_factory=MediaCounters)
     sip: SipLeg | None = None
+    # The platform's SDP answer to our offer (a business call), kept so that the call's owner applies it even when
+    # the webhook that carried it landed on another replica.
+    platform_answer_sdp: str = ""
 
     @property
     def direction(self) -> Direction:
@@ -146,6 +149,7 @@ def encode(record: CallRecord) -> dict[str, Any]:
         "end_reason": record.end_reason,
         "media": dataclasses.asdict(record.media),
         "sip": _sip_to_json(record.sip),
+        "platform_answer_sdp": record.platform_answer_sdp,
     }
 
 
@@ -182,6 +186,7 @@ def decode(data: Mapping[str, Any]) -> CallRecord:
         end_reason=data.get("end_reason", ""),
         media=MediaCounters(**data.get("media", {})),
         sip=_sip_from_json(data.get("sip")),
+        platform_answer_sdp=data.get("platform_answer_sdp", ""),
     )
 
 

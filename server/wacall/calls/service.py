@@ -26,6 +26,7 @@ from typing import Any
 
 from wacall.calls import machine
 from wacall.calls.machine import CallFacts, CallState, Direction
+from wacall.calls.ownership import CallOwner, CallOwnerUnreachable
 from wacall.calls.record import CallRecord, PlatformError, SipLeg, encode, from_stored, to_stored
 from wacall.calls.sessions import CallSession, SessionClosed
 from wacall.calls.sip_route import SipBridgedRoute, SipRoutes, SipRouteUnavailable
@@ -48,6 +49,7 @@ from wacall.store import (
     EventRecord,
     IdempotentResult,
     Pair,
+    Replica,
     StoredCall,
     Tx,
     from_micros,
@@ -65,6 +67,11 @@ MAX_IDEMPOTENCY_KEY = 128
 # How long StartCall waits for the platform's answer to an engine-bridged call, so that the call it returns carries
 # the agent's SDP answer (the platform answers at once, before the phone rings).
 PEER_ANSWER_WAIT = timedelta(seconds=10)
+# How often the owner of calls reads them back from the store when nothing woke it: another replica's commits wake
+# it only where the store hears them (PostgreSQL's NOTIFY), and the platform fails a call whose SDP answer is applied
+# late (138007). MIN_FOLLOW_GAP coalesces the wake-ups of a burst of commits into one read.
+FOLLOW_POLL = timedelta(seconds=0.2)
+MIN_FOLLOW_GAP = timedelta(seconds=0.02)
 
 EngineBridges = Callable[[str, str], EngineBridgeLeg]
 """Builds the platform leg of a call bridged in the media engine: (call id, the business peer's SDP offer)."""
@@ -201,6 +208,9 @@ class CallService:
         self._earlier_runs = f"{instance_name}/" if instance_name else None
         self.call_lease = call_lease
         self.wall_clock: Clock = wall_clock or SystemClock()
+        # Where other replicas reach this process (its gRPC address), recorded in the replica registry; "" until the
+        # gRPC server is up (`advertise`).
+        self.advertised_address = ""
         self.sessions: dict[str, CallSession] = {}
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
@@ -491,6 +501,8 @@ class CallService:
         if event is None:
             return record
         record = dataclasses.replace(record, facts=machine.apply(record.facts, event))
+        if item.kind is CallEventKind.CONNECT and item.sdp and item.sdp_type == "answer" and not record.ended:
+            record = dataclasses.replace(record, platform_answer_sdp=item.sdp)
         if item.kind is CallEventKind.TERMINATE and not record.end_reason:
             record = dataclasses.replace(
                 record,
@@ -506,20 +518,28 @@ class CallService:
         if session is None:
             return
         if item.kind is CallEventKind.CONNECT and item.sdp and item.sdp_type == "answer":
-            try:
-                check_sdp(item.sdp, "answer", "the platform's")
-                if session.platform is not None:
-                    # Apply at once: the platform fails calls whose answer is applied late (138007).
-                    await session.platform.apply_answer(item.sdp)
-                else:
-                    await session.adapter.platform_answer(item.sdp)
-            except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
-                log.warning("call %s: the platform's answer cannot be applied: %s", call_id, error)
-                await self._fail_setup(call_id, error, platform_action=CallAction.TERMINATE)
+            await self._take_platform_answer(session, item.sdp)
         elif item.kind is CallEventKind.ACCEPTED:
             await self._connected(session)
         elif item.kind is CallEventKind.TERMINATE:
             await self._close_session(call_id)
+
+    async def _take_platform_answer(self, session: CallSession, sdp: str) -> None:
+        """Apply the platform's SDP answer to the call's media, once (the webhook's handler here and the owner
+        following the store may both see it)."""
+        if session.answer_taken or session.closed:
+            return
+        session.answer_taken = True
+        try:
+            check_sdp(sdp, "answer", "the platform's")
+            if session.platform is not None:
+                # Apply at once: the platform fails calls whose answer is applied late (138007).
+                await session.platform.apply_answer(sdp)
+            else:
+                await session.adapter.platform_answer(sdp)
+        except Exception as error:  # aiortc refuses what it cannot apply with ValueError and friends
+            log.warning("call %s: the platform's answer cannot be applied: %s", session.call_id, error)
+            await self._fail_setup(session.call_id, error, platform_action=CallAction.TERMINATE)
 
     async def _connect_on_first_voice(self, session: CallSession) -> None:
         """HOOK-3: ACCEPTED often arrives after the media. The user's first audible frame means they picked up."""
@@ -652,10 +672,12 @@ class CallService:
         record, changed = await self.store.transaction(mark)
         if changed:
             session = self.sessions.get(call_id)
-            if record.platform_call_id and session is not None:
+            if record.platform_call_id:
                 try:
-                    # Always tell the platform: billing depends on it (§7.2).
-                    await self.upstream.call_action(session.account, record.platform_call_id, CallAction.TERMINATE)
+                    # Always tell the platform, whether or not this process runs the call's media: billing depends
+                    # on it (§7.2).
+                    account = session.account if session is not None else self._account_of(record.pair)
+                    await self.upstream.call_action(account, record.platform_call_id, CallAction.TERMINATE)
                 except UpstreamRefusal as error:
                     log.info("terminate for %s: %s", call_id, error)
             await self._close_session(call_id)
@@ -727,6 +749,7 @@ class CallService:
         await self._end_orphans("the service restarted during the call", earlier_runs=True)
         self._watchdog = asyncio.create_task(self._watch_media())
         self.spawn(self._keep_leases())
+        self.spawn(self._follow_held_calls())
 
     def _lease_until(self) -> datetime:
         return self.wall_clock.now() + self.call_lease
@@ -737,11 +760,92 @@ class CallService:
         while True:
             await self.wall_clock.sleep(self.call_lease / 3)
             try:
-                await self.store.transaction(lambda tx: tx.renew_call_leases(self.instance, self._lease_until()))
+                await self.store.transaction(self._renew)
                 await self._end_orphans("the process holding the call stopped renewing its lease")
                 await self._release_calls_ended_elsewhere()
             except Exception:
                 log.exception("renewing call leases failed; trying again")
+
+    def _renew(self, tx: Tx) -> None:
+        """Renew this process's call leases and its heartbeat in the replica registry, both until the same time."""
+        until = self._lease_until()
+        tx.renew_call_leases(self.instance, until)
+        if self.advertised_address:
+            tx.save_replica(Replica(self.instance, self.advertised_address, until))
+
+    # --- several replicas: the registry, call owners, and following the store ---------------------------------------
+
+    async def advertise(self, address: str) -> None:
+        """Record this process in the replica registry at `address` (the gRPC address other replicas reach it at),
+        from now on renewed with its call leases."""
+        self.advertised_address = address
+        await self.store.transaction(self._renew)
+
+    async def owner_elsewhere(self, call_id: str) -> CallOwner | None:
+        """The other process that runs the call's media, when control of the call must go there; None when this
+        process answers for the call itself (it holds the call's session, owns it, or the call has ended: the
+        store's record answers). CallNotFound for a call that never existed."""
+        session = self.sessions.get(call_id)
+        if session is not None and not session.closed:
+            return None
+
+        def read(tx: Tx) -> CallOwner | None:
+            stored = tx.call(call_id)
+            if stored is None:
+                raise CallNotFound(call_id)
+            if not stored.active or not stored.owner or stored.owner == self.instance:
+                return None
+            replica = tx.replica(stored.owner)
+            return CallOwner(
+                call_id,
+                stored.owner,
+                replica.address if replica is not None else "",
+                replica.heartbeat_expires_at if replica is not None else None,
+                stored.lease_expires_at,
+            )
+
+        return await self.store.transaction(read)
+
+    def owner_unreachable(self, owner: CallOwner, why: str) -> CallOwnerUnreachable:
+        """The refusal for control of a call whose owner cannot be reached, with how long until another replica
+        takes the call over (the owner's lease, then a pass of the lease keeper: every third of a lease)."""
+        return CallOwnerUnreachable(owner, why, owner.takeover_in(self.wall_clock.now(), self.call_lease / 3))
+
+    async def _follow_held_calls(self) -> None:
+        """Act on the calls this process holds as the store records them. A webhook for one of them may land on any
+        replica, which applies it in the store; the owner reads the change here and does the media work (apply the
+        platform's answer, start the route at pickup, close at the end). When this process ingested the webhook
+        itself, the work is done already and nothing happens twice."""
+        while True:
+            ticket = self.store.changes.ticket()
+            try:
+                await self._catch_up_held_calls()
+            except Exception:
+                log.exception("reading this process's calls back from the store failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ticket.wait(), FOLLOW_POLL.total_seconds())
+            await asyncio.sleep(MIN_FOLLOW_GAP.total_seconds())
+
+    async def _catch_up_held_calls(self) -> None:
+        held = {call_id: session for call_id, session in self.sessions.items() if not session.closed}
+        if not held:
+            return
+
+        def read(tx: Tx) -> dict[str, CallRecord]:
+            return {call_id: from_stored(stored) for call_id in held if (stored := tx.call(call_id)) is not None}
+
+        for call_id, record in (await self.store.transaction(read)).items():
+            session = held[call_id]
+            if session.closed:
+                continue
+            if record.ended:
+                log.info("call %s ended (%s): releasing its media", call_id, record.end_reason or record.outcome)
+                await self._close_session(call_id)
+                continue
+            if record.platform_answer_sdp and not session.answer_taken:
+                await self._take_platform_answer(session, record.platform_answer_sdp)
+            if record.state is CallState.CONNECTED and not session.connected:
+                await self._connected(session)
 
     async def _release_calls_ended_elsewhere(self) -> None:
         """Close the sessions of calls another process ended: this one stalled past its lease (a long pause, a
@@ -788,12 +892,15 @@ class CallService:
         for record in await self.store.transaction(claim_and_end):
             await self._end_orphan(record)
 
+    def _account_of(self, pair: Pair) -> Account:
+        business = self.permissions.parse_pair(pair.business, pair.user)[0]
+        return self.permissions.senders.account_for(business)
+
     async def _end_orphan(self, record: CallRecord) -> None:
         """Tell the platform a call ended here without its media (it may still be up there)."""
         if record.platform_call_id:
             try:
-                business = self.permissions.parse_pair(record.pair.business, record.pair.user)[0]
-                account = self.permissions.senders.account_for(business)
+                account = self._account_of(record.pair)
                 await self.upstream.call_action(account, record.platform_call_id, CallAction.TERMINATE)
             except Exception as error:
                 log.info("terminate of orphan call %s: %s", record.call_id, error)

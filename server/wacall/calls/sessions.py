@@ -106,6 +106,9 @@ class CallSession:
     platform: PlatformLeg | None = None  # None on a passthrough route: the media bypasses this process
     connected: bool = False
     closed: bool = False
+    # The platform's SDP answer was taken (applied, or being applied): by the webhook's own handler or, when the
+    # webhook landed on another replica, by the owner following its calls in the store; never twice.
+    answer_taken: bool = False
     last_frames: int = 0
     last_progress: float = field(default_factory=time.monotonic)
     pickup_watch: asyncio.Task[Any] | None = None

@@ -39,7 +39,7 @@ import enum
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -803,6 +803,9 @@ HANDLERS: Mapping[type, Callable[[_Working, Any], None]] = MappingProxyType(
 )
 
 
+_DAWN = datetime.min.replace(tzinfo=UTC)
+
+
 class _Timer(enum.IntEnum):
     """Kinds of timer, in the order they fire when due at the same instant."""
 
@@ -830,16 +833,17 @@ def _timers(w: _Working) -> Iterator[tuple[datetime, _Timer, str]]:
             yield min(call.tried.values()), _Timer.RETRY, call.call_id
 
 
-def _catch_up(w: _Working, now: datetime) -> None:
+def _catch_up(w: _Working, now: datetime, floor: datetime = _DAWN) -> None:
     """Fire every timer due by `now`, earliest first, each at its own instant and followed by the offers it frees:
-    one step at a late `now` ends where waking at every deadline would have."""
+    one step at a late `now` ends where waking at every deadline would have. Time never runs back below `floor` (a
+    `RETRY` is due as soon as a call stops ringing, which may be after the delays it waits for ran out)."""
     while True:
         earliest = min(_timers(w), default=None)
         if earliest is None or earliest[0] > now:
             w.now = now
             return
         at, kind, key = earliest
-        w.now = at
+        w.now = floor = max(at, floor)
         _FIRE[kind](w, key)
         _dispatch(w)
 
@@ -952,7 +956,7 @@ def step(state: RouterState, event: Event, now: datetime) -> Step:
     work = _Working(state, now)
     _catch_up(work, now)
     HANDLERS[type(event)](work, event)
-    _catch_up(work, now)
+    _catch_up(work, now, floor=now)
     _dispatch(work)
     return Step(work.freeze(), tuple(work.decisions))
 

@@ -126,6 +126,10 @@ class AgentSession:
         self.agent_id = agent_id
         self._items: asyncio.Queue[_Item] = asyncio.Queue()
         self.ended = False
+        # Offers shown, and withdrawn: another replica's decision may reach this session after the state it left
+        # (an offer already announced at login, or one withdrawn before it was shown) and is not shown again.
+        self._shown_offers: set[str] = set()
+        self._withdrawn_offers: set[str] = set()
 
     # --- what the service hands over (synchronously, in commit order) ----------------------------------------------
 
@@ -176,7 +180,14 @@ class AgentSession:
             match item:
                 case _End():
                     return
+                case OfferMade(offer=offer) if offer.offer_id in self._shown_offers or (
+                    offer.offer_id in self._withdrawn_offers
+                ):
+                    continue
+                case OfferWithdrawn(offer=offer) if offer.offer_id in self._withdrawn_offers:
+                    continue
                 case OfferMade(offer=offer, waited=waited):
+                    self._shown_offers.add(offer.offer_id)
                     parties = await self.service.parties(offer.call_id)
                     yield OfferEvent(
                         offer.offer_id,
@@ -189,6 +200,7 @@ class AgentSession:
                         parties.permission,
                     )
                 case OfferWithdrawn(offer=offer, why=why):
+                    self._withdrawn_offers.add(offer.offer_id)
                     yield OfferWithdrawnEvent(offer.offer_id, why)
                 case PresenceChanged(presence=presence, why=why):
                     yield PresenceEvent(presence, why)
@@ -237,7 +249,7 @@ class AgentSession:
             return
         assigned = next(d for d in step.decisions if isinstance(d, Assigned))
         try:
-            answer = await self.service.actions.connect_agent(assigned, media)
+            answer = await self.service.connect_agent(assigned, media)
         except AgentMediaFailed as failed:
             self._items.put_nowait(SessionError("media_failed", failed.message))
             await self.service.end_call(assigned.call_id, f"the agent's media failed: {failed.message}")

@@ -1,7 +1,8 @@
 """The durable ledger: per-pair derived state plus an append-only event log, behind one small interface.
 
 `base.py` is the interface every backend implements and what it guarantees; `codecs.py` how values are stored;
-`sqlite.py` the SQLite backend and `migrations.py` its schema. `open_store(url)` picks the backend by the URL's
+`sqlite.py` the SQLite backend and `migrations.py` its schema; `postgres.py` the PostgreSQL backend and
+`postgres_schema.py` its schema. `open_store(url)` picks the backend by the URL's
 scheme: a new backend is one module and one line in `BACKENDS`.
 """
 
@@ -16,10 +17,12 @@ from wacall.store.base import (
     EventRecord,
     IdempotentResult,
     Pair,
+    Replica,
     Reservation,
     Store,
     StoredCall,
     StoreError,
+    StoreUnavailable,
     Tx,
 )
 from wacall.store.codecs import (
@@ -32,16 +35,21 @@ from wacall.store.codecs import (
     to_micros,
 )
 from wacall.store.migrations import SCHEMA_VERSION, SchemaTooNew
+from wacall.store.operations import migrate_database
+from wacall.store.postgres import PostgresStore, open_postgres
 from wacall.store.sqlite import SqliteStore, open_sqlite
 
 # URL scheme → the backend that opens such a URL.
 BACKENDS: Mapping[str, Callable[[str], Store]] = {
     "sqlite": open_sqlite,
+    "postgresql": open_postgres,
+    "postgres": open_postgres,
 }
 
 
 def open_store(url: str) -> Store:
-    """The store a database URL names: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+    """The store a database URL names: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`,
+    `postgresql://USER[:PASS]@HOST:PORT/DB`."""
     scheme = urlparse(url).scheme
     opener = BACKENDS.get(scheme)
     if opener is None:
@@ -61,16 +69,20 @@ __all__ = [
     "EventRecord",
     "IdempotentResult",
     "Pair",
+    "PostgresStore",
+    "Replica",
     "Reservation",
     "SchemaTooNew",
     "SqliteStore",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "StoredCall",
     "Tx",
     "from_micros",
     "ledger_from_json",
     "ledger_to_json",
+    "migrate_database",
     "open_store",
     "optional_datetime",
     "optional_micros",

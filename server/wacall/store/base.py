@@ -12,8 +12,8 @@ Every backend guarantees, and `tests/test_store_contract.py` checks:
   every process sharing the database. The services rely on it for every read-then-write: a pair's ledger (per pair),
   a business's pause and idempotency keys (per business), a claimed webhook key, a reservation or call claimed by
   one process only, the one call in progress per pair. SQLite gets it from one writer at a time (`BEGIN
-  IMMEDIATE`); a backend that runs writers side by side must lock what a transaction reads before writing it
-  (PostgreSQL: `SELECT ... FOR UPDATE` on the pair's row, or `SERIALIZABLE` and a retry).
+  IMMEDIATE`); PostgreSQL runs writers side by side and locks what a transaction reads before it decides (the
+  pair's, the business's, the key's advisory lock; `FOR UPDATE` on rows), held until the commit.
 - **Durability.** When `transaction` returns, the commit survives a crash or a power loss.
 - **Commit-ordered cursors** (see `Store.events_after`): a reader that resumes after the last cursor it saw never
   misses an event, however late the event's transaction committed.
@@ -105,8 +105,25 @@ class StoredCall:
     lease_expires_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One process among those sharing the database, as it recorded itself: its instance (the name its calls' `owner`
+    holds), the gRPC address other processes reach it at, and until when it is known to be alive (wall time). It
+    saves this with every renewal of its call leases, so a replica that forwards a call's control to the call's
+    owner knows where to send it, and whether anybody is still there."""
+
+    instance: str
+    address: str
+    heartbeat_expires_at: datetime
+
+
 class StoreError(RuntimeError):
     """The store cannot be opened or used (a bad URL, a database from a newer wacall, a closed store)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached in time (down, restarting, unreachable, or not answering). Nothing is known to
+    have been written; the caller may retry (gRPC: UNAVAILABLE with RetryInfo; webhooks: 503, the platform retries)."""
 
 
 class CallInProgress(StoreError):
@@ -222,6 +239,14 @@ class Tx(Protocol):
         so no other process claims them too. Returns them as claimed, oldest first."""
         ...
 
+    def save_replica(self, replica: Replica) -> None:
+        """Record (or renew) a process in the replica registry: its address and heartbeat replace any earlier ones."""
+        ...
+
+    def replica(self, instance: str) -> Replica | None:
+        """The process recorded under `instance` (a call's `owner`), if it ever recorded itself."""
+        ...
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         """Keep an event for a call id we do not know yet (its webhook beat our own record of it)."""
         ...
@@ -307,9 +332,12 @@ class Store(Protocol):
 
         SQLite gives this for free: one writer at a time, so cursors (AUTOINCREMENT) are issued in commit order. A
         backend whose writers run side by side must not take cursors from a sequence (numbers are handed out at
-        insert time, not at commit: a reader could see 6 before 5 commits). It issues them from a counter row that
-        the appending transaction locks until it commits (`UPDATE event_cursor SET last = last + 1 RETURNING
-        last`), which makes every transaction that appends events wait for the previous one's commit."""
+        insert time, not at commit: a reader could see 6 before 5 commits). PostgreSQL's cursor is the appending
+        transaction's id shifted left by 20 bits plus the event's index in it, and a read returns only events of
+        transactions below the snapshot's horizon (`pg_snapshot_xmin`: every transaction with a smaller id has
+        ended). Whatever can still commit has a larger id, hence a larger cursor than anything returned, so
+        writers never wait for each other's commits; an event becomes readable once the writers that began
+        before it have ended."""
         ...
 
     async def last_cursor(self) -> int:

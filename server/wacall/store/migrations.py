@@ -8,7 +8,7 @@ from a newer wacall is refused, unchanged.
 Databases from before the version was kept read 0: earlier releases created their tables as they went (`CREATE
 TABLE IF NOT EXISTS` on every start), so a version-0 database holds some or all of migration 1's tables. Every time
 column holds microseconds since the epoch (UTC), in every version. Add a migration at the end; never edit one that
-has shipped. (A PostgreSQL backend keeps its own list, starting from the current shape.)
+has shipped. (PostgreSQL keeps its own list in `postgres_schema.py`, under the same version numbers.)
 """
 
 from __future__ import annotations
@@ -174,6 +174,17 @@ MIGRATIONS: tuple[Migration, ...] = (
                 id INTEGER PRIMARY KEY CHECK (id = 1),
                 version INTEGER NOT NULL,
                 state TEXT NOT NULL
+            )"""
+        ),
+    ),
+    Migration(
+        6,
+        "the replica registry: each process's gRPC address and heartbeat, so call control reaches a call's owner",
+        _statements(
+            """CREATE TABLE replicas (
+                instance TEXT PRIMARY KEY,
+                address TEXT NOT NULL,
+                heartbeat_expires_at INTEGER NOT NULL
             )"""
         ),
     ),

@@ -25,6 +25,7 @@ from wacall.store.base import (
     EventRecord,
     IdempotentResult,
     Pair,
+    Replica,
     Reservation,
     Store,
     StoredCall,
@@ -269,6 +270,19 @@ class _SqliteTx:
             (claimant, to_micros(lease_until), claimant, to_micros(now)),
         ).fetchall()
         return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
+
+    def save_replica(self, replica: Replica) -> None:
+        self._db.execute(
+            "INSERT INTO replicas (instance, address, heartbeat_expires_at) VALUES (?, ?, ?) ON CONFLICT (instance)"
+            " DO UPDATE SET address = excluded.address, heartbeat_expires_at = excluded.heartbeat_expires_at",
+            (replica.instance, replica.address, to_micros(replica.heartbeat_expires_at)),
+        )
+
+    def replica(self, instance: str) -> Replica | None:
+        row = self._db.execute(
+            "SELECT instance, address, heartbeat_expires_at FROM replicas WHERE instance = ?", (instance,)
+        ).fetchone()
+        return Replica(row[0], row[1], from_micros(row[2])) if row else None
 
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
@@ -532,10 +546,15 @@ class SqliteStore:
         self._executor.shutdown(wait=True)
 
 
-def open_sqlite(url: str) -> Store:
-    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+def sqlite_path(url: str) -> Path:
+    """The file of `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
     path = urlparse(url).path
     path = path[1:] if path.startswith("/") else path
     if not path:
         raise StoreError(f"no database file in {url!r}; use sqlite:///var/wacall.db")
-    return SqliteStore(Path(path))
+    return Path(path)
+
+
+def open_sqlite(url: str) -> Store:
+    """`sqlite:///relative/path.db`, `sqlite:////absolute/path.db`."""
+    return SqliteStore(sqlite_path(url))

@@ -26,6 +26,7 @@ from aiohttp.web_protocol import RequestHandler
 from wacall.inbound import BusinessRestriction, Ignored, InboundItem
 from wacall.ingest import Dispatcher
 from wacall.numbers import parse_number
+from wacall.store.base import StoreUnavailable
 from wacall.upstreams.base import UnknownSender
 from wacall.upstreams.meta.senders import MetaSenderDirectory
 from wacall.upstreams.meta.webhook_payloads import MalformedWebhook, TimeWindow, parse
@@ -65,6 +66,18 @@ def signature_valid(header: str | None, body: bytes, secrets: list[bytes]) -> bo
 
 def json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+# How long the platform is asked to wait before it delivers again while the database is unreachable.
+STORE_RETRY_AFTER_SECONDS = 5
+
+
+def store_unavailable(error: StoreUnavailable) -> web.Response:
+    """Nothing was kept: 503 with Retry-After, so the platform delivers the webhook again (it retries any 5xx)."""
+    log.warning("webhook not accepted, the store is unavailable: %s", error)
+    response = json_error(503, "the ledger is unavailable; deliver again later")
+    response.headers["Retry-After"] = str(STORE_RETRY_AFTER_SECONDS)
+    return response
 
 
 async def _read_body(request: web.Request, max_body_bytes: int) -> bytes | None:
@@ -140,10 +153,16 @@ def webhook_routes(
             # Signed by the platform but refused: kept (not applied) so an operator can see what came and why.
             reason = str(exc)
             log.warning("signed webhook refused: %s", reason)
-            await dispatcher.refuse(raw, now, reason)
+            try:
+                await dispatcher.refuse(raw, now, reason)
+            except StoreUnavailable as error:
+                return store_unavailable(error)
             return json_error(400, f"malformed webhook: {reason}")
         # Sender lookups may provision (simulator mode): do them here, not on the store's thread.
-        result = await dispatcher.deliver(raw, [(item, business_of(senders, item)) for item in items])
+        try:
+            result = await dispatcher.deliver(raw, [(item, business_of(senders, item)) for item in items])
+        except StoreUnavailable as error:
+            return store_unavailable(error)
         return web.json_response(
             {"applied": result.applied, "duplicates": result.duplicates, "ignored": result.ignored}
         )

@@ -1,0 +1,127 @@
+"""Call control on a replica that does not own the call: forwarded to the owner with the client's token, once at
+most, and refused with CALL_OWNER_UNREACHABLE (who holds the call, when to retry) when the owner cannot be reached.
+
+Two services in this process on one SQLite file, each with its own embedded simulator (the owner's platform is the
+one that hears the call end). The two-process, PostgreSQL and standalone-simulator version is tests/test_replicas.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import OTHER_USER, Running, refused, settings_for, start_service, stop_service, wait_until
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.v1 import calling_pb2 as pb
+
+from wacall.api.forwarding import FORWARDED_BY
+from wacall.store import Pair, Tx
+
+TOKEN = "a-token-both-replicas-know"
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Running, Running]]:
+    owner = await start_service(settings_for(tmp_path, auth_token=TOKEN, instance_name="owner"))
+    other = None
+    try:
+        other = await start_service(
+            settings_for(tmp_path, auth_token=TOKEN, instance_name="other", sim_state=str(tmp_path / "other.json"))
+        )
+        yield owner, other
+    finally:
+        if other is not None:
+            await stop_service(other)
+        await stop_service(owner)
+
+
+async def ringing_call(owner: Running) -> pb.Call:
+    await owner.grant(permanent=True)
+    await owner.phone(ring=600)  # the rules' clock is manual: it rings until the test ends
+    call = await owner.start_call()
+    return await owner.wait_call(call.call_id, pb.CALL_STATE_RINGING)
+
+
+def unreachable_details(error: grpc.aio.AioRpcError) -> tuple[error_details_pb2.ErrorInfo, timedelta]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None and error.code() == grpc.StatusCode.UNAVAILABLE, error
+    info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
+    assert any(d.Unpack(info) for d in status.details if d.Is(info.DESCRIPTOR))
+    assert any(d.Unpack(retry) for d in status.details if d.Is(retry.DESCRIPTOR))
+    return info, retry.retry_delay.ToTimedelta()
+
+
+async def test_end_call_on_another_replica_reaches_the_owner_with_the_clients_token_and_the_owner_hangs_up(
+    replicas: tuple[Running, Running],
+) -> None:
+    owner, other = replicas
+    call = await ringing_call(owner)
+    assert owner.service.calls is not None and call.call_id in owner.service.calls.sessions
+    # Without the token the other replica refuses it itself: nothing is forwarded.
+    missing = await refused(other.calling.EndCall(pb.EndCallRequest(call_id=call.call_id)))
+    assert missing.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    ended = await other.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), metadata=other.metadata)
+    assert ended.state == pb.CALL_STATE_ENDED and ended.outcome == pb.CALL_OUTCOME_CANCELLED
+    assert ended.end_reason == "ended by the business"
+    # The owner ended it: its media is released and its platform heard the end.
+    assert call.call_id not in owner.service.calls.sessions
+    phone = await wait_until(
+        lambda: owner.sim.GetPhoneCall(
+            sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id), metadata=owner.metadata
+        ),
+        lambda p: p.state == "ended",
+    )
+    assert phone.state == "ended"
+    # An ended call is answered from the store on either replica, without forwarding.
+    again = await other.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), metadata=other.metadata)
+    assert again.state == pb.CALL_STATE_ENDED and again.end_reason == ended.end_reason
+
+
+async def test_a_request_that_was_forwarded_once_is_not_forwarded_again(replicas: tuple[Running, Running]) -> None:
+    owner, other = replicas
+    call = await ringing_call(owner)
+    hop = (*other.metadata, (FORWARDED_BY, "a-third-replica/1"))
+    error = await refused(other.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), metadata=hop))
+    info, _ = unreachable_details(error)
+    assert info.reason == "CALL_OWNER_UNREACHABLE" and info.metadata["owner"].startswith("owner/")
+    assert (await owner.get_call(call.call_id)).state == pb.CALL_STATE_RINGING  # nothing changed
+
+
+async def test_an_owner_that_never_registered_is_refused_with_where_the_call_is_and_when_to_retry(
+    replicas: tuple[Running, Running],
+) -> None:
+    owner, other = replicas
+    call = await ringing_call(owner)
+    store = owner.service.store
+    assert store is not None
+    lease = datetime.now(UTC) + timedelta(seconds=60)
+    ghost = "call_" + "f" * 32
+
+    def left_by_a_ghost(tx: Tx) -> None:
+        stored = tx.call(call.call_id)
+        assert stored is not None
+        tx.save_call(dataclasses.replace(stored, call_id=ghost, pair=Pair(stored.pair.business, OTHER_USER),
+                                         platform_call_id=None, owner="ghost/1", lease_expires_at=lease))  # fmt: skip
+
+    await store.transaction(left_by_a_ghost)
+    for replica in (owner, other):
+        error = await refused(replica.calling.EndCall(pb.EndCallRequest(call_id=ghost), metadata=replica.metadata))
+        info, retry_after = unreachable_details(error)
+        assert (info.reason, info.domain) == ("CALL_OWNER_UNREACHABLE", "wacall")
+        assert dict(info.metadata) == {"call_id": ghost, "owner": "ghost/1", "owner_address": ""}
+        # Retry once the ghost's lease has run out and a lease keeper has had its turn (a third of a 15 s lease).
+        assert timedelta(seconds=55) < retry_after <= timedelta(seconds=66), retry_after
+        assert "ghost/1" in (error.details() or "")
+        # CallMedia too, with the same refusal.
+        media = other.calling.CallMedia(iter([pb.CallMediaRequest(call_id=ghost)]), metadata=other.metadata)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await media.read()
+        assert unreachable_details(streamed.value)[0].metadata["owner"] == "ghost/1"
+    assert (await other.get_call(ghost)).state == pb.CALL_STATE_RINGING  # nothing changed
