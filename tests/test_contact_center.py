@@ -26,6 +26,7 @@ from wacall_client.v1 import contact_center_pb2_grpc
 
 from wacall.api.contact_center import REFUSAL_STATUS
 from wacall.queues import router
+from wacall.queues.router import Presence
 from wacall.queues.service import QueueService
 
 R = cc.AgentSessionRequest
@@ -789,6 +790,52 @@ async def test_queues_and_agents_survive_a_restart(make_service: Callable[..., A
     queue = await stub(second).GetQueue(cc.GetQueueRequest(queue_id="sales"), metadata=second.metadata)
     assert queue.ring_timeout.seconds == 45
     assert dict((await agent_state(second, "ann")).skills) == {"spanish": 1}
+
+
+def crash(wacall: Running) -> None:
+    """What a kill -9 leaves: the service stops without its sessions' agents being signed out."""
+    queues_of(wacall).sessions.clear()
+
+
+async def test_a_restart_after_a_crash_signs_out_the_agents_whose_sessions_this_process_held(
+    make_service: Callable[..., Awaitable[Running]],
+) -> None:
+    first = await make_service(instance_name="desk")
+    await put_queue(first)
+    await put_agent(first, "ann")
+    ann = Agent(first, "ann")
+    await ann.sign_in()
+    crash(first)
+    await first.service.stop(grace=0.5)
+    assert queues_of(first).state.agents["ann"].presence is Presence.AVAILABLE  # what the crash left
+
+    second = await make_service(instance_name="desk")
+    assert (await agent_state(second, "ann")).presence == m.AGENT_PRESENCE_OFFLINE
+    await queued_call(second)
+    assert not queues_of(second).state.offers  # no call rings a session that no longer exists
+    ann.close()
+
+
+async def test_the_agents_of_a_replica_that_stopped_renewing_its_heartbeat_go_offline_on_the_others(
+    make_service: Callable[..., Awaitable[Running]],
+) -> None:
+    lost = await make_service(instance_name="lost", call_lease_seconds=1)
+    alive = await make_service(instance_name="alive", call_lease_seconds=1)
+    await put_queue(alive)
+    for name in ("ann", "bob"):
+        await put_agent(alive, name)
+    ann, bob = Agent(lost, "ann"), Agent(alive, "bob")
+    await ann.sign_in()
+    await bob.sign_in()
+    crash(lost)
+    await lost.service.stop(grace=0.5)
+    # One lease with no heartbeat from "lost", and one lease of "alive" reaching the store: a few seconds.
+    await wait_until(
+        lambda: agent_state(alive, "ann"), lambda agent: agent.presence == m.AGENT_PRESENCE_OFFLINE, timeout=15
+    )
+    assert (await agent_state(alive, "bob")).presence == m.AGENT_PRESENCE_AVAILABLE
+    ann.close()
+    bob.close()
 
 
 async def test_deleting_an_agent_ends_its_session_with_a_reason(wacall: Running) -> None:

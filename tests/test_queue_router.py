@@ -43,6 +43,7 @@ from wacall.queues.router import (
     QueueTimedOut,
     RouterState,
     RoutingRefused,
+    SessionsGone,
     SetPresence,
     Strategy,
     Tick,
@@ -437,6 +438,38 @@ def test_a_dropped_session_makes_the_agent_offline_and_requeues_its_offer() -> N
     ]
     assert PresenceChanged("ann", Presence.OFFLINE, PresenceWhy.SESSION_ENDED) in made
     assert desk.ringing() == {"bob": "c1"}
+
+
+def test_the_agents_of_a_process_that_is_gone_go_offline_and_their_offers_pass_on() -> None:
+    desk = Desk()
+    desk.queue(strategy=Strategy.LONGEST_IDLE)
+    for agent_id, instance in (("ghost", "replica-a"), ("ann", "replica-b"), ("bob", "replica-a")):
+        desk.do(PutAgent(agent_id, queues={"sales": 0}), LogIn(agent_id, instance))
+        desk.do(SetPresence(agent_id, Presence.AVAILABLE))
+        desk.later(3600)  # ghost free longest: LONGEST_IDLE rings it first
+    desk.do(CallQueued("c1", "sales"))
+    desk.do(Accept(desk.offer_to("ghost")), CallQueued("c2", "sales"))
+    assert desk.ringing() == {"ann": "c2"}
+    desk.do(Decline(desk.offer_to("ann")))
+    assert desk.ringing() == {"bob": "c2"}
+    made = desk.do(SessionsGone(frozenset({"replica-a"})))
+    assert PresenceChanged("bob", Presence.OFFLINE, PresenceWhy.SESSION_ENDED) in made
+    assert desk.agent("bob").presence is Presence.OFFLINE and desk.ringing() == {}
+    assert desk.agent("ann").presence is Presence.AVAILABLE  # replica-b is alive
+    assert desk.agent("ghost").presence is Presence.BUSY and desk.agent("ghost").after_call is Presence.OFFLINE
+    desk.do(CallGone("c1"))
+    assert desk.agent("ghost").presence is Presence.OFFLINE
+
+
+def test_signing_in_again_during_a_call_keeps_the_agent_signed_in_after_it() -> None:
+    # The page reloaded mid-call: its old session's close asked for OFFLINE after the call; the new one undoes that.
+    desk = Desk()
+    desk.queue(wrap_up=timedelta(seconds=30))
+    desk.agents("ann")
+    desk.do(CallQueued("c1", "sales"), Accept("offer_1"))
+    desk.do(SetPresence("ann", Presence.OFFLINE, PresenceWhy.SESSION_ENDED), LogIn("ann", "replica-a"))
+    desk.do(CallGone("c1"))
+    assert desk.agent("ann").presence is Presence.WRAP_UP  # wraps up, as any signed-in agent after a call
 
 
 def test_away_asked_for_during_a_call_applies_after_it() -> None:

@@ -85,6 +85,7 @@ def _agent(a: Agent) -> dict[str, Any]:
         "call_id": a.call_id,
         "after_call": None if a.after_call is None else a.after_call.value,
         "added": a.added,
+        "session_instance": a.session_instance,
     }
 
 
@@ -103,6 +104,7 @@ def _agent_from(agent_id: str, d: Mapping[str, Any]) -> Agent:
         call_id=d["call_id"],
         after_call=None if d["after_call"] is None else Presence(d["after_call"]),
         added=d["added"],
+        session_instance=d.get("session_instance", ""),  # not stored before sessions were placed
     )
 
 

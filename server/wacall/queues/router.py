@@ -145,6 +145,9 @@ class Agent:
     # What the agent asked to become once its call is over (AWAY, OFFLINE), if anything.
     after_call: Presence | None = None
     added: int = 0  # the order agents were first put: LINEAR's order
+    # The wacall instance holding the agent's live session ("" when signed out): when that process is gone, so is
+    # the session (`SessionsGone`).
+    session_instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +240,18 @@ class DeleteAgent:
 
 @dataclass(frozen=True, slots=True)
 class LogIn:
+    """The agent signed in through a session held by wacall instance `instance`."""
+
     agent_id: str
+    instance: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsGone:
+    """The processes named held sessions that are gone with them (a crash, a kill, a power loss): their agents go
+    OFFLINE as if each session had closed (SESSION_ENDED)."""
+
+    instances: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +314,7 @@ Event = (
     | PutAgent
     | DeleteAgent
     | LogIn
+    | SessionsGone
     | SetPresence
     | CallQueued
     | CallGone
@@ -419,6 +434,7 @@ def _set_presence(agent: Agent, presence: Presence, why: PresenceWhy, now: datet
         idle_since=now if becomes_free else agent.idle_since,
         wrap_up_until=None if presence is not Presence.WRAP_UP else agent.wrap_up_until,
         call_id=agent.call_id if presence in (Presence.BUSY, Presence.WRAP_UP) else "",
+        session_instance="" if presence is Presence.OFFLINE else agent.session_instance,
         # An agent who comes back (or is paused) starts counting missed offers afresh.
         missed_offers=0
         if presence in (Presence.AVAILABLE, Presence.OFFLINE) and why is PresenceWhy.REQUESTED
@@ -678,8 +694,20 @@ def _on_delete_agent(w: _Working, event: DeleteAgent) -> None:
 
 def _on_log_in(w: _Working, event: LogIn) -> None:
     agent = w.agent(event.agent_id)
+    # A session open again during a call: the OFFLINE its closed session left for after the call no longer holds.
+    after_call = None if agent.after_call is Presence.OFFLINE else agent.after_call
+    agent = w.agents[agent.agent_id] = dataclasses.replace(
+        agent, session_instance=event.instance, after_call=after_call
+    )
     if agent.presence is Presence.OFFLINE:
         w.presence(agent, Presence.AWAY, PresenceWhy.LOGGED_IN)
+
+
+def _on_sessions_gone(w: _Working, event: SessionsGone) -> None:
+    for agent in list(w.agents.values()):
+        if agent.session_instance in event.instances and agent.presence is not Presence.OFFLINE:
+            agent = w.agents[agent.agent_id] = dataclasses.replace(agent, session_instance="")
+            _on_set_presence(w, SetPresence(agent.agent_id, Presence.OFFLINE, PresenceWhy.SESSION_ENDED))
 
 
 def _on_set_presence(w: _Working, event: SetPresence) -> None:
@@ -791,6 +819,7 @@ HANDLERS: Mapping[type, Callable[[_Working, Any], None]] = MappingProxyType(
         PutAgent: _on_put_agent,
         DeleteAgent: _on_delete_agent,
         LogIn: _on_log_in,
+        SessionsGone: _on_sessions_gone,
         SetPresence: _on_set_presence,
         CallQueued: _on_call_queued,
         CallGone: _on_call_gone,

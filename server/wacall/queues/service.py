@@ -34,6 +34,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from wacall.calls.machine import CallOutcome, CallState
@@ -68,6 +69,7 @@ from wacall.queues.router import (
     QueueTimedOut,
     RouterState,
     RoutingRefused,
+    SessionsGone,
     Step,
     Tick,
     WithdrawnWhy,
@@ -75,7 +77,7 @@ from wacall.queues.router import (
 from wacall.queues.sessions import AgentSession
 from wacall.rules import engine
 from wacall.rules.engine import PermissionState, Source
-from wacall.store import EventRecord, Pair, Store, StoreError, Tx, from_micros, to_micros
+from wacall.store import EventRecord, Pair, Replica, Store, StoreError, Tx, from_micros, to_micros
 
 if TYPE_CHECKING:
     from wacall.permissions import PermissionService, PermissionView
@@ -261,8 +263,11 @@ class QueueService:
         self._cursor = await self.store.last_cursor()  # before the state: a step between the two is followed
         await self.read()
         self._seen_version = self._cache[0]
+        # This process has no session yet: the agents its earlier runs held sessions for have none any more.
+        await self._end_sessions_gone(self._sessions_left_here(self.state))
         self._timer = asyncio.create_task(self._run_timers(), name="queue-timers")
         self._follower = asyncio.create_task(self._follow_decisions(), name="queue-follow-replicas")
+        self._spawn(self._watch_session_holders())
         for call_id in [*self._cache[1].waiting, *self._cache[1].assigned]:
             self._follow(call_id)
 
@@ -431,6 +436,53 @@ class QueueService:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
+
+    # --- sessions whose process is gone ----------------------------------------------------------------------------
+
+    def _sessions_left_here(self, state: RouterState) -> frozenset[str]:
+        """The instances of signed-in agents' sessions that this process held in an earlier run (or that were
+        recorded before sessions carried their instance)."""
+        holders = {a.session_instance for a in state.agents.values() if a.presence is not Presence.OFFLINE}
+        return frozenset(i for i in holders if i == "" or self.calls.is_earlier_run(i))
+
+    async def _end_sessions_gone(self, instances: frozenset[str]) -> None:
+        if instances:
+            log.warning("agents' sessions held by %s are gone with it: their agents go offline", sorted(instances))
+            await self.apply(SessionsGone(instances))
+
+    async def _watch_session_holders(self) -> None:
+        """Every third of a call lease, put OFFLINE the agents whose session's process stopped renewing its
+        heartbeat in the replica registry (killed, crashed, powered off). Only after reaching the store for a whole
+        lease: an outage of the database expires every heartbeat at once, and the living renew theirs soon after."""
+        wall = self.calls.wall_clock
+        reached_since: datetime | None = None
+        while True:
+            await wall.sleep(self.calls.call_lease / 3)
+            try:
+                state = await self.read()
+                holders = {
+                    a.session_instance
+                    for a in state.agents.values()
+                    if a.presence is not Presence.OFFLINE and a.session_instance not in ("", self.calls.instance)
+                }
+                replicas = await self.store.transaction(partial(_replicas, holders=holders))
+            except StoreError:
+                reached_since = None
+                continue
+            now = wall.now()
+            if reached_since is None:
+                reached_since = now
+            if now - reached_since < self.calls.call_lease:
+                continue
+            gone = frozenset(
+                instance
+                for instance, replica in replicas.items()
+                if replica is None or replica.heartbeat_expires_at <= now or self.calls.is_earlier_run(instance)
+            )
+            try:
+                await self._end_sessions_gone(gone)
+            except StoreError:
+                reached_since = None
 
     # --- the timers -------------------------------------------------------------------------------------------------
 
@@ -641,7 +693,7 @@ class QueueService:
             older = self.sessions.get(agent_id)
             self.sessions[agent_id] = session
         try:
-            await self.apply(LogIn(agent_id))
+            await self.apply(LogIn(agent_id, self.calls.instance))
         except BaseException:
             if self.sessions.get(agent_id) is session:
                 if older is not None:
@@ -670,6 +722,11 @@ def _router_entry(record: EventRecord) -> tuple[int, Mapping[str, Any]] | None:
     change: Mapping[str, Any] = json.loads(stored)
     version = change.get("router_version")
     return (version, change) if isinstance(version, int) else None
+
+
+def _replicas(tx: Tx, holders: set[str]) -> dict[str, Replica | None]:
+    """Each instance's entry in the replica registry (None: it never recorded itself, or was forgotten)."""
+    return {instance: tx.replica(instance) for instance in holders}
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
