@@ -26,8 +26,9 @@ from wacall_client.v1 import contact_center_pb2_grpc
 
 from wacall.api.contact_center import REFUSAL_STATUS
 from wacall.queues import router
-from wacall.queues.router import Presence
+from wacall.queues.router import CallGone, Presence, Tick
 from wacall.queues.service import QueueService
+from wacall.store import StoreUnavailable
 
 R = cc.AgentSessionRequest
 THIRD_USER = "+491711234567"  # DE
@@ -790,6 +791,62 @@ async def test_queues_and_agents_survive_a_restart(make_service: Callable[..., A
     queue = await stub(second).GetQueue(cc.GetQueueRequest(queue_id="sales"), metadata=second.metadata)
     assert queue.ring_timeout.seconds == 45
     assert dict((await agent_state(second, "ann")).skills) == {"spanish": 1}
+
+
+def failing_steps(wacall: Running, monkeypatch: pytest.MonkeyPatch, kind: type, times: int) -> list[object]:
+    """Make the contact centre's next `times` steps of `kind` fail as with the database down; returns the list of
+    attempts (every step of that kind tried)."""
+    queues = queues_of(wacall)
+    apply = queues.apply
+    attempts: list[object] = []
+
+    async def flaky(event: object, guard: object = None) -> object:
+        if isinstance(event, kind):
+            attempts.append(event)
+            if len(attempts) <= times:
+                raise StoreUnavailable("the database cannot be reached")
+        return await apply(event, guard)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queues, "apply", flaky)
+    return attempts
+
+
+async def test_a_failing_timer_step_is_retried_after_a_pause_not_in_a_loop(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put_queue(wacall, ring_timeout=duration(10))
+    await put_agent(wacall, "ann")
+    ann = Agent(wacall, "ann")
+    await ann.sign_in()
+    await queued_call(wacall)
+    await ann.offer()
+    attempts = failing_steps(wacall, monkeypatch, Tick, times=2)
+    await wacall.advance(10)
+    await asyncio.sleep(0.5)
+    assert len(attempts) == 1  # then a pause (1 s, then 2 s), not one attempt after another
+    # Once a tick goes through, the ring timeout fires as it should have.
+    withdrawn = await ann.expect("offer_withdrawn", timeout=10)
+    assert withdrawn.offer_withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT and len(attempts) == 3
+    ann.close()
+
+
+async def test_a_call_end_the_contact_centre_failed_to_record_is_retried_until_the_agent_is_free(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    ann = Agent(wacall, "ann")
+    await ann.sign_in()
+    call_id = await queued_call(wacall)
+    ann.accept((await ann.offer()).offer_id)
+    await ann.expect("presence")
+    await ann.expect("connected")
+    attempts = failing_steps(wacall, monkeypatch, CallGone, times=1)
+    await wacall.calling.EndCall(pb.EndCallRequest(call_id=call_id), metadata=wacall.metadata)
+    assert (await ann.expect("call_ended", timeout=10)).call_ended.call_id == call_id
+    assert (await ann.expect("presence")).presence.state == m.AGENT_PRESENCE_AVAILABLE
+    assert len(attempts) == 2
+    ann.close()
 
 
 def crash(wacall: Running) -> None:

@@ -487,6 +487,7 @@ class QueueService:
     # --- the timers -------------------------------------------------------------------------------------------------
 
     async def _run_timers(self) -> None:
+        failures = 0
         while True:
             self._rearm.clear()
             deadline = router.next_deadline(self.state)
@@ -502,8 +503,12 @@ class QueueService:
             if deadline is not None and self.clock.now() >= deadline:
                 try:
                     await self.apply(Tick())
-                except Exception:  # a failed tick (the store unavailable) is retried at the next wake
+                    failures = 0
+                except Exception:
+                    # Retried after a pause: the deadline stays past, so retrying at once would spin.
                     log.exception("queue timers: a tick failed")
+                    await self.calls.wall_clock.sleep(_backoff(failures))
+                    failures += 1
 
     # --- other replicas' decisions ------------------------------------------------------------------------------
 
@@ -660,7 +665,18 @@ class QueueService:
                     return
         except CallNotFound:
             return  # not a call of this service: whoever queued it says when it is gone
-        await self.call_gone(call_id, answered=answered)
+        failures = 0
+        while True:
+            try:
+                await self.call_gone(call_id, answered=answered)
+                return
+            except Exception as error:
+                # Until it commits: the router would keep the call, and its agent BUSY, until a restart.
+                log.warning(
+                    "call %s ended, but the contact centre could not record it (%s): trying again", call_id, error
+                )
+                await self.calls.wall_clock.sleep(_backoff(failures))
+                failures += 1
 
     async def end_call(self, call_id: str, reason: str) -> None:
         """End a routed call (an agent hung up), and the router hears it is gone. A call another replica owns is
@@ -722,6 +738,16 @@ def _router_entry(record: EventRecord) -> tuple[int, Mapping[str, Any]] | None:
     change: Mapping[str, Any] = json.loads(stored)
     version = change.get("router_version")
     return (version, change) if isinstance(version, int) else None
+
+
+RETRY_FIRST = timedelta(seconds=1)
+RETRY_MOST = timedelta(seconds=30)
+
+
+def _backoff(failures: int) -> timedelta:
+    """The pause after `failures` failures in a row of a step that must happen: 1 s, doubling, at most 30 s."""
+    doubled: timedelta = RETRY_FIRST * (1 << min(failures, 10))
+    return min(doubled, RETRY_MOST)
 
 
 def _replicas(tx: Tx, holders: set[str]) -> dict[str, Replica | None]:
