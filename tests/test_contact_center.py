@@ -24,10 +24,11 @@ from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2 as cc
 from wacall_client.v1 import contact_center_pb2_grpc
 
-from wacall.api.contact_center import REFUSAL_STATUS
+from wacall.api.contact_center import REFUSAL_STATUS, drive_request
 from wacall.queues import router
 from wacall.queues.router import CallGone, Presence, Tick
 from wacall.queues.service import QueueService
+from wacall.queues.sessions import MAX_PENDING_EVENTS, TOO_MANY_PENDING_EVENTS, SessionError
 from wacall.store import StoreUnavailable
 
 R = cc.AgentSessionRequest
@@ -847,6 +848,21 @@ async def test_a_call_end_the_contact_centre_failed_to_record_is_retried_until_t
     assert (await ann.expect("presence")).presence.state == m.AGENT_PRESENCE_AVAILABLE
     assert len(attempts) == 2
     ann.close()
+
+
+async def test_a_client_that_never_reads_its_events_gets_its_session_closed_not_the_servers_memory_filled(
+    wacall: Running,
+) -> None:
+    await put_agent(wacall, "ann")
+    session = await queues_of(wacall).login("ann")
+    # A client streaming empty requests, never reading: each is refused with an event.
+    for _ in range(3 * MAX_PENDING_EVENTS):
+        await drive_request(session, R())
+    assert session.overflowed
+    events = [event async for event in session.events()]
+    assert [type(e) for e in events] == [SessionError] and events[0].code == TOO_MANY_PENDING_EVENTS  # type: ignore[union-attr]
+    await session.close()
+    assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_OFFLINE
 
 
 def crash(wacall: Running) -> None:

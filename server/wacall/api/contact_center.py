@@ -285,6 +285,8 @@ class ContactCenterServicer(contact_center_pb2_grpc.ContactCenterServiceServicer
             try:
                 async for request in requests:
                     await drive_request(session, request)
+                    if session.overflowed:
+                        break  # the client stopped reading its events: the session is over
             finally:
                 # The client closing its side (or the stream dropping) ends the session.
                 await asyncio.shield(session.close())

@@ -235,6 +235,8 @@ async def agent_socket(backend: SoftphoneBackend, request: web.Request) -> web.S
                 continue
             if session is not None:
                 await drive_request(session, parsed.request)
+                if session.overflowed:
+                    break  # the page stopped reading its events: the session is over
                 continue
             session = await _login(backend, queues, ws, parsed)
             if session is not None:
