@@ -39,6 +39,7 @@ from wacall.calls.queue_route import CLOSING_TONE_HZ
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import ToneSource, level
 from wacall.simulator.phone import PhoneCall
+from wacall_adapters.webrtc import AGENT_MEDIA_ENDED
 
 R = cc.AgentSessionRequest
 RATE = 16000
@@ -286,6 +287,34 @@ async def test_a_webrtc_agent_takes_a_queued_call_and_audio_flows_both_ways_with
     ended = (await until(bob, "call_ended")).call_ended
     assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
     assert (await wacall.get_call(call.call_id)).end_reason == "hung up by the agent"
+    bob.close()
+
+
+async def test_a_webrtc_agent_whose_media_goes_away_mid_call_ends_the_call_instead_of_leaving_silence(
+    wacall: Running,
+) -> None:
+    # The agent's tab is closed or reloaded during the call: its peer connection closes.
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    await put_agent(wacall, "bob")
+    call = await queue_call(wacall)
+    bob = await signed_in(wacall, "bob")
+    offer = await bob.offer()
+    agent = AudioLeg(name="agent", source=ToneSource(AGENT_HZ, amplitude=0.3), handlers=[Heard()])
+    try:
+        bob.send(
+            R(accept=R.Accept(offer_id=offer.offer_id, webrtc=R.WebRtcMedia(offer_sdp=await agent.create_offer())))
+        )
+        connected = (await until(bob, "connected")).connected
+        await agent.apply_answer(connected.webrtc_answer_sdp)
+        ear = await phone_ear(wacall, call.platform_call_id)
+        await hears(ear, AGENT_HZ, what="the WebRTC agent at the phone")
+    finally:
+        await agent.close()
+    ended = (await until(bob, "call_ended")).call_ended
+    assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
+    assert (await wacall.get_call(call.call_id)).end_reason == AGENT_MEDIA_ENDED
+    # Still signed in: the agent is free for the next call.
+    assert (await until(bob, "presence")).presence.state == m.AGENT_PRESENCE_AVAILABLE
     bob.close()
 
 
