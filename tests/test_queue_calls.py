@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 from conftest import BUSINESS, OTHER_USER, USER, Running, duration, eventually, refused, wait_until
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -316,6 +317,31 @@ async def test_a_webrtc_agent_whose_media_goes_away_mid_call_ends_the_call_inste
     # Still signed in: the agent is free for the next call.
     assert (await until(bob, "presence")).presence.state == m.AGENT_PRESENCE_AVAILABLE
     bob.close()
+
+
+async def test_a_stream_dropped_while_its_accept_moves_the_media_still_hands_the_call_to_the_agent(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    await put_agent(wacall, "ann")
+    queues = queues_of(wacall)
+    connect_agent = queues.connect_agent
+    release = asyncio.Event()
+
+    async def slow(*args: Any) -> str:  # an agent's media that takes a while to attach (a WebRTC offer, say)
+        await release.wait()
+        return await connect_agent(*args)
+
+    monkeypatch.setattr(queues, "connect_agent", slow)
+    call = await queue_call(wacall)
+    ann = await signed_in(wacall, "ann")
+    ann.accept((await ann.offer()).offer_id)
+    await eventually(lambda: call.call_id in queues.state.assigned, what="the accept committed")
+    ann.call.cancel()  # the agent's client drops mid-accept
+    await eventually(lambda: "ann" not in queues.sessions, what="the session closed")
+    release.set()
+    # The call went to the agent's media, not back to hold audio in no queue with no one to take it.
+    await wait_until(lambda: wacall.get_call(call.call_id), lambda moved: moved.route == "media_stream")
 
 
 async def test_an_agent_media_that_cannot_be_attached_ends_the_call_with_the_reason(wacall: Running) -> None:

@@ -269,12 +269,22 @@ class AgentSession:
         if step is None:
             return
         assigned = next(d for d in step.decisions if isinstance(d, Assigned))
+        # The call is the agent's now: its media moves even if the transport cancels this (the stream dropped
+        # mid-accept); otherwise the caller would hear hold audio forever, waiting in no queue.
+        moving = asyncio.ensure_future(self._move_media(assigned, media))
+        moving.add_done_callback(_log_failure)
+        await asyncio.shield(moving)
+
+    async def _move_media(self, assigned: Assigned, media: AgentMedia) -> None:
         try:
             answer = await self.service.connect_agent(assigned, media)
         except AgentMediaFailed as failed:
             self._put(SessionError("media_failed", failed.message))
             await self.service.end_call(assigned.call_id, f"the agent's media failed: {failed.message}")
             return
+        except BaseException as error:  # any other failure leaves no one on the call: end it with the reason
+            await self.service.end_call(assigned.call_id, f"the agent's media could not be attached: {error!r}")
+            raise
         self._put(Connected(assigned.call_id, answer))
 
     async def decline(self, offer_id: str) -> None:
@@ -298,3 +308,8 @@ class AgentSession:
         if was_live:
             with contextlib.suppress(RoutingRefused):  # the agent was deleted meanwhile
                 await self.service.apply(SetPresence(self.agent_id, Presence.OFFLINE, PresenceWhy.SESSION_ENDED))
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("moving a call's media to its agent failed", exc_info=task.exception())
