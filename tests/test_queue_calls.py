@@ -282,10 +282,11 @@ async def test_a_webrtc_agent_takes_a_queued_call_and_audio_flows_both_ways_with
         pause = arrivals.longest_pause_frames(accepted_at)
         print(f"longest pause at the phone across the move to a WebRTC agent: {pause:.1f} frames")
         assert pause < 10, f"the phone heard nothing for {pause:.1f} frames"
+        # Hung up from the page while its audio still runs (closing the audio first would end the call itself).
+        bob.send(R(hang_up=R.HangUp(call_id=call.call_id)))
+        ended = (await until(bob, "call_ended")).call_ended
     finally:
         await agent.close()
-    bob.send(R(hang_up=R.HangUp(call_id=call.call_id)))
-    ended = (await until(bob, "call_ended")).call_ended
     assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
     assert (await wacall.get_call(call.call_id)).end_reason == "hung up by the agent"
     bob.close()
@@ -342,6 +343,43 @@ async def test_a_stream_dropped_while_its_accept_moves_the_media_still_hands_the
     release.set()
     # The call went to the agent's media, not back to hold audio in no queue with no one to take it.
     await wait_until(lambda: wacall.get_call(call.call_id), lambda moved: moved.route == "media_stream")
+
+
+async def test_waiting_calls_cost_the_store_no_transaction_each_while_nothing_happens(wacall: Running) -> None:
+    # The contact centre watches its calls' ends in one transaction per wake, not one per call per wake: idle, the
+    # store's transactions do not grow with the number of waiting calls.
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    queues = queues_of(wacall)
+    store = wacall.service.store
+    assert store is not None
+    transaction = store.transaction
+    count = 0
+    users: list[str] = []
+
+    async def counted(fn: Any) -> Any:
+        nonlocal count
+        count += 1
+        return await transaction(fn)
+
+    async def idle_transactions(waiting: int) -> int:
+        nonlocal count
+        while len(users) < waiting:
+            users.append(f"+3461234{5600 + len(users)}")
+            await queue_call(wacall, user=users[-1])
+        await eventually(lambda: len(queues.state.waiting) == waiting, what="the calls queued")
+        await asyncio.sleep(1.0)  # the phones' answers settle
+        count = 0
+        await asyncio.sleep(3.0)
+        return count
+
+    store.transaction = counted  # type: ignore[method-assign]
+    try:
+        few = await idle_transactions(2)
+        many = await idle_transactions(8)
+    finally:
+        store.transaction = transaction  # type: ignore[method-assign]
+    print(f"store transactions in 3 s idle: {few} with 2 calls waiting, {many} with 8")
+    assert many - few < 6, (few, many)  # a transaction per call per second would add at least 18
 
 
 async def test_an_agent_media_that_cannot_be_attached_ends_the_call_with_the_reason(wacall: Running) -> None:

@@ -247,7 +247,10 @@ class QueueService:
         self._rearm = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._followed: dict[str, asyncio.Task[None]] = {}
+        # The routed calls whose end the router must hear of (`_follow`), watched by one task in one transaction per
+        # wake: a task per call would cost the store a transaction per waiting call at every wake.
+        self._followed: set[str] = set()
+        self._follow_more = asyncio.Event()
         self._closing = False
         # Following other replicas' decisions: the last event-log cursor read, the newest router version seen, and
         # the versions this process stepped (and delivered) that the log has not shown it yet.
@@ -255,6 +258,7 @@ class QueueService:
         self._seen_version = 0
         self._own: deque[int] = deque()
         self._follower: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
@@ -276,7 +280,7 @@ class QueueService:
         for session in list(self.sessions.values()):
             await session.close()
         self._closing = True
-        tasks = (self._timer, self._follower, *self._followed.values(), *self._background)
+        tasks = (self._timer, self._follower, *self._background)
         pending = {t for t in tasks if t is not None}
         while pending:
             # Cancelled again until done: a cancel that lands as `asyncio.wait_for` returns (a call's updates wait
@@ -313,7 +317,8 @@ class QueueService:
     async def read(self) -> RouterState:
         """The state as committed now."""
         version, state = await self.store.transaction(self._current)
-        self._cache = (version, state)
+        if version >= self._cache[0]:  # a step that committed after this read may have cached a newer state
+            self._cache = (version, state)
         return state
 
     async def stats(self, queue_id: str) -> QueueStats:
@@ -647,24 +652,41 @@ class QueueService:
 
     def _follow(self, call_id: str) -> None:
         """Watch a routed call: when it ends (either side, any route), the router hears `CallGone`."""
-        if call_id in self._followed:
-            return
-        task = asyncio.create_task(self._until_ended(call_id), name=f"queue-follow-{call_id}")
-        self._followed[call_id] = task
-        task.add_done_callback(lambda _: self._followed.pop(call_id, None))
-        task.add_done_callback(_log_failure)
+        if call_id not in self._followed:
+            self._followed.add(call_id)
+            self._follow_more.set()
+            if self._watcher is None:
+                self._watcher = asyncio.create_task(self._watch_call_ends(), name="queue-call-ends")
+                self._background.add(self._watcher)
 
-    async def _until_ended(self, call_id: str) -> None:
-        answered = True
-        try:
-            async for record in self.calls.updates(call_id):
-                if record.state is CallState.ENDED:
-                    answered = record.outcome is CallOutcome.ANSWERED
-                    break
-                if self._closing:
-                    return
-        except CallNotFound:
-            return  # not a call of this service: whoever queued it says when it is gone
+    async def _watch_call_ends(self) -> None:
+        """Look up every followed call in one transaction whenever the store changes (at least once a second), and
+        step `CallGone` for those that ended."""
+        failures = 0
+        while True:
+            self._follow_more.clear()
+            ticket = self.store.changes.ticket()
+            if self._followed:
+                try:
+                    ended = await self.store.transaction(partial(_ended_calls, call_ids=tuple(self._followed)))
+                    failures = 0
+                except Exception as error:
+                    log.warning("watching routed calls' ends failed (%s); trying again", error)
+                    await self.calls.wall_clock.sleep(_backoff(failures))
+                    failures += 1
+                    continue
+                for call_id, answered in ended.items():
+                    self._followed.discard(call_id)
+                    if answered is not None:  # None: not a call of this service, whoever queued it says when
+                        self._spawn(self._call_ended(call_id, answered))
+            wakes = [asyncio.ensure_future(ticket.wait()), asyncio.ensure_future(self._follow_more.wait())]
+            try:
+                await asyncio.wait(wakes, timeout=FOLLOW_CALLS_POLL, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wake in wakes:
+                    wake.cancel()
+
+    async def _call_ended(self, call_id: str, answered: bool) -> None:
         failures = 0
         while True:
             try:
@@ -748,6 +770,24 @@ def _backoff(failures: int) -> timedelta:
     """The pause after `failures` failures in a row of a step that must happen: 1 s, doubling, at most 30 s."""
     doubled: timedelta = RETRY_FIRST * (1 << min(failures, 10))
     return min(doubled, RETRY_MOST)
+
+
+# How often the followed calls are looked up when the store reports no change (another process's commit, say).
+FOLLOW_CALLS_POLL = 1.0
+
+
+def _ended_calls(tx: Tx, call_ids: tuple[str, ...]) -> dict[str, bool | None]:
+    """Of `call_ids`, those that ended → whether they were answered; None for one the store does not know."""
+    ended: dict[str, bool | None] = {}
+    for call_id in call_ids:
+        stored = tx.call(call_id)
+        if stored is None:
+            ended[call_id] = None
+            continue
+        record = from_stored(stored)
+        if record.state is CallState.ENDED:
+            ended[call_id] = record.outcome is CallOutcome.ANSWERED
+    return ended
 
 
 def _replicas(tx: Tx, holders: set[str]) -> dict[str, Replica | None]:
