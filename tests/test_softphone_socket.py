@@ -303,6 +303,16 @@ async def test_the_page_and_its_files_are_served_from_the_package(wacall: Runnin
             assert response.status in (403, 404)
 
 
+async def test_only_the_services_own_page_may_open_the_socket_from_a_browser(wacall: Running) -> None:
+    async with aiohttp.ClientSession() as client:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(http_url(wacall, "/agent/ws"), origin="https://elsewhere.example")
+        assert refused.value.status == 403
+        page = Page(await client.ws_connect(http_url(wacall, "/agent/ws"), origin=http_url(wacall, "")))
+        await page.send({"setPresence": {}})
+        assert (await page.expect("error"))["code"] == "not_logged_in"
+
+
 async def test_a_plain_request_to_the_socket_is_a_client_error(wacall: Running) -> None:
     # No upgrade: not a WebSocket, answered as the client's mistake, never a 5xx.
     async with aiohttp.ClientSession() as client, client.get(http_url(wacall, "/agent/ws")) as response:

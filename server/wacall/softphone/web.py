@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -217,6 +218,11 @@ async def agent_socket(backend: SoftphoneBackend, request: web.Request) -> web.S
     queues = backend.queues
     if queues is None:
         raise web.HTTPServiceUnavailable(text="the contact centre is starting")
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        # A browser says which page opens the socket: only the agent page this service serves may drive a session
+        # (with auth off, any site the agent visits could otherwise).
+        raise web.HTTPForbidden(text=f"the agent socket is for the agent page at {request.host}, not {origin}")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_SOCKET_MESSAGE)
     await ws.prepare(request)
     backend.sockets.add(ws)
