@@ -31,6 +31,7 @@ from wacall_client.v1 import contact_center_pb2 as cc
 from wacall.calls.queue_route import CLOSING_TONE_HZ
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import ToneSource
+from wacall.queues import service as service_module
 from wacall.store import Pair, Tx
 
 R = cc.AgentSessionRequest
@@ -281,3 +282,24 @@ async def test_both_replicas_ticking_at_one_ring_timeout_withdraw_the_offer_once
     assert len(timed_out) == 1
     ann.close()
     bob.close()
+
+
+async def test_a_step_that_finds_another_replicas_step_unseen_delivers_that_one_first(
+    replicas: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas
+    await put_queue(a)
+    await put_agent(a, "ann")
+    ann = await signed_in(b, "ann")
+    # SQLite tells b nothing of a's commits: with its polling slowed, b has not read a's offer when ann steps.
+    monkeypatch.setattr(service_module, "FOLLOW_POLL", timedelta(seconds=60))
+    await asyncio.sleep(0.5)  # b's follower now waits a minute, or for b's own next commit
+    await queues_of(a).enqueue("call_" + "2" * 32, "sales")
+    ann.send(R(set_presence=R.SetPresence(presence=m.AGENT_PRESENCE_AWAY)))
+    # In commit order: a's offer, then what ann's own step did with it.
+    offer = await ann.offer()
+    withdrawn = (await ann.expect("offer_withdrawn")).offer_withdrawn
+    assert withdrawn.offer_id == offer.offer_id and withdrawn.why == m.OFFER_WITHDRAWN_WHY_AGENT_OFFLINE
+    assert (await ann.expect("presence")).presence.state == m.AGENT_PRESENCE_AWAY
+    await ann.quiet()
+    ann.close()
