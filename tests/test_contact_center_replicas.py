@@ -18,6 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import OTHER_USER, Running, duration, refused, settings_for, start_service, stop_service, wait_until
+from google.protobuf.duration_pb2 import Duration
 from postgres_server import PostgresServer
 from test_contact_center import Agent, contact_center_events, put_agent, put_queue, queues_of
 from test_queue_calls import AGENT_HZ, HOLD_HZ, USER_HZ, Heard, hears, phone_ear, queue_call, until
@@ -142,9 +143,16 @@ async def test_a_media_stream_agent_on_the_other_replica_gets_the_call_and_the_o
     error = await refused(internal.ConnectAgent(forged, metadata=a.metadata))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "not assigned" in (error.details() or "")
     assert (await refused(internal.ConnectAgent(forged))).code() == grpc.StatusCode.UNAUTHENTICATED
-    no_media = rp.ConnectAgentRequest(call_id=call.call_id, agent_id="ann")
-    error = await refused(internal.ConnectAgent(no_media, metadata=a.metadata))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for malformed in (
+        rp.ConnectAgentRequest(call_id=call.call_id, agent_id="ann"),  # no media
+        rp.ConnectAgentRequest(agent_id="ann", media_stream=rp.MediaStreamMedia()),  # no call
+        rp.ConnectAgentRequest(call_id=call.call_id, agent_id="ann\x00", media_stream=rp.MediaStreamMedia()),
+        rp.ConnectAgentRequest(
+            call_id=call.call_id, agent_id="ann", media_stream=rp.MediaStreamMedia(), waited=Duration(seconds=10**15)
+        ),
+    ):
+        error = await refused(internal.ConnectAgent(malformed, metadata=a.metadata))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (malformed, error)
     assert (await a.get_call(call.call_id)).route == "media_stream"
     ann.close()
 
