@@ -157,11 +157,12 @@ async def test_a_media_stream_agent_on_the_other_replica_gets_the_call_and_the_o
     ann.close()
 
 
-async def test_a_maximum_wait_expiring_on_the_other_replicas_timer_plays_the_closing_announcement_on_the_owner(
+async def test_a_maximum_wait_expiring_on_the_other_replicas_timer_overflows_and_closes_the_call_on_the_owner(
     replicas: tuple[Running, Running],
 ) -> None:
     a, b = replicas
-    await put_queue(a, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ), max_wait=duration(60))
+    await put_queue(a, "billing", hold_audio=m.HoldAudio(tone_hz=500), max_wait=duration(120))
+    await put_queue(a, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ), max_wait=duration(60), overflow_queue_id="billing")
     call = await queue_call(a)
     ear = await phone_ear(a, call.platform_call_id)
     await hears(ear, HOLD_HZ, what="hold audio")
@@ -171,10 +172,13 @@ async def test_a_maximum_wait_expiring_on_the_other_replicas_timer_plays_the_clo
     behind = (entered - await b.now()).total_seconds()
     await b.advance(max(behind, 0) + 61)
     mark = len(ear.frames)
+    await hears(ear, 500, after=mark + 10, what="the overflow queue's hold audio, played on a")
+    await b.advance(121)
+    mark = len(ear.frames)
     await hears(ear, CLOSING_TONE_HZ, after=mark + 10, frames=30, what="the closing announcement on a")
     ended = await a.wait_call(call.call_id, pb.CALL_STATE_ENDED)
     assert ended.end_reason == "announcement finished"
-    assert queues_of(a).state.waiting == {}
+    await wait_until(queues_of(a).read, lambda state: state.waiting == {})
 
 
 async def test_a_call_abandoned_on_the_owner_withdraws_its_offer_from_the_agent_on_the_other_replica(
