@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test setup engine-deps system-deps proto check-proto lint typecheck unit bench bench-calls bench-engine clean
+.PHONY: run test setup engine-deps system-deps node-deps proto check-proto lint typecheck unit bench bench-calls bench-engine clean
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,18 +22,23 @@ run: $(STAMP) engine-deps
 
 proto: $(STAMP)
 	$(PY) scripts/gen_protos.py
+	$(PY) scripts/gen_sync_client.py
 
 check-proto: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/gen_sync_client.py --check
+
+# The Python client's hand-written modules (the stubs are generated).
+CLIENT_SOURCES := clients/python/wacall_client/__init__.py $(wildcard clients/python/wacall_client/_[a-z]*.py)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check server adapters tests bench scripts clients/python/wacall_client/_client.py
-	$(VENV)/bin/ruff format --check server adapters tests bench scripts clients/python/wacall_client/_client.py
+	$(VENV)/bin/ruff check server adapters tests bench scripts $(CLIENT_SOURCES)
+	$(VENV)/bin/ruff format --check server adapters tests bench scripts $(CLIENT_SOURCES)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The media engine is rtpengine, run in userspace: installed from Debian without its recommended packages (the
@@ -73,8 +78,21 @@ system-deps: engine-deps
 	    echo "the test suite needs SIPp: sudo apt-get install sip-tester"; exit 1; \
 	  fi; \
 	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	  else \
+	    echo "the test suite runs the Node client's test: sudo apt-get install nodejs npm"; exit 1; \
+	  fi; \
+	fi
 
-test: system-deps check-proto lint typecheck unit
+# The Node client's dependencies, exactly as locked (its test runs in the suite: tests/test_node_client.py).
+node-deps: clients/node/node_modules/.package-lock.json
+
+clients/node/node_modules/.package-lock.json: clients/node/package-lock.json
+	npm ci --prefix clients/node --no-audit --no-fund
+
+test: system-deps node-deps check-proto lint typecheck unit
 
 bench: $(STAMP)
 	$(PY) bench/run.py
@@ -86,4 +104,4 @@ bench-engine: $(STAMP) engine-deps
 	$(PY) bench/engine.py
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis clients/node/node_modules

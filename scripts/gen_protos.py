@@ -3,6 +3,8 @@
 The protos live under proto/wacall/..., so protoc writes modules named wacall.v1.calling_pb2 and so on. The stubs
 ship inside the client library under wacall_client.v1 etc. (one importable name, no generic top-level packages), so
 the generated cross-module imports are rewritten from "wacall." to "wacall_client.". Nothing else is touched.
+proto/google/ (the vendored google.rpc protos, for other languages) is not generated: Python has them from
+googleapis-common-protos.
 
     python scripts/gen_protos.py          # regenerate
     python scripts/gen_protos.py --check  # exit 1 if the committed stubs are stale
@@ -29,7 +31,7 @@ IMPORT_RE = re.compile(r"^(from|import) wacall\.", re.MULTILINE)
 
 
 def generate(out: Path) -> None:
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "wacall").rglob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
         "grpc_tools.protoc",

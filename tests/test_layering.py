@@ -28,11 +28,17 @@
   of the standard library; `now` is an argument.
 - The contact centre's service and agent sessions (the rest of `wacall.queues`) speak no transport: no gRPC, proto
   stubs, HTTP, the API or the assembly, so the gRPC stream and the softphone's WebSocket drive the same session.
+- The Python client (`wacall_client`, its own wheel) stands alone: it imports nothing of the service or its routes,
+  only gRPC, protobuf, the google.rpc types and its own stubs.
+- Metrics are defined in one module: only `wacall.metrics` imports prometheus_client, and only the operations edge
+  (`wacall.operations`, `wacall.health`) and the assembly import it. The services report through `wacall.observe`
+  and reach neither metrics nor the operations edge, directly or through another module.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -742,3 +748,76 @@ def test_only_the_assembly_mounts_the_agent_page_and_the_page_reaches_no_platfor
 
 def _within_any(names: set[str], package: str) -> bool:
     return any(_within(name, (package,)) for name in names)
+
+
+# The client ships as its own wheel to programs that never install the service.
+CLIENT = ROOT / "clients" / "python" / "wacall_client"
+CLIENT_MAY_IMPORT = {"__future__", "grpc", "grpc_status", "google", "wacall_client"}
+
+
+def client_imports_outside(trees: dict[str, ast.Module]) -> dict[str, set[str]]:
+    """Per module: the top-level packages it imports that are neither the standard library nor the client's own
+    dependencies."""
+    outside: dict[str, set[str]] = {}
+    for name, tree in trees.items():
+        tops = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        tops |= {
+            node.module.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+        }
+        extra = tops - CLIENT_MAY_IMPORT - set(sys.stdlib_module_names)
+        if extra:
+            outside[name] = extra
+    return outside
+
+
+def test_the_python_client_imports_nothing_of_the_service() -> None:
+    hand_written = [CLIENT / "__init__.py", *CLIENT.glob("_[a-z]*.py")]
+    assert len(hand_written) >= 4
+    assert client_imports_outside({p.name: ast.parse(p.read_text()) for p in hand_written}) == {}
+
+
+def test_the_client_check_sees_the_service_imported() -> None:
+    found = client_imports_outside({"_client.py": ast.parse("from wacall.api import errors\nimport grpc")})
+    assert found == {"_client.py": {"wacall"}}
+
+
+OPERATIONS_EDGE = ("wacall.operations", "wacall.health")
+
+
+def metrics_layering_breaches() -> list[str]:
+    found = [
+        f"{n} imports prometheus_client" for n in GRAPH if n != "wacall.metrics" and "prometheus_client" in imported(n)
+    ]
+    found += [
+        f"{n} imports wacall.metrics"
+        for n in GRAPH
+        if "wacall.metrics" in GRAPH[n] and not _within(n, (*OPERATIONS_EDGE, *ASSEMBLY))
+    ]
+    for service in SERVICES:
+        found += [
+            f"{service} reaches {t}"
+            for t in sorted(graph_reachable(service))
+            if t in ("wacall.metrics", *OPERATIONS_EDGE)
+        ]
+    return found
+
+
+def test_metrics_live_in_one_module_and_the_services_report_through_the_observer() -> None:
+    assert "prometheus_client" in imported("wacall.metrics")
+    assert "wacall.observe" in GRAPH["wacall.permissions"] and "wacall.observe" in GRAPH["wacall.calls.service"]
+    assert metrics_layering_breaches() == []
+
+
+def test_the_metrics_check_sees_a_service_reaching_metrics() -> None:
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.permissions"].add("wacall.operations")
+        assert "wacall.permissions reaches wacall.metrics" in metrics_layering_breaches()
+        assert "wacall.calls.service reaches wacall.operations" in metrics_layering_breaches()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)

@@ -706,7 +706,9 @@ def test_set_user_behavior(served: Served, data: st.DataObject) -> None:
 def test_simulated_user_actions(served: Served, data: st.DataObject) -> None:
     business = data.draw(st.one_of(st.just(BUSINESS), numbers))
     user = data.draw(st.one_of(st.just(SIM_USER), texts, numbers.filter(lambda n: n not in (USER, OTHER_USER))))
-    action = data.draw(st.sampled_from(["message", "revoke", "grant", "list", "platform", "user", "restrict"]))
+    action = data.draw(
+        st.sampled_from(["message", "revoke", "grant", "list", "platform", "user", "restrict", "provision"])
+    )
     calls: dict[str, Callable[[], object]] = {
         "message": lambda: served.sim.SendUserMessage(
             sim_pb.SendUserMessageRequest(business_number=business, user_number=user, text=data.draw(texts))
@@ -729,6 +731,7 @@ def test_simulated_user_actions(served: Served, data: st.DataObject) -> None:
                 business_number=data.draw(st.one_of(texts, st.just("+33612345678"))), duration=data.draw(durations)
             )
         ),
+        "provision": lambda: served.sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=business)),
     }
     code, _ = outcome(served, f"Simulator.{action}", calls[action])
     refused_changes_nothing(served, code)

@@ -38,10 +38,17 @@ async def save_position(store: Store, position: datetime) -> None:
 
 
 class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
-    def __init__(self, clock: ManualClock, settle: Callable[[], Awaitable[None]], store: Store) -> None:
+    def __init__(
+        self,
+        clock: ManualClock,
+        settle: Callable[[], Awaitable[None]],
+        save_position: Callable[[datetime], Awaitable[None]],
+    ) -> None:
+        """`settle` waits for what became due to be delivered; `save_position` keeps the clock's position (the
+        service's store, the standalone simulator's state file) before an Advance is answered."""
         self.clock = clock
         self.settle = settle
-        self.store = store
+        self.save_position = save_position
         # One advance at a time: interleaved advances would wake sleepers out of time order.
         self._lock = asyncio.Lock()
 
@@ -57,7 +64,7 @@ class ClockServicer(clock_pb2_grpc.ClockServiceServicer):
         async with self._lock:
             now = await self.clock.advance(delta)
             # Kept before the answer: a restart after an acknowledged Advance resumes from here.
-            await save_position(self.store, now)
+            await self.save_position(now)
             # Whatever became due (simulated users answering, say) has been delivered when Advance returns.
             await self.settle()
         return pb.NowResponse(now=timestamp(now))

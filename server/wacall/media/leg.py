@@ -2,8 +2,9 @@
 
 Built for the platform's media facts: no STUN/TURN by default (ICE-2: the default STUN server stalls gathering
 where there is no Internet), Opus only on the WhatsApp leg (SDP-4), a single sendrecv audio transceiver (SDP-8),
-our offer trimmed to the sha-256 fingerprint (SDP-1), audio flowing from the first moment (MEDIA-1), and a
-consumer on every remote track (MEDIA-4). `close()` releases the peer connection, its tasks and sockets.
+our offer trimmed to the sha-256 fingerprint (SDP-1), audio flowing from the first moment (MEDIA-1), a consumer on
+every remote track (MEDIA-4), and incoming frames handed on the moment they are complete (`wacall.media.jitter`).
+`close()` releases the peer connection, its tasks and sockets.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Sequence
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
+from wacall.media.jitter import hand_on_complete_frames
 from wacall.media.sdp import only_sha256_fingerprint
 from wacall.media.tracks import AudioSource, FrameHandler, PacedAudioTrack, TrackConsumer
 
@@ -67,6 +69,7 @@ class AudioLeg:
         """Our offer (we are the offerer and ICE-controlling, as the platform expects of us)."""
         transceiver = self.pc.addTransceiver("audio", direction="sendrecv")
         transceiver.sender.replaceTrack(self.outgoing)
+        hand_on_complete_frames(transceiver.receiver)
         self._prefer_codecs()
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return only_sha256_fingerprint(self.pc.localDescription.sdp)
@@ -81,6 +84,7 @@ class AudioLeg:
             if transceiver.kind == "audio":
                 transceiver.direction = "sendrecv"
                 transceiver.sender.replaceTrack(self.outgoing)
+                hand_on_complete_frames(transceiver.receiver)
         self._prefer_codecs()
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         return only_sha256_fingerprint(self.pc.localDescription.sdp)
