@@ -336,6 +336,9 @@ async def test_a_step_that_finds_another_replicas_step_unseen_delivers_that_one_
 # --- two `wacall serve` processes on PostgreSQL, one standalone simulator ---------------------------------------------
 
 
+RPC = 30.0  # every RPC's deadline in the process test: an answer or a failure, never a hang
+
+
 class Session:
     """An agent's AgentSession stream on one replica's gRPC address."""
 
@@ -378,7 +381,7 @@ async def test_two_serve_processes_an_agent_on_one_takes_a_call_the_other_placed
             started.append(start("serve", "--grpc-address", "127.0.0.1:0", "--http-address", f"127.0.0.1:{port}",
                                  "--db", db, "--sim-address", simulator.field("grpc"), "--rtpengine", "off",
                                  "--clock", "system", "--instance-name", name, "--media-dir", str(tmp_path),
-                                 "--recordings-dir", str(tmp_path), "--log-level", "WARNING"))  # fmt: skip
+                                 "--recordings-dir", str(tmp_path), "--log-level", "ERROR"))  # fmt: skip
         a_address, b_address = started[1].field("grpc"), started[2].field("grpc")
         async with (
             grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
@@ -388,22 +391,26 @@ async def test_two_serve_processes_an_agent_on_one_takes_a_call_the_other_placed
             sim = simulator_pb2_grpc.SimulatorServiceStub(sim_channel)
             calls_a, calls_b = calling_pb2_grpc.CallingServiceStub(a), calling_pb2_grpc.CallingServiceStub(b)
             centre_a = contact_center_pb2_grpc.ContactCenterServiceStub(a)
-            await centre_a.PutQueue(m.Queue(queue_id="sales", hold_audio=m.HoldAudio(tone_hz=HOLD_HZ)))
-            await centre_a.PutAgent(m.Agent(agent_id="ann", queue_ids=["sales"]))
+            await centre_a.PutQueue(m.Queue(queue_id="sales", hold_audio=m.HoldAudio(tone_hz=HOLD_HZ)), timeout=RPC)
+            await centre_a.PutAgent(m.Agent(agent_id="ann", queue_ids=["sales"]), timeout=RPC)
             ann = Session(b, "ann")
             await ann.until("logged_in")
             ann.send(R(set_presence=R.SetPresence(presence=m.AGENT_PRESENCE_AVAILABLE)))
-            await sim.SetUserBehavior(sim_pb.SetUserBehaviorRequest(
-                user_number=USER, on_call=sim_pb.ANSWER, ring_duration=duration(0.3), tone_hz=USER_HZ))  # fmt: skip
+            behaviour = sim_pb.SetUserBehaviorRequest(
+                user_number=USER, on_call=sim_pb.ANSWER, ring_duration=duration(0.3), tone_hz=USER_HZ
+            )
+            await sim.SetUserBehavior(behaviour, timeout=RPC)
             await sim.GrantPermission(sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER,
-                                                                    permanent=True))  # fmt: skip
+                                                                    permanent=True), timeout=RPC)  # fmt: skip
             await wait_until(
-                lambda: calls_a.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER)),
+                lambda: calls_a.GetPermission(
+                    pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER), timeout=RPC
+                ),
                 lambda p: p.state == pb.PERMISSION_STATE_PERMANENT,
             )
             queued = pb.Route(queue=pb.QueueRoute(queue_id="sales"))
             start_call = pb.StartCallRequest(business_number=BUSINESS, user_number=USER, route=queued)
-            call = await calls_a.StartCall(start_call)
+            call = await calls_a.StartCall(start_call, timeout=RPC)
             offer = (await ann.until("offer")).offer
             assert offer.call_id == call.call_id
             ann.send(R(accept=R.Accept(offer_id=offer.offer_id, media_stream=R.MediaStreamMedia())))
@@ -426,7 +433,7 @@ async def test_two_serve_processes_an_agent_on_one_takes_a_call_the_other_placed
             ann.send(R(hang_up=R.HangUp(call_id=call.call_id)))
             ended = (await ann.until("call_ended")).call_ended
             assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
-            record = await calls_a.GetCall(pb.GetCallRequest(call_id=call.call_id))
+            record = await calls_a.GetCall(pb.GetCallRequest(call_id=call.call_id), timeout=RPC)
             assert record.state == pb.CALL_STATE_ENDED and record.route == "media_stream"
             ann.close()
     finally:
