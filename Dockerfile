@@ -2,6 +2,7 @@
 # wacall: the service with its embedded simulator. Build: docker build -t wacall .
 # Run (simulator, SQLite in a volume):
 #   docker run -p 50051:50051 -p 8080:8080 -v wacall:/var/lib/wacall wacall
+# Several replicas on PostgreSQL: deploy/compose.yaml, or deploy/k8s for Kubernetes (README "Deploying").
 # The SIP front door listens on 5060 (UDP and TCP); its media goes through rtpengine (README "Media engine").
 # WebRTC media needs reachable UDP ports (MEDIA-5): use --network=host, or narrow the ephemeral range and publish it:
 #   --sysctl net.ipv4.ip_local_port_range="40000 40100" -p 40000-40100:40000-40100/udp
@@ -38,6 +39,7 @@ VOLUME ["/var/lib/wacall"]
 # SIP over TLS is off until it has a certificate: set WACALL_SIP_TLS_ADDRESS (0.0.0.0:5061), WACALL_SIP_TLS_CERT and
 # WACALL_SIP_TLS_KEY, and publish 5061. The SIP front door takes calls only from the trunks in the config file.
 EXPOSE 50051 8080 5060/udp 5060/tcp
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s \
-    CMD ["python", "-c", "import grpc, sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; c = grpc.insecure_channel('127.0.0.1:50051'); sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2).status == h.HealthCheckResponse.SERVING else 1)"]
+# Ready when /readyz answers 200 (the store answers, the upstream is configured); a 503 or no answer raises.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=20s \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/readyz', timeout=2)"]
 ENTRYPOINT ["wacall", "serve"]

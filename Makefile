@@ -38,7 +38,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The media engine is rtpengine, run in userspace: installed from Debian without its recommended packages (the
@@ -76,6 +76,13 @@ system-deps: engine-deps
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq sip-tester; \
 	  else \
 	    echo "the test suite needs SIPp: sudo apt-get install sip-tester"; exit 1; \
+	  fi; \
+	fi
+	@if ! command -v node >/dev/null || ! command -v npm >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	  else \
+	    echo "the test suite runs the Node client's test: sudo apt-get install nodejs npm"; exit 1; \
 	  fi; \
 	fi
 

@@ -6,7 +6,9 @@ benchmark's own aiortc agents and the gRPC client run in this process. Setup tim
 (announcement, webrtc through each bridge, media_stream) against the StartCall RPC latency of the same run; the
 concurrency ramps against a same-run baseline of bare aiortc leg pairs. The webrtc bridge is measured twice in the
 same run: through rtpengine (the service's default when rtpengine is installed; its CPU is measured apart) and in
-process with aiortc (a second service with `--rtpengine off`).
+process with aiortc (a second service with `--rtpengine off`). The talk delay (a marked burst of the business
+side's voice → the moment the user's phone hears it, with the business talking since before the call connected) is
+measured per route against a same-run baseline of a bare aiortc leg pair; `--talk-delay-only` runs just that.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.media.leg import AudioLeg
-from wacall.media.tracks import FRAME_SECONDS, ToneSource
+from wacall.media.tracks import FRAME_SECONDS, SILENCE, AudioSource, ToneSource
 
 T = TypeVar("T")
 
@@ -218,7 +220,7 @@ class Users:
         self.stubs = stubs
         self.next = 0
 
-    async def take(self, count: int) -> list[str]:
+    async def take(self, count: int, ring_seconds: float = 0.0) -> list[str]:
         numbers = [user(self.next + i) for i in range(count)]
         self.next += count
         if self.next > 10000:
@@ -229,7 +231,7 @@ class Users:
                 sim_pb.SetUserBehaviorRequest(
                     user_number=number,
                     on_call=sim_pb.ANSWER,
-                    ring_duration=duration(0),
+                    ring_duration=duration(ring_seconds),
                     talk_duration=duration(0),
                     tone_hz=880,
                 ),
@@ -300,10 +302,10 @@ class AnnouncementSetup(SetupRoute):
 class WebRtcSetup(SetupRoute):
     """An agent whose offer is ready, talking (a 300 Hz tone) from the moment its leg connects."""
 
-    def __init__(self, stubs: Stubs, label: str) -> None:
+    def __init__(self, stubs: Stubs, label: str, voice: AudioSource | None = None) -> None:
         super().__init__(stubs)
         self.label = label
-        self.agent = AudioLeg(name="agent", source=RepeatingTone())
+        self.agent = AudioLeg(name="agent", source=voice or RepeatingTone())
         self.offer = ""
 
     async def prepare(self) -> None:
@@ -326,9 +328,9 @@ class MediaStreamSetup(SetupRoute):
 
     label = "media_stream route (a CallMedia client)"
 
-    def __init__(self, stubs: Stubs) -> None:
+    def __init__(self, stubs: Stubs, voice: AudioSource | None = None) -> None:
         super().__init__(stubs)
-        self.frame = RepeatingTone().frame
+        self.voice: AudioSource = voice or RepeatingTone()
         self.outgoing: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
         self.stream: grpc.aio.StreamStreamCall | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -340,7 +342,7 @@ class MediaStreamSetup(SetupRoute):
     async def talk(self) -> None:
         began = time.monotonic()
         for index in itertools.count(1):
-            self.outgoing.put_nowait(pb.CallMediaRequest(audio=self.frame))
+            self.outgoing.put_nowait(pb.CallMediaRequest(audio=self.voice.next_frame() or SILENCE))
             await asyncio.sleep(max(0.0, began + index * FRAME_SECONDS - time.monotonic()))
 
     async def listen(self, stream: grpc.aio.StreamStreamCall) -> None:
@@ -466,6 +468,209 @@ def setup_summary(result: SetupResult) -> str:
         f"p95 {p95:.0f} ms; StartCall RPC alone: median {rpc_median:.1f} ms, p95 {rpc_p95:.1f} ms; "
         f"setup/RPC {median / rpc_median:.1f}x (median)"
     )
+
+
+# --- 3. talk delay --------------------------------------------------------------------------------------------------
+
+TALK_GAP = 0.6  # seconds of silence before each burst: longer than any queue wacall ever held (500 ms)
+TALK_BURST_FRAMES = 10  # 200 ms of tone per burst
+TALK_RING = 1.0  # seconds the phone rings before the user picks up, the business side talking all along
+
+
+class MarkedVoice:
+    """The business side's voice for the talk delay: a 300 Hz tone from the first frame (so audio is queued before
+    the call connects, as a real agent or program talks), then, once told, silence broken by marked bursts of the
+    tone. The moment each burst's first frame leaves the speaker (its "mouth" time) is recorded."""
+
+    finished = False
+
+    def __init__(self) -> None:
+        self.frame = RepeatingTone().frame
+        self.talking = True
+        self.burst_frames_left = 0
+        self.burst_pending = False
+        self.mouth: list[float] = []
+
+    def burst(self, frames: int) -> None:
+        self.talking = False
+        self.burst_frames_left = frames
+        self.burst_pending = True
+
+    def next_frame(self) -> bytes | None:
+        if self.burst_frames_left:
+            if self.burst_pending:
+                self.mouth.append(time.perf_counter())
+                self.burst_pending = False
+            self.burst_frames_left -= 1
+            return self.frame
+        return self.frame if self.talking else SILENCE
+
+
+@dataclass
+class TalkDelayResult:
+    route: str
+    delay: list[float] = field(default_factory=list)  # seconds, a burst's first frame spoken → first poll hearing it
+    bracket: list[float] = field(default_factory=list)  # seconds, uncertainty of each figure (polling)
+    failed: int = 0
+    cpu_wait: float | None = None  # share of the calls' wall time during which some task waited for a CPU (PSI)
+
+
+HeardCount = Callable[[], Awaitable[int]]  # audible frames the user's phone has heard so far
+
+
+async def measure_talk_delay(voice: MarkedVoice, heard_count: HeardCount, bursts: int, result: TalkDelayResult) -> None:
+    """With the business talking since before the call connected: wait until the phone hears it, go quiet, then
+    time `bursts` marked bursts from the speaker's mouth to the phone's ear."""
+    deadline = time.perf_counter() + 20
+    while await heard_count() < 25:  # half a second of the business heard: the call is connected and in real time
+        if time.perf_counter() > deadline:
+            raise RuntimeError("the phone never heard the business side")
+        await asyncio.sleep(0.05)
+    voice.talking = False
+    await asyncio.sleep(TALK_GAP)
+    for _ in range(bursts):
+        before = await heard_count()
+        voice.burst(TALK_BURST_FRAMES)
+        silent_until = time.perf_counter()
+        while True:
+            sent = time.perf_counter()
+            if await heard_count() > before:
+                heard = time.perf_counter()
+                break
+            if sent - silent_until > 5:
+                raise RuntimeError("the phone never heard a burst")
+            silent_until = sent
+            await asyncio.sleep(SETUP_POLL)
+        result.delay.append(heard - voice.mouth[-1])
+        result.bracket.append(heard - max(silent_until, voice.mouth[-1]))
+        await asyncio.sleep(TALK_GAP)
+
+
+async def talk_delay_of_pair(bursts: int, result: TalkDelayResult) -> None:
+    """The baseline: a bare aiortc leg pair in this process, agent-like offerer talking to a phone-like answerer."""
+    voice = MarkedVoice()
+    agent = AudioLeg(name="agent", source=voice)
+    phone = AudioLeg(name="phone", source=ToneSource(880, amplitude=0.25))
+    try:
+        await agent.apply_answer(await phone.accept_offer(await agent.create_offer()))
+
+        async def heard_count() -> int:
+            return phone.consumer.audible_frames if phone.consumer is not None else 0
+
+        await measure_talk_delay(voice, heard_count, bursts, result)
+    finally:
+        await agent.close()
+        await phone.close()
+
+
+async def talk_delay_of_call(
+    stubs: Stubs, number: str, placer: SetupRoute, voice: MarkedVoice, bursts: int, result: TalkDelayResult
+) -> None:
+    """One call of a route through the service, its business side speaking `voice`; the phone polled over gRPC."""
+    await placer.prepare()
+    call = await placer.place(number)
+    request = sim_pb.GetPhoneCallRequest(platform_call_id=call.platform_call_id)
+
+    async def heard_count() -> int:
+        phone = await stubs.sim.GetPhoneCall(request, timeout=RPC_TIMEOUT)
+        if phone.state == "ended":
+            raise RuntimeError("the call ended while measuring")
+        return phone.audible_frames_received
+
+    try:
+        await measure_talk_delay(voice, heard_count, bursts, result)
+    finally:
+        await stubs.calling.EndCall(pb.EndCallRequest(call_id=call.call_id), timeout=RPC_TIMEOUT)
+
+
+TalkPlacer = Callable[[MarkedVoice], SetupRoute]
+
+
+async def bench_talk_delay(
+    stubs: Stubs | None, users: Users | None, label: str, placer: TalkPlacer | None, calls: int, bursts: int
+) -> TalkDelayResult:
+    """`calls` calls of one route (or, without a placer, of the bare pair), `bursts` marked bursts each."""
+    result = TalkDelayResult(label)
+    numbers = await users.take(calls, ring_seconds=TALK_RING) if users is not None else [""] * calls
+    began, waited = time.perf_counter(), cpu_pressure_seconds()
+    for number in numbers:
+        try:
+            if placer is None or stubs is None:
+                await talk_delay_of_pair(bursts, result)
+                continue
+            voice = MarkedVoice()
+            route = placer(voice)
+            try:
+                await talk_delay_of_call(stubs, number, route, voice, bursts, result)
+            finally:
+                await route.close()
+        except (grpc.aio.AioRpcError, RuntimeError, TimeoutError) as error:
+            result.failed += 1
+            print(f"  talk delay call ({label}) failed: {error}", file=sys.stderr)
+    now_waited = cpu_pressure_seconds()
+    if waited is not None and now_waited is not None:
+        result.cpu_wait = (now_waited - waited) / (time.perf_counter() - began)
+    return result
+
+
+def print_talk_delays(results: list[TalkDelayResult], calls: int, bursts: int) -> None:
+    baseline = results[0]
+    base = statistics.median(baseline.delay) * 1000 if baseline.delay else float("nan")
+    print(
+        f"\n3. Talk delay: the business side talks from before the call connects (the phone rings "
+        f"{TALK_RING:g} s), then goes quiet;\n   {calls} call(s) per route, {bursts} marked "
+        f"{TALK_BURST_FRAMES * FRAME_SECONDS * 1000:.0f} ms bursts each {TALK_GAP * 1000:.0f} ms apart: from a "
+        f"burst's first frame spoken to the first\n   poll (every {SETUP_POLL * 1000:.0f} ms) at which the phone had "
+        "heard it. Baseline: a bare aiortc leg pair, same run. CPU wait: share of\n   the route's wall time "
+        "during which some runnable task of the machine waited for a core (/proc/pressure/cpu)."
+    )
+    print(
+        f"  {'route':<48} {'n':>4} {'median ms':>10} {'p95 ms':>8} {'min ms':>8} {'max ms':>8} {'vs pair':>9} "
+        f"{'CPU wait':>8}"
+    )
+    for result in results:
+        if not result.delay:
+            print(f"  {result.route:<48} no burst was heard ({result.failed} failed)")
+            continue
+        values = [v * 1000 for v in result.delay]
+        median = statistics.median(values)
+        print(
+            f"  {result.route:<48} {len(values):>4} {median:>10.1f} {percentile(values, 95):>8.1f} "
+            f"{min(values):>8.1f} {max(values):>8.1f} {median - base:>+7.1f}ms {fmt_share(result.cpu_wait):>8}"
+            + (f"  ({result.failed} failed)" if result.failed else "")
+        )
+
+
+def fmt_share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+def talk_delay_summary(result: TalkDelayResult, baseline: TalkDelayResult) -> str:
+    if not result.delay or not baseline.delay:
+        return f"talk delay, {result.route}: not measured"
+    median, base = statistics.median(result.delay) * 1000, statistics.median(baseline.delay) * 1000
+    return (
+        f"talk delay (business speaks -> the phone hears), {result.route}: median {median:.0f} ms, "
+        f"p95 {percentile(result.delay, 95) * 1000:.0f} ms; bare aiortc pair {base:.0f} ms; "
+        f"{median - base:+.0f} ms, {median / base:.2f}x"
+    )
+
+
+async def run_talk_delays(
+    stubs: Stubs, users: Users, aiortc_stubs: Stubs, aiortc_users: Users, sizes: Sizes
+) -> list[TalkDelayResult]:
+    calls, bursts = sizes.talk_calls, sizes.talk_bursts
+    results = [await bench_talk_delay(None, None, "bare aiortc leg pair (baseline)", None, calls, bursts)]
+    routes: list[tuple[Stubs, Users, str, TalkPlacer]] = [
+        (aiortc_stubs, aiortc_users, "webrtc route, aiortc bridge in process",
+         lambda voice: WebRtcSetup(aiortc_stubs, "", voice)),
+        (stubs, users, "webrtc route, bridged through rtpengine", lambda voice: WebRtcSetup(stubs, "", voice)),
+        (stubs, users, "media_stream route (a CallMedia client)", lambda voice: MediaStreamSetup(stubs, voice)),
+    ]  # fmt: skip
+    for route_stubs, route_users, label, placer in routes:
+        results.append(await bench_talk_delay(route_stubs, route_users, label, placer, calls, bursts))
+    print_talk_delays(results, calls, bursts)
+    return results
 
 
 # --- 2. concurrency ---------------------------------------------------------------------------------------------
@@ -800,6 +1005,8 @@ class Sizes:
     settle: float  # seconds between audio flowing on every call and the window
     flow_timeout: float  # seconds to wait for audio to flow on every call of a step
     mode_budget: float  # no new step starts after this many seconds of a mode's ramp
+    talk_calls: int  # calls per route measured for the talk delay
+    talk_bursts: int  # marked bursts per call
 
 
 DEFAULT = Sizes(
@@ -810,6 +1017,8 @@ DEFAULT = Sizes(
     settle=1.0,
     flow_timeout=15.0,
     mode_budget=40.0,
+    talk_calls=3,
+    talk_bursts=5,
 )
 QUICK = Sizes(
     setup_calls=5,
@@ -819,12 +1028,14 @@ QUICK = Sizes(
     settle=0.3,
     flow_timeout=10.0,
     mode_budget=15.0,
+    talk_calls=1,
+    talk_bursts=2,
 )
 
 
 async def run_all(
-    service: Child, aiortc_service: Child, sizes: Sizes, cores: int
-) -> tuple[list[SetupResult], list[Ramp]]:
+    service: Child, aiortc_service: Child, sizes: Sizes, talk_only: bool
+) -> tuple[list[SetupResult], list[TalkDelayResult], list[Ramp]]:
     async with (
         grpc.aio.insecure_channel(service.grpc) as channel,
         grpc.aio.insecure_channel(aiortc_service.grpc) as aiortc_channel,
@@ -843,6 +1054,8 @@ async def run_all(
             (stubs, users, lambda: WebRtcSetup(stubs, "webrtc route, bridged through rtpengine")),
             (stubs, users, lambda: MediaStreamSetup(stubs)),
         ]
+        if talk_only:
+            return [], await run_talk_delays(stubs, users, aiortc_stubs, aiortc_users, sizes), []
         results = []
         for index, (route_stubs, route_users, placer) in enumerate(setups):
             result = await bench_setup(route_stubs, route_users, placer, sizes.setup_calls, sizes.setup_warmup)
@@ -869,7 +1082,8 @@ async def run_all(
             await ramp(PassthroughMode(stubs, users), service, sizes),
             await ramp(PairsMode(stubs, users), service, sizes),
         ]
-    return results, ramps
+        talk_delays = await run_talk_delays(stubs, users, aiortc_stubs, aiortc_users, sizes)
+    return results, talk_delays, ramps
 
 
 async def start_service(name: str, directory: Path, *flags: str) -> Child:
@@ -926,20 +1140,21 @@ async def main(args: argparse.Namespace) -> int:
               f"--rtpengine off pid {aiortc_service.process.pid}, benchmark (gRPC client + agents + baseline pairs) "
               f"pid {os.getpid()}")  # fmt: skip
         try:
-            setups, ramps = await run_all(service, aiortc_service, sizes, cores)
+            setups, talk_delays, ramps = await run_all(service, aiortc_service, sizes, args.talk_delay_only)
         finally:
             await service.stop()
             await aiortc_service.stop()
             stderr = (tmp / "engine" / "wacall.stderr").read_text(errors="replace")
             stderr += (tmp / "aiortc" / "wacall.stderr").read_text(errors="replace")
-    bridge, aiortc_bridge, passthrough, _ = ramps
-    print_bridge_cost(bridge, passthrough)
-    print_bridge_cost(aiortc_bridge, passthrough)
-    print(
-        f"\nwebrtc bridge through rtpengine against the aiortc bridge, same run: sustains {bridge.sustained} against "
-        f"{aiortc_bridge.sustained} concurrent calls"
-    )
-    print_per_call_comparison(bridge, aiortc_bridge)
+    if ramps:
+        bridge, aiortc_bridge, passthrough, _ = ramps
+        print_bridge_cost(bridge, passthrough)
+        print_bridge_cost(aiortc_bridge, passthrough)
+        print(
+            f"\nwebrtc bridge through rtpengine against the aiortc bridge, same run: sustains {bridge.sustained} "
+            f"against {aiortc_bridge.sustained} concurrent calls"
+        )
+        print_per_call_comparison(bridge, aiortc_bridge)
     print(
         "\nNote: the simulated phones run inside the wacall process, so with the aiortc bridge that process carries "
         "three aiortc legs\nper call (phone, WhatsApp leg, agent leg), and through rtpengine or in passthrough mode "
@@ -949,6 +1164,8 @@ async def main(args: argparse.Namespace) -> int:
     print("\nSummary")
     for setup in setups:
         print(f"  {setup_summary(setup)}")
+    for talk_delay in talk_delays[1:]:
+        print(f"  {talk_delay_summary(talk_delay, talk_delays[0])}")
     for r in ramps:
         print(f"  {ramp_summary(r, cores)}")
     print(f"total wall time: {time.perf_counter() - started:.1f} s")
@@ -956,6 +1173,9 @@ async def main(args: argparse.Namespace) -> int:
     for setup in setups:
         if not setup.setup:
             problems.append(f"call setup, {setup.route}: no call carried audio")
+    for talk_delay in talk_delays:
+        if not talk_delay.delay:
+            problems.append(f"talk delay, {talk_delay.route}: no burst was heard")
     for r in ramps:
         if not any(s.flowing for s in r.steps):
             problems.append(f"{r.mode.label}: audio never flowed on any call")
@@ -971,6 +1191,7 @@ def cli() -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke test")
     parser.add_argument("--cap", type=int, help="largest number of concurrent calls to try")
     parser.add_argument("--window", type=float, help="seconds of audio counted per step")
+    parser.add_argument("--talk-delay-only", action="store_true", help="measure only the talk delay of each route")
     return asyncio.run(main(parser.parse_args()))
 
 

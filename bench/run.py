@@ -219,6 +219,43 @@ async def drive(
     return Result(name, len(latencies), failed, seconds, latencies, cpu, (len(latencies) / seconds,))
 
 
+async def paced(
+    name: str, rate: float, total: int, call: Callable[[int], Awaitable[bool]], server: Child | None
+) -> Result:
+    """`total` calls of `call(i)` started at a steady `rate` per second whatever the answers do (an open loop, as
+    independent clients would send them). Latency runs from each call's scheduled start, so a server that falls
+    behind is charged for the queue it builds (no coordinated omission)."""
+    latencies: list[float] = []
+    failed = 0
+    loop = asyncio.get_running_loop()
+
+    async def one(i: int, scheduled: float) -> None:
+        nonlocal failed
+        try:
+            ok = await call(i)
+        except (grpc.aio.AioRpcError, aiohttp.ClientError, TimeoutError):
+            ok = False
+        if ok:
+            latencies.append(loop.time() - scheduled)
+        else:
+            failed += 1
+
+    cpu_before = server.cpu_seconds() if server else None
+    started = loop.time()
+    tasks = []
+    for i in range(total):
+        scheduled = started + i / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.ensure_future(one(i, scheduled)))
+    await asyncio.gather(*tasks)
+    seconds = loop.time() - started
+    cpu_after = server.cpu_seconds() if server else None
+    cpu = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    return Result(name, len(latencies), failed, seconds, latencies, cpu, (len(latencies) / seconds,))
+
+
 async def interleaved(rounds: int, targets: list[Callable[[int], Awaitable[Result]]]) -> list[Result]:
     """Run every target once per round, alternating, and pool each target's rounds: slow drift on a shared
     machine (other tenants, CPU frequency) then affects all targets alike instead of whichever ran last."""
@@ -293,6 +330,7 @@ class Sizes:
     grpc_calls: int
     grpc_warmup: int
     grpc_concurrency: int
+    half_load_seconds: float  # total over the rounds, per target, at half the echo's saturated rate
     seeded_pairs: int
     webhooks: int
     webhook_warmup: int
@@ -304,6 +342,7 @@ DEFAULT = Sizes(
     grpc_calls=20000,
     grpc_warmup=1000,
     grpc_concurrency=32,
+    half_load_seconds=8.0,
     seeded_pairs=20,
     webhooks=6000,
     webhook_warmup=300,
@@ -314,6 +353,7 @@ QUICK = Sizes(
     grpc_calls=300,
     grpc_warmup=50,
     grpc_concurrency=8,
+    half_load_seconds=1.0,
     seeded_pairs=4,
     webhooks=100,
     webhook_warmup=10,
@@ -321,7 +361,9 @@ QUICK = Sizes(
 )
 
 
-async def bench_grpc(sizes: Sizes, baseline: Child, service: Child) -> tuple[Result, Result]:
+async def bench_grpc(sizes: Sizes, baseline: Child, service: Child) -> tuple[Result, Result, Result, Result]:
+    """Saturation (as many calls as `grpc_concurrency` callers can make), then latency at half the echo's saturated
+    rate, the same offered load for both."""
     request = pb.GetPermissionRequest(business_number=BUSINESS, user_number=user(0))
     payload = request.SerializeToString()
     per_round = sizes.grpc_calls // sizes.rounds
@@ -363,7 +405,16 @@ async def bench_grpc(sizes: Sizes, baseline: Child, service: Child) -> tuple[Res
                 lambda r: drive("wacall GetPermission", per_round, sizes.grpc_concurrency, get_call, service),
             ],
         )
-    return echo, got
+        rate = echo.rate / 2
+        per_round = int(rate * sizes.half_load_seconds / sizes.rounds)
+        echo_half, got_half = await interleaved(
+            sizes.rounds,
+            [
+                lambda r: paced(f"echo @ {rate:.0f}/s", rate, per_round, echo_call, baseline),
+                lambda r: paced(f"GetPermission @ {rate:.0f}/s", rate, per_round, get_call, service),
+            ],
+        )
+    return echo, got, echo_half, got_half
 
 
 Body = tuple[str, bytes, str]  # message id, raw JSON, X-Hub-Signature-256
@@ -452,8 +503,9 @@ async def main(args: argparse.Namespace) -> int:
     print(machine_info())
     print(
         f"sizes: gRPC {sizes.grpc_calls} calls x {sizes.grpc_concurrency} concurrent (+{sizes.grpc_warmup} warmup), "
-        f"{sizes.seeded_pairs} seeded pairs;\n       webhooks {sizes.webhooks} x {sizes.webhook_concurrency} "
-        f"concurrent (+{sizes.webhook_warmup} warmup); {sizes.rounds} interleaved rounds per target"
+        f"then {sizes.half_load_seconds:.0f} s each at half the echo's rate; {sizes.seeded_pairs} seeded pairs;\n"
+        f"       webhooks {sizes.webhooks} x {sizes.webhook_concurrency} concurrent (+{sizes.webhook_warmup} warmup); "
+        f"{sizes.rounds} interleaved rounds per target"
     )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="wacall-bench-") as tmp_dir:
@@ -500,16 +552,26 @@ async def main(args: argparse.Namespace) -> int:
             pids = f"wacall pid {service.process.pid}, baseline pid {baseline.process.pid}, client pid {os.getpid()}"
             print(f"processes: {pids}")
 
-            echo, got = await bench_grpc(sizes, baseline, service)
-            print_results("gRPC unary (client: grpc.aio, one channel)", "calls", [echo, got])
+            echo, got, echo_half, got_half = await bench_grpc(sizes, baseline, service)
+            print_results("gRPC unary at saturation (client: grpc.aio, one channel)", "calls", [echo, got])
+            print_results(
+                "gRPC unary at half the echo's saturated rate (open loop; latency from each call's scheduled start)",
+                "calls",
+                [echo_half, got_half],
+            )
             webhooks, posted, verified = await bench_webhooks(sizes, baseline, service, account)
             print_results("Signed webhooks, POST over HTTP/1.1 (client: aiohttp)", "hooks", webhooks)
 
             print_ratios("Ratios: wacall GetPermission vs bare echo (latency: higher is slower)", got, [echo])
+            print_ratios("Ratios at half load: wacall GetPermission vs bare echo", got_half, [echo_half])
             print_ratios("Ratios: wacall webhook ingest vs bare aiohttp", webhooks[0], webhooks[1:])
             measured = webhooks[0].ok + webhooks[0].failed
             print(f"\nwebhooks accepted (HTTP 200) by wacall, measured phase: {webhooks[0].ok}/{measured}")
             print(f"webhooks verified in ledger: {verified}/{posted}")
+            late = echo_half.failed + got_half.failed
+            if late:
+                # An open loop keeps sending when the machine falls behind: those calls time out (10 s) instead.
+                print(f"calls at half load that failed or timed out (the rate was not sustained): {late}")
             failures = echo.failed + got.failed + sum(r.failed for r in webhooks)
         finally:
             for child in (baseline, service):

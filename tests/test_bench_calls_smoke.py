@@ -1,5 +1,5 @@
-"""The call benchmark runs end to end (`bench/calls.py --quick`): setup time on every route and every concurrency mode
-report a result. No timing thresholds."""
+"""The call benchmark runs end to end (`bench/calls.py --quick`): setup time and talk delay on every route and every
+concurrency mode report a result. No timing thresholds."""
 
 from __future__ import annotations
 
@@ -32,6 +32,12 @@ def test_quick_call_benchmark_runs_and_prints_every_summary() -> None:
             r"p95 \d+ ms; StartCall RPC alone: median [\d.]+ ms",
             output,
         ), f"no setup summary for {route}\n{output}"
+    for route in ("webrtc route, aiortc bridge", "webrtc route, bridged through rtpengine", "media_stream route"):
+        assert re.search(
+            rf"talk delay \(business speaks -> the phone hears\), {route}[^:]*: median \d+ ms, p95 \d+ ms; "
+            r"bare aiortc pair \d+ ms; [+-]\d+ ms, [\d.]+x",
+            output,
+        ), f"no talk delay summary for {route}\n{output}"
     for mode in ("webrtc bridge", "webrtc passthrough", r"aiortc pairs \(no service\)"):
         assert re.search(rf"{mode}: {SUSTAINS}", output), f"no summary for {mode}\n{output}"
     assert "Bridge-only cost estimate" in output

@@ -24,6 +24,8 @@ def test_quick_benchmark_runs_and_every_webhook_reaches_the_ledger() -> None:
     output = done.stdout
     assert done.returncode == 0, f"exit {done.returncode}\n{output}\n{done.stderr}"
     assert "wacall GetPermission / echo (grpc.aio bare)" in output
+    half_load = re.search(r"GetPermission @ (\d+)/s / echo @ (\d+)/s", output)
+    assert half_load is not None and half_load.group(1) == half_load.group(2), output  # one offered rate for both
     assert "wacall webhook (durable) / aiohttp 200 (bare)" in output
     assert "wacall webhook (durable) / aiohttp 200 + HMAC check" in output
     verified = re.search(r"webhooks verified in ledger: (\d+)/(\d+)", output)

@@ -8,6 +8,7 @@ one that hears the call end). The two-process, PostgreSQL and standalone-simulat
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.api.forwarding import FORWARDED_BY
+from wacall.app import advertised_address
 from wacall.store import Pair, Tx
 
 TOKEN = "a-token-both-replicas-know"
@@ -125,3 +127,20 @@ async def test_an_owner_that_never_registered_is_refused_with_where_the_call_is_
             await media.read()
         assert unreachable_details(streamed.value)[0].metadata["owner"] == "ghost/1"
     assert (await other.get_call(ghost)).state == pb.CALL_STATE_RINGING  # nothing changed
+
+
+def test_a_replica_advertises_its_bound_address_or_its_host_name_on_a_wildcard() -> None:
+    assert advertised_address("10.1.2.3", 50051) == "10.1.2.3:50051"
+    assert advertised_address("0.0.0.0", 50051) == f"{socket.gethostname()}:50051"
+    assert advertised_address("::1", 50051) == "[::1]:50051"
+
+
+async def test_each_replica_records_where_it_is_reached_and_renews_it_with_its_leases(
+    replicas: tuple[Running, Running],
+) -> None:
+    for replica in replicas:
+        calls, store = replica.service.calls, replica.service.store
+        assert calls is not None and store is not None
+        recorded = await store.transaction(lambda tx, instance=calls.instance: tx.replica(instance))
+        assert recorded is not None and recorded.address == replica.addresses.grpc
+        assert recorded.heartbeat_expires_at > datetime.now(UTC) + timedelta(seconds=10)  # a 15 s lease ahead

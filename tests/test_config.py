@@ -83,6 +83,10 @@ def test_policy_overrides_are_applied_and_labelled(tmp_path: Path) -> None:
         ('advertise_address = "0.0.0.0:50051"\n', {}, "advertise_address must be host:port that other replicas"),
         ("", {"WACALL_ADVERTISE_ADDRESS": "wacall-1"}, "advertise_address must be host:port that other replicas"),
         ('log_level = "loud"\n', {}, "log_level must be one of DEBUG, INFO, WARNING, ERROR"),
+        ('log_format = "xml"\n', {}, "log_format must be 'text' or 'json', got 'xml'"),
+        ("", {"WACALL_GRPC_TLS_CERT": "cert.pem"}, "grpc_tls_cert and grpc_tls_key: grpc_tls_key missing"),
+        ('grpc_tls_key = "key.pem"\n', {}, "grpc_tls_cert and grpc_tls_key: grpc_tls_cert missing"),
+        ('grpc_tls_client_ca = "ca.pem"\n', {}, "grpc_tls_client_ca (mutual TLS) needs grpc_tls_cert"),
         ("", {"WACALL_RESERVATION_GRACE_SECONDS": "soon"}, "WACALL_RESERVATION_GRACE_SECONDS must be a number"),
         ("this is not toml", {}, "wacall.toml"),
         ('sip_address = "5060"\n', {}, "sip_address: '5060' is not host:port"),
@@ -142,6 +146,24 @@ def test_sip_over_tls_takes_an_address_a_certificate_and_a_key(tmp_path: Path) -
     with pytest.raises(ConfigError) as refused:
         load_settings(None, {**flags, "sip_tls_key": str(tmp_path / "missing.pem")}, environ={})
     assert "sip_tls_key" in str(refused.value) and "missing.pem" in str(refused.value)
+
+
+def test_grpc_tls_takes_a_certificate_a_key_and_optionally_a_client_ca(tmp_path: Path) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text(name)
+    plaintext = load_settings(None, {}, environ={})
+    assert (plaintext.grpc_tls_cert, plaintext.grpc_tls_key, plaintext.grpc_tls_client_ca) == ("", "", "")
+    environ = {"WACALL_GRPC_TLS_CERT": str(tmp_path / "cert.pem"), "WACALL_GRPC_TLS_KEY": str(tmp_path / "key.pem")}
+    mutual = load_settings(None, {"grpc_tls_client_ca": str(tmp_path / "ca.pem")}, environ=environ)
+    assert mutual.grpc_tls_client_ca == str(tmp_path / "ca.pem")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"grpc_tls_client_ca": str(tmp_path / "other.pem")}, environ=environ)
+    assert "grpc_tls_client_ca" in str(refused.value) and "other.pem" in str(refused.value)
+
+
+def test_logs_are_text_unless_json_is_asked_for() -> None:
+    assert load_settings(None, {}, environ={}).log_format == "text"
+    assert load_settings(None, {}, environ={"WACALL_LOG_FORMAT": "json"}).log_format == "json"
 
 
 def test_missing_config_file_is_reported() -> None:

@@ -4,7 +4,8 @@ and acts on what it holds (agents' sessions, calls' media); an accept for a call
 by the owner (`wacall.internal.v1.ReplicaService`).
 
 Two services in this process on one SQLite file (each with its own embedded simulator: the owner's platform places
-the call and its phone is measured), and two on one real PostgreSQL for the race between agents on two replicas.
+the call and its phone is measured); two on one real PostgreSQL for the race between agents on two replicas; and two
+`wacall serve` processes on PostgreSQL sharing a standalone simulator, an agent on one taking the other's call.
 """
 
 from __future__ import annotations
@@ -17,20 +18,37 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import OTHER_USER, Running, duration, refused, settings_for, start_service, stop_service, wait_until
+from conftest import (
+    BUSINESS,
+    OTHER_USER,
+    USER,
+    Running,
+    duration,
+    refused,
+    settings_for,
+    start_service,
+    stop_service,
+    wait_until,
+)
+from google.protobuf.duration_pb2 import Duration
 from postgres_server import PostgresServer
 from test_contact_center import Agent, contact_center_events, put_agent, put_queue, queues_of
 from test_queue_calls import AGENT_HZ, HOLD_HZ, USER_HZ, Heard, hears, phone_ear, queue_call, until
+from test_rtpengine import pitch_at
+from test_sim_standalone import free_port, start, webhook_url
 from wacall_client.internal.v1 import replicas_pb2 as rp
 from wacall_client.internal.v1 import replicas_pb2_grpc
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.sim.v1 import simulator_pb2_grpc
 from wacall_client.v1 import calling_pb2 as pb
+from wacall_client.v1 import calling_pb2_grpc, contact_center_pb2_grpc
 from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2 as cc
 
 from wacall.calls.queue_route import CLOSING_TONE_HZ
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import ToneSource
+from wacall.queues import service as service_module
 from wacall.store import Pair, Tx
 
 R = cc.AgentSessionRequest
@@ -141,18 +159,26 @@ async def test_a_media_stream_agent_on_the_other_replica_gets_the_call_and_the_o
     error = await refused(internal.ConnectAgent(forged, metadata=a.metadata))
     assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "not assigned" in (error.details() or "")
     assert (await refused(internal.ConnectAgent(forged))).code() == grpc.StatusCode.UNAUTHENTICATED
-    no_media = rp.ConnectAgentRequest(call_id=call.call_id, agent_id="ann")
-    error = await refused(internal.ConnectAgent(no_media, metadata=a.metadata))
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for malformed in (
+        rp.ConnectAgentRequest(call_id=call.call_id, agent_id="ann"),  # no media
+        rp.ConnectAgentRequest(agent_id="ann", media_stream=rp.MediaStreamMedia()),  # no call
+        rp.ConnectAgentRequest(call_id=call.call_id, agent_id="ann\x00", media_stream=rp.MediaStreamMedia()),
+        rp.ConnectAgentRequest(
+            call_id=call.call_id, agent_id="ann", media_stream=rp.MediaStreamMedia(), waited=Duration(seconds=10**15)
+        ),
+    ):
+        error = await refused(internal.ConnectAgent(malformed, metadata=a.metadata))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (malformed, error)
     assert (await a.get_call(call.call_id)).route == "media_stream"
     ann.close()
 
 
-async def test_a_maximum_wait_expiring_on_the_other_replicas_timer_plays_the_closing_announcement_on_the_owner(
+async def test_a_maximum_wait_expiring_on_the_other_replicas_timer_overflows_and_closes_the_call_on_the_owner(
     replicas: tuple[Running, Running],
 ) -> None:
     a, b = replicas
-    await put_queue(a, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ), max_wait=duration(60))
+    await put_queue(a, "billing", hold_audio=m.HoldAudio(tone_hz=500), max_wait=duration(120))
+    await put_queue(a, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ), max_wait=duration(60), overflow_queue_id="billing")
     call = await queue_call(a)
     ear = await phone_ear(a, call.platform_call_id)
     await hears(ear, HOLD_HZ, what="hold audio")
@@ -162,10 +188,13 @@ async def test_a_maximum_wait_expiring_on_the_other_replicas_timer_plays_the_clo
     behind = (entered - await b.now()).total_seconds()
     await b.advance(max(behind, 0) + 61)
     mark = len(ear.frames)
+    await hears(ear, 500, after=mark + 10, what="the overflow queue's hold audio, played on a")
+    await b.advance(121)
+    mark = len(ear.frames)
     await hears(ear, CLOSING_TONE_HZ, after=mark + 10, frames=30, what="the closing announcement on a")
     ended = await a.wait_call(call.call_id, pb.CALL_STATE_ENDED)
     assert ended.end_reason == "announcement finished"
-    assert queues_of(a).state.waiting == {}
+    await wait_until(queues_of(a).read, lambda state: state.waiting == {})
 
 
 async def test_a_call_abandoned_on_the_owner_withdraws_its_offer_from_the_agent_on_the_other_replica(
@@ -281,3 +310,134 @@ async def test_both_replicas_ticking_at_one_ring_timeout_withdraw_the_offer_once
     assert len(timed_out) == 1
     ann.close()
     bob.close()
+
+
+async def test_a_step_that_finds_another_replicas_step_unseen_delivers_that_one_first(
+    replicas: tuple[Running, Running], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = replicas
+    await put_queue(a)
+    await put_agent(a, "ann")
+    ann = await signed_in(b, "ann")
+    # SQLite tells b nothing of a's commits: with its polling slowed, b has not read a's offer when ann steps.
+    monkeypatch.setattr(service_module, "FOLLOW_POLL", timedelta(seconds=60))
+    await asyncio.sleep(0.5)  # b's follower now waits a minute, or for b's own next commit
+    await queues_of(a).enqueue("call_" + "2" * 32, "sales")
+    ann.send(R(set_presence=R.SetPresence(presence=m.AGENT_PRESENCE_AWAY)))
+    # In commit order: a's offer, then what ann's own step did with it.
+    offer = await ann.offer()
+    withdrawn = (await ann.expect("offer_withdrawn")).offer_withdrawn
+    assert withdrawn.offer_id == offer.offer_id and withdrawn.why == m.OFFER_WITHDRAWN_WHY_AGENT_OFFLINE
+    assert (await ann.expect("presence")).presence.state == m.AGENT_PRESENCE_AWAY
+    await ann.quiet()
+    ann.close()
+
+
+# --- two `wacall serve` processes on PostgreSQL, one standalone simulator ---------------------------------------------
+
+
+RPC = 30.0  # every RPC's deadline in the process test: an answer or a failure, never a hang
+
+
+class Session:
+    """An agent's AgentSession stream on one replica's gRPC address."""
+
+    def __init__(self, channel: grpc.aio.Channel, agent_id: str) -> None:
+        self._requests: asyncio.Queue[cc.AgentSessionRequest | None] = asyncio.Queue()
+        self._requests.put_nowait(R(login=R.Login(agent_id=agent_id)))
+        self._call = contact_center_pb2_grpc.ContactCenterServiceStub(channel).AgentSession(self._outgoing())
+
+    async def _outgoing(self) -> AsyncIterator[cc.AgentSessionRequest]:
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    def send(self, request: cc.AgentSessionRequest) -> None:
+        self._requests.put_nowait(request)
+
+    async def until(self, kind: str) -> cc.AgentSessionEvent:
+        while True:
+            event = await asyncio.wait_for(self._call.read(), 30)
+            assert event is not grpc.aio.EOF, f"the session ended before {kind}"
+            assert isinstance(event, cc.AgentSessionEvent)
+            assert event.WhichOneof("kind") != "error", event
+            if event.WhichOneof("kind") == kind:
+                return event
+
+    def close(self) -> None:
+        self._requests.put_nowait(None)
+
+
+async def test_two_serve_processes_an_agent_on_one_takes_a_call_the_other_placed_and_hears_the_customer(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    ports = free_port(), free_port()
+    simulator = start("simulate", "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
+                      "--media-dir", str(tmp_path), "--webhook-url", webhook_url(ports[0]),
+                      "--webhook-url", webhook_url(ports[1]), "--log-level", "ERROR")  # fmt: skip
+    started = [simulator]
+    try:
+        db = postgres_server.create_database()
+        for name, port in zip(("replica-a", "replica-b"), ports, strict=True):
+            started.append(start("serve", "--grpc-address", "127.0.0.1:0", "--http-address", f"127.0.0.1:{port}",
+                                 "--db", db, "--sim-address", simulator.field("grpc"), "--rtpengine", "off",
+                                 "--clock", "system", "--instance-name", name, "--media-dir", str(tmp_path),
+                                 "--recordings-dir", str(tmp_path), "--log-level", "ERROR"))  # fmt: skip
+        a_address, b_address = started[1].field("grpc"), started[2].field("grpc")
+        async with (
+            grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+            grpc.aio.insecure_channel(a_address) as a,
+            grpc.aio.insecure_channel(b_address) as b,
+        ):
+            sim = simulator_pb2_grpc.SimulatorServiceStub(sim_channel)
+            calls_a, calls_b = calling_pb2_grpc.CallingServiceStub(a), calling_pb2_grpc.CallingServiceStub(b)
+            centre_a = contact_center_pb2_grpc.ContactCenterServiceStub(a)
+            await centre_a.PutQueue(m.Queue(queue_id="sales", hold_audio=m.HoldAudio(tone_hz=HOLD_HZ)), timeout=RPC)
+            await centre_a.PutAgent(m.Agent(agent_id="ann", queue_ids=["sales"]), timeout=RPC)
+            ann = Session(b, "ann")
+            await ann.until("logged_in")
+            ann.send(R(set_presence=R.SetPresence(presence=m.AGENT_PRESENCE_AVAILABLE)))
+            behaviour = sim_pb.SetUserBehaviorRequest(
+                user_number=USER, on_call=sim_pb.ANSWER, ring_duration=duration(0.3), tone_hz=USER_HZ
+            )
+            await sim.SetUserBehavior(behaviour, timeout=RPC)
+            await sim.GrantPermission(sim_pb.GrantPermissionRequest(business_number=BUSINESS, user_number=USER,
+                                                                    permanent=True), timeout=RPC)  # fmt: skip
+            await wait_until(
+                lambda: calls_a.GetPermission(
+                    pb.GetPermissionRequest(business_number=BUSINESS, user_number=USER), timeout=RPC
+                ),
+                lambda p: p.state == pb.PERMISSION_STATE_PERMANENT,
+            )
+            queued = pb.Route(queue=pb.QueueRoute(queue_id="sales"))
+            start_call = pb.StartCallRequest(business_number=BUSINESS, user_number=USER, route=queued)
+            call = await calls_a.StartCall(start_call, timeout=RPC)
+            offer = (await ann.until("offer")).offer
+            assert offer.call_id == call.call_id
+            ann.send(R(accept=R.Accept(offer_id=offer.offer_id, media_stream=R.MediaStreamMedia())))
+            assert (await ann.until("connected")).connected.call_id == call.call_id
+
+            # The agent's program on b's CallMedia (forwarded to a, the owner) hears the customer's 880 Hz.
+            rate, heard = 16000, Heard()
+
+            async def listen() -> AsyncIterator[pb.CallMediaRequest]:
+                yield pb.CallMediaRequest(call_id=call.call_id, sample_rate=rate)
+                await asyncio.sleep(30)
+
+            async for message in calls_b.CallMedia(listen(), timeout=30):
+                if message.WhichOneof("kind") == "audio":
+                    heard(message.audio)
+                if len(heard.frames) >= 60:
+                    break
+            assert abs(pitch_at(heard.since(20), rate) - USER_HZ) < USER_HZ * 0.05
+
+            ann.send(R(hang_up=R.HangUp(call_id=call.call_id)))
+            ended = (await ann.until("call_ended")).call_ended
+            assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
+            record = await calls_a.GetCall(pb.GetCallRequest(call_id=call.call_id), timeout=RPC)
+            assert record.state == pb.CALL_STATE_ENDED and record.route == "media_stream"
+            ann.close()
+    finally:
+        for process in started:
+            if process.proc.poll() is None:
+                process.proc.kill()
+                process.proc.wait()

@@ -30,6 +30,9 @@
   stubs, HTTP, the API or the assembly, so the gRPC stream and the softphone's WebSocket drive the same session.
 - The Python client (`wacall_client`, its own wheel) stands alone: it imports nothing of the service or its routes,
   only gRPC, protobuf, the google.rpc types and its own stubs.
+- Metrics are defined in one module: only `wacall.metrics` imports prometheus_client, and only the operations edge
+  (`wacall.operations`, `wacall.health`) and the assembly import it. The services report through `wacall.observe`
+  and reach neither metrics nor the operations edge, directly or through another module.
 """
 
 from __future__ import annotations
@@ -780,3 +783,41 @@ def test_the_python_client_imports_nothing_of_the_service() -> None:
 def test_the_client_check_sees_the_service_imported() -> None:
     found = client_imports_outside({"_client.py": ast.parse("from wacall.api import errors\nimport grpc")})
     assert found == {"_client.py": {"wacall"}}
+
+
+OPERATIONS_EDGE = ("wacall.operations", "wacall.health")
+
+
+def metrics_layering_breaches() -> list[str]:
+    found = [
+        f"{n} imports prometheus_client" for n in GRAPH if n != "wacall.metrics" and "prometheus_client" in imported(n)
+    ]
+    found += [
+        f"{n} imports wacall.metrics"
+        for n in GRAPH
+        if "wacall.metrics" in GRAPH[n] and not _within(n, (*OPERATIONS_EDGE, *ASSEMBLY))
+    ]
+    for service in SERVICES:
+        found += [
+            f"{service} reaches {t}"
+            for t in sorted(graph_reachable(service))
+            if t in ("wacall.metrics", *OPERATIONS_EDGE)
+        ]
+    return found
+
+
+def test_metrics_live_in_one_module_and_the_services_report_through_the_observer() -> None:
+    assert "prometheus_client" in imported("wacall.metrics")
+    assert "wacall.observe" in GRAPH["wacall.permissions"] and "wacall.observe" in GRAPH["wacall.calls.service"]
+    assert metrics_layering_breaches() == []
+
+
+def test_the_metrics_check_sees_a_service_reaching_metrics() -> None:
+    saved = {name: set(targets) for name, targets in GRAPH.items()}
+    try:
+        GRAPH["wacall.permissions"].add("wacall.operations")
+        assert "wacall.permissions reaches wacall.metrics" in metrics_layering_breaches()
+        assert "wacall.calls.service reaches wacall.operations" in metrics_layering_breaches()
+    finally:
+        GRAPH.clear()
+        GRAPH.update(saved)

@@ -222,9 +222,14 @@ def test_buffer_source_plays_once_and_pads_the_last_frame() -> None:
     assert source.finished and source.next_frame() is None
 
 
+def numbered_frames(count: int) -> list[bytes]:
+    return [n.to_bytes(2, "little") * (FRAME_BYTES // 2) for n in range(count)]
+
+
 def test_queue_source_drops_the_oldest_frames_when_full_and_counts_them() -> None:
     source = QueueSource(max_frames=3)
-    frames = [bytes([n]) * FRAME_BYTES for n in range(5)]
+    assert source.next_frame() is None  # the track is taking frames: its leg is connected
+    frames = numbered_frames(5)
     for frame in frames:
         source.push(frame)
     assert source.dropped == 2
@@ -237,6 +242,56 @@ def test_queue_source_drops_the_oldest_frames_when_full_and_counts_them() -> Non
     assert source.next_frame() == frames[0]
     assert source.finished
     assert source.dropped == 2
+
+
+def test_queue_source_keeps_only_the_newest_frame_until_its_leg_connects() -> None:
+    # The business talks while the user's leg is still connecting: none of that can be heard in time, and played
+    # later it would lag everything the business says after it for the rest of the call.
+    source = QueueSource(max_frames=10)
+    frames = numbered_frames(8)
+    for frame in frames:
+        source.push(frame)
+    assert source.waiting == 1 and source.dropped == 7
+    assert source.next_frame() == frames[-1]  # the user hears the business from the moment the leg connects
+    assert source.next_frame() is None
+    later = numbered_frames(12)[8:]
+    for frame in later:
+        source.push(frame)
+    assert [source.next_frame() for _ in range(4)] == later  # connected: nothing more is dropped
+    assert source.dropped == 7
+
+
+def test_queue_source_drops_a_standing_delay_after_a_burst() -> None:
+    # A burst leaves 6 frames queued; the producer then keeps pace with the track (one frame pushed before each one
+    # taken), so those 120 ms would be heard late for good. After a whole window (50 frames taken, 1 s) in which
+    # the queue never ran shorter than 7, it is cut to the target: the frame pushed is the next one taken.
+    source = QueueSource(max_frames=10, target_frames=1, window_frames=50)
+    pushed = iter(numbered_frames(200))
+    for _ in range(50):  # one window of a quiet producer
+        source.next_frame()
+    for _ in range(6):
+        source.push(next(pushed))
+    depths = []
+    for _ in range(70):
+        source.push(next(pushed))
+        depths.append(source.waiting)
+        source.next_frame()
+    assert depths[:50] == [7] * 50  # the burst stands while the producer keeps pace
+    assert depths[50:] == [1] * 20  # then no frame waits longer than the track's own 20 ms cadence
+    assert source.dropped == 6
+
+
+def test_queue_source_keeps_every_frame_of_a_program_writing_chunks_in_real_time() -> None:
+    # 100 ms written at once every 100 ms: the queue empties before each chunk, so it holds no standing delay.
+    source = QueueSource(max_frames=25, target_frames=1, window_frames=50)
+    frames = numbered_frames(500)
+    assert source.next_frame() is None  # the leg is connected when the program starts
+    played = []
+    for chunk in range(100):
+        for frame in frames[chunk * 5 : chunk * 5 + 5]:
+            source.push(frame)
+        played += [source.next_frame() for _ in range(5)]
+    assert played == frames and source.dropped == 0
 
 
 def test_level_of_silence_is_zero_and_of_full_scale_is_one() -> None:

@@ -18,8 +18,10 @@ from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.media.leg import AudioLeg
 from wacall.media.sdp import only_sha256_fingerprint
-from wacall.media.tracks import ToneSource, level
+from wacall.media.tracks import QueueSource, ToneSource, level
 from wacall.upstreams.meta import wire as payloads
+from wacall_adapters.media_stream import MediaStreamAdapter
+from wacall_adapters.webrtc import WebRtcBridgeAdapter
 
 
 def tone_frame(rate: int, frequency: float, index: int) -> bytes:
@@ -76,6 +78,46 @@ async def test_media_stream_client_talks_and_listens_at_16_khz(wacall: Running) 
     assert updates[-1].end_reason == "ended by the media stream client"
 
 
+async def test_a_media_stream_program_that_catches_up_after_a_stall_does_not_keep_the_lag(wacall: Running) -> None:
+    # A program that stalled and then wrote 300 ms at once before going on in real time: the user would hear it
+    # 300 ms late for the rest of the call. Within two seconds the backlog is dropped (the oldest frames).
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    call = await wacall.start_call(route=pb.Route(media_stream=pb.MediaStreamRoute()))
+    await wait_until(lambda: phone_of(wacall, call), lambda p: p.state == "connected", 10)
+    session = wacall.service.calls.session(call.call_id)
+    assert session is not None and isinstance(session.adapter, MediaStreamAdapter)
+    outgoing = session.adapter.outgoing
+    requests: asyncio.Queue[pb.CallMediaRequest | None] = asyncio.Queue()
+    await requests.put(pb.CallMediaRequest(call_id=call.call_id))
+
+    async def request_stream():  # type: ignore[no-untyped-def]
+        while (item := await requests.get()) is not None:
+            yield item
+
+    async def talk() -> None:
+        for index in range(15):  # the stall's backlog, written at once
+            await requests.put(pb.CallMediaRequest(audio=tone_frame(48000, 300, index)))
+        began = asyncio.get_running_loop().time()
+        for index in range(15, 500):  # then 20 ms frames in real time
+            await requests.put(pb.CallMediaRequest(audio=tone_frame(48000, 300, index)))
+            await asyncio.sleep(max(0.0, began + (index - 14) * 0.02 - asyncio.get_running_loop().time()))
+
+    stream = wacall.calling.CallMedia(request_stream())
+    talker = asyncio.create_task(talk())
+    try:
+        await eventually(lambda: outgoing.waiting >= 10, what="the backlog queued")
+        # Cut at the end of the first whole window (50 frames taken, 1 s) that the backlog stood through.
+        await eventually(lambda: outgoing.dropped >= 10, timeout=5, what="the backlog dropped")
+        assert await standing_delay(outgoing) <= 1
+        phone = await phone_of(wacall, call)
+        assert phone.audible_frames_received > 50  # the program is heard all along
+    finally:
+        talker.cancel()
+        await asyncio.gather(talker, return_exceptions=True)
+        stream.cancel()
+
+
 async def test_call_media_refuses_calls_on_other_routes(wacall: Running) -> None:
     await wacall.grant(permanent=True)
     await wacall.phone(ring=60)
@@ -103,6 +145,40 @@ async def test_webrtc_bridge_relays_audio_between_an_aiortc_agent_and_the_user(w
         ended = await wacall.calling.EndCall(pb.EndCallRequest(call_id=call.call_id))
         assert ended.outcome == pb.CALL_OUTCOME_ANSWERED
         assert ended.media.audible_frames_received > 40  # the service relayed what it heard
+    finally:
+        await agent.close()
+
+
+async def standing_delay(queue: QueueSource, seconds: float = 1.0) -> int:
+    """The fewest frames a live queue held over `seconds` of sampling: the delay (in 20 ms frames) that every frame
+    through it suffers, whatever jitter adds on top."""
+    least = queue.max_frames
+    for _ in range(round(seconds / 0.02)):
+        least = min(least, queue.waiting)
+        await asyncio.sleep(0.02)
+    return least
+
+
+async def test_a_bridged_agent_that_connects_late_hears_the_user_without_a_backlog(wacall: Running) -> None:
+    # The user talks from pickup while the agent's softphone takes a second to apply its answer: what the user said
+    # meanwhile cannot reach the agent in time, and queued it would lag the whole conversation for good.
+    await wacall.grant(permanent=True)
+    await wacall.phone(tone_hz=880)
+    agent = AudioLeg(name="agent", source=ToneSource(300, amplitude=0.3))
+    try:
+        call = await wacall.start_call(route=pb.Route(webrtc=pb.WebRtcRoute(offer_sdp=await agent.create_offer())))
+        session = wacall.service.calls.session(call.call_id)
+        assert session is not None and isinstance(session.adapter, WebRtcBridgeAdapter)
+        bridge = session.adapter
+        await wait_until(lambda: phone_of(wacall, call), lambda p: p.state == "connected", 10)
+        await eventually(lambda: bridge.to_agent.dropped > 25, what="the user's audio arriving before the agent")
+        await agent.apply_answer(call.webrtc_answer_sdp)
+        await eventually(lambda: agent.consumer is not None and agent.consumer.audible_frames > 25, what="agent audio")
+        # Nothing waits in either direction beyond the frame due next: no standing delay through the bridge.
+        assert await standing_delay(bridge.to_agent) <= 1
+        assert await standing_delay(bridge.to_user) <= 1
+        phone = await phone_of(wacall, call)
+        assert phone.audible_frames_received > 25  # and the user hears the agent
     finally:
         await agent.close()
 

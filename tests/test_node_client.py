@@ -8,16 +8,44 @@ installs its dependencies (`make node-deps`: `npm ci --prefix clients/node`).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from tests.conftest import Running
 
-NODE_CLIENT = Path(__file__).resolve().parent.parent / "clients" / "node"
+ROOT = Path(__file__).resolve().parent.parent
+NODE_CLIENT = ROOT / "clients" / "node"
 TOKEN = "node-client-token"
+# The test file named, not the directory: from Node 21 on, --test arguments are globs, and a directory is loaded as
+# a module. The TAP reporter prints the "# pass N" / "# fail 0" summary checked below on every Node from 18 on.
+NODE_TEST = ["--test", "--test-reporter=tap", "test/client.test.js"]
+
+
+def test_npm_test_runs_what_the_suite_runs() -> None:
+    scripts = json.loads((NODE_CLIENT / "package.json").read_text())["scripts"]
+    assert shlex.split(scripts["test"]) == ["node", *NODE_TEST]
+
+
+def make_dry_run(*targets: str) -> str:
+    return subprocess.run(
+        ["make", "-n", *targets], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    ).stdout
+
+
+def test_make_unit_installs_the_node_clients_dependencies_first() -> None:
+    # A fresh clone: the lock file newer than what is installed. `make unit` (not only `make test`) installs them.
+    dry = make_dry_run("-W", "clients/node/package-lock.json", "unit")
+    assert dry.index("npm ci --prefix clients/node") < dry.index("pytest")
+
+
+def test_system_deps_installs_node_and_npm_as_root_when_missing() -> None:
+    assert "apt-get install -y -qq nodejs npm" in make_dry_run("system-deps")
 
 
 async def test_node_client_suite_passes_against_a_running_service(
@@ -30,8 +58,7 @@ async def test_node_client_suite_passes_against_a_running_service(
     # The service runs in this process's event loop: node runs beside it, without blocking the loop.
     process = await asyncio.create_subprocess_exec(
         node,
-        "--test",
-        "test/",
+        *NODE_TEST,
         cwd=NODE_CLIENT,
         env={**os.environ, "WACALL_ADDRESS": running.addresses.grpc, "WACALL_TOKEN": TOKEN},
         stdout=asyncio.subprocess.PIPE,

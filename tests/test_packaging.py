@@ -17,11 +17,14 @@ import signal
 import subprocess
 import sys
 import zipfile
+from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from packaging.requirements import Requirement
 
 from wacall.config import SCALARS
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings
@@ -110,6 +113,66 @@ def test_dockerfile_installs_the_package_that_provides_the_media_engine_the_serv
     assert essential.stdout == "yes"
 
 
+# The image's base, python:3.11-slim-bookworm: Debian 12's glibc, and no compiler in either stage.
+IMAGE_BASE = "python:3.11-slim-bookworm"
+IMAGE_GLIBC = (2, 36)
+
+
+def installed_wheel_tags(project: str) -> dict[str, list[str]]:
+    """Every distribution `project` depends on here (markers and extras evaluated), by name: the tags of the wheel
+    it was installed from (a wheel pip built here from an sdist carries a plain `linux_*` tag)."""
+    tags: dict[str, list[str]] = {}
+    pending = [Requirement(project)]
+    while pending:
+        requirement = pending.pop()
+        name = requirement.name.lower().replace("_", "-")
+        if name in tags:
+            continue
+        distribution = metadata.distribution(name)
+        wheel = distribution.read_text("WHEEL") or ""
+        tags[name] = [line.split(":", 1)[1].strip() for line in wheel.splitlines() if line.startswith("Tag:")]
+        for text in distribution.requires or []:
+            needed = Requirement(text)
+            extras = {"", *requirement.extras}
+            if needed.marker is None or any(needed.marker.evaluate({"extra": extra}) for extra in extras):
+                pending.append(needed)
+    return tags
+
+
+def source_builds(tags: Mapping[str, list[str]], python: str, glibc: tuple[int, int]) -> list[str]:
+    """The distributions no wheel on the index fits `python` on `glibc` without a compiler: none of their tags is
+    pure (`none-any`) or a CPython `manylinux` one no newer than that glibc."""
+
+    def fits(tag: str) -> bool:
+        interpreter, abi, platform = tag.split("-")
+        if platform == "any":
+            return True
+        legacy = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+        found = re.fullmatch(r"manylinux_(\d+)_(\d+)_\w+", platform)
+        needs = (int(found.group(1)), int(found.group(2))) if found else legacy.get(platform.rsplit("_", 2)[0])
+        abi_fits = abi in ("abi3", "none") or abi == python
+        return needs is not None and needs <= glibc and abi_fits and int(interpreter[2:]) <= int(python[2:])
+
+    return sorted(name for name, found in tags.items() if not any(fits(tag) for tag in found))
+
+
+def test_every_dependency_installs_from_a_wheel_the_image_base_takes_without_a_compiler() -> None:
+    """The image's build stage collects wheels with `pip wheel` on a slim base that has no compiler: each dependency
+    (the PostgreSQL driver's psycopg[binary] included) must come as a wheel for its Python and glibc. Installed
+    here from the same index for the same Python, a dependency pip had to build shows a plain linux tag."""
+    assert re.findall(r"^FROM (\S+)", DOCKERFILE, re.MULTILINE) == [IMAGE_BASE, IMAGE_BASE]
+    python = f"cp{sys.version_info.major}{sys.version_info.minor}"
+    assert IMAGE_BASE.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-")
+    tags = installed_wheel_tags("wacall")
+    ours = {"wacall", "wacall-client"}  # built in the image's first stage from our pure-Python source
+    assert {"psycopg", "psycopg-binary", "psycopg-pool", "grpcio", "aiortc"} <= set(tags)
+    assert source_builds({k: v for k, v in tags.items() if k not in ours}, python, IMAGE_GLIBC) == []
+    # And it would say so: a wheel built here, one for a newer glibc, one for another CPython.
+    built_here = {"psycopg-binary": ["cp311-cp311-linux_x86_64"], "av": ["cp311-abi3-manylinux_2_39_x86_64"],
+                  "grpcio": ["cp312-cp312-manylinux_2_17_x86_64"], "h11": ["py3-none-any"]}  # fmt: skip
+    assert source_builds(built_here, "cp311", IMAGE_GLIBC) == ["av", "grpcio", "psycopg-binary"]
+
+
 def test_dockerfile_healthcheck_is_python_that_imports_what_the_wheels_install() -> None:
     """The HEALTHCHECK's program compiles and every module it imports is installed with the service."""
     (command,) = re.findall(r"^\s+CMD (\[.+\])$", DOCKERFILE, re.MULTILINE)
@@ -121,7 +184,15 @@ def test_dockerfile_healthcheck_is_python_that_imports_what_the_wheels_install()
     assert modules, code
     for module in sorted(modules):
         assert importlib.util.find_spec(module) is not None, f"the HEALTHCHECK imports {module}, which is not installed"
-    assert "127.0.0.1:50051" in code and DOCKERFILE.count("WACALL_GRPC_ADDRESS=0.0.0.0:50051") == 1
+    http_port = dict(re.findall(r"(WACALL_[A-Z_]+)=(\S+)", DOCKERFILE))["WACALL_HTTP_ADDRESS"].rsplit(":", 1)[1]
+    assert f"'http://127.0.0.1:{http_port}/readyz'" in code  # the image's HTTP address, where readiness answers
+
+
+def healthcheck_program(http_address: str) -> str:
+    """The HEALTHCHECK's Python, asking `http_address` instead of the image's."""
+    (command,) = re.findall(r"^\s+CMD (\[.+\])$", DOCKERFILE, re.MULTILINE)
+    code: str = json.loads(command)[-1]
+    return re.sub(r"127\.0\.0\.1:\d+", http_address, code)
 
 
 async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
@@ -156,6 +227,14 @@ async def test_service_starts_from_the_wheels_alone_with_the_image_environment(
         assert (data / "wacall.db").exists()
         assert str(data) in banner
         assert re.search(r"sip_tcp=127\.0\.0\.1:\d+ sip_udp=127\.0\.0\.1:\d+ ", banner), banner  # the image's SIP
+        http = re.search(r"http=(\S+)", banner)
+        assert http, banner
+        # The image's HEALTHCHECK passes against the running service (its /readyz answers 200).
+        check = [sys.executable, "-c", healthcheck_program(http.group(1))]
+        healthy = subprocess.run(check, capture_output=True, text=True, timeout=30)
+        assert healthy.returncode == 0, healthy.stderr
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=15) == 0
+    # And fails once nothing answers there.
+    assert subprocess.run(check, capture_output=True, timeout=30).returncode != 0

@@ -9,6 +9,7 @@ import asyncio
 import multiprocessing
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -27,7 +28,7 @@ from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
 
 from wacall.numbers import parse_number
-from wacall.rules.engine import Ledger, PermissionState
+from wacall.rules.engine import Ledger, PermissionState, Restriction
 from wacall.store import (
     SCHEMA_VERSION,
     CallInProgress,
@@ -118,6 +119,40 @@ async def test_two_processes_deciding_for_one_pair_at_once_use_its_limit_exactly
     assert sum(granted) == 1
     with psycopg.connect(database) as db:
         assert db.execute("SELECT count(*) FROM events").fetchone() == (1,)
+
+
+async def test_decisions_for_two_pairs_of_one_business_do_not_wait_for_each_other_but_a_pause_waits_for_them(
+    stores: Callable[[], Store],
+) -> None:
+    """Every decision reads its business's pause: a shared lock, so one business's decisions run side by side. A
+    pause being written takes it exclusively: it waits until the decisions that read the old one have committed."""
+    holding, other, pausing = stores(), stores(), stores()
+    read, release = threading.Event(), threading.Event()
+
+    def decide_and_hold(tx: Tx) -> bool:
+        tx.restriction(PAIR.business)
+        decided = request_once(tx, PAIR)
+        read.set()
+        release.wait(10)
+        return decided
+
+    held = asyncio.ensure_future(holding.transaction(decide_and_hold))
+    try:
+        assert await asyncio.to_thread(read.wait, 5)
+        # Another pair of the same business is decided while the first decision is still open.
+        assert await asyncio.wait_for(
+            other.transaction(lambda tx: (tx.restriction(OTHER.business), request_once(tx, OTHER))[1]), 10
+        )
+        pause = asyncio.ensure_future(
+            pausing.transaction(lambda tx: tx.save_restriction(PAIR.business, Restriction(None), AT))
+        )
+        await asyncio.sleep(0.5)
+        assert not pause.done()  # waits for the decision that read "no pause"
+    finally:
+        release.set()
+    assert await held
+    await asyncio.wait_for(pause, 10)
+    assert await other.transaction(lambda tx: tx.restriction(PAIR.business)) == Restriction(None)
 
 
 async def test_one_active_call_per_pair_holds_across_stores(stores: Callable[[], Store]) -> None:
@@ -327,8 +362,15 @@ async def test_while_postgresql_is_down_rpcs_are_unavailable_webhooks_503_and_th
     assert platform is not None
     account = platform.provision(parse_number(PAIR.business))
     now = await on_postgres.now()
+    watch = on_postgres.calling.WatchEvents(pb.WatchEventsRequest(), metadata=on_postgres.metadata, timeout=120)
+    assert isinstance(await watch.read(), pb.Event)  # the stream is open and reading the ledger
     postgres_server.stop()
     try:
+        # A stream that needs the ledger ends UNAVAILABLE too (never UNKNOWN), at its next read of the store.
+        with pytest.raises(grpc.aio.AioRpcError) as watch_ended:
+            while True:
+                assert await asyncio.wait_for(watch.read(), 30) is not grpc.aio.EOF
+        assert watch_ended.value.code() == grpc.StatusCode.UNAVAILABLE
         error = await refused(on_postgres.calling.GetPermission(
             pb.GetPermissionRequest(business_number=PAIR.business, user_number=USER),
             metadata=on_postgres.metadata, timeout=20,

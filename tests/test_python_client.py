@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Iterator
@@ -19,8 +20,11 @@ from typing import Any, TypeVar
 import certifi
 import grpc
 import pytest
-from wacall_client import Client, SyncClient, WacallError
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from wacall_client import Client, ErrorDetails, SyncClient, WacallError
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
+from wacall_client.testing.v1 import clock_pb2
 from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import contact_center_model_pb2 as model
 from wacall_client.v1 import contact_center_pb2 as cc
@@ -295,3 +299,87 @@ async def test_tls_options_make_the_client_speak_tls(make_service: Callable[...,
         assert refused.value.code is grpc.StatusCode.UNAVAILABLE, options
     async with Client(address, timeout=5) as plain:
         assert (await plain.get_policy()).name == "seed"
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+async def test_every_rpc_of_every_service_has_a_method_on_both_clients() -> None:
+    # The clients are written by hand (the sync one generated from the async one): this catches an RPC added to a
+    # proto without its method.
+    services = [
+        (pb.DESCRIPTOR.services_by_name["CallingService"], lambda c: c),
+        (cc.DESCRIPTOR.services_by_name["ContactCenterService"], lambda c: c.contact_center),
+        (sim_pb.DESCRIPTOR.services_by_name["SimulatorService"], lambda c: c.simulator),
+        (clock_pb2.DESCRIPTOR.services_by_name["ClockService"], lambda c: c.clock),
+    ]
+    async with Client("127.0.0.1:1") as async_client:
+        sync_client = SyncClient("127.0.0.1:1")
+        try:
+            missing = [
+                f"{type(client).__name__}: {service.full_name}.{method.name}"
+                for service, part in services
+                for method in service.methods
+                for client in (async_client, sync_client)
+                if not callable(getattr(part(client), snake_case(method.name), None))
+            ]
+        finally:
+            sync_client.close()
+    assert missing == []
+
+
+@pytest.fixture
+async def rewriting_proxy() -> AsyncIterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A server answering GetPolicy with an error whose details trailer is set by the test: corrupt, or a Status
+    whose code and message differ from the call's (as behind a proxy that rewrites grpc-message)."""
+    trailer: list[tuple[str, bytes]] = []
+
+    async def get_policy(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        await context.abort(
+            grpc.StatusCode.FAILED_PRECONDITION, "rewritten by a proxy", trailing_metadata=tuple(trailer)
+        )
+        raise AssertionError("abort raises")
+
+    handler = grpc.method_handlers_generic_handler(
+        "wacall.v1.CallingService", {"GetPolicy": grpc.unary_unary_rpc_method_handler(get_policy)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", trailer
+    await server.stop(0)
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_an_unreadable_or_rewritten_details_trailer_still_raises_wacall_error(
+    rewriting_proxy: tuple[str, list[tuple[str, bytes]]], kind: str
+) -> None:
+    address, trailer = rewriting_proxy
+
+    async def get_policy() -> WacallError:
+        if kind == "async":
+            async with Client(address, timeout=5) as wacall:
+                with pytest.raises(WacallError) as caught:
+                    await wacall.get_policy()
+            return caught.value
+        sync = SyncClient(address, timeout=5)
+        try:
+            with pytest.raises(WacallError) as caught_sync:
+                await asyncio.to_thread(sync.get_policy)
+            return caught_sync.value
+        finally:
+            sync.close()
+
+    trailer[:] = [("grpc-status-details-bin", b"\xff\xff")]
+    corrupt = await get_policy()
+    assert corrupt.code is grpc.StatusCode.FAILED_PRECONDITION and corrupt.message == "rewritten by a proxy"
+    assert corrupt.details == ErrorDetails()
+    info = any_pb2.Any()
+    info.Pack(error_details_pb2.ErrorInfo(reason="NO_PERMISSION", domain="wacall"))
+    status = status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message="the original", details=[info])
+    trailer[:] = [("grpc-status-details-bin", status.SerializeToString())]
+    rewritten = await get_policy()
+    assert rewritten.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert rewritten.details.reason == "NO_PERMISSION"  # the details the service sent are still read

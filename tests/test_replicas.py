@@ -366,6 +366,40 @@ async def test_call_media_through_a_replica_that_does_not_own_the_call_is_proxie
     owner.process.stop()
 
 
+async def test_the_user_hanging_up_reaches_an_owner_that_receives_no_webhooks_and_it_releases_the_media(
+    cluster: Cluster, stubs: Stubs
+) -> None:
+    owner = cluster.replica("replica-e")  # not on the simulator's webhook list: it learns of the end from the store
+    user = "+34612340007"
+    await stubs.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(
+            user_number=user, on_call=sim_pb.ANSWER, ring_duration=duration(0), talk_duration=duration(0), tone_hz=330
+        )
+    )
+    await grant(stubs, user)
+    talking = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(600),
+                                                         max_duration=duration(600)))  # fmt: skip
+    async with grpc.aio.insecure_channel(owner.grpc) as channel:
+        owners = calling_pb2_grpc.CallingServiceStub(channel)
+        call = await owners.StartCall(
+            pb.StartCallRequest(business_number=BUSINESS, user_number=user, route=talking), timeout=DEADLINE
+        )
+        live = await wait_until(partial(get_call, owners, call.call_id), lambda c: c.media.frames_received > 25,
+                                timeout=20)  # fmt: skip
+        await stubs.sim.HangUp(sim_pb.HangUpRequest(platform_call_id=live.platform_call_id))
+        # The terminate webhook lands on another replica; the owner closes the call's media and stores what it
+        # carried (only the owner knows it), which every replica then reads.
+        ended = await wait_until(
+            partial(get_call, stubs.a, call.call_id),
+            lambda c: c.state == pb.CALL_STATE_ENDED and c.media.frames_received > 0,
+            timeout=10,
+        )
+        assert ended.outcome == pb.CALL_OUTCOME_ANSWERED and ended.end_reason.startswith("ended by the platform")
+        assert ended.media.frames_received >= live.media.frames_received
+        assert ended.media.frames_sent > 25  # the announcement played until the user hung up
+    owner.process.stop()
+
+
 async def test_a_killed_owners_call_is_refused_until_its_lease_ends_then_ended_while_a_living_owners_call_stays(
     cluster: Cluster, stubs: Stubs
 ) -> None:
@@ -444,6 +478,21 @@ async def test_a_postgresql_restart_mid_load_gives_unavailable_and_503_then_reco
     cluster: Cluster, stubs: Stubs
 ) -> None:
     config = await stubs.sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+    # A live call across the outage: every lease runs out while the database is down, and its owner, alive, must
+    # keep it (other replicas wait a lease after the database is back before ending anybody's calls).
+    user = "+34612340006"
+    await stubs.sim.SetUserBehavior(
+        sim_pb.SetUserBehaviorRequest(
+            user_number=user, on_call=sim_pb.ANSWER, ring_duration=duration(0), talk_duration=duration(0), tone_hz=330
+        )
+    )
+    await grant(stubs, user)
+    talking = pb.Route(announcement=pb.AnnouncementRoute(tone_hz=440, tone_duration=duration(600),
+                                                         max_duration=duration(600)))  # fmt: skip
+    live = await stubs.a.StartCall(
+        pb.StartCallRequest(business_number=BUSINESS, user_number=user, route=talking), timeout=DEADLINE
+    )
+    await wait_until(partial(get_call, stubs.a, live.call_id), lambda c: c.media.frames_received > 0, timeout=20)
     business = await stubs.sim.ProvisionBusiness(sim_pb.ProvisionBusinessRequest(business_number=BUSINESS))
     account = MetaAccount(BUSINESS, business.phone_number_id, business.waba_id, config.access_token,
                           config.app_secret)  # fmt: skip
@@ -479,7 +528,8 @@ async def test_a_postgresql_restart_mid_load_gives_unavailable_and_503_then_reco
     async with httpx.AsyncClient(timeout=DEADLINE) as http:
         await asyncio.sleep(1.0)
         phase = "during"
-        cluster.postgres.stop()
+        # pg_ctl waits for the server: off the test's event loop, whose clients time their RPCs meanwhile.
+        await asyncio.to_thread(cluster.postgres.stop)
         await asyncio.sleep(3.0)
         # A webhook while the database is down: 503 from either replica, so the platform delivers it again later.
         body = json.dumps(wire.text_message(account, "34612499999", "wamid.restart", datetime.now(UTC), "hello"))
@@ -491,7 +541,7 @@ async def test_a_postgresql_restart_mid_load_gives_unavailable_and_503_then_reco
                          SIGNATURE_HEADER: sign(config.app_secret.encode(), body.encode())},
             )  # fmt: skip
             assert response.status_code == 503, response.text
-        cluster.postgres.start()
+        await asyncio.to_thread(cluster.postgres.start)
         phase = "after"
         await wait_until(lambda: asyncio.sleep(0.2, by_phase["after"]), lambda c: c[grpc.StatusCode.OK] >= 20,
                          timeout=60)  # fmt: skip
@@ -515,6 +565,15 @@ async def test_a_postgresql_restart_mid_load_gives_unavailable_and_503_then_reco
                                           timeout=DEADLINE)  # fmt: skip
         sent = [e.attributes["message_id"] for e in events.events if e.kind == pb.EVENT_KIND_PERMISSION_REQUEST_SENT]
         assert sent == [message_id], (user, sent)
+    # The living owner's call was never touched: several lease periods after the database came back it is up,
+    # its audio flowing.
+    before = await get_call(stubs.a, live.call_id)
+    await asyncio.sleep(2 * LEASE_SECONDS)
+    after = await get_call(stubs.a, live.call_id)
+    for view in (before, after, await get_call(stubs.b, live.call_id)):
+        assert view.state == pb.CALL_STATE_CONNECTED and not view.end_reason, view
+    assert after.media.frames_received - before.media.frames_received >= 2 * LEASE_SECONDS * 40
+    await stubs.b.EndCall(pb.EndCallRequest(call_id=live.call_id), timeout=DEADLINE)
     # Both replicas still serve, unrestarted.
     for replica in (cluster.a, cluster.b):
         assert replica.process.proc.poll() is None

@@ -95,19 +95,38 @@ def processes() -> Iterator[list[Process]]:
             process.proc.wait()
 
 
-def simulate(started: list[Process], tmp: Path, *urls: str, extra: tuple[str, ...] = ()) -> Process:
-    args = ["simulate", "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0", "--media-dir", str(tmp)]
+def simulate(
+    started: list[Process],
+    tmp: Path,
+    *urls: str,
+    extra: tuple[str, ...] = (),
+    state: bool = True,
+    grpc_address: str = "127.0.0.1:0",
+    http_address: str = "127.0.0.1:0",
+) -> Process:
+    args = ["simulate", "--grpc-address", grpc_address, "--http-address", http_address, "--media-dir", str(tmp)]
     for url in urls:
         args += ["--webhook-url", url]
-    process = start(*args, "--sim-state", str(tmp / "sim.json"), *extra)
+    if state:
+        args += ["--sim-state", str(tmp / "sim.json")]
+    process = start(*args, *extra)
     started.append(process)
     return process
 
 
-def replica(started: list[Process], tmp: Path, sim_address: str, http_port: int, name: str = "a") -> Process:
+def replica(
+    started: list[Process],
+    tmp: Path,
+    sim_address: str,
+    http_port: int,
+    name: str = "a",
+    extra: tuple[str, ...] = (),
+    grpc_address: str = "127.0.0.1:0",
+) -> Process:
     process = start(
         "serve",
-        "--grpc-address", "127.0.0.1:0",
+        *extra,
+        "--grpc-address", grpc_address,
         "--http-address", f"127.0.0.1:{http_port}",
         "--db", f"sqlite:///{tmp / f'{name}.db'}",
         "--sim-address", sim_address,
@@ -215,8 +234,12 @@ async def test_a_call_placed_by_the_replica_is_answered_by_the_simulators_phone_
         assert ended.outcome == pb.CALL_OUTCOME_ANSWERED
         # The user's voice reached the replica, and the announcement reached the user's phone.
         assert ended.media.audible_frames_received > 25
-        phone = await sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=ended.platform_call_id))
-        assert phone.state == "ended" and phone.answered_at.seconds > 0
+        # The phone hangs up as the simulator handles the service's terminate: a moment after the service's end.
+        phone = await wait_until(
+            lambda: sim.GetPhoneCall(sim_pb.GetPhoneCallRequest(platform_call_id=ended.platform_call_id)),
+            lambda p: p.state == "ended",
+        )
+        assert phone.answered_at.seconds > 0
         assert phone.audible_frames_received > 25 and phone.frames_sent > 25
 
 
@@ -330,6 +353,8 @@ async def test_sim_state_survives_a_restart_of_the_simulator(processes: list[Pro
         behavior = await sim.GetUserBehavior(sim_pb.GetUserBehaviorRequest(user_number=user))
         assert (behavior.on_permission_request, behavior.wa_id) == (sim_pb.REJECT, "34612345603")
         after = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+        # The account provisioned by the first run is still listed.
+        assert [a.business_number for a in after.accounts] == [BUSINESS]
         # The secret the replicas verify signatures with, and the templates approved, are the same after a restart.
         assert (after.app_secret, after.access_token) == (before.app_secret, before.access_token)
         assert after.graph_base_url == "http://simulator:8081/v23.0"
@@ -371,8 +396,18 @@ def test_simulate_refuses_settings_that_cannot_work() -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([str(BIN / "wacall"), "simulate", *args], capture_output=True, text=True, timeout=60)
 
+    shown = run("--help")
+    # The one rule round-robin depends on, where an operator reads it.
+    assert "The URLs of one group must be replicas of one service on one database" in " ".join(shown.stdout.split())
     missing = run("--grpc-address", "127.0.0.1:0")
-    assert missing.returncode == 2 and "--webhook-url is required" in missing.stderr
+    assert missing.returncode == 2 and "--webhook-url (or --webhook-route) is required" in missing.stderr
+    bad_route = run("--webhook-route", "http://127.0.0.1:1/webhooks/whatsapp")
+    assert bad_route.returncode == 2 and "is not NUMBER=URL[,URL...]" in bad_route.stderr
+    bad_route_number = run("--webhook-route", "12=http://127.0.0.1:1/webhooks/whatsapp")
+    assert bad_route_number.returncode == 2 and "--webhook-route '12=" in bad_route_number.stderr
+    twice = f"{BUSINESS}=http://127.0.0.1:1/webhooks/whatsapp"
+    routed_twice = run("--webhook-route", twice, "--webhook-route", twice)
+    assert routed_twice.returncode == 2 and "routed twice" in routed_twice.stderr
     bad_url = run("--webhook-url", "ftp://x/webhooks")
     assert bad_url.returncode == 2 and "is not an http(s) URL" in bad_url.stderr
     bad_graph = run("--webhook-url", "http://127.0.0.1:1/webhooks/whatsapp", "--graph-base-url", "http://sim:8081")
@@ -530,3 +565,180 @@ def test_a_services_view_of_the_simulators_config_is_checked() -> None:
     other_ids.accounts[0].phone_number_id = "999"
     with pytest.raises(SimulatorUnreachable, match="by ids this service does not derive"):
         remote_platform("sim:50052", other_ids)
+
+
+def stopped_stderr(process: Process) -> str:
+    assert process.stop() == 0
+    assert process.proc.stderr is not None
+    return process.proc.stderr.read()
+
+
+async def count_messages(channel: grpc.aio.Channel) -> int:
+    events = await calling_stub(channel).ListEvents(pb.ListEventsRequest(business_number=BUSINESS))
+    return sum(e.kind == pb.EVENT_KIND_USER_MESSAGE_RECEIVED for e in events.events)
+
+
+async def test_two_stacks_on_their_own_databases_each_get_only_their_business_numbers_webhooks(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    ports = free_port(), free_port(), free_port()
+    other = "+447911123457"
+    simulator = simulate(
+        processes,
+        tmp_path,
+        webhook_url(ports[1]),  # stack B: the default group
+        extra=("--webhook-route", f"{BUSINESS}={webhook_url(ports[0])}"),  # stack A: BUSINESS only
+    )
+    assert f"route={BUSINESS}={webhook_url(ports[0])}" in simulator.banner
+    stack_a = replica(processes, tmp_path, simulator.field("grpc"), ports[0], name="a")
+    stack_b = replica(processes, tmp_path, simulator.field("grpc"), ports[1], name="b")
+    # A third service whose URL the simulator does not list: it says so at start-up.
+    unlisted = replica(processes, tmp_path, simulator.field("grpc"), ports[2], name="c")
+    async with (
+        grpc.aio.insecure_channel(simulator.field("grpc")) as sim_channel,
+        grpc.aio.insecure_channel(stack_a.field("grpc")) as a,
+        grpc.aio.insecure_channel(stack_b.field("grpc")) as b,
+    ):
+        sim = sim_stub(sim_channel)
+        config = await sim.GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+        assert [(r.business_number, list(r.urls)) for r in config.webhook_routes] == [
+            (BUSINESS, [webhook_url(ports[0])])
+        ]
+        for index in range(4):
+            for business in (BUSINESS, other):
+                await sim.SendUserMessage(
+                    sim_pb.SendUserMessageRequest(business_number=business, user_number=f"+3461234563{index}")
+                )
+        assert await count_messages(a) == 4  # every one of its number's, none of them lost to stack B
+        assert await count_messages(b) == 0
+        events_b = await calling_stub(b).ListEvents(pb.ListEventsRequest(business_number=other))
+        assert sum(e.kind == pb.EVENT_KIND_USER_MESSAGE_RECEIVED for e in events_b.events) == 4
+    warning = "none of which is this service's"
+    assert warning in stopped_stderr(unlisted)
+    assert warning not in stopped_stderr(stack_a)
+
+
+async def test_a_simulator_restarted_without_state_or_with_another_secret_is_followed_without_a_restart(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    http_port, grpc_port, graph_port = free_port(), free_port(), free_port()
+    addresses = {"grpc_address": f"127.0.0.1:{grpc_port}", "http_address": f"127.0.0.1:{graph_port}"}
+    first = simulate(processes, tmp_path, webhook_url(http_port), state=False, **addresses)
+    service = replica(processes, tmp_path, first.field("grpc"), http_port)
+    user = "+34612345640"
+    async with grpc.aio.insecure_channel(service.field("grpc")) as channel:
+        calling = calling_stub(channel)
+
+        async def round_trip(expected: int) -> None:
+            async with grpc.aio.insecure_channel(first.field("grpc")) as sim_channel:
+                sim = sim_stub(sim_channel)
+                await sim.SendUserMessage(sim_pb.SendUserMessageRequest(business_number=BUSINESS, user_number=user))
+            await wait_until(lambda: count_messages(channel), lambda count: count == expected, timeout=20)
+
+        await round_trip(1)
+        # Restarted with nothing kept: the same development secret and token, so nothing breaks.
+        assert first.stop() == 0
+        second = simulate(processes, tmp_path, webhook_url(http_port), state=False, **addresses)
+        await round_trip(2)
+        sent = await calling.RequestPermission(pb.RequestPermissionRequest(business_number=BUSINESS, user_number=user))
+        assert sent.message_id
+        # Restarted with another secret (and so another token): the first webhook fails the signature check, the
+        # service asks for the new configuration, and the simulator's retry gets through.
+        assert second.stop() == 0
+        simulate(
+            processes, tmp_path, webhook_url(http_port), state=False, extra=("--app-secret", "rotated"), **addresses
+        )
+        await round_trip(3)
+        # The Graph accepts the service's new token.
+        permission = await calling.GetPermission(pb.GetPermissionRequest(business_number=BUSINESS, user_number=user))
+        assert permission.state == pb.PERMISSION_STATE_REQUESTED
+        other = "+34612345641"
+        async with grpc.aio.insecure_channel(first.field("grpc")) as sim_channel:
+            await sim_stub(sim_channel).SendUserMessage(
+                sim_pb.SendUserMessageRequest(business_number=BUSINESS, user_number=other)
+            )
+        await wait_until(lambda: count_messages(channel), lambda count: count == 4, timeout=20)
+        again = await calling.RequestPermission(
+            pb.RequestPermissionRequest(business_number=BUSINESS, user_number=other)
+        )
+        assert again.message_id
+        # Another secret again, and this time the Graph is the first to notice: the refused token makes the service
+        # ask for the new configuration, and a later request goes through.
+        assert processes[-1].stop() == 0
+        simulate(processes, tmp_path, webhook_url(http_port), state=False, extra=("--app-secret", "again"), **addresses)
+        third = "+34612345642"
+        outcomes: list[str] = []
+        for attempt in range(40):
+            try:
+                request = pb.RequestPermissionRequest(
+                    business_number=BUSINESS, user_number=third, idempotency_key=f"graph-{attempt}"
+                )
+                outcomes.append((await calling.RequestPermission(request)).message_id)
+                break
+            except grpc.aio.AioRpcError as error:
+                outcomes.append(error.details() or "")
+                await asyncio.sleep(0.5)
+        assert outcomes[-1].startswith("wamid."), outcomes
+        assert len(outcomes) > 1, "the first request after the change was refused: the Graph noticed"
+
+
+async def test_a_simulator_with_an_auth_token_refuses_calls_without_it_and_serve_sends_it(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    http_port = free_port()
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), extra=("--auth-token", "sim-secret-token"))
+    async with grpc.aio.insecure_channel(simulator.field("grpc")) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await sim_stub(channel).GetPlatformConfig(sim_pb.GetPlatformConfigRequest())
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        config = await sim_stub(channel).GetPlatformConfig(
+            sim_pb.GetPlatformConfigRequest(), metadata=(("authorization", "Bearer sim-secret-token"),)
+        )
+        assert config.app_secret
+    # serve sends the token it is given (--sim-auth-token) and starts; without it, it cannot use the simulator.
+    service = replica(
+        processes, tmp_path, simulator.field("grpc"), http_port, extra=("--sim-auth-token", "sim-secret-token")
+    )
+    assert service.field("grpc")
+    without = subprocess.run(
+        [str(BIN / "wacall"), "serve", "--grpc-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0",
+         "--db", f"sqlite:///{tmp_path / 'w.db'}", "--sim-address", simulator.field("grpc"), "--rtpengine", "off"],
+        capture_output=True, text=True, timeout=STARTUP,
+    )  # fmt: skip
+    assert without.returncode == 1 and "UNAUTHENTICATED" in without.stderr
+
+
+def test_simulate_warns_loudly_when_it_listens_off_loopback_without_a_token(
+    processes: list[Process], tmp_path: Path
+) -> None:
+    url = webhook_url(free_port())
+    exposed = simulate(processes, tmp_path, url, state=False, grpc_address="0.0.0.0:0")
+    assert "with no --auth-token: anyone who reaches it can read the app secret" in stopped_stderr(exposed)
+    guarded = simulate(processes, tmp_path, url, state=False, grpc_address="0.0.0.0:0", extra=("--auth-token", "t"))
+    on_loopback = simulate(processes, tmp_path, url, state=False)
+    assert "--auth-token" not in stopped_stderr(guarded) + stopped_stderr(on_loopback)
+
+
+async def test_ipv6_grpc_addresses_work_for_simulate_and_serve(processes: list[Process], tmp_path: Path) -> None:
+    http_port = free_port()
+    simulator = simulate(processes, tmp_path, webhook_url(http_port), grpc_address="[::1]:0")
+    assert simulator.field("grpc").startswith("[::1]:")
+    service = replica(processes, tmp_path, simulator.field("grpc"), http_port, grpc_address="[::1]:0")
+    assert service.field("grpc").startswith("[::1]:")
+    async with grpc.aio.insecure_channel(service.field("grpc")) as channel:
+        policy = await calling_stub(channel).GetPolicy(pb.GetPolicyRequest())
+        assert policy.name == "seed"
+
+
+def test_a_grpc_address_that_cannot_be_bound_reports_grpcs_own_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        result = subprocess.run(
+            [str(BIN / "wacall"), "simulate", "--grpc-address", address, "--http-address", "127.0.0.1:0",
+             "--webhook-url", webhook_url(1)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"--grpc-address {address}: cannot listen: Failed to bind to address {address}" in result.stderr

@@ -31,6 +31,7 @@ from wacall.store import (
     Reservation,
     Store,
     StoredCall,
+    StoreError,
     Tx,
     open_store,
     to_micros,
@@ -190,6 +191,100 @@ async def test_concurrent_read_then_write_transactions_from_several_stores_lose_
 
     await asyncio.gather(*(s.transaction(count_a_missed_call) for s in stores for _ in range(rounds)))
     assert (await stores[0].transaction(lambda tx: tx.ledger(PAIR))).consecutive_unanswered == 3 * rounds
+
+
+async def test_transactions_that_fail_among_concurrent_ones_keep_nothing_and_the_others_commit(store: Store) -> None:
+    # However a backend groups concurrent transactions (SQLite commits many in one), each stands alone.
+    def write(n: int) -> Callable[[Tx], int]:
+        def fn(tx: Tx) -> int:
+            tx.save_setting(f"n{n}", str(n))
+            cursor = tx.append(event(n=str(n)))
+            if n % 3 == 0:
+                raise Boom(n)
+            return cursor
+
+        return fn
+
+    results = await asyncio.gather(*(store.transaction(write(n)) for n in range(30)), return_exceptions=True)
+    failed = [n for n, r in enumerate(results) if isinstance(r, Boom)]
+    assert failed == list(range(0, 30, 3)) and all(r.args == (n,) for n, r in enumerate(results) if n in failed)
+    kept = await store.events_after(0)
+    assert sorted(int(e.attributes["n"]) for e in kept) == [n for n in range(30) if n % 3]
+    assert sorted(e.cursor for e in kept) == sorted(r for r in results if isinstance(r, int))
+    settings = await store.read(lambda tx: [tx.setting(f"n{n}") for n in range(30)])
+    assert settings == [None if n % 3 == 0 else str(n) for n in range(30)]
+
+
+# --- reads: one snapshot, no write lock -------------------------------------------------------------------------------
+
+
+async def test_a_read_sees_every_commit_acknowledged_before_it_from_any_store(backend: Backend) -> None:
+    writer, reader = backend.open(), backend.open()
+    assert await reader.read(lambda tx: (tx.ledger(PAIR), tx.setting("answer"))) == (Ledger(), None)
+    ledger = Ledger(state=PermissionState.PERMANENT, state_changed_at=AT)
+    for store in (writer, reader):
+        await store.transaction(lambda tx: (tx.save_ledger(PAIR, ledger, AT), tx.save_setting("answer", "42")))
+        assert await reader.read(lambda tx: (tx.ledger(PAIR), tx.setting("answer"))) == (ledger, "42")
+        assert await writer.read(lambda tx: tx.ledger(PAIR)) == ledger
+
+
+async def test_a_read_sees_one_snapshot_while_another_store_commits_during_it(backend: Backend) -> None:
+    writer = backend.open()
+    await writer.transaction(lambda tx: (tx.save_setting("n", "1"), tx.append(event(n="1"))))
+    first_read, committed = threading.Event(), threading.Event()
+
+    def look_twice(tx: Tx) -> tuple[str | None, str | None, datetime | None]:
+        before = tx.setting("n")
+        first_read.set()
+        assert committed.wait(10)
+        return before, tx.setting("n"), tx.latest_recorded_at()
+
+    def read_in_another_thread() -> tuple[str | None, str | None, datetime | None]:
+        # Its own thread and loop: the read may block its caller's thread, and the writer must go on meanwhile.
+        async def read() -> tuple[str | None, str | None, datetime | None]:
+            reader = open_store(backend.url)
+            try:
+                return await reader.read(look_twice)
+            finally:
+                await reader.close()
+
+        return asyncio.run(read())
+
+    reading = asyncio.ensure_future(asyncio.to_thread(read_in_another_thread))
+    try:
+        assert await asyncio.to_thread(first_read.wait, 10)
+        later = AT + timedelta(hours=1)
+        await writer.transaction(lambda tx: (tx.save_setting("n", "2"), tx.append(event(n="2", at=later))))
+    finally:
+        committed.set()
+    assert await reading == ("1", "1", AT)  # neither the setting nor the event of the commit made during the read
+    assert await writer.read(lambda tx: (tx.setting("n"), tx.latest_recorded_at())) == ("2", later)
+
+
+async def test_a_read_that_writes_fails_and_keeps_nothing(store: Store) -> None:
+    ticket = store.changes.ticket()
+
+    def sneak_a_write(tx: Tx) -> None:
+        tx.save_setting("sneaked", "yes")
+
+    with pytest.raises(StoreError):
+        await store.read(sneak_a_write)
+    with pytest.raises(StoreError):
+        await store.read(lambda tx: tx.append(event()))
+    await settle()
+    assert not ticket.is_set() and await store.events_after(0) == []
+    assert await store.transaction(lambda tx: tx.setting("sneaked")) is None
+
+
+async def test_a_read_raising_passes_its_exception_on_and_the_store_reads_on(store: Store) -> None:
+    def fail(tx: Tx) -> None:
+        tx.ledger(PAIR)
+        raise Boom
+
+    with pytest.raises(Boom):
+        await store.read(fail)
+    await store.transaction(lambda tx: tx.save_setting("after", "ok"))
+    assert await store.read(lambda tx: tx.setting("after")) == "ok"
 
 
 # --- the ledger, settings, restrictions ----------------------------------------------------------------------------
@@ -755,6 +850,8 @@ async def test_an_expired_call_is_claimed_by_exactly_one_of_several_stores(backe
 
 # --- the replica registry --------------------------------------------------------------------------------------------
 
+LATER = timedelta(seconds=15)
+
 
 async def test_a_replica_is_found_by_instance_and_its_latest_address_and_heartbeat_replace_the_earlier(
     backend: Backend,
@@ -768,6 +865,17 @@ async def test_a_replica_is_found_by_instance_and_its_latest_address_and_heartbe
     # Another store (another process) reads what the last save wrote, to the microsecond; the others stay.
     assert await first.transaction(lambda tx: tx.replica("host-a/1")) == renewed
     assert await second.transaction(lambda tx: tx.replica("host-b/2")) == Replica("host-b/2", "10.0.0.2:50051", AT)
+
+
+async def test_replicas_whose_heartbeat_expired_before_a_time_are_forgotten(store: Store) -> None:
+    def record(tx: Tx) -> None:
+        for index, expires in enumerate((AT - timedelta(hours=2), AT - timedelta(microseconds=1), AT, AT + LATER)):
+            tx.save_replica(Replica(f"host/{index}", f"10.0.0.{index}:50051", expires))
+
+    await store.transaction(record)
+    assert await store.transaction(lambda tx: tx.forget_replicas(AT)) == 2
+    kept = await store.transaction(lambda tx: [tx.replica(f"host/{index}") for index in range(4)])
+    assert [r.instance if r else None for r in kept] == [None, None, "host/2", "host/3"]
 
 
 async def test_a_replica_saved_in_a_transaction_that_raises_is_not_kept(store: Store) -> None:

@@ -44,7 +44,7 @@ class AudioStream(Protocol):
         ...
 
     def send(self, frame: bytes) -> None:
-        """A frame for the user (the oldest are dropped when the program runs ahead of real time)."""
+        """A frame for the user (audio written ahead of real time is dropped, the oldest first: see QueueSource)."""
         ...
 
 

@@ -1,8 +1,12 @@
 """`media_stream`: a program speaks with the user over the CallMedia gRPC stream (20 ms PCM16 frames both ways).
 
-The service side only buffers: frames from the program go into a bounded queue the WhatsApp leg plays from
-(silence when the program is quiet, oldest frames dropped when it runs ahead, so audio never falls behind real
-time); frames from the user go to every attached listener's bounded queue.
+The service side only buffers: frames from the program go into a latency-aware queue the WhatsApp leg plays from
+(`QueueSource`): silence when the program is quiet; before the leg connects only the newest frame is kept; a
+backlog that stands for a whole second (a program catching up after a stall) is dropped down to the frame due next;
+at most 500 ms wait at once, the oldest dropped beyond that. A program that writes 20 ms frames in real time, or
+chunks of up to 500 ms in real time, loses nothing; one that writes ahead of real time loses the oldest audio, so
+the user never hears the program later than it speaks. Frames from the user go to every attached listener's
+bounded queue.
 """
 
 from __future__ import annotations

@@ -4,7 +4,9 @@ Bridge mode (default): when a media engine (rtpengine) runs, the agent's offer g
 there: packets are relayed without decoding, no audio through the service (wacall.media.engine_leg). Without an
 engine the service answers the agent's offer with a second aiortc leg and relays audio both ways; that works with
 any peer (any codec set) and the service can measure the audio, at the price of an Opus decode and encode per
-direction per call (MEDIA-2).
+direction per call (MEDIA-2). Each direction plays from a latency-aware `QueueSource`: audio one side sends before
+the other's leg connects is not kept (only the newest frame), and a backlog left by a burst is dropped, so the
+bridge adds no standing delay.
 
 Passthrough mode: the agent's own offer goes to the platform (trimmed to the sha-256 fingerprint) and only
 signalling passes through the service; the platform's answer is handed back. No media CPU in the service, but the

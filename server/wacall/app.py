@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hmac
 import logging
 import os
 import shutil
 import socket
 import ssl
+import tempfile
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,16 +22,17 @@ from typing import Any
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from wacall_client.internal.v1 import replicas_pb2_grpc
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
 
+from wacall.api.auth import BearerTokenInterceptor
 from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
-from wacall.api.errors import Context, MalformedRequestGuard
+from wacall.api.errors import MalformedRequestGuard
 from wacall.api.forwarding import OwnerForwarding
 from wacall.api.replicas import OwnerCalls, ReplicaServicer
 from wacall.calls.queue_route import QueueCalls
@@ -40,20 +41,31 @@ from wacall.calls.sip_route import SipBridgedRoute, SipRoutes
 from wacall.clock import Clock, ManualClock, SystemClock
 from wacall.config import ConfigError, Settings, engine_addresses, sip_address
 from wacall.fields import InvalidField
+from wacall.health import ReadinessCheck, follow_readiness, health_routes, store_answers
 from wacall.inbound import BusinessRestriction, CallEventItem, InboundMessage, MessageStatus, PermissionReply
 from wacall.ingest import Dispatcher, Handler
 from wacall.media.engine_leg import EngineBridgeLeg, PeerMedia
 from wacall.media.engine_process import INSTALL_HINT, EngineSettings, LocalEngine
 from wacall.media.rtpengine import EnginePool, NgClient
+from wacall.metrics import LiveState, Metrics
+from wacall.operations import (
+    InstrumentedStore,
+    InstrumentedUpstream,
+    ObservedDispatcher,
+    Operations,
+    RpcObserver,
+    webhook_middleware,
+)
 from wacall.permissions import PermissionService
 from wacall.queues.service import QueueService
 from wacall.simulator.platform import GRAPH_VERSION, SimulatedPlatform, number_for_phone_number_id
-from wacall.simulator.remote import fetch_platform_config
+from wacall.simulator.remote import RemotePlatform, SimulatorLink, fetch_platform_config, webhook_url_listed
 from wacall.simulator.service import SimulatorServicer
 from wacall.siptrunk.endpoint import SipEndpoint
 from wacall.siptrunk.front_door import FrontDoorCalls
 from wacall.softphone.web import SoftphoneBackend, softphone_routes
 from wacall.store import Store, open_store
+from wacall.upstreams.base import Upstream
 from wacall.upstreams.meta.graph import GraphClient
 from wacall.upstreams.meta.legacy import mark_legacy_setup_failures
 from wacall.upstreams.meta.senders import ConfiguredSenders, MetaSenderDirectory, ProvisioningSenders
@@ -72,42 +84,8 @@ from wacall_adapters.routes import InboundOptions, RoutePlan, RouteRefused, Serv
 
 log = logging.getLogger(__name__)
 
-UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.",)
 WORKER_PREFIX = "wacall-worker"
 ENGINE_CHECK_INTERVAL = 5.0  # seconds between pings of every media engine
-
-
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Requires `authorization: Bearer <token>` metadata on every call except health checks."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-
-        async def deny(request: Any, context: Context) -> None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong bearer token: send metadata 'authorization: Bearer <token>'",
-            )
-
-        self._deny_unary: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream: grpc.RpcMethodHandler[Any, Any] = grpc.unary_stream_rpc_method_handler(deny)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        method = handler_call_details.method or ""
-        if method.startswith(UNAUTHENTICATED_PREFIXES):
-            return await continuation(handler_call_details)
-        metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", ""))
-        if hmac.compare_digest(given.encode(), self._expected.encode()):
-            return await continuation(handler_call_details)
-        handler = await continuation(handler_call_details)
-        if handler is not None and handler.response_streaming:
-            return self._deny_stream
-        return self._deny_unary
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -159,6 +137,7 @@ class Service:
         self.store: Store | None = None
         self.platform: SimulatedPlatform | None = None
         self.sim_verify_token = ""  # a standalone simulator's webhook verify token (--sim-address)
+        self.sim_link: SimulatorLink | None = None  # a standalone simulator's configuration, kept current
         self.upstream: MetaUpstream | None = None
         self.permissions: PermissionService | None = None
         self.calls: CallService | None = None
@@ -177,16 +156,20 @@ class Service:
         self.queue_calls = QueueCalls(settings.media_dir)
         self._grpc: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
+        # Metrics, and one log line per RPC, webhook and decision (wacall.operations).
+        self.metrics = Metrics()
+        self.operations = Operations(self.metrics)
         self._stack = contextlib.AsyncExitStack()
         self._grace = 2.0
+        self._softphone_address: str | None = None  # the agent page's way to the API when it differs
 
     async def start(self) -> Addresses:
         async with contextlib.AsyncExitStack() as stack:
             self._setup_executor(stack)
             self._setup_files()
-            store = await self._setup_store(stack)
+            store = self.store = InstrumentedStore(await self._setup_store(stack), self.metrics)
             graph_address, senders = await self._setup_platform(stack)
-            upstream = await self._setup_upstream(stack, graph_address)
+            upstream = InstrumentedUpstream(await self._setup_upstream(stack, graph_address), self.metrics)
             permissions = self._setup_permissions(store, senders, upstream)
             engines = await self._setup_media_engine(stack)
             calls = await self._build_calls(permissions, upstream, engines)
@@ -199,6 +182,7 @@ class Service:
             stack.push_async_callback(self._end_calls_with_a_pbx_leg)
             grpc_address, names = await self._setup_grpc(stack, store, permissions, calls, queues)
             self._setup_softphone(stack, queues, grpc_address)
+            self._setup_live_metrics(calls, queues)
             await self._setup_health(stack, names)
             # Started: from here on the teardown belongs to stop().
             self._stack = stack.pop_all()
@@ -244,7 +228,7 @@ class Service:
         if settings.upstream != "sim":
             return None, ConfiguredSenders(settings.senders)
         if settings.sim_address.strip():
-            return await self._use_remote_simulator(settings.sim_address.strip())
+            return await self._use_remote_simulator(stack, settings.sim_address.strip())
         platform = self.platform = SimulatedPlatform(
             self.clock,
             self.policy,
@@ -269,25 +253,37 @@ class Service:
         )
         return f"http://127.0.0.1:{port}", senders
 
-    async def _use_remote_simulator(self, address: str) -> tuple[str, MetaSenderDirectory]:
+    async def _use_remote_simulator(
+        self, stack: contextlib.AsyncExitStack, address: str
+    ) -> tuple[str, MetaSenderDirectory]:
         """A simulator in another process (`wacall simulate`): its Graph URL, secret and accounts, asked over gRPC
-        (waiting a while for one started at the same time); its SimulatorService is not served here."""
-        remote = await fetch_platform_config(address)
+        (waiting a while for one started at the same time), and asked again when it restarts with others; its
+        SimulatorService is not served here."""
+        token = self.settings.sim_auth_token
+        remote = await fetch_platform_config(address, token=token)
         senders = ProvisioningSenders(remote.accounts, remote.provision, number_for_phone_number_id, remote.app_secret)
         self.sim_verify_token = remote.webhook_verify_token
+
+        def use(fresh: RemotePlatform) -> None:
+            senders.replace(fresh.accounts, fresh.provision, fresh.app_secret)
+            self.sim_verify_token = fresh.webhook_verify_token
+
+        self.sim_link = SimulatorLink(remote, use, token=token)
+        stack.push_async_callback(self.sim_link.close)
         log.info("using the simulator at %s (Graph API at %s/%s)", address, remote.graph_root, GRAPH_VERSION)
         return remote.graph_root, senders
 
     async def _setup_upstream(self, stack: contextlib.AsyncExitStack, graph_address: str | None) -> MetaUpstream:
         # The service talks to the simulator over HTTP, exactly as to Meta.
         base_url = f"{graph_address}/{GRAPH_VERSION}" if graph_address is not None else self.settings.graph_base_url
-        upstream = self.upstream = MetaUpstream(GraphClient(base_url))
+        graph = GraphClient(base_url)
+        if self.sim_link is not None:
+            graph.on_unauthorized = self.sim_link.suspect
+        upstream = self.upstream = MetaUpstream(graph)
         stack.push_async_callback(upstream.close)
         return upstream
 
-    def _setup_permissions(
-        self, store: Store, senders: MetaSenderDirectory, upstream: MetaUpstream
-    ) -> PermissionService:
+    def _setup_permissions(self, store: Store, senders: MetaSenderDirectory, upstream: Upstream) -> PermissionService:
         self.permissions = PermissionService(
             store,
             self.clock,
@@ -296,6 +292,7 @@ class Service:
             upstream,
             reservation_grace=timedelta(seconds=self.settings.reservation_grace_seconds),
             instance=f"{self._instance_name()}/{uuid.uuid4().hex[:16]}".lstrip("/"),
+            observer=self.operations,
         )
         return self.permissions
 
@@ -308,7 +305,7 @@ class Service:
 
     def _setup_dispatcher(self, store: Store, permissions: PermissionService, calls: CallService) -> Dispatcher:
         """Inbound deliveries, each item to the service that applies it."""
-        self.dispatcher = Dispatcher(store, self.clock, dispatch_table(permissions, calls))
+        self.dispatcher = ObservedDispatcher(store, self.clock, dispatch_table(permissions, calls))
         return self.dispatcher
 
     async def _setup_http(
@@ -324,9 +321,12 @@ class Service:
                 lambda: settings.webhook_verify_token or self.sim_verify_token or None,
                 settings.max_webhook_bytes,
                 webhook_limits(settings),
+                on_bad_signature=self.sim_link.suspect if self.sim_link is not None else None,
             )
         )
         http_app.add_routes(softphone_routes(self.softphone))
+        http_app.add_routes(health_routes(self.metrics, self._readiness_checks()))
+        http_app.middlewares.append(webhook_middleware(WEBHOOK_PATH, self.metrics))
         runner, self.http_guard = guarded_runner(http_app, connection_limits(settings))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -340,6 +340,19 @@ class Service:
         http_address = f"{http_host}:{server.sockets[0].getsockname()[1]}"
         if self.platform is not None:
             self.platform.webhook_url = f"http://{http_address}{WEBHOOK_PATH}"
+        link = self.sim_link
+        if link is not None and not webhook_url_listed(
+            list(link.current.webhook_urls), int(http_address.rpartition(":")[2])
+        ):
+            log.warning(
+                "the simulator at %s delivers webhooks to %s, none of which is this service's (port %s, path %s): "
+                "this service will get no webhooks; add its URL to wacall simulate --webhook-url (replicas of one "
+                "service on one database) or --webhook-route NUMBER=URL (another stack)",
+                link.current.address,
+                ", ".join(link.current.webhook_urls) or "no URL",
+                http_address.rpartition(":")[2],
+                WEBHOOK_PATH,
+            )
         return http_address
 
     async def _setup_media_engine(self, stack: contextlib.AsyncExitStack) -> EnginePool[NgClient] | None:
@@ -384,7 +397,7 @@ class Service:
         return engines
 
     async def _build_calls(
-        self, permissions: PermissionService, upstream: MetaUpstream, engines: EnginePool[NgClient] | None
+        self, permissions: PermissionService, upstream: Upstream, engines: EnginePool[NgClient] | None
     ) -> CallService:
         """Call control: built before the webhook endpoint (which dispatches call events to it), started after."""
 
@@ -470,9 +483,10 @@ class Service:
         return queues
 
     def _setup_softphone(self, stack: contextlib.AsyncExitStack, queues: QueueService, grpc_address: str) -> None:
-        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API."""
+        """The agent page's WebSocket reaches the contact centre; its customer lookup, the gRPC API (over TLS, its
+        private Unix socket: see _setup_grpc)."""
         self.softphone.queues = queues
-        self.softphone.connect(grpc_address)
+        self.softphone.connect(self._softphone_address or grpc_address)
         stack.push_async_callback(self.softphone.close)
 
     async def _setup_sip(self, stack: contextlib.AsyncExitStack, calls: CallService) -> None:
@@ -547,17 +561,22 @@ class Service:
         settings = self.settings
         grpc_host, grpc_port = _split(settings.grpc_address)
         _ensure_free("gRPC", grpc_host, grpc_port, "--grpc-address")
-        interceptors: list[grpc.aio.ServerInterceptor] = (
-            [BearerTokenInterceptor(settings.auth_token)] if settings.auth_token else []
-        )
+        # The RPC observer outermost: calls refused by the token or the malformed-request guard count too.
+        interceptors: list[grpc.aio.ServerInterceptor] = [RpcObserver(self.metrics)]
+        if settings.auth_token:
+            interceptors.append(BearerTokenInterceptor(settings.auth_token))
+        credentials = grpc_tls_credentials(settings)
+        # Made before the server's stop is entered, so it is removed after the server stopped.
+        private_directory = self._private_directory(stack) if credentials is not None else None
         # No port sharing: a second service on the same port must fail, not take half of the calls.
-        server = grpc.aio.server(
-            interceptors=[*interceptors, MalformedRequestGuard()], options=[("grpc.so_reuseport", 0)]
-        )
-        # Closed after the server stops: forwarded calls finish first.
-        forwarding = OwnerForwarding(calls, token=settings.auth_token)
+        grpc_server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
+        # Calls for another replica's calls go to their owner; closed after the server stops: forwarded calls finish
+        # first.
+        forwarding = OwnerForwarding(calls, replica_channel_credentials(settings), token=settings.auth_token)
         stack.push_async_callback(forwarding.close)
-        stack.push_async_callback(lambda: server.stop(self._grace))
+        stack.push_async_callback(lambda: grpc_server.stop(self._grace))
+        # Services are registered through the guard (every method parses its own requests); the port on the server.
+        server = MalformedRequestGuard(grpc_server)
         calling_pb2_grpc.add_CallingServiceServicer_to_server(
             CallingServicer(permissions, calls, self._server_files(), forwarding), server
         )
@@ -582,22 +601,84 @@ class Service:
             names.append(clock_pb2.DESCRIPTOR.services_by_name["ClockService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         names += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
-        reflection.enable_server_reflection(names, server)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+        # gRPC wants an IPv6 host in brackets.
+        grpc_target = f"[{grpc_host}]:{grpc_port}" if ":" in grpc_host else f"{grpc_host}:{grpc_port}"
         try:
-            bound = server.add_insecure_port(f"{grpc_host}:{grpc_port}")
-        except RuntimeError:
-            bound = 0
+            if credentials is None:
+                bound = grpc_server.add_insecure_port(grpc_target)
+            else:
+                bound = grpc_server.add_secure_port(grpc_target, credentials)
+        except RuntimeError as error:
+            raise AddressUnavailable("gRPC", grpc_target, "--grpc-address", str(error)) from None
         if bound == 0 or (grpc_port and bound != grpc_port):
-            raise AddressUnavailable("gRPC", f"{grpc_host}:{grpc_port}", "--grpc-address", "Address already in use")
-        await server.start()
-        self._grpc = server
+            why = "Address already in use" if bound == 0 else f"gRPC bound port {bound} instead"
+            raise AddressUnavailable("gRPC", grpc_target, "--grpc-address", why)
+        if private_directory is not None:
+            self._softphone_address = f"unix:{private_directory}/api.sock"
+            grpc_server.add_insecure_port(self._softphone_address)
+        await grpc_server.start()
+        self._grpc = grpc_server
         await calls.advertise(self.settings.advertise_address or advertised_address(grpc_host, bound))
-        return f"{grpc_host}:{bound}", names
+        return (f"[{grpc_host}]:{bound}" if ":" in grpc_host else f"{grpc_host}:{bound}"), names
+
+    def _private_directory(self, stack: contextlib.AsyncExitStack) -> str:
+        """With TLS on, the agent page reaches the API over a Unix socket in this directory, which only this user
+        can enter (mode 0700): it holds no client certificate for mutual TLS, and a loopback TCP port would be open
+        to every local user. The bearer token still applies there."""
+        directory = tempfile.TemporaryDirectory(prefix="wacall-grpc-")
+        stack.callback(directory.cleanup)
+        return directory.name
 
     async def _setup_health(self, stack: contextlib.AsyncExitStack, names: list[str]) -> None:
+        """gRPC health: SERVING while ready (the same checks as /readyz, every few seconds), NOT_SERVING otherwise."""
         stack.push_async_callback(self._health.enter_graceful_shutdown)
-        for name in ["", *names]:
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        async def set_serving(serving: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in ["", *names]:
+                await self._health.set(name, status)
+
+        await set_serving(True)
+        following = asyncio.create_task(follow_readiness(self._readiness_checks(), set_serving), name="wacall-ready")
+
+        async def stop_following() -> None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
+
+        stack.push_async_callback(stop_following)
+
+    def _readiness_checks(self) -> list[ReadinessCheck]:
+        """Ready: the store answers, the platform is configured, and a media engine is alive when one is used."""
+
+        async def platform() -> str | None:
+            return None if self.upstream is not None else "platform (upstream) not configured"
+
+        async def media_engine() -> str | None:
+            engines = self.engines
+            if engines is None or any(engines.alive(engine) for engine in engines.engines):
+                return None
+            return "no media engine alive"
+
+        return [store_answers(lambda: self.store), platform, media_engine]
+
+    def _setup_live_metrics(self, calls: CallService, queues: QueueService) -> None:
+        """What /metrics reads at scrape time: live calls by route, queue depths, agents by presence."""
+
+        def active_calls() -> dict[str, int]:
+            return dict(Counter(s.route_name for s in calls.sessions.values() if not s.closed))
+
+        def queue_depths() -> dict[str, int]:
+            state = queues.state
+            depths = dict.fromkeys(state.queues, 0)
+            for waiting in state.waiting.values():
+                depths[waiting.queue_id] = depths.get(waiting.queue_id, 0) + 1
+            return depths
+
+        def agents() -> dict[str, int]:
+            return dict(Counter(agent.presence.value for agent in queues.state.agents.values()))
+
+        self.metrics.live = LiveState(active_calls, queue_depths, agents)
 
 
 def advertised_address(host: str, port: int) -> str:
@@ -634,6 +715,41 @@ def connection_limits(settings: Settings) -> ConnectionLimits:
         header_timeout=timedelta(seconds=settings.http_header_timeout_seconds),
         idle_timeout=timedelta(seconds=settings.http_idle_timeout_seconds),
         max_connections=settings.http_max_connections,
+    )
+
+
+def grpc_tls_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The gRPC API's TLS credentials (None: plaintext); with a client CA, client certificates are required and
+    verified against it (mutual TLS)."""
+    if not settings.grpc_tls_cert:
+        return None
+    try:
+        key = Path(settings.grpc_tls_key).read_bytes()
+        chain = Path(settings.grpc_tls_cert).read_bytes()
+        client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+        # grpc reports bad PEM only as a failure to bind: check them here, for a message that names them.
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key)
+        if client_ca is not None:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=client_ca.decode("ascii", "replace"))
+    except (OSError, ssl.SSLError, ValueError) as error:
+        raise ConfigError(f"grpc_tls_cert / grpc_tls_key / grpc_tls_client_ca cannot be loaded: {error}") from None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+def replica_channel_credentials(settings: Settings) -> grpc.ChannelCredentials | None:
+    """How this replica reaches another one when it forwards a call to the call's owner (None: plaintext, as the API
+    is served). With TLS, the other replica's certificate is checked against the client CA when one is set (the
+    replicas' certificates then come from the CA that signs clients too), else against the system's roots; the
+    replica shows its own certificate, which mutual TLS requires."""
+    if not settings.grpc_tls_cert:
+        return None
+    client_ca = Path(settings.grpc_tls_client_ca).read_bytes() if settings.grpc_tls_client_ca else None
+    return grpc.ssl_channel_credentials(
+        root_certificates=client_ca,
+        private_key=Path(settings.grpc_tls_key).read_bytes(),
+        certificate_chain=Path(settings.grpc_tls_cert).read_bytes(),
     )
 
 

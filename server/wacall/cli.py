@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
@@ -22,6 +21,7 @@ from wacall_client.v1 import calling_pb2 as pb
 from wacall_client.v1 import calling_pb2_grpc
 
 from wacall.config import CHOICES, DESCRIPTIONS, SCALARS, ConfigError, Settings, load_settings
+from wacall.logs import configure_logging
 from wacall.simulator.standalone import add_parser as simulate_parser
 from wacall.simulator.standalone import run as simulate
 
@@ -182,8 +182,31 @@ def _metadata() -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token else []
 
 
+def client_channel(args: argparse.Namespace) -> grpc.aio.Channel:
+    """A channel to the service: plaintext, or TLS when --tls, --ca or --cert is given (the system's roots when no
+    --ca; a client certificate for mutual TLS with --cert and --key)."""
+    if not (args.tls or args.ca or args.cert):
+        return grpc.aio.insecure_channel(args.address)
+    if bool(args.cert) != bool(args.key):
+        raise SystemExit("--cert and --key go together (the client certificate for mutual TLS and its key)")
+
+    def read(path: str | None) -> bytes | None:
+        if not path:
+            return None
+        try:
+            with open(path, "rb") as file:
+                return file.read()
+        except OSError as error:
+            raise SystemExit(f"cannot read {path}: {error.strerror}") from None
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.ca), private_key=read(args.key), certificate_chain=read(args.cert)
+    )
+    return grpc.aio.secure_channel(args.address, credentials)
+
+
 async def run_client(args: argparse.Namespace) -> int:
-    async with grpc.aio.insecure_channel(args.address) as channel:
+    async with client_channel(args) as channel:
         calling = calling_pb2_grpc.CallingServiceStub(channel)
         md = _metadata()
         try:
@@ -338,6 +361,18 @@ async def _call(
             print(format_call(call))
 
 
+def tls_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A client command's TLS options (see `client_channel`)."""
+    p.add_argument("--tls", action="store_true", help="connect over TLS (implied by --ca and --cert)")
+    p.add_argument(
+        "--ca", metavar="FILE", default=os.environ.get("WACALL_CA"), help="PEM CA that signed the service's "
+        "certificate (default: the system's; env WACALL_CA)"
+    )  # fmt: skip
+    p.add_argument("--cert", metavar="FILE", help="PEM client certificate, for a service requiring mutual TLS")
+    p.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wacall", description="WhatsApp Business Calling permissions and calls.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -379,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
             default=os.environ.get("WACALL_ADDRESS", DEFAULT_ADDRESS),
             help="gRPC address of the service (env WACALL_ADDRESS)",
         )
-        return p
+        return tls_options(p)
 
     def sim_client(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         # A standalone simulator has its own address (the one `serve --sim-address` names); else the service's.
@@ -389,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
             help="gRPC address of the simulator: wacall simulate's --grpc-address, or the service embedding it "
             "(env WACALL_SIM_ADDRESS, else WACALL_ADDRESS)",
         )
-        return p
+        return tls_options(p)
 
     permission = commands.add_parser("permission", help="read or request a user's call permission")
     permission_sub = permission.add_subparsers(dest="subcommand", required=True)
@@ -490,8 +525,7 @@ async def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
     service = Service(settings)
     # Handlers first: a supervisor may signal as soon as it reads the banner.
     stop = asyncio.Event()

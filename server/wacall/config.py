@@ -29,6 +29,11 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Settings:
     grpc_address: str = "127.0.0.1:50051"
+    # gRPC over TLS: a PEM certificate (chain) and its key, both or neither; with a client CA, mutual TLS (clients
+    # must present a certificate that CA signed).
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    grpc_tls_client_ca: str = ""
     http_address: str = "127.0.0.1:8080"
     db: str = "sqlite:///var/wacall.db"
     upstream: str = "sim"  # sim | meta
@@ -45,6 +50,8 @@ class Settings:
     sim_state: str = "var/simulator.json"
     # The gRPC address of a simulator running on its own (`wacall simulate`); "" = the embedded simulator.
     sim_address: str = ""
+    # The bearer token sent to that simulator (its own --auth-token); "" = none.
+    sim_auth_token: str = ""
     # The simulated client drops a call with no audio from the business for this long at start / mid-call.
     sim_no_media_at_start_seconds: float = 20.0
     sim_no_media_mid_call_seconds: float = 30.0
@@ -76,6 +83,7 @@ class Settings:
     media_dir: str = "var/media"
     recordings_dir: str = "var/recordings"
     log_level: str = "INFO"
+    log_format: str = "text"  # text | json (one object per line, for log pipelines)
     # The media engine bridging `webrtc` calls: "" = a local rtpengine when one is installed (else in process),
     # "host:port,..." = external rtpengines' ng ports, "off" = always in process (aiortc).
     rtpengine: str = ""
@@ -118,6 +126,9 @@ MAX_SIP_INBOUND_ANSWER_TIMEOUT = 30.0
 # Settings that can come from the environment and the command line (name → type).
 SCALARS: Mapping[str, type] = {
     "grpc_address": str,
+    "grpc_tls_cert": str,
+    "grpc_tls_key": str,
+    "grpc_tls_client_ca": str,
     "http_address": str,
     "db": str,
     "upstream": str,
@@ -129,6 +140,7 @@ SCALARS: Mapping[str, type] = {
     "max_webhook_bytes": int,
     "sim_state": str,
     "sim_address": str,
+    "sim_auth_token": str,
     "sim_no_media_at_start_seconds": float,
     "sim_no_media_mid_call_seconds": float,
     "media_timeout_seconds": float,
@@ -142,6 +154,7 @@ SCALARS: Mapping[str, type] = {
     "media_dir": str,
     "recordings_dir": str,
     "log_level": str,
+    "log_format": str,
     "rtpengine": str,
     "webhook_max_clock_skew_seconds": float,
     "webhook_max_age_seconds": float,
@@ -167,11 +180,17 @@ CHOICES: Mapping[str, tuple[str, ...]] = {
     "policy": tuple(sorted(PRESETS)),
     "inbound_route": tuple(ROUTE_SETTING_FORMS.get(r, r) for r in INBOUND_ROUTES),
     "log_level": ("DEBUG", "INFO", "WARNING", "ERROR"),
+    "log_format": ("text", "json"),
 }
 
 # What each setting does, for `wacall serve --help`.
 DESCRIPTIONS: Mapping[str, str] = {
     "grpc_address": "where the gRPC API listens (host:port; port 0 picks a free one)",
+    "grpc_tls_cert": "the PEM certificate (chain) the gRPC API presents over TLS (empty: plaintext)",
+    "grpc_tls_key": "the PEM private key of --grpc-tls-cert",
+    "grpc_tls_client_ca": (
+        "mutual TLS: the PEM CA certificate(s) gRPC clients' certificates must be signed by (needs --grpc-tls-cert)"
+    ),
     "http_address": "where the webhook endpoint listens (host:port)",
     "db": "the ledger's database URL (sqlite:///relative.db, sqlite:////absolute.db or "
     "postgresql://USER:PASS@HOST:PORT/DB)",
@@ -188,6 +207,7 @@ DESCRIPTIONS: Mapping[str, str] = {
         "accounts, app secret and Graph URL are used instead of an embedded simulator's; this process then serves "
         "no SimulatorService (empty: the embedded simulator)"
     ),
+    "sim_auth_token": "the bearer token sent to the simulator at sim_address (its wacall simulate --auth-token)",
     "sim_no_media_at_start_seconds": "the simulated phone drops a call with no audio from the business this long",
     "sim_no_media_mid_call_seconds": "the simulated phone drops a call whose business audio stops this long mid-call",
     "media_timeout_seconds": "end a call after this long without audio from the user",
@@ -220,6 +240,7 @@ DESCRIPTIONS: Mapping[str, str] = {
     ),
     "recordings_dir": "the directory record_to files are written in (created at start); nothing outside it is written",
     "log_level": "how much to log",
+    "log_format": "text lines for people, or json: one object per line (time, level, logger, message, fields)",
     "rtpengine": (
         "the media engine that bridges webrtc calls: external rtpengines' ng addresses (host:port, comma-separated; "
         "each call pinned to one, a dead one out of rotation), 'off' to bridge in this process (aiortc), or empty "
@@ -331,6 +352,8 @@ def load_settings(
         raise ConfigError(f"clock must be 'system' or 'manual', got {settings.clock!r}")
     if settings.reservation_grace_seconds <= 0:
         raise ConfigError(f"reservation_grace_seconds must be positive, got {settings.reservation_grace_seconds}")
+    if settings.log_format not in CHOICES["log_format"]:
+        raise ConfigError(f"log_format must be 'text' or 'json', got {settings.log_format!r}")
     if settings.log_level.upper() not in CHOICES["log_level"]:
         raise ConfigError(f"log_level must be one of {', '.join(CHOICES['log_level'])}, got {settings.log_level!r}")
     if settings.upstream == "meta" and not settings.senders:
@@ -341,6 +364,7 @@ def load_settings(
         if getattr(settings, name) <= 0:
             raise ConfigError(f"{name} must be greater than 0, got {getattr(settings, name)!r}")
     _check_sip(settings)
+    _check_grpc_tls(settings)
     _check_advertise_address(settings.advertise_address)
     if not 0 < settings.sip_inbound_answer_timeout_seconds <= MAX_SIP_INBOUND_ANSWER_TIMEOUT:
         raise ConfigError(
@@ -406,6 +430,20 @@ def _check_sip(settings: Settings) -> None:
         for name in ("sip_tls_cert", "sip_tls_key"):
             if not Path(tls[name]).is_file():
                 raise ConfigError(f"{name}: {tls[name]} is not a readable file")
+
+
+def _check_grpc_tls(settings: Settings) -> None:
+    """A certificate and its key, both or neither; a client CA only on top of them; every file readable."""
+    cert, key, client_ca = settings.grpc_tls_cert.strip(), settings.grpc_tls_key.strip(), settings.grpc_tls_client_ca
+    if bool(cert) != bool(key):
+        missing = "grpc_tls_key" if cert else "grpc_tls_cert"
+        raise ConfigError(f"gRPC over TLS needs both grpc_tls_cert and grpc_tls_key: {missing} missing")
+    if client_ca.strip() and not cert:
+        raise ConfigError("grpc_tls_client_ca (mutual TLS) needs grpc_tls_cert and grpc_tls_key too")
+    for name in ("grpc_tls_cert", "grpc_tls_key", "grpc_tls_client_ca"):
+        path = getattr(settings, name).strip()
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}: {path} is not a readable file")
 
 
 def _check_inbound_route(settings: Settings) -> None:

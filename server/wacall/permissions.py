@@ -29,6 +29,7 @@ from wacall.inbound import (
 )
 from wacall.ingest import Outcome, Skipped
 from wacall.numbers import PhoneNumber, number_of_wa_id, parse_number
+from wacall.observe import NOT_OBSERVED, Observer
 from wacall.rules import engine
 from wacall.rules.engine import (
     ActionDecision,
@@ -162,8 +163,10 @@ class PermissionService:
         upstream: Upstream,
         reservation_grace: timedelta = timedelta(seconds=60),
         instance: str = "",
+        observer: Observer = NOT_OBSERVED,
     ) -> None:
         self.store = store
+        self.observer = observer  # told every limit-consuming decision (metrics, logs)
         self.clock = clock
         self.policy = policy
         self.senders = senders
@@ -182,7 +185,7 @@ class PermissionService:
 
     async def platform_wa_id(self, user: PhoneNumber) -> str:
         """How to name the user to the platform: the wa_id it gave us for them (HOOK-8), else the number's digits."""
-        known = await self.store.transaction(lambda tx: tx.wa_id_of(user.e164))
+        known = await self.store.read(lambda tx: tx.wa_id_of(user.e164))
         return known or user.digits
 
     def _template_available(self, business: PhoneNumber, given: TemplateRef | None) -> bool:
@@ -270,7 +273,8 @@ class PermissionService:
     async def get(self, business_number: str, user_number: str) -> PermissionView:
         business, user = self.parse_pair(business_number, user_number)
         pair = Pair(business.e164, user.e164)
-        return await self.store.transaction(lambda tx: self._view(tx, pair, business, self.clock.now()))
+        # Decides nothing and writes nothing: a snapshot, not the write lock (what a transaction would answer).
+        return await self.store.read(lambda tx: self._view(tx, pair, business, self.clock.now()))
 
     async def reconcile(self, business_number: str, user_number: str) -> PermissionView:
         """Align the ledger's permission with the platform's own view (GET call_permissions).
@@ -416,6 +420,12 @@ class PermissionService:
         for _ in range(2):
             try:
                 reserved = await self.store.transaction(reserve)
+            except RuleRefusal as refusal:
+                self._in_flight.discard(reservation_id)
+                self.observer.decision(
+                    "request", pair.business, pair.user, allowed=False, reason=refusal.decision.reason.value
+                )
+                raise
             except BaseException:
                 self._in_flight.discard(reservation_id)
                 raise
@@ -427,6 +437,7 @@ class PermissionService:
             raise RequestInFlight(self.clock.now() + self.reservation_grace)
         if isinstance(reserved, RequestResult):
             return reserved
+        self.observer.decision("request", pair.business, pair.user, allowed=True, reason="")
         assert account is not None
         try:
             return await self._send_reserved(reserved, business, user, account, body_text, template)

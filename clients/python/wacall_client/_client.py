@@ -392,6 +392,17 @@ class SimulatorClient:
         request = sim_pb.RestrictBusinessRequest(business_number=business_number, duration=_duration(duration))
         return await self._invoker.unary(self.stub.RestrictBusiness, request, sim_pb.RestrictBusinessResponse)
 
+    async def get_platform_config(self) -> sim_pb.PlatformConfig:
+        """The simulator's Graph URL, app secret, access token, accounts and webhook URLs (development and tests
+        only: it hands out the secret)."""
+        request = sim_pb.GetPlatformConfigRequest()
+        return await self._invoker.unary(self.stub.GetPlatformConfig, request, sim_pb.PlatformConfig)
+
+    async def provision_business(self, business_number: str) -> sim_pb.BusinessAccount:
+        """Provisions the business number (idempotent): its phone number id, WABA id and approved templates."""
+        request = sim_pb.ProvisionBusinessRequest(business_number=business_number)
+        return await self._invoker.unary(self.stub.ProvisionBusiness, request, sim_pb.BusinessAccount)
+
 
 class ClockClient:
     """`ClockService`: the service's manual clock (`wacall serve --clock manual`)."""

@@ -13,10 +13,11 @@ from datetime import timedelta
 from types import MappingProxyType
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 _NO_METADATA: Mapping[str, str] = MappingProxyType({})
+_DETAILS_KEY = "grpc-status-details-bin"
 
 
 @dataclass(frozen=True)
@@ -37,12 +38,22 @@ class ErrorDetails:
 
 
 def error_details(error: grpc.RpcError) -> ErrorDetails:
-    """Unpacks the google.rpc details of a failed call (an async or a sync one); unknown detail types are ignored."""
+    """Unpacks the google.rpc details of a failed call (an async or a sync one); unknown detail types are ignored,
+    and a trailer that cannot be read (corrupt, or rewritten by a proxy) gives empty details: never an exception."""
     if not isinstance(error, grpc.Call | grpc.aio.AioRpcError):
         return ErrorDetails()
-    status = rpc_status.from_call(error)
-    if status is None:
+    try:
+        trailer = next((value for key, value in error.trailing_metadata() or () if key == _DETAILS_KEY), None)
+        if not isinstance(trailer, bytes):
+            return ErrorDetails()
+        # Read by hand, not with grpc_status.rpc_status.from_call: that raises when the trailer's code or message
+        # differs from the call's, which a proxy rewriting grpc-message causes. The details are still the service's.
+        return _unpacked(status_pb2.Status.FromString(trailer))
+    except (DecodeError, ValueError, TypeError):
         return ErrorDetails()
+
+
+def _unpacked(status: status_pb2.Status) -> ErrorDetails:
     retry_after: timedelta | None = None
     quota: list[error_details_pb2.QuotaFailure.Violation] = []
     preconditions: list[error_details_pb2.PreconditionFailure.Violation] = []

@@ -7,7 +7,7 @@ Durations out of range) and the guard that answers a request that does not even 
 from __future__ import annotations
 
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -287,24 +287,45 @@ def _wrappable(handler: Handler) -> bool:
     return not handler.response_streaming or inspect.isasyncgenfunction(handler.unary_stream or handler.stream_stream)
 
 
-class MalformedRequestGuard(grpc.aio.ServerInterceptor):
-    """A request that is not a valid message (corrupt wire format, a string field that is not UTF-8, e.g. a lone
-    surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails; and a
-    store that cannot reach its database (`StoreUnavailable`, from any method) is UNAVAILABLE with RetryInfo."""
+def _guarded(handler: Handler) -> Handler:
+    return _parsing(handler) if _wrappable(handler) else handler
 
-    def __init__(self) -> None:
+
+class _ParsingGenericHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers parse their own requests (each wrapped once, then reused)."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or not _wrappable(handler):
-            return handler
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Handler | None:
+        handler: Handler | None = self._inner.service(handler_call_details)
+        if handler is None:
+            return None
         method = handler_call_details.method or ""
         wrapped = self._wrapped.get(method)
         if wrapped is None or wrapped[0] is not handler:
-            wrapped = self._wrapped[method] = (handler, _parsing(handler))
+            wrapped = self._wrapped[method] = (handler, _guarded(handler))
         return wrapped[1]
+
+
+class MalformedRequestGuard:
+    """A request that is not a valid message (corrupt wire format, a string field that is not UTF-8, e.g. a lone
+    surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails; and a
+    store that cannot reach its database (`StoreUnavailable`, from any method) is UNAVAILABLE with RetryInfo.
+
+    It stands in for the server where services are registered (the generated `add_*_to_server` functions take it
+    as their server): every method handler is wrapped there, once, to parse its own requests. Not an interceptor:
+    grpc runs an interceptor chain as coroutines on every call, and this wrapping never changes after
+    registration."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self.server = server
+
+    def add_generic_rpc_handlers(self, generic_rpc_handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.server.add_generic_rpc_handlers(tuple(_ParsingGenericHandler(h) for h in generic_rpc_handlers))
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: dict[str, Handler]) -> None:
+        self.server.add_registered_method_handlers(
+            service_name, {name: _guarded(handler) for name, handler in method_handlers.items()}
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 from wacall_client.v1 import calling_pb2 as pb
@@ -30,18 +30,24 @@ SOURCE = {s.value: getattr(pb, f"EVENT_SOURCE_{s.name}") for s in engine.Source}
 EVENT_KIND: Mapping[str, pb.EventKind] = {kind: getattr(pb, f"EVENT_KIND_{kind.name}") for kind in EventKind}
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    """As `Timestamp.FromDatetime` (a naive time is UTC), by integer arithmetic: a Permission carries a dozen."""
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    since = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - EPOCH
+    return timestamp_pb2.Timestamp(seconds=since.days * 86400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 def duration(value: timedelta) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromTimedelta(value)
-    return d
+    # timedelta normalises to days, seconds in [0, 86400) and microseconds in [0, 10**6); a Duration's nanos take
+    # the sign of its seconds.
+    micros = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    seconds, nanos = divmod(abs(micros), 1_000_000)
+    sign = -1 if micros < 0 else 1
+    return duration_pb2.Duration(seconds=sign * seconds, nanos=sign * nanos * 1000)
 
 
 def action_detail(decision: ActionDecision) -> str:

@@ -19,7 +19,7 @@ from wacall_client.internal.v1 import replicas_pb2 as pb
 from wacall_client.internal.v1 import replicas_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc
 
-from wacall.api.errors import Context, abort, abort_bad_request, text_field
+from wacall.api.errors import Context, abort, abort_bad_request, duration_value, text_field
 from wacall.api.forwarding import FORWARD_TIMEOUT, UNREACHED, OwnerForwarding
 from wacall.calls.ownership import CallOwner
 from wacall.queues.actions import AgentMedia, AgentMediaFailed, MediaStreamAgentMedia, WebRtcAgentMedia
@@ -102,6 +102,9 @@ class ReplicaServicer(replicas_pb2_grpc.ReplicaServiceServicer):
         agent_id = await text_field(context, request.agent_id, "agent_id", max_chars=MAX_ID)
         if not call_id or not agent_id:
             await abort_bad_request(context, "call_id" if not call_id else "agent_id", "required")
+        queue_id = await text_field(context, request.queue_id, "queue_id", max_chars=MAX_ID)
+        offer_id = await text_field(context, request.offer_id, "offer_id", max_chars=MAX_ID)
+        waited = await duration_value(context, request.waited, "waited")
         media: AgentMedia
         match request.WhichOneof("media"):
             case "webrtc_offer_sdp":
@@ -113,7 +116,7 @@ class ReplicaServicer(replicas_pb2_grpc.ReplicaServiceServicer):
                 media = MediaStreamAgentMedia()
             case _:
                 await abort_bad_request(context, "media", "webrtc_offer_sdp or media_stream is required")
-        assigned = Assigned(call_id, agent_id, request.queue_id, request.offer_id, request.waited.ToTimedelta())
+        assigned = Assigned(call_id, agent_id, queue_id, offer_id, waited)
         try:
             answer = await self.queues.connect_agent_here(assigned, media)
         except AgentMediaFailed as failed:

@@ -38,6 +38,7 @@ from wacall.ingest import Outcome, Skipped
 from wacall.media.engine_leg import EngineBridgeLeg, EngineBridgeUnavailable
 from wacall.media.platform_leg import PlatformLeg, PlatformLegFactory, WebRtcPlatformLeg
 from wacall.media.sdp import SdpType, platform_problems
+from wacall.observe import Observer
 from wacall.permissions import (
     IdempotencyConflict,
     PermissionService,
@@ -51,6 +52,7 @@ from wacall.store import (
     Pair,
     Replica,
     StoredCall,
+    StoreError,
     Tx,
     from_micros,
     optional_datetime,
@@ -72,6 +74,8 @@ PEER_ANSWER_WAIT = timedelta(seconds=10)
 # late (138007). MIN_FOLLOW_GAP coalesces the wake-ups of a burst of commits into one read.
 FOLLOW_POLL = timedelta(seconds=0.2)
 MIN_FOLLOW_GAP = timedelta(seconds=0.02)
+# A process whose heartbeat expired this long ago is gone from the replica registry (its calls were ended long since).
+FORGET_REPLICAS_AFTER = timedelta(hours=1)
 
 EngineBridges = Callable[[str, str], EngineBridgeLeg]
 """Builds the platform leg of a call bridged in the media engine: (call id, the business peer's SDP offer)."""
@@ -208,6 +212,7 @@ class CallService:
         self._earlier_runs = f"{instance_name}/" if instance_name else None
         self.call_lease = call_lease
         self.wall_clock: Clock = wall_clock or SystemClock()
+        self.observer: Observer = permissions.observer  # the same recorder as the permission decisions'
         # Where other replicas reach this process (its gRPC address), recorded in the replica registry; "" until the
         # gRPC server is up (`advertise`).
         self.advertised_address = ""
@@ -318,7 +323,15 @@ class CallService:
                 tx.save_idempotent_result(IdempotentResult(pair.business, key, fingerprint, {"call_id": call_id}), now)
             return record
 
-        record = await self.store.transaction(reserve)
+        try:
+            record = await self.store.transaction(reserve)
+        except RuleRefusal as refusal:
+            self.observer.decision(
+                "call", pair.business, pair.user, allowed=False, reason=refusal.decision.reason.value
+            )
+            raise
+        if record.call_id == call_id:  # not an idempotent replay: the rules allowed this call
+            self.observer.decision("call", pair.business, pair.user, allowed=True, reason="")
         if record.call_id != call_id:  # an idempotent replay
             return self._live(record)
         assert account is not None
@@ -692,15 +705,19 @@ class CallService:
             counters = await session.close()
             answer_sdp = session.adapter.answer_sdp()
 
-            def keep_media(tx: Tx) -> None:
+            def keep_media(tx: Tx) -> CallRecord | None:
                 # What the live session knew is read here, on the event loop, and only stored in the transaction.
                 stored = tx.call(call_id)
-                if stored is not None:
-                    record = from_stored(stored)
-                    kept = dataclasses.replace(record, media=counters, answer_sdp=record.answer_sdp or answer_sdp)
-                    tx.save_call(to_stored(kept))
+                if stored is None:
+                    return None
+                record = from_stored(stored)
+                kept = dataclasses.replace(record, media=counters, answer_sdp=record.answer_sdp or answer_sdp)
+                tx.save_call(to_stored(kept))
+                return kept
 
-            await self.store.transaction(keep_media)
+            kept = await self.store.transaction(keep_media)
+            if kept is not None:
+                self.observer.call_ended(kept.route, kept.outcome.value if kept.outcome else "", counters)
         finally:
             # Popped once the media is stored: until then a read still finds the counters in the session.
             self.sessions.pop(call_id, None)
@@ -761,13 +778,24 @@ class CallService:
 
     async def _keep_leases(self) -> None:
         """Renew this process's leases three times per lease (two missed renewals still leave it valid), and end
-        the calls of any process that stopped renewing: a process sharing the database was killed or cut off."""
+        the calls of any process that stopped renewing: a process sharing the database was killed or cut off.
+
+        Other processes' calls are ended only once this one has reached the store for a whole lease without a
+        failure: while the database was unreachable every owner's leases ran out together, and a living owner
+        needs its next renewal (within a third of a lease) to say it is alive."""
+        reachable_since: datetime | None = self.wall_clock.now()
         while True:
             await self.wall_clock.sleep(self.call_lease / 3)
             try:
                 await self.store.transaction(self._renew)
-                await self._end_orphans("the process holding the call stopped renewing its lease")
+                reachable_since = reachable_since or self.wall_clock.now()
+                if self.wall_clock.now() - reachable_since >= self.call_lease:
+                    await self._end_orphans("the process holding the call stopped renewing its lease")
                 await self._release_calls_ended_elsewhere()
+            except StoreError as error:
+                if reachable_since is not None:
+                    log.warning("renewing call leases failed (%s); trying again every %s", error, self.call_lease / 3)
+                reachable_since = None
             except Exception:
                 log.exception("renewing call leases failed; trying again")
 
@@ -777,6 +805,7 @@ class CallService:
         tx.renew_call_leases(self.instance, until)
         if self.advertised_address:
             tx.save_replica(Replica(self.instance, self.advertised_address, until))
+            tx.forget_replicas(until - FORGET_REPLICAS_AFTER)
 
     # --- several replicas: the registry, call owners, and following the store ---------------------------------------
 
@@ -821,10 +850,16 @@ class CallService:
         replica, which applies it in the store; the owner reads the change here and does the media work (apply the
         platform's answer, start the route at pickup, close at the end). When this process ingested the webhook
         itself, the work is done already and nothing happens twice."""
+        failing = False
         while True:
             ticket = self.store.changes.ticket()
             try:
                 await self._catch_up_held_calls()
+                failing = False
+            except StoreError as error:
+                if not failing:  # once per outage, not five times a second
+                    log.warning("reading this process's calls back from the store failed (%s); trying again", error)
+                failing = True
             except Exception:
                 log.exception("reading this process's calls back from the store failed; trying again")
             with contextlib.suppress(TimeoutError):
@@ -928,6 +963,7 @@ class CallService:
             elif now - session.last_progress > self.media_timeout.total_seconds():
                 session.last_progress = now
                 log.warning("call %s: no media from the user for %s", session.call_id, self.media_timeout)
+                self.observer.media_timed_out(session.route_name)
                 self.spawn(
                     self.end(
                         session.call_id,

@@ -87,25 +87,62 @@ class BufferSource:
 
 
 class QueueSource:
-    """Frames pushed by another leg or a client. Bounded: when the producer runs ahead, the oldest frames go, so
-    the audio stays in real time instead of falling behind."""
+    """Frames pushed by another leg or a program, taken one every 20 ms by a paced track. A frame that waits here is
+    delay the listener hears for the rest of the call, so the queue keeps only what can still be heard in time:
 
-    def __init__(self, max_frames: int = 10) -> None:
+    - Before the track takes its first frame (the leg is not connected yet) only the newest frame is kept: the
+      listener hears the speaker from the moment the leg connects, not the stale audio of the moments before.
+    - Producer and track run at the same rate, so a burst (packets held up and then delivered together, a program
+      catching up) would stay queued for good. A queue that never held fewer than `target_frames` when a frame was
+      taken, over the last `window_frames` taken, holds that surplus as standing delay: its oldest frames go. A
+      queue that empties now and then (a program writing 100 ms chunks in real time, network jitter) is untouched.
+    - At most `max_frames` wait at once (a producer far ahead of real time): the oldest go.
+
+    Every frame dropped is counted in `dropped`."""
+
+    def __init__(self, max_frames: int = 10, *, target_frames: int = 1, window_frames: int = 50) -> None:
         self._frames: collections.deque[bytes] = collections.deque(maxlen=max_frames)
+        self.max_frames = max_frames
+        self.target_frames = target_frames
+        self.window_frames = window_frames
         self.dropped = 0
         self.closed = False
+        self.started = False  # the track has taken a frame: its leg is connected
+        self._taken_in_window = 0
+        self._least_in_window = max_frames  # the fewest frames waiting when one was taken, this window
 
     @property
     def finished(self) -> bool:
         return self.closed and not self._frames
 
+    @property
+    def waiting(self) -> int:
+        """Frames queued now (each one 20 ms of delay)."""
+        return len(self._frames)
+
     def push(self, frame: bytes) -> None:
-        if len(self._frames) == self._frames.maxlen:
+        if not self.started and self._frames:
+            self.dropped += len(self._frames)  # nobody could hear these in time
+            self._frames.clear()
+        elif len(self._frames) == self._frames.maxlen:
             self.dropped += 1
         self._frames.append(frame)
 
     def next_frame(self) -> bytes | None:
+        self.started = True
+        self._least_in_window = min(self._least_in_window, len(self._frames))
+        self._taken_in_window += 1
+        if self._taken_in_window == self.window_frames:
+            self._drop_standing_delay()
         return self._frames.popleft() if self._frames else None
+
+    def _drop_standing_delay(self) -> None:
+        surplus = self._least_in_window - self.target_frames
+        for _ in range(max(0, surplus)):
+            self._frames.popleft()
+            self.dropped += 1
+        self._taken_in_window = 0
+        self._least_in_window = self.max_frames
 
 
 def decode_file(path: str) -> bytes:

@@ -133,7 +133,7 @@ def _offer_change(offer: Offer, **more: Any) -> dict[str, str]:
 
 def _decision_entry(decision: Decision, before: RouterState) -> tuple[EventKind, str, dict[str, str]]:
     """(kind, the call it is about or "", attributes) of a decision's event-log entry. Each holds what a replica
-    that did not step needs to act on it (`_remote_decision` reads it back)."""
+    that did not step needs to act on it (`_deliver_followed` reads it back)."""
     match decision:
         case OfferMade(offer=offer, waited=waited):
             return (

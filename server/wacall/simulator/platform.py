@@ -55,6 +55,19 @@ DEFAULT_TEMPLATE = TemplateRef("call_permission_request", "en")
 PHONE_NUMBER_ID_PREFIX = "1"
 
 
+# Answers that end a delivery once every URL of its group gave one: the service read the body and refused it for
+# good. Any other answer (401 from a replica with a stale secret, 404, 408, 429, 5xx) or none is worth another URL
+# and another round.
+FINAL_STATUSES = frozenset({400, 403, 413})
+_MAX_RETRY_PAUSE = 30.0
+
+
+class _Outcome(enum.Enum):
+    ACKNOWLEDGED = "acknowledged"
+    REFUSED = "refused"
+    FAILED = "failed"
+
+
 class OnPermissionRequest(enum.Enum):
     ACCEPT_TEMPORARY = "accept_temporary"
     ACCEPT_PERMANENT = "accept_permanent"
@@ -150,18 +163,32 @@ class SimulatedPlatform:
         self.access_token = "sim-token-" + secrets.token_hex(8)
         self.state_path = state_path
         self.state = PlatformState()
-        # Deliveries go round-robin over these; a failed one is tried on the next URL at once.
+        # Deliveries go round-robin over a group of URLs: replicas of one service on one database. A business number
+        # routed here uses its own group; any other, the default group `webhook_urls`. A failed delivery is tried on
+        # the group's next URL at once.
         self.webhook_urls: list[str] = []
+        self.webhook_routes: dict[str, list[str]] = {}
+        # A URL that failed is skipped this long while the group has another; a delivery nobody took is retried
+        # in the background, backing off from `retry_backoff`, for `retry_horizon`.
+        self.url_cooldown = timedelta(seconds=5)
+        self.retry_backoff = timedelta(seconds=0.5)
+        self.retry_horizon = timedelta(minutes=10)
+        self._failed_until: dict[str, float] = {}
         # The token the platform's webhook verification handshake presents (shared with services that use it).
         self.webhook_verify_token = ""
         # Where its Graph endpoints are served, version included (set by whoever serves `routes()`).
         self.graph_base_url: str | None = None
-        self._next_url = 0
-        # One idle connection kept: deliveries may overlap, but the simulator holds no pool of idle sockets.
-        self._http = httpx.AsyncClient(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=1))
+        self._next_url: dict[str, int] = {}  # by group: a routed business number, or "" for the default group
+        # One idle connection kept: deliveries may overlap, but the simulator holds no pool of idle sockets. A short
+        # connect timeout, so a replica whose address blackholes costs a second, not a whole turn.
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=1.0), limits=httpx.Limits(max_keepalive_connections=1)
+        )
         self._pending: set[asyncio.Task[None]] = set()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._accounts: dict[str, MetaAccount] = {}
+        self._default_templates: dict[str, TemplateRef | None] = {}  # by number: a registered sender's own default
+        self._provisioned: set[str] = set()  # numbers provisioned by the platform (not registered senders)
         # The clock's position in the state file, if it holds one (read by _load).
         self.saved_clock_position: datetime | None = None
         self.calls: dict[str, PhoneCall] = {}
@@ -176,9 +203,24 @@ class SimulatedPlatform:
         if account is None:
             account = provisioned_account(business, self.access_token, self.app_secret)
             self._accounts[business.e164] = account
+            self._default_templates[business.e164] = DEFAULT_TEMPLATE
+            self._provisioned.add(business.e164)
             templates = self.state.templates.setdefault(account.waba_id, set())
             templates.add((DEFAULT_TEMPLATE.name, DEFAULT_TEMPLATE.language))
+            self._save()
         return account
+
+    def default_template_of(self, account: MetaAccount) -> TemplateRef | None:
+        """The template a permission request falls back on for the account: its own when registered with one."""
+        return self._default_templates.get(account.business_number, DEFAULT_TEMPLATE)
+
+    def set_credentials(self, app_secret: str, access_token: str) -> None:
+        """Sign webhooks with `app_secret` and accept `access_token` from now on; the accounts provisioned so far
+        carry them too (a registered sender keeps its own)."""
+        self.app_secret, self.access_token = app_secret, access_token
+        for number in self._provisioned:
+            self._accounts[number] = provisioned_account(parse_number(number), access_token, app_secret)
+        self._save()
 
     @property
     def webhook_url(self) -> str | None:
@@ -209,6 +251,8 @@ class SimulatedPlatform:
         """Accept a sender from configuration as it is (its token, its default template or none)."""
         meta = meta_part(account)
         self._accounts[account.business_number] = meta
+        self._default_templates[account.business_number] = account.default_template
+        self._provisioned.discard(account.business_number)
         if account.default_template is not None:
             template = account.default_template
             self.state.templates.setdefault(meta.waba_id, set()).add((template.name, template.language))
@@ -257,7 +301,7 @@ class SimulatedPlatform:
         else:
             self.state.restrictions[business.e164] = until
         self._save()
-        await self._deliver(wire.account_restriction(account, now, until))
+        await self._deliver(account, wire.account_restriction(account, now, until))
         return until
 
     def ledger(self, business: str, user: str) -> Ledger:
@@ -278,7 +322,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         message_id = _wamid()
         self._apply(business.e164, user.e164, engine.UserMessage(now))
-        await self._deliver(wire.text_message(account, self.wa_id(user), message_id, now, text))
+        await self._deliver(account, wire.text_message(account, self.wa_id(user), message_id, now, text))
         return message_id
 
     async def user_grants(self, business: PhoneNumber, user: PhoneNumber, permanent: bool) -> Ledger:
@@ -287,9 +331,10 @@ class SimulatedPlatform:
         expires = None if permanent else now + self.policy.temporary_grant_lifetime
         self._apply(business.e164, user.e164, engine.PermissionGranted(now, permanent, expires, Source.USER_ACTION))
         await self._deliver(
+            account,
             wire.permission_reply(
                 account, self.wa_id(user), _wamid(), now, accept=True, permanent=permanent, expires_at=expires
-            )
+            ),
         )
         return self.ledger(business.e164, user.e164)
 
@@ -298,7 +343,7 @@ class SimulatedPlatform:
         now = self.clock.now()
         self._apply(business.e164, user.e164, engine.PermissionRevoked(now, Source.USER_ACTION))
         # UNCERTAIN whether Meta notifies a profile revoke; the simulator sends a reject with no context.
-        await self._deliver(wire.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False))
+        await self._deliver(account, wire.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False))
         return self.ledger(business.e164, user.e164)
 
     # --- Graph endpoints ----------------------------------------------------------------------------------------
@@ -601,22 +646,25 @@ class SimulatedPlatform:
         answer = await call.leg.accept_offer(offer)
         self._spawn(self._drop_without_media(account, call))
         await self._deliver(
-            wire.call_event(account, self.wa_id(user), call, "connect", self.clock.now(), sdp=answer, sdp_type="answer")
+            account,
+            wire.call_event(
+                account, self.wa_id(user), call, "connect", self.clock.now(), sdp=answer, sdp_type="answer"
+            ),
         )
-        await self._deliver(wire.call_status(account, self.wa_id(user), call, "RINGING", self.clock.now()))
+        await self._deliver(account, wire.call_status(account, self.wa_id(user), call, "RINGING", self.clock.now()))
         await self.clock.sleep(behavior.ring_duration)
         now = self.clock.now()
         if behavior.on_call is OnCall.ANSWER:
             call.state, call.answered_at = "connected", now
             call.leg.set_source(voice(behavior.tone_hz, behavior.say_file))
             self._apply(call.business, call.user, engine.CallConnected(now, True))
-            await self._deliver(wire.call_status(account, self.wa_id(user), call, "ACCEPTED", now))
+            await self._deliver(account, wire.call_status(account, self.wa_id(user), call, "ACCEPTED", now))
             if behavior.talk_duration > timedelta(0):
                 await self.clock.sleep(behavior.talk_duration)
                 await self._end(account, call, by_business=False)
             return
         if behavior.on_call is OnCall.DECLINE:
-            await self._deliver(wire.call_status(account, self.wa_id(user), call, "REJECTED", now))
+            await self._deliver(account, wire.call_status(account, self.wa_id(user), call, "REJECTED", now))
         await self._end(account, call, by_business=False)
 
     async def _drop_without_media(self, account: MetaAccount, call: PhoneCall) -> None:
@@ -659,6 +707,7 @@ class SimulatedPlatform:
         elif answered and call.answered_at is not None and call.direction == "USER_INITIATED":
             self._apply(call.business, call.user, engine.CallConnected(call.answered_at, False))
         await self._deliver(
+            account,
             wire.call_event(
                 account,
                 self.wa_id(user),
@@ -667,12 +716,12 @@ class SimulatedPlatform:
                 now,
                 status="FAILED" if error or not answered else "COMPLETED",
                 error=error,
-            )
+            ),
         )
         if revoked_now:
             # The platform's own automatic revocation, after the call that crossed the threshold.
             await self._deliver(
-                wire.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
+                account, wire.permission_reply(account, self.wa_id(user), _wamid(), now, accept=False, automatic=True)
             )
 
     async def place_user_call(self, business: PhoneNumber, user: PhoneNumber) -> PhoneCall:
@@ -693,9 +742,10 @@ class SimulatedPlatform:
         self._apply(business.e164, user.e164, engine.UserMessage(now))
         self._apply(business.e164, user.e164, engine.PermissionGranted(now, False, expires, Source.PLATFORM_AUTOMATIC))
         await self._deliver(
-            wire.call_event(account, self.wa_id(user), call, "connect", now, sdp=offer, sdp_type="offer")
+            account, wire.call_event(account, self.wa_id(user), call, "connect", now, sdp=offer, sdp_type="offer")
         )
         await self._deliver(
+            account,
             wire.permission_reply(
                 account,
                 self.wa_id(user),
@@ -705,7 +755,7 @@ class SimulatedPlatform:
                 expires_at=expires,
                 automatic=True,
                 context_id=call.platform_call_id,
-            )
+            ),
         )
         call.task = asyncio.create_task(self._wait_for_business(account, call, behavior))
         return call
@@ -754,6 +804,7 @@ class SimulatedPlatform:
         if outdated:
             message.user_response = "undeliverable"
             await self._deliver(
+                account,
                 wire.message_status(
                     account,
                     self.wa_id(user),
@@ -762,7 +813,7 @@ class SimulatedPlatform:
                     "failed",
                     131026,
                     "Message undeliverable",
-                )
+                ),
             )
             return
         if response is OnPermissionRequest.IGNORE:
@@ -798,45 +849,78 @@ class SimulatedPlatform:
             )
         message.user_response = response.value
         self._save()
-        await self._deliver(body)
+        await self._deliver(account, body)
 
-    async def _deliver(self, body: dict[str, Any], attempts: int = 6) -> None:
-        """POST a signed webhook until the service acknowledges it (at least once, like the platform)."""
+    def webhook_urls_for(self, business: str) -> list[str]:
+        """The URLs a business number's webhooks go to: its own group (`webhook_routes`), else the default one."""
+        return list(self.webhook_routes.get(business) or self.webhook_urls)
+
+    async def _deliver(self, account: MetaAccount, body: dict[str, Any]) -> None:
+        """POST a signed webhook until a service of the business number's group acknowledges it (at least once, like
+        the platform). Returns after the first round over the group; a delivery nobody took is tried again in the
+        background, with backoff, for `retry_horizon` (services restart; the platform keeps trying)."""
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
-            urls = list(self.webhook_urls)
+            group = account.business_number if account.business_number in self.webhook_routes else ""
+            urls = self.webhook_urls_for(account.business_number)
             if not urls:
-                log.warning("simulator has no webhook URL; dropping a delivery")
+                log.warning("simulator has no webhook URL for %s; dropping a delivery", account.business_number)
                 return
             raw = json.dumps(body, separators=(",", ":")).encode()
             headers = {"Content-Type": "application/json", SIGNATURE_HEADER: sign(self.app_secret.encode(), raw)}
-            # Round-robin: each delivery starts at the next URL, so replicas behind no load balancer share the load.
-            first = self._next_url % len(urls)
-            self._next_url = first + 1
-            for attempt in range(attempts):
-                # A failure moves on to the next URL at once; only a whole round of failures waits (backoff).
-                for url in urls[first:] + urls[:first]:
-                    if await self._post(url, raw, headers):
-                        return
-                await asyncio.sleep(0.05 * 2**attempt)
+            # Round-robin inside the group: each delivery starts at the next URL, so replicas behind no load balancer
+            # share the load.
+            first = self._next_url.get(group, 0) % len(urls)
+            self._next_url[group] = first + 1
+            ordered = urls[first:] + urls[:first]
+            if not await self._round(ordered, raw, headers):
+                self._spawn(self._keep_trying(ordered, raw, headers))
         finally:
             if task is not None:
                 self._in_flight.discard(task)
 
-    async def _post(self, url: str, raw: bytes, headers: dict[str, str]) -> bool:
-        """One delivery attempt to one URL: True when it is done with (acknowledged, or refused for good)."""
+    async def _round(self, urls: list[str], raw: bytes, headers: dict[str, str]) -> bool:
+        """One attempt on each URL in turn, skipping those that failed moments ago (unless all did): True when the
+        delivery is done with, acknowledged or refused for good by every URL of the group."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        ready = [url for url in urls if self._failed_until.get(url, 0.0) <= now] or urls
+        refused = 0
+        for url in ready:
+            outcome = await self._post(url, raw, headers)
+            if outcome is _Outcome.ACKNOWLEDGED:
+                self._failed_until.pop(url, None)
+                return True
+            if outcome is _Outcome.REFUSED:
+                refused += 1
+            else:
+                self._failed_until[url] = loop.time() + self.url_cooldown.total_seconds()
+        return refused == len(urls)
+
+    async def _keep_trying(self, urls: list[str], raw: bytes, headers: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.retry_horizon.total_seconds()
+        pause = self.retry_backoff.total_seconds()
+        while loop.time() + pause <= give_up_at:
+            await asyncio.sleep(pause)
+            if await self._round(urls, raw, headers):
+                return
+            pause = min(pause * 2, _MAX_RETRY_PAUSE)
+        log.warning("webhook delivery to %s given up after %s", ", ".join(urls), self.retry_horizon)
+
+    async def _post(self, url: str, raw: bytes, headers: dict[str, str]) -> _Outcome:
+        """One delivery attempt to one URL."""
         try:
             response = await self._http.post(url, content=raw, headers=headers)
         except httpx.HTTPError as exc:
-            log.warning("webhook delivery to %s failed (%s), retrying", url, exc)
-            return False
+            log.warning("webhook delivery to %s failed (%s), retrying", url, exc or type(exc).__name__)
+            return _Outcome.FAILED
         if response.status_code < 300:
-            return True
+            return _Outcome.ACKNOWLEDGED
         log.warning("webhook delivery to %s got HTTP %s: %s", url, response.status_code, response.text[:200])
-        # The platform does not retry a refused delivery forever; neither do we.
-        return 400 <= response.status_code < 500
+        return _Outcome.REFUSED if response.status_code in FINAL_STATUSES else _Outcome.FAILED
 
     async def settle(self) -> None:
         """Wait for every delivery that is due (not those sleeping on the clock) to finish."""
@@ -893,6 +977,8 @@ class SimulatedPlatform:
                 for m in self.state.messages[-5000:]
             ],
             "templates": {waba: sorted(pairs) for waba, pairs in self.state.templates.items()},
+            # Numbers provisioned (on use or by ProvisionBusiness): their ids derive from the number alone.
+            "provisioned": sorted(self._provisioned),
             "restrictions": {b: to_micros(until) for b, until in self.state.restrictions.items()},
             # Where the clock stood: a standalone simulator on a manual clock resumes there.
             "clock_us": to_micros(self.clock.now()),
@@ -938,6 +1024,11 @@ class SimulatedPlatform:
         self.state.templates = {waba: {tuple(p) for p in pairs} for waba, pairs in data["templates"].items()}
         self.state.restrictions = {b: from_micros(t) for b, t in data.get("restrictions", {}).items()}
         self.saved_clock_position = from_micros(data["clock_us"]) if "clock_us" in data else None
+        for number in data.get("provisioned", ()):
+            business = parse_number(number)
+            self._accounts[business.e164] = provisioned_account(business, self.access_token, self.app_secret)
+            self._default_templates[business.e164] = DEFAULT_TEMPLATE
+            self._provisioned.add(business.e164)
 
 
 def _wamid() -> str:

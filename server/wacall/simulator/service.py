@@ -26,7 +26,6 @@ from wacall.numbers import InvalidNumber, PhoneNumber, parse_number
 from wacall.rules.engine import PermissionState, effective_state
 from wacall.simulator.phone import OnCall, PhoneCall
 from wacall.simulator.platform import (
-    DEFAULT_TEMPLATE,
     OnPermissionRequest,
     SimMessage,
     SimulatedPlatform,
@@ -243,6 +242,10 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
             accounts=[self._account_message(account) for account in platform.accounts()],
             webhook_urls=platform.webhook_urls,
             webhook_verify_token=platform.webhook_verify_token,
+            webhook_routes=[
+                pb.WebhookRoute(business_number=number, urls=urls)
+                for number, urls in sorted(platform.webhook_routes.items())
+            ],
         )
 
     async def ProvisionBusiness(self, request: pb.ProvisionBusinessRequest, context: Context) -> pb.BusinessAccount:
@@ -250,12 +253,13 @@ class SimulatorServicer(simulator_pb2_grpc.SimulatorServiceServicer):
         return self._account_message(self.platform.provision(business))
 
     def _account_message(self, account: MetaAccount) -> pb.BusinessAccount:
+        default = self.platform.default_template_of(account)
         return pb.BusinessAccount(
             business_number=account.business_number,
             phone_number_id=account.phone_number_id,
             waba_id=account.waba_id,
-            default_template_name=DEFAULT_TEMPLATE.name,
-            default_template_language=DEFAULT_TEMPLATE.language,
+            default_template_name=default.name if default is not None else "",
+            default_template_language=default.language if default is not None else "",
             templates=[f"{t.name}/{t.language}" for t in self.platform.templates_of(account)],
         )
 

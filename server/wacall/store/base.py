@@ -3,7 +3,8 @@
 A `Store` runs a function inside one transaction (`await store.transaction(fn)`); the function gets a `Tx` to read
 and write. Everything a decision needs (read the pair, decide with the engine, append events, save the pair,
 remember the idempotency key or webhook id) happens inside one call, so limits hold under any number of concurrent
-callers and processes, and the commit happens before anybody is answered.
+callers and processes, and the commit happens before anybody is answered. A function that only reads and decides
+nothing may run in a read-only snapshot instead (`await store.read(fn)`), which takes no write lock.
 
 Every backend guarantees, and `tests/test_store_contract.py` checks:
 
@@ -247,6 +248,11 @@ class Tx(Protocol):
         """The process recorded under `instance` (a call's `owner`), if it ever recorded itself."""
         ...
 
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        """Remove the processes whose heartbeat expired before `heartbeat_before` (each run records itself anew, so
+        the registry would otherwise keep every run ever); returns how many."""
+        ...
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         """Keep an event for a call id we do not know yet (its webhook beat our own record of it)."""
         ...
@@ -316,6 +322,17 @@ class Store(Protocol):
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
         """Run `fn` in one atomic, serialisable transaction and commit before returning its result. If `fn` raises,
         nothing it wrote is kept and the exception propagates."""
+        ...
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """Run `fn`, which only reads, against one consistent snapshot of committed data and return its result.
+
+        `fn` sees exactly what a `transaction` starting at that moment would see: every commit acknowledged before
+        `read` was called, nothing uncommitted, and one snapshot for all of its reads (never half of a concurrent
+        commit). It takes no write lock and need not wait for writers. A write in `fn` raises `StoreError` and changes
+        nothing. For answers that decide nothing (GetPermission); a decision that
+        writes (consumes a limit) reads in its own `transaction`. SQLite: a read-only connection in WAL mode;
+        PostgreSQL: a `READ ONLY` transaction at `REPEATABLE READ`."""
         ...
 
     async def events_after(

@@ -6,6 +6,7 @@ Pure functions, shared by every backend (and by the simulator, which keeps its s
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,8 @@ def ledger_to_json(ledger: Ledger) -> str:
     )
 
 
+# Ledgers are immutable values: a pair read again and again unchanged (GetPermission polled) is parsed once.
+@functools.lru_cache(maxsize=4096)
 def ledger_from_json(text: str) -> Ledger:
     data: dict[str, Any] = json.loads(text)
     state = PermissionState(data["state"])

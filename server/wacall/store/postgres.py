@@ -8,12 +8,13 @@ pool and the thread pool have the same size. asyncpg is async-only: it would nee
 **Isolation: READ COMMITTED, and every read that a decision depends on locks what it read** (strict two-phase
 locking: locks are held to the commit, so transactions are serialisable for everything the services read and then
 write). A pair's ledger and its call in progress take the pair's lock, idempotency keys the (business, key) lock,
-a pause the business's, settings their name's, the router state the router's: transaction-scoped advisory locks on
-a 64-bit hash of the name (a collision only makes two unrelated transactions wait for each other). A call read by
-id is locked `FOR UPDATE`; reservations are claimed `FOR UPDATE SKIP LOCKED`; expired calls with `UPDATE … RETURNING`
-(whose re-check of the row under lock makes the claim exclusive); a key with `INSERT … ON CONFLICT DO NOTHING`.
-Deadlocks and serialisation failures roll back and run `fn` again from scratch (base.py allows it), a bounded
-number of times with a little jitter.
+a pause the business's (shared to read it, as every decision of the business does; exclusive to write it),
+settings their name's, the router state the router's: transaction-scoped advisory locks on a 64-bit hash of the
+name (a collision only makes two unrelated transactions wait for each other). A call read by id is locked `FOR
+UPDATE`; reservations are claimed `FOR UPDATE SKIP LOCKED`; expired calls with `UPDATE … RETURNING` (whose re-check
+of the row under lock makes the claim exclusive); a key with `INSERT … ON CONFLICT DO NOTHING`. Deadlocks and
+serialisation failures roll back and run `fn` again from scratch (base.py allows it), a bounded number of times
+with a little jitter.
 
 **Event cursors in commit order without serialising writers: reads stop below the snapshot horizon.** An event's
 cursor is `(transaction id << 20) + its index in the transaction`: unique, below 2**63, known at insert (so
@@ -169,21 +170,33 @@ def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
 class _PostgresTx:
     """One transaction's reads and writes, on one worker thread and one pooled connection."""
 
-    def __init__(self, db: Connection) -> None:
+    def __init__(self, db: Connection, *, snapshot: bool = False) -> None:
         self._db = db
+        # A snapshot read (`Store.read`): REPEATABLE READ, READ ONLY; it decides nothing, so it locks nothing.
+        self._snapshot = snapshot
         # Events or calls written: other stores and this process's listeners are told after the commit.
         self.wrote_changes = False
         self._xid: int | None = None
+        self._held: dict[str, bool] = {}  # the advisory locks this transaction holds: name → shared
         self._events = 0
 
     def _one(self, query: Any, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         return self._db.execute(query, params).fetchone()
 
-    def _lock(self, *name: str) -> None:
-        # Held until commit or rollback; the name's parts are joined with a separator no E.164 number contains.
-        # A statement of its own: READ COMMITTED takes each statement's snapshot when it starts, so a read in the
-        # same statement as the lock would miss what the lock's previous holder committed while this one waited.
-        self._db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", ("\x1f".join(name),))
+    def _lock(self, *name: str, shared: bool = False) -> None:
+        # Held until commit or rollback, so taken once per transaction (a shared one may become exclusive); the
+        # name's parts are joined with a separator no E.164 number contains. A statement of its own: READ
+        # COMMITTED takes each statement's snapshot when it starts, so a read in the lock's own statement would
+        # miss what the lock's previous holder committed while this one waited.
+        if self._snapshot:
+            return
+        key = "\x1f".join(name)
+        held = self._held.get(key)
+        if held is False or (held is True and shared):
+            return
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        self._db.execute(f"SELECT {function}(hashtextextended(%s, 0))", (key,))
+        self._held[key] = shared
 
     def _lock_pair(self, pair: Pair) -> None:
         self._lock("pair", pair.business, pair.user)
@@ -296,7 +309,9 @@ class _PostgresTx:
         return [(from_micros(at), str(reason), bytes(body)) for at, reason, body in rows]
 
     def restriction(self, business: str) -> Restriction | None:
-        self._lock("restriction", business)
+        # Shared: every decision of the business reads its pause, and they must not wait for each other; a write of
+        # the pause (exclusive) waits for them, and they for it.
+        self._lock("restriction", business, shared=True)
         row = self._one("SELECT until FROM restrictions WHERE business = %s", (business,))
         return Restriction(optional_datetime(row[0])) if row else None
 
@@ -346,7 +361,7 @@ class _PostgresTx:
     def _calls(self, where: str, params: tuple[Any, ...], lock: bool = False) -> list[StoredCall]:
         rows = self._db.execute(
             f"SELECT {CALL_COLUMNS} FROM calls WHERE {where} ORDER BY created_at, call_id"
-            + (" FOR UPDATE" if lock else ""),
+            + (" FOR UPDATE" if lock and not self._snapshot else ""),
             params,
         ).fetchall()
         return [_row_to_call(row) for row in rows]
@@ -403,6 +418,11 @@ class _PostgresTx:
         row = self._one("SELECT instance, address, heartbeat_expires_at FROM replicas WHERE instance = %s", (instance,))
         return Replica(row[0], row[1], from_micros(row[2])) if row else None
 
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        return self._db.execute(
+            "DELETE FROM replicas WHERE heartbeat_expires_at < %s", (to_micros(heartbeat_before),)
+        ).rowcount
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
             "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (%s, %s, %s)",
@@ -435,7 +455,8 @@ class _PostgresTx:
 
     def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None:
         row = self._one(
-            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = %s AND idempotency_key = %s FOR UPDATE",
+            f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = %s AND idempotency_key = %s"
+            + ("" if self._snapshot else " FOR UPDATE"),
             (business, idempotency_key),
         )
         return _row_to_reservation(row) if row else None
@@ -683,6 +704,28 @@ class PostgresStore:
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
         return await self._on_thread(self._run, fn)
+
+    def _run_snapshot(self, fn: Callable[[Tx], T]) -> T:
+        self._check_open()
+        try:
+            with self._pool.connection() as db:
+                try:
+                    db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                    return fn(_PostgresTx(db, snapshot=True))
+                except psycopg.errors.ReadOnlySqlTransaction as error:
+                    raise StoreError("a snapshot read wrote: use a transaction") from error
+                finally:
+                    if not (db.broken or db.closed):
+                        db.rollback()
+        except PoolTimeout as error:
+            raise StoreUnavailable(f"the database {self._where} is unreachable: {error}") from error
+        except psycopg.OperationalError as error:
+            raise StoreUnavailable(f"the database {self._where} did not answer in time: {error}") from error
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        """`fn` on one snapshot (REPEATABLE READ, READ ONLY) without locks: it decides nothing, so it need not wait
+        for the decisions in progress; it sees every commit acknowledged before it began."""
+        return await self._on_thread(self._run_snapshot, fn)
 
     # --- reads outside transactions ----------------------------------------------------------------------------
 

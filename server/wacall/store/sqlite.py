@@ -1,7 +1,10 @@
 """The SQLite backend: one file in WAL mode, every transaction on one dedicated thread with `BEGIN IMMEDIATE`.
 
 One writer at a time (across every process on the file) makes transactions serialisable and issues event cursors
-in commit order; `synchronous=FULL` makes a commit durable before it is acknowledged.
+in commit order; `synchronous=FULL` makes a commit durable before it is acknowledged. Group commit: the thread takes
+every transaction queued while it was busy and runs them one after another, each in its own savepoint, in one
+`BEGIN IMMEDIATE` ... `COMMIT`, so many callers share one fsync and each is answered once the commit holding its
+writes is durable. Reads that write nothing (`Store.read`) take a snapshot on a second, read-only connection.
 """
 
 from __future__ import annotations
@@ -9,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,11 @@ from wacall.store.codecs import (
     to_micros,
 )
 from wacall.store.migrations import migrate
+
+# The most transactions one commit (one fsync) holds: a bound on how long the first of them waits for its answer.
+MAX_GROUP_COMMIT = 256
+# How long a read waits for a lock before failing: in WAL mode only a crashed writer's recovery holds readers up.
+READER_BUSY_TIMEOUT_MS = 1000
 
 # Column lists in the order the _row_to_* functions read them.
 EVENT_COLUMNS = "cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes"
@@ -284,6 +295,11 @@ class _SqliteTx:
         ).fetchone()
         return Replica(row[0], row[1], from_micros(row[2])) if row else None
 
+    def forget_replicas(self, heartbeat_before: datetime) -> int:
+        return self._db.execute(
+            "DELETE FROM replicas WHERE heartbeat_expires_at < ?", (to_micros(heartbeat_before),)
+        ).rowcount
+
     def park_call_event(self, platform_call_id: str, event: Mapping[str, Any], now: datetime) -> None:
         self._db.execute(
             "INSERT INTO parked_call_events (platform_call_id, parked_at, event) VALUES (?, ?, ?)",
@@ -417,23 +433,80 @@ def _switch_to_wal(db: sqlite3.Connection, patience: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-class SqliteStore:
-    """SQLite in WAL mode; all access on one thread, so each transaction is serialised and atomic."""
+@dataclass(slots=True)
+class _Queued:
+    """One caller's `transaction(fn)`, waiting for the store's thread."""
 
-    def __init__(self, path: Path) -> None:
+    fn: Callable[[Tx], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Any]
+    # Set on the store's thread, delivered on the caller's loop once the batch holding it is committed.
+    result: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _Stop:
+    """Close the connection once the transactions queued before this are done, then resolve `closed`."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+    closed: asyncio.Future[None] | None = None
+
+    def done(self) -> None:
+        if self.loop is not None:
+            try:
+                self.loop.call_soon_threadsafe(self._resolve)
+            except RuntimeError:
+                pass  # that loop is closed: nobody is waiting
+
+    def _resolve(self) -> None:
+        if self.closed is not None and not self.closed.done():
+            self.closed.set_result(None)
+
+
+def _deliver(batch: list[_Queued]) -> None:
+    """On a caller's loop: answer every caller of one committed (or failed) batch."""
+    for job in batch:
+        if job.future.done():
+            continue  # the caller stopped waiting; its commit stands
+        if job.error is not None:
+            job.future.set_exception(job.error)
+        else:
+            job.future.set_result(job.result)
+
+
+class SqliteStore:
+    """SQLite in WAL mode. Writes: every transaction on one thread, serialised, and grouped into one commit (one
+    fsync) with whatever other transactions queued meanwhile. Reads (`read`, `events_after`, `last_cursor`,
+    `list_calls`): a second, read-only connection used on the caller's thread, each read one snapshot."""
+
+    def __init__(self, path: Path, max_group: int = MAX_GROUP_COMMIT) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wacall-sqlite")
-        self._db: sqlite3.Connection | None = None
+        self.max_group = max_group
         self.changes = ChangeNotifier()
+        # Commits (each one fsync) made so far, each holding one or more transactions: what group commit saves.
+        self.commits = 0
         self._closed = False
+        self._queue: queue.SimpleQueue[_Queued | _Stop] = queue.SimpleQueue()
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        # The read connection is used by whichever thread reads (one loop's, normally): one read at a time.
+        self._read_lock = threading.Lock()
+        opened: Future[None] = Future()
+        self._thread = threading.Thread(target=self._serve, args=(opened,), name="wacall-sqlite", daemon=True)
+        self._thread.start()
+        opened.result()
         try:
-            self._executor.submit(self._open).result()
+            self._reader = self._open_reader()
         except BaseException:
-            self._executor.shutdown(wait=True)
+            self._queue.put(_Stop())
+            self._thread.join()
             raise
 
-    def _open(self) -> None:
+    # --- the store's thread: writes --------------------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
             _switch_to_wal(db)
@@ -444,37 +517,128 @@ class SqliteStore:
         except BaseException:
             db.close()
             raise
-        self._db = db
+        return db
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise StoreError("the store is closed")
-        return self._db
-
-    def _run(self, fn: Callable[[Tx], T], loop: asyncio.AbstractEventLoop) -> T:
-        db = self._connection()
-        db.execute("BEGIN IMMEDIATE")
-        tx = _SqliteTx(db)
+    def _serve(self, opened: Future[None]) -> None:
         try:
-            result = fn(tx)
+            db = self._open()
+        except BaseException as error:
+            opened.set_exception(error)
+            return
+        self._db = db
+        opened.set_result(None)
+        stop: _Stop | None = None
+        try:
+            while stop is None:
+                first = self._queue.get()
+                if isinstance(first, _Stop):
+                    stop = first
+                    break
+                batch = [first]
+                # Whatever queued while the last commit was being fsynced joins this one: one fsync for all.
+                while len(batch) < self.max_group:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(job, _Stop):
+                        stop = job  # after this batch
+                        break
+                    batch.append(job)
+                self._commit_group(db, batch)
+        finally:
+            self._db = None
+            db.close()
+            if stop is not None:
+                stop.done()
+
+    def _commit_group(self, db: sqlite3.Connection, batch: list[_Queued]) -> None:
+        """Run each queued function in its own savepoint of one transaction, commit once, then answer them all.
+
+        A function that raises rolls back to its savepoint only and its caller gets the exception; the others'
+        writes commit. The functions still run one after another, so transactions stay serialisable."""
+        wrote_changes = False
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for job in batch:
+                db.execute("SAVEPOINT fn")
+                tx = _SqliteTx(db)
+                try:
+                    job.result = job.fn(tx)
+                except BaseException as error:
+                    job.error = error
+                    db.execute("ROLLBACK TO fn")
+                else:
+                    wrote_changes |= tx.wrote_changes
+                db.execute("RELEASE fn")
             db.execute("COMMIT")
-        except BaseException:
+            self.commits += 1
+        except BaseException as error:
+            # BEGIN or COMMIT failed (a busy database, a full disk): nothing of the batch is kept.
             if db.in_transaction:
                 db.execute("ROLLBACK")
-            raise
-        if tx.wrote_changes:
-            # From this thread, once committed: the caller may have stopped waiting (a cancelled RPC), its commit
-            # still wakes the listeners.
-            loop.call_soon_threadsafe(self.changes.notify)
-        return result
-
-    async def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            wrote_changes = False
+            for job in batch:
+                if job.error is None:
+                    job.error = error
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Queued]] = {}
+        for job in batch:
+            by_loop.setdefault(job.loop, []).append(job)
+        for loop, jobs in by_loop.items():
+            # Scheduled from this thread once committed: a caller that stopped waiting (a cancelled RPC) does not
+            # hold back the others, and its commit still wakes the listeners (once per batch).
+            try:
+                loop.call_soon_threadsafe(_deliver, jobs)
+                if wrote_changes:
+                    loop.call_soon_threadsafe(self.changes.notify)
+            except RuntimeError:
+                continue  # that loop is closed: nobody is left to answer
 
     async def transaction(self, fn: Callable[[Tx], T]) -> T:
-        return await self._on_thread(self._run, fn, asyncio.get_running_loop())
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        job = _Queued(fn, loop, loop.create_future())
+        self._queue.put(job)
+        result: T = await job.future
+        return result
 
-    def _events_after(self, cursor: int, business: str | None, user: str | None, limit: int) -> list[EventRecord]:
+    # --- the read connection: on the caller's thread -----------------------------------------------------------
+
+    def _open_reader(self) -> sqlite3.Connection:
+        reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            # A reader in WAL mode waits for no writer; query_only makes a write in a read fail instead of commit.
+            reader.execute("PRAGMA query_only=ON")
+            reader.execute(f"PRAGMA busy_timeout={READER_BUSY_TIMEOUT_MS}")
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
+    def _snapshot(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run `fn` in one read transaction on the read connection: every query it makes sees one snapshot."""
+        with self._read_lock:
+            reader = self._reader
+            if reader is None or self._closed:
+                raise StoreError("the store is closed")
+            reader.execute("BEGIN")
+            try:
+                return fn(reader)
+            except sqlite3.OperationalError as error:
+                if error.sqlite_errorcode == sqlite3.SQLITE_READONLY:
+                    raise StoreError("a read tried to write: writes belong in a transaction") from error
+                raise
+            finally:
+                reader.execute("COMMIT")
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        # No thread hop: a WAL reader does not wait for the writer, and a decision's reads are a few index lookups.
+        return self._snapshot(lambda reader: fn(_SqliteTx(reader)))
+
+    def _events_after(
+        self, reader: sqlite3.Connection, cursor: int, business: str | None, user: str | None, limit: int
+    ) -> list[EventRecord]:
         clauses, params = ["cursor > ?"], [cursor]
         if business:
             clauses.append("business = ?")
@@ -482,23 +646,20 @@ class SqliteStore:
         if user:
             clauses.append("user_number = ?")
             params.append(user)  # type: ignore[arg-type]
-        rows = (
-            self._connection()
-            .execute(
-                f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
-                (*params, limit),
-            )
-            .fetchall()
-        )
+        rows = reader.execute(
+            f"SELECT {EVENT_COLUMNS} FROM events WHERE {' AND '.join(clauses)} ORDER BY cursor LIMIT ?",
+            (*params, limit),
+        ).fetchall()
         return [_row_to_event(row) for row in rows]
 
     async def events_after(
         self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
     ) -> list[EventRecord]:
-        return await self._on_thread(self._events_after, cursor, business, user, limit)
+        return self._snapshot(lambda reader: self._events_after(reader, cursor, business, user, limit))
 
+    @staticmethod
     def _list_calls(
-        self, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
+        reader: sqlite3.Connection, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
     ) -> list[StoredCall]:
         clauses: list[str] = ["1 = 1"]
         params: list[Any] = []
@@ -511,39 +672,36 @@ class SqliteStore:
         if before:
             clauses.append("(created_at, call_id) < (?, ?)")
             params.extend([before[0], before[1]])
-        rows = (
-            self._connection()
-            .execute(
-                f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(clauses)} "
-                "ORDER BY created_at DESC, call_id DESC LIMIT ?",
-                (*params, limit),
-            )
-            .fetchall()
-        )
+        rows = reader.execute(
+            f"SELECT {CALL_COLUMNS} FROM calls WHERE {' AND '.join(clauses)} "
+            "ORDER BY created_at DESC, call_id DESC LIMIT ?",
+            (*params, limit),
+        ).fetchall()
         return [_row_to_call(row) for row in rows]
 
     async def list_calls(
         self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
     ) -> list[StoredCall]:
-        return await self._on_thread(self._list_calls, business, user, before, limit)
-
-    def _last_cursor(self) -> int:
-        return int(self._connection().execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0])
+        return self._snapshot(lambda reader: self._list_calls(reader, business, user, before, limit))
 
     async def last_cursor(self) -> int:
-        return await self._on_thread(self._last_cursor)
-
-    def _shut(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        return self._snapshot(
+            lambda reader: int(reader.execute("SELECT COALESCE(MAX(cursor), 0) FROM events").fetchone()[0])
+        )
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._on_thread(self._shut)
-        self._executor.shutdown(wait=True)
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        loop = asyncio.get_running_loop()
+        stop = _Stop(loop, loop.create_future())
+        self._queue.put(stop)  # after the transactions already queued
+        assert stop.closed is not None
+        await stop.closed
 
 
 def sqlite_path(url: str) -> Path:

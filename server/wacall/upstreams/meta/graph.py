@@ -8,7 +8,7 @@ only when the request provably never reached the server (connection refused), so
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -53,6 +53,9 @@ class GraphClient:
         self._http = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=timeout, transport=transport)
         self._read_retries = read_retries
         self._backoff = backoff
+        # Told when the platform refuses the access token (HTTP 401, error 190): a simulator in another process
+        # may have restarted with a new one.
+        self.on_unauthorized: Callable[[], None] | None = None
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -88,6 +91,8 @@ class GraphClient:
                         f"transport error talking to the platform: {exc}", maybe_sent=not idempotent
                     ) from exc
             else:
+                if response.status_code == 401 and self.on_unauthorized is not None:
+                    self.on_unauthorized()
                 if response.status_code >= 500 and idempotent and not last_try:
                     pass  # retry a read
                 else:

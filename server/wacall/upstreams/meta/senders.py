@@ -78,3 +78,12 @@ class ProvisioningSenders(ConfiguredSenders):
 
     def app_secrets(self) -> list[bytes]:
         return sorted({*super().app_secrets(), self._app_secret.encode()})
+
+    def replace(
+        self, accounts: Iterable[Account], provision: Callable[[PhoneNumber], Account], app_secret: str
+    ) -> None:
+        """Start over from these accounts, provisioning and secret (a simulator in another process restarted with
+        another secret or token): accounts provisioned so far are provisioned again on their next use."""
+        super().__init__(accounts)
+        self._provision = provision
+        self._app_secret = app_secret

@@ -116,7 +116,10 @@ def webhook_routes(
     verify_token: Callable[[], str | None],
     max_body_bytes: int,
     limits: WebhookLimits | None = None,
+    on_bad_signature: Callable[[], None] | None = None,
 ) -> list[web.RouteDef]:
+    """The webhook endpoint's routes; `on_bad_signature` is told of each body refused for its signature (a
+    simulator that restarted with another secret: the service asks for the new one)."""
     limits = limits or WebhookLimits(max_body_bytes=max_body_bytes)
 
     async def verify(request: web.Request) -> web.StreamResponse:
@@ -144,6 +147,8 @@ def webhook_routes(
             return json_error(413, f"body larger than {max_body_bytes} bytes")
         if not signature_valid(request.headers.get(SIGNATURE_HEADER), raw, senders.app_secrets()):
             log.warning("webhook with a missing or wrong %s rejected", SIGNATURE_HEADER)
+            if on_bad_signature is not None:
+                on_bad_signature()
             return json_error(401, f"missing or invalid {SIGNATURE_HEADER}")
         now = dispatcher.clock.now()
         window = TimeWindow(now, limits.max_clock_skew, limits.max_age, limits.max_expiry_ahead)

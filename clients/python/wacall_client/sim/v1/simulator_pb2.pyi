@@ -273,20 +273,30 @@ class BusinessAccount(_message.Message):
     def __init__(self, business_number: _Optional[str] = ..., phone_number_id: _Optional[str] = ..., waba_id: _Optional[str] = ..., default_template_name: _Optional[str] = ..., default_template_language: _Optional[str] = ..., templates: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PlatformConfig(_message.Message):
-    __slots__ = ("graph_base_url", "app_secret", "access_token", "accounts", "webhook_urls", "webhook_verify_token")
+    __slots__ = ("graph_base_url", "app_secret", "access_token", "accounts", "webhook_urls", "webhook_verify_token", "webhook_routes")
     GRAPH_BASE_URL_FIELD_NUMBER: _ClassVar[int]
     APP_SECRET_FIELD_NUMBER: _ClassVar[int]
     ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     ACCOUNTS_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_URLS_FIELD_NUMBER: _ClassVar[int]
     WEBHOOK_VERIFY_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    WEBHOOK_ROUTES_FIELD_NUMBER: _ClassVar[int]
     graph_base_url: str
     app_secret: str
     access_token: str
     accounts: _containers.RepeatedCompositeFieldContainer[BusinessAccount]
     webhook_urls: _containers.RepeatedScalarFieldContainer[str]
     webhook_verify_token: str
-    def __init__(self, graph_base_url: _Optional[str] = ..., app_secret: _Optional[str] = ..., access_token: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[BusinessAccount, _Mapping]]] = ..., webhook_urls: _Optional[_Iterable[str]] = ..., webhook_verify_token: _Optional[str] = ...) -> None: ...
+    webhook_routes: _containers.RepeatedCompositeFieldContainer[WebhookRoute]
+    def __init__(self, graph_base_url: _Optional[str] = ..., app_secret: _Optional[str] = ..., access_token: _Optional[str] = ..., accounts: _Optional[_Iterable[_Union[BusinessAccount, _Mapping]]] = ..., webhook_urls: _Optional[_Iterable[str]] = ..., webhook_verify_token: _Optional[str] = ..., webhook_routes: _Optional[_Iterable[_Union[WebhookRoute, _Mapping]]] = ...) -> None: ...
+
+class WebhookRoute(_message.Message):
+    __slots__ = ("business_number", "urls")
+    BUSINESS_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    business_number: str
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, business_number: _Optional[str] = ..., urls: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ProvisionBusinessRequest(_message.Message):
     __slots__ = ("business_number",)
