@@ -24,8 +24,12 @@ from wacall_client.v1 import contact_center_model_pb2 as m
 from wacall_client.v1 import contact_center_pb2 as cc
 from wacall_client.v1 import contact_center_pb2_grpc
 
-from wacall.api.contact_center import REFUSAL_STATUS
+from wacall.api.contact_center import REFUSAL_STATUS, drive_request
+from wacall.queues import router
+from wacall.queues.router import CallGone, Presence, Tick
 from wacall.queues.service import QueueService
+from wacall.queues.sessions import MAX_PENDING_EVENTS, TOO_MANY_PENDING_EVENTS, SessionError
+from wacall.store import StoreUnavailable
 
 R = cc.AgentSessionRequest
 THIRD_USER = "+491711234567"  # DE
@@ -172,12 +176,23 @@ async def test_a_queue_is_created_read_listed_replaced_and_deleted_with_the_defa
     assert created.ring_timeout.ToTimedelta() == timedelta(seconds=20)  # unset: 20 s
     assert not created.HasField("max_wait")  # unset: no limit
     assert created.wrap_up.ToTimedelta() == timedelta(0)
+    # Unset: a declined call rings the same agent again after 10 s, one that rang out after 5 s.
+    assert created.decline_delay.ToTimedelta() == timedelta(seconds=10)
+    assert created.no_answer_delay.ToTimedelta() == timedelta(seconds=5)
     assert created.hold_audio.tone_hz == 425 and dict(created.required_skills) == {"spanish": 2}
     got = await stub(wacall).GetQueue(cc.GetQueueRequest(queue_id="sales"), metadata=wacall.metadata)
     assert got == created
 
-    replaced = await put_queue(wacall, strategy=m.STRATEGY_RING_ALL, max_wait=duration(300), wrap_up=duration(30))
+    replaced = await put_queue(
+        wacall,
+        strategy=m.STRATEGY_RING_ALL,
+        max_wait=duration(300),
+        wrap_up=duration(30),
+        decline_delay=duration(0),
+        no_answer_delay=duration(60),
+    )
     assert replaced.strategy == m.STRATEGY_RING_ALL and replaced.max_wait.seconds == 300
+    assert (replaced.decline_delay.seconds, replaced.no_answer_delay.seconds) == (0, 60)
     assert replaced.name == "" and not replaced.required_skills  # Put replaces the whole queue
     await put_queue(wacall, "billing", overflow_queue_id="sales")
     listed = await stub(wacall).ListQueues(cc.ListQueuesRequest(), metadata=wacall.metadata)
@@ -231,6 +246,8 @@ BAD_QUEUES = [
     ("required_skills", m.Queue(queue_id="q", required_skills={f"s{i}": 1 for i in range(33)})),
     ("required_skills[spanish]", m.Queue(queue_id="q", required_skills={"spanish": -1})),
     ("max_missed_offers", m.Queue(queue_id="q", max_missed_offers=-1)),
+    ("decline_delay", m.Queue(queue_id="q", decline_delay=duration(-1))),
+    ("no_answer_delay", m.Queue(queue_id="q", no_answer_delay=duration(7200))),
     ("hold_audio.tone_hz", m.Queue(queue_id="q", hold_audio=m.HoldAudio(tone_hz=0))),
     ("hold_audio.audio_file", m.Queue(queue_id="q", hold_audio=m.HoldAudio(audio_file="/etc/passwd"))),
     ("name", m.Queue(queue_id="q", name="a\x00b")),
@@ -275,6 +292,49 @@ def test_every_refusal_code_the_router_raises_has_a_status() -> None:
     source = (Path(__file__).parent.parent / "server/wacall/queues/router.py").read_text()
     codes = set(re.findall(r'RoutingRefused\(\s*"([a-z_]+)"', source))
     assert len(codes) >= 8 and codes <= set(REFUSAL_STATUS)
+
+
+async def test_an_overflow_queue_must_exist_and_cannot_be_deleted_while_another_overflows_into_it(
+    wacall: Running,
+) -> None:
+    error = await refused(put_queue(wacall, overflow_queue_id="nowhere"))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(error).reason == "unknown_overflow_queue"
+    assert not (await stub(wacall).ListQueues(cc.ListQueuesRequest(), metadata=wacall.metadata)).queues
+    await put_queue(wacall, "anyone")
+    await put_queue(wacall, overflow_queue_id="anyone")
+    error = await refused(stub(wacall).DeleteQueue(cc.DeleteQueueRequest(queue_id="anyone"), metadata=wacall.metadata))
+    assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and error_info(error).reason == "queue_in_use"
+
+
+async def test_too_many_agents_is_resource_exhausted_with_a_quota_failure(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(router, "MAX_AGENTS", 2)
+    await put_agent(wacall, "ann")
+    await put_agent(wacall, "bob")
+    error = await refused(put_agent(wacall, "cat"))
+    assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and error_info(error).reason == "too_many_agents"
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    quota = error_details_pb2.QuotaFailure()
+    assert next(d for d in status.details if d.Is(quota.DESCRIPTOR)).Unpack(quota)
+    assert quota.violations[0].subject == "agents"
+
+
+async def test_a_delete_racing_a_put_of_the_same_id_answers_what_it_deleted_never_unknown(wacall: Running) -> None:
+    # Each round: a delete of a queue that does not exist yet races its put; either order is a clear answer.
+    for round_number in range(20):
+        queue_id = f"q{round_number}"
+        put, deleted = await asyncio.gather(
+            put_queue(wacall, queue_id),
+            stub(wacall).DeleteQueue(cc.DeleteQueueRequest(queue_id=queue_id), metadata=wacall.metadata),
+            return_exceptions=True,
+        )
+        assert isinstance(put, m.Queue), put
+        if isinstance(deleted, grpc.aio.AioRpcError):
+            assert deleted.code() is grpc.StatusCode.NOT_FOUND, deleted
+        else:
+            assert isinstance(deleted, m.Queue) and deleted.queue_id == queue_id
 
 
 async def test_a_queue_with_waiting_calls_and_an_agent_on_a_call_cannot_be_deleted(wacall: Running) -> None:
@@ -555,6 +615,8 @@ async def test_missed_offers_in_a_row_pause_the_agent_with_a_presence_event(waca
     await ann.offer()
     await wacall.advance(10)
     assert (await ann.expect("offer_withdrawn")).offer_withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT
+    await ann.quiet()  # not straight back: the queue's no-answer delay (5 s by default) first
+    await wacall.advance(5)
     await ann.offer()  # a new round: the only agent gets the call again
     await wacall.advance(10)
     assert (await ann.expect("offer_withdrawn")).offer_withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT
@@ -730,6 +792,123 @@ async def test_queues_and_agents_survive_a_restart(make_service: Callable[..., A
     queue = await stub(second).GetQueue(cc.GetQueueRequest(queue_id="sales"), metadata=second.metadata)
     assert queue.ring_timeout.seconds == 45
     assert dict((await agent_state(second, "ann")).skills) == {"spanish": 1}
+
+
+def failing_steps(wacall: Running, monkeypatch: pytest.MonkeyPatch, kind: type, times: int) -> list[object]:
+    """Make the contact centre's next `times` steps of `kind` fail as with the database down; returns the list of
+    attempts (every step of that kind tried)."""
+    queues = queues_of(wacall)
+    apply = queues.apply
+    attempts: list[object] = []
+
+    async def flaky(event: object, guard: object = None) -> object:
+        if isinstance(event, kind):
+            attempts.append(event)
+            if len(attempts) <= times:
+                raise StoreUnavailable("the database cannot be reached")
+        return await apply(event, guard)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(queues, "apply", flaky)
+    return attempts
+
+
+async def test_a_failing_timer_step_is_retried_after_a_pause_not_in_a_loop(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put_queue(wacall, ring_timeout=duration(10))
+    await put_agent(wacall, "ann")
+    ann = Agent(wacall, "ann")
+    await ann.sign_in()
+    await queued_call(wacall)
+    await ann.offer()
+    attempts = failing_steps(wacall, monkeypatch, Tick, times=2)
+    await wacall.advance(10)
+    await asyncio.sleep(0.5)
+    assert len(attempts) == 1  # then a pause (1 s, then 2 s), not one attempt after another
+    # Once a tick goes through, the ring timeout fires as it should have.
+    withdrawn = await ann.expect("offer_withdrawn", timeout=10)
+    assert withdrawn.offer_withdrawn.why == m.OFFER_WITHDRAWN_WHY_TIMED_OUT and len(attempts) == 3
+    ann.close()
+
+
+async def test_a_call_end_the_contact_centre_failed_to_record_is_retried_until_the_agent_is_free(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put_queue(wacall)
+    await put_agent(wacall, "ann")
+    ann = Agent(wacall, "ann")
+    await ann.sign_in()
+    call_id = await queued_call(wacall)
+    ann.accept((await ann.offer()).offer_id)
+    await ann.expect("presence")
+    await ann.expect("connected")
+    attempts = failing_steps(wacall, monkeypatch, CallGone, times=1)
+    await wacall.calling.EndCall(pb.EndCallRequest(call_id=call_id), metadata=wacall.metadata)
+    assert (await ann.expect("call_ended", timeout=10)).call_ended.call_id == call_id
+    assert (await ann.expect("presence")).presence.state == m.AGENT_PRESENCE_AVAILABLE
+    assert len(attempts) == 2
+    ann.close()
+
+
+async def test_a_client_that_never_reads_its_events_gets_its_session_closed_not_the_servers_memory_filled(
+    wacall: Running,
+) -> None:
+    await put_agent(wacall, "ann")
+    session = await queues_of(wacall).login("ann")
+    # A client streaming empty requests, never reading: each is refused with an event.
+    for _ in range(3 * MAX_PENDING_EVENTS):
+        await drive_request(session, R())
+    assert session.overflowed
+    events = [event async for event in session.events()]
+    assert [type(e) for e in events] == [SessionError] and events[0].code == TOO_MANY_PENDING_EVENTS  # type: ignore[union-attr]
+    await session.close()
+    assert (await agent_state(wacall, "ann")).presence == m.AGENT_PRESENCE_OFFLINE
+
+
+def crash(wacall: Running) -> None:
+    """What a kill -9 leaves: the service stops without its sessions' agents being signed out."""
+    queues_of(wacall).sessions.clear()
+
+
+async def test_a_restart_after_a_crash_signs_out_the_agents_whose_sessions_this_process_held(
+    make_service: Callable[..., Awaitable[Running]],
+) -> None:
+    first = await make_service(instance_name="desk")
+    await put_queue(first)
+    await put_agent(first, "ann")
+    ann = Agent(first, "ann")
+    await ann.sign_in()
+    crash(first)
+    await first.service.stop(grace=0.5)
+    assert queues_of(first).state.agents["ann"].presence is Presence.AVAILABLE  # what the crash left
+
+    second = await make_service(instance_name="desk")
+    assert (await agent_state(second, "ann")).presence == m.AGENT_PRESENCE_OFFLINE
+    await queued_call(second)
+    assert not queues_of(second).state.offers  # no call rings a session that no longer exists
+    ann.close()
+
+
+async def test_the_agents_of_a_replica_that_stopped_renewing_its_heartbeat_go_offline_on_the_others(
+    make_service: Callable[..., Awaitable[Running]],
+) -> None:
+    lost = await make_service(instance_name="lost", call_lease_seconds=1)
+    alive = await make_service(instance_name="alive", call_lease_seconds=1)
+    await put_queue(alive)
+    for name in ("ann", "bob"):
+        await put_agent(alive, name)
+    ann, bob = Agent(lost, "ann"), Agent(alive, "bob")
+    await ann.sign_in()
+    await bob.sign_in()
+    crash(lost)
+    await lost.service.stop(grace=0.5)
+    # One lease with no heartbeat from "lost", and one lease of "alive" reaching the store: a few seconds.
+    await wait_until(
+        lambda: agent_state(alive, "ann"), lambda agent: agent.presence == m.AGENT_PRESENCE_OFFLINE, timeout=15
+    )
+    assert (await agent_state(alive, "bob")).presence == m.AGENT_PRESENCE_AVAILABLE
+    ann.close()
+    bob.close()
 
 
 async def test_deleting_an_agent_ends_its_session_with_a_reason(wacall: Running) -> None:

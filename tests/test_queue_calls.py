@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import pytest
 from conftest import BUSINESS, OTHER_USER, USER, Running, duration, eventually, refused, wait_until
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -39,6 +40,7 @@ from wacall.calls.queue_route import CLOSING_TONE_HZ
 from wacall.media.leg import AudioLeg
 from wacall.media.tracks import ToneSource, level
 from wacall.simulator.phone import PhoneCall
+from wacall_adapters.webrtc import AGENT_MEDIA_ENDED
 
 R = cc.AgentSessionRequest
 RATE = 16000
@@ -280,13 +282,104 @@ async def test_a_webrtc_agent_takes_a_queued_call_and_audio_flows_both_ways_with
         pause = arrivals.longest_pause_frames(accepted_at)
         print(f"longest pause at the phone across the move to a WebRTC agent: {pause:.1f} frames")
         assert pause < 10, f"the phone heard nothing for {pause:.1f} frames"
+        # Hung up from the page while its audio still runs (closing the audio first would end the call itself).
+        bob.send(R(hang_up=R.HangUp(call_id=call.call_id)))
+        ended = (await until(bob, "call_ended")).call_ended
     finally:
         await agent.close()
-    bob.send(R(hang_up=R.HangUp(call_id=call.call_id)))
-    ended = (await until(bob, "call_ended")).call_ended
     assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
     assert (await wacall.get_call(call.call_id)).end_reason == "hung up by the agent"
     bob.close()
+
+
+async def test_a_webrtc_agent_whose_media_goes_away_mid_call_ends_the_call_instead_of_leaving_silence(
+    wacall: Running,
+) -> None:
+    # The agent's tab is closed or reloaded during the call: its peer connection closes.
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    await put_agent(wacall, "bob")
+    call = await queue_call(wacall)
+    bob = await signed_in(wacall, "bob")
+    offer = await bob.offer()
+    agent = AudioLeg(name="agent", source=ToneSource(AGENT_HZ, amplitude=0.3), handlers=[Heard()])
+    try:
+        bob.send(
+            R(accept=R.Accept(offer_id=offer.offer_id, webrtc=R.WebRtcMedia(offer_sdp=await agent.create_offer())))
+        )
+        connected = (await until(bob, "connected")).connected
+        await agent.apply_answer(connected.webrtc_answer_sdp)
+        ear = await phone_ear(wacall, call.platform_call_id)
+        await hears(ear, AGENT_HZ, what="the WebRTC agent at the phone")
+    finally:
+        await agent.close()
+    ended = (await until(bob, "call_ended")).call_ended
+    assert ended.call_id == call.call_id and ended.outcome == pb.CALL_OUTCOME_ANSWERED
+    assert (await wacall.get_call(call.call_id)).end_reason == AGENT_MEDIA_ENDED
+    # Still signed in: the agent is free for the next call.
+    assert (await until(bob, "presence")).presence.state == m.AGENT_PRESENCE_AVAILABLE
+    bob.close()
+
+
+async def test_a_stream_dropped_while_its_accept_moves_the_media_still_hands_the_call_to_the_agent(
+    wacall: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    await put_agent(wacall, "ann")
+    queues = queues_of(wacall)
+    connect_agent = queues.connect_agent
+    release = asyncio.Event()
+
+    async def slow(*args: Any) -> str:  # an agent's media that takes a while to attach (a WebRTC offer, say)
+        await release.wait()
+        return await connect_agent(*args)
+
+    monkeypatch.setattr(queues, "connect_agent", slow)
+    call = await queue_call(wacall)
+    ann = await signed_in(wacall, "ann")
+    ann.accept((await ann.offer()).offer_id)
+    await eventually(lambda: call.call_id in queues.state.assigned, what="the accept committed")
+    ann.call.cancel()  # the agent's client drops mid-accept
+    await eventually(lambda: "ann" not in queues.sessions, what="the session closed")
+    release.set()
+    # The call went to the agent's media, not back to hold audio in no queue with no one to take it.
+    await wait_until(lambda: wacall.get_call(call.call_id), lambda moved: moved.route == "media_stream")
+
+
+async def test_waiting_calls_cost_the_store_no_transaction_each_while_nothing_happens(wacall: Running) -> None:
+    # The contact centre watches its calls' ends in one transaction per wake, not one per call per wake: idle, the
+    # store's transactions do not grow with the number of waiting calls.
+    await put_queue(wacall, hold_audio=m.HoldAudio(tone_hz=HOLD_HZ))
+    queues = queues_of(wacall)
+    store = wacall.service.store
+    assert store is not None
+    transaction = store.transaction
+    count = 0
+    users: list[str] = []
+
+    async def counted(fn: Any) -> Any:
+        nonlocal count
+        count += 1
+        return await transaction(fn)
+
+    async def idle_transactions(waiting: int) -> int:
+        nonlocal count
+        while len(users) < waiting:
+            users.append(f"+3461234{5600 + len(users)}")
+            await queue_call(wacall, user=users[-1])
+        await eventually(lambda: len(queues.state.waiting) == waiting, what="the calls queued")
+        await asyncio.sleep(1.0)  # the phones' answers settle
+        count = 0
+        await asyncio.sleep(3.0)
+        return count
+
+    store.transaction = counted  # type: ignore[method-assign]
+    try:
+        few = await idle_transactions(2)
+        many = await idle_transactions(8)
+    finally:
+        store.transaction = transaction  # type: ignore[method-assign]
+    print(f"store transactions in 3 s idle: {few} with 2 calls waiting, {many} with 8")
+    assert many - few < 6, (few, many)  # a transaction per call per second would add at least 18
 
 
 async def test_an_agent_media_that_cannot_be_attached_ends_the_call_with_the_reason(wacall: Running) -> None:

@@ -13,7 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from wacall.queues import codec
+from wacall.queues import codec, router
 from wacall.queues.router import (
     EMPTY,
     Accept,
@@ -43,6 +43,7 @@ from wacall.queues.router import (
     QueueTimedOut,
     RouterState,
     RoutingRefused,
+    SessionsGone,
     SetPresence,
     Strategy,
     Tick,
@@ -259,14 +260,52 @@ def test_a_decline_passes_the_call_to_the_next_agent_and_is_not_a_missed_offer()
     assert desk.agent("ann").missed_offers == 0
 
 
-def test_a_lone_agent_who_declined_gets_the_call_again_in_the_next_round() -> None:
+def test_a_lone_agent_who_declined_is_rung_again_only_after_the_decline_delay() -> None:
     desk = Desk()
-    desk.queue()
+    desk.queue(decline_delay=timedelta(seconds=10))
+    desk.agents("ann")
+    desk.do(CallQueued("c1", "sales"))
+    first = desk.offer_to("ann")
+    desk.do(Decline(first))
+    assert desk.ringing() == {}  # not straight back: the caller waits on hold
+    assert next_deadline(desk.state) == desk.now + 10 * S
+    assert offers_in(desk.later(9.999)) == []
+    assert offers_in(desk.later(0.001)) == [("ann", "c1")] and desk.offer_to("ann") != first
+
+
+def test_a_declined_call_goes_to_a_new_caller_meanwhile_and_other_agents_are_not_delayed() -> None:
+    desk = Desk()
+    desk.queue(strategy=Strategy.LINEAR, decline_delay=timedelta(seconds=30))
+    desk.agents("ann")
+    desk.do(CallQueued("c1", "sales"))
+    desk.do(Decline(desk.offer_to("ann")))
+    desk.do(CallQueued("c2", "sales"))
+    assert desk.ringing() == {"ann": "c2"}  # the delay is for the call ann declined, not for ann
+    desk.agents("bob")
+    assert desk.ringing() == {"ann": "c2", "bob": "c1"}
+
+
+def test_a_zero_decline_delay_rings_the_agent_again_at_once() -> None:
+    desk = Desk()
+    desk.queue(decline_delay=timedelta(0))
     desk.agents("ann")
     desk.do(CallQueued("c1", "sales"))
     first = desk.offer_to("ann")
     desk.do(Decline(first))
     assert desk.ringing() == {"ann": "c1"} and desk.offer_to("ann") != first
+
+
+def test_a_ring_out_rings_the_same_agents_again_only_after_the_no_answer_delay() -> None:
+    desk = Desk()
+    desk.queue(strategy=Strategy.RING_ALL, ring_timeout=timedelta(seconds=15), no_answer_delay=timedelta(seconds=5))
+    desk.agents("ann", "bob")
+    desk.do(CallQueued("c1", "sales"))
+    assert set(desk.ringing()) == {"ann", "bob"}
+    made = desk.later(15)
+    assert offers_in(made) == [] and desk.ringing() == {}
+    assert desk.agent("ann").missed_offers == 1  # one lap, one missed offer: no loop counting more
+    assert next_deadline(desk.state) == desk.now + 5 * S
+    assert sorted(offers_in(desk.later(5))) == [("ann", "c1"), ("bob", "c1")]
 
 
 def test_a_ring_timeout_moves_the_call_on_counts_a_missed_offer_and_pauses_the_agent() -> None:
@@ -292,6 +331,8 @@ def test_a_ring_timeout_moves_the_call_on_counts_a_missed_offer_and_pauses_the_a
     assert desk.ringing() == {}  # bob is busy, ann paused: c2 waits
     desk.do(SetPresence("ann", Presence.AVAILABLE))
     assert desk.agent("ann").missed_offers == 0
+    assert desk.ringing() == {}  # c2 rang out on ann: not before the no-answer delay
+    desk.later(5)
     assert desk.ringing() == {"ann": "c2"}
 
 
@@ -302,6 +343,7 @@ def test_an_accept_resets_the_missed_offers() -> None:
     desk.do(CallQueued("c1", "sales"))
     desk.later(20)
     assert desk.agent("ann").missed_offers == 1
+    desk.later(5)  # the no-answer delay
     desk.do(Accept(desk.offer_to("ann")))
     assert desk.agent("ann").missed_offers == 0
 
@@ -322,8 +364,8 @@ def test_higher_priority_first_then_first_come_first_served() -> None:
 
 def test_maximum_wait_overflows_to_another_queue_then_times_out_there() -> None:
     desk = Desk()
-    desk.queue("sales", max_wait=timedelta(seconds=60), overflow_queue_id="any")
     desk.queue("any", max_wait=timedelta(seconds=30))
+    desk.queue("sales", max_wait=timedelta(seconds=60), overflow_queue_id="any")
     desk.do(CallQueued("c1", "sales"))
     made = desk.later(60)
     assert made == [Overflowed("c1", "sales", "any")]
@@ -398,6 +440,38 @@ def test_a_dropped_session_makes_the_agent_offline_and_requeues_its_offer() -> N
     assert desk.ringing() == {"bob": "c1"}
 
 
+def test_the_agents_of_a_process_that_is_gone_go_offline_and_their_offers_pass_on() -> None:
+    desk = Desk()
+    desk.queue(strategy=Strategy.LONGEST_IDLE)
+    for agent_id, instance in (("ghost", "replica-a"), ("ann", "replica-b"), ("bob", "replica-a")):
+        desk.do(PutAgent(agent_id, queues={"sales": 0}), LogIn(agent_id, instance))
+        desk.do(SetPresence(agent_id, Presence.AVAILABLE))
+        desk.later(3600)  # ghost free longest: LONGEST_IDLE rings it first
+    desk.do(CallQueued("c1", "sales"))
+    desk.do(Accept(desk.offer_to("ghost")), CallQueued("c2", "sales"))
+    assert desk.ringing() == {"ann": "c2"}
+    desk.do(Decline(desk.offer_to("ann")))
+    assert desk.ringing() == {"bob": "c2"}
+    made = desk.do(SessionsGone(frozenset({"replica-a"})))
+    assert PresenceChanged("bob", Presence.OFFLINE, PresenceWhy.SESSION_ENDED) in made
+    assert desk.agent("bob").presence is Presence.OFFLINE and desk.ringing() == {}
+    assert desk.agent("ann").presence is Presence.AVAILABLE  # replica-b is alive
+    assert desk.agent("ghost").presence is Presence.BUSY and desk.agent("ghost").after_call is Presence.OFFLINE
+    desk.do(CallGone("c1"))
+    assert desk.agent("ghost").presence is Presence.OFFLINE
+
+
+def test_signing_in_again_during_a_call_keeps_the_agent_signed_in_after_it() -> None:
+    # The page reloaded mid-call: its old session's close asked for OFFLINE after the call; the new one undoes that.
+    desk = Desk()
+    desk.queue(wrap_up=timedelta(seconds=30))
+    desk.agents("ann")
+    desk.do(CallQueued("c1", "sales"), Accept("offer_1"))
+    desk.do(SetPresence("ann", Presence.OFFLINE, PresenceWhy.SESSION_ENDED), LogIn("ann", "replica-a"))
+    desk.do(CallGone("c1"))
+    assert desk.agent("ann").presence is Presence.WRAP_UP  # wraps up, as any signed-in agent after a call
+
+
 def test_away_asked_for_during_a_call_applies_after_it() -> None:
     desk = Desk()
     desk.queue()
@@ -416,6 +490,49 @@ def test_an_agent_initiated_call_makes_the_agent_busy_and_returns_it_to_its_pres
     assert desk.agent("ann").presence is Presence.BUSY and desk.ringing() == {}
     desk.do(CallGone("cb1"))
     assert desk.agent("ann").presence is Presence.AWAY
+    assert desk.agent("ann").calls_handled == 1
+
+
+def test_a_call_back_that_never_connected_leaves_the_agent_as_it_was() -> None:
+    desk = Desk()
+    desk.queue(strategy=Strategy.FEWEST_CALLS, wrap_up=timedelta(seconds=30))
+    desk.agents("ann")
+    before = desk.agent("ann")
+    desk.later(60)
+    desk.do(AgentCallStarted("ann", "cb1"))
+    desk.later(5)
+    desk.do(CallGone("cb1", answered=False))  # refused by the platform, or the customer did not pick up
+    after = desk.agent("ann")
+    assert after.presence is Presence.AVAILABLE
+    assert (after.calls_handled, after.last_call_ended_at, after.idle_since) == (0, None, before.idle_since)
+
+
+def test_a_deleted_queue_takes_its_figures_and_round_robin_memory_with_it() -> None:
+    desk = Desk()
+    desk.queue(strategy=Strategy.ROUND_ROBIN)
+    desk.agents("ann")
+    desk.do(CallQueued("c1", "sales"), Accept("offer_1"), CallGone("c1"), DeleteQueue("sales"))
+    assert "sales" not in desk.state.counters and "sales" not in desk.state.last_offered
+    desk.queue()
+    assert queue_stats(desk.state, "sales", desk.now).offered == 0
+
+
+def test_the_number_of_queues_and_agents_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router, "MAX_QUEUES", 2)
+    monkeypatch.setattr(router, "MAX_AGENTS", 2)
+    desk = Desk()
+    desk.queue("a")
+    desk.queue("b")
+    desk.queue("a", name="renamed")  # replacing one is not adding one
+    with pytest.raises(RoutingRefused) as refused:
+        desk.queue("c")
+    assert refused.value.code == "too_many_queues"
+    desk.do(PutAgent("ann"), PutAgent("bob"), PutAgent("ann", name="Ann"))
+    with pytest.raises(RoutingRefused) as refused:
+        desk.do(PutAgent("cat"))
+    assert refused.value.code == "too_many_agents"
+    desk.do(DeleteAgent("bob"), PutAgent("cat"))
+    assert set(desk.state.agents) == {"ann", "cat"}
 
 
 @pytest.mark.parametrize(
@@ -432,6 +549,8 @@ def test_an_agent_initiated_call_makes_the_agent_busy_and_returns_it_to_its_pres
         ([CallQueued("c1", "sales"), CallQueued("c1", "sales")], "call_already_routed"),
         ([PutQueue(QueueConfig("bad", ring_timeout=timedelta(0)))], "invalid_queue"),
         ([PutAgent("neg", queues={"sales": -1})], "invalid_agent"),
+        ([PutQueue(QueueConfig("vip", overflow_queue_id="nowhere"))], "unknown_overflow_queue"),
+        ([PutQueue(QueueConfig("vip", overflow_queue_id="sales")), DeleteQueue("sales")], "queue_in_use"),
     ],
 )
 def test_refused_commands_change_nothing(events: list[Event], code: str) -> None:
@@ -467,7 +586,8 @@ def test_queue_stats() -> None:
 
 
 AGENT_IDS = ("a0", "a1", "a2", "a3")
-QUEUES = {
+QUEUES = {  # in the order they are put: q1 overflows into q2
+    "q2": QueueConfig("q2", Strategy.RING_ALL, name="Anyone", hold_audio=HoldAudio(tone_hz=440), ring_timeout=10 * S),
     "q1": QueueConfig(
         "q1",
         Strategy.LONGEST_IDLE,
@@ -477,8 +597,9 @@ QUEUES = {
         wrap_up=5 * S,
         max_missed_offers=2,
         overflow_queue_id="q2",
+        decline_delay=5 * S,
+        no_answer_delay=3 * S,
     ),
-    "q2": QueueConfig("q2", Strategy.RING_ALL, name="Anyone", hold_audio=HoldAudio(tone_hz=440), ring_timeout=10 * S),
 }
 
 
@@ -496,6 +617,8 @@ class Model:
         self.arrived: dict[str, datetime] = {}
         self.with_agent: dict[str, tuple[str, str]] = {}  # call → (agent, queue)
         self.offers: dict[str, tuple[str, str, datetime]] = {}  # offer → (agent, call, deadline)
+        # (call, agent) → when the call may ring the agent again after a decline or a ring-out
+        self.not_before: dict[tuple[str, str], datetime] = {}
 
 
 class RouterMachine(RuleBasedStateMachine):
@@ -552,9 +675,41 @@ class RouterMachine(RuleBasedStateMachine):
     def call_arrives(self, queue: str, priority: int) -> None:
         self.calls += 1
         call = f"c{self.calls}"
-        self._do(CallQueued(call, queue, priority))
+        expected = self._strategy_choice(queue)
+        made = self._do(CallQueued(call, queue, priority))
+        # Only the new call can take a free agent (any other waiting call would have taken it already).
+        assert sorted(offers_in(made)) == [(agent, call) for agent in expected], QUEUES[queue].strategy
         self.model.waiting[call] = queue
         self.model.entered[call] = self.model.arrived[call] = self.desk.now
+
+    def _strategy_choice(self, queue_id: str) -> list[str]:
+        """Whom the queue's strategy must offer a new call, worked out from the rules as the README states them:
+        the free eligible agents of the lowest penalty tier; LONGEST_IDLE the one free longest (then by id),
+        RING_ALL all of them."""
+        state, queue = self.desk.state, QUEUES[queue_id]
+        holding = {o.agent_id for o in state.offers.values()}
+        free = [
+            a
+            for a in state.agents.values()
+            if a.presence is Presence.AVAILABLE
+            and a.agent_id not in holding
+            and queue_id in a.queues
+            and all(a.skills.get(skill, -1) >= level for skill, level in queue.required_skills.items())
+        ]
+        if not free:
+            return []
+        lowest = min(a.queues[queue_id] for a in free)
+        tier = sorted((a for a in free if a.queues[queue_id] == lowest), key=lambda a: a.agent_id)
+        if queue.strategy is Strategy.RING_ALL:
+            return [a.agent_id for a in tier]
+        assert queue.strategy is Strategy.LONGEST_IDLE
+        now = self.desk.now
+
+        def idle(agent: Agent) -> timedelta:
+            return now - agent.idle_since if agent.idle_since is not None else timedelta(0)
+
+        longest = max(idle(a) for a in tier)
+        return [next(a.agent_id for a in tier if idle(a) == longest)]
 
     @precondition(lambda self: bool(self.model.waiting or self.model.with_agent))
     @rule(data=st.data())
@@ -584,6 +739,7 @@ class RouterMachine(RuleBasedStateMachine):
         agent, call, _ = model.offers.pop(offer_id)
         if not accept:
             self._do(Decline(offer_id))
+            model.not_before[(call, agent)] = self.desk.now + QUEUES[model.waiting[call]].decline_delay
             return
         made = self._do(Accept(offer_id))
         queue = model.waiting.pop(call)
@@ -635,8 +791,9 @@ class RouterMachine(RuleBasedStateMachine):
         }
         self.desk.now = now
         made = self._do(Tick())
-        for offer_id, (agent, call, _) in expired.items():  # ring timeouts fire first
+        for offer_id, (agent, call, deadline) in expired.items():  # ring timeouts fire first
             assert offer_id not in model.offers, "an offer outlived its ring timeout"
+            model.not_before[(call, agent)] = deadline + QUEUES[model.waiting[call]].no_answer_delay
             model.missed[agent] += 1
             limit = QUEUES[model.waiting[call]].max_missed_offers
             if limit and model.missed[agent] >= limit:
@@ -644,6 +801,7 @@ class RouterMachine(RuleBasedStateMachine):
         for call in over:
             queue = model.waiting.pop(call)
             if queue == "q1":  # overflows to q2, which has no maximum wait
+                model.not_before = {k: v for k, v in model.not_before.items() if k[0] != call}  # a new queue
                 model.waiting[call] = "q2"
                 model.entered[call] = now
                 assert Overflowed(call, "q1", "q2") in made
@@ -692,6 +850,7 @@ class RouterMachine(RuleBasedStateMachine):
 
     @invariant()
     def no_waiting_caller_starves_while_an_eligible_agent_is_free(self) -> None:
+        """...except an agent who declined the call or let it ring out, for the queue's delay."""
         state = self.desk.state
         holding = {o.agent_id for o in state.offers.values()}
         free = [a for a in state.agents.values() if a.presence is Presence.AVAILABLE and a.agent_id not in holding]
@@ -704,6 +863,7 @@ class RouterMachine(RuleBasedStateMachine):
                 for a in free
                 if queue.queue_id in a.queues
                 and all(a.skills.get(s, -1) >= level for s, level in queue.required_skills.items())
+                and self.model.not_before.get((call.call_id, a.agent_id), T0) <= self.desk.now
             ]
             assert not idle, f"{call.call_id} waits unoffered while {idle} are free"
 

@@ -96,6 +96,9 @@ async def test_an_agent_signs_in_takes_an_offered_call_and_hangs_up_over_the_soc
         ('{"login": {"agentId": "no such agent"}}', "invalid_argument"),
         ('{"login": {"agentId": "nobody"}}', "unknown_agent"),
         ('{"setPresence": {}, "token": "x"}', "invalid_argument"),
+        # Under the size limit but nested deeper than a JSON parser recurses.
+        ("[" * 100_000, "invalid_argument"),
+        ('{"a":' * 20_000, "invalid_argument"),
     ],
 )
 async def test_a_bad_message_before_sign_in_gets_an_error_event_and_the_socket_stays_open(
@@ -125,6 +128,7 @@ async def test_a_bad_message_after_sign_in_is_refused_and_changes_nothing(
         ('{"hangUp": {"callId": "call-x"}}', "not_on_call"),
         ('{"login": {"agentId": "ann"}}', "already_logged_in"),
         ("{}", "invalid_argument"),
+        ("[" * 100_000, "invalid_argument"),
     ):
         await page.ws.send_str(message)
         assert (await page.expect("error"))["code"] == code, message
@@ -250,6 +254,29 @@ async def test_a_bad_lookup_gets_a_clear_error(
         assert (got_status, error["code"]) == (status, code) and error["message"]
 
 
+async def test_a_lookup_whose_body_arrives_in_several_segments_is_read_whole(wacall: Running) -> None:
+    # As a large call back offer does over a real network or a proxy: the body is not all buffered at once.
+    body = json.dumps({"businessNumber": BUSINESS, "userNumber": USER}).encode()
+    host, port = wacall.addresses.http.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        head = (
+            f"POST /agent/api/GetPermission HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        writer.write(head.encode() + body[: len(body) // 2])
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(body[len(body) // 2 :])
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    assert status_line.split()[1] == b"200", response
+    assert json.loads(rest.partition(b"\r\n\r\n")[2])["state"] == "PERMISSION_STATE_NONE"
+
+
 async def test_with_auth_on_the_lookup_wants_the_bearer_token(make_service: Callable[..., Awaitable[Running]]) -> None:
     wacall = await make_service(auth_token=TOKEN)
     request = {"businessNumber": BUSINESS, "userNumber": USER}
@@ -274,6 +301,16 @@ async def test_the_page_and_its_files_are_served_from_the_package(wacall: Runnin
                 assert response.status == 200 and kind in response.headers["Content-Type"]
         async with client.get(http_url(wacall, "/agent/static/../../app.py")) as response:
             assert response.status in (403, 404)
+
+
+async def test_only_the_services_own_page_may_open_the_socket_from_a_browser(wacall: Running) -> None:
+    async with aiohttp.ClientSession() as client:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await client.ws_connect(http_url(wacall, "/agent/ws"), origin="https://elsewhere.example")
+        assert refused.value.status == 403
+        page = Page(await client.ws_connect(http_url(wacall, "/agent/ws"), origin=http_url(wacall, "")))
+        await page.send({"setPresence": {}})
+        assert (await page.expect("error"))["code"] == "not_logged_in"
 
 
 async def test_a_plain_request_to_the_socket_is_a_client_error(wacall: Running) -> None:

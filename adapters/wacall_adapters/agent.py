@@ -1,7 +1,9 @@
 """`agent`: a call an agent places itself (a call back). The agent's media is what it would take an offered call
 with: its WebRTC offer, bridged by the service (the SDP answer in `Call.webrtc_answer_sdp`), or, without an offer,
-its program on `CallMedia` with the call's id. The agent is BUSY from the moment the call exists until it ends,
-then wraps up as after a queued call. The permission rules are the call's, as for any business-initiated call.
+its program on `CallMedia` with the call's id. The agent is BUSY from the moment the call exists until it ends, then
+returns to the presence it had before the call, with no wrap-up (a call back belongs to no queue). A call back that
+never connects (the platform refuses it, its media fails, the customer does not pick up) leaves the agent as it was:
+not a call handled, its idle time kept. The permission rules are the call's, as for any business-initiated call.
 """
 
 from __future__ import annotations

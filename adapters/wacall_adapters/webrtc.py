@@ -16,6 +16,7 @@ controlling, reachable from the platform's ICE-lite candidates).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from aiortc import RTCIceServer
@@ -34,7 +35,14 @@ MAX_ICE_SERVERS = 8
 MAX_URL = 4096
 
 
+AGENT_MEDIA_ENDED = "the agent's media ended"
+
+
 class WebRtcBridgeAdapter(MediaAdapter):
+    """The call bridged to the agent's WebRTC peer in process. When the peer goes away (its tab closed or reloaded,
+    its network gone: the connection closes or fails) the call is hung up, as a PBX ends a bridge whose agent leg
+    hangs up: the customer is not left on the line with silence."""
+
     def __init__(self, *, offer_sdp: str, ice_servers: Sequence[str] = ()) -> None:
         self.offer_sdp = offer_sdp
         self.ice_servers = [RTCIceServer(urls=url) for url in ice_servers]
@@ -42,8 +50,14 @@ class WebRtcBridgeAdapter(MediaAdapter):
         self.to_agent = QueueSource(max_frames=10)
         self.agent: AudioLeg | None = None
         self._answer = ""
+        self._closing = False
+        self._hangup: asyncio.Task[None] | None = None
 
     async def attach(self, leg: CallLeg) -> None:
+        def on_state(state: str) -> None:
+            if state in ("failed", "closed") and not self._closing and self._hangup is None:
+                self._hangup = asyncio.ensure_future(leg.hangup(AGENT_MEDIA_ENDED))
+
         # The agent's codecs are its own business: do not force Opus on this leg.
         self.agent = AudioLeg(
             name="agent",
@@ -51,6 +65,7 @@ class WebRtcBridgeAdapter(MediaAdapter):
             handlers=[self.to_user.push],
             ice_servers=self.ice_servers,
             opus_only=False,
+            on_state=on_state,
         )
         self._answer = await self.agent.accept_offer(self.offer_sdp)
         leg.play(self.to_user)
@@ -60,6 +75,7 @@ class WebRtcBridgeAdapter(MediaAdapter):
         return self._answer
 
     async def close(self) -> None:
+        self._closing = True  # our own close is not the agent going away
         if self.agent is not None:
             await self.agent.close()
 

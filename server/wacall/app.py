@@ -23,6 +23,7 @@ import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from wacall_client.internal.v1 import replicas_pb2_grpc
 from wacall_client.sim.v1 import simulator_pb2, simulator_pb2_grpc
 from wacall_client.testing.v1 import clock_pb2, clock_pb2_grpc
 from wacall_client.v1 import calling_pb2, calling_pb2_grpc, contact_center_pb2, contact_center_pb2_grpc
@@ -31,6 +32,7 @@ from wacall.api.calling import CallingServicer
 from wacall.api.clock import ClockServicer, restore_position, save_position
 from wacall.api.contact_center import ContactCenterServicer
 from wacall.api.forwarding import OwnerForwarding
+from wacall.api.replicas import OwnerCalls, ReplicaServicer
 from wacall.api.serving import ServedMethods
 from wacall.calls.queue_route import QueueCalls
 from wacall.calls.service import CallService
@@ -570,7 +572,7 @@ class Service:
         grpc_server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         # Calls for another replica's calls go to their owner; closed after the server stops: forwarded calls finish
         # first.
-        forwarding = OwnerForwarding(calls, replica_channel_credentials(settings))
+        forwarding = OwnerForwarding(calls, replica_channel_credentials(settings), token=settings.auth_token)
         stack.push_async_callback(forwarding.close)
         stack.push_async_callback(lambda: grpc_server.stop(self._grace))
         # Services are registered through ServedMethods (each method checks the token, parses its own requests and
@@ -584,6 +586,9 @@ class Service:
             ContactCenterServicer(queues, settings.media_dir), server
         )
         names.append(contact_center_pb2.DESCRIPTOR.services_by_name["ContactCenterService"].full_name)
+        # Between replicas (an agent here, a call's media there): served, but not announced by reflection.
+        replicas_pb2_grpc.add_ReplicaServiceServicer_to_server(ReplicaServicer(queues), server)
+        queues.set_owner_actions(OwnerCalls(forwarding))
         if self.platform is not None:
             simulator_pb2_grpc.add_SimulatorServiceServicer_to_server(
                 SimulatorServicer(self.platform, settings.media_dir), server

@@ -140,6 +140,9 @@ class CallingServicer(calling_pb2_grpc.CallingServiceServicer):
                 await abort_precondition(
                     context, "SENDER_NOT_CONFIGURED", error.business_number, str(error), str(error)
                 )
+            case MediaSetupFailed(__cause__=RouteRefused() as refused):
+                # The route's own check, failing only once the call existed (an offer reached the agent meanwhile).
+                await self._guard(context, refused)
             case MediaSetupFailed():
                 await abort_precondition(
                     context,

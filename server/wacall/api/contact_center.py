@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import NoReturn
 
 import grpc
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from wacall_client.v1 import contact_center_model_pb2 as model_pb
 from wacall_client.v1 import contact_center_pb2 as pb
@@ -35,7 +36,16 @@ from wacall.api.queue_messages import (
 )
 from wacall.fields import InvalidField, bounded_text
 from wacall.queues.actions import MediaStreamAgentMedia, WebRtcAgentMedia
-from wacall.queues.router import DeleteAgent, DeleteQueue, Presence, PutQueue, RoutingRefused
+from wacall.queues.router import (
+    Agent,
+    DeleteAgent,
+    DeleteQueue,
+    Presence,
+    PutQueue,
+    QueueConfig,
+    RouterState,
+    RoutingRefused,
+)
 from wacall.queues.service import QueueService
 from wacall.queues.sessions import (
     AgentSession,
@@ -63,7 +73,12 @@ REFUSAL_STATUS: Mapping[str, grpc.StatusCode] = {
     "not_wrapping_up": grpc.StatusCode.FAILED_PRECONDITION,
     "invalid_queue": grpc.StatusCode.INVALID_ARGUMENT,
     "invalid_agent": grpc.StatusCode.INVALID_ARGUMENT,
+    "unknown_overflow_queue": grpc.StatusCode.FAILED_PRECONDITION,
+    "too_many_queues": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "too_many_agents": grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+# Refusals of a quota: the status carries a QuotaFailure naming it.
+QUOTA_OF: Mapping[str, str] = {"too_many_queues": "queues", "too_many_agents": "agents"}
 
 # An SDP offer of one audio section is a few kilobytes; a browser's with many candidates stays well below this.
 MAX_OFFER_SDP = 64 * 1024
@@ -72,12 +87,13 @@ MAX_CALL_ID = 128
 
 async def abort_routing(context: Context, refused: RoutingRefused) -> NoReturn:
     status = REFUSAL_STATUS.get(refused.code, grpc.StatusCode.FAILED_PRECONDITION)
-    await abort(
-        context,
-        status,
-        refused.message,
-        error_details_pb2.ErrorInfo(reason=refused.code, domain="wacall"),
-    )
+    details: list[Message] = [error_details_pb2.ErrorInfo(reason=refused.code, domain="wacall")]
+    if refused.code in QUOTA_OF:
+        violation = error_details_pb2.QuotaFailure.Violation(
+            subject=QUOTA_OF[refused.code], description=refused.message
+        )
+        details.append(error_details_pb2.QuotaFailure(violations=[violation]))
+    await abort(context, status, refused.message, *details)
 
 
 def session_event(event: SessionEvent) -> pb.AgentSessionEvent:
@@ -193,14 +209,18 @@ class ContactCenterServicer(contact_center_pb2_grpc.ContactCenterServiceServicer
 
     async def DeleteQueue(self, request: pb.DeleteQueueRequest, context: Context) -> model_pb.Queue:
         queue_id = await self._queue_id(context, request.queue_id)
+        deleted: list[QueueConfig] = []
+
+        def keep(before: RouterState) -> None:
+            # What is deleted is what the step saw: a read before it could miss a queue put meanwhile.
+            if queue_id in before.queues:
+                deleted.append(before.queues[queue_id])
+
         try:
-            state = await self.queues.read()
-            before = state.queues.get(queue_id)
-            await self.queues.apply(DeleteQueue(queue_id))
+            await self.queues.apply(DeleteQueue(queue_id), guard=keep)
         except RoutingRefused as refused:
             await abort_routing(context, refused)
-        assert before is not None  # the router refuses an unknown queue
-        return queue_message(before)
+        return queue_message(deleted[-1])
 
     async def PutAgent(self, request: model_pb.Agent, context: Context) -> model_pb.Agent:
         try:
@@ -228,13 +248,17 @@ class ContactCenterServicer(contact_center_pb2_grpc.ContactCenterServiceServicer
 
     async def DeleteAgent(self, request: pb.DeleteAgentRequest, context: Context) -> model_pb.Agent:
         agent_id = await self._agent_id(context, request.agent_id)
+        deleted: list[Agent] = []
+
+        def keep(before: RouterState) -> None:
+            if agent_id in before.agents:
+                deleted.append(before.agents[agent_id])
+
         try:
-            before = (await self.queues.read()).agents.get(agent_id)
-            await self.queues.apply(DeleteAgent(agent_id))
+            await self.queues.apply(DeleteAgent(agent_id), guard=keep)
         except RoutingRefused as refused:
             await abort_routing(context, refused)
-        assert before is not None  # the router refuses an unknown agent
-        return agent_message(before)
+        return agent_message(deleted[-1])
 
     async def GetQueueStats(self, request: pb.GetQueueStatsRequest, context: Context) -> pb.QueueStats:
         queue_id = await self._queue_id(context, request.queue_id)
@@ -261,6 +285,8 @@ class ContactCenterServicer(contact_center_pb2_grpc.ContactCenterServiceServicer
             try:
                 async for request in requests:
                     await drive_request(session, request)
+                    if session.overflowed:
+                        break  # the client stopped reading its events: the session is over
             finally:
                 # The client closing its side (or the stream dropping) ends the session.
                 await asyncio.shield(session.close())

@@ -40,14 +40,17 @@ def was_forwarded(context: Context) -> bool:
 class OwnerForwarding:
     """Forwards call control to a call's owner: one channel per owner address, opened on first use."""
 
-    def __init__(self, calls: CallService, credentials: grpc.ChannelCredentials | None = None) -> None:
+    def __init__(self, calls: CallService, credentials: grpc.ChannelCredentials | None = None, token: str = "") -> None:
         self.calls = calls
         # None: plaintext between replicas; with TLS on the gRPC port, the credentials that reach the other replicas.
         self.credentials = credentials
+        # The service's own bearer token, for requests this replica makes on its own behalf (`own_metadata`).
+        self.token = token
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._pumps: set[asyncio.Task[None]] = set()
 
-    def _stub(self, address: str) -> calling_pb2_grpc.CallingServiceStub:
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The channel to another replica (one per address, opened on first use)."""
         channel = self._channels.get(address)
         if channel is None:
             if self.credentials is None:
@@ -55,7 +58,23 @@ class OwnerForwarding:
             else:
                 channel = grpc.aio.secure_channel(address, self.credentials)
             self._channels[address] = channel
-        return calling_pb2_grpc.CallingServiceStub(channel)
+        return channel
+
+    def _stub(self, address: str) -> calling_pb2_grpc.CallingServiceStub:
+        return calling_pb2_grpc.CallingServiceStub(self.channel(address))
+
+    def own_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The metadata of a request this replica makes on its own behalf: its token and the hop marker."""
+        token = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return (*token, (FORWARDED_BY, self.calls.instance))
+
+    def reachable_address(self, owner: CallOwner) -> str:
+        """The owner's address, or `CallOwnerUnreachable` when it cannot be reached."""
+        if not owner.address:
+            raise self.calls.owner_unreachable(owner, "never recorded an address in the replica registry")
+        if not owner.reachable(self.calls.wall_clock.now()):
+            raise self.calls.owner_unreachable(owner, "stopped renewing its heartbeat")
+        return owner.address
 
     def _metadata(self, context: Context) -> tuple[tuple[str, str | bytes], ...]:
         kept = tuple((key, value) for key, value in context.invocation_metadata() or () if key in KEPT_METADATA)
@@ -65,11 +84,7 @@ class OwnerForwarding:
         """The owner's address, or the refusal when it cannot be reached (or the request came through a hop)."""
         if was_forwarded(context):
             raise self.calls.owner_unreachable(owner, "does not hold it either (the request was forwarded once)")
-        if not owner.address:
-            raise self.calls.owner_unreachable(owner, "never recorded an address in the replica registry")
-        if not owner.reachable(self.calls.wall_clock.now()):
-            raise self.calls.owner_unreachable(owner, "stopped renewing its heartbeat")
-        return owner.address
+        return self.reachable_address(owner)
 
     async def _relay(self, owner: CallOwner, error: grpc.aio.AioRpcError, context: Context) -> NoReturn:
         trailers = tuple(error.trailing_metadata() or ())

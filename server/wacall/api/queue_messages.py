@@ -17,6 +17,8 @@ from wacall import fields
 from wacall.fields import InvalidField
 from wacall.queues import codec
 from wacall.queues.router import (
+    DEFAULT_DECLINE_DELAY,
+    DEFAULT_NO_ANSWER_DELAY,
     DEFAULT_RING_TIMEOUT,
     DEFAULT_SERVICE_LEVEL,
     Agent,
@@ -44,6 +46,7 @@ MAX_RING_TIMEOUT = timedelta(hours=1)
 MAX_WAIT = timedelta(days=7)
 MAX_WRAP_UP = timedelta(hours=24)
 MAX_SERVICE_LEVEL = timedelta(days=1)
+MAX_RETRY_DELAY = timedelta(hours=1)
 
 STRATEGY: Mapping[int, Strategy] = {
     model_pb.STRATEGY_UNSPECIFIED: Strategy.LONGEST_IDLE,
@@ -120,6 +123,12 @@ def queue_config(message: model_pb.Queue, media_dir: str) -> QueueConfig:
     service_level = _optional_duration(
         message, "service_level", default=DEFAULT_SERVICE_LEVEL, maximum=MAX_SERVICE_LEVEL
     )
+    decline_delay = _optional_duration(
+        message, "decline_delay", default=DEFAULT_DECLINE_DELAY, maximum=MAX_RETRY_DELAY, positive=False
+    )
+    no_answer_delay = _optional_duration(
+        message, "no_answer_delay", default=DEFAULT_NO_ANSWER_DELAY, maximum=MAX_RETRY_DELAY, positive=False
+    )
     if not 0 <= message.max_missed_offers <= MAX_MISSED_OFFERS:
         raise InvalidField("max_missed_offers", f"0 (never pause) to {MAX_MISSED_OFFERS}")
     overflow = message.overflow_queue_id
@@ -138,6 +147,7 @@ def queue_config(message: model_pb.Queue, media_dir: str) -> QueueConfig:
                 raise InvalidField("hold_audio.tone_hz", f"1 to {MAX_TONE_HZ} Hz")
             hold = HoldAudio(tone_hz=message.hold_audio.tone_hz)
     assert ring_timeout is not None and wrap_up is not None and service_level is not None
+    assert decline_delay is not None and no_answer_delay is not None
     return QueueConfig(
         queue_id,
         STRATEGY[message.strategy],
@@ -150,6 +160,8 @@ def queue_config(message: model_pb.Queue, media_dir: str) -> QueueConfig:
         max_missed_offers=message.max_missed_offers,
         overflow_queue_id=overflow,
         service_level=service_level,
+        decline_delay=decline_delay,
+        no_answer_delay=no_answer_delay,
     )
 
 
@@ -197,6 +209,8 @@ def queue_message(config: QueueConfig) -> model_pb.Queue:
         if hold.tone_hz
         else None,
         service_level=_duration(config.service_level),
+        decline_delay=_duration(config.decline_delay),
+        no_answer_delay=_duration(config.no_answer_delay),
     )
 
 

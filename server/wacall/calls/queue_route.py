@@ -85,7 +85,11 @@ class QueueCalls:
 
     async def agent_call_started(self, agent_id: str, call_id: str) -> None:
         _, queues = self._services()
-        await queues.agent_call_started(agent_id, call_id)
+        try:
+            await queues.agent_call_started(agent_id, call_id)
+        except RoutingRefused as refused:
+            # An offer (or another call) reached the agent after `check_agent_call`: the same refusal as that check.
+            raise RouteRefused(refused.code.upper(), "agent_id", refused.message) from None
 
     # --- what the router decided (wacall.queues.actions.CallActions) -------------------------------------------
 

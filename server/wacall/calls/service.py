@@ -768,6 +768,11 @@ class CallService:
         self.spawn(self._keep_leases())
         self.spawn(self._follow_held_calls())
 
+    def is_earlier_run(self, instance: str) -> bool:
+        """`instance` is this process's name in an earlier run (same instance name, another run): gone."""
+        prefix = self._earlier_runs
+        return prefix is not None and instance.startswith(prefix) and instance != self.instance
+
     def _lease_until(self) -> datetime:
         return self.wall_clock.now() + self.call_lease
 
@@ -908,8 +913,7 @@ class CallService:
         transaction, so exactly one process ends it, however many look; then the platform is told."""
 
         def left_by_an_earlier_run(stored: StoredCall) -> bool:
-            prefix = self._earlier_runs
-            return prefix is not None and stored.owner.startswith(prefix) and stored.owner != self.instance
+            return self.is_earlier_run(stored.owner)
 
         def claim_and_end(tx: Tx) -> list[CallRecord]:
             now = self.clock.now()

@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from wacall.calls.ownership import CallOwner
 from wacall.calls.service import CallNotFound, CallService
 from wacall.queues.router import Assigned, Overflowed, QueueGone, QueueTimedOut
 
@@ -74,6 +75,20 @@ class EndOnly:
 
     async def overflowed(self, decision: Overflowed) -> None:
         return None
+
+
+class OwnerActions(Protocol):
+    """What this replica asks of the replica that owns a call's media (several replicas on one database): the
+    agent won the call here, the call's media runs there. Installed by the assembly (`api/replicas.py`)."""
+
+    async def connect_agent(self, owner: CallOwner, assigned: Assigned, media: AgentMedia) -> str:
+        """The owner moves the call from hold audio to the agent (`CallActions.connect_agent` there); returns the SDP
+        answer ("" for a media stream). Raises `AgentMediaFailed`, also when the owner cannot be reached."""
+        ...
+
+    async def end_call(self, owner: CallOwner, call_id: str) -> None:
+        """EndCall forwarded to the owner. Raises `CallOwnerUnreachable` when it cannot be reached."""
+        ...
 
 
 async def end_call(calls: CallService, call_id: str, reason: str) -> None:

@@ -4,11 +4,13 @@ rest of the store), durations as integer microseconds, enums by value. `decode(e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 from wacall.queues.router import (
+    DEFAULT_DECLINE_DELAY,
+    DEFAULT_NO_ANSWER_DELAY,
     Agent,
     Assignment,
     HoldAudio,
@@ -45,6 +47,8 @@ def _queue(q: QueueConfig) -> dict[str, Any]:
         "max_missed_offers": q.max_missed_offers,
         "overflow_queue_id": q.overflow_queue_id,
         "service_level": _micros(q.service_level),
+        "decline_delay": _micros(q.decline_delay),
+        "no_answer_delay": _micros(q.no_answer_delay),
     }
 
 
@@ -61,6 +65,9 @@ def _queue_from(queue_id: str, d: Mapping[str, Any]) -> QueueConfig:
         max_missed_offers=d["max_missed_offers"],
         overflow_queue_id=d["overflow_queue_id"],
         service_level=_duration(d["service_level"]),
+        # Queues stored before these settings existed take the defaults.
+        decline_delay=_duration(d.get("decline_delay", _micros(DEFAULT_DECLINE_DELAY))),
+        no_answer_delay=_duration(d.get("no_answer_delay", _micros(DEFAULT_NO_ANSWER_DELAY))),
     )
 
 
@@ -78,6 +85,7 @@ def _agent(a: Agent) -> dict[str, Any]:
         "call_id": a.call_id,
         "after_call": None if a.after_call is None else a.after_call.value,
         "added": a.added,
+        "session_instance": a.session_instance,
     }
 
 
@@ -96,6 +104,7 @@ def _agent_from(agent_id: str, d: Mapping[str, Any]) -> Agent:
         call_id=d["call_id"],
         after_call=None if d["after_call"] is None else Presence(d["after_call"]),
         added=d["added"],
+        session_instance=d.get("session_instance", ""),  # not stored before sessions were placed
     )
 
 
@@ -106,9 +115,17 @@ def _waiting(w: Waiting) -> dict[str, Any]:
         "arrived_at": to_micros(w.arrived_at),
         "entered_at": to_micros(w.entered_at),
         "seq": w.seq,
-        "tried": sorted(w.tried),
+        "tried": {agent_id: to_micros(at) for agent_id, at in sorted(w.tried.items())},
         "offers_made": w.offers_made,
     }
+
+
+def _tried(stored: Mapping[str, int] | list[str], entered_at: datetime) -> dict[str, datetime]:
+    """Who had the call this round → when it may ring them again (a list, as stored before the retry delays: their
+    delay is over)."""
+    if isinstance(stored, list):
+        return dict.fromkeys(stored, entered_at)
+    return {agent_id: from_micros(at) for agent_id, at in stored.items()}
 
 
 def _waiting_from(call_id: str, d: Mapping[str, Any]) -> Waiting:
@@ -119,7 +136,7 @@ def _waiting_from(call_id: str, d: Mapping[str, Any]) -> Waiting:
         arrived_at=from_micros(d["arrived_at"]),
         entered_at=from_micros(d["entered_at"]),
         seq=d["seq"],
-        tried=frozenset(d["tried"]),
+        tried=_tried(d["tried"], from_micros(d["entered_at"])),
         offers_made=d["offers_made"],
     )
 

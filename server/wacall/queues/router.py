@@ -17,8 +17,11 @@ How to read it
   priority, each take the best free eligible agent their queue's strategy names. A free agent is AVAILABLE and holds no
   offer; eligible means a member of the queue with every required skill at its level.
 * Rounds: an agent who declined a call, or let its offer time out, is not offered that call again until every other
-  eligible agent has had it in this round; then a new round starts. So a call never waits while an eligible agent is
-  free, and a decline passes the call on instead of straight back.
+  eligible agent has had it in this round, and not before the queue's `decline_delay` (after a decline) or
+  `no_answer_delay` (after a ring-out) has passed: FreeSWITCH's reject / no-answer delay, Asterisk's `retry`. A call
+  that no one may be offered waits for the earliest of those times (a `RETRY` timer) and then starts a new round with
+  the agents whose delay is over. So a decline passes the call on, and a lone agent who declined it is not rung again
+  at once; a call waits while an eligible agent is free only for that delay.
 * LONGEST_IDLE measures idle time from the later of becoming AVAILABLE and the end of the last wrap-up. ROUND_ROBIN
   remembers, per queue, the last agent offered a call and goes on from the next one (by agent id). LINEAR follows the
   order in which agents were first put. RANDOM draws from a generator seeded by the call and the offer count, so a
@@ -36,12 +39,18 @@ import enum
 import random
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
 DEFAULT_RING_TIMEOUT = timedelta(seconds=20)
+# The whole state is one row, re-encoded at every step: these bound how large it can grow.
+MAX_QUEUES = 1_000
+MAX_AGENTS = 10_000
 DEFAULT_SERVICE_LEVEL = timedelta(seconds=20)
+# How long a call waits before it rings again an agent who declined it, or let it ring out.
+DEFAULT_DECLINE_DELAY = timedelta(seconds=10)
+DEFAULT_NO_ANSWER_DELAY = timedelta(seconds=5)  # Asterisk's `retry` default
 
 
 class Strategy(enum.Enum):
@@ -114,6 +123,8 @@ class QueueConfig:
     max_missed_offers: int = 0  # 0: never pause
     overflow_queue_id: str = ""
     service_level: timedelta = DEFAULT_SERVICE_LEVEL
+    decline_delay: timedelta = DEFAULT_DECLINE_DELAY
+    no_answer_delay: timedelta = DEFAULT_NO_ANSWER_DELAY
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,9 @@ class Agent:
     # What the agent asked to become once its call is over (AWAY, OFFLINE), if anything.
     after_call: Presence | None = None
     added: int = 0  # the order agents were first put: LINEAR's order
+    # The wacall instance holding the agent's live session ("" when signed out): when that process is gone, so is
+    # the session (`SessionsGone`).
+    session_instance: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +160,9 @@ class Waiting:
     arrived_at: datetime  # when the call first entered a queue (what the agent is told it waited)
     entered_at: datetime  # when it entered this queue (its maximum wait counts from here)
     seq: int  # first come, first served within a priority
-    # Agents who had the call in this round (declined or let it time out): not offered it again this round.
-    tried: frozenset[str] = frozenset()
+    # Agents who had the call in this round (declined it, let it time out, or left while it rang) → when it may ring
+    # them again: not offered it again this round, nor before that time.
+    tried: Mapping[str, datetime] = field(default_factory=dict)
     offers_made: int = 0
 
 
@@ -225,7 +240,18 @@ class DeleteAgent:
 
 @dataclass(frozen=True, slots=True)
 class LogIn:
+    """The agent signed in through a session held by wacall instance `instance`."""
+
     agent_id: str
+    instance: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionsGone:
+    """The processes named held sessions that are gone with them (a crash, a kill, a power loss): their agents go
+    OFFLINE as if each session had closed (SESSION_ENDED)."""
+
+    instances: frozenset[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,9 +272,12 @@ class CallQueued:
 
 @dataclass(frozen=True, slots=True)
 class CallGone:
-    """The call ended: abandoned if it was still waiting; the end of the agent's call if one had it."""
+    """The call ended: abandoned if it was still waiting; the end of the agent's call if one had it. An agent's own
+    call that was never `answered` (refused by the platform, its media failed, not picked up) leaves the agent as it
+    was: not a call handled, no new idle time."""
 
     call_id: str
+    answered: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +314,7 @@ Event = (
     | PutAgent
     | DeleteAgent
     | LogIn
+    | SessionsGone
     | SetPresence
     | CallQueued
     | CallGone
@@ -404,6 +434,7 @@ def _set_presence(agent: Agent, presence: Presence, why: PresenceWhy, now: datet
         idle_since=now if becomes_free else agent.idle_since,
         wrap_up_until=None if presence is not Presence.WRAP_UP else agent.wrap_up_until,
         call_id=agent.call_id if presence in (Presence.BUSY, Presence.WRAP_UP) else "",
+        session_instance="" if presence is Presence.OFFLINE else agent.session_instance,
         # An agent who comes back (or is paused) starts counting missed offers afresh.
         missed_offers=0
         if presence in (Presence.AVAILABLE, Presence.OFFLINE) and why is PresenceWhy.REQUESTED
@@ -560,10 +591,16 @@ class _Working:
         del self.offers[offer.offer_id]
         self.decisions.append(OfferWithdrawn(offer, why))
 
-    def tried(self, call_id: str, agent_id: str) -> None:
+    def tried(self, call_id: str, agent_id: str, delay: timedelta = timedelta(0)) -> None:
+        """The agent had the call in this round: not offered it again before `delay` has passed."""
         waiting = self.waiting.get(call_id)
         if waiting is not None:
-            self.waiting[call_id] = dataclasses.replace(waiting, tried=waiting.tried | {agent_id})
+            tried = {**waiting.tried, agent_id: self.now + delay}
+            self.waiting[call_id] = dataclasses.replace(waiting, tried=tried)
+
+    def delays(self, queue_id: str) -> QueueConfig:
+        """The queue's configuration, or the defaults for a queue deleted meanwhile."""
+        return self.queues.get(queue_id) or QueueConfig(queue_id)
 
     def call_over_for(self, agent: Agent, queue_id: str) -> None:
         """The agent's call ended: wrap up for its queue's wrap-up time, else straight to what it asked for."""
@@ -575,6 +612,12 @@ class _Working:
             self.presence(agent, Presence.WRAP_UP, PresenceWhy.CALL_ENDED)
         else:
             self.leave_call(agent, agent.after_call or Presence.AVAILABLE, PresenceWhy.CALL_ENDED)
+
+    def call_back_not_answered(self, agent: Agent) -> None:
+        """The agent's own call never connected: back to its presence before the call, its idle time kept."""
+        idle_since = agent.idle_since
+        self.leave_call(agent, agent.after_call or Presence.AVAILABLE, PresenceWhy.CALL_ENDED)
+        self.agents[agent.agent_id] = dataclasses.replace(self.agents[agent.agent_id], idle_since=idle_since)
 
     def leave_call(self, agent: Agent, presence: Presence, why: PresenceWhy) -> None:
         agent = dataclasses.replace(agent, after_call=None, call_id="", wrap_up_until=None)
@@ -594,7 +637,15 @@ def _on_put_queue(w: _Working, event: PutQueue) -> None:
     if problems:
         field_name, why = problems[0]
         raise RoutingRefused("invalid_queue", f"{field_name}: {why}")
-    w.queues[event.config.queue_id] = event.config
+    config = event.config
+    if config.queue_id not in w.queues and len(w.queues) >= MAX_QUEUES:
+        raise RoutingRefused("too_many_queues", f"at most {MAX_QUEUES} queues: delete one first")
+    if config.overflow_queue_id and config.overflow_queue_id not in w.queues:
+        raise RoutingRefused(
+            "unknown_overflow_queue",
+            f"no queue {config.overflow_queue_id!r} to overflow into: put that queue first",
+        )
+    w.queues[config.queue_id] = config
 
 
 def _on_delete_queue(w: _Working, event: DeleteQueue) -> None:
@@ -602,7 +653,15 @@ def _on_delete_queue(w: _Working, event: DeleteQueue) -> None:
         raise RoutingRefused("unknown_queue", f"no queue {event.queue_id!r}")
     if any(c.queue_id == event.queue_id for c in w.waiting.values()):
         raise RoutingRefused("queue_in_use", f"calls are waiting in queue {event.queue_id!r}: delete it when empty")
+    feeding = sorted(q.queue_id for q in w.queues.values() if q.overflow_queue_id == event.queue_id)
+    if feeding:
+        raise RoutingRefused(
+            "queue_in_use", f"queue {feeding[0]!r} overflows into {event.queue_id!r}: change that queue first"
+        )
     del w.queues[event.queue_id]
+    # Its figures and round-robin memory go with it: a queue put again under the id starts afresh.
+    w.counters.pop(event.queue_id, None)
+    w.last_offered.pop(event.queue_id, None)
 
 
 def _on_put_agent(w: _Working, event: PutAgent) -> None:
@@ -613,6 +672,8 @@ def _on_put_agent(w: _Working, event: PutAgent) -> None:
         if penalty < 0:
             raise RoutingRefused("invalid_agent", f"queues[{queue_id}]: a penalty is 0 or more")
     before = w.agents.get(event.agent_id)
+    if before is None and len(w.agents) >= MAX_AGENTS:
+        raise RoutingRefused("too_many_agents", f"at most {MAX_AGENTS} agents: delete one first")
     if before is None:
         before = Agent(event.agent_id, added=w.next_added)
         w.next_added += 1
@@ -633,8 +694,20 @@ def _on_delete_agent(w: _Working, event: DeleteAgent) -> None:
 
 def _on_log_in(w: _Working, event: LogIn) -> None:
     agent = w.agent(event.agent_id)
+    # A session open again during a call: the OFFLINE its closed session left for after the call no longer holds.
+    after_call = None if agent.after_call is Presence.OFFLINE else agent.after_call
+    agent = w.agents[agent.agent_id] = dataclasses.replace(
+        agent, session_instance=event.instance, after_call=after_call
+    )
     if agent.presence is Presence.OFFLINE:
         w.presence(agent, Presence.AWAY, PresenceWhy.LOGGED_IN)
+
+
+def _on_sessions_gone(w: _Working, event: SessionsGone) -> None:
+    for agent in list(w.agents.values()):
+        if agent.session_instance in event.instances and agent.presence is not Presence.OFFLINE:
+            agent = w.agents[agent.agent_id] = dataclasses.replace(agent, session_instance="")
+            _on_set_presence(w, SetPresence(agent.agent_id, Presence.OFFLINE, PresenceWhy.SESSION_ENDED))
 
 
 def _on_set_presence(w: _Working, event: SetPresence) -> None:
@@ -677,7 +750,10 @@ def _on_call_gone(w: _Working, event: CallGone) -> None:
     if assignment is not None:
         agent = w.agents.get(assignment.agent_id)
         if agent is not None and agent.presence is Presence.BUSY and agent.call_id == event.call_id:
-            w.call_over_for(agent, assignment.queue_id)
+            if assignment.queue_id or event.answered:
+                w.call_over_for(agent, assignment.queue_id)
+            else:
+                w.call_back_not_answered(agent)
 
 
 def _on_accept(w: _Working, event: Accept) -> None:
@@ -701,7 +777,7 @@ def _on_accept(w: _Working, event: Accept) -> None:
 def _on_decline(w: _Working, event: Decline) -> None:
     offer = w.offer(event.offer_id)
     del w.offers[offer.offer_id]
-    w.tried(offer.call_id, offer.agent_id)
+    w.tried(offer.call_id, offer.agent_id, w.delays(offer.queue_id).decline_delay)
 
 
 def _on_agent_call_started(w: _Working, event: AgentCallStarted) -> None:
@@ -743,6 +819,7 @@ HANDLERS: Mapping[type, Callable[[_Working, Any], None]] = MappingProxyType(
         PutAgent: _on_put_agent,
         DeleteAgent: _on_delete_agent,
         LogIn: _on_log_in,
+        SessionsGone: _on_sessions_gone,
         SetPresence: _on_set_presence,
         CallQueued: _on_call_queued,
         CallGone: _on_call_gone,
@@ -755,12 +832,16 @@ HANDLERS: Mapping[type, Callable[[_Working, Any], None]] = MappingProxyType(
 )
 
 
+_DAWN = datetime.min.replace(tzinfo=UTC)
+
+
 class _Timer(enum.IntEnum):
     """Kinds of timer, in the order they fire when due at the same instant."""
 
     RING_TIMEOUT = 0
     MAX_WAIT = 1
     WRAP_UP = 2
+    RETRY = 3  # a call no one rings: the earliest time an agent who had it may be offered it again
 
 
 def _timers(w: _Working) -> Iterator[tuple[datetime, _Timer, str]]:
@@ -775,18 +856,23 @@ def _timers(w: _Working) -> Iterator[tuple[datetime, _Timer, str]]:
     for agent in w.agents.values():
         if agent.presence is Presence.WRAP_UP and agent.wrap_up_until is not None:
             yield agent.wrap_up_until, _Timer.WRAP_UP, agent.agent_id
+    ringing = {o.call_id for o in w.offers.values()}
+    for call in w.waiting.values():
+        if call.tried and call.call_id not in ringing:
+            yield min(call.tried.values()), _Timer.RETRY, call.call_id
 
 
-def _catch_up(w: _Working, now: datetime) -> None:
+def _catch_up(w: _Working, now: datetime, floor: datetime = _DAWN) -> None:
     """Fire every timer due by `now`, earliest first, each at its own instant and followed by the offers it frees:
-    one step at a late `now` ends where waking at every deadline would have."""
+    one step at a late `now` ends where waking at every deadline would have. Time never runs back below `floor` (a
+    `RETRY` is due as soon as a call stops ringing, which may be after the delays it waits for ran out)."""
     while True:
         earliest = min(_timers(w), default=None)
         if earliest is None or earliest[0] > now:
             w.now = now
             return
         at, kind, key = earliest
-        w.now = at
+        w.now = floor = max(at, floor)
         _FIRE[kind](w, key)
         _dispatch(w)
 
@@ -794,7 +880,7 @@ def _catch_up(w: _Working, now: datetime) -> None:
 def _ring_timeout(w: _Working, offer_id: str) -> None:
     offer = w.offers[offer_id]
     w.withdraw(offer, WithdrawnWhy.TIMED_OUT)
-    w.tried(offer.call_id, offer.agent_id)
+    w.tried(offer.call_id, offer.agent_id, w.delays(offer.queue_id).no_answer_delay)
     agent = w.agents[offer.agent_id]
     agent = dataclasses.replace(agent, missed_offers=agent.missed_offers + 1)
     w.agents[agent.agent_id] = agent
@@ -811,12 +897,18 @@ def _max_wait(w: _Working, call_id: str) -> None:
     w.count(call.queue_id, overflowed=1)
     onward = queue.overflow_queue_id
     if onward and onward in w.queues and onward != call.queue_id:
-        w.waiting[call_id] = dataclasses.replace(call, queue_id=onward, entered_at=w.now, tried=frozenset())
+        w.waiting[call_id] = dataclasses.replace(call, queue_id=onward, entered_at=w.now, tried={})
         w.count(onward, offered=1)
         w.decisions.append(Overflowed(call_id, call.queue_id, onward))
     else:
         del w.waiting[call_id]
         w.decisions.append(QueueTimedOut(call_id, call.queue_id))
+
+
+def _retry(w: _Working, call_id: str) -> None:
+    """No one rings the call: the agents whose delay is over may be offered it again (a new round for them)."""
+    call = w.waiting[call_id]
+    w.waiting[call_id] = dataclasses.replace(call, tried={a: at for a, at in call.tried.items() if at > w.now})
 
 
 def _wrap_up_over(w: _Working, agent_id: str) -> None:
@@ -825,7 +917,12 @@ def _wrap_up_over(w: _Working, agent_id: str) -> None:
 
 
 _FIRE: Mapping[_Timer, Callable[[_Working, str], None]] = MappingProxyType(
-    {_Timer.RING_TIMEOUT: _ring_timeout, _Timer.MAX_WAIT: _max_wait, _Timer.WRAP_UP: _wrap_up_over}
+    {
+        _Timer.RING_TIMEOUT: _ring_timeout,
+        _Timer.MAX_WAIT: _max_wait,
+        _Timer.WRAP_UP: _wrap_up_over,
+        _Timer.RETRY: _retry,
+    }
 )
 
 
@@ -858,10 +955,8 @@ def _dispatch(w: _Working) -> None:
         candidates = serving[call.queue_id] = [a for a in serving[call.queue_id] if a.agent_id in free]
         untried = [a for a in candidates if a.agent_id not in call.tried]
         if not untried:
-            if ringing or not candidates:
-                continue
-            # Every eligible free agent has had the call this round: a new round.
-            call, untried = dataclasses.replace(call, tried=frozenset()), candidates
+            # Every eligible free agent has had the call this round: the next round starts at the `RETRY` timer.
+            continue
         # The lowest penalty tier among the free and those already ringing (RING_ALL adds agents to a ringing
         # call only in its tier), so running this twice offers nothing more.
         ringing_agents = [w.agents[o.agent_id] for o in ringing]
@@ -890,7 +985,7 @@ def step(state: RouterState, event: Event, now: datetime) -> Step:
     work = _Working(state, now)
     _catch_up(work, now)
     HANDLERS[type(event)](work, event)
-    _catch_up(work, now)
+    _catch_up(work, now, floor=now)
     _dispatch(work)
     return Step(work.freeze(), tuple(work.decisions))
 

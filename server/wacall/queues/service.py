@@ -13,26 +13,38 @@ exactly one wins, in one process or many. After the commit each decision goes to
 
 Every timer is a deadline in the router state; one task sleeps on the service clock until `next_deadline` and steps
 with `Tick` (re-armed after every step, so a manual clock's `advance` wakes it at the deadline; never a polling loop).
-A deadline set by another process is seen after this process's next step.
+
+Several replicas on one database behave as one contact centre. The router state is shared; what stays in one
+process is agents' live sessions and calls' media (a call's owner, `calls/ownership.py`). Every replica follows the
+decisions committed by the others in the event log, in commit order (each entry carries the router version its step
+saved, so a replica skips the versions it stepped and delivered itself, and resumes from the cursor it took at
+start-up: nothing twice, nothing lost): offers, withdrawals and presence reach the agents whose sessions it holds,
+and what happens to a call's media is done by the replica that owns the call. Another replica's step re-arms this
+one's timer with the state it left; several replicas stepping `Tick` at one deadline find the work done by the
+first. An agent who accepts here a call whose media another replica owns has it connected there (`OwnerActions`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from wacall.calls.machine import CallOutcome, CallState
+from wacall.calls.ownership import CallOwner, CallOwnerUnreachable
 from wacall.calls.record import from_stored
 from wacall.calls.service import CallNotFound, CallService
 from wacall.clock import Clock
 from wacall.events import EventKind
 from wacall.queues import codec, router
-from wacall.queues.actions import CallActions, EndOnly, end_call
+from wacall.queues.actions import AgentMedia, AgentMediaFailed, CallActions, EndOnly, OwnerActions, end_call
 from wacall.queues.router import (
     EMPTY,
     AgentCallStarted,
@@ -47,7 +59,9 @@ from wacall.queues.router import (
     OfferMade,
     OfferWithdrawn,
     Overflowed,
+    Presence,
     PresenceChanged,
+    PresenceWhy,
     PutAgent,
     PutQueue,
     QueueGone,
@@ -55,18 +69,27 @@ from wacall.queues.router import (
     QueueTimedOut,
     RouterState,
     RoutingRefused,
+    SessionsGone,
     Step,
     Tick,
+    WithdrawnWhy,
 )
 from wacall.queues.sessions import AgentSession
 from wacall.rules import engine
 from wacall.rules.engine import PermissionState, Source
-from wacall.store import EventRecord, Pair, Store, Tx
+from wacall.store import EventRecord, Pair, Replica, Store, StoreError, Tx, from_micros, to_micros
 
 if TYPE_CHECKING:
     from wacall.permissions import PermissionService, PermissionView
 
 log = logging.getLogger(__name__)
+
+_MediaDecision = TypeVar("_MediaDecision", QueueTimedOut, QueueGone, Overflowed)
+
+# How often a replica reads other replicas' decisions when nothing woke it (SQLite hears no other process's commits;
+# PostgreSQL's NOTIFY wakes it at once). The log is read a page at a time.
+FOLLOW_POLL = timedelta(seconds=0.2)
+FOLLOW_PAGE = 500
 
 
 # --- what an offer shows the agent ------------------------------------------------------------------------------
@@ -96,14 +119,21 @@ def _micros(value: timedelta) -> int:
 
 
 def _offer_change(offer: Offer, **more: Any) -> dict[str, str]:
-    """An offer's attributes in the event log, with what the entry adds."""
+    """An offer's attributes in the event log, with what the entry adds (its expiry too: another replica shows the
+    offer to the agent from this entry)."""
     return _change(
-        offer_id=offer.offer_id, call_id=offer.call_id, agent_id=offer.agent_id, queue_id=offer.queue_id, **more
+        offer_id=offer.offer_id,
+        call_id=offer.call_id,
+        agent_id=offer.agent_id,
+        queue_id=offer.queue_id,
+        expires_at=to_micros(offer.expires_at),
+        **more,
     )
 
 
-def _decision_entry(decision: Decision) -> tuple[EventKind, str, dict[str, str]]:
-    """(kind, the call it is about or "", attributes) of a decision's event-log entry."""
+def _decision_entry(decision: Decision, before: RouterState) -> tuple[EventKind, str, dict[str, str]]:
+    """(kind, the call it is about or "", attributes) of a decision's event-log entry. Each holds what a replica
+    that did not step needs to act on it (`_deliver_followed` reads it back)."""
     match decision:
         case OfferMade(offer=offer, waited=waited):
             return (
@@ -148,10 +178,17 @@ def _decision_entry(decision: Decision) -> tuple[EventKind, str, dict[str, str]]
                 _change(call_id=decision.call_id, queue_id=decision.queue_id),
             )
         case PresenceChanged():
+            agent = before.agents.get(decision.agent_id)
+            ended = agent.call_id if agent is not None and decision.why is PresenceWhy.CALL_ENDED else ""
             return (
                 EventKind.AGENT_PRESENCE_CHANGED,
                 "",
-                _change(agent_id=decision.agent_id, presence=decision.presence.value, presence_why=decision.why.value),
+                _change(
+                    agent_id=decision.agent_id,
+                    presence=decision.presence.value,
+                    presence_why=decision.why.value,
+                    call_over=ended,  # the call whose end freed the agent: its session hears `call_ended` first
+                ),
             )
     raise AssertionError(f"unhandled decision {decision!r}")  # pragma: no cover
 
@@ -199,6 +236,8 @@ class QueueService:
         self.permissions = permissions
         self.calls = calls
         self.actions: CallActions = EndOnly(calls)
+        # What other replicas do for calls whose media they own (None: this process reaches no other replica).
+        self.owners: OwnerActions | None = None
         # The live session of each agent signed in to this process.
         self.sessions: dict[str, AgentSession] = {}
         # The state as of its version, from this process's last read or step.
@@ -208,15 +247,31 @@ class QueueService:
         self._rearm = asyncio.Event()
         self._timer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self._followed: dict[str, asyncio.Task[None]] = {}
+        # The routed calls whose end the router must hear of (`_follow`), watched by one task in one transaction per
+        # wake: a task per call would cost the store a transaction per waiting call at every wake.
+        self._followed: set[str] = set()
+        self._follow_more = asyncio.Event()
         self._closing = False
+        # Following other replicas' decisions: the last event-log cursor read, the newest router version seen, and
+        # the versions this process stepped (and delivered) that the log has not shown it yet.
+        self._cursor = 0
+        self._seen_version = 0
+        self._own: deque[int] = deque()
+        self._follower: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Read the stored state and start the timer task."""
+        """Read the stored state, start the timer task, and follow other replicas' decisions from now on."""
+        self._cursor = await self.store.last_cursor()  # before the state: a step between the two is followed
         await self.read()
+        self._seen_version = self._cache[0]
+        # This process has no session yet: the agents its earlier runs held sessions for have none any more.
+        await self._end_sessions_gone(self._sessions_left_here(self.state))
         self._timer = asyncio.create_task(self._run_timers(), name="queue-timers")
+        self._follower = asyncio.create_task(self._follow_decisions(), name="queue-follow-replicas")
+        self._spawn(self._watch_session_holders())
         for call_id in [*self._cache[1].waiting, *self._cache[1].assigned]:
             self._follow(call_id)
 
@@ -225,7 +280,8 @@ class QueueService:
         for session in list(self.sessions.values()):
             await session.close()
         self._closing = True
-        pending = {t for t in (self._timer, *self._followed.values(), *self._background) if t is not None}
+        tasks = (self._timer, self._follower, *self._background)
+        pending = {t for t in tasks if t is not None}
         while pending:
             # Cancelled again until done: a cancel that lands as `asyncio.wait_for` returns (a call's updates wait
             # with a timeout) can be lost on Python 3.11.
@@ -236,6 +292,10 @@ class QueueService:
     def set_call_actions(self, actions: CallActions) -> None:
         """Install what happens to calls' media (the `queue`/`agent` routes do)."""
         self.actions = actions
+
+    def set_owner_actions(self, owners: OwnerActions) -> None:
+        """Install how this replica reaches the owners of calls whose media runs elsewhere (the assembly does)."""
+        self.owners = owners
 
     # --- reads ----------------------------------------------------------------------------------------------------
 
@@ -257,7 +317,8 @@ class QueueService:
     async def read(self) -> RouterState:
         """The state as committed now."""
         version, state = await self.store.transaction(self._current)
-        self._cache = (version, state)
+        if version >= self._cache[0]:  # a step that committed after this read may have cached a newer state
+            self._cache = (version, state)
         return state
 
     async def stats(self, queue_id: str) -> QueueStats:
@@ -287,23 +348,31 @@ class QueueService:
         `guard` refuses when it sees the state the step starts from (inside the transaction)."""
         async with self._lock:
 
-            def run(tx: Tx) -> tuple[int, RouterState, Step]:
+            def run(tx: Tx) -> tuple[int, RouterState, Step, bool]:
                 now = self.clock.now()
-                _, before = self._current(tx)
+                version, before = self._current(tx)
                 if guard is not None:
                     guard(before)
                 step = router.step(before, event, now)
-                self._log(tx, event, before, step, now)
-                version = tx.save_router_state(json.dumps(codec.encode(step.state)))
-                return version, before, step
+                if not step.decisions and step.state == before and not _event_entries(event, before, step.state):
+                    # Nothing changed (another replica's tick at the same deadline did the work): nothing written.
+                    return version, before, step, False
+                self._log(tx, event, before, step, now, version + 1)
+                return tx.save_router_state(json.dumps(codec.encode(step.state))), before, step, True
 
-            version, before, step = await self.store.transaction(run)
+            version, before, step, saved = await self.store.transaction(run)
             self._cache = (version, step.state)
+            if saved:
+                self._own.append(version)
+                if version != self._seen_version + 1:
+                    # Another replica stepped since this one last looked: its decisions reach sessions first.
+                    await self._catch_up_quietly()
+                self._seen_version = max(self._seen_version, version)
             self._rearm.set()
             self._deliver(step.decisions, event, before)
         return step
 
-    def _log(self, tx: Tx, event: router.Event, before: RouterState, step: Step, now: datetime) -> None:
+    def _log(self, tx: Tx, event: router.Event, before: RouterState, step: Step, now: datetime, version: int) -> None:
         pairs: dict[str, Pair] = {}
 
         def pair_of(call_id: str) -> Pair:
@@ -316,8 +385,11 @@ class QueueService:
             (kind, call_id, attributes, Source.BUSINESS)
             for kind, call_id, attributes in _event_entries(event, before, step.state)
         ]
-        entries += [(*_decision_entry(d), Source.WACALL_RULE) for d in step.decisions]
+        entries += [(*_decision_entry(d, before), Source.WACALL_RULE) for d in step.decisions]
         for kind, call_id, attributes, source in entries:
+            # The router version the step saves: other replicas follow the log by it (`_catch_up`).
+            change = {**json.loads(attributes["contact_center"]), "router_version": version}
+            attributes = {**attributes, "contact_center": json.dumps(change)}
             pair = pair_of(call_id)
             state = engine.effective_state(tx.ledger(pair), now) if pair.user else PermissionState.NONE
             tx.append(EventRecord(pair, kind, source.value, now, now, state, attributes))
@@ -342,13 +414,27 @@ class QueueService:
                     if session is not None:
                         session.decided(decision)
                 case QueueTimedOut():
-                    self._spawn(self.actions.queue_timed_out(decision))
+                    self._spawn(self._where_media_runs(decision.call_id, self.actions.queue_timed_out, decision))
                 case QueueGone():
-                    self._spawn(self.actions.queue_gone(decision))
+                    self._spawn(self._where_media_runs(decision.call_id, self.actions.queue_gone, decision))
                 case Overflowed():
-                    self._spawn(self.actions.overflowed(decision))
+                    self._spawn(self._where_media_runs(decision.call_id, self.actions.overflowed, decision))
                 case Assigned():
                     pass  # the accepting session connects the agent's media (it holds the media the agent chose)
+
+    async def _where_media_runs(
+        self, call_id: str, act: Callable[[_MediaDecision], Coroutine[Any, Any, None]], decision: _MediaDecision
+    ) -> None:
+        """Carry out a decision about a call's media here, unless another replica owns the call: that one reads the
+        decision in the log and carries it out (`_deliver_followed`)."""
+        if await self._owner_elsewhere(call_id) is None:
+            await act(decision)
+
+    async def _owner_elsewhere(self, call_id: str) -> CallOwner | None:
+        try:
+            return await self.calls.owner_elsewhere(call_id)
+        except CallNotFound:
+            return None  # not a call of this service: the actions here decide (EndOnly ends nothing)
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)
@@ -356,9 +442,57 @@ class QueueService:
         task.add_done_callback(self._background.discard)
         task.add_done_callback(_log_failure)
 
+    # --- sessions whose process is gone ----------------------------------------------------------------------------
+
+    def _sessions_left_here(self, state: RouterState) -> frozenset[str]:
+        """The instances of signed-in agents' sessions that this process held in an earlier run (or that were
+        recorded before sessions carried their instance)."""
+        holders = {a.session_instance for a in state.agents.values() if a.presence is not Presence.OFFLINE}
+        return frozenset(i for i in holders if i == "" or self.calls.is_earlier_run(i))
+
+    async def _end_sessions_gone(self, instances: frozenset[str]) -> None:
+        if instances:
+            log.warning("agents' sessions held by %s are gone with it: their agents go offline", sorted(instances))
+            await self.apply(SessionsGone(instances))
+
+    async def _watch_session_holders(self) -> None:
+        """Every third of a call lease, put OFFLINE the agents whose session's process stopped renewing its
+        heartbeat in the replica registry (killed, crashed, powered off). Only after reaching the store for a whole
+        lease: an outage of the database expires every heartbeat at once, and the living renew theirs soon after."""
+        wall = self.calls.wall_clock
+        reached_since: datetime | None = None
+        while True:
+            await wall.sleep(self.calls.call_lease / 3)
+            try:
+                state = await self.read()
+                holders = {
+                    a.session_instance
+                    for a in state.agents.values()
+                    if a.presence is not Presence.OFFLINE and a.session_instance not in ("", self.calls.instance)
+                }
+                replicas = await self.store.transaction(partial(_replicas, holders=holders))
+            except StoreError:
+                reached_since = None
+                continue
+            now = wall.now()
+            if reached_since is None:
+                reached_since = now
+            if now - reached_since < self.calls.call_lease:
+                continue
+            gone = frozenset(
+                instance
+                for instance, replica in replicas.items()
+                if replica is None or replica.heartbeat_expires_at <= now or self.calls.is_earlier_run(instance)
+            )
+            try:
+                await self._end_sessions_gone(gone)
+            except StoreError:
+                reached_since = None
+
     # --- the timers -------------------------------------------------------------------------------------------------
 
     async def _run_timers(self) -> None:
+        failures = 0
         while True:
             self._rearm.clear()
             deadline = router.next_deadline(self.state)
@@ -374,8 +508,127 @@ class QueueService:
             if deadline is not None and self.clock.now() >= deadline:
                 try:
                     await self.apply(Tick())
-                except Exception:  # a failed tick (the store unavailable) is retried at the next wake
+                    failures = 0
+                except Exception:
+                    # Retried after a pause: the deadline stays past, so retrying at once would spin.
                     log.exception("queue timers: a tick failed")
+                    await self.calls.wall_clock.sleep(_backoff(failures))
+                    failures += 1
+
+    # --- other replicas' decisions ------------------------------------------------------------------------------
+
+    async def _follow_decisions(self) -> None:
+        """Act on the decisions other replicas commit, woken by the store's notifications (another process's commit
+        too, where the store hears it) and reading the log a few times a second otherwise."""
+        failing = False
+        while True:
+            ticket = self.store.changes.ticket()
+            try:
+                async with self._lock:
+                    if await self._catch_up():
+                        # The state they left: a deadline another replica set re-arms this one's timer.
+                        self._cache = await self.store.transaction(self._current)
+                        self._rearm.set()
+                failing = False
+            except StoreError as error:
+                if not failing:  # once per outage
+                    log.warning("following other replicas' queue decisions failed (%s); trying again", error)
+                failing = True
+            except Exception:
+                log.exception("following other replicas' queue decisions failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ticket.wait(), FOLLOW_POLL.total_seconds())
+
+    async def _catch_up(self) -> bool:
+        """Deliver, in commit order, the router decisions other replicas logged after the cursor (the lock held);
+        True when there were any. The log's cursors follow the router versions (a step holds the router state's
+        lock until it commits), so the versions this process stepped itself come up in order and are skipped."""
+        followed = False
+        while True:
+            records = await self.store.events_after(self._cursor, limit=FOLLOW_PAGE)
+            for record in records:
+                self._cursor = record.cursor
+                entry = _router_entry(record)
+                if entry is None:
+                    continue
+                version, change = entry
+                while self._own and self._own[0] < version:
+                    self._own.popleft()
+                if self._own and self._own[0] == version:
+                    continue  # stepped here: delivered after its commit
+                self._seen_version = max(self._seen_version, version)
+                followed = True
+                self._deliver_followed(EventKind(record.kind), change)
+            if len(records) < FOLLOW_PAGE:
+                return followed
+
+    async def _catch_up_quietly(self) -> None:
+        """`_catch_up` after a step of this process committed: a failure to read is left to the follower, which
+        delivers what was missed in its next pass (the step itself stands)."""
+        try:
+            await self._catch_up()
+        except Exception as error:
+            log.warning("reading other replicas' queue decisions before this step's failed (%s)", error)
+
+    def _deliver_followed(self, kind: EventKind, change: Mapping[str, Any]) -> None:
+        """Another replica's decision (as its log entry has it) to whoever acts on it here: the agent's session if
+        this process holds it, the call's media if this process owns it."""
+        agent_id: str = change.get("agent_id", "")
+        call_id: str = change.get("call_id", "")
+        session = self.sessions.get(agent_id) if agent_id else None
+        match kind:
+            case EventKind.OFFER_MADE | EventKind.OFFER_WITHDRAWN if session is not None:
+                expires_at = from_micros(change["expires_at"]) if "expires_at" in change else self.clock.now()
+                offer = Offer(change["offer_id"], call_id, agent_id, change.get("queue_id", ""), expires_at)
+                if kind is EventKind.OFFER_MADE:
+                    session.decided(OfferMade(offer, timedelta(microseconds=change.get("waited", 0))))
+                else:
+                    session.decided(OfferWithdrawn(offer, WithdrawnWhy(change["withdrawn_why"])))
+            case EventKind.AGENT_PRESENCE_CHANGED if session is not None:
+                if change.get("call_over"):
+                    session.call_ended(change["call_over"])
+                session.decided(
+                    PresenceChanged(agent_id, Presence(change["presence"]), PresenceWhy(change["presence_why"]))
+                )
+            case EventKind.AGENT_CHANGED if session is not None and change.get("deleted"):
+                self.sessions.pop(agent_id).end_with("agent_deleted", f"agent {agent_id!r} was deleted")
+            case EventKind.CALL_QUEUED | EventKind.CALL_ASSIGNED:
+                self._follow(call_id)  # any replica steps CallGone when it ends, its owner or not
+            case EventKind.QUEUE_TIMED_OUT | EventKind.QUEUE_MISSING | EventKind.CALL_OVERFLOWED:
+                if self.calls.session(call_id) is None:
+                    return  # its media is not here: its owner acts on it
+                queue_id: str = change.get("queue_id", "")
+                if kind is EventKind.QUEUE_TIMED_OUT:
+                    self._spawn(self.actions.queue_timed_out(QueueTimedOut(call_id, queue_id)))
+                elif kind is EventKind.QUEUE_MISSING:
+                    self._spawn(self.actions.queue_gone(QueueGone(call_id, queue_id)))
+                else:
+                    self._spawn(self.actions.overflowed(Overflowed(call_id, queue_id, change.get("to_queue_id", ""))))
+
+    # --- the agent's media, where the call's media runs ---------------------------------------------------------
+
+    async def connect_agent(self, assigned: Assigned, media: AgentMedia) -> str:
+        """Move the assigned call's media to the agent, in the process that owns the call: here, or forwarded to
+        the replica that does. Returns the SDP answer ("" for a media stream); raises `AgentMediaFailed` (also when
+        the owner cannot be reached)."""
+        owner = await self._owner_elsewhere(assigned.call_id)
+        if owner is None:
+            return await self.actions.connect_agent(assigned, media)
+        if self.owners is None:
+            raise AgentMediaFailed(
+                f"call {assigned.call_id} is run by wacall instance {owner.instance}, which this process cannot reach"
+            )
+        return await self.owners.connect_agent(owner, assigned, media)
+
+    async def connect_agent_here(self, assigned: Assigned, media: AgentMedia) -> str:
+        """Another replica's agent won a call whose media runs here: move it to the agent, if the router did
+        assign it so and this process does hold the call. Raises `AgentMediaFailed`."""
+        assignment = (await self.read()).assigned.get(assigned.call_id)
+        if assignment is None or assignment.agent_id != assigned.agent_id:
+            raise AgentMediaFailed(f"call {assigned.call_id} is not assigned to agent {assigned.agent_id!r}")
+        if self.calls.session(assigned.call_id) is None:
+            raise AgentMediaFailed(f"call {assigned.call_id}'s media is not held by this process")
+        return await self.actions.connect_agent(assigned, media)
 
     # --- calls ------------------------------------------------------------------------------------------------------
 
@@ -386,10 +639,10 @@ class QueueService:
         self._follow(call_id)
         return step
 
-    async def call_gone(self, call_id: str) -> Step:
-        """The call ended: withdrawn from its queue (abandoned), or its agent's call is over. Harmless for a call
-        the router does not hold."""
-        return await self.apply(CallGone(call_id))
+    async def call_gone(self, call_id: str, *, answered: bool = True) -> Step:
+        """The call ended: withdrawn from its queue (abandoned), or its agent's call is over (see `CallGone` for
+        `answered`). Harmless for a call the router does not hold."""
+        return await self.apply(CallGone(call_id, answered))
 
     async def agent_call_started(self, agent_id: str, call_id: str) -> Step:
         """The agent placed a call itself: BUSY for its duration. Raises `RoutingRefused` when it cannot."""
@@ -399,28 +652,69 @@ class QueueService:
 
     def _follow(self, call_id: str) -> None:
         """Watch a routed call: when it ends (either side, any route), the router hears `CallGone`."""
-        if call_id in self._followed:
-            return
-        task = asyncio.create_task(self._until_ended(call_id), name=f"queue-follow-{call_id}")
-        self._followed[call_id] = task
-        task.add_done_callback(lambda _: self._followed.pop(call_id, None))
-        task.add_done_callback(_log_failure)
+        if call_id not in self._followed:
+            self._followed.add(call_id)
+            self._follow_more.set()
+            if self._watcher is None:
+                self._watcher = asyncio.create_task(self._watch_call_ends(), name="queue-call-ends")
+                self._background.add(self._watcher)
 
-    async def _until_ended(self, call_id: str) -> None:
-        try:
-            async for record in self.calls.updates(call_id):
-                if record.state is CallState.ENDED:
-                    break
-                if self._closing:
-                    return
-        except CallNotFound:
-            return  # not a call of this service: whoever queued it says when it is gone
-        await self.call_gone(call_id)
+    async def _watch_call_ends(self) -> None:
+        """Look up every followed call in one transaction whenever the store changes (at least once a second), and
+        step `CallGone` for those that ended."""
+        failures = 0
+        while True:
+            self._follow_more.clear()
+            ticket = self.store.changes.ticket()
+            if self._followed:
+                try:
+                    ended = await self.store.transaction(partial(_ended_calls, call_ids=tuple(self._followed)))
+                    failures = 0
+                except Exception as error:
+                    log.warning("watching routed calls' ends failed (%s); trying again", error)
+                    await self.calls.wall_clock.sleep(_backoff(failures))
+                    failures += 1
+                    continue
+                for call_id, answered in ended.items():
+                    self._followed.discard(call_id)
+                    if answered is not None:  # None: not a call of this service, whoever queued it says when
+                        self._spawn(self._call_ended(call_id, answered))
+            wakes = [asyncio.ensure_future(ticket.wait()), asyncio.ensure_future(self._follow_more.wait())]
+            try:
+                await asyncio.wait(wakes, timeout=FOLLOW_CALLS_POLL, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wake in wakes:
+                    wake.cancel()
+
+    async def _call_ended(self, call_id: str, answered: bool) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.call_gone(call_id, answered=answered)
+                return
+            except Exception as error:
+                # Until it commits: the router would keep the call, and its agent BUSY, until a restart.
+                log.warning(
+                    "call %s ended, but the contact centre could not record it (%s): trying again", call_id, error
+                )
+                await self.calls.wall_clock.sleep(_backoff(failures))
+                failures += 1
 
     async def end_call(self, call_id: str, reason: str) -> None:
-        """End a routed call (an agent hung up): the call service ends it, and the router hears it is gone."""
-        await end_call(self.calls, call_id, reason)
-        await self.call_gone(call_id)
+        """End a routed call (an agent hung up), and the router hears it is gone. A call another replica owns is
+        ended there (EndCall forwarded to the owner); one whose owner cannot be reached is ended in the store here,
+        which the owner, if it is still running, reads and releases the media (`CallService` follows its calls)."""
+        owner = await self._owner_elsewhere(call_id)
+        try:
+            if owner is not None and self.owners is not None:
+                await self.owners.end_call(owner, call_id)
+            else:
+                await end_call(self.calls, call_id, reason)
+        except CallOwnerUnreachable as unreachable:
+            log.warning("call %s: ending it here (%s)", call_id, unreachable)
+            await end_call(self.calls, call_id, reason)
+        outcome = await self.call_outcome(call_id)
+        await self.call_gone(call_id, answered=outcome in (None, CallOutcome.ANSWERED))
 
     async def call_outcome(self, call_id: str) -> CallOutcome | None:
         """The call's outcome as recorded (None while unknown)."""
@@ -437,7 +731,7 @@ class QueueService:
             older = self.sessions.get(agent_id)
             self.sessions[agent_id] = session
         try:
-            await self.apply(LogIn(agent_id))
+            await self.apply(LogIn(agent_id, self.calls.instance))
         except BaseException:
             if self.sessions.get(agent_id) is session:
                 if older is not None:
@@ -456,6 +750,49 @@ class QueueService:
             del self.sessions[session.agent_id]
             return True
         return False
+
+
+def _router_entry(record: EventRecord) -> tuple[int, Mapping[str, Any]] | None:
+    """(the router version, the change) of a router step's log entry; None for any other event."""
+    stored = record.attributes.get("contact_center")
+    if stored is None:
+        return None
+    change: Mapping[str, Any] = json.loads(stored)
+    version = change.get("router_version")
+    return (version, change) if isinstance(version, int) else None
+
+
+RETRY_FIRST = timedelta(seconds=1)
+RETRY_MOST = timedelta(seconds=30)
+
+
+def _backoff(failures: int) -> timedelta:
+    """The pause after `failures` failures in a row of a step that must happen: 1 s, doubling, at most 30 s."""
+    doubled: timedelta = RETRY_FIRST * (1 << min(failures, 10))
+    return min(doubled, RETRY_MOST)
+
+
+# How often the followed calls are looked up when the store reports no change (another process's commit, say).
+FOLLOW_CALLS_POLL = 1.0
+
+
+def _ended_calls(tx: Tx, call_ids: tuple[str, ...]) -> dict[str, bool | None]:
+    """Of `call_ids`, those that ended → whether they were answered; None for one the store does not know."""
+    ended: dict[str, bool | None] = {}
+    for call_id in call_ids:
+        stored = tx.call(call_id)
+        if stored is None:
+            ended[call_id] = None
+            continue
+        record = from_stored(stored)
+        if record.state is CallState.ENDED:
+            ended[call_id] = record.outcome is CallOutcome.ANSWERED
+    return ended
+
+
+def _replicas(tx: Tx, holders: set[str]) -> dict[str, Replica | None]:
+    """Each instance's entry in the replica registry (None: it never recorded itself, or was forgotten)."""
+    return {instance: tx.replica(instance) for instance in holders}
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

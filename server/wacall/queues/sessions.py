@@ -114,6 +114,9 @@ class _End:
 _Item = SessionEvent | OfferMade | OfferWithdrawn | PresenceChanged | _CallOver | _End
 
 SESSION_REPLACED = "session_replaced"
+TOO_MANY_PENDING_EVENTS = "too_many_pending_events"
+# Far more than a live agent's events between two reads; a few hundred kilobytes at most.
+MAX_PENDING_EVENTS = 1000
 SESSION_ENDED = "session_ended"
 NOT_YOUR_OFFER = "offer_gone"
 
@@ -126,16 +129,38 @@ class AgentSession:
         self.agent_id = agent_id
         self._items: asyncio.Queue[_Item] = asyncio.Queue()
         self.ended = False
+        # The client stopped reading while events piled up: the session is over (see `_put`).
+        self.overflowed = False
+        # Offers shown, and withdrawn: another replica's decision may reach this session after the state it left
+        # (an offer already announced at login, or one withdrawn before it was shown) and is not shown again.
+        self._shown_offers: set[str] = set()
+        self._withdrawn_offers: set[str] = set()
+
+    def _put(self, item: _Item) -> None:
+        """Queue an event for the agent. A client that sends requests but never reads its events (each refusal is
+        an event) would grow this without bound: past `MAX_PENDING_EVENTS` the pending events are dropped, the
+        session's last event says why, and the transport closes it (its agent goes OFFLINE)."""
+        if self.overflowed:
+            return
+        if self._items.qsize() >= MAX_PENDING_EVENTS:
+            self.overflowed = True
+            while not self._items.empty():
+                self._items.get_nowait()
+            message = f"more than {MAX_PENDING_EVENTS} events waited for the client to read them: session closed"
+            self._items.put_nowait(SessionError(TOO_MANY_PENDING_EVENTS, message))
+            self._items.put_nowait(_End())
+            return
+        self._items.put_nowait(item)
 
     # --- what the service hands over (synchronously, in commit order) ----------------------------------------------
 
     def decided(self, decision: OfferMade | OfferWithdrawn | PresenceChanged) -> None:
         if not self.ended:
-            self._items.put_nowait(decision)
+            self._put(decision)
 
     def call_ended(self, call_id: str) -> None:
         if not self.ended:
-            self._items.put_nowait(_CallOver(call_id))
+            self._put(_CallOver(call_id))
 
     def logged_in(self, state: RouterState) -> None:
         """The answer to login, ahead of what the login step itself decided: the agent as it is, then any offer
@@ -147,14 +172,14 @@ class AgentSession:
         while not self._items.empty():
             pending.append(self._items.get_nowait())
         announced = {item.offer.offer_id for item in pending if isinstance(item, OfferMade)}
-        self._items.put_nowait(LoggedIn(agent))
+        self._put(LoggedIn(agent))
         now = self.service.clock.now()
         for offer in state.offers.values():
             waiting = state.waiting.get(offer.call_id)
             if offer.agent_id == self.agent_id and waiting is not None and offer.offer_id not in announced:
-                self._items.put_nowait(OfferMade(offer, now - waiting.arrived_at))
+                self._put(OfferMade(offer, now - waiting.arrived_at))
         for item in pending:
-            self._items.put_nowait(item)
+            self._put(item)
 
     def replaced(self) -> None:
         """A newer session of the same agent took over: this one ends, the agent's presence is the new one's."""
@@ -164,8 +189,8 @@ class AgentSession:
         """End the session with a last error event saying why (its agent's presence is left as it is)."""
         if not self.ended:
             self.ended = True
-            self._items.put_nowait(SessionError(code, message))
-            self._items.put_nowait(_End())
+            self._put(SessionError(code, message))
+            self._put(_End())
 
     # --- what the agent sees ------------------------------------------------------------------------------------------
 
@@ -176,7 +201,14 @@ class AgentSession:
             match item:
                 case _End():
                     return
+                case OfferMade(offer=offer) if offer.offer_id in self._shown_offers or (
+                    offer.offer_id in self._withdrawn_offers
+                ):
+                    continue
+                case OfferWithdrawn(offer=offer) if offer.offer_id in self._withdrawn_offers:
+                    continue
                 case OfferMade(offer=offer, waited=waited):
+                    self._shown_offers.add(offer.offer_id)
                     parties = await self.service.parties(offer.call_id)
                     yield OfferEvent(
                         offer.offer_id,
@@ -189,6 +221,7 @@ class AgentSession:
                         parties.permission,
                     )
                 case OfferWithdrawn(offer=offer, why=why):
+                    self._withdrawn_offers.add(offer.offer_id)
                     yield OfferWithdrawnEvent(offer.offer_id, why)
                 case PresenceChanged(presence=presence, why=why):
                     yield PresenceEvent(presence, why)
@@ -202,18 +235,18 @@ class AgentSession:
     async def _step(
         self, event: router.Event, guard: Callable[[RouterState], None] | None = None
     ) -> router.Step | None:
-        if self.ended:
-            self._items.put_nowait(SessionError(SESSION_ENDED, "this session has ended: sign in again"))
+        if self.ended or self.overflowed:
+            self._put(SessionError(SESSION_ENDED, "this session has ended: sign in again"))
             return None
         try:
             return await self.service.apply(event, guard=guard)
         except RoutingRefused as refused:
-            self._items.put_nowait(SessionError(refused.code, refused.message))
+            self._put(SessionError(refused.code, refused.message))
             return None
 
     def refuse(self, code: str, message: str) -> None:
         """Report a request refused before it reached the router (a malformed request, say)."""
-        self._items.put_nowait(SessionError(code, message))
+        self._put(SessionError(code, message))
 
     async def set_presence(self, presence: Presence) -> None:
         await self._step(SetPresence(self.agent_id, presence))
@@ -236,13 +269,23 @@ class AgentSession:
         if step is None:
             return
         assigned = next(d for d in step.decisions if isinstance(d, Assigned))
+        # The call is the agent's now: its media moves even if the transport cancels this (the stream dropped
+        # mid-accept); otherwise the caller would hear hold audio forever, waiting in no queue.
+        moving = asyncio.ensure_future(self._move_media(assigned, media))
+        moving.add_done_callback(_log_failure)
+        await asyncio.shield(moving)
+
+    async def _move_media(self, assigned: Assigned, media: AgentMedia) -> None:
         try:
-            answer = await self.service.actions.connect_agent(assigned, media)
+            answer = await self.service.connect_agent(assigned, media)
         except AgentMediaFailed as failed:
-            self._items.put_nowait(SessionError("media_failed", failed.message))
+            self._put(SessionError("media_failed", failed.message))
             await self.service.end_call(assigned.call_id, f"the agent's media failed: {failed.message}")
             return
-        self._items.put_nowait(Connected(assigned.call_id, answer))
+        except BaseException as error:  # any other failure leaves no one on the call: end it with the reason
+            await self.service.end_call(assigned.call_id, f"the agent's media could not be attached: {error!r}")
+            raise
+        self._put(Connected(assigned.call_id, answer))
 
     async def decline(self, offer_id: str) -> None:
         await self._step(Decline(offer_id), self._owns_offer(offer_id))
@@ -261,7 +304,12 @@ class AgentSession:
         """End the session; if it was the agent's live one, the agent goes OFFLINE (SESSION_ENDED)."""
         was_live = self.service.forget(self) and not self.ended
         self.ended = True
-        self._items.put_nowait(_End())
+        self._put(_End())
         if was_live:
             with contextlib.suppress(RoutingRefused):  # the agent was deleted meanwhile
                 await self.service.apply(SetPresence(self.agent_id, Presence.OFFLINE, PresenceWhy.SESSION_ENDED))
+
+
+def _log_failure(task: asyncio.Future[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("moving a call's media to its agent failed", exc_info=task.exception())

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -199,6 +200,8 @@ def parse_request(text: str) -> ParsedRequest:
         data = json.loads(text)
     except ValueError as error:
         raise BadSocketMessage(f"not JSON: {error}") from None
+    except RecursionError:  # "[" * 100000 fits in a message and nests deeper than the parser recurses
+        raise BadSocketMessage("not JSON this service reads: nested too deeply") from None
     if not isinstance(data, dict):
         raise BadSocketMessage('a request is a JSON object with one request kind, e.g. {"login": {"agentId": …}}')
     token = data.pop("token", None)
@@ -217,6 +220,11 @@ async def agent_socket(backend: SoftphoneBackend, request: web.Request) -> web.S
     queues = backend.queues
     if queues is None:
         raise web.HTTPServiceUnavailable(text="the contact centre is starting")
+    origin = request.headers.get("Origin")
+    if origin is not None and urlsplit(origin).netloc != request.host:
+        # A browser says which page opens the socket: only the agent page this service serves may drive a session
+        # (with auth off, any site the agent visits could otherwise).
+        raise web.HTTPForbidden(text=f"the agent socket is for the agent page at {request.host}, not {origin}")
     ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_SOCKET_MESSAGE)
     await ws.prepare(request)
     backend.sockets.add(ws)
@@ -235,6 +243,8 @@ async def agent_socket(backend: SoftphoneBackend, request: web.Request) -> web.S
                 continue
             if session is not None:
                 await drive_request(session, parsed.request)
+                if session.overflowed:
+                    break  # the page stopped reading its events: the session is over
                 continue
             session = await _login(backend, queues, ws, parsed)
             if session is not None:
@@ -296,6 +306,18 @@ def _json_error(status: int, code: str, message: str, details: dict[str, Any] | 
     return web.json_response(body, status=status)
 
 
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The request's body up to `limit` bytes, however many segments (or chunks) it arrives in: `read(n)` returns
+    only what is buffered so far."""
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await request.content.read(limit - len(body))
+        if not chunk:
+            break
+        body += chunk
+    return bytes(body)
+
+
 async def customer_lookup(backend: SoftphoneBackend, request: web.Request) -> web.StreamResponse:
     """`POST /agent/api/{method}`: the request's JSON forwarded to the gRPC API, its answer as JSON (see the module)."""
     method = request.match_info["method"]
@@ -310,7 +332,7 @@ async def customer_lookup(backend: SoftphoneBackend, request: web.Request) -> we
         return _json_error(413, "INVALID_ARGUMENT", f"a lookup request is at most {MAX_LOOKUP_BODY} bytes")
     message_type, method_of = known
     try:
-        body = await request.content.read(MAX_LOOKUP_BODY + 1)
+        body = await _read_body(request, MAX_LOOKUP_BODY + 1)
         if len(body) > MAX_LOOKUP_BODY:
             return _json_error(413, "INVALID_ARGUMENT", f"a lookup request is at most {MAX_LOOKUP_BODY} bytes")
         message = json_format.Parse(body.decode() or "{}", message_type())

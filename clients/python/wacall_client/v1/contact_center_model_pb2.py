@@ -26,7 +26,7 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$wacall/v1/contact_center_model.proto\x12\twacall.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\tHoldAudio\x12\x14\n\naudio_file\x18\x01 \x01(\tH\x00\x12\x11\n\x07tone_hz\x18\x02 \x01(\x05H\x00\x42\x08\n\x06source\"\xe0\x03\n\x05Queue\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x08strategy\x18\x03 \x01(\x0e\x32\x13.wacall.v1.Strategy\x12=\n\x0frequired_skills\x18\x04 \x03(\x0b\x32$.wacall.v1.Queue.RequiredSkillsEntry\x12/\n\x0cring_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07wrap_up\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_missed_offers\x18\x08 \x01(\x05\x12\x19\n\x11overflow_queue_id\x18\t \x01(\t\x12(\n\nhold_audio\x18\n \x01(\x0b\x32\x14.wacall.v1.HoldAudio\x12\x30\n\rservice_level\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x35\n\x13RequiredSkillsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xb0\x03\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06skills\x18\x03 \x03(\x0b\x32\x1c.wacall.v1.Agent.SkillsEntry\x12\x11\n\tqueue_ids\x18\x04 \x03(\t\x12*\n\x08presence\x18\x05 \x01(\x0e\x32\x18.wacall.v1.AgentPresence\x12=\n\x0fqueue_penalties\x18\x06 \x03(\x0b\x32$.wacall.v1.Agent.QueuePenaltiesEntry\x12\x15\n\rcalls_handled\x18\x07 \x01(\x05\x12\x15\n\rmissed_offers\x18\x08 \x01(\x05\x12\x36\n\x12last_call_ended_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63\x61ll_id\x18\n \x01(\t\x1a-\n\x0bSkillsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x35\n\x13QueuePenaltiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xfe\x02\n\x13\x43ontactCenterChange\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x10\n\x08offer_id\x18\x04 \x01(\t\x12*\n\x08presence\x18\x05 \x01(\x0e\x32\x18.wacall.v1.AgentPresence\x12,\n\x0cpresence_why\x18\x06 \x01(\x0e\x32\x16.wacall.v1.PresenceWhy\x12\x33\n\rwithdrawn_why\x18\x07 \x01(\x0e\x32\x1c.wacall.v1.OfferWithdrawnWhy\x12\x13\n\x0bto_queue_id\x18\x08 \x01(\t\x12)\n\x06waited\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x05queue\x18\n \x01(\x0b\x32\x10.wacall.v1.Queue\x12\x1f\n\x05\x61gent\x18\x0b \x01(\x0b\x32\x10.wacall.v1.Agent\x12\x0f\n\x07\x64\x65leted\x18\x0c \x01(\x08*\xb5\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x15\n\x11STRATEGY_RING_ALL\x10\x01\x12\x19\n\x15STRATEGY_LONGEST_IDLE\x10\x02\x12\x18\n\x14STRATEGY_ROUND_ROBIN\x10\x03\x12\x19\n\x15STRATEGY_FEWEST_CALLS\x10\x04\x12\x13\n\x0fSTRATEGY_LINEAR\x10\x05\x12\x13\n\x0fSTRATEGY_RANDOM\x10\x06*\xb7\x01\n\rAgentPresence\x12\x1e\n\x1a\x41GENT_PRESENCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GENT_PRESENCE_OFFLINE\x10\x01\x12\x17\n\x13\x41GENT_PRESENCE_AWAY\x10\x02\x12\x1c\n\x18\x41GENT_PRESENCE_AVAILABLE\x10\x03\x12\x17\n\x13\x41GENT_PRESENCE_BUSY\x10\x04\x12\x1a\n\x16\x41GENT_PRESENCE_WRAP_UP\x10\x05*\xff\x01\n\x0bPresenceWhy\x12\x1c\n\x18PRESENCE_WHY_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRESENCE_WHY_REQUESTED\x10\x01\x12\x1a\n\x16PRESENCE_WHY_LOGGED_IN\x10\x02\x12\x1e\n\x1aPRESENCE_WHY_SESSION_ENDED\x10\x03\x12\x1e\n\x1aPRESENCE_WHY_MISSED_OFFERS\x10\x04\x12\x1d\n\x19PRESENCE_WHY_CALL_STARTED\x10\x05\x12\x1b\n\x17PRESENCE_WHY_CALL_ENDED\x10\x06\x12\x1e\n\x1aPRESENCE_WHY_WRAP_UP_ENDED\x10\x07*\xd1\x01\n\x11OfferWithdrawnWhy\x12#\n\x1fOFFER_WITHDRAWN_WHY_UNSPECIFIED\x10\x00\x12*\n&OFFER_WITHDRAWN_WHY_ANSWERED_ELSEWHERE\x10\x01\x12!\n\x1dOFFER_WITHDRAWN_WHY_ABANDONED\x10\x02\x12!\n\x1dOFFER_WITHDRAWN_WHY_TIMED_OUT\x10\x03\x12%\n!OFFER_WITHDRAWN_WHY_AGENT_OFFLINE\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$wacall/v1/contact_center_model.proto\x12\twacall.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\tHoldAudio\x12\x14\n\naudio_file\x18\x01 \x01(\tH\x00\x12\x11\n\x07tone_hz\x18\x02 \x01(\x05H\x00\x42\x08\n\x06source\"\xc6\x04\n\x05Queue\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12%\n\x08strategy\x18\x03 \x01(\x0e\x32\x13.wacall.v1.Strategy\x12=\n\x0frequired_skills\x18\x04 \x03(\x0b\x32$.wacall.v1.Queue.RequiredSkillsEntry\x12/\n\x0cring_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x08max_wait\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12*\n\x07wrap_up\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11max_missed_offers\x18\x08 \x01(\x05\x12\x19\n\x11overflow_queue_id\x18\t \x01(\t\x12(\n\nhold_audio\x18\n \x01(\x0b\x32\x14.wacall.v1.HoldAudio\x12\x30\n\rservice_level\x18\x0b \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\rdecline_delay\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x32\n\x0fno_answer_delay\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\x35\n\x13RequiredSkillsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xb0\x03\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12,\n\x06skills\x18\x03 \x03(\x0b\x32\x1c.wacall.v1.Agent.SkillsEntry\x12\x11\n\tqueue_ids\x18\x04 \x03(\t\x12*\n\x08presence\x18\x05 \x01(\x0e\x32\x18.wacall.v1.AgentPresence\x12=\n\x0fqueue_penalties\x18\x06 \x03(\x0b\x32$.wacall.v1.Agent.QueuePenaltiesEntry\x12\x15\n\rcalls_handled\x18\x07 \x01(\x05\x12\x15\n\rmissed_offers\x18\x08 \x01(\x05\x12\x36\n\x12last_call_ended_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x63\x61ll_id\x18\n \x01(\t\x1a-\n\x0bSkillsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x1a\x35\n\x13QueuePenaltiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\"\xfe\x02\n\x13\x43ontactCenterChange\x12\x10\n\x08queue_id\x18\x01 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\t\x12\x10\n\x08offer_id\x18\x04 \x01(\t\x12*\n\x08presence\x18\x05 \x01(\x0e\x32\x18.wacall.v1.AgentPresence\x12,\n\x0cpresence_why\x18\x06 \x01(\x0e\x32\x16.wacall.v1.PresenceWhy\x12\x33\n\rwithdrawn_why\x18\x07 \x01(\x0e\x32\x1c.wacall.v1.OfferWithdrawnWhy\x12\x13\n\x0bto_queue_id\x18\x08 \x01(\t\x12)\n\x06waited\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1f\n\x05queue\x18\n \x01(\x0b\x32\x10.wacall.v1.Queue\x12\x1f\n\x05\x61gent\x18\x0b \x01(\x0b\x32\x10.wacall.v1.Agent\x12\x0f\n\x07\x64\x65leted\x18\x0c \x01(\x08*\xb5\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x15\n\x11STRATEGY_RING_ALL\x10\x01\x12\x19\n\x15STRATEGY_LONGEST_IDLE\x10\x02\x12\x18\n\x14STRATEGY_ROUND_ROBIN\x10\x03\x12\x19\n\x15STRATEGY_FEWEST_CALLS\x10\x04\x12\x13\n\x0fSTRATEGY_LINEAR\x10\x05\x12\x13\n\x0fSTRATEGY_RANDOM\x10\x06*\xb7\x01\n\rAgentPresence\x12\x1e\n\x1a\x41GENT_PRESENCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41GENT_PRESENCE_OFFLINE\x10\x01\x12\x17\n\x13\x41GENT_PRESENCE_AWAY\x10\x02\x12\x1c\n\x18\x41GENT_PRESENCE_AVAILABLE\x10\x03\x12\x17\n\x13\x41GENT_PRESENCE_BUSY\x10\x04\x12\x1a\n\x16\x41GENT_PRESENCE_WRAP_UP\x10\x05*\xff\x01\n\x0bPresenceWhy\x12\x1c\n\x18PRESENCE_WHY_UNSPECIFIED\x10\x00\x12\x1a\n\x16PRESENCE_WHY_REQUESTED\x10\x01\x12\x1a\n\x16PRESENCE_WHY_LOGGED_IN\x10\x02\x12\x1e\n\x1aPRESENCE_WHY_SESSION_ENDED\x10\x03\x12\x1e\n\x1aPRESENCE_WHY_MISSED_OFFERS\x10\x04\x12\x1d\n\x19PRESENCE_WHY_CALL_STARTED\x10\x05\x12\x1b\n\x17PRESENCE_WHY_CALL_ENDED\x10\x06\x12\x1e\n\x1aPRESENCE_WHY_WRAP_UP_ENDED\x10\x07*\xd1\x01\n\x11OfferWithdrawnWhy\x12#\n\x1fOFFER_WITHDRAWN_WHY_UNSPECIFIED\x10\x00\x12*\n&OFFER_WITHDRAWN_WHY_ANSWERED_ELSEWHERE\x10\x01\x12!\n\x1dOFFER_WITHDRAWN_WHY_ABANDONED\x10\x02\x12!\n\x1dOFFER_WITHDRAWN_WHY_TIMED_OUT\x10\x03\x12%\n!OFFER_WITHDRAWN_WHY_AGENT_OFFLINE\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,26 +39,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT_SKILLSENTRY']._serialized_options = b'8\001'
   _globals['_AGENT_QUEUEPENALTIESENTRY']._loaded_options = None
   _globals['_AGENT_QUEUEPENALTIESENTRY']._serialized_options = b'8\001'
-  _globals['_STRATEGY']._serialized_start=1484
-  _globals['_STRATEGY']._serialized_end=1665
-  _globals['_AGENTPRESENCE']._serialized_start=1668
-  _globals['_AGENTPRESENCE']._serialized_end=1851
-  _globals['_PRESENCEWHY']._serialized_start=1854
-  _globals['_PRESENCEWHY']._serialized_end=2109
-  _globals['_OFFERWITHDRAWNWHY']._serialized_start=2112
-  _globals['_OFFERWITHDRAWNWHY']._serialized_end=2321
+  _globals['_STRATEGY']._serialized_start=1586
+  _globals['_STRATEGY']._serialized_end=1767
+  _globals['_AGENTPRESENCE']._serialized_start=1770
+  _globals['_AGENTPRESENCE']._serialized_end=1953
+  _globals['_PRESENCEWHY']._serialized_start=1956
+  _globals['_PRESENCEWHY']._serialized_end=2211
+  _globals['_OFFERWITHDRAWNWHY']._serialized_start=2214
+  _globals['_OFFERWITHDRAWNWHY']._serialized_end=2423
   _globals['_HOLDAUDIO']._serialized_start=116
   _globals['_HOLDAUDIO']._serialized_end=178
   _globals['_QUEUE']._serialized_start=181
-  _globals['_QUEUE']._serialized_end=661
-  _globals['_QUEUE_REQUIREDSKILLSENTRY']._serialized_start=608
-  _globals['_QUEUE_REQUIREDSKILLSENTRY']._serialized_end=661
-  _globals['_AGENT']._serialized_start=664
-  _globals['_AGENT']._serialized_end=1096
-  _globals['_AGENT_SKILLSENTRY']._serialized_start=996
-  _globals['_AGENT_SKILLSENTRY']._serialized_end=1041
-  _globals['_AGENT_QUEUEPENALTIESENTRY']._serialized_start=1043
-  _globals['_AGENT_QUEUEPENALTIESENTRY']._serialized_end=1096
-  _globals['_CONTACTCENTERCHANGE']._serialized_start=1099
-  _globals['_CONTACTCENTERCHANGE']._serialized_end=1481
+  _globals['_QUEUE']._serialized_end=763
+  _globals['_QUEUE_REQUIREDSKILLSENTRY']._serialized_start=710
+  _globals['_QUEUE_REQUIREDSKILLSENTRY']._serialized_end=763
+  _globals['_AGENT']._serialized_start=766
+  _globals['_AGENT']._serialized_end=1198
+  _globals['_AGENT_SKILLSENTRY']._serialized_start=1098
+  _globals['_AGENT_SKILLSENTRY']._serialized_end=1143
+  _globals['_AGENT_QUEUEPENALTIESENTRY']._serialized_start=1145
+  _globals['_AGENT_QUEUEPENALTIESENTRY']._serialized_end=1198
+  _globals['_CONTACTCENTERCHANGE']._serialized_start=1201
+  _globals['_CONTACTCENTERCHANGE']._serialized_end=1583
 # @@protoc_insertion_point(module_scope)

@@ -84,7 +84,7 @@ class HoldAudio(_message.Message):
     def __init__(self, audio_file: _Optional[str] = ..., tone_hz: _Optional[int] = ...) -> None: ...
 
 class Queue(_message.Message):
-    __slots__ = ("queue_id", "name", "strategy", "required_skills", "ring_timeout", "max_wait", "wrap_up", "max_missed_offers", "overflow_queue_id", "hold_audio", "service_level")
+    __slots__ = ("queue_id", "name", "strategy", "required_skills", "ring_timeout", "max_wait", "wrap_up", "max_missed_offers", "overflow_queue_id", "hold_audio", "service_level", "decline_delay", "no_answer_delay")
     class RequiredSkillsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +103,8 @@ class Queue(_message.Message):
     OVERFLOW_QUEUE_ID_FIELD_NUMBER: _ClassVar[int]
     HOLD_AUDIO_FIELD_NUMBER: _ClassVar[int]
     SERVICE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    NO_ANSWER_DELAY_FIELD_NUMBER: _ClassVar[int]
     queue_id: str
     name: str
     strategy: Strategy
@@ -114,7 +116,9 @@ class Queue(_message.Message):
     overflow_queue_id: str
     hold_audio: HoldAudio
     service_level: _duration_pb2.Duration
-    def __init__(self, queue_id: _Optional[str] = ..., name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., required_skills: _Optional[_Mapping[str, int]] = ..., ring_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wrap_up: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_missed_offers: _Optional[int] = ..., overflow_queue_id: _Optional[str] = ..., hold_audio: _Optional[_Union[HoldAudio, _Mapping]] = ..., service_level: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    decline_delay: _duration_pb2.Duration
+    no_answer_delay: _duration_pb2.Duration
+    def __init__(self, queue_id: _Optional[str] = ..., name: _Optional[str] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., required_skills: _Optional[_Mapping[str, int]] = ..., ring_timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wrap_up: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_missed_offers: _Optional[int] = ..., overflow_queue_id: _Optional[str] = ..., hold_audio: _Optional[_Union[HoldAudio, _Mapping]] = ..., service_level: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., decline_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., no_answer_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class Agent(_message.Message):
     __slots__ = ("agent_id", "name", "skills", "queue_ids", "presence", "queue_penalties", "calls_handled", "missed_offers", "last_call_ended_at", "call_id")

@@ -101,6 +101,12 @@
       $("agent-name").textContent = agent.name || agent.agentId;
       state.presence = agent.presence || "AGENT_PRESENCE_OFFLINE";
       log(`signed in as ${agent.agentId}`);
+      if (agent.callId && state.presence === "AGENT_PRESENCE_BUSY" && !state.call) {
+        // Signed in again during a call (the page was reloaded): the call is still the agent's to hang up.
+        state.call = { callId: agent.callId, customer: "", business: "", queue: "", connectedAt: performance.now() };
+        $("call-media").textContent = "On this call since before this page was opened; no audio here.";
+        log(`on call ${agent.callId}`);
+      }
     },
     presence({ state: presence, why }) {
       state.presence = presence;
