@@ -624,6 +624,8 @@ CONCURRENCY = call_bench.Sizes(
     settle=1.0,
     flow_timeout=20.0,
     mode_budget=60.0,
+    talk_calls=0,  # the talk delay is bench/calls.py's
+    talk_bursts=0,
 )
 CONCURRENCY_QUICK = dataclasses.replace(CONCURRENCY, steps=(2,), window=1.0, settle=0.3, mode_budget=20.0)
 

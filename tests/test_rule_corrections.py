@@ -500,7 +500,7 @@ async def test_a_database_from_an_earlier_version_opens_and_reads_correctly(make
     assert [x.used for x in request.limits] == [1, 1]
     assert micros(request.next_allowed_at) == to_micros(requested_at + timedelta(days=1, seconds=MARGIN))
     migrated = sqlite3.connect(path)
-    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 7
     tables = [row[0] for row in migrated.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     for table in tables:
         columns = {row[1] for row in migrated.execute(f"PRAGMA table_info({table})")}

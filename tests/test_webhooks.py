@@ -909,12 +909,12 @@ async def test_a_user_calling_again_before_the_terminate_ends_the_open_call(waca
     held: list[dict[str, Any]] = []
     send = platform._deliver
 
-    async def hold_terminates(body: dict[str, Any], attempts: int = 6) -> None:
+    async def hold_terminates(account: Any, body: dict[str, Any]) -> None:
         calls = body["entry"][0]["changes"][0]["value"].get("calls", [])
         if any(call.get("event") == "terminate" for call in calls):
             held.append(body)  # the platform's terminate is late
             return
-        await send(body, attempts)
+        await send(account, body)
 
     monkeypatch.setattr(platform, "_deliver", hold_terminates)
     await wacall.phone(talk=0)
