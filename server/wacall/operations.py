@@ -253,7 +253,7 @@ class InstrumentedStore:
     def _failed(self, error: BaseException) -> None:
         self._errors.labels(type(error).__name__).inc()
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, priority: bool = False) -> T:
         raised_by_fn = False
 
         def run(tx: Tx) -> T:
@@ -267,7 +267,7 @@ class InstrumentedStore:
 
         started = time.perf_counter()
         try:
-            return await self.inner.transaction(run)
+            return await self.inner.transaction(run, priority=priority)
         except Exception as error:
             if not raised_by_fn:
                 self._failed(error)

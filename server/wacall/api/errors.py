@@ -22,7 +22,7 @@ from wacall.api.messages import action_detail, duration
 from wacall.errors import REASONS, refusal_status
 from wacall.fields import InvalidField
 from wacall.permissions import PlatformRefusal, RuleRefusal
-from wacall.store.base import StoreUnavailable
+from wacall.store.base import StoreError
 from wacall.upstreams.base import UpstreamUnavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -160,9 +160,10 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
 STORE_RETRY_DELAY = timedelta(seconds=3)
 
 
-async def abort_store_unavailable(context: Context, error: StoreUnavailable) -> NoReturn:
+async def abort_store_unavailable(context: Context, error: StoreError) -> NoReturn:
     """UNAVAILABLE with RetryInfo and the ErrorInfo reason STORE_UNAVAILABLE: nothing was decided; retry (with the
-    same idempotency key, so a request whose commit was cut off is not made twice)."""
+    same idempotency key, so a request whose commit was cut off is not made twice). Any other `StoreError` that
+    reaches the API (the store closing during shutdown) is answered the same way: the service cannot decide now."""
     await abort(
         context,
         grpc.StatusCode.UNAVAILABLE,
@@ -240,7 +241,7 @@ def _parsing(handler: Handler) -> Handler:
             try:
                 result = unary(await _parse(deserialize, raw, context), context)
                 return await result if inspect.isawaitable(result) else result
-            except StoreUnavailable as error:
+            except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                 await abort_store_unavailable(context, error)
 
         return grpc.unary_unary_rpc_method_handler(unary_unary, response_serializer=serialize)
@@ -252,7 +253,7 @@ def _parsing(handler: Handler) -> Handler:
             try:
                 async for response in streaming(await _parse(deserialize, raw, context), context):
                     yield response
-            except StoreUnavailable as error:
+            except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                 await abort_store_unavailable(context, error)
 
         return grpc.unary_stream_rpc_method_handler(unary_stream, response_serializer=serialize)
@@ -263,7 +264,7 @@ def _parsing(handler: Handler) -> Handler:
         async def stream_unary(raw_requests: AsyncIterator[bytes], context: Context) -> Any:
             try:
                 return await collecting(requests(raw_requests, context), context)
-            except StoreUnavailable as error:
+            except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                 await abort_store_unavailable(context, error)
 
         return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=serialize)
@@ -274,7 +275,7 @@ def _parsing(handler: Handler) -> Handler:
         try:
             async for response in bidirectional(requests(raw_requests, context), context):
                 yield response
-        except StoreUnavailable as error:
+        except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
             await abort_store_unavailable(context, error)
 
     return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=serialize)
@@ -312,7 +313,8 @@ class _ParsingGenericHandler(grpc.GenericRpcHandler):
 class MalformedRequestGuard:
     """A request that is not a valid message (corrupt wire format, a string field that is not UTF-8, e.g. a lone
     surrogate) is INVALID_ARGUMENT with a BadRequest, instead of the UNKNOWN grpc answers when parsing fails; and a
-    store that cannot reach its database (`StoreUnavailable`, from any method) is UNAVAILABLE with RetryInfo.
+    store that cannot reach its database (`StoreUnavailable`, or any `StoreError`, from any method) is UNAVAILABLE
+    with RetryInfo.
 
     It stands in for the server where services are registered (the generated `add_*_to_server` functions take it
     as their server): every method handler is wrapped there, once, to parse its own requests. Not an interceptor:
