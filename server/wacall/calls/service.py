@@ -731,8 +731,7 @@ class CallService:
     # --- reads ----------------------------------------------------------------------------------------------------
 
     async def get(self, call_id: str) -> CallRecord:
-        # A snapshot read: it decides nothing, so it neither waits for writers nor holds them back.
-        stored = await self.store.read(lambda tx: tx.call(call_id))
+        stored = await self.store.transaction(lambda tx: tx.call(call_id))
         if stored is None:
             raise CallNotFound(call_id)
         return self._live(from_stored(stored))
@@ -882,7 +881,7 @@ class CallService:
                 tx.store_now(),
             )
 
-        return await self.store.read(read)
+        return await self.store.transaction(read)
 
     def owner_unreachable(self, owner: CallOwner, why: str) -> CallOwnerUnreachable:
         """The refusal for control of a call whose owner cannot be reached, with how long until another replica
@@ -918,7 +917,7 @@ class CallService:
         def read(tx: Tx) -> dict[str, CallRecord]:
             return {call_id: from_stored(stored) for call_id in held if (stored := tx.call(call_id)) is not None}
 
-        for call_id, record in (await self.store.read(read)).items():
+        for call_id, record in (await self.store.transaction(read)).items():
             session = held[call_id]
             if session.closed:
                 continue
@@ -947,7 +946,7 @@ class CallService:
                 if (stored := tx.call(call_id)) is not None and not stored.active and stored.owner != self.instance
             ]
 
-        for call_id in await self.store.read(ended_elsewhere):
+        for call_id in await self.store.transaction(ended_elsewhere):
             log.warning("call %s was ended by another process while this one held it: releasing its media", call_id)
             await self._close_session(call_id)
 

@@ -256,7 +256,7 @@ class QueueService:
 
     async def read(self) -> RouterState:
         """The state as committed now."""
-        version, state = await self.store.read(self._current)  # a snapshot: it locks nothing
+        version, state = await self.store.transaction(self._current)
         self._cache = (version, state)
         return state
 
@@ -268,7 +268,7 @@ class QueueService:
 
     async def parties(self, call_id: str) -> CallParties:
         """The numbers of a routed call and the customer's permission summary (what an offer shows)."""
-        stored = await self.store.read(lambda tx: tx.call(call_id))
+        stored = await self.store.transaction(lambda tx: tx.call(call_id))
         if stored is None:
             return CallParties("", "", None)
         pair = stored.pair
