@@ -3,15 +3,18 @@
 Debian's binaries (`/usr/lib/postgresql/15/bin`, the `postgresql-15` package that `make system-deps` installs).
 The server refuses to run as root, so as root it runs as the package's `postgres` user (`setpriv`), which owns the
 data directory. `fsync` stays on: durability is part of what the tests check. Each test takes a fresh database
-(`create_database()`); `stop()` and `start()` make an outage on the same port.
+(`create_database()`); `stop()` and `start()` make an outage on the same port, `freeze()` and `thaw()` a server
+that stops answering without closing its connections.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -67,6 +70,32 @@ class PostgresServer:
     def stop(self) -> None:
         """Stop the server now (fast shutdown: clients are disconnected, nothing committed is lost)."""
         self._run(BIN / "pg_ctl", "stop", "-w", "-m", "fast", "-D", self.data)
+
+    def pids(self) -> list[int]:
+        """The postmaster's pid and its children's (the backends and auxiliary processes)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the process ended meanwhile
+            if int(fields[1]) == postmaster:
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
+    def freeze(self) -> list[int]:
+        """SIGSTOP the whole server: its sockets stay open and the kernel still acknowledges what is sent, but nothing
+        answers (a frozen host, a partition without a reset). Returns the pids for `thaw`."""
+        pids = self.pids()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        return pids
+
+    def thaw(self, pids: list[int]) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"

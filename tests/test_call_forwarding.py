@@ -7,11 +7,15 @@ one that hears the call end). The two-process, PostgreSQL and standalone-simulat
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
@@ -20,9 +24,11 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from wacall_client.sim.v1 import simulator_pb2 as sim_pb
 from wacall_client.v1 import calling_pb2 as pb
+from wacall_client.v1 import calling_pb2_grpc
 
-from wacall.api.forwarding import FORWARDED_BY
+from wacall.api.forwarding import FORWARDED_BY, OwnerForwarding
 from wacall.app import advertised_address
+from wacall.calls.ownership import CallOwner
 from wacall.store import Pair, Tx
 
 TOKEN = "a-token-both-replicas-know"
@@ -144,3 +150,88 @@ async def test_each_replica_records_where_it_is_reached_and_renews_it_with_its_l
         recorded = await store.transaction(lambda tx, instance=calls.instance: tx.replica(instance))
         assert recorded is not None and recorded.address == replica.addresses.grpc
         assert recorded.heartbeat_expires_at > datetime.now(UTC) + timedelta(seconds=10)  # a 15 s lease ahead
+
+
+# --- the forwarder against an owner that only records what reaches it ---------------------------------------------
+
+
+class RecordingOwner(calling_pb2_grpc.CallingServiceServicer):
+    """An owner whose CallMedia reads the client's messages until its stream ends, and notes that it ended."""
+
+    def __init__(self) -> None:
+        self.received: list[pb.CallMediaRequest] = []
+        self.ended = asyncio.Event()
+
+    async def CallMedia(
+        self, request_iterator: AsyncIterator[pb.CallMediaRequest], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[pb.CallMediaResponse]:
+        try:
+            async for request in request_iterator:
+                self.received.append(request)
+            await asyncio.sleep(3600)  # the owner's call goes on until the stream is cancelled
+            yield pb.CallMediaResponse()
+        finally:
+            self.ended.set()
+
+
+class NoMetadata:
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def time_remaining(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def recording_owner() -> AsyncIterator[tuple[RecordingOwner, str]]:
+    server = grpc.aio.server()
+    owner = RecordingOwner()
+    calling_pb2_grpc.add_CallingServiceServicer_to_server(owner, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield owner, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+async def test_a_client_stream_that_fails_mid_way_cancels_the_owners_stream(
+    recording_owner: tuple[RecordingOwner, str],
+) -> None:
+    owner, address = recording_owner
+    calls = SimpleNamespace(instance="other", owner_unreachable=lambda owner, why: RuntimeError(why))
+    forwarding = OwnerForwarding(calls)  # type: ignore[arg-type]
+    now = datetime.now(UTC)
+    held_by = CallOwner("call_x", "owner", address, now + timedelta(seconds=15), now + timedelta(seconds=15), now)
+
+    async def requests() -> AsyncIterator[pb.CallMediaRequest]:
+        yield pb.CallMediaRequest(audio=b"\0\0" * 480)
+        raise ValueError("a malformed message from the client")  # what parsing it aborts with
+
+    first = pb.CallMediaRequest(call_id="call_x")
+
+    async def forward() -> None:
+        with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+            async for _ in forwarding.call_media(held_by, first, requests(), NoMetadata()):  # type: ignore[arg-type]
+                pass
+
+    # Without the cancel both would wait: the owner for more messages (or a half-close) until its call ended.
+    await asyncio.wait_for(forward(), 10)
+    await asyncio.wait_for(owner.ended.wait(), 10)
+    assert owner.received[0].call_id == "call_x"  # it was reached, then let go
+    await forwarding.close()
+
+
+async def test_channels_to_owners_beyond_the_limit_are_closed_least_recently_used_first_unless_in_use() -> None:
+    calls = SimpleNamespace(instance="other")
+    forwarding = OwnerForwarding(calls, max_channels=2)  # type: ignore[arg-type]
+    first, second, third, fourth = (f"127.0.0.1:{port}" for port in (1, 2, 3, 4))
+    forwarding._stub(first)
+    forwarding._stub(second)
+    forwarding._stub(third)  # the first, least recently used and idle, is closed
+    assert list(forwarding._channels) == [second, third]
+    forwarding._using(second, 1)  # a forwarded call runs on it: kept
+    forwarding._stub(fourth)
+    assert list(forwarding._channels) == [second, fourth]
+    forwarding._using(second, -1)
+    await forwarding.close()

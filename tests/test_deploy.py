@@ -261,6 +261,12 @@ def compose_wiring_problems(compose: Mapping[str, Any]) -> Problems:
             problems.append(
                 f"{replica}: upstream {settings.upstream}, auth token {'set' if settings.auth_token else 'empty'}"
             )
+    for replica, settings in stack.replicas.items():
+        # The other replicas forward call control there: this replica's service name and its gRPC port.
+        if settings.advertise_address != f"{replica}:{port_of(settings.grpc_address)}":
+            problems.append(
+                f"{replica} advertises {settings.advertise_address!r}, not {replica}:{port_of(settings.grpc_address)}"
+            )
     names = [settings.instance_name for settings in stack.replicas.values()]
     if "" in names or len(set(names)) != len(names):
         problems.append(f"every replica needs its own --instance-name: {names}")
@@ -349,7 +355,9 @@ class Cluster:
                 environ.update(self.get("Secret", source["secretRef"]["name"]).get("stringData", {}))
         for variable in container.get("env", []):
             field = variable.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
-            environ[variable["name"]] = variable.get("value", f"<{field}>" if field else "")
+            value = variable.get("value", f"<{field}>" if field else "")
+            # $(VAR) names a variable defined before this one, as the kubelet expands it; anything else stays.
+            environ[variable["name"]] = re.sub(r"\$\((\w+)\)", lambda m: environ.get(m.group(1), m.group(0)), value)
         return environ
 
     def argv(self, container: Mapping[str, Any]) -> list[str] | str:
@@ -427,6 +435,12 @@ def kubernetes_server_problems(files: Mapping[str, list[dict[str, Any]]]) -> Pro
     }
     if downward.get("WACALL_INSTANCE_NAME") != "metadata.name":
         problems.append("WACALL_INSTANCE_NAME does not come from the pod's name")
+    # Other pods forward call control to the advertised address: the pod's IP (pod names are not in cluster DNS)
+    # and the gRPC port.
+    if settings.advertise_address != f"<status.podIP>:{grpc_port}":
+        problems.append(
+            f"the advertised address {settings.advertise_address!r} is not the pod's IP and gRPC port {grpc_port}"
+        )
     resources = container.get("resources", {})
     if not resources.get("requests") or not resources.get("limits", {}).get("memory"):
         problems.append(f"the container asks no resources or has no memory limit: {resources}")
@@ -646,6 +660,8 @@ def test_compose_ports_and_healthchecks_match_the_settings(mutate: Callable[[Any
         (_set(["services", "replica-2", "command", 7], "replica-1"), "its own --instance-name"),
         (_set([*REPLICA_1, "environment"], {"WACALL_SIP_NONCE_SECRET": "x"}), "one --sip-nonce-secret"),
         (_set([*REPLICA_1, "environment"], {"WACALL_AUTH_TOKEN": ""}), "auth token empty"),
+        (_set([*REPLICA_1, "environment", "WACALL_ADVERTISE_ADDRESS"], DELETE), "advertises ''"),
+        (_set([*REPLICA_1, "environment", "WACALL_ADVERTISE_ADDRESS"], "replica-2:50051"), "advertises"),
         (_every_db("postgresql://wacall@db:5432/wacall"), "not a PostgreSQL of this stack"),
         (_every_db("postgresql://wacall@postgres:5433/wacall"), "the port is not 5432"),
         (_every_db("postgresql://wacall:hunter2@postgres:5432/wacall"), "carries a password"),
@@ -699,6 +715,9 @@ CONFIG = ["configmap.yaml", 0, "data"]
         (_set([*CONTAINER, "livenessProbe", "httpGet", "port"], "grpc"), "not /healthz on the HTTP port"),
         (_set([*CONTAINER, "envFrom", 1, "secretRef", "name"], "wacall-secret"), "Secret wacall-secret"),
         (_set([*CONTAINER, "env", 0, "valueFrom", "fieldRef", "fieldPath"], "spec.nodeName"), "pod's name"),
+        (_set([*CONTAINER, "env", 2, "value"], "$(POD_IP):50052"), "the advertised address"),
+        (_set([*CONTAINER, "env", 1, "valueFrom", "fieldRef", "fieldPath"], "metadata.name"), "the advertised address"),
+        (_set([*CONTAINER, "env", 2], DELETE), "the advertised address"),
         (_set([*CONTAINER, "resources", "limits"], {}), "no memory limit"),
         (_set([*CONTAINER, "securityContext", "allowPrivilegeEscalation"], True), "escalate"),
         (_set(["deployment.yaml", 0, "spec", "template", "spec", "securityContext", "runAsNonRoot"], DELETE), "root"),

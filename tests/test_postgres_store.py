@@ -243,7 +243,7 @@ async def test_a_reader_held_back_by_a_running_writer_is_woken_when_it_ends(
         holder.execute("SELECT pg_current_xact_id()")  # a writer anywhere that began before the event
         await writer.transaction(lambda tx: tx.append(event(n="late")))
         assert await reader.events_after(0) == []
-        ticket = reader.changes.ticket()
+        ticket = reader.changes.events_ticket()
         holder.rollback()
     await asyncio.wait_for(ticket.wait(), 5)
     assert [e.attributes["n"] for e in await reader.events_after(0)] == ["late"]

@@ -829,6 +829,18 @@ async def test_only_open_calls_whose_lease_expired_or_that_have_no_owner_are_cla
     assert await store.transaction(claim("p4")) == []
 
 
+async def test_every_store_on_one_database_reads_the_same_clock_for_leases(backend: Backend) -> None:
+    """Leases are written and compared on the store's clock, whichever process reads it (the test's database runs
+    on this machine, so that clock is this machine's here)."""
+    first, second = backend.open(), backend.open()
+    before = datetime.now(UTC)
+    read_first = await first.transaction(lambda tx: tx.store_now())
+    read_second = await second.transaction(lambda tx: tx.store_now())
+    after = datetime.now(UTC)
+    assert read_first.tzinfo is not None and read_first <= read_second
+    assert before - timedelta(seconds=1) <= read_first <= read_second <= after + timedelta(seconds=1)
+
+
 async def test_an_expired_call_is_claimed_by_exactly_one_of_several_stores(backend: Backend) -> None:
     stores = [backend.open() for _ in range(3)]
 

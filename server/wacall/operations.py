@@ -139,10 +139,10 @@ class InstrumentedStore:
         if is_database_failure(error):
             self._errors.labels(type(error).__name__).inc()
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, priority: bool = False) -> T:
         started = time.perf_counter()
         try:
-            return await self.inner.transaction(fn)
+            return await self.inner.transaction(fn, priority=priority)
         except Exception as error:
             self._failed(error)
             raise

@@ -785,7 +785,7 @@ class PermissionService:
         """Every event after `after`, then new ones as they are committed. Never repeats, never skips."""
         cursor = after
         while True:
-            ticket = self.store.changes.ticket()
+            ticket = self.store.changes.events_ticket()
             batch = await self.store.events_after(cursor, business=business, user=user)
             for record in batch:
                 cursor = record.cursor

@@ -21,7 +21,7 @@ from wacall.api.messages import action_detail, duration
 from wacall.errors import REASONS, refusal_status
 from wacall.fields import InvalidField
 from wacall.permissions import PlatformRefusal, RuleRefusal
-from wacall.store.base import StoreUnavailable
+from wacall.store.base import StoreError
 from wacall.upstreams.base import UpstreamUnavailable
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -159,9 +159,10 @@ async def abort_platform(context: Context, refusal: PlatformRefusal) -> NoReturn
 STORE_RETRY_DELAY = timedelta(seconds=3)
 
 
-async def abort_store_unavailable(context: Context, error: StoreUnavailable) -> NoReturn:
+async def abort_store_unavailable(context: Context, error: StoreError) -> NoReturn:
     """UNAVAILABLE with RetryInfo and the ErrorInfo reason STORE_UNAVAILABLE: nothing was decided; retry (with the
-    same idempotency key, so a request whose commit was cut off is not made twice)."""
+    same idempotency key, so a request whose commit was cut off is not made twice). Any other `StoreError` that
+    reaches the API (the store closing during shutdown) is answered the same way: the service cannot decide now."""
     await abort(
         context,
         grpc.StatusCode.UNAVAILABLE,

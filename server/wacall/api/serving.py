@@ -27,7 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from wacall.api.errors import Context, abort_bad_request, abort_store_unavailable
-from wacall.store import StoreUnavailable
+from wacall.store import StoreError
 
 if TYPE_CHECKING:  # generic only in the type stubs
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -211,7 +211,7 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                     result = behaviour(request, context)
                     if awaited or inspect.isawaitable(result):
                         result = await result
-                except StoreUnavailable as error:
+                except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                     await abort_store_unavailable(context, error)
                 code = _code(context)
                 return result
@@ -241,7 +241,7 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                         result = behaviour(request, context)
                         if inspect.isawaitable(result):
                             result = await result
-                    except StoreUnavailable as error:
+                    except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                         await abort_store_unavailable(context, error)
                     code = _code(context)
                     return result
@@ -273,7 +273,7 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                 try:
                     async for response in behaviour(request, context):
                         yield response
-                except StoreUnavailable as error:
+                except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                     await abort_store_unavailable(context, error)
                 code = _code(context)
             except (asyncio.CancelledError, GeneratorExit):
@@ -300,7 +300,7 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
                     result = behaviour(requests(raw_requests, context), context)
                     if inspect.isawaitable(result):
                         result = await result
-                except StoreUnavailable as error:
+                except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                     await abort_store_unavailable(context, error)
                 code = _code(context)
                 return result
@@ -326,7 +326,7 @@ def _wrapped(method: str, handler: Handler, expected: bytes | None, recorder: Rp
             try:
                 async for response in behaviour(requests(raw_requests, context), context):
                     yield response
-            except StoreUnavailable as error:
+            except StoreError as error:  # StoreUnavailable, or any store failure: never UNKNOWN
                 await abort_store_unavailable(context, error)
             code = _code(context)
         except (asyncio.CancelledError, GeneratorExit):

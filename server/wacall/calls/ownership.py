@@ -22,15 +22,18 @@ class CallOwner:
     address: str  # "": it never recorded itself (a process from before the registry)
     heartbeat_expires_at: datetime | None
     lease_expires_at: datetime | None
+    # When these were read, on the store's clock (the clock the heartbeat and lease were written on; each
+    # replica's own clock may disagree with it).
+    as_of: datetime
 
-    def reachable(self, now: datetime) -> bool:
-        """Worth dialling: it advertised an address and its heartbeat has not expired."""
-        return bool(self.address) and self.heartbeat_expires_at is not None and self.heartbeat_expires_at > now
+    def reachable(self) -> bool:
+        """Worth dialling: it advertised an address and its heartbeat had not expired when it was read."""
+        return bool(self.address) and self.heartbeat_expires_at is not None and self.heartbeat_expires_at > self.as_of
 
-    def takeover_in(self, now: datetime, claim_interval: timedelta) -> timedelta:
+    def takeover_in(self, claim_interval: timedelta) -> timedelta:
         """How long until another replica ends the call for its owner: the lease runs out, and the next pass of a
         lease keeper (every `claim_interval`) claims it. At least one second, so a client never retries in a loop."""
-        left = self.lease_expires_at - now if self.lease_expires_at is not None else timedelta(0)
+        left = self.lease_expires_at - self.as_of if self.lease_expires_at is not None else timedelta(0)
         return max(left, timedelta(0)) + max(claim_interval, timedelta(seconds=1))
 
 

@@ -217,6 +217,10 @@ class CallService:
         # gRPC server is up (`advertise`).
         self.advertised_address = ""
         self.sessions: dict[str, CallSession] = {}
+        # When the newest lease renewal that committed began (on this process's clock: only the lapse counts),
+        # and the calls whose media stopped because no renewal came in time (ended once the store answers).
+        self._renewed_at = self.wall_clock.now()
+        self._fenced: set[str] = set()
         self._background: set[asyncio.Task[Any]] = set()
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -252,7 +256,9 @@ class CallService:
             ledger = self.permissions.record(tx, record.pair, ledger, effect, now, {"call_id": record.call_id})
         record = dataclasses.replace(record, facts=facts)
         # The owner and lease count when the row is created: this process owns the calls it creates.
-        tx.save_call(dataclasses.replace(to_stored(record), owner=self.instance, lease_expires_at=self._lease_until()))
+        tx.save_call(
+            dataclasses.replace(to_stored(record), owner=self.instance, lease_expires_at=self._lease_until(tx))
+        )
         source = (
             engine.Source.BUSINESS if record.direction is Direction.BUSINESS_INITIATED else engine.Source.USER_ACTION
         )
@@ -765,7 +771,9 @@ class CallService:
         this process's call leases, end calls whose owner stops renewing, and watch media liveness."""
         await self._end_orphans("the service restarted during the call", earlier_runs=True)
         self._watchdog = asyncio.create_task(self._watch_media())
+        self._renewed_at = self.wall_clock.now()
         self.spawn(self._keep_leases())
+        self.spawn(self._guard_leases())
         self.spawn(self._follow_held_calls())
 
     def is_earlier_run(self, instance: str) -> bool:
@@ -773,8 +781,9 @@ class CallService:
         prefix = self._earlier_runs
         return prefix is not None and instance.startswith(prefix) and instance != self.instance
 
-    def _lease_until(self) -> datetime:
-        return self.wall_clock.now() + self.call_lease
+    def _lease_until(self, tx: Tx) -> datetime:
+        # On the store's clock, which every replica shares (see `Tx.store_now`), not this process's.
+        return tx.store_now() + self.call_lease
 
     async def _keep_leases(self) -> None:
         """Renew this process's leases three times per lease (two missed renewals still leave it valid), and end
@@ -786,9 +795,14 @@ class CallService:
         reachable_since: datetime | None = self.wall_clock.now()
         while True:
             await self.wall_clock.sleep(self.call_lease / 3)
+            started = self.wall_clock.now()
             try:
-                await self.store.transaction(self._renew)
+                # Ahead of client traffic (its own connection and thread on PostgreSQL): a backlog of requests
+                # must not cost a living process its leases.
+                await self.store.transaction(self._renew, priority=True)
+                self._renewed_at = max(self._renewed_at, started)
                 reachable_since = reachable_since or self.wall_clock.now()
+                await self._end_fenced_calls()
                 if self.wall_clock.now() - reachable_since >= self.call_lease:
                     await self._end_orphans("the process holding the call stopped renewing its lease")
                 await self._release_calls_ended_elsewhere()
@@ -799,9 +813,42 @@ class CallService:
             except Exception:
                 log.exception("renewing call leases failed; trying again")
 
+    async def _guard_leases(self) -> None:
+        """Fence this process off its calls when its leases may have run out: a renewal commits a lease of
+        `call_lease` from (at the latest) when it began, so once nearly that long has passed since the newest
+        renewal began, another replica may claim the calls any moment. The margin (a sixth of a lease) covers a
+        claim pass that starts as the lease ends."""
+        margin = self.call_lease / 6
+        while True:
+            lapse = self.wall_clock.now() - self._renewed_at
+            if lapse >= self.call_lease - margin:
+                await self._fence(self._renewed_at)
+                await self.wall_clock.sleep(self.call_lease / 6)
+            else:
+                await self.wall_clock.sleep(min(self.call_lease - margin - lapse, timedelta(seconds=1)))
+
+    async def _fence(self, renewed_at: datetime) -> None:
+        """Stop the media of every call this process holds: it could not renew their leases for (almost) a whole
+        lease, so another replica may claim and end them any moment, and two processes must never both run a call.
+        The calls are ended in the store once it answers again (`_end_fenced_calls`)."""
+        held = [call_id for call_id, session in self.sessions.items() if not session.closed]
+        for call_id in held:
+            log.warning(
+                "call %s: this process has not renewed its lease since %s; stopping its media", call_id, renewed_at
+            )
+            self._fenced.add(call_id)
+            with contextlib.suppress(StoreError):
+                await self._close_session(call_id)  # the media stops even when its counters cannot be stored
+
+    async def _end_fenced_calls(self) -> None:
+        for call_id in sorted(self._fenced):
+            with contextlib.suppress(CallNotFound):
+                await self.end(call_id, reason="the process holding the call could not renew its lease")
+            self._fenced.discard(call_id)
+
     def _renew(self, tx: Tx) -> None:
         """Renew this process's call leases and its heartbeat in the replica registry, both until the same time."""
-        until = self._lease_until()
+        until = self._lease_until(tx)
         tx.renew_call_leases(self.instance, until)
         if self.advertised_address:
             tx.save_replica(Replica(self.instance, self.advertised_address, until))
@@ -836,6 +883,7 @@ class CallService:
                 replica.address if replica is not None else "",
                 replica.heartbeat_expires_at if replica is not None else None,
                 stored.lease_expires_at,
+                tx.store_now(),
             )
 
         return await self.store.transaction(read)
@@ -843,7 +891,7 @@ class CallService:
     def owner_unreachable(self, owner: CallOwner, why: str) -> CallOwnerUnreachable:
         """The refusal for control of a call whose owner cannot be reached, with how long until another replica
         takes the call over (the owner's lease, then a pass of the lease keeper: every third of a lease)."""
-        return CallOwnerUnreachable(owner, why, owner.takeover_in(self.wall_clock.now(), self.call_lease / 3))
+        return CallOwnerUnreachable(owner, why, owner.takeover_in(self.call_lease / 3))
 
     async def _follow_held_calls(self) -> None:
         """Act on the calls this process holds as the store records them. A webhook for one of them may land on any
@@ -917,9 +965,12 @@ class CallService:
 
         def claim_and_end(tx: Tx) -> list[CallRecord]:
             now = self.clock.now()
-            mine_before = [s for s in tx.open_calls() if left_by_an_earlier_run(s)] if earlier_runs else []
+            listed = [s for s in tx.open_calls() if left_by_an_earlier_run(s)] if earlier_runs else []
+            # The listing locks nothing: each call is read again under its lock, and left alone when it ended
+            # meanwhile (a terminate webhook on another replica), so no concurrent update is overwritten.
+            mine_before = [c for s in listed if (c := tx.call(s.call_id)) is not None and c.active]
             expired = tx.claim_expired_calls(
-                claimant=self.instance, now=self.wall_clock.now(), lease_until=self._lease_until()
+                claimant=self.instance, now=tx.store_now(), lease_until=self._lease_until(tx)
             )
             ended = []
             for stored in {s.call_id: s for s in [*mine_before, *expired]}.values():

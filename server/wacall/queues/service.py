@@ -470,7 +470,7 @@ class QueueService:
                     for a in state.agents.values()
                     if a.presence is not Presence.OFFLINE and a.session_instance not in ("", self.calls.instance)
                 }
-                replicas = await self.store.transaction(partial(_replicas, holders=holders))
+                store_now, replicas = await self.store.transaction(partial(_replicas, holders=holders))
             except StoreError:
                 reached_since = None
                 continue
@@ -482,7 +482,7 @@ class QueueService:
             gone = frozenset(
                 instance
                 for instance, replica in replicas.items()
-                if replica is None or replica.heartbeat_expires_at <= now or self.calls.is_earlier_run(instance)
+                if replica is None or replica.heartbeat_expires_at <= store_now or self.calls.is_earlier_run(instance)
             )
             try:
                 await self._end_sessions_gone(gone)
@@ -790,9 +790,10 @@ def _ended_calls(tx: Tx, call_ids: tuple[str, ...]) -> dict[str, bool | None]:
     return ended
 
 
-def _replicas(tx: Tx, holders: set[str]) -> dict[str, Replica | None]:
-    """Each instance's entry in the replica registry (None: it never recorded itself, or was forgotten)."""
-    return {instance: tx.replica(instance) for instance in holders}
+def _replicas(tx: Tx, holders: set[str]) -> tuple[datetime, dict[str, Replica | None]]:
+    """The store's time (heartbeats are on its clock, which every replica shares) and each instance's entry in the
+    replica registry (None: it never recorded itself, or was forgotten)."""
+    return tx.store_now(), {instance: tx.replica(instance) for instance in holders}
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

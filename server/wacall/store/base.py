@@ -89,10 +89,10 @@ class Reservation:
 class StoredCall:
     """A call row: identity, route and the call's facts as JSON (the call service owns their meaning).
 
-    `owner` is the process that runs the call's media and `lease_expires_at` (wall time) how long that owner is
-    known to be alive: it renews the lease while it runs, and once the lease has expired any process may claim the
-    call and end it. Both are written when the row is created; afterwards only `Tx.renew_call_leases` and
-    `Tx.claim_expired_calls` change them (`save_call` leaves them as they are)."""
+    `owner` is the process that runs the call's media and `lease_expires_at` (a time on the store's clock,
+    `Tx.store_now`) how long that owner is known to be alive: it renews the lease while it runs, and once the lease
+    has expired any process may claim the call and end it. Both are written when the row is created; afterwards
+    only `Tx.renew_call_leases` and `Tx.claim_expired_calls` change them (`save_call` leaves them as they are)."""
 
     call_id: str
     pair: Pair
@@ -137,13 +137,24 @@ class ChangeNotifier:
 
     def __init__(self) -> None:
         self._event = asyncio.Event()
+        self._events = asyncio.Event()
 
     def ticket(self) -> asyncio.Event:
         return self._event
 
+    def events_ticket(self) -> asyncio.Event:
+        """A ticket for watchers of the event log only: set by every notification and by `notify_events`."""
+        return self._events
+
     def notify(self) -> None:
         self._event.set()
         self._event = asyncio.Event()
+        self.notify_events()
+
+    def notify_events(self) -> None:
+        """Wake the event watchers only (events wait to become readable; nothing else changed)."""
+        self._events.set()
+        self._events = asyncio.Event()
 
 
 class Tx(Protocol):
@@ -230,14 +241,23 @@ class Tx(Protocol):
         """The pair's call that has not ended, if any (at most one: the platform allows one)."""
         ...
 
+    def store_now(self) -> datetime:
+        """The store's clock, the one clock every process sharing the database agrees on: leases and heartbeats
+        are written as `store_now() + lease` and expire when `store_now()` passes them, never by a process's own
+        clock (a replica whose clock runs ahead would otherwise take a living owner's calls). PostgreSQL: the
+        server's `clock_timestamp()`, read once per transaction; SQLite: this machine's wall clock (every process
+        on a SQLite database runs on the machine that holds it, so that is the database's clock there)."""
+        ...
+
     def renew_call_leases(self, owner: str, until: datetime) -> int:
-        """Extend the lease of every open call `owner` holds to `until`; returns how many."""
+        """Extend the lease of every open call `owner` holds to `until` (store time); returns how many."""
         ...
 
     def claim_expired_calls(self, *, claimant: str, now: datetime, lease_until: datetime) -> list[StoredCall]:
-        """Take over every open call whose owner's lease expired at or before `now` (wall time), or that has no
-        owner, other than the claimant's own: from now on `claimant` owns them, with a lease until `lease_until`,
-        so no other process claims them too. Returns them as claimed, oldest first."""
+        """Take over every open call whose owner's lease expired at or before `now` (store time: `store_now()`, so
+        every claimant decides "expired" on the same clock), or that has no owner, other than the claimant's own:
+        from now on `claimant` owns them, with a lease until `lease_until`, so no other process claims them too.
+        Returns them as claimed, oldest first."""
         ...
 
     def save_replica(self, replica: Replica) -> None:
@@ -319,9 +339,10 @@ class Store(Protocol):
         `LISTEN`/`NOTIFY`) notifies for them too."""
         ...
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, priority: bool = False) -> T:
         """Run `fn` in one atomic, serialisable transaction and commit before returning its result. If `fn` raises,
-        nothing it wrote is kept and the exception propagates."""
+        nothing it wrote is kept and the exception propagates. `priority`: small, periodic work that must not queue
+        behind client traffic (lease renewal); PostgreSQL runs it on a connection and thread of its own."""
         ...
 
     async def read(self, fn: Callable[[Tx], T]) -> T:

@@ -42,13 +42,16 @@ idempotency key).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
@@ -120,8 +123,17 @@ class PostgresOptions:
     reconnect_give_up_seconds: float = 2.0
     # Deadlocks and serialisation failures: how many runs of `fn` in all.
     attempts: int = 10
-    # A read held back by the horizon wakes `changes` again after this long.
+    # A read held back by the horizon wakes the event watchers again after this long, doubling (up to the maximum)
+    # while the horizon stays stuck behind the same old transaction.
     horizon_recheck_seconds: float = 0.02
+    horizon_recheck_max_seconds: float = 1.0
+    # A store call that holds a connection longer than this is given up: its connection is cut (so its worker is
+    # free again) and the caller gets StoreUnavailable. Longer than any one statement (statement_timeout).
+    call_limit_seconds: float = 6.0
+    # libpq's TCP keepalives and user timeout: a peer that went dark is noticed on every connection.
+    keepalive_idle_seconds: int = 5
+    keepalive_interval_seconds: int = 2
+    keepalive_count: int = 3
 
 
 def _row_to_reservation(row: tuple[Any, ...]) -> Reservation:
@@ -179,6 +191,7 @@ class _PostgresTx:
         # Events or calls written: other stores and this process's listeners are told after the commit.
         self.wrote_changes = False
         self._xid: int | None = None
+        self._now: datetime | None = None
         self._held: dict[str, bool] = {}  # the advisory locks this transaction holds: name → shared
         self._events = 0
 
@@ -368,16 +381,26 @@ class _PostgresTx:
         ).fetchall()
         return [_row_to_call(row) for row in rows]
 
-    def call(self, call_id: str) -> StoredCall | None:
-        found = self._calls("call_id = %s", (call_id,), lock=True)
+    def _lock_call(self, where: str, params: tuple[Any, ...]) -> StoredCall | None:
+        # Lock order: a call's pair, then its row, everywhere (the ledger and `active_call` take the pair's lock, so
+        # a transaction that locked the row first and then needed the pair could deadlock with one doing the
+        # reverse). A call's pair never changes, so an unlocked look-up of it is enough to know which lock to take.
+        if not self._snapshot:
+            row = self._one(f"SELECT business, user_number FROM calls WHERE {where}", params)
+            if row is None:
+                return None
+            self._lock_pair(Pair(row[0], row[1]))
+        found = self._calls(where, params, lock=True)
         return found[0] if found else None
+
+    def call(self, call_id: str) -> StoredCall | None:
+        return self._lock_call("call_id = %s", (call_id,))
 
     def call_by_platform_id(self, platform_call_id: str) -> StoredCall | None:
         # A webhook that finds no call parks its event; the call's binding takes the parked events. Both hold this
         # lock first, so each sees the other's commit: no event is parked after its call took the parked ones.
         self._lock("platform_call", platform_call_id)
-        found = self._calls("platform_call_id = %s", (platform_call_id,), lock=True)
-        return found[0] if found else None
+        return self._lock_call("platform_call_id = %s", (platform_call_id,))
 
     def open_calls(self) -> list[StoredCall]:
         return self._calls("active", ())
@@ -394,18 +417,36 @@ class _PostgresTx:
         found = self._calls("business = %s AND user_number = %s AND active", (pair.business, pair.user))
         return found[0] if found else None
 
+    def store_now(self) -> datetime:
+        # The server's clock, shared by every replica (theirs may disagree); once per transaction.
+        if self._now is None:
+            row = self._one("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+            assert row is not None
+            self._now = from_micros(int(row[0]))
+        return self._now
+
     def renew_call_leases(self, owner: str, until: datetime) -> int:
         return self._db.execute(
             "UPDATE calls SET lease_expires_at = %s WHERE owner = %s AND active", (to_micros(until), owner)
         ).rowcount
 
     def claim_expired_calls(self, *, claimant: str, now: datetime, lease_until: datetime) -> list[StoredCall]:
-        # Another store's concurrent claim locks the same rows first; READ COMMITTED then re-checks the WHERE on the
-        # row as that claim left it (owned, lease in the future), so each call is claimed once.
+        # The pairs' locks first (pair before row, as everywhere), in one order so that two claimants cannot
+        # deadlock. Another store's concurrent claim locks the same rows first; READ COMMITTED then re-checks the
+        # WHERE on the row as that claim left it (owned, lease in the future), so each call is claimed once.
+        candidates = self._db.execute(
+            "SELECT DISTINCT business, user_number FROM calls WHERE active AND owner != %s "
+            "AND (lease_expires_at IS NULL OR lease_expires_at <= %s) ORDER BY business, user_number",
+            (claimant, to_micros(now)),
+        ).fetchall()
+        for business, user in candidates:
+            self._lock_pair(Pair(business, user))
         rows = self._db.execute(
+            # Only on the pairs locked above: a call that expired since is the next pass's.
             f"UPDATE calls SET owner = %s, lease_expires_at = %s WHERE active AND owner != %s "
-            f"AND (lease_expires_at IS NULL OR lease_expires_at <= %s) RETURNING {CALL_COLUMNS}",
-            (claimant, to_micros(lease_until), claimant, to_micros(now)),
+            f"AND (lease_expires_at IS NULL OR lease_expires_at <= %s) "
+            f"AND (business || chr(31) || user_number) = ANY(%s) RETURNING {CALL_COLUMNS}",
+            (claimant, to_micros(lease_until), claimant, to_micros(now), [f"{b}\x1f{u}" for b, u in candidates]),
         ).fetchall()
         return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
 
@@ -540,6 +581,28 @@ class _RunAgain(Exception):
     """The connection broke before the commit: nothing was kept, run the transaction again on another one."""
 
 
+class _InFlight:
+    """One store call holding a connection, watched by the store's watchdog: past its limit, its connection's
+    socket is shut down, so a worker blocked on a database that stopped answering (no RST: a partition, a frozen
+    host) gets an error at once instead of after TCP's retries (minutes)."""
+
+    __slots__ = ("cut", "db", "deadline")
+
+    def __init__(self, db: Connection, deadline: float) -> None:
+        self.db = db
+        self.deadline = deadline
+        self.cut = False
+
+    def cut_off(self) -> None:
+        self.cut = True
+        try:
+            fd = self.db.pgconn.socket
+            with socket.socket(fileno=os.dup(fd)) as sock:
+                sock.shutdown(socket.SHUT_RDWR)
+        except (OSError, psycopg.Error):
+            pass  # already closed: the worker has its error
+
+
 class PostgresStore:
     """A pool of connections to one PostgreSQL database; see the module's docstring for what it locks and why."""
 
@@ -553,12 +616,23 @@ class PostgresStore:
             "connect_timeout": options.connect_timeout_seconds,
             "options": f"-c statement_timeout={options.statement_timeout_ms}",
             "application_name": "wacall",
+            # The server's statement_timeout cannot fire when the server is unreachable: the client notices a
+            # silent peer itself (keepalives while idle, unacknowledged data past tcp_user_timeout while busy).
+            "keepalives": 1,
+            "keepalives_idle": options.keepalive_idle_seconds,
+            "keepalives_interval": options.keepalive_interval_seconds,
+            "keepalives_count": options.keepalive_count,
+            "tcp_user_timeout": options.statement_timeout_ms + 2000,
         }
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._listener: threading.Thread | None = None
         self._stop_listening = threading.Event()
         self._recheck_pending = False
+        self._recheck_delay = options.horizon_recheck_seconds
+        self._in_flight: dict[int, _InFlight] = {}
+        self._in_flight_lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
         try:
             with psycopg.connect(url, autocommit=True, **self._connect_options) as db:
                 migrate_postgres(db, self._where)
@@ -576,10 +650,60 @@ class PostgresStore:
             reconnect_timeout=options.reconnect_give_up_seconds,
             max_lifetime=3600,
             name="wacall",
+            # A connection goes back in a transaction (or in autocommit, after a NOTIFY that failed half way):
+            # the pool discards it rather than hand the next transaction a connection that commits per statement.
+            reset=_check_reset,
             open=True,
         )
         self._executor = ThreadPoolExecutor(max_workers=options.pool_size, thread_name_prefix="wacall-postgres")
+        # `transaction(priority=True)` (lease renewal): its own connection and thread, never behind client traffic.
+        self._priority_pool: ConnectionPool[Connection] = ConnectionPool(
+            url,
+            kwargs=self._connect_options,
+            min_size=1,
+            max_size=1,
+            timeout=options.checkout_timeout_seconds,
+            reconnect_timeout=options.reconnect_give_up_seconds,
+            max_lifetime=3600,
+            name="wacall-priority",
+            reset=_check_reset,
+            open=True,
+        )
+        self._priority_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wacall-postgres-priority")
+        self._watchdog = threading.Thread(target=self._watch_in_flight, name="wacall-postgres-watchdog", daemon=True)
+        self._watchdog.start()
         self._listen_if_running()
+
+    # --- the time limit of a store call ----------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _connection(self, priority: bool = False) -> Iterator[tuple[Connection, _InFlight]]:
+        """A pooled connection for one store call, under the call's time limit (see `_InFlight`)."""
+        with (self._priority_pool if priority else self._pool).connection() as db:
+            watched = _InFlight(db, time.monotonic() + self.options.call_limit_seconds)
+            with self._in_flight_lock:
+                self._in_flight[id(watched)] = watched
+            try:
+                yield db, watched
+            finally:
+                with self._in_flight_lock:
+                    del self._in_flight[id(watched)]
+
+    def _watch_in_flight(self) -> None:
+        while not self._closed:
+            time.sleep(0.25)
+            now = time.monotonic()
+            # Under the lock: a call that ended meanwhile has handed its connection back, which must not be cut.
+            with self._in_flight_lock:
+                for watched in self._in_flight.values():
+                    if not watched.cut and watched.deadline <= now:
+                        log.warning("a store call on %s took too long: cutting its connection", self._where)
+                        watched.cut_off()
+
+    def _too_late(self, error: BaseException) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"the database {self._where} did not answer within {self.options.call_limit_seconds:.0f} s: {error}"
+        )
 
     # --- listening -------------------------------------------------------------------------------------------
 
@@ -635,13 +759,15 @@ class PostgresStore:
         if self._closed:
             raise StoreError("the store is closed")
 
-    def _attempt(self, fn: Callable[[Tx], T]) -> tuple[T, bool]:
-        with self._pool.connection() as db:
+    def _attempt(self, fn: Callable[[Tx], T], priority: bool) -> tuple[T, bool]:
+        with self._connection(priority) as (db, watched):
             tx = _PostgresTx(db)
             try:
                 result = fn(tx)
             except BaseException as error:
                 if db.broken or db.closed:
+                    if watched.cut:
+                        raise self._too_late(error) from error
                     if isinstance(error, psycopg.OperationalError):
                         raise _RunAgain from error
                     raise
@@ -650,7 +776,7 @@ class PostgresStore:
             try:
                 db.commit()
             except psycopg.OperationalError as error:
-                if isinstance(error, _RETRYABLE):
+                if isinstance(error, _RETRYABLE) and not watched.cut:
                     raise  # refused at commit: rolled back, so it may run again
                 raise StoreUnavailable(
                     f"the database {self._where} went away during a commit: the outcome is unknown; retry"
@@ -669,19 +795,28 @@ class PostgresStore:
         try:
             db.autocommit = True
             db.execute(f"NOTIFY {CHANNEL}")
-            db.autocommit = False
         except psycopg.Error as error:
             log.warning("committed, but could not notify the other stores: %s", error)
+        finally:
+            # Back to transactions whatever happened: a pooled connection left in autocommit would commit the
+            # next transaction statement by statement (its advisory locks released after each one).
+            try:
+                db.autocommit = False
+            except psycopg.Error:
+                db.close()  # the pool discards a closed connection
 
-    def _run(self, fn: Callable[[Tx], T]) -> T:
+    def _run(self, fn: Callable[[Tx], T], priority: bool = False) -> T:
         self._check_open()
         attempts = self.options.attempts
         for attempt in range(1, attempts + 1):
             try:
-                result, wrote_changes = self._attempt(fn)
-            except _RETRYABLE:
+                result, wrote_changes = self._attempt(fn, priority)
+            except _RETRYABLE as error:
                 if attempt == attempts:
-                    raise
+                    raise StoreUnavailable(
+                        f"the database {self._where} is too busy: {attempts} runs ended in deadlocks or "
+                        f"serialisation failures ({error}); retry"
+                    ) from error
                 time.sleep(random.uniform(0, 0.002 * attempt))
                 continue
             except _RunAgain as again:
@@ -704,25 +839,45 @@ class PostgresStore:
         self._listen_if_running()
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, priority: bool = False) -> T:
+        if priority:
+            self._check_open()
+            self._listen_if_running()
+            return await asyncio.get_running_loop().run_in_executor(self._priority_executor, self._run, fn, True)
         return await self._on_thread(self._run, fn)
 
     def _run_snapshot(self, fn: Callable[[Tx], T]) -> T:
         self._check_open()
-        try:
-            with self._pool.connection() as db:
-                try:
-                    db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                    return fn(_PostgresTx(db, snapshot=True))
-                except psycopg.errors.ReadOnlySqlTransaction as error:
-                    raise StoreError("a snapshot read wrote: use a transaction") from error
-                finally:
-                    if not (db.broken or db.closed):
-                        db.rollback()
-        except PoolTimeout as error:
-            raise StoreUnavailable(f"the database {self._where} is unreachable: {error}") from error
-        except psycopg.OperationalError as error:
-            raise StoreUnavailable(f"the database {self._where} did not answer in time: {error}") from error
+        attempts = self.options.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                return self._snapshot_attempt(fn)
+            except _RunAgain as again:
+                # A pooled connection that died while idle (the server restarted): the read runs on another one.
+                if attempt == attempts:
+                    raise StoreUnavailable(f"the database {self._where} is unreachable: {again.__cause__}") from again
+            except PoolTimeout as error:
+                raise StoreUnavailable(f"the database {self._where} is unreachable: {error}") from error
+            except psycopg.OperationalError as error:
+                raise StoreUnavailable(f"the database {self._where} did not answer in time: {error}") from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _snapshot_attempt(self, fn: Callable[[Tx], T]) -> T:
+        with self._connection() as (db, watched):
+            try:
+                db.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                return fn(_PostgresTx(db, snapshot=True))
+            except psycopg.errors.ReadOnlySqlTransaction as error:
+                raise StoreError("a snapshot read wrote: use a transaction") from error
+            except psycopg.OperationalError as error:
+                if db.broken or db.closed:
+                    if watched.cut:
+                        raise self._too_late(error) from error
+                    raise _RunAgain from error
+                raise
+            finally:
+                if not (db.broken or db.closed):
+                    db.rollback()
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         """`fn` on one snapshot (REPEATABLE READ, READ ONLY) without locks: it decides nothing, so it need not wait
@@ -756,19 +911,26 @@ class PostgresStore:
         )
         events = [_row_to_event(row[:-1]) for row in rows if row[0] is not None][:limit]
         if len(events) < limit and any(row[0] is None and row[-1] for row in rows):
-            self._recheck_soon()
+            self._recheck_soon(moved=bool(events))
         return events
 
-    def _recheck_soon(self) -> None:
+    def _recheck_soon(self, *, moved: bool) -> None:
+        """Wake the event watchers (only them) again soon: committed events wait above the horizon. Each recheck
+        that finds the horizon still stuck waits twice as long, up to the maximum, so an old transaction left open
+        (a psql session, a prepared transaction) costs a few reads per second instead of fifty per watcher."""
+        if moved:
+            self._recheck_delay = self.options.horizon_recheck_seconds
         if self._recheck_pending or self._loop is None:
             return
         self._recheck_pending = True
+        delay = self._recheck_delay
+        self._recheck_delay = min(delay * 2, self.options.horizon_recheck_max_seconds)
 
         def recheck() -> None:
             self._recheck_pending = False
-            self.changes.notify()
+            self.changes.notify_events()
 
-        self._loop.call_soon_threadsafe(self._loop.call_later, self.options.horizon_recheck_seconds, recheck)
+        self._loop.call_soon_threadsafe(self._loop.call_later, delay, recheck)
 
     async def events_after(
         self, cursor: int, *, business: str | None = None, user: str | None = None, limit: int = 500
@@ -820,9 +982,16 @@ class PostgresStore:
 
     def _shut(self) -> None:
         self._executor.shutdown(wait=True)
+        self._priority_executor.shutdown(wait=True)
         self._pool.close(timeout=5)
+        self._priority_pool.close(timeout=5)
         if self._listener is not None:
             self._listener.join(timeout=5)
+
+
+def _check_reset(db: Connection) -> None:
+    if db.autocommit:
+        raise psycopg.InterfaceError("a pooled connection came back in autocommit")
 
 
 def redacted(url: str) -> str:

@@ -12,12 +12,17 @@ that has shipped.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 
+from wacall.store.base import StoreError
 from wacall.store.migrations import SchemaTooNew
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +188,43 @@ MIGRATION_LOCK = "wacall:migrate"
 
 
 def migrate_postgres(
-    db: psycopg.Connection[tuple[Any, ...]], where: str, migrations: tuple[PostgresMigration, ...] = MIGRATIONS
+    db: psycopg.Connection[tuple[Any, ...]],
+    where: str,
+    migrations: tuple[PostgresMigration, ...] = MIGRATIONS,
+    *,
+    lock_timeout_seconds: float = 5.0,
+    attempts: int = 60,
 ) -> int:
     """Bring the database to the newest version in one transaction, or refuse it unchanged (`SchemaTooNew`);
-    returns the version it had. `db` is an autocommit connection; `where` names the database in errors."""
+    returns the version it had. `db` is an autocommit connection; `where` names the database in errors.
+
+    No statement timeout applies inside (an index build on a big table takes as long as it takes), but every lock
+    wait is bounded (`lock_timeout`): a migration queued behind live traffic, or behind another replica's
+    migration, gives up its place, so it stalls nobody's calls for long, and tries again, `attempts` times in
+    all. A failure names the migration that failed."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return _migrate_once(db, where, migrations, lock_timeout_seconds)
+        except psycopg.errors.LockNotAvailable as error:
+            if attempt == attempts:
+                raise StoreError(
+                    f"migrating {where} gave up: {attempts} waits of {lock_timeout_seconds:.0f} s for its locks "
+                    f"(another replica migrating, or long transactions on its tables): {error}"
+                ) from error
+            log.info("migrating %s: waiting for locks (%s); trying again", where, error)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _migrate_once(
+    db: psycopg.Connection[tuple[Any, ...]],
+    where: str,
+    migrations: tuple[PostgresMigration, ...],
+    lock_timeout_seconds: float,
+) -> int:
     newest = migrations[-1].version
     with db.transaction():
+        db.execute("SET LOCAL statement_timeout = 0")
+        db.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_seconds * 1000)}")
         db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (MIGRATION_LOCK,))
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
         row = db.execute("SELECT version FROM schema_version").fetchone()
@@ -197,8 +233,15 @@ def migrate_postgres(
             raise SchemaTooNew(where, found, newest)
         for migration in migrations:
             if migration.version > found:
-                for statement in migration.statements:
-                    db.execute(statement.encode())
+                try:
+                    for statement in migration.statements:
+                        db.execute(statement.encode())
+                except psycopg.errors.LockNotAvailable:
+                    raise
+                except psycopg.Error as error:
+                    raise StoreError(
+                        f"migration {migration.version} ({migration.summary}) of {where} failed: {error}"
+                    ) from error
         if row is None:
             db.execute("INSERT INTO schema_version (version) VALUES (%s)", (newest,))
         elif found < newest:

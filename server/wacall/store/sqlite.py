@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -318,6 +318,9 @@ class _SqliteTx:
     def active_call(self, pair: Pair) -> StoredCall | None:
         found = self._calls("business = ? AND user_number = ? AND active = 1", (pair.business, pair.user))
         return found[0] if found else None
+
+    def store_now(self) -> datetime:
+        return datetime.now(UTC)
 
     def renew_call_leases(self, owner: str, until: datetime) -> int:
         return self._db.execute(
@@ -716,7 +719,8 @@ class SqliteStore:
             except RuntimeError:
                 continue  # that loop is closed: nobody is left to answer
 
-    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+    async def transaction(self, fn: Callable[[Tx], T], *, priority: bool = False) -> T:
+        # One writer thread, whose batches commit in milliseconds: no separate path for `priority`.
         if self._closed:
             raise StoreError("the store is closed")
         loop = asyncio.get_running_loop()
