@@ -27,7 +27,7 @@ from wacall_client.v1 import contact_center_pb2_grpc
 
 from wacall.health import start_following_readiness
 from wacall.metrics import LiveState, Metrics
-from wacall.operations import InstrumentedStore, InstrumentedUpstream
+from wacall.operations import InstrumentedStore, InstrumentedUpstream, RpcObserver
 from wacall.store import CallInProgress, Pair, StoredCall, open_store
 from wacall.upstreams.base import UpstreamUnavailable
 from wacall.upstreams.meta import wire
@@ -339,3 +339,12 @@ def test_the_readme_lists_every_metric_with_its_labels() -> None:
         if family.type == "gauge":
             exposed[family.name] = {label for sample in family.samples for label in sample.labels}
     assert documented == exposed
+
+
+def test_a_request_cannot_forge_log_lines_through_its_numbers(caplog: pytest.LogCaptureFixture) -> None:
+    observer = RpcObserver(Metrics())
+    forged = pb.GetPermissionRequest(business_number="+1\nINFO wacall.rpc forged line", user_number=USER)
+    with caplog.at_level("INFO", logger="wacall.rpc"):
+        observer.rpc_done("/wacall.v1.CallingService/GetPermission", grpc.StatusCode.INVALID_ARGUMENT, 0.001, forged)
+    [line] = [r.getMessage() for r in caplog.records if r.name == "wacall.rpc"]
+    assert "\n" not in line and "\\n" in line and USER in line

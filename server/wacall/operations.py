@@ -79,6 +79,12 @@ class Operations:
 # --- gRPC ------------------------------------------------------------------------------------------------------------
 
 
+def _printable(text: str) -> str:
+    """Text from a request as it may go in a log line: a value with a newline or another control character (sent by
+    anyone, before validation) is shown escaped, so it cannot forge lines."""
+    return text if text.isprintable() else repr(text)
+
+
 class RpcObserver:
     """Counts and times every RPC by method and final status code, and logs one line per RPC (method, status,
     duration, and the pair when the request names one): the `RpcRecorder` of `wacall.api.serving.ServedMethods`,
@@ -99,8 +105,8 @@ class RpcObserver:
             # The request as the method got it, parsed once: its pair, when it names one.
             business = getattr(request, "business_number", "")
             user = getattr(request, "user_number", "")
-            business = business if isinstance(business, str) else ""
-            user = user if isinstance(user, str) else ""
+            business = _printable(business) if isinstance(business, str) else ""
+            user = _printable(user) if isinstance(user, str) else ""
             pair = f" {business} -> {user}" if business or user else ""
             rpc_log.info(
                 "rpc %s %s %.1f ms%s",
