@@ -57,6 +57,7 @@ from wacall.store import (
     from_micros,
     optional_datetime,
     optional_micros,
+    wait_for_change,
 )
 from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
 from wacall_adapters.base import MediaAdapter
@@ -753,10 +754,7 @@ class CallService:
                 yield view
             if view.state is CallState.ENDED:
                 return
-            try:
-                await asyncio.wait_for(ticket.wait(), 1.0)
-            except TimeoutError:
-                pass
+            await wait_for_change(ticket, 1.0)
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -862,8 +860,7 @@ class CallService:
                 failing = True
             except Exception:
                 log.exception("reading this process's calls back from the store failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ticket.wait(), FOLLOW_POLL.total_seconds())
+            await wait_for_change(ticket, FOLLOW_POLL.total_seconds())
             await asyncio.sleep(MIN_FOLLOW_GAP.total_seconds())
 
     async def _catch_up_held_calls(self) -> None:
