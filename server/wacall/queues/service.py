@@ -289,10 +289,14 @@ class QueueService:
         for session in list(self.sessions.values()):
             await session.close()
         self._closing = True
-        tasks = [t for t in (self._timer, self._follower, *self._background) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        tasks = (self._timer, self._follower, *self._background)
+        pending = {t for t in tasks if t is not None}
+        while pending:
+            # Cancelled again until done: a task that loses a cancel (an await in a library that swallows one
+            # landing as it completes) must not keep the shutdown waiting.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
 
     def set_call_actions(self, actions: CallActions) -> None:
         """Install what happens to calls' media (the `queue`/`agent` routes do)."""
