@@ -11,7 +11,6 @@ import pytest
 from conftest import Running
 
 from wacall.store import ChangeNotifier, wait_for_change
-from wacall_adapters.base import stop_task
 
 
 async def parked_on(notifier: ChangeNotifier) -> asyncio.Task[None]:
@@ -59,37 +58,3 @@ async def test_the_services_following_loops_stop_when_cancelled_as_the_store_cha
         done, running = await asyncio.wait(following, timeout=10)
         assert not running, "a following loop ran on after its cancel"
         assert all(task.cancelled() for task in done)
-
-
-async def test_stopping_a_task_ends_its_cancel_but_not_a_cancel_of_the_caller() -> None:
-    """A loop that stops a helper task (a route's, a track's) and is itself cancelled meanwhile stops too."""
-    cleaning_up = asyncio.Event()
-    release = asyncio.Event()
-
-    async def child() -> None:
-        try:
-            await asyncio.sleep(3600)
-        except asyncio.CancelledError:
-            cleaning_up.set()
-            await release.wait()  # a cleanup that takes a while (a peer closing, say)
-            raise
-
-    async def loop() -> None:
-        helper = asyncio.create_task(child())
-        await asyncio.sleep(0)
-        while True:  # a background loop: it ends only by its cancel
-            await stop_task(helper)
-            await asyncio.sleep(0.01)
-
-    running = asyncio.create_task(loop())
-    await cleaning_up.wait()  # the loop is in stop_task, waiting for the helper to finish its cancel
-    running.cancel()
-    done, _ = await asyncio.wait([running], timeout=10)
-    assert done == {running} and running.cancelled(), "the loop ran on after its cancel"
-
-    # Alone, the helper's cancel is the end of it: the caller goes on.
-    release.set()
-    helper = asyncio.create_task(child())
-    await asyncio.sleep(0)
-    await stop_task(helper)
-    assert helper.cancelled()

@@ -20,6 +20,7 @@ while it rings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -234,12 +235,5 @@ class SipBridgedRoute(MediaAdapter):
         if self.outbound is not None:
             await self.outbound.hangup()  # BYE, or CANCEL while it rings
         if self._bridging is not None and self._bridging is not asyncio.current_task():
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._bridging
-            except Exception:
-                pass  # the bridging task's own failure: the call is closing anyway
-            except asyncio.CancelledError:
-                # The bridging task's cancel ends here; a cancel of the caller (while it waited) goes on.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise

@@ -199,13 +199,8 @@ class EngineBridgeLeg:
         self._heard.set()  # first_audio() returns False
         if self._poller is not None:
             self._poller.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
-            except asyncio.CancelledError:
-                # The poller's cancel ends here; a cancel of the caller (while it waited) goes on.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
         if not self._peer_answer.done():
             self._peer_answer.set_exception(EngineBridgeUnavailable("the call ended before the platform answered"))
             self._peer_answer.exception()  # retrieved here: nobody may be waiting

@@ -252,13 +252,8 @@ class LocalEngine:
         self._stopping = True
         if self._supervisor is not None:
             self._supervisor.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-            except asyncio.CancelledError:
-                # The supervisor's cancel ends here; a cancel of the caller (while it waited) goes on.
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
             self._supervisor = None
         await self._terminate()
         if self._client is not None:

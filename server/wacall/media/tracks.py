@@ -277,10 +277,7 @@ class TrackConsumer:
         try:
             await self.task
         except asyncio.CancelledError:
-            # The reading task's cancel ends here; a cancel of the caller (while it waited) goes on.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+            pass
 
 
 class PcmResampler:
