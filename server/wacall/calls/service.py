@@ -973,13 +973,13 @@ class CallService:
             self._watchdog.cancel()
         for call_id in list(self.sessions):
             await self.end(call_id, reason="the service is shutting down")
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, self._watchdog or _done(), return_exceptions=True)
-
-
-async def _done() -> None:
-    return None
+        pending = {*self._background, *([self._watchdog] if self._watchdog is not None else [])}
+        while pending:
+            # Cancelled again until done: a task that loses a cancel (a media helper that swallows its caller's
+            # while it stops a track, as a held call's session closes) must not keep the shutdown waiting.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:
