@@ -42,7 +42,7 @@ from wacall.rules.engine import (
     Source,
 )
 from wacall.rules.policy import Policy
-from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx
+from wacall.store import EventRecord, IdempotentResult, Pair, Reservation, Store, Tx, wait_for_change
 from wacall.upstreams.base import (
     Account,
     PermissionAction,
@@ -792,7 +792,4 @@ class PermissionService:
                 yield record
             if not batch:
                 # The poll also picks up writers in other processes sharing the database.
-                try:
-                    await asyncio.wait_for(ticket.wait(), poll.total_seconds())
-                except TimeoutError:
-                    pass
+                await wait_for_change(ticket, poll.total_seconds())

@@ -57,6 +57,7 @@ from wacall.store import (
     from_micros,
     optional_datetime,
     optional_micros,
+    wait_for_change,
 )
 from wacall.upstreams.base import Account, CallAction, Upstream, UpstreamRefusal
 from wacall_adapters.base import MediaAdapter
@@ -759,10 +760,7 @@ class CallService:
                 yield view
             if view.state is CallState.ENDED:
                 return
-            try:
-                await asyncio.wait_for(ticket.wait(), 1.0)
-            except TimeoutError:
-                pass
+            await wait_for_change(ticket, 1.0)
 
     # --- lifecycle ------------------------------------------------------------------------------------------------
 
@@ -910,8 +908,7 @@ class CallService:
                 failing = True
             except Exception:
                 log.exception("reading this process's calls back from the store failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ticket.wait(), FOLLOW_POLL.total_seconds())
+            await wait_for_change(ticket, FOLLOW_POLL.total_seconds())
             await asyncio.sleep(MIN_FOLLOW_GAP.total_seconds())
 
     async def _catch_up_held_calls(self) -> None:
@@ -1027,13 +1024,13 @@ class CallService:
             self._watchdog.cancel()
         for call_id in list(self.sessions):
             await self.end(call_id, reason="the service is shutting down")
-        for task in list(self._background):
-            task.cancel()
-        await asyncio.gather(*self._background, self._watchdog or _done(), return_exceptions=True)
-
-
-async def _done() -> None:
-    return None
+        pending = {*self._background, *([self._watchdog] if self._watchdog is not None else [])}
+        while pending:
+            # Cancelled again until done: a task that loses a cancel (a media helper that swallows its caller's
+            # while it stops a track, as a held call's session closes) must not keep the shutdown waiting.
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.5)
 
 
 def _log_failure(task: asyncio.Task[Any]) -> None:

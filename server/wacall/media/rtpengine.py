@@ -429,7 +429,10 @@ class EnginePool(Generic[E]):
 
         async def probe(engine: E) -> None:
             try:
-                await asyncio.wait_for(engine.ping(), self._ping_timeout.total_seconds())
+                # Not `asyncio.wait_for`: on Python 3.11 it drops a cancel that lands as the ping answers, and the
+                # checking loop, cancelled once at shutdown, would run on.
+                async with asyncio.timeout(self._ping_timeout.total_seconds()):
+                    await engine.ping()
             except (TimeoutError, EngineTimeout, EngineError, EngineProtocolError, OSError):
                 self.mark(engine, alive=False)
             else:

@@ -27,7 +27,6 @@ first. An agent who accepts here a call whose media another replica owns has it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections import deque
@@ -77,7 +76,17 @@ from wacall.queues.router import (
 from wacall.queues.sessions import AgentSession
 from wacall.rules import engine
 from wacall.rules.engine import PermissionState, Source
-from wacall.store import EventRecord, Pair, Replica, Store, StoreError, Tx, from_micros, to_micros
+from wacall.store import (
+    EventRecord,
+    Pair,
+    Replica,
+    Store,
+    StoreError,
+    Tx,
+    from_micros,
+    to_micros,
+    wait_for_change,
+)
 
 if TYPE_CHECKING:
     from wacall.permissions import PermissionService, PermissionView
@@ -283,8 +292,8 @@ class QueueService:
         tasks = (self._timer, self._follower, *self._background)
         pending = {t for t in tasks if t is not None}
         while pending:
-            # Cancelled again until done: a cancel that lands as `asyncio.wait_for` returns (a call's updates wait
-            # with a timeout) can be lost on Python 3.11.
+            # Cancelled again until done: a task that loses a cancel (an await in a library that swallows one
+            # landing as it completes) must not keep the shutdown waiting.
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=0.5)
@@ -536,8 +545,7 @@ class QueueService:
                 failing = True
             except Exception:
                 log.exception("following other replicas' queue decisions failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ticket.wait(), FOLLOW_POLL.total_seconds())
+            await wait_for_change(ticket, FOLLOW_POLL.total_seconds())
 
     async def _catch_up(self) -> bool:
         """Deliver, in commit order, the router decisions other replicas logged after the cursor (the lock held);

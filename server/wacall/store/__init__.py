@@ -24,6 +24,7 @@ from wacall.store.base import (
     StoreError,
     StoreUnavailable,
     Tx,
+    wait_for_change,
 )
 from wacall.store.codecs import (
     LEGACY_REQUEST_LIFETIME,
@@ -100,4 +101,5 @@ __all__ = [
     "optional_datetime",
     "optional_micros",
     "to_micros",
+    "wait_for_change",
 ]

@@ -28,6 +28,7 @@ serialisation failure), so `fn` has no effects outside the `Tx` that a second ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -155,6 +156,15 @@ class ChangeNotifier:
         """Wake the event watchers only (events wait to become readable; nothing else changed)."""
         self._events.set()
         self._events = asyncio.Event()
+
+
+async def wait_for_change(ticket: asyncio.Event, seconds: float) -> None:
+    """Return once `ticket` is set or `seconds` have passed, whichever comes first. A cancel is never lost: on
+    Python 3.11, `asyncio.wait_for` returns normally when the cancel lands as the ticket is set, and a polling loop
+    cancelled that way runs on, so a shutdown waiting for it never ends."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await ticket.wait()
 
 
 class Tx(Protocol):
