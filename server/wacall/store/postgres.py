@@ -61,7 +61,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from wacall.rules.engine import Ledger, PermissionState, Restriction
+from wacall.rules.engine import Ledger, Restriction
 from wacall.store.base import (
     CallInProgress,
     ChangeNotifier,
@@ -86,6 +86,14 @@ from wacall.store.codecs import (
     to_micros,
 )
 from wacall.store.postgres_schema import migrate_postgres
+from wacall.store.rows import (
+    CALL_COLUMNS,
+    EVENT_COLUMNS,
+    RESERVATION_COLUMNS,
+    row_to_call,
+    row_to_event,
+    row_to_reservation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +108,6 @@ CHANNEL = "wacall_changes"
 EVENT_INDEX_BITS = 20
 # The horizon as a cursor: events of transactions below the oldest one still running.
 HORIZON = f"(pg_snapshot_xmin(pg_current_snapshot())::text::bigint << {EVENT_INDEX_BITS})"
-
-EVENT_COLUMNS = "cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes"
-CALL_COLUMNS = (
-    "call_id, platform_call_id, business, user_number, direction, created_at, state, active, data, owner, "
-    "lease_expires_at"
-)
-RESERVATION_COLUMNS = (
-    "reservation_id, business, user_number, reserved_at, channel, state_before, idempotency_key, fingerprint, "
-    "claimed_by, claimed_at"
-)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -134,51 +132,6 @@ class PostgresOptions:
     keepalive_idle_seconds: int = 5
     keepalive_interval_seconds: int = 2
     keepalive_count: int = 3
-
-
-def _row_to_reservation(row: tuple[Any, ...]) -> Reservation:
-    reservation_id, business, user, reserved_at, channel, state_before, key, fingerprint, claimed_by, claimed_at = row
-    return Reservation(
-        reservation_id=reservation_id,
-        pair=Pair(business, user),
-        reserved_at=from_micros(reserved_at),
-        channel=channel,
-        state_before=PermissionState(state_before),
-        idempotency_key=key,
-        fingerprint=fingerprint,
-        claimed_by=claimed_by,
-        claimed_at=optional_datetime(claimed_at),
-    )
-
-
-def _row_to_call(row: tuple[Any, ...]) -> StoredCall:
-    call_id, platform_call_id, business, user, direction, created_at, state, active, data, owner, lease_expires_at = row
-    return StoredCall(
-        call_id=call_id,
-        pair=Pair(business, user),
-        direction=direction,
-        created_at=from_micros(created_at),
-        state=state,
-        data=json.loads(data),
-        platform_call_id=platform_call_id,
-        active=bool(active),
-        owner=owner,
-        lease_expires_at=optional_datetime(lease_expires_at),
-    )
-
-
-def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
-    cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes = row
-    return EventRecord(
-        pair=Pair(business, user),
-        kind=kind,
-        source=source,
-        occurred_at=from_micros(occurred_at),
-        recorded_at=from_micros(recorded_at),
-        state_after=PermissionState(state_after),
-        attributes=json.loads(attributes),
-        cursor=cursor,
-    )
 
 
 class _PostgresTx:
@@ -379,7 +332,7 @@ class _PostgresTx:
             + (" FOR UPDATE" if lock and not self._snapshot else ""),
             params,
         ).fetchall()
-        return [_row_to_call(row) for row in rows]
+        return [row_to_call(row) for row in rows]
 
     def _lock_call(self, where: str, params: tuple[Any, ...]) -> StoredCall | None:
         # Lock order: a call's pair, then its row, everywhere (the ledger and `active_call` take the pair's lock, so
@@ -448,7 +401,7 @@ class _PostgresTx:
             f"AND (business || chr(31) || user_number) = ANY(%s) RETURNING {CALL_COLUMNS}",
             (claimant, to_micros(lease_until), claimant, to_micros(now), [f"{b}\x1f{u}" for b, u in candidates]),
         ).fetchall()
-        return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
+        return sorted((row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
 
     def save_replica(self, replica: Replica) -> None:
         self._db.execute(
@@ -502,7 +455,7 @@ class _PostgresTx:
             + ("" if self._snapshot else " FOR UPDATE"),
             (business, idempotency_key),
         )
-        return _row_to_reservation(row) if row else None
+        return row_to_reservation(row) if row else None
 
     def take_reservation(self, reservation_id: str, claimant: str = "") -> Reservation | None:
         held = " AND claimed_by = %s" if claimant else ""
@@ -510,7 +463,7 @@ class _PostgresTx:
             f"DELETE FROM reservations WHERE reservation_id = %s{held} RETURNING {RESERVATION_COLUMNS}",
             (reservation_id, claimant) if claimant else (reservation_id,),
         )
-        return _row_to_reservation(row) if row else None
+        return row_to_reservation(row) if row else None
 
     def claim_reservations(
         self,
@@ -528,7 +481,7 @@ class _PostgresTx:
             "ORDER BY reserved_at FOR UPDATE SKIP LOCKED",
             (to_micros(reserved_before), to_micros(claims_expire_before), sorted(excluding)),
         ).fetchall()
-        claimed = [_row_to_reservation(row) for row in rows]
+        claimed = [row_to_reservation(row) for row in rows]
         if claimed:
             self._db.execute(
                 "UPDATE reservations SET claimed_by = %s, claimed_at = %s WHERE reservation_id = ANY(%s)",
@@ -909,7 +862,7 @@ class PostgresStore:
             f"(SELECT MAX(cursor) FROM events) >= {HORIZON} ORDER BY 1 NULLS LAST LIMIT %s",
             (*params, limit + 1),
         )
-        events = [_row_to_event(row[:-1]) for row in rows if row[0] is not None][:limit]
+        events = [row_to_event(row[:-1]) for row in rows if row[0] is not None][:limit]
         if len(events) < limit and any(row[0] is None and row[-1] for row in rows):
             self._recheck_soon(moved=bool(events))
         return events
@@ -963,7 +916,7 @@ class PostgresStore:
             "ORDER BY created_at DESC, call_id DESC LIMIT %s",
             (*params, limit),
         )
-        return [_row_to_call(row) for row in rows]
+        return [row_to_call(row) for row in rows]
 
     async def list_calls(
         self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from wacall.rules.engine import Ledger, PermissionState, Restriction
+from wacall.rules.engine import Ledger, Restriction
 from wacall.store.base import (
     CallInProgress,
     ChangeNotifier,
@@ -55,6 +55,14 @@ from wacall.store.codecs import (
     to_micros,
 )
 from wacall.store.migrations import migrate
+from wacall.store.rows import (
+    CALL_COLUMNS,
+    EVENT_COLUMNS,
+    RESERVATION_COLUMNS,
+    row_to_call,
+    row_to_event,
+    row_to_reservation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,62 +76,6 @@ WRITER_BUSY_TIMEOUT_MS = 5000
 # How long a read on the reader thread waits for a lock before failing: in WAL mode only a crashed writer's recovery
 # (or another process's exclusive lock) holds readers up. The caller's-thread connection never waits (0).
 READER_BUSY_TIMEOUT_MS = 1000
-
-# Column lists in the order the _row_to_* functions read them.
-EVENT_COLUMNS = "cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes"
-CALL_COLUMNS = (
-    "call_id, platform_call_id, business, user_number, direction, created_at, state, active, data, owner, "
-    "lease_expires_at"
-)
-RESERVATION_COLUMNS = (
-    "reservation_id, business, user_number, reserved_at, channel, state_before, idempotency_key, fingerprint, "
-    "claimed_by, claimed_at"
-)
-
-
-def _row_to_reservation(row: tuple[Any, ...]) -> Reservation:
-    reservation_id, business, user, reserved_at, channel, state_before, key, fingerprint, claimed_by, claimed_at = row
-    return Reservation(
-        reservation_id=reservation_id,
-        pair=Pair(business, user),
-        reserved_at=from_micros(reserved_at),
-        channel=channel,
-        state_before=PermissionState(state_before),
-        idempotency_key=key,
-        fingerprint=fingerprint,
-        claimed_by=claimed_by,
-        claimed_at=optional_datetime(claimed_at),
-    )
-
-
-def _row_to_call(row: tuple[Any, ...]) -> StoredCall:
-    call_id, platform_call_id, business, user, direction, created_at, state, active, data, owner, lease_expires_at = row
-    return StoredCall(
-        call_id=call_id,
-        pair=Pair(business, user),
-        direction=direction,
-        created_at=from_micros(created_at),
-        state=state,
-        data=json.loads(data),
-        platform_call_id=platform_call_id,
-        active=bool(active),
-        owner=owner,
-        lease_expires_at=optional_datetime(lease_expires_at),
-    )
-
-
-def _row_to_event(row: tuple[Any, ...]) -> EventRecord:
-    cursor, business, user, kind, source, occurred_at, recorded_at, state_after, attributes = row
-    return EventRecord(
-        pair=Pair(business, user),
-        kind=kind,
-        source=source,
-        occurred_at=from_micros(occurred_at),
-        recorded_at=from_micros(recorded_at),
-        state_after=PermissionState(state_after),
-        attributes=json.loads(attributes),
-        cursor=cursor,
-    )
 
 
 def events_after_query(cursor: int, business: str | None, user: str | None, limit: int) -> tuple[str, tuple[Any, ...]]:
@@ -299,7 +251,7 @@ class _SqliteTx:
         rows = self._db.execute(
             f"SELECT {CALL_COLUMNS} FROM calls WHERE {where} ORDER BY created_at, call_id", params
         ).fetchall()
-        return [_row_to_call(row) for row in rows]
+        return [row_to_call(row) for row in rows]
 
     def call(self, call_id: str) -> StoredCall | None:
         found = self._calls("call_id = ?", (call_id,))
@@ -333,7 +285,7 @@ class _SqliteTx:
             f"AND (lease_expires_at IS NULL OR lease_expires_at <= ?) RETURNING {CALL_COLUMNS}",
             (claimant, to_micros(lease_until), claimant, to_micros(now)),
         ).fetchall()
-        return sorted((_row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
+        return sorted((row_to_call(row) for row in rows), key=lambda c: (c.created_at, c.call_id))
 
     def save_replica(self, replica: Replica) -> None:
         self._db.execute(
@@ -387,7 +339,7 @@ class _SqliteTx:
             f"SELECT {RESERVATION_COLUMNS} FROM reservations WHERE business = ? AND idempotency_key = ?",
             (business, idempotency_key),
         ).fetchone()
-        return _row_to_reservation(row) if row else None
+        return row_to_reservation(row) if row else None
 
     def take_reservation(self, reservation_id: str, claimant: str = "") -> Reservation | None:
         held = " AND claimed_by = ?" if claimant else ""
@@ -395,7 +347,7 @@ class _SqliteTx:
             f"DELETE FROM reservations WHERE reservation_id = ?{held} RETURNING {RESERVATION_COLUMNS}",
             (reservation_id, claimant) if claimant else (reservation_id,),
         ).fetchone()
-        return _row_to_reservation(row) if row else None
+        return row_to_reservation(row) if row else None
 
     def claim_reservations(
         self,
@@ -413,7 +365,7 @@ class _SqliteTx:
         ).fetchall()
         claimed = []
         for row in rows:
-            reservation = _row_to_reservation(row)
+            reservation = row_to_reservation(row)
             if reservation.reservation_id in excluding:
                 continue
             self._db.execute(
@@ -802,14 +754,14 @@ class SqliteStore:
     ) -> list[EventRecord]:
         sql, params = events_after_query(cursor, business, user, limit)
         rows = await self._snapshot_off_loop(lambda reader: reader.execute(sql, params).fetchall())
-        return [_row_to_event(row) for row in rows]
+        return [row_to_event(row) for row in rows]
 
     async def list_calls(
         self, *, business: str | None, user: str | None, before: tuple[int, str] | None, limit: int
     ) -> list[StoredCall]:
         sql, params = list_calls_query(business, user, before, limit)
         rows = await self._snapshot_off_loop(lambda reader: reader.execute(sql, params).fetchall())
-        return [_row_to_call(row) for row in rows]
+        return [row_to_call(row) for row in rows]
 
     async def last_cursor(self) -> int:
         return await self._snapshot_off_loop(
