@@ -8,7 +8,7 @@ from typing import Any
 
 from wacall.rules.engine import PermissionState
 from wacall.store.base import EventRecord, Pair, Reservation, StoredCall
-from wacall.store.codecs import from_micros, optional_datetime
+from wacall.store.codecs import from_micros, optional_datetime, optional_micros, to_micros
 
 EVENT_COLUMNS = "cursor, business, user_number, kind, source, occurred_at, recorded_at, state_after, attributes"
 CALL_COLUMNS = (
@@ -63,4 +63,20 @@ def row_to_event(row: tuple[Any, ...]) -> EventRecord:
         state_after=PermissionState(state_after),
         attributes=json.loads(attributes),
         cursor=cursor,
+    )
+
+
+def reservation_to_row(reservation: Reservation) -> tuple[Any, ...]:
+    """The reservation as `RESERVATION_COLUMNS`' values: the inverse of `row_to_reservation`."""
+    return (
+        reservation.reservation_id,
+        reservation.pair.business,
+        reservation.pair.user,
+        to_micros(reservation.reserved_at),
+        reservation.channel,
+        reservation.state_before.value,
+        reservation.idempotency_key,
+        reservation.fingerprint,
+        reservation.claimed_by,
+        optional_micros(reservation.claimed_at),
     )

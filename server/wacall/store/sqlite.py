@@ -59,6 +59,7 @@ from wacall.store.rows import (
     CALL_COLUMNS,
     EVENT_COLUMNS,
     RESERVATION_COLUMNS,
+    reservation_to_row,
     row_to_call,
     row_to_event,
     row_to_reservation,
@@ -320,18 +321,7 @@ class _SqliteTx:
     def save_reservation(self, reservation: Reservation) -> None:
         self._db.execute(
             f"INSERT INTO reservations ({RESERVATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                reservation.reservation_id,
-                reservation.pair.business,
-                reservation.pair.user,
-                to_micros(reservation.reserved_at),
-                reservation.channel,
-                reservation.state_before.value,
-                reservation.idempotency_key,
-                reservation.fingerprint,
-                reservation.claimed_by,
-                optional_micros(reservation.claimed_at),
-            ),
+            reservation_to_row(reservation),
         )
 
     def reservation_for_key(self, business: str, idempotency_key: str) -> Reservation | None:
